@@ -1,0 +1,36 @@
+//! The messaging model of [tower-mq](https://docs.rs/tower-mq): [`Message`], [`Receipt`],
+//! [`Delivery`] and the classified broker [`Error`].
+//!
+//! The contracts every broker implements:
+//! - a publisher is a `tower::Service<Message, Response = Receipt, Error = Error>`;
+//! - a consumer is a `Stream<Item = Result<Delivery, Error>>`.
+//!
+//! This crate is to tower-mq what the `http` crate is to tower-http: the vocabulary the
+//! broker-agnostic layers (`tower-mq-layers`) and the brokers share. Users normally
+//! depend on `tower-mq`, which re-exports all of it.
+//!
+//! ```
+//! use tower_mq_core::{Message, Receipt};
+//!
+//! let msg = Message::new("orders", "payload").with_key("user-42");
+//! let receipt = Receipt::Memory { topic: msg.destination().to_owned(), sequence: 1 };
+//! assert!(receipt.is_confirmed());
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+pub mod delivery;
+pub mod error;
+pub mod message;
+pub mod receipt;
+
+pub use delivery::{Acker, Acknowledge, Delivery, Settlement};
+pub use error::{BoxError, Classify, Error, ErrorKind, Operation, Permanent, Transient};
+pub use message::{Headers, Message};
+pub use receipt::Receipt;

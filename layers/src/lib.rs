@@ -1,0 +1,16 @@
+//! Broker-agnostic reliability layers for tower services that publish and handle
+//! messages.
+//!
+//! Every layer is generic over `tower::Service<Req>` and names no broker; broker
+//! knowledge reaches them through small traits (the error classification of
+//! [`tower_mq_core::Classify`], for one).
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+pub use tower_mq_core as core;
