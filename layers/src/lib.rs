@@ -13,4 +13,6 @@
     unreachable_pub
 )]
 
+pub mod classify;
+
 pub use tower_mq_core as core;
