@@ -1,0 +1,314 @@
+//! Configuration: the connection ([`Config`]), and the JetStream streams
+//! ([`StreamConfig`]) and durable pull consumers ([`ConsumerConfig`]) declared from it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_mq::nats::config::{Config, ConsumerConfig, Retention, Storage, StreamConfig};
+//!
+//! let config = Config::new("nats://127.0.0.1:4222")
+//!     .name("orders-service")
+//!     .client_capacity(1024)
+//!     .max_reconnect_delay(Duration::from_millis(500));
+//! let stream = StreamConfig::new("ORDERS", ["orders.>"])
+//!     .retention(Retention::WorkQueue)
+//!     .storage(Storage::File)
+//!     .max_age(Duration::from_secs(24 * 3600))
+//!     .duplicate_window(Duration::from_secs(120));
+//! let consumer = ConsumerConfig::new("billing")
+//!     .filter_subject("orders.created")
+//!     .ack_wait(Duration::from_secs(30))
+//!     .max_deliver(5)
+//!     .backoff([Duration::from_secs(1), Duration::from_secs(10)])
+//!     .dead_letter_subject("dead.orders");
+//! # let _ = (config, stream, consumer);
+//! ```
+
+use std::time::Duration;
+
+/// How to connect to NATS, shared by every core and JetStream service built on the
+/// connection. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) url: String,
+    pub(crate) name: Option<String>,
+    pub(crate) client_capacity: usize,
+    pub(crate) subscription_capacity: usize,
+    pub(crate) connection_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_reconnect_delay: Duration,
+    pub(crate) max_reconnects: Option<usize>,
+    pub(crate) ping_interval: Duration,
+    pub(crate) ignore_unsupported: bool,
+}
+
+impl Config {
+    /// Connects to `url` (`nats://host:port`, or several separated by commas).
+    ///
+    /// Defaults: a command buffer of 2048 (see [`Config::client_capacity`]), 5 s
+    /// connection timeout, 5 s request and JetStream ack timeout, reconnect backoff
+    /// capped at 2 s, reconnecting forever, unsupported properties rejected.
+    pub fn new(url: impl Into<String>) -> Self {
+        Config {
+            url: url.into(),
+            name: None,
+            client_capacity: 2048,
+            subscription_capacity: 64 * 1024,
+            connection_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_reconnect_delay: Duration::from_secs(2),
+            max_reconnects: None,
+            ping_interval: Duration::from_secs(20),
+            ignore_unsupported: false,
+        }
+    }
+
+    /// The client name the server shows in its connection list.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How many commands (publishes, flushes, acks) the client buffers, in particular
+    /// while it is reconnecting. When the buffer is full, publishing waits: the
+    /// buffer bounds the memory a broker outage can take.
+    pub fn client_capacity(mut self, capacity: usize) -> Self {
+        self.client_capacity = capacity.max(1);
+        self
+    }
+
+    /// How many undelivered messages a subscription buffers before the server counts
+    /// it as a slow consumer and drops messages for it (core NATS only).
+    pub fn subscription_capacity(mut self, capacity: usize) -> Self {
+        self.subscription_capacity = capacity.max(1);
+        self
+    }
+
+    /// How long one connection attempt may take.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// How long a [`Requester`](super::Requester) waits for a reply, and a JetStream
+    /// publish or double ack for the server's answer.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The longest pause between two reconnect attempts (the backoff doubles up to it).
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_reconnect_delay = delay;
+        self
+    }
+
+    /// Gives up after `attempts` consecutive failed reconnects (`None`, the default,
+    /// reconnects forever). Once given up, every operation fails (permanently).
+    pub fn max_reconnects(mut self, attempts: Option<usize>) -> Self {
+        self.max_reconnects = attempts.filter(|n| *n > 0);
+        self
+    }
+
+    /// How often the client pings the server; two unanswered pings close the
+    /// connection and start a reconnect.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Publishes messages whose properties NATS cannot honour (priority on both; TTL
+    /// on core NATS and on JetStream) without them, instead of failing the publish
+    /// with a permanent error (the default).
+    pub fn ignore_unsupported_properties(mut self, ignore: bool) -> Self {
+        self.ignore_unsupported = ignore;
+        self
+    }
+}
+
+/// When a JetStream stream discards messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Retention {
+    /// Keep messages until a limit (age, count, bytes) is reached: a log that any
+    /// number of consumers read.
+    #[default]
+    Limits,
+    /// Keep a message until every consumer that existed when it arrived acked it.
+    Interest,
+    /// A work queue: a message is removed once one consumer acked it.
+    WorkQueue,
+}
+
+/// Where a JetStream stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Storage {
+    /// On disk: survives a server restart.
+    #[default]
+    File,
+    /// In memory: lost when the server stops.
+    Memory,
+}
+
+/// A JetStream stream, created (or updated to match) by
+/// [`JetStream::declare_stream`](super::jetstream::JetStream::declare_stream).
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub(crate) name: String,
+    pub(crate) subjects: Vec<String>,
+    pub(crate) retention: Retention,
+    pub(crate) storage: Storage,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) duplicate_window: Option<Duration>,
+    pub(crate) max_messages: Option<i64>,
+    pub(crate) replicas: usize,
+}
+
+impl StreamConfig {
+    /// A stream named `name` capturing `subjects` (wildcards allowed), with limits
+    /// retention, file storage and the server's 2 minute duplicate window.
+    pub fn new<I, S>(name: impl Into<String>, subjects: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        StreamConfig {
+            name: name.into(),
+            subjects: subjects.into_iter().map(Into::into).collect(),
+            retention: Retention::Limits,
+            storage: Storage::File,
+            max_age: None,
+            duplicate_window: None,
+            max_messages: None,
+            replicas: 1,
+        }
+    }
+
+    /// The retention policy.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The storage type.
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Discards messages older than `age`.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// How long the stream remembers `Nats-Msg-Id`s to drop duplicates: a retried
+    /// publish is deduplicated only within this window.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = Some(window);
+        self
+    }
+
+    /// Keeps at most `count` messages.
+    pub fn max_messages(mut self, count: i64) -> Self {
+        self.max_messages = Some(count);
+        self
+    }
+
+    /// The number of replicas in a cluster (1 on a single server).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A durable JetStream pull consumer with explicit acks, created (or updated) by
+/// [`JetStream::declare_consumer`](super::jetstream::JetStream::declare_consumer).
+///
+/// JetStream has no dead-letter queue of its own: when a dead-letter subject is set,
+/// rejecting a delivery (or nacking its last allowed delivery) publishes the message
+/// there with reason headers and then terminates it; without one, it is only
+/// terminated. See [`jetstream`](super::jetstream).
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub(crate) durable: String,
+    pub(crate) filter_subject: Option<String>,
+    pub(crate) ack_wait: Duration,
+    pub(crate) max_deliver: Option<u32>,
+    pub(crate) backoff: Vec<Duration>,
+    pub(crate) max_ack_pending: Option<i64>,
+    pub(crate) dead_letter_subject: Option<String>,
+    pub(crate) batch: usize,
+}
+
+impl ConsumerConfig {
+    /// A durable consumer named `durable` over the whole stream, with a 30 s ack
+    /// wait, unlimited deliveries and no dead-letter subject.
+    pub fn new(durable: impl Into<String>) -> Self {
+        ConsumerConfig {
+            durable: durable.into(),
+            filter_subject: None,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: None,
+            backoff: Vec::new(),
+            max_ack_pending: None,
+            dead_letter_subject: None,
+            batch: 100,
+        }
+    }
+
+    /// Only delivers messages whose subject matches `subject`.
+    pub fn filter_subject(mut self, subject: impl Into<String>) -> Self {
+        self.filter_subject = Some(subject.into());
+        self
+    }
+
+    /// How long the server waits for an ack before delivering a message again.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// How many times a message is delivered at most (the first time included).
+    pub fn max_deliver(mut self, deliveries: u32) -> Self {
+        self.max_deliver = Some(deliveries.max(1));
+        self
+    }
+
+    /// Redelivery delays after unacknowledged deliveries (the server uses them instead
+    /// of the ack wait; the last one repeats). The server requires
+    /// [`max_deliver`](Self::max_deliver) to exceed their number.
+    pub fn backoff(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.backoff = delays.into_iter().collect();
+        self
+    }
+
+    /// How many delivered but unacknowledged messages the server allows at once.
+    pub fn max_ack_pending(mut self, pending: i64) -> Self {
+        self.max_ack_pending = Some(pending);
+        self
+    }
+
+    /// Where rejected deliveries are published (a subject some stream captures, so
+    /// dead letters are stored).
+    pub fn dead_letter_subject(mut self, subject: impl Into<String>) -> Self {
+        self.dead_letter_subject = Some(subject.into());
+        self
+    }
+
+    /// How many messages one pull request asks for (default 100).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// The consumer's durable name.
+    pub fn durable(&self) -> &str {
+        &self.durable
+    }
+}

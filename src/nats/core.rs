@@ -1,0 +1,346 @@
+//! Core NATS: publishing with a flush, batches flushed once, and subscriptions
+//! (plain or in a queue group) as streams of deliveries.
+//!
+//! Core NATS delivers **at most once**: the server forwards a message to the
+//! subscribers connected at that moment and keeps nothing. A [`Receipt::Nats`] says the
+//! message reached the server (the publish was flushed on a connection that stayed up
+//! until the flush completed); it does not say anyone received it. Deliveries cannot be
+//! acked, nacked or dead-lettered: they are
+//! [`Delivery::unacknowledged`](crate::Delivery::unacknowledged), and settling them
+//! only records the outcome locally.
+//!
+//! A queue group load balances: each message on the subject goes to exactly one
+//! member of the group, so several [`Subscriber::queue_subscribe`] streams with the
+//! same group share the work without duplicates.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use tower::ServiceExt;
+//! use tower_mq::nats::{BatchPublisher, Config, Connection, Subscriber};
+//! use tower_mq::Message;
+//!
+//! # async fn run() -> Result<(), tower_mq::Error> {
+//! let connection = Connection::connect(&Config::new("nats://127.0.0.1:4222")).await?;
+//! let mut events = Subscriber::subscribe(&connection, "events.>").await?;
+//! let batch = (0..100).map(|i| Message::new("events.tick", format!("{i}"))).collect();
+//! let results = BatchPublisher::new(&connection).oneshot(batch).await?;
+//! assert!(results.iter().all(Result::is_ok));
+//! while let Some(delivery) = events.next().await {
+//!     println!("{:?}", delivery?.message().payload());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Receipt::Nats`]: crate::Receipt::Nats
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::future::BoxFuture;
+use futures_core::Stream;
+use tower::Service;
+use tower_mq_core::{Delivery, Error, ErrorKind, Message, Operation, Receipt};
+
+use super::headers::{self, Flavour};
+use super::{error, Connection, Readiness};
+
+/// Publishes a message and flushes it: `Service<Message, Response = Receipt>`.
+///
+/// The receipt is [`Receipt::Nats`]: delivered at most once (see the
+/// [module docs](self)). `poll_ready` is `Pending` while the connection is down.
+/// Cloning is cheap; clones share the connection.
+pub struct Publisher {
+    connection: Connection,
+    readiness: Readiness,
+}
+
+impl Publisher {
+    /// A publisher on `connection`.
+    pub fn new(connection: &Connection) -> Self {
+        Publisher {
+            connection: connection.clone(),
+            readiness: connection.readiness(),
+        }
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl Clone for Publisher {
+    fn clone(&self) -> Self {
+        Publisher {
+            connection: self.connection.clone(),
+            readiness: self.readiness.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connection", &self.connection)
+            .finish()
+    }
+}
+
+impl Service<Message> for Publisher {
+    type Response = Receipt;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Receipt, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.readiness.poll_ready(cx, Operation::Publish)
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        let connection = self.connection.clone();
+        Box::pin(async move {
+            let connects = connection.connects();
+            send(&connection, &message).await?;
+            flush(&connection, connects, message.destination()).await?;
+            Ok(Receipt::Nats {
+                subject: message.destination().to_owned(),
+            })
+        })
+    }
+}
+
+/// Publishes a batch and flushes once:
+/// `Service<Vec<Message>, Response = Vec<Result<Receipt, Error>>>`.
+///
+/// Each message gets its own result, in order: a message that cannot be published
+/// (invalid subject or header, unsupported property, too large) fails alone; if the
+/// flush fails, every message that had been handed to the client fails with a
+/// transient error. Receipts mean what [`Publisher`]'s do. The service's own error
+/// is for the connection being closed.
+pub struct BatchPublisher {
+    connection: Connection,
+    readiness: Readiness,
+}
+
+impl BatchPublisher {
+    /// A batch publisher on `connection`.
+    pub fn new(connection: &Connection) -> Self {
+        BatchPublisher {
+            connection: connection.clone(),
+            readiness: connection.readiness(),
+        }
+    }
+}
+
+impl Clone for BatchPublisher {
+    fn clone(&self) -> Self {
+        BatchPublisher {
+            connection: self.connection.clone(),
+            readiness: self.readiness.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for BatchPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchPublisher")
+            .field("connection", &self.connection)
+            .finish()
+    }
+}
+
+impl Service<Vec<Message>> for BatchPublisher {
+    type Response = Vec<Result<Receipt, Error>>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.readiness.poll_ready(cx, Operation::Publish)
+    }
+
+    fn call(&mut self, messages: Vec<Message>) -> Self::Future {
+        let connection = self.connection.clone();
+        Box::pin(async move {
+            let connects = connection.connects();
+            let mut results = Vec::with_capacity(messages.len());
+            for message in &messages {
+                results.push(send(&connection, message).await.map(|()| Receipt::Nats {
+                    subject: message.destination().to_owned(),
+                }));
+            }
+            let destination = messages.first().map(Message::destination).unwrap_or("");
+            if let Err(err) = flush(&connection, connects, destination).await {
+                for (result, message) in results.iter_mut().zip(&messages) {
+                    if result.is_ok() {
+                        *result = Err(error(err.kind(), Operation::Publish, message.destination())
+                            .with_reason(err.reason().unwrap_or("flush failed").to_owned()));
+                    }
+                }
+            }
+            Ok(results)
+        })
+    }
+}
+
+/// Hands one message to the client.
+pub(crate) async fn send(connection: &Connection, message: &Message) -> Result<(), Error> {
+    let subject = message.destination();
+    headers::check_supported(
+        message,
+        Flavour::Core,
+        connection.config().ignore_unsupported,
+        Operation::Publish,
+    )?;
+    let headers = headers::encode(message, None, true, Operation::Publish)?;
+    let client = connection.client();
+    let payload = message.payload().clone();
+    let owned = subject.to_owned();
+    let result = match (message.reply_to(), headers.is_empty()) {
+        (Some(reply), true) => {
+            client
+                .publish_with_reply(owned, reply.to_owned(), payload)
+                .await
+        }
+        (Some(reply), false) => {
+            client
+                .publish_with_reply_and_headers(owned, reply.to_owned(), headers, payload)
+                .await
+        }
+        (None, true) => client.publish(owned, payload).await,
+        (None, false) => client.publish_with_headers(owned, headers, payload).await,
+    };
+    result.map_err(|err| {
+        use async_nats::client::PublishErrorKind as Kind;
+        let (kind, reason) = match err.kind() {
+            Kind::InvalidSubject => (ErrorKind::Permanent, "invalid subject"),
+            Kind::MaxPayloadExceeded => (
+                ErrorKind::Permanent,
+                "message larger than the server's max_payload",
+            ),
+            Kind::Send => (ErrorKind::Permanent, "the NATS connection is closed"),
+        };
+        error(kind, Operation::Publish, subject)
+            .with_reason(reason)
+            .with_source(err)
+    })
+}
+
+/// Flushes, and fails (transiently) if the connection was replaced since `connects`
+/// was read: what the old connection had not written is lost.
+pub(crate) async fn flush(
+    connection: &Connection,
+    connects: u64,
+    destination: &str,
+) -> Result<(), Error> {
+    connection.client().flush().await.map_err(|err| {
+        error(ErrorKind::Transient, Operation::Publish, destination)
+            .with_reason("flush failed")
+            .with_source(err)
+    })?;
+    if connection.connects() != connects {
+        return Err(
+            error(ErrorKind::Transient, Operation::Publish, destination).with_reason(
+                "the connection was re-established before the flush completed; \
+             the message may have been lost",
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A subscription, plain or in a queue group: a `Stream` of at-most-once
+/// [`Delivery`]s.
+///
+/// The subscription survives reconnects (the client renews it); messages published
+/// while it was disconnected are not delivered. The stream ends when the connection
+/// is closed. Dropping it unsubscribes.
+pub struct Subscriber {
+    inner: async_nats::Subscriber,
+    subject: String,
+}
+
+impl Subscriber {
+    /// Subscribes to `subject` (wildcards `*` and `>` allowed): every subscriber gets
+    /// every message.
+    pub async fn subscribe(
+        connection: &Connection,
+        subject: impl Into<String>,
+    ) -> Result<Self, Error> {
+        let subject = subject.into();
+        let inner = connection
+            .client()
+            .subscribe(subject.clone())
+            .await
+            .map_err(|err| subscribe_error(&subject, err))?;
+        flush_subscription(connection, &subject).await?;
+        Ok(Subscriber { inner, subject })
+    }
+
+    /// Subscribes to `subject` as a member of queue group `group`: each message goes
+    /// to one member of the group.
+    pub async fn queue_subscribe(
+        connection: &Connection,
+        subject: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Result<Self, Error> {
+        let subject = subject.into();
+        let inner = connection
+            .client()
+            .queue_subscribe(subject.clone(), group.into())
+            .await
+            .map_err(|err| subscribe_error(&subject, err))?;
+        flush_subscription(connection, &subject).await?;
+        Ok(Subscriber { inner, subject })
+    }
+
+    /// The subject subscribed to.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
+/// Makes sure the server registered the subscription before returning, so a message
+/// published right after subscribing reaches it.
+async fn flush_subscription(connection: &Connection, subject: &str) -> Result<(), Error> {
+    connection.client().flush().await.map_err(|err| {
+        error(ErrorKind::Transient, Operation::Subscribe, subject)
+            .with_reason("flush failed")
+            .with_source(err)
+    })
+}
+
+fn subscribe_error(subject: &str, err: async_nats::SubscribeError) -> Error {
+    use async_nats::client::SubscribeErrorKind as Kind;
+    let kind = match err.kind() {
+        Kind::InvalidSubject | Kind::InvalidQueueName => ErrorKind::Permanent,
+        Kind::Other => ErrorKind::Transient,
+    };
+    error(kind, Operation::Subscribe, subject).with_source(err)
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("subject", &self.subject)
+            .finish()
+    }
+}
+
+impl Stream for Subscriber {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = std::task::ready!(Pin::new(&mut self.inner).poll_next(cx));
+        Poll::Ready(next.map(|message| {
+            Ok(Delivery::unacknowledged(headers::decode(
+                message.subject.as_str(),
+                message.reply.as_ref().map(|r| r.as_str()),
+                message.headers.as_ref(),
+                message.payload,
+            )))
+        }))
+    }
+}

@@ -1,0 +1,580 @@
+//! JetStream: streams and durable pull consumers declared from configuration,
+//! publishing with the stream's ack and deduplication, and deliveries settled with
+//! explicit acks.
+//!
+//! # Publishing
+//!
+//! [`Publisher`] publishes a message and waits for the stream's ack:
+//! [`Receipt::JetStream`] names the stream, the sequence number and whether the stream
+//! had already stored a message with the same `Nats-Msg-Id` (a duplicate is not stored
+//! twice). Every publish carries `Nats-Msg-Id`: the message id, or a generated one
+//! when the message has none.
+//!
+//! **Pitfall:** the ack can time out although the stream stored the message (the
+//! ack was lost, or the server restarted between storing and answering). That is a
+//! *transient* error, and retrying with the same `Nats-Msg-Id` is safe: the stream
+//! answers `duplicate` instead of storing it again. For that to hold across retries,
+//! the id must be on the message the retry layer resends: give messages an id
+//! ([`Message::with_message_id`]) before the retry layer; an id generated here is
+//! fresh on each call.
+//!
+//! # Consuming
+//!
+//! [`Consumer`] is a `Stream` of [`Delivery`]s from a durable pull consumer with
+//! explicit acks. Its delivery count is JetStream's (`num_delivered`). Settling:
+//! - `ack` acknowledges and waits for the server to confirm it (a double ack);
+//! - `nack(delay)` asks for redelivery after `delay` (a nak with delay);
+//! - `reject(reason)` dead-letters: JetStream has no dead-letter queue, so the message
+//!   is published to the consumer's dead-letter subject (if configured) with the
+//!   reason and its origin in headers ([`headers::DEAD_LETTER_REASON`] and friends),
+//!   and then terminated (`+TERM`: never delivered again). Without a dead-letter
+//!   subject it is only terminated.
+//! - a `nack` of the last delivery that `max_deliver` allows dead-letters the message
+//!   the same way (the server would otherwise drop it silently).
+//!
+//! A delivery nobody settles within the ack wait is delivered again (up to
+//! `max_deliver`, following the consumer's `backoff`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use futures_util::StreamExt;
+//! use tower::ServiceExt;
+//! use tower_mq::nats::config::{ConsumerConfig, Retention, StreamConfig};
+//! use tower_mq::nats::jetstream::JetStream;
+//! use tower_mq::nats::{Config, Connection};
+//! use tower_mq::Message;
+//!
+//! # async fn run() -> Result<(), tower_mq::Error> {
+//! let connection = Connection::connect(&Config::new("nats://127.0.0.1:4222")).await?;
+//! let js = JetStream::new(&connection);
+//! js.declare_stream(&StreamConfig::new("JOBS", ["jobs.>"]).retention(Retention::WorkQueue))
+//!     .await?;
+//! js.declare_stream(&StreamConfig::new("DEAD", ["dead.>"])).await?;
+//! let workers = ConsumerConfig::new("workers")
+//!     .ack_wait(Duration::from_secs(30))
+//!     .max_deliver(5)
+//!     .dead_letter_subject("dead.jobs");
+//! js.declare_consumer("JOBS", &workers).await?;
+//!
+//! let receipt = js
+//!     .publisher()
+//!     .oneshot(Message::new("jobs.resize", "image-7").with_message_id("job-7"))
+//!     .await?;
+//! println!("{receipt}"); // jetstream JOBS#1
+//!
+//! let mut jobs = js.consumer("JOBS", &workers).await?;
+//! while let Some(job) = jobs.next().await {
+//!     let job = job?;
+//!     match job.message().payload().as_ref() {
+//!         b"image-7" => job.ack().await?,
+//!         _ => job.reject("unknown job").await?,
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Receipt::JetStream`]: crate::Receipt::JetStream
+//! [`Message::with_message_id`]: crate::Message::with_message_id
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::AckKind;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_core::future::BoxFuture;
+use futures_core::Stream;
+use tower::Service;
+use tower_mq_core::{Acker, Acknowledge, Delivery, Error, ErrorKind, Message, Operation, Receipt};
+
+use super::config::{ConsumerConfig, Retention, Storage, StreamConfig};
+use super::headers::{self, Flavour};
+use super::{error, Connection, Readiness};
+
+/// A JetStream context on a [`Connection`]: declares streams and consumers and builds
+/// publishers and consumers. See the [module docs](self).
+#[derive(Clone)]
+pub struct JetStream {
+    connection: Connection,
+    context: async_nats::jetstream::Context,
+}
+
+impl JetStream {
+    /// JetStream on `connection`; API requests and publish acks wait
+    /// [`Config::request_timeout`](super::Config::request_timeout).
+    pub fn new(connection: &Connection) -> Self {
+        let context = async_nats::jetstream::ContextBuilder::new()
+            .timeout(connection.config().request_timeout)
+            .backpressure_on_inflight(true)
+            .build(connection.client().clone());
+        JetStream {
+            connection: connection.clone(),
+            context,
+        }
+    }
+
+    /// The async-nats JetStream context, for what this module does not cover.
+    pub fn context(&self) -> &async_nats::jetstream::Context {
+        &self.context
+    }
+
+    /// Creates the stream, or updates it to match `config`.
+    pub async fn declare_stream(&self, config: &StreamConfig) -> Result<(), Error> {
+        let stream = async_nats::jetstream::stream::Config {
+            name: config.name.clone(),
+            subjects: config.subjects.clone(),
+            retention: match config.retention {
+                Retention::Limits => async_nats::jetstream::stream::RetentionPolicy::Limits,
+                Retention::Interest => async_nats::jetstream::stream::RetentionPolicy::Interest,
+                Retention::WorkQueue => async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+            },
+            storage: match config.storage {
+                Storage::File => async_nats::jetstream::stream::StorageType::File,
+                Storage::Memory => async_nats::jetstream::stream::StorageType::Memory,
+            },
+            max_age: config.max_age.unwrap_or_default(),
+            duplicate_window: config.duplicate_window.unwrap_or_default(),
+            max_messages: config.max_messages.unwrap_or(-1),
+            max_bytes: -1,
+            max_messages_per_subject: -1,
+            max_consumers: -1,
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        self.context
+            .create_or_update_stream(stream)
+            .await
+            .map_err(|err| {
+                use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+                let kind = match err.kind() {
+                    Kind::TimedOut | Kind::JetStreamUnavailable => ErrorKind::Transient,
+                    Kind::JetStream(api) if api.code() >= 500 => ErrorKind::Transient,
+                    _ => ErrorKind::Permanent,
+                };
+                error(kind, Operation::Declare, &config.name).with_source(err)
+            })?;
+        Ok(())
+    }
+
+    /// Creates the durable pull consumer on `stream`, or updates it to match
+    /// `config` (explicit acks, ack wait, max deliver, backoff, filter).
+    pub async fn declare_consumer(
+        &self,
+        stream: &str,
+        config: &ConsumerConfig,
+    ) -> Result<(), Error> {
+        let consumer = pull::Config {
+            durable_name: Some(config.durable.clone()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver.map_or(-1, i64::from),
+            filter_subject: config.filter_subject.clone().unwrap_or_default(),
+            backoff: config.backoff.clone(),
+            max_ack_pending: config.max_ack_pending.unwrap_or_default(),
+            ..Default::default()
+        };
+        self.context
+            .create_consumer_on_stream(consumer, stream)
+            .await
+            .map_err(|err| consumer_error(err, Operation::Declare, stream))?;
+        Ok(())
+    }
+
+    /// A publisher waiting for the stream's ack.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            connection: self.connection.clone(),
+            context: self.context.clone(),
+            readiness: self.connection.readiness(),
+        }
+    }
+
+    /// Deliveries from the durable consumer `config.durable()` on `stream` (declared
+    /// before with [`declare_consumer`](Self::declare_consumer)); the dead-letter
+    /// subject and batch size come from `config`, the delivery limit from the server.
+    pub async fn consumer(&self, stream: &str, config: &ConsumerConfig) -> Result<Consumer, Error> {
+        let consumer: PullConsumer = self
+            .context
+            .get_consumer_from_stream(config.durable.clone(), stream)
+            .await
+            .map_err(|err| consumer_error(err, Operation::Subscribe, stream))?;
+        let max_deliver = u32::try_from(consumer.cached_info().config.max_deliver)
+            .ok()
+            .filter(|n| *n > 0);
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(config.batch)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|err| {
+                error(ErrorKind::Transient, Operation::Subscribe, stream).with_source(err)
+            })?;
+        Ok(Consumer {
+            messages,
+            settle: Arc::new(Settle {
+                context: self.context.clone(),
+                stream: stream.to_owned(),
+                consumer: config.durable.clone(),
+                dead_letter_subject: config.dead_letter_subject.clone(),
+                max_deliver,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for JetStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStream")
+            .field("connection", &self.connection)
+            .finish()
+    }
+}
+
+fn consumer_error(
+    err: async_nats::error::Error<async_nats::jetstream::stream::ConsumerErrorKind>,
+    operation: Operation,
+    stream: &str,
+) -> Error {
+    use async_nats::jetstream::stream::ConsumerErrorKind as Kind;
+    let kind = match err.kind() {
+        Kind::TimedOut | Kind::Request => ErrorKind::Transient,
+        Kind::JetStream(api) if api.code() >= 500 => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
+    };
+    error(kind, operation, stream).with_source(err)
+}
+
+/// Publishes to a stream and waits for its ack: `Service<Message, Response = Receipt>`
+/// answering [`Receipt::JetStream`](crate::Receipt::JetStream).
+///
+/// See the [module docs](self) for deduplication and the ack-timeout pitfall.
+/// `poll_ready` is `Pending` while the connection is down.
+pub struct Publisher {
+    connection: Connection,
+    context: async_nats::jetstream::Context,
+    readiness: Readiness,
+}
+
+impl Clone for Publisher {
+    fn clone(&self) -> Self {
+        Publisher {
+            connection: self.connection.clone(),
+            context: self.context.clone(),
+            readiness: self.readiness.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connection", &self.connection)
+            .finish()
+    }
+}
+
+impl Service<Message> for Publisher {
+    type Response = Receipt;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Receipt, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.readiness.poll_ready(cx, Operation::Publish)
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        let context = self.context.clone();
+        let ignore = self.connection.config().ignore_unsupported;
+        Box::pin(async move { publish(&context, &message, None, ignore).await })
+    }
+}
+
+/// Publishes `message` with `Nats-Msg-Id` set (to `id`, the message's id, or a new
+/// one) and waits for the ack.
+async fn publish(
+    context: &async_nats::jetstream::Context,
+    message: &Message,
+    id: Option<&str>,
+    ignore_unsupported: bool,
+) -> Result<Receipt, Error> {
+    let subject = message.destination();
+    headers::check_supported(
+        message,
+        Flavour::JetStream,
+        ignore_unsupported,
+        Operation::Publish,
+    )?;
+    let generated;
+    let id = match id.or(message.message_id()) {
+        Some(id) => id,
+        None => {
+            generated = nuid::next().to_string();
+            &generated
+        }
+    };
+    let headers = headers::encode(message, Some(id), true, Operation::Publish)?;
+    publish_raw(context, subject, headers, message.payload().clone()).await
+}
+
+async fn publish_raw(
+    context: &async_nats::jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<Receipt, Error> {
+    let publish = PublishMessage::build().payload(payload).headers(headers);
+    let ack = match context.send_publish(subject.to_owned(), publish).await {
+        Ok(ack) => ack.await,
+        Err(err) => Err(err),
+    }
+    .map_err(|err| publish_error(err, subject))?;
+    Ok(Receipt::JetStream {
+        stream: ack.stream,
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}
+
+fn publish_error(err: async_nats::jetstream::context::PublishError, subject: &str) -> Error {
+    let (kind, reason) = match err.kind() {
+        PublishErrorKind::TimedOut => (
+            ErrorKind::Transient,
+            "no ack in time: the message may have been stored; \
+             retrying with the same Nats-Msg-Id is safe",
+        ),
+        PublishErrorKind::BrokenPipe => (
+            ErrorKind::Transient,
+            "the connection was lost before the ack; \
+             retrying with the same Nats-Msg-Id is safe",
+        ),
+        PublishErrorKind::MaxAckPending => (ErrorKind::Transient, "too many acks pending"),
+        PublishErrorKind::StreamNotFound => {
+            (ErrorKind::Permanent, "no stream captures this subject")
+        }
+        PublishErrorKind::MaxPayloadExceeded => (
+            ErrorKind::Permanent,
+            "message larger than the server's max_payload",
+        ),
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+            (ErrorKind::Permanent, "expectation on the stream failed")
+        }
+        PublishErrorKind::Other => {
+            let api = std::error::Error::source(&err)
+                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>());
+            match api {
+                Some(api) if api.code() < 500 => (ErrorKind::Permanent, "rejected by the stream"),
+                Some(_) => (ErrorKind::Transient, "JetStream unavailable"),
+                None => (ErrorKind::Transient, "publish failed"),
+            }
+        }
+    };
+    error(kind, Operation::Publish, subject)
+        .with_reason(reason)
+        .with_source(err)
+}
+
+/// Deliveries from a durable pull consumer: a `Stream` of [`Delivery`]s settled with
+/// explicit acks. See the [module docs](self).
+///
+/// Pull requests are renewed after a reconnect. Errors in the stream (a missed
+/// heartbeat while the server restarts, say) are transient unless the consumer is
+/// gone; the stream goes on after them.
+pub struct Consumer {
+    messages: pull::Stream,
+    settle: Arc<Settle>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("stream", &self.settle.stream)
+            .field("consumer", &self.settle.consumer)
+            .field("dead_letter_subject", &self.settle.dead_letter_subject)
+            .field("max_deliver", &self.settle.max_deliver)
+            .finish()
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = std::task::ready!(Pin::new(&mut self.messages).poll_next(cx));
+        let settle = self.settle.clone();
+        Poll::Ready(next.map(|result| match result {
+            Ok(message) => Ok(delivery(message, settle)),
+            Err(err) => {
+                use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+                let kind = match err.kind() {
+                    Kind::ConsumerDeleted
+                    | Kind::PushBasedConsumer
+                    | Kind::RequestLimitExceeded => ErrorKind::Permanent,
+                    _ => ErrorKind::Transient,
+                };
+                Err(error(kind, Operation::Receive, &settle.stream).with_source(err))
+            }
+        }))
+    }
+}
+
+fn delivery(message: async_nats::jetstream::Message, settle: Arc<Settle>) -> Delivery {
+    let (count, sequence) = match message.info() {
+        Ok(info) => (
+            u32::try_from(info.delivered).unwrap_or(1),
+            Some(info.stream_sequence),
+        ),
+        Err(_) => (1, None),
+    };
+    let (message, acker) = message.split();
+    let decoded = headers::decode(
+        message.subject.as_str(),
+        None,
+        message.headers.as_ref(),
+        message.payload.clone(),
+    );
+    let backend = Settlement {
+        acker,
+        settle,
+        subject: message.subject.to_string(),
+        headers: message.headers.unwrap_or_default(),
+        payload: message.payload,
+        sequence,
+        delivered: count,
+    };
+    Delivery::new(
+        decoded,
+        Acker::new(JetStreamAcker {
+            inner: Arc::new(backend),
+        }),
+    )
+    .with_delivery_count(count)
+}
+
+/// What every delivery of one consumer shares.
+struct Settle {
+    context: async_nats::jetstream::Context,
+    stream: String,
+    consumer: String,
+    dead_letter_subject: Option<String>,
+    max_deliver: Option<u32>,
+}
+
+/// Settles one JetStream delivery.
+struct Settlement {
+    acker: async_nats::jetstream::message::Acker,
+    settle: Arc<Settle>,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    sequence: Option<u64>,
+    delivered: u32,
+}
+
+impl Settlement {
+    async fn send(&self, kind: AckKind, operation: Operation) -> Result<(), Error> {
+        self.acker.double_ack_with(kind).await.map_err(|err| {
+            error(ErrorKind::Transient, operation, &self.settle.stream)
+                .with_reason(format!(
+                    "consumer `{}` did not confirm in time",
+                    self.settle.consumer
+                ))
+                .with_source(err)
+        })
+    }
+
+    async fn dead_letter(&self, reason: &str) -> Result<(), Error> {
+        let settle = &self.settle;
+        match &settle.dead_letter_subject {
+            Some(dead_letter) => {
+                let mut headers = self.headers.clone();
+                let original_id = headers
+                    .get(headers::MESSAGE_ID)
+                    .map(|v| v.as_str().to_owned());
+                // Deduplicated per stream message, so a reject retried after a failed
+                // term does not dead-letter it twice.
+                let id = match self.sequence {
+                    Some(sequence) => format!("dead-letter.{}.{sequence}", settle.stream),
+                    None => nuid::next().to_string(),
+                };
+                let mut set = |name: &'static str, value: String| {
+                    // Values come from names NATS accepted and the caller's reason;
+                    // line breaks would end the header.
+                    let value = value.replace(['\r', '\n'], " ");
+                    headers.insert(
+                        async_nats::HeaderName::from_static(name),
+                        async_nats::HeaderValue::from(value),
+                    );
+                };
+                set(headers::MESSAGE_ID, id);
+                if let Some(original) = original_id {
+                    set(headers::DEAD_LETTER_MESSAGE_ID, original);
+                }
+                set(headers::DEAD_LETTER_REASON, reason.to_owned());
+                set(headers::DEAD_LETTER_SUBJECT, self.subject.clone());
+                set(headers::DEAD_LETTER_STREAM, settle.stream.clone());
+                set(headers::DEAD_LETTER_CONSUMER, settle.consumer.clone());
+                set(headers::DEAD_LETTER_DELIVERIES, self.delivered.to_string());
+                if let Some(sequence) = self.sequence {
+                    set(headers::DEAD_LETTER_SEQUENCE, sequence.to_string());
+                }
+                publish_raw(&settle.context, dead_letter, headers, self.payload.clone())
+                    .await
+                    .map_err(|err| {
+                        Error::new(super::BROKER, Operation::Reject, err.kind())
+                            .with_destination(dead_letter.clone())
+                            .with_reason("publishing to the dead-letter subject failed")
+                            .with_source(err)
+                    })?;
+            }
+            None => tracing::warn!(
+                target: "tower_mq::nats",
+                stream = %settle.stream,
+                consumer = %settle.consumer,
+                reason,
+                "terminating a delivery without a dead-letter subject"
+            ),
+        }
+        self.send(AckKind::Term, Operation::Reject).await
+    }
+}
+
+/// The [`Acknowledge`] of JetStream deliveries.
+struct JetStreamAcker {
+    inner: Arc<Settlement>,
+}
+
+impl Acknowledge for JetStreamAcker {
+    fn ack(&self) -> BoxFuture<'static, Result<(), Error>> {
+        let this = self.inner.clone();
+        Box::pin(async move { this.send(AckKind::Ack, Operation::Ack).await })
+    }
+
+    fn nack(&self, delay: Option<Duration>) -> BoxFuture<'static, Result<(), Error>> {
+        let this = self.inner.clone();
+        Box::pin(async move {
+            match this.settle.max_deliver {
+                Some(max) if this.delivered >= max => {
+                    this.dead_letter(&format!("delivered {max} times (max_deliver)"))
+                        .await
+                }
+                _ => this.send(AckKind::Nak(delay), Operation::Nack).await,
+            }
+        })
+    }
+
+    fn reject(&self, reason: &str) -> BoxFuture<'static, Result<(), Error>> {
+        let this = self.inner.clone();
+        let reason = reason.to_owned();
+        Box::pin(async move { this.dead_letter(&reason).await })
+    }
+}

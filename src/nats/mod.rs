@@ -1,0 +1,327 @@
+//! NATS: core publish/subscribe, queue groups, request/reply and JetStream, as tower
+//! services and streams of deliveries.
+//!
+//! One [`Connection`] (an async-nats client) serves every service built on it:
+//!
+//! - **Core NATS** ([`core`]): [`Publisher`] publishes and flushes each message and
+//!   answers [`Receipt::Nats`]: the server has the message, and it went to the
+//!   subscribers present at that moment, **at most once**; nothing is stored.
+//!   [`BatchPublisher`] publishes a batch and flushes once. [`Subscriber`] is a
+//!   stream of deliveries from a subscription or a queue group (a queue group load
+//!   balances: each message goes to one member). Core deliveries cannot be acked or
+//!   redelivered ([`Delivery::unacknowledged`](crate::Delivery::unacknowledged)).
+//! - **Request/reply** ([`request`]): [`Requester`] sends a request to a subject and
+//!   answers the reply, over a NATS inbox, with a timeout.
+//! - **JetStream** ([`jetstream`]): streams and durable pull consumers declared from
+//!   [`config`], publishing with the stream's ack and `Nats-Msg-Id` deduplication,
+//!   and consumers with explicit ack, nak with delay, term and a dead-letter subject.
+//!
+//! Message properties travel in headers laid out in [`headers`]. NATS has no priority
+//! and core NATS no TTL: publishing a message with one fails with a permanent error
+//! unless [`Config::ignore_unsupported_properties`] is set.
+//!
+//! # Reconnecting
+//!
+//! The client reconnects by itself with a capped backoff
+//! ([`Config::max_reconnect_delay`]), and connection events are logged with
+//! `tracing` (target `tower_mq::nats`). While it is disconnected:
+//! - every publisher's and requester's `poll_ready` is `Pending`, so tower's
+//!   `Buffer`, `ConcurrencyLimit` and `LoadShed` see the outage as backpressure
+//!   (put a `LoadShed` or a readiness timeout in front if callers must not wait);
+//! - subscriptions are kept and renewed by the client once connected again; core
+//!   messages published while a subscriber was away are not delivered to it (at
+//!   most once), JetStream consumers resume where their acks left off;
+//! - commands wait in the client's buffer, bounded by [`Config::client_capacity`].
+//!   A core publish whose connection was replaced before its flush completed may
+//!   have been lost with the old connection: it fails with a **transient** error
+//!   instead of answering a receipt, so a retry publishes it again (possibly
+//!   twice). A JetStream publish whose ack does not come within
+//!   [`Config::request_timeout`] fails with a transient error as well; the message
+//!   may have been stored, and a retry with the same `Nats-Msg-Id` is safe.
+//!
+//! # Errors
+//!
+//! Every error is a [`tower_mq::Error`](crate::Error) naming broker `"nats"`, the
+//! operation and the subject or stream. Transient: connection loss, timeouts (a
+//! request nobody answered in time, a JetStream ack that did not come), a full
+//! buffer, JetStream temporarily unavailable, no responders to a core request (a
+//! responder may be restarting). Permanent: invalid subjects or headers, a payload
+//! over the server's limit, unsupported properties, no stream capturing a JetStream
+//! subject, a rejected stream or consumer configuration.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use tower::{Service, ServiceExt};
+//! use tower_mq::nats::{self, Config, Connection};
+//! use tower_mq::Message;
+//!
+//! # async fn run() -> Result<(), tower_mq::Error> {
+//! let connection = Connection::connect(&Config::new("nats://127.0.0.1:4222")).await?;
+//!
+//! // Core NATS: two workers in a queue group share the messages.
+//! let mut worker = nats::Subscriber::queue_subscribe(&connection, "jobs.>", "workers").await?;
+//! let mut publisher = nats::Publisher::new(&connection);
+//! let receipt = publisher
+//!     .ready()
+//!     .await?
+//!     .call(Message::new("jobs.resize", "image-7"))
+//!     .await?;
+//! assert!(!receipt.is_confirmed()); // at most once
+//! if let Some(delivery) = worker.next().await {
+//!     let delivery = delivery?;
+//!     println!("{:?}", delivery.message().payload());
+//! }
+//!
+//! // JetStream: a stream, a durable consumer, deduplicated publishing.
+//! use tower_mq::nats::config::{ConsumerConfig, StreamConfig};
+//! let js = nats::jetstream::JetStream::new(&connection);
+//! js.declare_stream(&StreamConfig::new("ORDERS", ["orders.>"])).await?;
+//! let consumer = ConsumerConfig::new("billing").max_deliver(5).dead_letter_subject("dead.orders");
+//! js.declare_consumer("ORDERS", &consumer).await?;
+//! let receipt = js
+//!     .publisher()
+//!     .oneshot(Message::new("orders.created", "{}").with_message_id("order-1"))
+//!     .await?;
+//! println!("{receipt}");
+//! let mut deliveries = js.consumer("ORDERS", &consumer).await?;
+//! if let Some(delivery) = deliveries.next().await {
+//!     delivery?.ack().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Receipt::Nats`]: crate::Receipt::Nats
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::watch;
+use tower_mq_core::{Error, ErrorKind, Operation};
+
+pub mod config;
+pub mod core;
+pub mod headers;
+pub mod jetstream;
+pub mod request;
+
+pub use self::config::Config;
+pub use self::core::{BatchPublisher, Publisher, Subscriber};
+pub use self::request::Requester;
+
+/// The broker name in errors: `"nats"`.
+pub const BROKER: &str = "nats";
+
+/// A connection to NATS, shared (cheaply cloned) by every service built on it.
+///
+/// See the [module docs](self) for what happens while it reconnects.
+#[derive(Clone)]
+pub struct Connection {
+    client: async_nats::Client,
+    connected: watch::Receiver<Link>,
+    config: Arc<Config>,
+}
+
+/// The connection's state as the services see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    Up,
+    Down,
+    Closed,
+}
+
+impl Connection {
+    /// Connects to the server(s) in `config`.
+    ///
+    /// Fails if no server can be reached now (a transient error), or if the address
+    /// or credentials are wrong (permanent). Once connected, the client reconnects by
+    /// itself.
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        let (state_tx, connected) = watch::channel(Link::Down);
+        let state_tx = Arc::new(state_tx);
+        let max_delay = config.max_reconnect_delay;
+        let mut options = async_nats::ConnectOptions::new()
+            .client_capacity(config.client_capacity)
+            .subscription_capacity(config.subscription_capacity)
+            .connection_timeout(config.connection_timeout)
+            .request_timeout(Some(config.request_timeout))
+            .ping_interval(config.ping_interval)
+            .max_reconnects(config.max_reconnects)
+            .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, max_delay))
+            .event_callback({
+                let state_tx = state_tx.clone();
+                move |event| {
+                    on_event(&state_tx, &event);
+                    async {}
+                }
+            });
+        if let Some(name) = &config.name {
+            options = options.name(name);
+        }
+        let client = options.connect(config.url.as_str()).await.map_err(|err| {
+            let kind = match err.kind() {
+                async_nats::ConnectErrorKind::TimedOut
+                | async_nats::ConnectErrorKind::Io
+                | async_nats::ConnectErrorKind::Dns => ErrorKind::Transient,
+                _ => ErrorKind::Permanent,
+            };
+            Error::new(BROKER, Operation::Connect, kind)
+                .with_destination(config.url.clone())
+                .with_source(err)
+        })?;
+        if client.connection_state() == async_nats::connection::State::Connected {
+            state_tx.send_replace(Link::Up);
+        }
+        tracing::debug!(target: "tower_mq::nats", url = %config.url, "connected");
+        Ok(Connection {
+            client,
+            connected,
+            config: Arc::new(config.clone()),
+        })
+    }
+
+    /// The underlying async-nats client, for what this module does not cover.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Whether the client is connected right now.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow() == Link::Up
+    }
+
+    /// The configuration the connection was made with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// How many times a connection was established (the first one included).
+    pub(crate) fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn readiness(&self) -> Readiness {
+        Readiness {
+            connected: self.connected.clone(),
+            wait: None,
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("url", &self.config.url)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+fn reconnect_delay(attempts: usize, max: std::time::Duration) -> std::time::Duration {
+    if attempts <= 1 {
+        return std::time::Duration::ZERO;
+    }
+    let exponent = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(20);
+    std::time::Duration::from_millis(10u64 << exponent).min(max)
+}
+
+fn on_event(state: &watch::Sender<Link>, event: &async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => {
+            state.send_replace(Link::Up);
+            tracing::info!(target: "tower_mq::nats", "connected");
+        }
+        Event::Disconnected => {
+            state.send_replace(Link::Down);
+            tracing::warn!(target: "tower_mq::nats", "disconnected; reconnecting");
+        }
+        Event::Closed => {
+            state.send_replace(Link::Closed);
+            tracing::warn!(target: "tower_mq::nats", "connection closed");
+        }
+        Event::LameDuckMode => {
+            tracing::warn!(target: "tower_mq::nats", "server entered lame duck mode")
+        }
+        Event::Draining => tracing::info!(target: "tower_mq::nats", "draining"),
+        Event::SlowConsumer(sid) => {
+            tracing::warn!(target: "tower_mq::nats", sid, "slow consumer: server dropped messages")
+        }
+        Event::ServerError(err) => {
+            tracing::warn!(target: "tower_mq::nats", error = %err, "server error")
+        }
+        Event::ClientError(err) => {
+            tracing::warn!(target: "tower_mq::nats", error = %err, "client error")
+        }
+    }
+}
+
+type WaitConnected = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// `poll_ready` for services on a [`Connection`]: pending while disconnected.
+pub(crate) struct Readiness {
+    connected: watch::Receiver<Link>,
+    wait: Option<WaitConnected>,
+}
+
+impl Readiness {
+    pub(crate) fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        operation: Operation,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            if let Some(wait) = self.wait.as_mut() {
+                let alive = std::task::ready!(wait.as_mut().poll(cx));
+                self.wait = None;
+                if !alive {
+                    return Poll::Ready(Err(Error::permanent(BROKER, operation)
+                        .with_reason("the NATS connection is closed")));
+                }
+            }
+            match *self.connected.borrow() {
+                Link::Up => return Poll::Ready(Ok(())),
+                Link::Closed => {
+                    return Poll::Ready(Err(Error::permanent(BROKER, operation)
+                        .with_reason("the NATS connection is closed")))
+                }
+                Link::Down => {}
+            }
+            let mut connected = self.connected.clone();
+            self.wait = Some(Box::pin(async move {
+                connected.wait_for(|c| *c != Link::Down).await.is_ok()
+            }));
+        }
+    }
+}
+
+impl Clone for Readiness {
+    fn clone(&self) -> Self {
+        Readiness {
+            connected: self.connected.clone(),
+            wait: None,
+        }
+    }
+}
+
+impl fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Readiness")
+            .field("connected", &*self.connected.borrow())
+            .field("waiting", &self.wait.is_some())
+            .finish()
+    }
+}
+
+/// An error during `operation` on `destination`.
+pub(crate) fn error(kind: ErrorKind, operation: Operation, destination: &str) -> Error {
+    Error::new(BROKER, operation, kind).with_destination(destination)
+}
