@@ -90,6 +90,29 @@ pub(crate) enum Flavour {
     JetStream,
 }
 
+/// Fails with a permanent error when `subject` cannot be published to: empty, with
+/// whitespace, with an empty token (`a..b`, a leading or trailing dot) or a wildcard
+/// token (`*`, `>`), which only subscriptions may use.
+pub(crate) fn check_publish_subject(subject: &str, operation: Operation) -> Result<(), Error> {
+    let problem = if subject.is_empty() {
+        Some("a subject cannot be empty")
+    } else if subject.chars().any(char::is_whitespace) {
+        Some("a subject cannot contain whitespace")
+    } else if subject.split('.').any(str::is_empty) {
+        Some("a subject cannot have an empty token")
+    } else if subject.split('.').any(|t| t == "*" || t == ">") {
+        Some("wildcards are for subscribing; a message is published to one subject")
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(Error::permanent(BROKER, operation)
+            .with_destination(subject)
+            .with_reason(reason)),
+        None => Ok(()),
+    }
+}
+
 /// Fails with a permanent error when `message` has a property NATS cannot honour,
 /// unless `ignore` is set.
 pub(crate) fn check_supported(
@@ -250,6 +273,24 @@ mod tests {
         assert!(!err.is_transient());
         let message = Message::new("s", "").with_header("n", "a\r\nb");
         assert!(encode(&message, None, true, Operation::Publish).is_err());
+    }
+
+    #[test]
+    fn invalid_publish_subjects_are_permanent_errors() {
+        for subject in [
+            "",
+            "white space",
+            "wild.*.card",
+            "all.>",
+            "a..b",
+            ".a",
+            "a.",
+        ] {
+            let err = check_publish_subject(subject, Operation::Publish).unwrap_err();
+            assert!(!err.is_transient(), "{subject}");
+            assert_eq!(err.destination(), Some(subject));
+        }
+        assert!(check_publish_subject("orders.created-1", Operation::Publish).is_ok());
     }
 
     #[test]

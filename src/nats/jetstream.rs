@@ -308,6 +308,7 @@ async fn publish(
     ignore_unsupported: bool,
 ) -> Result<Receipt, Error> {
     let subject = message.destination();
+    headers::check_publish_subject(subject, Operation::Publish)?;
     headers::check_supported(
         message,
         Flavour::JetStream,

@@ -114,6 +114,7 @@ impl Service<Message> for Requester {
         let timeout = self.timeout;
         Box::pin(async move {
             let subject = message.destination();
+            headers::check_publish_subject(subject, Operation::Request)?;
             headers::check_supported(
                 &message,
                 Flavour::Core,

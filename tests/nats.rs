@@ -1,0 +1,696 @@
+//! NATS-specific behaviour against a real nats-server with JetStream: queue groups,
+//! request/reply, header layout, JetStream deduplication, nak with delay, dead
+//! letters, max deliver, and subscriptions surviving a server restart.
+//!
+//! Address: `TOWER_MQ_NATS_URL` (default `nats://127.0.0.1:14222`, the harness's);
+//! the restart test also needs `TOWER_MQ_BROKERS` (run `scripts/test`, or
+//! `scripts/brokers up nats` and `eval "$(scripts/brokers env)"`).
+
+#![cfg(feature = "nats")]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::RwLock;
+use tower::{Service, ServiceExt};
+use tower_mq::nats::config::{ConsumerConfig, Storage, StreamConfig};
+use tower_mq::nats::jetstream::JetStream;
+use tower_mq::nats::{
+    headers, BatchPublisher, Config, Connection, Publisher, Requester, Subscriber,
+};
+use tower_mq::{Delivery, Error, ErrorKind, Message, Operation, Receipt};
+
+/// Upper bound on waiting for something that should happen.
+const WAIT: Duration = Duration::from_secs(15);
+/// How long to watch for something that should not happen.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Tests share one server; the restart test takes it alone.
+static SERVER: RwLock<()> = RwLock::const_new(());
+
+fn url() -> String {
+    std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
+}
+
+async fn connect_with(config: Config) -> Connection {
+    match Connection::connect(&config).await {
+        Ok(connection) => connection,
+        Err(err) => panic!(
+            "NATS is not reachable at {} (set by TOWER_MQ_NATS_URL): {err}; \
+             run scripts/test or scripts/brokers up nats",
+            url()
+        ),
+    }
+}
+
+async fn connect() -> Connection {
+    connect_with(Config::new(url()).max_reconnect_delay(Duration::from_millis(200))).await
+}
+
+fn unique(what: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "tmq-{what}-{:x}-{}",
+        nanos & 0xffff_ffff_ffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn next<S>(stream: &mut S, what: &str) -> Delivery
+where
+    S: Stream<Item = Result<Delivery, Error>> + Unpin,
+{
+    match tokio::time::timeout(WAIT, stream.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(err))) => panic!("receiving {what} failed: {err}"),
+        Ok(None) => panic!("the stream ended before {what}"),
+        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
+    }
+}
+
+async fn assert_quiet<S>(stream: &mut S, why: &str)
+where
+    S: Stream<Item = Result<Delivery, Error>> + Unpin,
+{
+    if let Ok(Some(item)) = tokio::time::timeout(QUIET, stream.next()).await {
+        let shown = item.map(|d| String::from_utf8_lossy(d.message().payload()).into_owned());
+        panic!("{why}, but received {shown:?}");
+    }
+}
+
+fn text(delivery: &Delivery) -> String {
+    String::from_utf8_lossy(delivery.message().payload()).into_owned()
+}
+
+/// A stream capturing `<name>.>` and a dead-letter stream capturing `<name>-dead.>`.
+async fn streams(js: &JetStream, name: &str) -> (String, String) {
+    let stream = name.replace('-', "_");
+    js.declare_stream(&StreamConfig::new(&stream, [format!("{name}.>")]).storage(Storage::Memory))
+        .await
+        .expect("declare stream");
+    let dead = format!("{stream}_DEAD");
+    js.declare_stream(
+        &StreamConfig::new(&dead, [format!("{name}-dead.>")]).storage(Storage::Memory),
+    )
+    .await
+    .expect("declare dead-letter stream");
+    (stream, dead)
+}
+
+#[tokio::test]
+async fn core_round_trips_headers_and_properties() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let subject = unique("round-trip");
+    let mut subscriber = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let message = Message::new(&subject, "body")
+        .with_key("k")
+        .with_header("tenant", "acme")
+        .with_header("unicode", "grüße ✓")
+        .with_message_id("m-1")
+        .with_correlation_id("c-1")
+        .with_reply_to(format!("{subject}.replies"))
+        .with_content_type("application/json")
+        .with_content_encoding("identity")
+        .with_persistent(false);
+    let receipt = Publisher::new(&connection)
+        .oneshot(message.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt,
+        Receipt::Nats {
+            subject: subject.clone()
+        }
+    );
+    assert!(!receipt.is_confirmed(), "core NATS is at most once");
+    let delivery = next(&mut subscriber, "the message").await;
+    assert_eq!(delivery.message(), &message);
+    assert!(!delivery.acker().is_tracked());
+}
+
+#[tokio::test]
+async fn unsupported_properties_fail_at_publish_unless_ignored() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let subject = unique("unsupported");
+    for message in [
+        Message::new(&subject, "x").with_priority(5),
+        Message::new(&subject, "x").with_ttl(Duration::from_secs(1)),
+    ] {
+        let err = Publisher::new(&connection)
+            .oneshot(message)
+            .await
+            .expect_err("NATS cannot honour priority or TTL");
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert_eq!(err.broker(), "nats");
+        assert_eq!(err.operation(), Operation::Publish);
+        assert_eq!(err.destination(), Some(subject.as_str()));
+    }
+    let lenient = connect_with(Config::new(url()).ignore_unsupported_properties(true)).await;
+    let mut subscriber = Subscriber::subscribe(&lenient, &subject).await.unwrap();
+    Publisher::new(&lenient)
+        .oneshot(Message::new(&subject, "x").with_priority(5))
+        .await
+        .expect("published without the priority");
+    let delivery = next(&mut subscriber, "the message").await;
+    assert_eq!(delivery.message().priority(), None);
+}
+
+#[tokio::test]
+async fn queue_group_load_balances_without_duplicates() {
+    const COUNT: usize = 300;
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let other = connect().await;
+    let subject = unique("queue");
+    let mut a = Subscriber::queue_subscribe(&connection, &subject, "workers")
+        .await
+        .unwrap();
+    let mut b = Subscriber::queue_subscribe(&other, &subject, "workers")
+        .await
+        .unwrap();
+    let mut everyone = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let batch = (0..COUNT)
+        .map(|i| Message::new(&subject, i.to_string()))
+        .collect();
+    let results = BatchPublisher::new(&connection)
+        .oneshot(batch)
+        .await
+        .unwrap();
+    assert_eq!(results.len(), COUNT);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while from_a.len() + from_b.len() < COUNT {
+        tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                Some(Ok(d)) = a.next() => from_a.push(text(&d)),
+                Some(Ok(d)) = b.next() => from_b.push(text(&d)),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("only {} of {COUNT} arrived", from_a.len() + from_b.len()));
+    }
+    assert_quiet(&mut a, "every message went to one member").await;
+    assert_quiet(&mut b, "every message went to one member").await;
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "both members get work: {} and {}",
+        from_a.len(),
+        from_b.len()
+    );
+    let all: Vec<String> = from_a.into_iter().chain(from_b).collect();
+    let unique_ones: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique_ones.len(), COUNT, "no duplicates, none lost");
+    // A plain subscriber outside the group sees every message.
+    for i in 0..COUNT {
+        assert_eq!(text(&next(&mut everyone, "a message").await), i.to_string());
+    }
+}
+
+#[tokio::test]
+async fn batch_publisher_reports_each_message() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let subject = unique("batch");
+    let mut subscriber = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let batch = vec![
+        Message::new(&subject, "first"),
+        Message::new("bad subject", "x"),
+        Message::new(&subject, "second"),
+    ];
+    let results = BatchPublisher::new(&connection)
+        .oneshot(batch)
+        .await
+        .unwrap();
+    assert!(matches!(&results[0], Ok(Receipt::Nats { subject: s }) if *s == subject));
+    let err = results[1].as_ref().expect_err("invalid subject");
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+    assert_eq!(err.destination(), Some("bad subject"));
+    assert!(results[2].is_ok());
+    assert_eq!(text(&next(&mut subscriber, "first").await), "first");
+    assert_eq!(text(&next(&mut subscriber, "second").await), "second");
+}
+
+#[tokio::test]
+async fn request_reply_over_an_inbox() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let subject = unique("upper");
+    let mut requests = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let replies = Publisher::new(&connection);
+    let responder = tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let Some(inbox) = request.message().reply_to() else {
+                continue;
+            };
+            let mut reply = Message::new(inbox, text(&request).to_uppercase());
+            if let Some(id) = request.message().correlation_id() {
+                reply = reply.with_correlation_id(id);
+            }
+            replies.clone().oneshot(reply).await.expect("reply");
+        }
+    });
+    let mut requester = Requester::new(&connection).timeout(Duration::from_secs(5));
+    for word in ["hello", "nats"] {
+        let reply = requester
+            .ready()
+            .await
+            .unwrap()
+            .call(Message::new(&subject, word).with_correlation_id(word))
+            .await
+            .unwrap();
+        assert_eq!(reply.payload().as_ref(), word.to_uppercase().as_bytes());
+        assert_eq!(reply.correlation_id(), Some(word));
+    }
+    responder.abort();
+
+    // Nobody listening: the server answers "no responders" at once.
+    let err = Requester::new(&connection)
+        .oneshot(Message::new(unique("nobody"), "?"))
+        .await
+        .expect_err("no responders");
+    assert_eq!(err.operation(), Operation::Request);
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("no responders"), "{err}");
+
+    // A responder that never answers: a transient timeout.
+    let silent = unique("silent");
+    let _listener = Subscriber::subscribe(&connection, &silent).await.unwrap();
+    let err = Requester::new(&connection)
+        .timeout(Duration::from_millis(200))
+        .oneshot(Message::new(&silent, "?"))
+        .await
+        .expect_err("timed out");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("no reply in time"), "{err}");
+}
+
+#[tokio::test]
+async fn jetstream_deduplicates_a_retried_publish_with_the_same_msg_id() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("dedup");
+    let (stream, _) = streams(&js, &name).await;
+    let mut publisher = js.publisher();
+    let message = Message::new(format!("{name}.orders"), "order-1").with_message_id("order-1");
+    let first = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(message.clone())
+        .await
+        .unwrap();
+    // The retry after, say, an ack timeout: same Nats-Msg-Id.
+    let retried = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(message)
+        .await
+        .unwrap();
+    let Receipt::JetStream {
+        stream: s,
+        sequence,
+        duplicate,
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        (s.as_str(), sequence, duplicate),
+        (stream.as_str(), 1, false)
+    );
+    assert_eq!(
+        retried,
+        Receipt::JetStream {
+            stream: stream.clone(),
+            sequence: 1,
+            duplicate: true
+        }
+    );
+    // Without an id, each publish gets a fresh one and is stored.
+    let other = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(format!("{name}.orders"), "order-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other,
+        Receipt::JetStream {
+            stream: stream.clone(),
+            sequence: 2,
+            duplicate: false
+        }
+    );
+
+    let config = ConsumerConfig::new("readers");
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let delivery = next(&mut consumer, "order-1").await;
+    assert_eq!(delivery.message().message_id(), Some("order-1"));
+    delivery.ack().await.unwrap();
+    let delivery = next(&mut consumer, "order-2").await;
+    assert_eq!(text(&delivery), "order-2");
+    assert!(
+        delivery.message().message_id().is_some(),
+        "generated Nats-Msg-Id"
+    );
+    delivery.ack().await.unwrap();
+    assert_quiet(&mut consumer, "the duplicate was not stored").await;
+}
+
+#[tokio::test]
+async fn jetstream_publish_to_a_subject_no_stream_captures_is_permanent() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let subject = unique("nowhere");
+    let err = JetStream::new(&connection)
+        .publisher()
+        .oneshot(Message::new(&subject, "x"))
+        .await
+        .expect_err("no stream");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.destination(), Some(subject.as_str()));
+}
+
+#[tokio::test]
+async fn jetstream_nak_with_delay_redelivers_later_with_its_count() {
+    const DELAY: Duration = Duration::from_millis(700);
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("nak");
+    let (stream, _) = streams(&js, &name).await;
+    let config = ConsumerConfig::new("nakkers");
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    js.publisher()
+        .oneshot(Message::new(format!("{name}.jobs"), "later"))
+        .await
+        .unwrap();
+    let first = next(&mut consumer, "the first delivery").await;
+    assert_eq!(first.delivery_count(), 1);
+    let nacked_at = tokio::time::Instant::now();
+    first.nack(Some(DELAY)).await.unwrap();
+    let second = next(&mut consumer, "the redelivery").await;
+    assert!(
+        nacked_at.elapsed() >= DELAY,
+        "redelivered after {:?}, before the delay",
+        nacked_at.elapsed()
+    );
+    assert_eq!(text(&second), "later");
+    assert_eq!(second.delivery_count(), 2);
+    assert!(second.is_redelivery());
+    second.ack().await.unwrap();
+    assert_quiet(&mut consumer, "the redelivery was acked").await;
+}
+
+#[tokio::test]
+async fn jetstream_reject_dead_letters_with_reason_then_terminates() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("reject");
+    let (stream, dead_stream) = streams(&js, &name).await;
+    let config = ConsumerConfig::new("rejecters")
+        .ack_wait(Duration::from_secs(1))
+        .dead_letter_subject(format!("{name}-dead.jobs"));
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let dead_config = ConsumerConfig::new("undertaker");
+    js.declare_consumer(&dead_stream, &dead_config)
+        .await
+        .unwrap();
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut dead = js.consumer(&dead_stream, &dead_config).await.unwrap();
+
+    let message = Message::new(format!("{name}.jobs"), "poison")
+        .with_header("tenant", "acme")
+        .with_message_id("job-1");
+    js.publisher().oneshot(message).await.unwrap();
+    let delivery = next(&mut consumer, "the poison message").await;
+    delivery.reject("cannot parse").await.unwrap();
+
+    let letter = next(&mut dead, "the dead letter").await;
+    let headers = letter.message().headers();
+    assert_eq!(text(&letter), "poison");
+    assert_eq!(headers.get("tenant"), Some("acme"));
+    assert_eq!(
+        headers.get(headers::DEAD_LETTER_REASON),
+        Some("cannot parse")
+    );
+    assert_eq!(
+        headers.get(headers::DEAD_LETTER_STREAM),
+        Some(stream.as_str())
+    );
+    assert_eq!(
+        headers.get(headers::DEAD_LETTER_CONSUMER),
+        Some("rejecters")
+    );
+    assert_eq!(headers.get(headers::DEAD_LETTER_SEQUENCE), Some("1"));
+    assert_eq!(headers.get(headers::DEAD_LETTER_DELIVERIES), Some("1"));
+    assert_eq!(headers.get(headers::DEAD_LETTER_MESSAGE_ID), Some("job-1"));
+    assert_eq!(
+        headers.get(headers::DEAD_LETTER_SUBJECT),
+        Some(format!("{name}.jobs").as_str())
+    );
+    letter.ack().await.unwrap();
+    // Terminated: not delivered again, even after the ack wait.
+    if let Ok(item) = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await {
+        panic!("a terminated message is not redelivered, got {item:?}");
+    }
+}
+
+#[tokio::test]
+async fn jetstream_max_deliver_dead_letters_the_last_nack() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("max-deliver");
+    let (stream, dead_stream) = streams(&js, &name).await;
+    let config = ConsumerConfig::new("tries")
+        .max_deliver(3)
+        .dead_letter_subject(format!("{name}-dead.jobs"));
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let dead_config = ConsumerConfig::new("undertaker");
+    js.declare_consumer(&dead_stream, &dead_config)
+        .await
+        .unwrap();
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut dead = js.consumer(&dead_stream, &dead_config).await.unwrap();
+
+    js.publisher()
+        .oneshot(Message::new(format!("{name}.jobs"), "flaky"))
+        .await
+        .unwrap();
+    for attempt in 1..=3 {
+        let delivery = next(&mut consumer, &format!("delivery {attempt}")).await;
+        assert_eq!(delivery.delivery_count(), attempt);
+        delivery.nack(None).await.unwrap();
+    }
+    assert_quiet(&mut consumer, "max_deliver is 3").await;
+    let letter = next(&mut dead, "the dead letter").await;
+    assert_eq!(text(&letter), "flaky");
+    let reason = letter
+        .message()
+        .headers()
+        .get(headers::DEAD_LETTER_REASON)
+        .unwrap_or_default();
+    assert!(reason.contains("max_deliver"), "{reason}");
+    assert_eq!(
+        letter
+            .message()
+            .headers()
+            .get(headers::DEAD_LETTER_DELIVERIES),
+        Some("3")
+    );
+    letter.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn jetstream_redelivers_what_is_not_settled_within_the_ack_wait() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("ack-wait");
+    let (stream, _) = streams(&js, &name).await;
+    let config = ConsumerConfig::new("slow").ack_wait(Duration::from_secs(1));
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    js.publisher()
+        .oneshot(Message::new(format!("{name}.jobs"), "slow"))
+        .await
+        .unwrap();
+    let first = next(&mut consumer, "the first delivery").await;
+    let taken = tokio::time::Instant::now();
+    let again = next(&mut consumer, "the redelivery after the ack wait").await;
+    assert!(
+        taken.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        taken.elapsed()
+    );
+    assert_eq!(text(&again), "slow");
+    assert_eq!(again.delivery_count(), 2);
+    again.ack().await.unwrap();
+    drop(first);
+}
+
+async fn brokers(command: &str) {
+    let script = std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "TOWER_MQ_BROKERS is not set: the restart test needs the harness to {command} NATS \
+             at {}; run scripts/test, or scripts/brokers up nats and eval \"$(scripts/brokers env)\"",
+            url()
+        )
+    });
+    let status = tokio::process::Command::new(&script)
+        .args([command, "nats"])
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("running {script} {command} nats: {e}"));
+    assert!(status.success(), "{script} {command} nats failed: {status}");
+}
+
+/// Polls `check` until it holds; `WAIT` bounds a failure, it is not a delay.
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_survive_a_server_restart() {
+    let _server = SERVER.write().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let subject = unique("survivor");
+    let name = unique("survivor-js");
+    let (stream, _) = {
+        let stream = name.replace('-', "_");
+        // File storage: the stream must outlive the restart.
+        js.declare_stream(&StreamConfig::new(&stream, [format!("{name}.>")]))
+            .await
+            .unwrap();
+        (stream, ())
+    };
+    let config = ConsumerConfig::new("durable");
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let mut core_sub = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let mut queue_sub = Subscriber::queue_subscribe(&connection, &subject, "group")
+        .await
+        .unwrap();
+    let mut js_sub = js.consumer(&stream, &config).await.unwrap();
+    let mut publisher = Publisher::new(&connection);
+    let mut js_publisher = js.publisher();
+
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&subject, "before"))
+        .await
+        .unwrap();
+    assert_eq!(text(&next(&mut core_sub, "before").await), "before");
+    assert_eq!(text(&next(&mut queue_sub, "before").await), "before");
+
+    brokers("stop").await;
+    until("the client sees the server gone", || {
+        !connection.is_connected()
+    })
+    .await;
+    // Publishing waits for the connection: readiness is pending, not an error.
+    let mut waiting = tokio_test::task::spawn(publisher.ready());
+    tokio_test::assert_pending!(waiting.poll());
+    drop(waiting);
+    // A JetStream message published while the server is down is kept by the client
+    // until it is back; it must be stored once, whatever the retries.
+    let js_message =
+        Message::new(format!("{name}.jobs"), "across the restart").with_message_id("restart-1");
+    let js_publish = tokio::spawn({
+        let mut js_publisher = js_publisher.clone();
+        let message = js_message.clone();
+        async move {
+            for _ in 0..10 {
+                match js_publisher.ready().await?.call(message.clone()).await {
+                    Err(err) if err.is_transient() => continue,
+                    other => return other,
+                }
+            }
+            Err(Error::transient("nats", Operation::Publish).with_reason("gave up"))
+        }
+    });
+    brokers("start").await;
+
+    // Core: the same subscriptions receive what is published after the restart.
+    let mut sent_after = false;
+    for _ in 0..10 {
+        match publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(Message::new(&subject, "after"))
+            .await
+        {
+            Ok(_) => {
+                sent_after = true;
+                break;
+            }
+            Err(err) => assert!(err.is_transient(), "{err}"),
+        }
+    }
+    assert!(sent_after, "publishing after the restart");
+    assert_eq!(text(&next(&mut core_sub, "after (plain)").await), "after");
+    assert_eq!(
+        text(&next(&mut queue_sub, "after (queue group)").await),
+        "after"
+    );
+    assert!(connection.is_connected());
+
+    // JetStream: the durable consumer resumes; the message is stored once.
+    let receipt = js_publish
+        .await
+        .unwrap()
+        .expect("JetStream publish across the restart");
+    assert!(
+        matches!(receipt, Receipt::JetStream { sequence: 1, .. }),
+        "{receipt:?}"
+    );
+    let delivery = next(&mut js_sub, "the JetStream message").await;
+    assert_eq!(text(&delivery), "across the restart");
+    delivery.ack().await.unwrap();
+    let again = js_publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(js_message)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            again,
+            Receipt::JetStream {
+                sequence: 1,
+                duplicate: true,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert_quiet(&mut js_sub, "stored once").await;
+}
