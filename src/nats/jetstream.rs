@@ -213,7 +213,6 @@ impl JetStream {
         let messages = consumer
             .stream()
             .max_messages_per_batch(config.batch)
-            .heartbeat(Duration::from_secs(5))
             .messages()
             .await
             .map_err(|err| {
@@ -387,8 +386,9 @@ fn publish_error(err: async_nats::jetstream::context::PublishError, subject: &st
 /// Deliveries from a durable pull consumer: a `Stream` of [`Delivery`]s settled with
 /// explicit acks. See the [module docs](self).
 ///
-/// Pull requests are renewed after a reconnect. Errors in the stream (a missed
-/// heartbeat while the server restarts, say) are transient unless the consumer is
+/// Pull requests are renewed after a reconnect (and when they expire, every 30 s), so
+/// the stream needs no idle heartbeats. Errors in the stream (a pull request the
+/// server could not take while restarting, say) are transient unless the consumer is
 /// gone; the stream goes on after them.
 pub struct Consumer {
     messages: pull::Stream,

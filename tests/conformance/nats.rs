@@ -1,0 +1,259 @@
+//! NATS, in its two modes: core NATS here (tests `nats::<case>`) and JetStream in
+//! [`jetstream`] (tests `nats::jetstream::<case>`).
+//!
+//! Address: `TOWER_MQ_NATS_URL`, default `nats://127.0.0.1:14222` (the harness's);
+//! stopping and starting the server goes through `TOWER_MQ_BROKERS`.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tower::util::BoxCloneService;
+use tower_mq::nats::{Config, Connection, Publisher, Subscriber};
+
+use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture};
+
+fn url() -> String {
+    std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
+}
+
+async fn connect(name: &str) -> Connection {
+    let config = Config::new(url()).max_reconnect_delay(Duration::from_millis(200));
+    match Connection::connect(&config).await {
+        Ok(connection) => connection,
+        Err(e) => panic!(
+            "{name}: NATS is not reachable at {} (set by TOWER_MQ_NATS_URL): {e}; \
+             run scripts/test or scripts/brokers up nats",
+            url()
+        ),
+    }
+}
+
+/// Runs `$TOWER_MQ_BROKERS <command> nats`, which returns once it is done.
+async fn brokers(command: &str) {
+    let script = std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "TOWER_MQ_BROKERS is not set, so NATS at {} cannot be {command}ed; \
+             run scripts/test, or scripts/brokers up nats and eval \"$(scripts/brokers env)\"",
+            url()
+        )
+    });
+    let status = tokio::process::Command::new(&script)
+        .args([command, "nats"])
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("running {script} {command} nats: {e}"));
+    assert!(status.success(), "{script} {command} nats: {status}");
+}
+
+/// Core NATS: at-most-once pub/sub and queue groups.
+pub struct NatsFixture {
+    connection: Connection,
+}
+
+impl Fixture for NatsFixture {
+    const NAME: &'static str = "nats";
+    const BROKER: &'static str = "nats";
+    const CAPABILITIES: Capabilities = Capabilities {
+        // Core NATS keeps nothing and has no acks: deliveries are untracked, a nack
+        // cannot bring a message back, and a closed subscriber's messages are gone.
+        redelivery: false,
+        exact_delivery_count: false,
+        // No acks, so nothing can be rejected to a dead-letter destination.
+        dead_letters: false,
+        // NATS has no message priorities (the publish fails instead).
+        priority: false,
+        // Core NATS stores nothing, so a TTL has nothing to expire (the publish fails).
+        ttl: false,
+        ttl_dead_letters: false,
+        // A queue group exists only while members are subscribed: messages published
+        // while none is, or held by a member that closes, are not kept.
+        durable_groups: false,
+        // The server's default max_payload is 1 MiB, headers included.
+        max_payload: 1_000_000,
+        ..Capabilities::ALL
+    };
+
+    async fn connect() -> Self {
+        NatsFixture {
+            connection: connect(Self::NAME).await,
+        }
+    }
+
+    async fn publisher(&self, _topic: &str) -> BoxPublisher {
+        BoxCloneService::new(Publisher::new(&self.connection))
+    }
+
+    async fn subscriber(&self, topic: &str) -> BoxConsumer {
+        match Subscriber::subscribe(&self.connection, topic).await {
+            Ok(subscriber) => subscriber.boxed(),
+            Err(e) => panic!("nats: subscribing to {topic} failed: {e}"),
+        }
+    }
+
+    async fn declare_group(&self, _topic: &str, _group: &str) {
+        // Queue groups are not declared: they come and go with their members.
+    }
+
+    async fn group_consumer(&self, topic: &str, group: &str) -> BoxConsumer {
+        match Subscriber::queue_subscribe(&self.connection, topic, group).await {
+            Ok(subscriber) => subscriber.boxed(),
+            Err(e) => panic!("nats: joining queue group {group} of {topic} failed: {e}"),
+        }
+    }
+
+    async fn dead_letters(&self, topic: &str) -> BoxConsumer {
+        panic!("nats: core NATS has no dead letters (asked for {topic})")
+    }
+
+    async fn stop_broker(&self) {
+        brokers("stop").await
+    }
+
+    async fn start_broker(&self) {
+        brokers("start").await
+    }
+}
+
+conformance!(NatsFixture);
+
+/// JetStream: one stream per topic, durable pull consumers with explicit acks, and a
+/// dead-letter stream per topic.
+pub mod jetstream {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use tower::util::BoxCloneService;
+    use tower_mq::nats::config::{ConsumerConfig, StreamConfig};
+    use tower_mq::nats::headers;
+    use tower_mq::nats::jetstream::JetStream;
+    use tower_mq::Delivery;
+
+    use super::{brokers, connect};
+    use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture};
+
+    /// How long an unsettled delivery waits before it is delivered again: short, so
+    /// that a consumer that closes hands its messages on quickly.
+    const ACK_WAIT: Duration = Duration::from_secs(2);
+
+    pub struct JetStreamFixture {
+        js: JetStream,
+    }
+
+    fn dead_letter_subject(topic: &str) -> String {
+        format!("{topic}-dead")
+    }
+
+    impl JetStreamFixture {
+        /// The topic's stream and its dead-letter stream (file storage, so they
+        /// survive a restart), declared idempotently.
+        async fn streams(&self, topic: &str) {
+            for subject in [topic.to_owned(), dead_letter_subject(topic)] {
+                let config = StreamConfig::new(&subject, [subject.clone()]);
+                if let Err(e) = self.js.declare_stream(&config).await {
+                    panic!("jetstream: declaring stream {subject} failed: {e}");
+                }
+            }
+        }
+
+        fn consumer_config(topic: &str, group: &str) -> ConsumerConfig {
+            // One message per pull request: a consumer that prefetched a large batch
+            // would hold messages it has not looked at past their ack wait, and the
+            // server would hand them to the other member of the group as well.
+            ConsumerConfig::new(group)
+                .batch(1)
+                .ack_wait(ACK_WAIT)
+                .dead_letter_subject(dead_letter_subject(topic))
+        }
+
+        async fn durable(&self, stream: &str, config: &ConsumerConfig) -> BoxConsumer {
+            if let Err(e) = self.js.declare_consumer(stream, config).await {
+                panic!(
+                    "jetstream: declaring consumer {} on {stream} failed: {e}",
+                    config.durable()
+                );
+            }
+            match self.js.consumer(stream, config).await {
+                Ok(consumer) => consumer.boxed(),
+                Err(e) => panic!(
+                    "jetstream: consuming {} on {stream} failed: {e}",
+                    config.durable()
+                ),
+            }
+        }
+    }
+
+    impl Fixture for JetStreamFixture {
+        const NAME: &'static str = "jetstream";
+        const BROKER: &'static str = "nats";
+        const CAPABILITIES: Capabilities = Capabilities {
+            // NATS has no message priorities (the publish fails instead).
+            priority: false,
+            // Per-message TTLs need nats-server 2.11 and a stream that allows them;
+            // the publish fails instead of dropping the TTL (streams expire messages
+            // by max_age).
+            ttl: false,
+            ttl_dead_letters: false,
+            // The server's default max_payload is 1 MiB, headers included.
+            max_payload: 1_000_000,
+            ..Capabilities::ALL
+        };
+
+        async fn connect() -> Self {
+            JetStreamFixture {
+                js: JetStream::new(&connect(Self::NAME).await),
+            }
+        }
+
+        async fn publisher(&self, topic: &str) -> BoxPublisher {
+            self.streams(topic).await;
+            BoxCloneService::new(self.js.publisher())
+        }
+
+        async fn subscriber(&self, topic: &str) -> BoxConsumer {
+            // Pub/sub on JetStream: a durable consumer of its own per subscriber.
+            self.streams(topic).await;
+            let name = unique_name("subscriber");
+            self.durable(topic, &Self::consumer_config(topic, &name))
+                .await
+        }
+
+        async fn declare_group(&self, topic: &str, group: &str) {
+            self.streams(topic).await;
+            let config = Self::consumer_config(topic, group);
+            if let Err(e) = self.js.declare_consumer(topic, &config).await {
+                panic!("jetstream: declaring consumer {group} on {topic} failed: {e}");
+            }
+        }
+
+        async fn group_consumer(&self, topic: &str, group: &str) -> BoxConsumer {
+            self.streams(topic).await;
+            self.durable(topic, &Self::consumer_config(topic, group))
+                .await
+        }
+
+        async fn dead_letters(&self, topic: &str) -> BoxConsumer {
+            self.streams(topic).await;
+            let stream = dead_letter_subject(topic);
+            self.durable(&stream, &ConsumerConfig::new("dead-letter-reader"))
+                .await
+        }
+
+        fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
+            dead_letter
+                .message()
+                .headers()
+                .get(headers::DEAD_LETTER_REASON)
+                .map(str::to_owned)
+        }
+
+        async fn stop_broker(&self) {
+            brokers("stop").await
+        }
+
+        async fn start_broker(&self) {
+            brokers("start").await
+        }
+    }
+
+    conformance!(JetStreamFixture);
+}
