@@ -15,3 +15,6 @@ pub use tower_mq_core::{
 pub use tower_mq_layers as layers;
 
 pub mod memory;
+pub mod serve;
+
+pub use serve::serve;
