@@ -211,7 +211,10 @@ impl State {
     /// Stores `message` for every group of its topic; returns its sequence number.
     /// The message was validated by the caller.
     pub(super) fn publish(&mut self, message: Message) -> u64 {
-        let expires_at = message.ttl().map(|ttl| Instant::now() + ttl);
+        // A TTL too long for the clock never expires.
+        let expires_at = message
+            .ttl()
+            .and_then(|ttl| Instant::now().checked_add(ttl));
         let topic = self
             .topics
             .entry(message.destination().to_owned())
@@ -343,9 +346,7 @@ impl State {
             Settle::Ack => self.accounting.release(entry.stored),
             Settle::Nack(Some(delay)) if !delay.is_zero() => {
                 let sequence = entry.stored.sequence;
-                group
-                    .delayed
-                    .insert((Instant::now() + delay, sequence), entry);
+                group.delayed.insert((later(delay), sequence), entry);
                 // Waiting consumers re-arm their timers for the new due time.
                 group.wake();
             }
@@ -419,4 +420,11 @@ impl State {
             self.dead_letter(config, &topic, entry, EXPIRED_REASON);
         }
     }
+}
+
+/// `delay` from now, or a century from now if the clock cannot represent that.
+fn later(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

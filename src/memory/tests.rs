@@ -301,3 +301,16 @@ async fn receipts_number_messages_per_topic() {
         );
     }
 }
+
+#[tokio::test]
+async fn huge_ttls_and_delays_do_not_overflow_the_clock() {
+    let broker = Broker::new();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "x").with_ttl(Duration::MAX))
+        .await
+        .unwrap();
+    let delivery = next(&mut consumer).await;
+    delivery.nack(Some(Duration::MAX)).await.unwrap();
+    assert!(consumer.next().now_or_never().is_none());
+    assert_eq!(broker.held(), 1);
+}
