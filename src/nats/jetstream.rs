@@ -210,16 +210,11 @@ impl JetStream {
         let max_deliver = u32::try_from(consumer.cached_info().config.max_deliver)
             .ok()
             .filter(|n| *n > 0);
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(config.batch)
-            .messages()
-            .await
-            .map_err(|err| {
-                error(ErrorKind::Transient, Operation::Subscribe, stream).with_source(err)
-            })?;
+        let messages = pull_stream(consumer.clone(), config.batch, stream.to_owned(), None).await?;
         Ok(Consumer {
-            messages,
+            consumer,
+            batch: config.batch,
+            state: State::Streaming(Box::new(messages)),
             settle: Arc::new(Settle {
                 context: self.context.clone(),
                 stream: stream.to_owned(),
@@ -333,16 +328,48 @@ async fn publish_raw(
     payload: Bytes,
 ) -> Result<Receipt, Error> {
     let publish = PublishMessage::build().payload(payload).headers(headers);
-    let ack = match context.send_publish(subject.to_owned(), publish).await {
+    let result = match context.send_publish(subject.to_owned(), publish).await {
         Ok(ack) => ack.await,
         Err(err) => Err(err),
-    }
-    .map_err(|err| publish_error(err, subject))?;
+    };
+    let ack = match result {
+        Ok(ack) => ack,
+        Err(err) if err.kind() == PublishErrorKind::StreamNotFound => {
+            return Err(missing_stream(context, subject, err).await)
+        }
+        Err(err) => return Err(publish_error(err, subject)),
+    };
     Ok(Receipt::JetStream {
         stream: ack.stream,
         sequence: ack.sequence,
         duplicate: ack.duplicate,
     })
+}
+
+/// Nobody answered a publish: either no stream captures the subject (permanent), or
+/// JetStream is not serving it yet, as right after a server restart while streams are
+/// recovered (transient). JetStream's own answer decides.
+async fn missing_stream(
+    context: &async_nats::jetstream::Context,
+    subject: &str,
+    err: async_nats::jetstream::context::PublishError,
+) -> Error {
+    use async_nats::jetstream::context::GetStreamByNameErrorKind as Kind;
+    match context.stream_by_subject(subject).await {
+        Err(lookup) if lookup.kind() == Kind::NotFound => {
+            error(ErrorKind::Permanent, Operation::Publish, subject)
+                .with_reason("no stream captures this subject")
+                .with_source(err)
+        }
+        Ok(stream) => error(ErrorKind::Transient, Operation::Publish, subject)
+            .with_reason(format!(
+                "stream `{stream}` did not answer (recovering after a restart?)"
+            ))
+            .with_source(err),
+        Err(_) => error(ErrorKind::Transient, Operation::Publish, subject)
+            .with_reason("JetStream did not answer (recovering after a restart?)")
+            .with_source(err),
+    }
 }
 
 fn publish_error(err: async_nats::jetstream::context::PublishError, subject: &str) -> Error {
@@ -386,14 +413,53 @@ fn publish_error(err: async_nats::jetstream::context::PublishError, subject: &st
 /// Deliveries from a durable pull consumer: a `Stream` of [`Delivery`]s settled with
 /// explicit acks. See the [module docs](self).
 ///
-/// Pull requests are renewed after a reconnect (and when they expire, every 30 s), so
-/// the stream needs no idle heartbeats. Errors in the stream (a pull request the
+/// Pull requests are renewed after a reconnect, and expire every 5 s so that one lost
+/// with a connection is replaced soon; the stream needs no idle heartbeats. Errors in the stream (a pull request the
 /// server could not take while restarting, say) are transient unless the consumer is
 /// gone; the stream goes on after them.
 pub struct Consumer {
-    messages: pull::Stream,
+    consumer: PullConsumer,
+    batch: usize,
+    state: State,
     settle: Arc<Settle>,
 }
+
+enum State {
+    Streaming(Box<pull::Stream>),
+    /// Opening a new pull stream after the old one failed.
+    Reopening(BoxFuture<'static, Result<pull::Stream, Error>>),
+}
+
+/// A pull stream on `consumer`, after `delay` if given.
+fn pull_stream(
+    consumer: PullConsumer,
+    batch: usize,
+    stream: String,
+    delay: Option<Duration>,
+) -> BoxFuture<'static, Result<pull::Stream, Error>> {
+    Box::pin(async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|err| {
+                error(ErrorKind::Transient, Operation::Receive, &stream).with_source(err)
+            })
+    })
+}
+
+/// How long one pull request stays open on the server. A pull request lost with a
+/// connection (or a server restart) is replaced at the latest this long after (plus
+/// the client's 5 s grace), so keep it short.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// The pause before reopening a failed pull stream.
+const REOPEN_DELAY: Duration = Duration::from_millis(250);
 
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -410,21 +476,55 @@ impl Stream for Consumer {
     type Item = Result<Delivery, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let next = std::task::ready!(Pin::new(&mut self.messages).poll_next(cx));
-        let settle = self.settle.clone();
-        Poll::Ready(next.map(|result| match result {
-            Ok(message) => Ok(delivery(message, settle)),
-            Err(err) => {
-                use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
-                let kind = match err.kind() {
-                    Kind::ConsumerDeleted
-                    | Kind::PushBasedConsumer
-                    | Kind::RequestLimitExceeded => ErrorKind::Permanent,
-                    _ => ErrorKind::Transient,
-                };
-                Err(error(kind, Operation::Receive, &settle.stream).with_source(err))
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Reopening(opening) => match std::task::ready!(opening.as_mut().poll(cx)) {
+                    Ok(messages) => this.state = State::Streaming(Box::new(messages)),
+                    Err(err) => {
+                        this.state = State::Reopening(pull_stream(
+                            this.consumer.clone(),
+                            this.batch,
+                            this.settle.stream.clone(),
+                            Some(REOPEN_DELAY),
+                        ));
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                },
+                State::Streaming(messages) => {
+                    let next = std::task::ready!(Pin::new(&mut **messages).poll_next(cx));
+                    let settle = this.settle.clone();
+                    let Some(next) = next else {
+                        return Poll::Ready(None);
+                    };
+                    return Poll::Ready(match next {
+                        Ok(message) => Some(Ok(delivery(message, settle))),
+                        Err(err) => {
+                            use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+                            let kind = match err.kind() {
+                                Kind::ConsumerDeleted
+                                | Kind::PushBasedConsumer
+                                | Kind::RequestLimitExceeded => ErrorKind::Permanent,
+                                _ => ErrorKind::Transient,
+                            };
+                            if kind == ErrorKind::Transient {
+                                // A failed pull request is not sent again until it
+                                // would have expired: start a fresh stream instead.
+                                this.state = State::Reopening(pull_stream(
+                                    this.consumer.clone(),
+                                    this.batch,
+                                    settle.stream.clone(),
+                                    Some(REOPEN_DELAY),
+                                ));
+                            }
+                            Some(Err(
+                                error(kind, Operation::Receive, &settle.stream).with_source(err)
+                            ))
+                        }
+                    });
+                }
             }
-        }))
+        }
     }
 }
 

@@ -12,6 +12,10 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 use tower_mq::{Delivery, Error, Message, Receipt};
 
+/// Held shared by every case and exclusively by the cases that stop a broker
+/// (`cases/reconnect.rs`), so no case sees a broker go down under it.
+pub static BROKER_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A publisher of any broker, boxed.
 pub type BoxPublisher = BoxCloneService<Message, Receipt, Error>;
 

@@ -35,11 +35,26 @@ macro_rules! conformance {
             properties::ttl_expiry,
             // cases/patterns.rs: request/reply and fan-out cases go here.
         );
+        // Cases that stop the broker: they run alone (see `fixture::BROKER_LOCK`).
+        conformance!(@exclusive $fixture;
+            // cases/reconnect.rs
+            reconnect::stream_survives_broker_restarts,
+        );
     };
     (@cases $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
+                let _shared = crate::fixture::BROKER_LOCK.read().await;
+                crate::cases::$theme::$case::<$fixture>().await
+            }
+        )*
+    };
+    (@exclusive $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let _exclusive = crate::fixture::BROKER_LOCK.write().await;
                 crate::cases::$theme::$case::<$fixture>().await
             }
         )*
