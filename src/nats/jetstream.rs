@@ -212,6 +212,9 @@ impl JetStream {
             .filter(|n| *n > 0);
         let messages = pull_stream(consumer.clone(), config.batch, stream.to_owned(), None).await?;
         Ok(Consumer {
+            connects: self.connection.connects(),
+            link: self.connection.link_changes(),
+            connection: self.connection.clone(),
             consumer,
             batch: config.batch,
             state: State::Streaming(Box::new(messages)),
@@ -418,6 +421,10 @@ fn publish_error(err: async_nats::jetstream::context::PublishError, subject: &st
 /// server could not take while restarting, say) are transient unless the consumer is
 /// gone; the stream goes on after them.
 pub struct Consumer {
+    connection: Connection,
+    link: tokio_stream::wrappers::WatchStream<super::Link>,
+    /// The connection count the current pull stream was opened under.
+    connects: u64,
     consumer: PullConsumer,
     batch: usize,
     state: State,
@@ -477,6 +484,20 @@ impl Stream for Consumer {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // After a reconnect the server has forgotten the pull request; async-nats
+        // renews it only if it saw the disconnect, so open a fresh pull stream.
+        while let Poll::Ready(Some(_)) = Pin::new(&mut this.link).poll_next(cx) {
+            let connects = this.connection.connects();
+            if connects != this.connects {
+                this.connects = connects;
+                this.state = State::Reopening(pull_stream(
+                    this.consumer.clone(),
+                    this.batch,
+                    this.settle.stream.clone(),
+                    None,
+                ));
+            }
+        }
         loop {
             match &mut this.state {
                 State::Reopening(opening) => match std::task::ready!(opening.as_mut().poll(cx)) {

@@ -208,6 +208,11 @@ impl Connection {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Changes of the connection's state, from now on.
+    pub(crate) fn link_changes(&self) -> tokio_stream::wrappers::WatchStream<Link> {
+        tokio_stream::wrappers::WatchStream::from_changes(self.connected.clone())
+    }
+
     pub(crate) fn readiness(&self) -> Readiness {
         Readiness {
             connected: self.connected.clone(),
