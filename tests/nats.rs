@@ -694,3 +694,64 @@ async fn subscriptions_survive_a_server_restart() {
     );
     assert_quiet(&mut js_sub, "stored once").await;
 }
+
+#[tokio::test]
+async fn streams_and_consumers_are_declared_from_config() {
+    use async_nats::jetstream::consumer::AckPolicy;
+    use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
+    use tower_mq::nats::config::Retention;
+
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("declared");
+    let stream = name.replace('-', "_");
+    let config = StreamConfig::new(&stream, [format!("{name}.>")])
+        .retention(Retention::WorkQueue)
+        .storage(Storage::Memory)
+        .max_age(Duration::from_secs(3600))
+        .duplicate_window(Duration::from_secs(30));
+    js.declare_stream(&config).await.unwrap();
+    // Declaring again is idempotent.
+    js.declare_stream(&config).await.unwrap();
+    let consumer = ConsumerConfig::new("workers")
+        .filter_subject(format!("{name}.jobs"))
+        .ack_wait(Duration::from_secs(7))
+        .max_deliver(4)
+        .backoff([Duration::from_secs(1), Duration::from_secs(5)])
+        .max_ack_pending(50);
+    js.declare_consumer(&stream, &consumer).await.unwrap();
+    js.declare_consumer(&stream, &consumer).await.unwrap();
+
+    let mut info_stream = js.context().get_stream(&stream).await.unwrap();
+    let info = info_stream.info().await.unwrap().config.clone();
+    assert_eq!(info.subjects, vec![format!("{name}.>")]);
+    assert_eq!(info.retention, RetentionPolicy::WorkQueue);
+    assert_eq!(info.storage, StorageType::Memory);
+    assert_eq!(info.max_age, Duration::from_secs(3600));
+    assert_eq!(info.duplicate_window, Duration::from_secs(30));
+    let mut durable: async_nats::jetstream::consumer::PullConsumer =
+        info_stream.get_consumer("workers").await.unwrap();
+    let info = durable.info().await.unwrap().config.clone();
+    assert_eq!(info.ack_policy, AckPolicy::Explicit);
+    assert_eq!(info.filter_subject, format!("{name}.jobs"));
+    assert_eq!(info.max_deliver, 4);
+    assert_eq!(
+        info.backoff,
+        vec![Duration::from_secs(1), Duration::from_secs(5)]
+    );
+    assert_eq!(info.max_ack_pending, 50);
+
+    // A configuration the server refuses is a permanent declare error.
+    let err = js
+        .declare_consumer(
+            &stream,
+            &ConsumerConfig::new("bad")
+                .backoff([Duration::from_secs(1)])
+                .max_deliver(1),
+        )
+        .await
+        .expect_err("backoff needs max_deliver above its length");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+}

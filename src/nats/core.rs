@@ -236,11 +236,25 @@ pub(crate) async fn flush(
     connects: u64,
     destination: &str,
 ) -> Result<(), Error> {
-    connection.client().flush().await.map_err(|err| {
-        error(ErrorKind::Transient, Operation::Publish, destination)
-            .with_reason("flush failed")
-            .with_source(err)
-    })?;
+    let timeout = connection.config().request_timeout;
+    match tokio::time::timeout(timeout, connection.client().flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            return Err(error(ErrorKind::Transient, Operation::Publish, destination)
+                .with_reason("flush failed")
+                .with_source(err))
+        }
+        // Disconnected: the client holds the message until it reconnects, or loses it
+        // with the connection; either way nobody confirmed it.
+        Err(_) => {
+            return Err(
+                error(ErrorKind::Transient, Operation::Publish, destination).with_reason(format!(
+                    "the server did not confirm the flush within {timeout:?}; \
+                     the message may still be sent once the client reconnects"
+                )),
+            )
+        }
+    }
     if connection.connects() != connects {
         return Err(
             error(ErrorKind::Transient, Operation::Publish, destination).with_reason(

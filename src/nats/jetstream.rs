@@ -252,7 +252,7 @@ fn consumer_error(
 }
 
 /// Publishes to a stream and waits for its ack: `Service<Message, Response = Receipt>`
-/// answering [`Receipt::JetStream`](crate::Receipt::JetStream).
+/// answering [`Receipt::JetStream`].
 ///
 /// See the [module docs](self) for deduplication and the ack-timeout pitfall.
 /// `poll_ready` is `Pending` while the connection is down.

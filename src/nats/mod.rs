@@ -35,7 +35,8 @@
 //!   A core publish whose connection was replaced before its flush completed may
 //!   have been lost with the old connection: it fails with a **transient** error
 //!   instead of answering a receipt, so a retry publishes it again (possibly
-//!   twice). A JetStream publish whose ack does not come within
+//!   twice); so does a flush the server did not confirm within
+//!   [`Config::request_timeout`]. A JetStream publish whose ack does not come within
 //!   [`Config::request_timeout`] fails with a transient error as well; the message
 //!   may have been stored, and a retry with the same `Nats-Msg-Id` is safe.
 //!
