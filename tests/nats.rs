@@ -755,3 +755,38 @@ async fn streams_and_consumers_are_declared_from_config() {
     assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
     assert_eq!(err.operation(), Operation::Declare);
 }
+
+#[tokio::test]
+async fn jetstream_batch_publisher_waits_for_every_ack() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("js-batch");
+    let (stream, _) = streams(&js, &name).await;
+    let subject = format!("{name}.events");
+    let mut batch: Vec<Message> = (0..50)
+        .map(|i| Message::new(&subject, i.to_string()).with_message_id(format!("e-{i}")))
+        .collect();
+    batch.push(Message::new(&subject, "again").with_message_id("e-7"));
+    batch.push(Message::new("bad subject", "x"));
+    let results = js.batch_publisher().oneshot(batch).await.unwrap();
+    assert_eq!(results.len(), 52);
+    for (i, result) in results[..50].iter().enumerate() {
+        let expected = Receipt::JetStream {
+            stream: stream.clone(),
+            sequence: i as u64 + 1,
+            duplicate: false,
+        };
+        assert_eq!(result.as_ref().ok(), Some(&expected), "message {i}");
+    }
+    assert_eq!(
+        results[50].as_ref().ok(),
+        Some(&Receipt::JetStream {
+            stream: stream.clone(),
+            sequence: 8,
+            duplicate: true
+        })
+    );
+    let err = results[51].as_ref().expect_err("invalid subject");
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+}

@@ -10,6 +10,9 @@
 //! twice). Every publish carries `Nats-Msg-Id`: the message id, or a generated one
 //! when the message has none.
 //!
+//! [`BatchPublisher`] sends a batch and then waits for all its acks together (one
+//! round trip's worth of latency for the batch instead of one per message).
+//!
 //! **Pitfall:** the ack can time out although the stream stored the message (the
 //! ack was lost, or the server restarted between storing and answering). That is a
 //! *transient* error, and retrying with the same `Nats-Msg-Id` is safe: the stream
@@ -86,7 +89,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::AckKind;
 use async_nats::HeaderMap;
@@ -218,7 +221,7 @@ impl JetStream {
             consumer,
             batch: config.batch,
             state: State::Streaming(Box::new(messages)),
-            settle: Arc::new(Settle {
+            settle: Arc::new(ConsumerShared {
                 context: self.context.clone(),
                 stream: stream.to_owned(),
                 consumer: config.durable.clone(),
@@ -292,20 +295,99 @@ impl Service<Message> for Publisher {
     fn call(&mut self, message: Message) -> Self::Future {
         let context = self.context.clone();
         let ignore = self.connection.config().ignore_unsupported;
-        Box::pin(async move { publish(&context, &message, None, ignore).await })
+        Box::pin(async move { publish(&context, &message, ignore).await })
     }
 }
 
-/// Publishes `message` with `Nats-Msg-Id` set (to `id`, the message's id, or a new
-/// one) and waits for the ack.
+/// Publishes a batch and then waits for all the acks at once (JetStream's
+/// asynchronous publishing): `Service<Vec<Message>, Response = Vec<Result<Receipt, Error>>>`.
+///
+/// Each message gets its own result, in order, meaning what [`Publisher`]'s receipt
+/// means; every message carries `Nats-Msg-Id` the same way. The service's own error is
+/// for the connection being closed.
+pub struct BatchPublisher {
+    connection: Connection,
+    context: async_nats::jetstream::Context,
+    readiness: Readiness,
+}
+
+impl JetStream {
+    /// A publisher of batches that waits for their acks together.
+    pub fn batch_publisher(&self) -> BatchPublisher {
+        BatchPublisher {
+            connection: self.connection.clone(),
+            context: self.context.clone(),
+            readiness: self.connection.readiness(),
+        }
+    }
+}
+
+impl Clone for BatchPublisher {
+    fn clone(&self) -> Self {
+        BatchPublisher {
+            connection: self.connection.clone(),
+            context: self.context.clone(),
+            readiness: self.readiness.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for BatchPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchPublisher")
+            .field("connection", &self.connection)
+            .finish()
+    }
+}
+
+impl Service<Vec<Message>> for BatchPublisher {
+    type Response = Vec<Result<Receipt, Error>>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.readiness.poll_ready(cx, Operation::Publish)
+    }
+
+    fn call(&mut self, messages: Vec<Message>) -> Self::Future {
+        let context = self.context.clone();
+        let ignore = self.connection.config().ignore_unsupported;
+        Box::pin(async move {
+            let mut sent = Vec::with_capacity(messages.len());
+            for message in &messages {
+                let subject = message.destination();
+                let ack = match prepare(message, ignore) {
+                    Ok(headers) => {
+                        send(&context, subject, headers, message.payload().clone()).await
+                    }
+                    Err(err) => Err(err),
+                };
+                sent.push(ack);
+            }
+            let confirming = sent.into_iter().zip(&messages).map(|(ack, message)| {
+                let context = &context;
+                async move { confirm(context, message.destination(), ack?).await }
+            });
+            Ok(futures_util::future::join_all(confirming).await)
+        })
+    }
+}
+
+/// Publishes `message` and waits for the ack.
 async fn publish(
     context: &async_nats::jetstream::Context,
     message: &Message,
-    id: Option<&str>,
     ignore_unsupported: bool,
 ) -> Result<Receipt, Error> {
+    let headers = prepare(message, ignore_unsupported)?;
     let subject = message.destination();
-    headers::check_publish_subject(subject, Operation::Publish)?;
+    publish_raw(context, subject, headers, message.payload().clone()).await
+}
+
+/// Checks `message` and encodes its headers, with `Nats-Msg-Id` set to its id or a
+/// new one.
+fn prepare(message: &Message, ignore_unsupported: bool) -> Result<HeaderMap, Error> {
+    headers::check_publish_subject(message.destination(), Operation::Publish)?;
     headers::check_supported(
         message,
         Flavour::JetStream,
@@ -313,15 +395,14 @@ async fn publish(
         Operation::Publish,
     )?;
     let generated;
-    let id = match id.or(message.message_id()) {
+    let id = match message.message_id() {
         Some(id) => id,
         None => {
             generated = nuid::next().to_string();
             &generated
         }
     };
-    let headers = headers::encode(message, Some(id), true, Operation::Publish)?;
-    publish_raw(context, subject, headers, message.payload().clone()).await
+    headers::encode(message, Some(id), true, Operation::Publish)
 }
 
 async fn publish_raw(
@@ -330,23 +411,50 @@ async fn publish_raw(
     headers: HeaderMap,
     payload: Bytes,
 ) -> Result<Receipt, Error> {
+    let ack = send(context, subject, headers, payload).await?;
+    confirm(context, subject, ack).await
+}
+
+/// Hands a publish to the client; the returned future answers the stream's ack.
+async fn send(
+    context: &async_nats::jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<PublishAckFuture, Error> {
     let publish = PublishMessage::build().payload(payload).headers(headers);
-    let result = match context.send_publish(subject.to_owned(), publish).await {
-        Ok(ack) => ack.await,
-        Err(err) => Err(err),
-    };
-    let ack = match result {
-        Ok(ack) => ack,
-        Err(err) if err.kind() == PublishErrorKind::StreamNotFound => {
-            return Err(missing_stream(context, subject, err).await)
-        }
-        Err(err) => return Err(publish_error(err, subject)),
-    };
-    Ok(Receipt::JetStream {
-        stream: ack.stream,
-        sequence: ack.sequence,
-        duplicate: ack.duplicate,
-    })
+    match context.send_publish(subject.to_owned(), publish).await {
+        Ok(ack) => Ok(ack),
+        Err(err) => Err(publish_failed(context, subject, err).await),
+    }
+}
+
+/// Waits for the stream's ack.
+async fn confirm(
+    context: &async_nats::jetstream::Context,
+    subject: &str,
+    ack: PublishAckFuture,
+) -> Result<Receipt, Error> {
+    match ack.await {
+        Ok(ack) => Ok(Receipt::JetStream {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        }),
+        Err(err) => Err(publish_failed(context, subject, err).await),
+    }
+}
+
+async fn publish_failed(
+    context: &async_nats::jetstream::Context,
+    subject: &str,
+    err: async_nats::jetstream::context::PublishError,
+) -> Error {
+    if err.kind() == PublishErrorKind::StreamNotFound {
+        missing_stream(context, subject, err).await
+    } else {
+        publish_error(err, subject)
+    }
 }
 
 /// Nobody answered a publish: either no stream captures the subject (permanent), or
@@ -428,7 +536,7 @@ pub struct Consumer {
     consumer: PullConsumer,
     batch: usize,
     state: State,
-    settle: Arc<Settle>,
+    settle: Arc<ConsumerShared>,
 }
 
 enum State {
@@ -549,7 +657,7 @@ impl Stream for Consumer {
     }
 }
 
-fn delivery(message: async_nats::jetstream::Message, settle: Arc<Settle>) -> Delivery {
+fn delivery(message: async_nats::jetstream::Message, settle: Arc<ConsumerShared>) -> Delivery {
     let (count, sequence) = match message.info() {
         Ok(info) => (
             u32::try_from(info.delivered).unwrap_or(1),
@@ -564,7 +672,7 @@ fn delivery(message: async_nats::jetstream::Message, settle: Arc<Settle>) -> Del
         message.headers.as_ref(),
         message.payload.clone(),
     );
-    let backend = Settlement {
+    let backend = PendingDelivery {
         acker,
         settle,
         subject: message.subject.to_string(),
@@ -583,7 +691,7 @@ fn delivery(message: async_nats::jetstream::Message, settle: Arc<Settle>) -> Del
 }
 
 /// What every delivery of one consumer shares.
-struct Settle {
+struct ConsumerShared {
     context: async_nats::jetstream::Context,
     stream: String,
     consumer: String,
@@ -592,9 +700,9 @@ struct Settle {
 }
 
 /// Settles one JetStream delivery.
-struct Settlement {
+struct PendingDelivery {
     acker: async_nats::jetstream::message::Acker,
-    settle: Arc<Settle>,
+    settle: Arc<ConsumerShared>,
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
@@ -602,7 +710,7 @@ struct Settlement {
     delivered: u32,
 }
 
-impl Settlement {
+impl PendingDelivery {
     async fn send(&self, kind: AckKind, operation: Operation) -> Result<(), Error> {
         self.acker.double_ack_with(kind).await.map_err(|err| {
             error(ErrorKind::Transient, operation, &self.settle.stream)
@@ -672,7 +780,7 @@ impl Settlement {
 
 /// The [`Acknowledge`] of JetStream deliveries.
 struct JetStreamAcker {
-    inner: Arc<Settlement>,
+    inner: Arc<PendingDelivery>,
 }
 
 impl Acknowledge for JetStreamAcker {

@@ -13,7 +13,8 @@
 //! - **Request/reply** ([`request`]): [`Requester`] sends a request to a subject and
 //!   answers the reply, over a NATS inbox, with a timeout.
 //! - **JetStream** ([`jetstream`]): streams and durable pull consumers declared from
-//!   [`config`], publishing with the stream's ack and `Nats-Msg-Id` deduplication,
+//!   [`config`], publishing with the stream's ack (one by one, or a batch whose acks
+//!   are awaited together) and `Nats-Msg-Id` deduplication,
 //!   and consumers with explicit ack, nak with delay, term and a dead-letter subject.
 //!
 //! Message properties travel in headers laid out in [`headers`]. NATS has no priority
