@@ -13,3 +13,7 @@ pub use tower_mq_core::{
     ErrorKind, Headers, Message, Operation, Permanent, Receipt, Settlement, Transient,
 };
 pub use tower_mq_layers as layers;
+
+pub mod router;
+
+pub use router::Router;
