@@ -17,3 +17,5 @@ pub use tower_mq_layers as layers;
 pub mod router;
 
 pub use router::Router;
+pub mod request;
+pub use request::{Replier, Requester};
