@@ -19,3 +19,5 @@ pub mod router;
 pub use router::Router;
 pub mod request;
 pub use request::{Replier, Requester};
+pub mod fanout;
+pub use fanout::{Fallback, FanOut};
