@@ -14,8 +14,9 @@ pub use tower_mq_core::{
 };
 pub use tower_mq_layers as layers;
 
-pub mod router;
+pub mod memory;
 
+pub mod router;
 pub use router::Router;
 pub mod request;
 pub use request::{Replier, Requester};
