@@ -43,40 +43,54 @@
 //! # Example
 //!
 //! ```
+//! use futures_util::StreamExt;
 //! use tower::{service_fn, ServiceExt};
 //! use tower_mq::fanout::{Fallback, FanOut, Policy};
-//! use tower_mq::{Error, Message, Operation, Receipt};
+//! use tower_mq::memory::Broker;
+//! use tower_mq::{BoxError, Error, Message, Operation, Receipt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Error> {
-//! let working = service_fn(|msg: Message| async move {
-//!     Ok::<_, Error>(Receipt::Memory { topic: msg.destination().into(), sequence: 1 })
-//! });
+//! # async fn main() -> Result<(), BoxError> {
+//! // Every order goes to the main broker and to an audit broker.
+//! let (main, audit) = (Broker::new(), Broker::new());
+//! let mut orders = main.subscribe("orders")?;
+//! let mut audited = audit.subscribe("orders")?;
+//! let fan_out = FanOut::new(Policy::All)
+//!     .publisher("main", main.publisher())
+//!     .publisher("audit", audit.publisher());
+//! let receipt = fan_out.oneshot(Message::new("orders", "order 42")).await?;
+//! let stored = Receipt::Memory { topic: "orders".into(), sequence: 1 };
+//! assert_eq!(receipt, Receipt::FanOut(vec![stored.clone(), stored]));
+//! for consumer in [&mut orders, &mut audited] {
+//!     let delivery = consumer.next().await.expect("subscribed")?;
+//!     assert_eq!(delivery.message().payload().as_ref(), b"order 42");
+//! }
+//!
+//! // Publishers of different types are boxed; this one is down.
 //! let down = service_fn(|msg: Message| async move {
 //!     Err::<Receipt, _>(
 //!         Error::transient("redis", Operation::Publish).with_destination(msg.destination()),
 //!     )
-//! });
+//! })
+//! .boxed_clone();
+//! let up = main.publisher().boxed_clone();
 //!
-//! // Every publisher must accept the message: `audit` failing fails the fan-out.
+//! // `All` fails, naming the publisher that failed; `Any` is content with one.
 //! let all = FanOut::new(Policy::All)
-//!     .publisher("orders", working.clone().boxed_clone())
-//!     .publisher("audit", down.clone().boxed_clone());
-//! let err = all.oneshot(Message::new("orders", "{}")).await.unwrap_err();
-//! assert!(err.to_string().contains("audit"));
-//!
-//! // One is enough.
+//!     .publisher("main", up.clone())
+//!     .publisher("backup", down.clone());
+//! let err = all.oneshot(Message::new("orders", "order 43")).await.unwrap_err();
+//! assert!(err.to_string().contains("`backup`"), "{err}");
 //! let any = FanOut::new(Policy::Any)
-//!     .publisher("orders", working.clone().boxed_clone())
-//!     .publisher("audit", down.clone().boxed_clone());
-//! let receipt = any.oneshot(Message::new("orders", "{}")).await?;
-//! assert!(matches!(receipt, Receipt::FanOut(ref accepted) if accepted.len() == 1));
+//!     .publisher("main", up.clone())
+//!     .publisher("backup", down.clone());
+//! assert!(any.oneshot(Message::new("orders", "order 44")).await.is_ok());
 //!
 //! // The primary is down: the secondary takes the message.
 //! let fallback = Fallback::new()
-//!     .publisher("primary", down.boxed_clone())
-//!     .publisher("secondary", working.boxed_clone());
-//! let receipt = fallback.oneshot(Message::new("orders", "{}")).await?;
+//!     .publisher("primary", down)
+//!     .publisher("secondary", up);
+//! let receipt = fallback.oneshot(Message::new("orders", "order 45")).await?;
 //! assert_eq!(receipt.destination(), "orders");
 //! # Ok(())
 //! # }

@@ -47,55 +47,53 @@
 //!
 //! # Example
 //!
-//! Wiring a requester and a replier by hand, with channels standing in for a broker:
+//! Request/reply over the in-memory broker:
 //!
 //! ```
 //! use std::time::Duration;
-//! use tokio::sync::mpsc;
-//! use tokio_stream::wrappers::UnboundedReceiverStream;
+//! use futures_util::StreamExt;
 //! use tower::{service_fn, Service, ServiceExt};
+//! use tower_mq::memory::Broker;
 //! use tower_mq::request::{Replier, Requester};
-//! use tower_mq::{Delivery, Error, Message, Receipt};
+//! use tower_mq::{BoxError, Delivery, Message};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Error> {
-//! // A "broker" with two destinations: `rpc.upper` and `replies.client-1`.
-//! let (requests_tx, mut requests) = mpsc::unbounded_channel::<Delivery>();
-//! let (replies_tx, replies) = mpsc::unbounded_channel::<Result<Delivery, Error>>();
-//! let publisher = service_fn(move |msg: Message| {
-//!     let (requests_tx, replies_tx) = (requests_tx.clone(), replies_tx.clone());
-//!     async move {
-//!         let topic = msg.destination().to_owned();
-//!         let delivery = Delivery::unacknowledged(msg);
-//!         match topic.as_str() {
-//!             "rpc.upper" => { let _ = requests_tx.send(delivery); }
-//!             _ => { let _ = replies_tx.send(Ok(delivery)); }
-//!         }
-//!         Ok::<_, Error>(Receipt::Memory { topic, sequence: 1 })
-//!     }
-//! });
+//! # async fn main() -> Result<(), BoxError> {
+//! let broker = Broker::new();
 //!
-//! // The serving side: a handler answering with the upper-cased payload.
-//! let handler = service_fn(|request: Delivery| async move {
-//!     let text = String::from_utf8_lossy(request.message().payload()).to_uppercase();
-//!     Ok::<_, tower_mq::BoxError>(text)
+//! // The serving side: a work queue on `rpc.upper`, answered with the upper-cased payload.
+//! let mut requests = broker.consumer("rpc.upper", "upper-service")?;
+//! let upper = service_fn(|request: Delivery| async move {
+//!     Ok::<_, BoxError>(String::from_utf8_lossy(request.message().payload()).to_uppercase())
 //! });
-//! let mut replier = Replier::new(handler, publisher.clone());
+//! let mut replier = Replier::new(upper, broker.publisher());
 //! tokio::spawn(async move {
-//!     while let Some(request) = requests.recv().await {
-//!         let _ = replier.ready().await.unwrap().call(request).await;
+//!     while let Some(Ok(request)) = requests.next().await {
+//!         if let Ok(replier) = replier.ready().await {
+//!             let _ = replier.call(request.clone()).await;
+//!         }
+//!         let _ = request.ack().await;
 //!     }
 //! });
 //!
-//! // The requesting side.
+//! // The requesting side: replies come back on a topic of its own.
 //! let requester = Requester::new(
-//!     publisher,
-//!     UnboundedReceiverStream::new(replies),
+//!     broker.publisher(),
+//!     broker.subscribe("replies.client-1")?,
 //!     "replies.client-1",
 //! )
 //! .with_timeout(Duration::from_secs(5));
-//! let reply = requester.oneshot(Message::new("rpc.upper", "hello")).await?;
+//! let reply = requester.clone().oneshot(Message::new("rpc.upper", "hello")).await?;
 //! assert_eq!(reply.payload().as_ref(), b"HELLO");
+//!
+//! // Nobody serves `rpc.lower`: the request times out with a transient error.
+//! let err = requester
+//!     .with_timeout(Duration::from_millis(10))
+//!     .oneshot(Message::new("rpc.lower", "HELLO"))
+//!     .await
+//!     .unwrap_err();
+//! assert!(err.is_transient());
+//! assert_eq!(err.destination(), Some("rpc.lower"));
 //! # Ok(())
 //! # }
 //! ```

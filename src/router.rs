@@ -51,40 +51,59 @@
 //!
 //! # Example
 //!
+//! One stream of deliveries from several topics of the in-memory broker, each
+//! delivery handled by the route its topic matches:
+//!
 //! ```
 //! use std::convert::Infallible;
-//! use tower::{service_fn, ServiceExt};
+//! use futures_util::StreamExt;
+//! use tower::{service_fn, Service, ServiceExt};
+//! use tower_mq::memory::Broker;
 //! use tower_mq::router::Router;
-//! use tower_mq::{Delivery, Message};
+//! use tower_mq::{BoxError, Delivery, Message};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tower_mq::BoxError> {
-//! let orders = service_fn(|d: Delivery| async move {
-//!     println!("order event on {}", d.message().destination());
-//!     Ok::<_, Infallible>(())
-//! });
-//! let logs = service_fn(|_: Delivery| async { Ok::<_, Infallible>(()) });
-//! let other = service_fn(|_: Delivery| async { Ok::<_, Infallible>(()) });
+//! # async fn main() -> Result<(), BoxError> {
+//! let broker = Broker::new();
+//! let mut deliveries = futures_util::stream::select_all([
+//!     broker.subscribe("orders.created")?,
+//!     broker.subscribe("logs.app.error")?,
+//!     broker.subscribe("metrics")?,
+//! ]);
 //!
-//! let router = Router::new()
-//!     .route("orders.*", orders)?
-//!     .route("logs.#", logs)?
-//!     .fallback(other);
+//! // Handlers of different types, with one response type (here, a label).
+//! let mut router = Router::new()
+//!     .route("orders.*", service_fn(|_: Delivery| async { Ok::<_, Infallible>("orders") }))?
+//!     .route("logs.#", service_fn(|_: Delivery| async { Ok::<_, BoxError>("logs") }))?
+//!     .fallback(service_fn(|_: Delivery| async { Ok::<_, Infallible>("other") }));
 //!
-//! router
-//!     .oneshot(Delivery::unacknowledged(Message::new("orders.created", "{}")))
-//!     .await?;
+//! let publisher = broker.publisher();
+//! for topic in ["orders.created", "logs.app.error", "metrics"] {
+//!     publisher.clone().oneshot(Message::new(topic, "{}")).await?;
+//! }
+//! let mut handled = Vec::new();
+//! for _ in 0..3 {
+//!     let delivery = deliveries.next().await.expect("subscribed")?;
+//!     let topic = delivery.message().destination().to_owned();
+//!     let label = router.ready().await?.call(delivery.clone()).await?;
+//!     delivery.ack().await?;
+//!     handled.push((topic, label));
+//! }
+//! handled.sort();
+//! assert_eq!(handled, [
+//!     ("logs.app.error".to_owned(), "logs"),
+//!     ("metrics".to_owned(), "other"),
+//!     ("orders.created".to_owned(), "orders"),
+//! ]);
 //!
 //! // An invalid pattern is an error, not a panic.
-//! let no_fallback = Router::new().route("orders.*", service_fn(|_: Delivery| async {
-//!     Ok::<_, Infallible>(())
-//! }))?;
-//! assert!(no_fallback.clone().route("ord*", service_fn(|_: Delivery| async {
-//!     Ok::<_, Infallible>(())
-//! })).is_err());
+//! assert!(Router::<()>::new()
+//!     .route("ord*", service_fn(|_: Delivery| async { Ok::<_, Infallible>(()) }))
+//!     .is_err());
 //!
 //! // No route and no fallback: a permanent error naming the destination.
-//! let err = no_fallback
+//! let err = Router::new()
+//!     .route("orders.*", service_fn(|_: Delivery| async { Ok::<_, Infallible>(()) }))?
 //!     .oneshot(Delivery::unacknowledged(Message::new("payments.done", "")))
 //!     .await
 //!     .unwrap_err();
