@@ -43,7 +43,9 @@
 //! It publishes each response to the request's `reply_to`, with the request's
 //! correlation id, and returns the publisher's [`Receipt`]. A request without
 //! `reply_to` fails with a permanent error and the handler is not called. It is itself
-//! a handler: run it on the request consumer like any other.
+//! a handler: run it on the request consumer like any other. A reply that cannot be
+//! published fails the call with the publisher's error, so the request is redelivered
+//! and handled again: handlers behind a replier should be idempotent.
 //!
 //! # Example
 //!
