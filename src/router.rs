@@ -621,6 +621,38 @@ mod tests {
         assert_eq!(p.words.len(), 3, "consecutive `#` collapse");
     }
 
+    /// The definition, written naively: recursion over split words.
+    fn reference(pattern: &[&str], words: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => words.is_empty(),
+            Some((&"#", rest)) => (0..=words.len()).any(|skip| reference(rest, &words[skip..])),
+            Some((&"*", rest)) => !words.is_empty() && reference(rest, &words[1..]),
+            Some((lit, rest)) => words.first() == Some(lit) && reference(rest, &words[1..]),
+        }
+    }
+
+    #[test]
+    fn matching_agrees_with_the_definition() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let pattern_words = ["a", "b", "*", "#"];
+        let destination_words = ["a", "b", ""];
+        for _ in 0..20_000 {
+            let pattern: Vec<&str> = (0..rng.usize(1..6))
+                .map(|_| pattern_words[rng.usize(..pattern_words.len())])
+                .collect();
+            let destination: Vec<&str> = (0..rng.usize(1..7))
+                .map(|_| destination_words[rng.usize(..destination_words.len())])
+                .collect();
+            let (pattern_text, destination_text) = (pattern.join("."), destination.join("."));
+            let compiled = Pattern::parse(&pattern_text).unwrap();
+            assert_eq!(
+                compiled.matches(&destination_text),
+                reference(&pattern, &destination),
+                "{pattern_text} vs {destination_text:?}"
+            );
+        }
+    }
+
     #[test]
     fn literal_patterns_compare_whole_destinations() {
         let p = Pattern::parse("orders.created").unwrap();
