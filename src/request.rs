@@ -52,31 +52,23 @@
 //! Request/reply over the in-memory broker:
 //!
 //! ```
+//! use std::future::IntoFuture;
 //! use std::time::Duration;
-//! use futures_util::StreamExt;
-//! use tower::{service_fn, Service, ServiceExt};
+//! use tower::{service_fn, ServiceExt};
 //! use tower_mq::memory::Broker;
 //! use tower_mq::request::{Replier, Requester};
-//! use tower_mq::{BoxError, Delivery, Message};
+//! use tower_mq::{serve, BoxError, Delivery, Message};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
 //! let broker = Broker::new();
 //!
 //! // The serving side: a work queue on `rpc.upper`, answered with the upper-cased payload.
-//! let mut requests = broker.consumer("rpc.upper", "upper-service")?;
 //! let upper = service_fn(|request: Delivery| async move {
 //!     Ok::<_, BoxError>(String::from_utf8_lossy(request.message().payload()).to_uppercase())
 //! });
-//! let mut replier = Replier::new(upper, broker.publisher());
-//! tokio::spawn(async move {
-//!     while let Some(Ok(request)) = requests.next().await {
-//!         if let Ok(replier) = replier.ready().await {
-//!             let _ = replier.call(request.clone()).await;
-//!         }
-//!         let _ = request.ack().await;
-//!     }
-//! });
+//! let requests = broker.consumer("rpc.upper", "upper-service")?;
+//! tokio::spawn(serve(requests, Replier::new(upper, broker.publisher())).into_future());
 //!
 //! // The requesting side: replies come back on a topic of its own.
 //! let requester = Requester::new(

@@ -52,49 +52,63 @@
 //! # Example
 //!
 //! One stream of deliveries from several topics of the in-memory broker, each
-//! delivery handled by the route its topic matches:
+//! delivery handled by the route its topic matches, run by [`serve`](crate::serve()):
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use futures_util::StreamExt;
-//! use tower::{service_fn, Service, ServiceExt};
+//! use std::future::IntoFuture;
+//! use tokio::sync::{mpsc, oneshot};
+//! use tower::{service_fn, ServiceExt};
 //! use tower_mq::memory::Broker;
 //! use tower_mq::router::Router;
-//! use tower_mq::{BoxError, Delivery, Message};
+//! use tower_mq::{serve, BoxError, Delivery, Message};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
 //! let broker = Broker::new();
-//! let mut deliveries = futures_util::stream::select_all([
+//! let deliveries = futures_util::stream::select_all([
 //!     broker.subscribe("orders.created")?,
 //!     broker.subscribe("logs.app.error")?,
 //!     broker.subscribe("metrics")?,
 //! ]);
 //!
-//! // Handlers of different types, with one response type (here, a label).
-//! let mut router = Router::new()
-//!     .route("orders.*", service_fn(|_: Delivery| async { Ok::<_, Infallible>("orders") }))?
-//!     .route("logs.#", service_fn(|_: Delivery| async { Ok::<_, BoxError>("logs") }))?
-//!     .fallback(service_fn(|_: Delivery| async { Ok::<_, Infallible>("other") }));
+//! // Each handler reports which route ran.
+//! let (seen_tx, mut seen) = mpsc::unbounded_channel();
+//! let handler = |route: &'static str| {
+//!     let seen_tx = seen_tx.clone();
+//!     service_fn(move |delivery: Delivery| {
+//!         let _ = seen_tx.send((route, delivery.message().destination().to_owned()));
+//!         async { Ok::<_, BoxError>(()) }
+//!     })
+//! };
+//! let router = Router::new()
+//!     .route("orders.*", handler("orders"))?
+//!     .route("logs.#", handler("logs"))?
+//!     .fallback(handler("other"));
 //!
+//! let (stop, stopped) = oneshot::channel::<()>();
+//! let server = tokio::spawn(
+//!     serve(deliveries, router)
+//!         .with_graceful_shutdown(async { stopped.await.ok(); })
+//!         .into_future(),
+//! );
 //! let publisher = broker.publisher();
 //! for topic in ["orders.created", "logs.app.error", "metrics"] {
 //!     publisher.clone().oneshot(Message::new(topic, "{}")).await?;
 //! }
-//! let mut handled = Vec::new();
+//! let mut routed = Vec::new();
 //! for _ in 0..3 {
-//!     let delivery = deliveries.next().await.expect("subscribed")?;
-//!     let topic = delivery.message().destination().to_owned();
-//!     let label = router.ready().await?.call(delivery.clone()).await?;
-//!     delivery.ack().await?;
-//!     handled.push((topic, label));
+//!     routed.push(seen.recv().await.expect("a handler ran"));
 //! }
-//! handled.sort();
-//! assert_eq!(handled, [
-//!     ("logs.app.error".to_owned(), "logs"),
-//!     ("metrics".to_owned(), "other"),
-//!     ("orders.created".to_owned(), "orders"),
+//! routed.sort();
+//! assert_eq!(routed, [
+//!     ("logs", "logs.app.error".to_owned()),
+//!     ("orders", "orders.created".to_owned()),
+//!     ("other", "metrics".to_owned()),
 //! ]);
+//! stop.send(()).ok();
+//! let summary = server.await??;
+//! assert_eq!(summary.acked, 3);
 //!
 //! // An invalid pattern is an error, not a panic.
 //! assert!(Router::<()>::new()
