@@ -1054,6 +1054,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_load_shed_publisher_fails_instead_of_stalling_the_others() {
+        let (stalled, mut stalled_handle) = mock::pair::<Message, Receipt>();
+        let (healthy, mut healthy_handle) = mock::pair::<Message, Receipt>();
+        stalled_handle.allow(0);
+        healthy_handle.allow(1);
+        let fanout = FanOut::new(Policy::Any)
+            .publisher(
+                "stalled",
+                tower::util::BoxService::new(tower::load_shed::LoadShed::new(stalled)),
+            )
+            .publisher("healthy", tower::util::BoxService::new(healthy));
+        let fut = tokio::spawn(fanout.oneshot(Message::new("orders", "x")));
+        let (_, respond) = healthy_handle.next_request().await.unwrap();
+        respond.send_response(receipt(1));
+        assert_eq!(
+            fut.await.unwrap().unwrap(),
+            Receipt::FanOut(vec![receipt(1)])
+        );
+
+        // Under `All` the shed publisher fails the fan-out, transiently.
+        let (stalled, mut stalled_handle) = mock::pair::<Message, Receipt>();
+        stalled_handle.allow(0);
+        let (healthy, mut healthy_handle) = mock::pair::<Message, Receipt>();
+        healthy_handle.allow(1);
+        let fanout = FanOut::new(Policy::All)
+            .publisher(
+                "stalled",
+                tower::util::BoxService::new(tower::load_shed::LoadShed::new(stalled)),
+            )
+            .publisher("healthy", tower::util::BoxService::new(healthy));
+        let fut = tokio::spawn(fanout.oneshot(Message::new("orders", "x")));
+        let (_, respond) = healthy_handle.next_request().await.unwrap();
+        respond.send_response(receipt(1));
+        let err = fut.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Transient);
+        assert!(failures(&err).get("stalled").is_some(), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_publisher_whose_readiness_fails_counts_as_failed() {
         let (publishers, mut handles) = publishers(2);
         handles[0].send_error("connection closed");
