@@ -819,6 +819,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_buffered_handler_does_not_hold_back_the_others() {
+        let (slow, mut slow_handle) = mock::pair::<Delivery, ()>();
+        let (fast, mut fast_handle) = mock::pair::<Delivery, ()>();
+        slow_handle.allow(0);
+        fast_handle.allow(1);
+        let mut router = mock::Spawn::new(
+            Router::new()
+                .route("slow", tower::buffer::Buffer::new(slow, 4))
+                .unwrap()
+                .route("fast", fast)
+                .unwrap(),
+        );
+        assert_ready_ok!(router.poll_ready());
+        // The slow handler's delivery waits in its buffer...
+        let slow_fut = tokio::spawn(router.call(delivery("slow")));
+        assert_ready_ok!(router.poll_ready());
+        // ...while the fast one is handled.
+        let fast_fut = router.call(delivery("fast"));
+        let (_, respond) = fast_handle.next_request().await.unwrap();
+        respond.send_response(());
+        fast_fut.await.unwrap();
+        slow_handle.allow(1);
+        let (_, respond) = slow_handle.next_request().await.unwrap();
+        respond.send_response(());
+        slow_fut.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn handler_readiness_errors_surface() {
         let (a, mut ha) = mock::pair::<Delivery, ()>();
         let mut router = mock::Spawn::new(Router::new().route("a", a).unwrap());
