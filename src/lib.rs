@@ -14,5 +14,6 @@ pub use tower_mq_core::{
 };
 pub use tower_mq_layers as layers;
 
+pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
