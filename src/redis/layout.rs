@@ -25,7 +25,7 @@ const CONTENT_ENCODING: &str = "p:content-encoding";
 const PERSISTENT: &str = "p:persistent";
 const PRIORITY: &str = "p:priority";
 const TTL_MS: &str = "p:ttl-ms";
-const EXPIRES_AT_MS: &str = "p:expires-at-ms";
+pub(crate) const EXPIRES_AT_MS: &str = "p:expires-at-ms";
 /// How many times a message was re-added to its stream by a nack (so the delivery
 /// count survives a re-add).
 pub(crate) const REDELIVERIES: &str = "p:redeliveries";
@@ -36,6 +36,7 @@ pub(crate) type Fields = Vec<(String, Bytes)>;
 /// Encodes `message` as fields. A priority is an error unless `ignore_unsupported`,
 /// in which case it is carried (so it round-trips) but not honoured.
 pub(crate) fn encode(message: &Message, ignore_unsupported: bool) -> Result<Fields, Error> {
+    check_destination(message)?;
     if message.priority().is_some() && !ignore_unsupported {
         return Err(Error::permanent(BROKER, Operation::Publish)
             .with_destination(message.destination().to_owned())
@@ -77,6 +78,17 @@ pub(crate) fn encode(message: &Message, ignore_unsupported: bool) -> Result<Fiel
         ));
     }
     Ok(fields)
+}
+
+/// An empty destination is refused: Redis would take `""` as a key or channel name,
+/// but it is always a mistake.
+pub(crate) fn check_destination(message: &Message) -> Result<(), Error> {
+    if message.destination().is_empty() {
+        return Err(Error::permanent(BROKER, Operation::Publish)
+            .with_destination(String::new())
+            .with_reason("the destination (stream or channel name) is empty"));
+    }
+    Ok(())
 }
 
 /// Whether `message` carries nothing but a payload (Pub/Sub then sends it raw).

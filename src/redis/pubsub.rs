@@ -56,7 +56,7 @@ use tower::Service;
 use super::config::Config;
 use super::connection::{Connection, Reconnected};
 use super::future::ResponseFuture;
-use super::layout::{decode, encode, is_plain, pack_envelope, unpack_envelope};
+use super::layout::{check_destination, decode, encode, is_plain, pack_envelope, unpack_envelope};
 use super::{redis_error, BROKER};
 use crate::{Delivery, Error, Message, Operation, Receipt};
 
@@ -131,6 +131,7 @@ impl Service<Message> for Publisher {
         let conn = self.conn.clone();
         let ignore_unsupported = self.ignore_unsupported;
         ResponseFuture::new(async move {
+            check_destination(&message)?;
             let channel = message.destination().to_owned();
             let payload = if is_plain(&message) {
                 message.into_payload()

@@ -50,3 +50,5 @@ mod fixture;
 
 // Brokers: one module per fixture, each ending with `conformance!(TheFixture);`.
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;

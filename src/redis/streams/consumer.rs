@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::redis::config::Config;
 use crate::redis::connection::Connection;
-use crate::redis::layout::{decode, Fields, HEADER_PREFIX, REDELIVERIES};
+use crate::redis::layout::{decode, Fields, EXPIRES_AT_MS, HEADER_PREFIX, REDELIVERIES};
 use crate::redis::{is_connection_error, redis_error, BROKER};
 use crate::{Acker, Acknowledge, Delivery, Error, Operation};
 
@@ -250,6 +250,23 @@ impl Consumer {
         })
     }
 
+    /// Creates the consumer's group if it is missing, without consuming: messages
+    /// appended from then on (or from its start, see [`ConsumerConfig::start_at`]) are
+    /// kept for the group until its consumers take them.
+    pub async fn declare_group(config: &Config, consumer: &ConsumerConfig) -> Result<(), Error> {
+        let conn = Connection::connect(config).await?;
+        let shared = Shared {
+            conn,
+            stream: consumer.stream.clone(),
+            group: consumer.group.clone(),
+            consumer: String::new(),
+            dead_letter: None,
+            nack: consumer.nack,
+            claim_idle: consumer.claim_idle,
+        };
+        shared.create_group(&consumer.start).await
+    }
+
     /// This consumer's name in its group.
     pub fn name(&self) -> &str {
         &self.name
@@ -419,8 +436,11 @@ impl Shared {
             (DEAD_LETTER_DELIVERIES, count.to_string()),
         ]
         .map(|(name, value)| (format!("{HEADER_PREFIX}{name}"), Bytes::from(value)));
+        // A dead letter starts afresh: no deadline (an expired message must stay
+        // readable in the dead-letter stream) and no redelivery count.
         let mut letter: Fields = fields
             .iter()
+            .filter(|(name, _)| name != EXPIRES_AT_MS && name != REDELIVERIES)
             .filter(|(name, _)| !added.iter().any(|(n, _)| n == name))
             .cloned()
             .collect();
