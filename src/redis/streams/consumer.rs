@@ -192,6 +192,10 @@ impl ConsumerConfig {
 /// moved to the dead-letter stream with `x-dead-letter-*` headers, atomically with
 /// its acknowledgement.
 ///
+/// All of this happens while the stream is polled: a consumer nobody polls neither
+/// reads, nor claims, nor dead-letters (and holds no more than one read's worth of
+/// entries, so backpressure reaches Redis).
+///
 /// Delivery is at least once: a message can be delivered again if its handler outlasts
 /// the claim idle time, or if the connection drops before it is acknowledged.
 ///
