@@ -104,9 +104,12 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
                         continue;
                     }
                 };
-                // An ack lost to the outage only means a redelivery.
-                let _ = delivery.ack().await;
                 let index: usize = payload_text(&delivery).parse().expect("an index");
+                // Acks run concurrently, off the receiving path; one lost to the
+                // outage only means a redelivery.
+                tokio::spawn(async move {
+                    let _ = delivery.ack().await;
+                });
                 let mut received = received.lock().unwrap();
                 *received.entry(index).or_default() += 1;
                 if received.len() == COUNT {
@@ -129,6 +132,7 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
             }
         })
     };
+    let started = tokio::time::Instant::now();
     let mut publishing = futures_util::stream::iter(0..COUNT)
         .map(|i| {
             let stack = stack.clone();
@@ -145,6 +149,7 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
         done += 1;
         progress.send_replace(done);
     }
+    let published_after = started.elapsed();
     restarting.await.expect("the restarting task panicked");
     assert!(
         failed.is_empty(),
@@ -155,12 +160,14 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
     );
 
     let finished = tokio::time::timeout(Duration::from_secs(120), consuming).await;
+    let received_after = started.elapsed();
     let received = received.lock().unwrap().clone();
     let lost = (0..COUNT).filter(|i| !received.contains_key(i)).count();
     let duplicated: u32 = received.values().map(|n| n - 1).sum();
     eprintln!(
         "{}: reconnect: {COUNT} published across 2 restarts, {} received, lost {lost}, \
-         duplicated {duplicated}, consumer errors {}",
+         duplicated {duplicated}, consumer errors {}; published in {published_after:?}, \
+         received in {received_after:?}",
         F::NAME,
         received.len(),
         consumer_errors.lock().unwrap()
