@@ -29,6 +29,7 @@ macro_rules! conformance {
             redelivery::nack_redelivers_with_incremented_count,
             redelivery::unacked_messages_are_redelivered_after_close,
             redelivery::reject_dead_letters,
+            redelivery::serve_dead_letters_after_repeated_failures,
             // cases/properties.rs
             properties::priority_order,
             properties::ttl_expiry,
