@@ -526,6 +526,18 @@ async fn pubsub_raw_and_enveloped_messages_and_patterns() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Permanent);
+
+    // A large payload crosses intact (under the default 8 MiB soft output limit for
+    // Pub/Sub clients, so Redis keeps the subscriber).
+    let large: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    publish(&mut publisher, Message::new(&channel, large.clone())).await;
+    assert_eq!(
+        next(&mut by_name).await.message().payload().as_ref(),
+        &large[..]
+    );
+
+    let none = PubSubConsumer::subscribe(&config, []).await.unwrap_err();
+    assert_eq!(none.kind(), ErrorKind::Permanent);
 }
 
 /// Publishes probes until one reaches `consumer`: a resubscription has no signal a

@@ -189,12 +189,16 @@ pub struct Consumer {
 
 impl Consumer {
     /// Connects and subscribes; once this returns, messages published on the
-    /// subscribed channels are delivered.
+    /// subscribed channels are delivered. At least one subscription is needed.
     pub async fn subscribe(
         config: &Config,
         subscriptions: impl IntoIterator<Item = Subscription>,
     ) -> Result<Self, Error> {
         let subscriptions: Vec<Subscription> = subscriptions.into_iter().collect();
+        if subscriptions.is_empty() {
+            return Err(Error::permanent(BROKER, Operation::Subscribe)
+                .with_reason("no channel or pattern to subscribe to"));
+        }
         let mut receiver = Receiver {
             client: config.client()?,
             subscriptions: subscriptions.clone(),

@@ -1,6 +1,12 @@
 //! Redis Streams: topics are streams, groups are consumer groups, a pub/sub subscriber
 //! is a consumer in a group of its own created at the end of the stream, and dead
 //! letters go to the stream `<topic>:dead-letter`.
+//!
+//! Redis Pub/Sub has no fixture here: it has no consumer groups at all (every
+//! subscriber of a channel receives every message), so the work-queue cases, which
+//! need a group whose members share messages, cannot hold for it, even with
+//! `durable_groups` off. Its behaviour (raw and enveloped messages, patterns,
+//! untracked deliveries, resubscription after a restart) is tested in tests/redis.rs.
 
 use std::time::Duration;
 
