@@ -181,6 +181,49 @@ async fn stream_round_trip_of_every_field_in_the_documented_layout() {
 }
 
 #[tokio::test]
+async fn acks_do_not_wait_behind_a_blocking_read() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("blocking");
+    let settings = StreamConsumerConfig::new(&stream, "g")
+        .with_block(Duration::from_secs(10))
+        .with_claim_interval(Duration::from_secs(60));
+    let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&stream, "one")).await;
+    let delivery = next(&mut consumer).await;
+    // The consumer now blocks for up to 10 s waiting for a second entry.
+    let reading = tokio::spawn(async move { consumer.next().await.map(|d| d.map(|_| ())) });
+    let mut conn = raw(&config).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if clients
+            .lines()
+            .any(|line| line.contains("cmd=xreadgroup") && line.contains("flags=b"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read never blocked"
+        );
+        tokio::task::yield_now().await;
+    }
+    tokio::time::timeout(Duration::from_secs(2), delivery.ack())
+        .await
+        .expect("the ack waited behind the blocking read")
+        .unwrap();
+    publish(&mut publisher, Message::new(&stream, "two")).await;
+    let second = tokio::time::timeout(WAIT, reading).await.unwrap().unwrap();
+    assert!(matches!(second, Some(Ok(()))));
+}
+
+#[tokio::test]
 async fn priority_is_refused_unless_ignored_and_then_carried() {
     let _shared = BROKER.read().await;
     let config = config().await;

@@ -158,10 +158,7 @@ pub fn error_kind(err: &RedisError) -> ErrorKind {
 
 /// Whether the error means the connection is gone (as opposed to a command failing).
 pub(crate) fn is_connection_error(err: &RedisError) -> bool {
-    err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || err.is_io_error()
-        || err.is_unrecoverable_error()
+    err.is_connection_dropped() || err.is_connection_refusal() || err.is_io_error()
 }
 
 /// A classified error for `operation` on `destination`.
