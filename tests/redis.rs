@@ -713,3 +713,37 @@ async fn in_flight_publish_fails_as_transient_on_restart_and_readiness_waits() {
     .expect("the publisher did not recover");
     assert!(matches!(receipt, Receipt::RedisStream { .. }));
 }
+
+#[tokio::test]
+async fn a_hung_redis_times_out_as_transient_and_recovers() {
+    let _exclusive = BROKER.write().await;
+    let config = config()
+        .await
+        .with_response_timeout(Duration::from_millis(300));
+    let stream = unique("hung");
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&stream, "before")).await;
+
+    harness("pause").await;
+    let call = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&stream, "while hung"));
+    let result = tokio::time::timeout(WAIT, call).await;
+    // Resume before asserting anything, so a failure leaves Redis running.
+    harness("resume").await;
+    let result = result.expect("the response timeout did not fire");
+    let err = result.expect_err("a frozen Redis cannot have answered");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some(stream.as_str()));
+
+    let receipt = tokio::time::timeout(
+        WAIT,
+        publish(&mut publisher, Message::new(&stream, "after")),
+    )
+    .await
+    .expect("the publisher did not recover");
+    assert!(matches!(receipt, Receipt::RedisStream { .. }));
+}
