@@ -62,6 +62,8 @@ pub use tower_mq_core::{
 pub use tower_mq_layers as layers;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod serve;
 
 pub use serve::serve;
