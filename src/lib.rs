@@ -64,6 +64,15 @@ pub use tower_mq_layers as layers;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod serve;
 
 pub use serve::serve;
+
+pub mod router;
+pub use router::Router;
+pub mod request;
+pub use request::{Replier, Requester};
+pub mod fanout;
+pub use fanout::{Fallback, FanOut};

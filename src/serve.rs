@@ -20,7 +20,8 @@
 //! - A handler that panics, in `call` or in its future, is caught and counts as a
 //!   transient failure (and in [`Summary::panicked`]).
 //! - A delivery the handler settled itself is left as the handler settled it.
-//! - A transient consumer error is logged and consumption goes on; a permanent one
+//! - A transient consumer error is logged and consumption goes on after a short pause
+//!   (10 ms, doubling with each error in a row, at most 1 s); a permanent one
 //!   stops `serve`, which drains and returns that error. A handler whose `poll_ready`
 //!   fails stops it the same way.
 //! - Stopping (shutdown signal, end of the stream, fatal error) takes no further
@@ -338,12 +339,16 @@ where
         let mut summary = Summary::default();
         let mut stopping = false;
         let mut fatal: Option<BoxError> = None;
+        // Consecutive transient consumer errors, and the pause they impose.
+        let mut errors_in_a_row = 0u32;
+        let mut pause = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut paused = false;
 
         loop {
             if stopping && tasks.is_empty() {
                 break;
             }
-            let can_take = !stopping && tasks.len() < concurrency;
+            let can_take = !stopping && !paused && tasks.len() < concurrency;
             tokio::select! {
                 biased;
                 () = &mut signal, if !stopping => {
@@ -351,6 +356,7 @@ where
                     stopping = true;
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => summary.record(joined),
+                () = &mut pause, if paused && !stopping => paused = false,
                 next = next_when_ready(&mut handler, consumer.as_mut()), if can_take => match next {
                     Err(error) => {
                         tracing::error!(%error, "handler failed: draining and stopping");
@@ -362,7 +368,11 @@ where
                         stopping = true;
                     }
                     Ok(Some(Err(error))) if error.kind() == ErrorKind::Transient => {
-                        tracing::warn!(%error, "consumer error: continuing");
+                        errors_in_a_row += 1;
+                        let wait = consumer_error_pause(errors_in_a_row);
+                        tracing::warn!(%error, ?wait, "consumer error: continuing");
+                        pause.as_mut().reset(tokio::time::Instant::now() + wait);
+                        paused = true;
                     }
                     Ok(Some(Err(error))) => {
                         tracing::error!(%error, "consumer failed: draining and stopping");
@@ -370,6 +380,7 @@ where
                         stopping = true;
                     }
                     Ok(Some(Ok(delivery))) => {
+                        errors_in_a_row = 0;
                         summary.received += 1;
                         let call = catch_unwind(AssertUnwindSafe(|| handler.call(delivery.clone())));
                         tasks.spawn(handle(call, delivery, policy.clone()));
@@ -382,6 +393,14 @@ where
             None => Ok(summary),
         }
     }
+}
+
+/// How long to wait before polling a consumer again after `errors_in_a_row`
+/// consecutive transient errors: 10 ms, doubling, at most 1 s, so a consumer that
+/// keeps failing (while its broker is away) is not polled in a hot loop.
+fn consumer_error_pause(errors_in_a_row: u32) -> Duration {
+    let doublings = errors_in_a_row.saturating_sub(1).min(7);
+    (Duration::from_millis(10) * (1u32 << doublings)).min(Duration::from_secs(1))
 }
 
 /// The consumer's next item, taken only once the handler is ready for it.

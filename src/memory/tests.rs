@@ -227,11 +227,17 @@ async fn a_full_broker_purges_expired_messages() {
     )
     .await
     .unwrap();
+    // No group on `t.dlq`: the dead letter is dropped rather than held.
     let mut publisher = broker.publisher();
     let mut cx = task::spawn(());
     assert_pending!(cx.enter(|cx, _| publisher.poll_ready(cx)));
-    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(!cx.is_woken());
+    // The waiting publisher wakes when the message expires, with no consumer around.
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(cx.is_woken());
     assert_ready_ok!(cx.enter(|cx, _| publisher.poll_ready(cx)));
+    assert_eq!(broker.held(), 0);
 }
 
 #[tokio::test]

@@ -301,3 +301,26 @@ fn default_requeue_delay_doubles_up_to_ten_seconds() {
     assert_eq!(default_requeue_delay(8), Duration::from_secs(10));
     assert_eq!(default_requeue_delay(u32::MAX), Duration::from_secs(10));
 }
+
+#[tokio::test(start_paused = true)]
+async fn consumer_errors_in_a_row_pause_consumption_increasingly() {
+    let start = Instant::now();
+    let delivery = Delivery::unacknowledged(Message::new("t", "after errors"));
+    let consumer = stream::iter(vec![
+        Err(Error::transient("test", Operation::Receive)),
+        Err(Error::transient("test", Operation::Receive)),
+        Err(Error::transient("test", Operation::Receive)),
+        Ok(delivery),
+    ]);
+    let handled_at = Arc::new(Mutex::new(None));
+    let record = handled_at.clone();
+    let handler = service_fn(move |_: Delivery| {
+        *record.lock().unwrap() = Some(Instant::now());
+        async { Ok::<(), BoxError>(()) }
+    });
+    let summary = serve(consumer, handler).await.unwrap();
+    assert_eq!(summary.acked, 1);
+    let waited = handled_at.lock().unwrap().unwrap() - start;
+    assert_eq!(waited, Duration::from_millis(10 + 20 + 40));
+    assert_eq!(consumer_error_pause(100), Duration::from_secs(1));
+}

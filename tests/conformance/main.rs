@@ -33,29 +33,27 @@ macro_rules! conformance {
             // cases/properties.rs
             properties::priority_order,
             properties::ttl_expiry,
-            // cases/patterns.rs: request/reply and fan-out cases go here.
-        );
-        // Cases that stop the broker: they run alone (see `fixture::BROKER_LOCK`).
-        conformance!(@exclusive $fixture;
-            // cases/reconnect.rs
-            reconnect::stream_survives_broker_restarts,
+            // cases/patterns.rs
+            patterns::request_reply,
+            patterns::request_timeout,
+            patterns::fan_out,
+            patterns::fan_out_partial_failure,
+            // cases/reconnect.rs (exclusive: the broker goes down)
+            reconnect::publish_and_consume_across_broker_restarts,
         );
     };
     (@cases $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let _shared = crate::fixture::BROKER_LOCK.read().await;
-                crate::cases::$theme::$case::<$fixture>().await
-            }
-        )*
-    };
-    (@exclusive $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let _exclusive = crate::fixture::BROKER_LOCK.write().await;
-                crate::cases::$theme::$case::<$fixture>().await
+                // Reconnect cases stop the broker: no other case may run meanwhile.
+                if stringify!($theme) == "reconnect" {
+                    let _exclusive = crate::fixture::BROKER_LOCK.write().await;
+                    crate::cases::$theme::$case::<$fixture>().await
+                } else {
+                    let _shared = crate::fixture::BROKER_LOCK.read().await;
+                    crate::cases::$theme::$case::<$fixture>().await
+                }
             }
         )*
     };
@@ -68,3 +66,5 @@ mod fixture;
 mod memory;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "redis")]
+mod redis;

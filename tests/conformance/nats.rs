@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tower::util::BoxCloneService;
-use tower_mq::nats::{Config, Connection, Publisher, Subscriber};
+use tower_mq::nats::{Config, Connection, Publisher, Requester, Subscriber};
 
-use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture};
+use crate::fixture::{BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture};
 
 fn url() -> String {
     std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
@@ -103,6 +103,13 @@ impl Fixture for NatsFixture {
 
     async fn dead_letters(&self, topic: &str) -> BoxConsumer {
         panic!("nats: core NATS has no dead letters (asked for {topic})")
+    }
+
+    /// NATS's own request/reply: each request carries a fresh inbox as its reply
+    /// subject (so `reply_to` is not used), and a request nobody is subscribed to fails
+    /// at once with "no responders".
+    async fn requester(&self, _topic: &str, _reply_to: &str, timeout: Duration) -> BoxRequester {
+        BoxCloneService::new(Requester::new(&self.connection).timeout(timeout))
     }
 
     async fn stop_broker(&self) {
