@@ -693,6 +693,8 @@ async fn subscriptions_survive_a_server_restart() {
         "{again:?}"
     );
     assert_quiet(&mut js_sub, "stored once").await;
+    // File storage outlives the run: remove the stream.
+    js.context().delete_stream(&stream).await.unwrap();
 }
 
 #[tokio::test]

@@ -126,6 +126,8 @@ conformance!(NatsFixture);
 /// JetStream: one stream per topic, durable pull consumers with explicit acks, and a
 /// dead-letter stream per topic.
 pub mod jetstream {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
     use std::time::Duration;
 
     use futures_util::StreamExt;
@@ -144,6 +146,37 @@ pub mod jetstream {
 
     pub struct JetStreamFixture {
         js: JetStream,
+        /// Streams this fixture declared, deleted when it is dropped.
+        declared: Mutex<HashSet<String>>,
+    }
+
+    impl Drop for JetStreamFixture {
+        /// Deletes the fixture's streams, so the server's store (and the time a
+        /// restart takes to recover it) does not grow with every run.
+        fn drop(&mut self) {
+            let streams: Vec<String> = match self.declared.get_mut() {
+                Ok(declared) => declared.drain().collect(),
+                Err(_) => return,
+            };
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+                return;
+            }
+            let context = self.js.context().clone();
+            tokio::task::block_in_place(|| {
+                handle.block_on(async move {
+                    for stream in streams {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            context.delete_stream(&stream),
+                        )
+                        .await;
+                    }
+                })
+            });
+        }
     }
 
     fn dead_letter_subject(topic: &str) -> String {
@@ -155,6 +188,9 @@ pub mod jetstream {
         /// survive a restart), declared idempotently.
         async fn streams(&self, topic: &str) {
             for subject in [topic.to_owned(), dead_letter_subject(topic)] {
+                if let Ok(mut declared) = self.declared.lock() {
+                    declared.insert(subject.clone());
+                }
                 let config = StreamConfig::new(&subject, [subject.clone()]);
                 if let Err(e) = self.js.declare_stream(&config).await {
                     panic!("jetstream: declaring stream {subject} failed: {e}");
@@ -208,6 +244,7 @@ pub mod jetstream {
         async fn connect() -> Self {
             JetStreamFixture {
                 js: JetStream::new(&connect(Self::NAME).await),
+                declared: Mutex::default(),
             }
         }
 
