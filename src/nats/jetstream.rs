@@ -83,6 +83,7 @@
 //! [`Message::with_message_id`]: crate::Message::with_message_id
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -213,14 +214,17 @@ impl JetStream {
         let max_deliver = u32::try_from(consumer.cached_info().config.max_deliver)
             .ok()
             .filter(|n| *n > 0);
-        let messages = pull_stream(consumer.clone(), config.batch, stream.to_owned(), None).await?;
+        let first = open_pull(consumer.clone(), config.batch, stream.to_owned(), None).await?;
         Ok(Consumer {
             connects: self.connection.connects(),
             link: self.connection.link_changes(),
             connection: self.connection.clone(),
             consumer,
             batch: config.batch,
-            state: State::Streaming(Box::new(messages)),
+            state: State::Pulling {
+                batch: Box::new(first),
+                deadline: Box::pin(tokio::time::sleep(PULL_EXPIRES + PULL_GRACE)),
+            },
             settle: Arc::new(ConsumerShared {
                 context: self.context.clone(),
                 stream: stream.to_owned(),
@@ -524,10 +528,12 @@ fn publish_error(err: async_nats::jetstream::context::PublishError, subject: &st
 /// Deliveries from a durable pull consumer: a `Stream` of [`Delivery`]s settled with
 /// explicit acks. See the [module docs](self).
 ///
-/// Pull requests are renewed after a reconnect, and expire every 5 s so that one lost
-/// with a connection is replaced soon; the stream needs no idle heartbeats. Errors in the stream (a pull request the
-/// server could not take while restarting, say) are transient unless the consumer is
-/// gone; the stream goes on after them.
+/// Messages come from one pull request at a time for up to the configured batch; a
+/// pull request expires after 2 s, and one lost with a connection or a server restart
+/// is replaced at once after a reconnect, or 1 s after its expiry at the latest.
+/// Errors in the stream (a pull request the server could not take while restarting,
+/// say) are transient, and the stream goes on after them; a consumer that no longer
+/// exists ends it with a permanent error.
 pub struct Consumer {
     connection: Connection,
     link: tokio_stream::wrappers::WatchStream<super::Link>,
@@ -540,41 +546,72 @@ pub struct Consumer {
 }
 
 enum State {
-    Streaming(Box<pull::Stream>),
-    /// Opening a new pull stream after the old one failed.
-    Reopening(BoxFuture<'static, Result<pull::Stream, Error>>),
+    /// A pull request is open: its messages, and when to stop waiting for them.
+    Pulling {
+        batch: Box<pull::Batch>,
+        deadline: Pin<Box<tokio::time::Sleep>>,
+    },
+    /// Sending the next pull request.
+    Opening(BoxFuture<'static, Result<pull::Batch, Error>>),
+    /// The consumer is gone.
+    Done,
 }
 
-/// A pull stream on `consumer`, after `delay` if given.
-fn pull_stream(
-    consumer: PullConsumer,
+/// How long one pull request stays open on the server. A pull request lost with a
+/// connection or a server restart is replaced once it would have expired (plus
+/// [`PULL_GRACE`]), so keep it short; an idle consumer sends one request per period.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long after its expiry a pull request's end (the server's 408) may take.
+const PULL_GRACE: Duration = Duration::from_secs(1);
+/// The pause before pulling again after a failed pull request.
+const RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// Sends a pull request for up to `batch` messages; after a failure (`delay` set),
+/// first waits and checks the consumer still exists.
+fn open_pull(
+    mut consumer: PullConsumer,
     batch: usize,
     stream: String,
     delay: Option<Duration>,
-) -> BoxFuture<'static, Result<pull::Stream, Error>> {
+) -> BoxFuture<'static, Result<pull::Batch, Error>> {
     Box::pin(async move {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
+            if let Err(err) = consumer.info().await {
+                use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+                let kind = match err.kind() {
+                    Kind::NotFound | Kind::StreamNotFound => ErrorKind::Permanent,
+                    _ => ErrorKind::Transient,
+                };
+                return Err(error(kind, Operation::Receive, &stream)
+                    .with_reason("checking the consumer failed")
+                    .with_source(err));
+            }
         }
         consumer
-            .stream()
-            .max_messages_per_batch(batch)
+            .batch()
+            .max_messages(batch)
             .expires(PULL_EXPIRES)
             .messages()
             .await
             .map_err(|err| {
-                error(ErrorKind::Transient, Operation::Receive, &stream).with_source(err)
+                error(ErrorKind::Transient, Operation::Receive, &stream)
+                    .with_reason("sending a pull request failed")
+                    .with_source(err)
             })
     })
 }
 
-/// How long one pull request stays open on the server. A pull request lost with a
-/// connection (or a server restart) is replaced at the latest this long after (plus
-/// the client's 5 s grace), so keep it short.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
-
-/// The pause before reopening a failed pull stream.
-const REOPEN_DELAY: Duration = Duration::from_millis(250);
+impl Consumer {
+    fn pull(&mut self, delay: Option<Duration>) {
+        self.state = State::Opening(open_pull(
+            self.consumer.clone(),
+            self.batch,
+            self.settle.stream.clone(),
+            delay,
+        ));
+    }
+}
 
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -592,65 +629,61 @@ impl Stream for Consumer {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        // After a reconnect the server has forgotten the pull request; async-nats
-        // renews it only if it saw the disconnect, so open a fresh pull stream.
+        // A reconnect loses the open pull request: send a new one at once.
         while let Poll::Ready(Some(_)) = Pin::new(&mut this.link).poll_next(cx) {
             let connects = this.connection.connects();
             if connects != this.connects {
                 this.connects = connects;
-                this.state = State::Reopening(pull_stream(
-                    this.consumer.clone(),
-                    this.batch,
-                    this.settle.stream.clone(),
-                    None,
-                ));
+                if !matches!(this.state, State::Done) {
+                    this.pull(None);
+                }
             }
         }
         loop {
             match &mut this.state {
-                State::Reopening(opening) => match std::task::ready!(opening.as_mut().poll(cx)) {
-                    Ok(messages) => this.state = State::Streaming(Box::new(messages)),
+                State::Done => return Poll::Ready(None),
+                State::Opening(opening) => match std::task::ready!(opening.as_mut().poll(cx)) {
+                    Ok(batch) => {
+                        this.state = State::Pulling {
+                            batch: Box::new(batch),
+                            deadline: Box::pin(tokio::time::sleep(PULL_EXPIRES + PULL_GRACE)),
+                        }
+                    }
                     Err(err) => {
-                        this.state = State::Reopening(pull_stream(
-                            this.consumer.clone(),
-                            this.batch,
-                            this.settle.stream.clone(),
-                            Some(REOPEN_DELAY),
-                        ));
+                        if err.is_transient() {
+                            this.pull(Some(RETRY_DELAY));
+                        } else {
+                            this.state = State::Done;
+                        }
                         return Poll::Ready(Some(Err(err)));
                     }
                 },
-                State::Streaming(messages) => {
-                    let next = std::task::ready!(Pin::new(&mut **messages).poll_next(cx));
-                    let settle = this.settle.clone();
-                    let Some(next) = next else {
-                        return Poll::Ready(None);
-                    };
-                    return Poll::Ready(match next {
-                        Ok(message) => Some(Ok(delivery(message, settle))),
-                        Err(err) => {
-                            use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
-                            let kind = match err.kind() {
-                                Kind::ConsumerDeleted
-                                | Kind::PushBasedConsumer
-                                | Kind::RequestLimitExceeded => ErrorKind::Permanent,
-                                _ => ErrorKind::Transient,
-                            };
-                            if kind == ErrorKind::Transient {
-                                // A failed pull request is not sent again until it
-                                // would have expired: start a fresh stream instead.
-                                this.state = State::Reopening(pull_stream(
-                                    this.consumer.clone(),
-                                    this.batch,
-                                    settle.stream.clone(),
-                                    Some(REOPEN_DELAY),
-                                ));
-                            }
-                            Some(Err(
-                                error(kind, Operation::Receive, &settle.stream).with_source(err)
-                            ))
+                State::Pulling { batch, deadline } => {
+                    match Pin::new(&mut **batch).poll_next(cx) {
+                        Poll::Ready(Some(Ok(message))) => {
+                            return Poll::Ready(Some(Ok(delivery(message, this.settle.clone()))))
                         }
-                    });
+                        Poll::Ready(Some(Err(err))) => {
+                            // A status the server answered the pull request with (no
+                            // responders while JetStream recovers, say).
+                            let err = error(
+                                ErrorKind::Transient,
+                                Operation::Receive,
+                                &this.settle.stream,
+                            )
+                            .with_reason("the pull request failed")
+                            .with_source(err);
+                            this.pull(Some(RETRY_DELAY));
+                            return Poll::Ready(Some(Err(err)));
+                        }
+                        // Fulfilled or expired: pull again.
+                        Poll::Ready(None) => this.pull(None),
+                        Poll::Pending => {
+                            // Lost (no answer after its expiry): pull again.
+                            std::task::ready!(deadline.as_mut().poll(cx));
+                            this.pull(None);
+                        }
+                    }
                 }
             }
         }
