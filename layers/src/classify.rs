@@ -129,5 +129,9 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         return Some(ErrorKind::Transient);
     }
     // The layers' own errors register here.
+    if err.is::<crate::codec::error::DecodeError>() || err.is::<crate::codec::error::EncodeError>()
+    {
+        return Some(ErrorKind::Permanent);
+    }
     None
 }

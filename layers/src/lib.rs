@@ -14,5 +14,7 @@
 )]
 
 pub mod classify;
+pub mod codec;
+pub mod message_like;
 
 pub use tower_mq_core as core;
