@@ -13,8 +13,13 @@
     unreachable_pub
 )]
 
+pub mod batch;
 pub mod classify;
 pub mod codec;
+pub mod compression;
 pub mod message_like;
 
 pub use tower_mq_core as core;
+
+#[cfg(test)]
+mod test_metrics;
