@@ -18,6 +18,7 @@ pub mod classify;
 pub mod codec;
 pub mod compression;
 pub mod message_like;
+pub mod metrics;
 
 pub use tower_mq_core as core;
 

@@ -84,7 +84,7 @@ use self::worker::Item;
 pub use self::worker::Worker;
 
 /// The name of the histogram of flushed batch sizes.
-pub const BATCH_SIZE_METRIC: &str = "messaging_batch_size";
+pub const BATCH_SIZE_METRIC: &str = crate::metrics::names::BATCH_SIZE;
 
 /// How much a request counts against [`BatchLayer::max_bytes`].
 pub trait Weigh {

@@ -1,16 +1,15 @@
 use std::time::Duration;
 
-use metrics_util::debugging::DebuggingRecorder;
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
-use tower::{Layer, Service as _, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_mq_core::{BoxError, Error, ErrorKind, Message, Operation, Receipt};
 use tower_test::mock;
 
 use super::error::{BatchFailed, Closed, MissingResult};
 use super::{Batch, BatchLayer, Weigh, BATCH_SIZE_METRIC};
 use crate::classify::{Classifier, DefaultClassifier};
-use crate::test_metrics::histogram;
+use crate::test_metrics::Recorded;
 
 type Results = Vec<Result<Receipt, BoxError>>;
 type Handle = mock::Handle<Vec<Message>, Results>;
@@ -55,8 +54,7 @@ fn send(
 
 #[tokio::test(start_paused = true)]
 async fn flushes_at_max_items_and_answers_each_caller() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    let (m, recorder) = Recorded::new();
     let _guard = metrics::set_default_local_recorder(&recorder);
 
     let (svc, mut handle) = batch_service(BatchLayer::new(3, Duration::from_secs(60)));
@@ -72,7 +70,7 @@ async fn flushes_at_max_items_and_answers_each_caller() {
     for (n, caller) in (1..=3).zip(callers) {
         assert_eq!(caller.await.expect("join").expect("ok"), receipt(n));
     }
-    assert_eq!(histogram(&snapshotter, BATCH_SIZE_METRIC, &[]), [3.0]);
+    assert_eq!(m.histogram(BATCH_SIZE_METRIC, &[]), [3.0]);
 }
 
 #[tokio::test(start_paused = true)]
