@@ -17,6 +17,7 @@ pub mod batch;
 pub mod classify;
 pub mod codec;
 pub mod compression;
+pub mod dead_letter;
 pub mod message_like;
 pub mod metrics;
 
