@@ -138,5 +138,8 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
     {
         return Some(ErrorKind::Permanent);
     }
+    if err.is::<crate::dedup::error::StoreError>() {
+        return Some(ErrorKind::Transient);
+    }
     None
 }

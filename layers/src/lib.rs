@@ -18,6 +18,7 @@ pub mod classify;
 pub mod codec;
 pub mod compression;
 pub mod dead_letter;
+pub mod dedup;
 pub mod message_like;
 pub mod metrics;
 
