@@ -21,6 +21,7 @@ pub mod dead_letter;
 pub mod dedup;
 pub mod message_like;
 pub mod metrics;
+pub mod trace;
 
 pub use tower_mq_core as core;
 
