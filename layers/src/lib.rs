@@ -25,5 +25,13 @@ pub mod trace;
 
 pub use tower_mq_core as core;
 
+pub use batch::BatchLayer;
+pub use codec::{DecodeLayer, EncodeLayer};
+pub use compression::{CompressLayer, DecompressLayer};
+pub use dead_letter::DeadLetterLayer;
+pub use dedup::DedupLayer;
+pub use metrics::MetricsLayer;
+pub use trace::TraceLayer;
+
 #[cfg(test)]
 mod test_metrics;

@@ -5,13 +5,13 @@ use std::time::Duration;
 use tower::{Layer, Service};
 use tower_mq_core::BoxError;
 
-use super::{Batch, BatchResults, Limits, Weigh};
+use super::{Batch, BatchResults, Limits, Weigh, Weigher};
 
 /// Builds [`Batch`]: configuration only. See the [module docs](super).
 pub struct BatchLayer<Req> {
     max_items: usize,
     max_latency: Duration,
-    max_bytes: Option<(usize, fn(&Req) -> usize)>,
+    max_bytes: Option<(usize, Weigher<Req>)>,
     queue_capacity: Option<usize>,
     _request: PhantomData<fn(Req)>,
 }

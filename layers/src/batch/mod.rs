@@ -145,11 +145,14 @@ impl<T, E: Into<BoxError>> BatchResults for Vec<Result<T, E>> {
     }
 }
 
+/// How a request is weighed (its [`Weigh`] implementation).
+pub(crate) type Weigher<Req> = fn(&Req) -> usize;
+
 /// Limits that decide when a batch is flushed.
 pub(crate) struct Limits<Req> {
     pub(crate) max_items: usize,
     pub(crate) max_latency: Duration,
-    pub(crate) max_bytes: Option<(usize, fn(&Req) -> usize)>,
+    pub(crate) max_bytes: Option<(usize, Weigher<Req>)>,
     pub(crate) queue_capacity: usize,
 }
 
@@ -184,7 +187,7 @@ pub struct Batch<Req, Resp> {
     tx: mpsc::UnboundedSender<Item<Req, Resp>>,
     semaphore: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
-    weigh: Option<fn(&Req) -> usize>,
+    weigh: Option<Weigher<Req>>,
     shared: Arc<Shared>,
 }
 

@@ -10,7 +10,7 @@
 //!   so that one dashboard panel and one alert cover both sides;
 //! - `messaging_messages_total` (counter): finished calls by `outcome`: `ok`,
 //!   `transient_error` or `permanent_error`, as decided by a
-//!   [`Classifier`](crate::classify::Classifier) ([`DefaultClassifier`] unless set);
+//!   [`Classifier`] ([`DefaultClassifier`] unless set);
 //! - `messaging_in_flight` (gauge): calls started and not yet finished. A call whose
 //!   future is dropped before it finishes leaves the gauge and is not counted.
 //!
