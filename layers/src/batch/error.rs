@@ -2,30 +2,51 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tower_mq_core::BoxError;
 
-/// The batch worker is gone: shut down, or stopped after the inner service failed
-/// (`poll_ready` error or panic). No request is accepted any more.
-#[derive(Debug, Default)]
+/// The batch worker is gone: shut down, or stopped because its inner service failed
+/// `poll_ready` or panicked. No request is accepted any more. When the worker failed,
+/// `source()` is that failure.
+#[derive(Debug)]
 pub struct Closed {
-    _private: (),
+    failure: Option<BatchFailed>,
 }
 
 impl Closed {
-    pub(crate) fn new() -> Self {
-        Closed::default()
+    pub(crate) fn new(failure: &OnceLock<BatchFailed>) -> Self {
+        Closed {
+            failure: failure.get().cloned(),
+        }
+    }
+
+    /// Whether the worker stopped because of a failure (rather than a shutdown).
+    pub fn is_failure(&self) -> bool {
+        self.failure.is_some()
     }
 }
 
 impl fmt::Display for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("batch worker closed: shut down, or its inner service failed")
+        match &self.failure {
+            Some(failure) => write!(
+                f,
+                "batch worker stopped: its inner service failed: {}",
+                failure.inner()
+            ),
+            None => f.write_str("batch worker shut down"),
+        }
     }
 }
 
-impl StdError for Closed {}
+impl StdError for Closed {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.failure
+            .as_ref()
+            .map(|f| f as &(dyn StdError + 'static))
+    }
+}
 
 /// The inner service failed the whole batch; every caller in it gets this error.
 /// `source()` is the inner service's error, shared by the callers, so the error

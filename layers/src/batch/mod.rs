@@ -25,7 +25,8 @@
 //! Shutdown loses nothing: when every handle is dropped, or on
 //! [`Batch::shutdown`], the worker stops accepting requests, flushes everything it
 //! holds and has queued, and exits. If the worker dies (the inner service panicked or
-//! failed `poll_ready`), callers get [`error::Closed`] rather than waiting forever.
+//! failed `poll_ready`), callers get [`error::Closed`], whose `source()` says why,
+//! rather than waiting forever.
 //!
 //! Each flush records the number of requests in the histogram `messaging_batch_size`.
 //!
@@ -67,7 +68,7 @@ pub mod error;
 pub mod future;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ use tokio_util::sync::PollSemaphore;
 use tower::Service;
 use tower_mq_core::{BoxError, Delivery, Message};
 
-use self::error::Closed;
+use self::error::{BatchFailed, Closed};
 use self::future::ResponseFuture;
 pub use self::layer::BatchLayer;
 use self::worker::Item;
@@ -189,6 +190,7 @@ pub struct Batch<Req, Resp> {
     permit: Option<OwnedSemaphorePermit>,
     weigh: Option<Weigher<Req>>,
     shared: Arc<Shared>,
+    failure: Arc<OnceLock<BatchFailed>>,
 }
 
 impl<Req, Resp> Batch<Req, Resp>
@@ -228,6 +230,7 @@ where
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (finished_tx, finished_rx) = watch::channel(false);
+        let failure = Arc::new(OnceLock::new());
         let worker = Worker::new(
             inner,
             rx,
@@ -235,6 +238,7 @@ where
             semaphore.clone(),
             shutdown_rx,
             finished_tx,
+            failure.clone(),
         );
         let handle = Batch {
             tx,
@@ -245,6 +249,7 @@ where
                 shutdown: shutdown_tx,
                 finished: finished_rx,
             }),
+            failure,
         };
         (handle, worker)
     }
@@ -276,6 +281,7 @@ impl<Req, Resp> Clone for Batch<Req, Resp> {
             permit: None,
             weigh: self.weigh,
             shared: self.shared.clone(),
+            failure: self.failure.clone(),
         }
     }
 }
@@ -301,7 +307,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.tx.is_closed() {
             self.permit = None;
-            return Poll::Ready(Err(Closed::new().into()));
+            return Poll::Ready(Err(Closed::new(&self.failure).into()));
         }
         if self.permit.is_some() {
             return Poll::Ready(Ok(()));
@@ -313,7 +319,7 @@ where
                 Poll::Ready(Ok(()))
             }
             // The worker closes the semaphore when it stops.
-            Poll::Ready(None) => Poll::Ready(Err(Closed::new().into())),
+            Poll::Ready(None) => Poll::Ready(Err(Closed::new(&self.failure).into())),
         }
     }
 
@@ -328,8 +334,8 @@ where
             permit,
         };
         match self.tx.send(item) {
-            Ok(()) => ResponseFuture::waiting(rx),
-            Err(_) => ResponseFuture::failed(Closed::new().into()),
+            Ok(()) => ResponseFuture::waiting(rx, self.failure.clone()),
+            Err(_) => ResponseFuture::failed(Closed::new(&self.failure).into()),
         }
     }
 }

@@ -257,7 +257,8 @@ async fn shutdown_flushes_and_refuses_new_requests() {
     assert!(svc.is_closed());
     let mut svc = mock::Spawn::new(svc);
     let err = assert_ready_err!(svc.poll_ready());
-    assert!(err.is::<Closed>(), "{err}");
+    let closed = err.downcast_ref::<Closed>().expect("Closed");
+    assert!(!closed.is_failure(), "a shutdown, not a failure: {err}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -268,10 +269,12 @@ async fn a_dead_worker_fails_callers_instead_of_hanging() {
         Ok::<Results, BoxError>(Vec::new())
     });
     let svc = BatchLayer::new(1, Duration::from_millis(1)).layer(inner);
-    let err = svc.clone().oneshot(msg(1)).await.expect_err("worker died");
-    assert!(err.is::<Closed>(), "{err}");
-    let err = svc.clone().oneshot(msg(2)).await.expect_err("still closed");
-    assert!(err.is::<Closed>(), "{err}");
+    for n in 1..=2 {
+        let err = svc.clone().oneshot(msg(n)).await.expect_err("worker died");
+        let closed = err.downcast_ref::<Closed>().expect("Closed");
+        assert!(closed.is_failure());
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,4 +291,25 @@ async fn callers_that_gave_up_are_left_out() {
     );
     reply.send_response(ok_for(&batch));
     kept.await.expect("join").expect("ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_service_that_fails_readiness_stops_the_worker_with_its_cause() {
+    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
+    let mut svc = mock::Spawn::new(BatchLayer::new(1, Duration::from_millis(1)).layer(inner));
+    handle.send_error(
+        tower_mq_core::Error::transient("test", Operation::Connect).with_reason("broker gone"),
+    );
+    assert_ready_ok!(svc.poll_ready());
+    let first = svc.call(msg(1)).await.expect_err("batch failed");
+    assert!(first.is::<BatchFailed>(), "{first}");
+    let err = assert_ready_err!(svc.poll_ready());
+    let closed = err.downcast_ref::<Closed>().expect("Closed");
+    assert!(closed.is_failure());
+    assert!(err.to_string().contains("broker gone"), "{err}");
+    // The cause classifies through the chain.
+    assert_eq!(
+        DefaultClassifier::new().classify(&err),
+        ErrorKind::Transient
+    );
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_core::future::BoxFuture;
@@ -50,10 +50,16 @@ impl Future for Worker {
 struct ExitGuard {
     semaphore: Arc<Semaphore>,
     finished: watch::Sender<bool>,
+    failure: Arc<OnceLock<BatchFailed>>,
 }
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self
+                .failure
+                .set(BatchFailed::new("the inner service panicked".into()));
+        }
         self.semaphore.close();
         self.finished.send_replace(true);
     }
@@ -67,6 +73,7 @@ impl Worker {
         semaphore: Arc<Semaphore>,
         shutdown: watch::Receiver<bool>,
         finished: watch::Sender<bool>,
+        failure: Arc<OnceLock<BatchFailed>>,
     ) -> Self
     where
         S: Service<Vec<Req>> + Send + 'static,
@@ -79,6 +86,7 @@ impl Worker {
         let guard = ExitGuard {
             semaphore,
             finished,
+            failure,
         };
         Worker {
             future: Box::pin(run(inner, rx, limits, shutdown, guard)),
@@ -134,7 +142,7 @@ async fn run<S, Req, Resp>(
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let batch = pending.take();
-                if !flush(&mut inner, batch).await {
+                if !flush(&mut inner, batch, &guard.failure).await {
                     break;
                 }
                 continue;
@@ -144,13 +152,13 @@ async fn run<S, Req, Resp>(
         let Some(item) = received else {
             // Every handle dropped, or shutdown and the queue drained: flush and exit.
             let batch = pending.take();
-            flush(&mut inner, batch).await;
+            flush(&mut inner, batch, &guard.failure).await;
             break;
         };
         if let Some(max) = max_bytes {
             if !pending.items.is_empty() && pending.bytes + item.weight > max {
                 let batch = pending.take();
-                if !flush(&mut inner, batch).await {
+                if !flush(&mut inner, batch, &guard.failure).await {
                     fail_queued(&mut rx, &guard);
                     return;
                 }
@@ -165,7 +173,7 @@ async fn run<S, Req, Resp>(
             || max_bytes.is_some_and(|max| pending.bytes >= max);
         if full {
             let batch = pending.take();
-            if !flush(&mut inner, batch).await {
+            if !flush(&mut inner, batch, &guard.failure).await {
                 break;
             }
         }
@@ -178,13 +186,17 @@ fn fail_queued<Req, Resp>(rx: &mut mpsc::UnboundedReceiver<Item<Req, Resp>>, gua
     guard.semaphore.close();
     rx.close();
     while let Ok(item) = rx.try_recv() {
-        let _ = item.reply.send(Err(Closed::new().into()));
+        let _ = item.reply.send(Err(Closed::new(&guard.failure).into()));
     }
 }
 
 /// Sends one batch. Returns `false` when the inner service failed `poll_ready` and can
 /// no longer be used.
-async fn flush<S, Req, Resp>(inner: &mut S, items: Vec<Item<Req, Resp>>) -> bool
+async fn flush<S, Req, Resp>(
+    inner: &mut S,
+    items: Vec<Item<Req, Resp>>,
+    failure: &OnceLock<BatchFailed>,
+) -> bool
 where
     S: Service<Vec<Req>>,
     S::Error: Into<BoxError>,
@@ -206,6 +218,7 @@ where
         Ok(ready) => ready,
         Err(e) => {
             let failed = BatchFailed::new(e.into());
+            let _ = failure.set(failed.clone());
             for (reply, _permit) in replies {
                 let _ = reply.send(Err(failed.clone().into()));
             }
