@@ -15,6 +15,10 @@
 //! `source()` is the inner error (so it classifies as the inner error does). An answer
 //! with too few results fails the missing ones with [`error::MissingResult`].
 //!
+//! One batch is in flight at a time: the worker collects the next while the inner
+//! call runs, and flushes it when that call has answered (if a limit was reached in
+//! the meantime). Put several `Batch`es behind a balancer for more.
+//!
 //! Backpressure: the queue is bounded ([`BatchLayer::queue_capacity`], by default
 //! twice `max_items`). `poll_ready` reserves a slot (a semaphore permit) and `call`
 //! consumes it; the slot is freed once the request's batch was flushed. With the
