@@ -4,7 +4,8 @@
 //! configured [`Encoding`] (optionally only payloads of at least
 //! [`CompressLayer::min_size`] bytes) and records the encoding in the message's
 //! content-encoding property, which every broker carries. A message that already has
-//! a content encoding is passed through untouched.
+//! a content encoding is passed through untouched, and so is a payload that does not
+//! shrink.
 //!
 //! [`Decompress`] wraps a handler: it reads each delivery's content encoding and
 //! restores the payload before the handler runs, clearing the property. Decompression
@@ -265,10 +266,12 @@ where
         let skip = msg.content_encoding().is_some() || msg.payload().len() < self.min_size;
         if !skip {
             match self.encoding.compress(msg.payload()) {
-                Ok(compressed) => {
+                // Incompressible data (already compressed, encrypted) is sent as is.
+                Ok(compressed) if compressed.len() < msg.payload().len() => {
                     msg.set_payload(Bytes::from(compressed));
                     msg.set_content_encoding(Some(self.encoding.as_str().to_owned()));
                 }
+                Ok(_) => {}
                 Err(source) => {
                     return ResponseFuture::failed(
                         CompressError::new(self.encoding, msg.destination(), source).into(),

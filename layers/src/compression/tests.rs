@@ -75,6 +75,30 @@ async fn small_and_already_encoded_payloads_pass_through() {
     assert_eq!(encoded.payload().len(), 500);
 }
 
+#[tokio::test(start_paused = true)]
+async fn payloads_that_do_not_shrink_are_sent_as_is() {
+    // xorshift noise: no encoding can shrink it.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for encoding in ALL {
+        let (publisher, mut handle) = mock::pair::<Message, Receipt>();
+        handle.allow(1);
+        let mut publisher = mock::Spawn::new(CompressLayer::new(encoding).layer(publisher));
+        assert_ready_ok!(publisher.poll_ready());
+        drop(publisher.call(Message::new("t", noise.clone())));
+        let (sent, _) = handle.next_request().await.expect("published");
+        assert_eq!(sent.content_encoding(), None, "{encoding}");
+        assert_eq!(&sent.payload()[..], &noise[..]);
+    }
+}
+
 async fn decompress_err(msg: Message, limit: usize) -> BoxError {
     let (handler, mut handle) = mock::pair::<Delivery, ()>();
     handle.allow(1);
