@@ -54,7 +54,8 @@ impl<Req> BatchLayer<Req> {
             max_bytes: self.max_bytes,
             queue_capacity: self
                 .queue_capacity
-                .unwrap_or_else(|| self.max_items.saturating_mul(2)),
+                .unwrap_or_else(|| self.max_items.saturating_mul(2))
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
         }
     }
 }

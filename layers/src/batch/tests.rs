@@ -313,3 +313,24 @@ async fn an_inner_service_that_fails_readiness_stops_the_worker_with_its_cause()
         ErrorKind::Transient
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn absurd_limits_do_not_panic() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(usize::MAX, Duration::from_millis(1)));
+    let caller = send(&svc, 1);
+    let (batch, reply) = handle.next_request().await.expect("flushed by time");
+    reply.send_response(ok_for(&batch));
+    caller.await.expect("join").expect("ok");
+    let (inner, _handle) = mock::pair::<Vec<Message>, Results>();
+    let _ = BatchLayer::new(1, Duration::from_millis(1))
+        .queue_capacity(usize::MAX)
+        .layer(inner);
+
+    let (svc, mut handle) = batch_service(BatchLayer::new(2, Duration::MAX));
+    let callers: Vec<_> = (1..=2).map(|n| send(&svc, n)).collect();
+    let (batch, reply) = handle.next_request().await.expect("flushed by count");
+    reply.send_response(ok_for(&batch));
+    for caller in callers {
+        caller.await.expect("join").expect("ok");
+    }
+}

@@ -3,6 +3,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -121,7 +122,8 @@ async fn run<S, Req, Resp>(
 {
     let max_bytes = limits.max_bytes.map(|(b, _)| b);
     let mut pending = Pending {
-        items: Vec::with_capacity(limits.max_items),
+        // Preallocate for typical batches, not for whatever limit was configured.
+        items: Vec::with_capacity(limits.max_items.min(1024)),
         bytes: 0,
         deadline: None,
     };
@@ -165,7 +167,12 @@ async fn run<S, Req, Resp>(
             }
         }
         if pending.items.is_empty() {
-            pending.deadline = Some(Instant::now() + limits.max_latency);
+            let now = Instant::now();
+            // A latency too long to add means "by count and bytes only" (about 30 years).
+            pending.deadline = Some(
+                now.checked_add(limits.max_latency)
+                    .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
+            );
         }
         pending.bytes += item.weight;
         pending.items.push(item);

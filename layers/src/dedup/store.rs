@@ -94,7 +94,10 @@ impl MemoryStore {
     pub fn insert_now(&self, id: &str) {
         let now = Instant::now();
         let mut ids = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        let expires = now + ids.ttl;
+        // A TTL too long to add is as good as forever (about 30 years).
+        let expires = now
+            .checked_add(ids.ttl)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600));
         let seq = ids.next;
         ids.next += 1;
         ids.expiry.insert(id.to_owned(), (expires, seq));

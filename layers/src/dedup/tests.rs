@@ -124,6 +124,14 @@ async fn ids_expire_after_the_ttl() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_endless_ttl_does_not_overflow() {
+    let store = MemoryStore::new(10, Duration::MAX);
+    store.insert_now("a");
+    tokio::time::advance(Duration::from_secs(3600 * 24 * 365)).await;
+    assert!(store.contains_now("a"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_oldest_ids_go_first_at_capacity() {
     let store = MemoryStore::new(2, Duration::from_secs(60));
     store.insert_now("a");
