@@ -5,8 +5,8 @@ use std::fmt;
 
 use tower_mq_core::BoxError;
 
-/// The store could not say whether a message id was handled. Transient: the delivery
-/// comes back and is checked again.
+/// The store could not claim a message id. Transient: the delivery comes back and is
+/// checked again.
 #[derive(Debug)]
 pub struct StoreError {
     message_id: String,
@@ -18,7 +18,7 @@ impl StoreError {
         StoreError { message_id, source }
     }
 
-    /// The id being checked.
+    /// The id being claimed.
     pub fn message_id(&self) -> &str {
         &self.message_id
     }
@@ -28,7 +28,7 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "dedup store failed checking message {}: {}",
+            "dedup store failed to claim message {}: {}",
             self.message_id, self.source
         )
     }

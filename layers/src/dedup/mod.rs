@@ -1,22 +1,23 @@
 //! Idempotent handling: skip deliveries whose message id was already handled.
 //!
 //! Brokers deliver at least once, so a handler sees some messages twice (a redelivery
-//! after a lost ack, a producer retry). [`Dedup`] wraps a handler and asks a
-//! [`DedupStore`] whether the delivery's [`message_id`](tower_mq_core::Message::message_id)
-//! was handled before. A duplicate is acked and skipped (the handler is not called,
-//! the answer is `Response::default()`) and counted in `messaging_duplicates_total`
+//! after a lost ack, a producer retry). [`Dedup`] wraps a handler and claims the
+//! delivery's [`message_id`](tower_mq_core::Message::message_id) in a [`DedupStore`]
+//! before calling it. If the id was handled before, or is being handled right now, the
+//! delivery is a duplicate: it is acked and skipped (the handler is not called, the
+//! answer is `Response::default()`) and counted in `messaging_duplicates_total`
 //! (label `destination`). A message without an id passes straight through.
 //!
-//! An id is recorded only after the handler succeeded: a failed handling leaves it
-//! unmarked, so the redelivery is handled again. A store that cannot answer fails
-//! the delivery with [`error::StoreError`] (transient), rather than risking a
-//! duplicate; a store that cannot record a success is logged and the success stands.
+//! An id counts as handled only once the handler succeeded: a failed (or cancelled)
+//! handling releases its claim, so the redelivery is handled again. That is also why
+//! a copy arriving while the first is still being handled can be acked: should the
+//! first fail, its own delivery comes back. A store that cannot answer fails the
+//! delivery with [`error::StoreError`] (transient) rather than risk a duplicate; a
+//! store that cannot record a success is logged and the success stands.
 //!
 //! [`MemoryStore`] keeps ids in memory, bounded by a capacity (oldest evicted first)
 //! and a time to live on tokio's clock. Implement [`DedupStore`] to keep them in
-//! Redis or a database so that several consumers share them. Two deliveries of the
-//! same id handled at the same moment may both run: the store is asked before and
-//! told after; use a store with an atomic claim if that matters.
+//! Redis or a database so that several consumers share them.
 //!
 //! # Example
 //!
@@ -118,11 +119,11 @@ where
             None => ResponseFuture::pass_through(self.inner.call(delivery)),
             Some(id) => {
                 let id = id.to_owned();
-                let check = self.store.contains(&id);
+                let claim = self.store.claim(&id);
                 // The ready service goes into the future; the clone stays, unready.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::checking(check, inner, self.store.clone(), id, delivery)
+                ResponseFuture::claiming(claim, inner, self.store.clone(), id, delivery)
             }
         }
     }

@@ -103,54 +103,61 @@ async fn a_failed_handling_does_not_mark_the_id() {
         .oneshot(with_id("a"))
         .await
         .expect_err("handler failed");
-    assert!(!store.contains_now("a"));
+    assert!(!store.is_handled("a"));
+    assert!(!store.is_pending("a"), "the claim was released");
     handler.fail.store(0, Ordering::SeqCst);
     let redelivery = with_id("a").with_delivery_count(2);
     svc.oneshot(redelivery.clone()).await.expect("handled");
     assert_eq!(handler.calls(), 2, "the redelivery was handled");
     assert_eq!(redelivery.settlement(), None);
-    assert!(store.contains_now("a"));
+    assert!(store.is_handled("a"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn ids_expire_after_the_ttl() {
     let store = MemoryStore::new(100, Duration::from_secs(60));
-    store.insert_now("a");
+    assert!(store.claim_now("a"));
+    store.complete_now("a");
     tokio::time::advance(Duration::from_secs(59)).await;
-    assert!(store.contains_now("a"));
+    assert!(store.is_handled("a"));
+    assert!(!store.claim_now("a"));
     tokio::time::advance(Duration::from_secs(1)).await;
-    assert!(!store.contains_now("a"));
+    assert!(!store.is_handled("a"));
     assert!(store.is_empty());
+    assert!(store.claim_now("a"), "expired ids can be claimed again");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_endless_ttl_does_not_overflow() {
     let store = MemoryStore::new(10, Duration::MAX);
-    store.insert_now("a");
+    store.complete_now("a");
     tokio::time::advance(Duration::from_secs(3600 * 24 * 365)).await;
-    assert!(store.contains_now("a"));
+    assert!(store.is_handled("a"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_oldest_ids_go_first_at_capacity() {
     let store = MemoryStore::new(2, Duration::from_secs(60));
-    store.insert_now("a");
-    store.insert_now("b");
+    store.complete_now("a");
+    store.complete_now("b");
     // Re-recording `a` makes it the newest.
-    store.insert_now("a");
-    store.insert_now("c");
-    assert!(store.contains_now("a"));
-    assert!(!store.contains_now("b"));
-    assert!(store.contains_now("c"));
+    store.complete_now("a");
+    store.complete_now("c");
+    assert!(store.is_handled("a"));
+    assert!(!store.is_handled("b"));
+    assert!(store.is_handled("c"));
     assert_eq!(store.len(), 2);
 }
 
 struct Broken;
 impl DedupStore for Broken {
-    fn contains(&self, _: &str) -> BoxFuture<'static, Result<bool, BoxError>> {
+    fn claim(&self, _: &str) -> BoxFuture<'static, Result<bool, BoxError>> {
         Box::pin(async { Err("connection refused".into()) })
     }
-    fn insert(&self, _: &str) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn complete(&self, _: &str) -> BoxFuture<'static, Result<(), BoxError>> {
+        Box::pin(async { Err("connection refused".into()) })
+    }
+    fn release(&self, _: &str) -> BoxFuture<'static, Result<(), BoxError>> {
         Box::pin(async { Err("connection refused".into()) })
     }
 }
@@ -187,5 +194,51 @@ async fn readiness_reserved_in_poll_ready_is_used_by_the_call() {
         .expect("handled by the ready service");
     reply.send_response(());
     call.await.expect("join").expect("ok");
-    assert!(store.contains_now("a"));
+    assert!(store.is_handled("a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_arriving_during_handling_is_a_duplicate() {
+    let (inner, mut handle) = mock::pair::<Delivery, ()>();
+    handle.allow(2);
+    let store = MemoryStore::new(10, Duration::from_secs(60));
+    let svc = DedupLayer::new(store.clone()).layer(inner);
+    let first = tokio::spawn(svc.clone().oneshot(with_id("a")));
+    let (_, reply) = handle.next_request().await.expect("first is being handled");
+    assert!(store.is_pending("a"));
+
+    let copy = with_id("a");
+    svc.clone()
+        .oneshot(copy.clone())
+        .await
+        .expect("skipped while the first runs");
+    assert_eq!(copy.settlement(), Some(Settlement::Acked));
+
+    reply.send_response(());
+    first.await.expect("join").expect("ok");
+    assert!(store.is_handled("a"));
+    drop(svc);
+    assert!(handle.next_request().await.is_none(), "the copy never ran");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_handling_releases_its_claim() {
+    let (inner, mut handle) = mock::pair::<Delivery, ()>();
+    handle.allow(2);
+    let store = MemoryStore::new(10, Duration::from_secs(60));
+    let svc = DedupLayer::new(store.clone()).layer(inner);
+    let first = tokio::spawn(svc.clone().oneshot(with_id("a")));
+    let (_, _reply) = handle.next_request().await.expect("being handled");
+    assert!(store.is_pending("a"));
+    first.abort();
+    let _ = first.await;
+    assert!(!store.is_pending("a"), "released on drop");
+
+    let redelivery = tokio::spawn(svc.oneshot(with_id("a").with_delivery_count(2)));
+    let (_, reply) = handle
+        .next_request()
+        .await
+        .expect("the redelivery is handled");
+    reply.send_response(());
+    redelivery.await.expect("join").expect("ok");
 }
