@@ -10,6 +10,7 @@ pub struct MetricsLayer<C = DefaultClassifier> {
     broker: &'static str,
     operation: Operation,
     classifier: C,
+    destination_label: bool,
 }
 
 impl MetricsLayer {
@@ -19,6 +20,7 @@ impl MetricsLayer {
             broker,
             operation,
             classifier: DefaultClassifier::new(),
+            destination_label: true,
         }
     }
 
@@ -40,7 +42,15 @@ impl<C> MetricsLayer<C> {
             broker: self.broker,
             operation: self.operation,
             classifier,
+            destination_label: self.destination_label,
         }
+    }
+
+    /// Whether to label by destination (default `true`); see
+    /// [`Metrics::with_destination_label`].
+    pub fn destination_label(mut self, enabled: bool) -> Self {
+        self.destination_label = enabled;
+        self
     }
 }
 
@@ -48,6 +58,8 @@ impl<S, C: Clone> Layer<S> for MetricsLayer<C> {
     type Service = Metrics<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Metrics::new(inner, self.broker, self.operation).with_classifier(self.classifier.clone())
+        Metrics::new(inner, self.broker, self.operation)
+            .with_classifier(self.classifier.clone())
+            .with_destination_label(self.destination_label)
     }
 }

@@ -71,6 +71,7 @@ pub struct Metrics<S, C = DefaultClassifier> {
     broker: &'static str,
     operation: Operation,
     classifier: C,
+    destination_label: bool,
 }
 
 impl<S> Metrics<S> {
@@ -81,6 +82,7 @@ impl<S> Metrics<S> {
             broker,
             operation,
             classifier: DefaultClassifier::new(),
+            destination_label: true,
         }
     }
 }
@@ -93,7 +95,16 @@ impl<S, C> Metrics<S, C> {
             broker: self.broker,
             operation: self.operation,
             classifier,
+            destination_label: self.destination_label,
         }
+    }
+
+    /// Whether to label by destination (default `true`). Turn it off where
+    /// destinations are unbounded (per-request reply queues, per-tenant topics): the
+    /// label is then always empty, and series stay few.
+    pub fn with_destination_label(mut self, enabled: bool) -> Self {
+        self.destination_label = enabled;
+        self
     }
 
     /// The inner service.
@@ -119,6 +130,7 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Metrics<S, C> {
             .field("broker", &self.broker)
             .field("operation", &self.operation)
             .field("classifier", &self.classifier)
+            .field("destination_label", &self.destination_label)
             .finish()
     }
 }
@@ -138,12 +150,14 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let destination = if self.destination_label {
+            req.destination().unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        };
         let labels = vec![
             Label::from_static_parts(names::labels::BROKER, self.broker),
-            Label::new(
-                names::labels::DESTINATION,
-                req.destination().unwrap_or_default().to_owned(),
-            ),
+            Label::new(names::labels::DESTINATION, destination),
             Label::from_static_parts(names::labels::OPERATION, self.operation.as_str()),
         ];
         let future = self.inner.call(req);

@@ -100,6 +100,25 @@ async fn handler_side_labels_come_from_the_delivery_and_custom_classifier_applie
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_destination_label_can_be_turned_off() {
+    let (m, recorder) = Recorded::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let publisher = tower::service_fn(|_: Message| async { Ok::<_, BoxError>(receipt()) });
+    let publisher = MetricsLayer::publish("nats")
+        .destination_label(false)
+        .layer(publisher);
+    for reply_queue in ["_INBOX.a1", "_INBOX.b2"] {
+        publisher
+            .clone()
+            .oneshot(Message::new(reply_queue, "x"))
+            .await
+            .expect("ok");
+    }
+    let all = [("broker", "nats"), ("destination", ""), ("outcome", "ok")];
+    assert_eq!(m.counter(names::MESSAGES_TOTAL, &all), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dropped_call_leaves_the_in_flight_gauge() {
     let (m, recorder) = Recorded::new();
     let _guard = metrics::set_default_local_recorder(&recorder);
