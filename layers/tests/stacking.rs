@@ -52,7 +52,11 @@ async fn a_typed_message_survives_the_round_trip_and_bad_ones_are_dead_lettered(
 
     // Outermost first: Encode turns an Order into a Message for the layers below.
     let publisher = ServiceBuilder::new()
-        .layer(EncodeLayer::<Order>::json("orders"))
+        .layer(
+            EncodeLayer::<Order>::json("orders").message(|order: &Order, msg: Message| {
+                msg.with_message_id(format!("order-{}", order.id))
+            }),
+        )
         .layer(MetricsLayer::publish("memory"))
         .layer(TraceLayer::publish("memory"))
         .layer(CompressLayer::new(Encoding::Gzip).min_size(32))
@@ -107,7 +111,7 @@ async fn a_typed_message_survives_the_round_trip_and_bad_ones_are_dead_lettered(
     assert_eq!(second.content_encoding(), None, "below the size threshold");
 
     // The same message delivered twice (a redelivery after a lost ack), then the bad one.
-    let first = first.with_message_id("order-1");
+    assert_eq!(first.message_id(), Some("order-1"));
     let d1 = Delivery::unacknowledged(first.clone());
     handler.clone().oneshot(d1).await.expect("handled");
     let d1_again = Delivery::unacknowledged(first).with_delivery_count(2);

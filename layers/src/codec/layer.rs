@@ -4,13 +4,16 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::{Codec, Decode, Encode, Json};
+use tower_mq_core::Message;
+
+use super::{Codec, Decode, Encode, Json, Shape};
 
 /// Builds [`Encode`]: publish typed values to one destination. See the
 /// [module docs](super).
 pub struct EncodeLayer<T, C = Json> {
     destination: Arc<str>,
     codec: C,
+    shape: Option<Shape<T>>,
     _value: PhantomData<fn(T)>,
 }
 
@@ -27,8 +30,19 @@ impl<T, C: Codec> EncodeLayer<T, C> {
         EncodeLayer {
             destination: destination.into(),
             codec,
+            shape: None,
             _value: PhantomData,
         }
+    }
+
+    /// Completes each message from its value (key, message id, headers); see
+    /// [`Encode::with_message`].
+    pub fn message<F>(mut self, shape: F) -> Self
+    where
+        F: Fn(&T, Message) -> Message + Send + Sync + 'static,
+    {
+        self.shape = Some(Arc::new(shape));
+        self
     }
 }
 
@@ -37,6 +51,7 @@ impl<T, C: Clone> Clone for EncodeLayer<T, C> {
         EncodeLayer {
             destination: self.destination.clone(),
             codec: self.codec.clone(),
+            shape: self.shape.clone(),
             _value: PhantomData,
         }
     }
@@ -56,6 +71,7 @@ impl<S, T, C: Clone> Layer<S> for EncodeLayer<T, C> {
 
     fn layer(&self, inner: S) -> Self::Service {
         Encode::new(inner, self.destination.clone(), self.codec.clone())
+            .with_shape(self.shape.clone())
     }
 }
 

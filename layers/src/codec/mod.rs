@@ -33,6 +33,11 @@
 //! let orders = EncodeLayer::json("orders").layer(publisher);
 //! orders.oneshot(Order { id: 7 }).await?;
 //!
+//! // Keys and ids come from the value when the layer is told how.
+//! let keyed = EncodeLayer::json("orders")
+//!     .message(|order: &Order, msg: Message| msg.with_message_id(format!("order-{}", order.id)));
+//! # let _ = keyed;
+//!
 //! let handler = service_fn(|(order, _delivery): (Order, Delivery)| async move {
 //!     assert_eq!(order, Order { id: 7 });
 //!     Ok::<_, BoxError>(())
@@ -93,11 +98,15 @@ impl Codec for Json {
     }
 }
 
+/// Completes the message built for a value: sets its key, id, headers, properties.
+pub type Shape<T> = Arc<dyn Fn(&T, Message) -> Message + Send + Sync>;
+
 /// Publishes typed values as messages. See the [module docs](self).
 pub struct Encode<S, T, C = Json> {
     inner: S,
     destination: Arc<str>,
     codec: C,
+    shape: Option<Shape<T>>,
     _value: PhantomData<fn(T)>,
 }
 
@@ -108,8 +117,24 @@ impl<S, T, C> Encode<S, T, C> {
             inner,
             destination: destination.into(),
             codec,
+            shape: None,
             _value: PhantomData,
         }
+    }
+
+    /// Completes each message from its value before it is published: a key for
+    /// partitioning, a message id for deduplication, headers.
+    pub fn with_message<F>(mut self, shape: F) -> Self
+    where
+        F: Fn(&T, Message) -> Message + Send + Sync + 'static,
+    {
+        self.shape = Some(Arc::new(shape));
+        self
+    }
+
+    pub(crate) fn with_shape(mut self, shape: Option<Shape<T>>) -> Self {
+        self.shape = shape;
+        self
     }
 
     /// The inner service.
@@ -134,6 +159,7 @@ impl<S: Clone, T, C: Clone> Clone for Encode<S, T, C> {
             inner: self.inner.clone(),
             destination: self.destination.clone(),
             codec: self.codec.clone(),
+            shape: self.shape.clone(),
             _value: PhantomData,
         }
     }
@@ -167,8 +193,11 @@ where
     fn call(&mut self, value: T) -> Self::Future {
         match self.codec.encode(&value) {
             Ok(payload) => {
-                let msg = Message::new(&*self.destination, payload)
+                let mut msg = Message::new(&*self.destination, payload)
                     .with_content_type(self.codec.content_type());
+                if let Some(shape) = &self.shape {
+                    msg = shape(&value, msg);
+                }
                 EncodeFuture::called(self.inner.call(msg))
             }
             Err(source) => EncodeFuture::failed(EncodeError::new(

@@ -38,6 +38,31 @@ async fn encode_publishes_json_with_content_type() {
     assert!(fut.await.is_ok());
 }
 
+#[tokio::test(start_paused = true)]
+async fn encode_completes_the_message_from_the_value() {
+    let (svc, mut handle) = mock::pair::<Message, Receipt>();
+    handle.allow(1);
+    let svc = EncodeLayer::json("orders")
+        .message(|order: &Order, msg: Message| {
+            msg.with_key(order.item.clone())
+                .with_message_id(format!("order-{}", order.id))
+        })
+        .layer(svc);
+    let fut = tokio::spawn(svc.oneshot(Order {
+        id: 9,
+        item: "tea".into(),
+    }));
+    let (msg, send) = handle.next_request().await.expect("request");
+    assert_eq!(msg.key(), Some("tea"));
+    assert_eq!(msg.message_id(), Some("order-9"));
+    assert_eq!(msg.content_type(), Some("application/json"));
+    send.send_response(Receipt::Memory {
+        topic: "orders".into(),
+        sequence: 1,
+    });
+    fut.await.expect("join").expect("published");
+}
+
 struct Unserializable;
 impl Serialize for Unserializable {
     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
