@@ -13,8 +13,9 @@
 //! | `messaging_batch_size` | histogram | – | [`BatchLayer`](crate::batch::BatchLayer) |
 //! | `messaging_duplicates_total` | counter | destination | [`DedupLayer`](crate::dedup::DedupLayer) |
 //! | `messaging_dead_letters_total` | counter | destination, reason (`permanent_error`, `max_attempts`) | [`DeadLetterLayer`](crate::dead_letter::DeadLetterLayer) |
-//! | `messaging_retries_total` | counter | broker, destination, operation | retry layer |
-//! | `messaging_circuit_state` | gauge (0 closed, 1 open, 2 half-open) | broker, destination | circuit breaker layer |
+//! | `messaging_retries_total` | counter | set with the layer's `label` | retry layer |
+//! | `messaging_circuit_state` | gauge (0 closed, 1 open, 2 half-open) | set with the layer's `label` | circuit breaker layer |
+//! | `messaging_circuit_calls_total` | counter | outcome, and those set with `label` | circuit breaker layer (when counting calls) |
 //! | `messaging_reconnects_total` | counter | broker | reconnect layer |
 
 /// Histogram: how long one operation (a publish, a handle) took, in seconds.
@@ -33,6 +34,8 @@ pub const DEAD_LETTERS_TOTAL: &str = "messaging_dead_letters_total";
 pub const RETRIES_TOTAL: &str = "messaging_retries_total";
 /// Gauge: circuit breaker state (the circuit breaker layer).
 pub const CIRCUIT_STATE: &str = "messaging_circuit_state";
+/// Counter: calls seen by a circuit breaker, by outcome (the circuit breaker layer).
+pub const CIRCUIT_CALLS_TOTAL: &str = "messaging_circuit_calls_total";
 /// Counter: reconnections (the reconnect layer).
 pub const RECONNECTS_TOTAL: &str = "messaging_reconnects_total";
 
@@ -46,6 +49,7 @@ pub const ALL: &[&str] = &[
     DEAD_LETTERS_TOTAL,
     RETRIES_TOTAL,
     CIRCUIT_STATE,
+    CIRCUIT_CALLS_TOTAL,
     RECONNECTS_TOTAL,
 ];
 
