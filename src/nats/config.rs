@@ -301,7 +301,10 @@ impl ConsumerConfig {
         self
     }
 
-    /// How many messages one pull request asks for (default 100).
+    /// How many messages one pull request asks for (default 100). Their ack wait
+    /// starts when the server sends them, so keep `batch` times the handling time of
+    /// one message below the ack wait, or the server delivers the last ones again
+    /// (to another consumer of the group) while they are still waiting here.
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
