@@ -792,3 +792,52 @@ async fn jetstream_batch_publisher_waits_for_every_ack() {
     let err = results[51].as_ref().expect_err("invalid subject");
     assert_eq!(err.kind(), ErrorKind::Permanent);
 }
+
+#[tokio::test]
+async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() {
+    let _server = SERVER.write().await;
+    let connection = connect_with(
+        Config::new(url())
+            .request_timeout(Duration::from_millis(500))
+            .max_reconnect_delay(Duration::from_millis(200)),
+    )
+    .await;
+    let js = JetStream::new(&connection);
+    let name = unique("late-ack");
+    let (stream, _) = streams(&js, &name).await;
+    let message = Message::new(format!("{name}.orders"), "order").with_message_id("late-1");
+
+    // The server takes the publish but answers too late (it is frozen).
+    brokers("pause").await;
+    let err = js
+        .publisher()
+        .oneshot(message.clone())
+        .await
+        .expect_err("no ack from a frozen server");
+    let core_err = Publisher::new(&connection)
+        .oneshot(Message::new(format!("{name}.core"), "x"))
+        .await
+        .expect_err("no flush confirmation from a frozen server");
+    brokers("resume").await;
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("may have been stored"), "{err}");
+    assert_eq!(core_err.kind(), ErrorKind::Transient, "{core_err}");
+
+    // It was stored; the retry with the same Nats-Msg-Id is recognised.
+    let retried = js.publisher().oneshot(message).await.unwrap();
+    assert_eq!(
+        retried,
+        Receipt::JetStream {
+            stream: stream.clone(),
+            sequence: 1,
+            duplicate: true
+        }
+    );
+    let config = ConsumerConfig::new("readers");
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let delivery = next(&mut consumer, "the order").await;
+    assert_eq!(delivery.message().message_id(), Some("late-1"));
+    delivery.ack().await.unwrap();
+    assert_quiet(&mut consumer, "stored once").await;
+}
