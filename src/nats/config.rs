@@ -90,7 +90,7 @@ impl Config {
     }
 
     /// How long a [`Requester`](super::Requester) waits for a reply, a core publish for
-    /// its flush, and a JetStream publish or double ack for the server's answer.
+    /// the server's confirmation, and a JetStream publish or double ack for the server's answer.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self

@@ -1,10 +1,10 @@
-//! Core NATS: publishing with a flush, batches flushed once, and subscriptions
+//! Core NATS: publishing confirmed by the server, batches confirmed once, and subscriptions
 //! (plain or in a queue group) as streams of deliveries.
 //!
 //! Core NATS delivers **at most once**: the server forwards a message to the
 //! subscribers connected at that moment and keeps nothing. A [`Receipt::Nats`] says the
-//! message reached the server (the publish was flushed on a connection that stayed up
-//! until the flush completed); it does not say anyone received it. Deliveries cannot be
+//! server processed the message (a round trip after it, on a connection that stayed up
+//! until the server answered, confirmed it); it does not say anyone received it. Deliveries cannot be
 //! acked, nacked or dead-lettered: they are
 //! [`Delivery::unacknowledged`](crate::Delivery::unacknowledged), and settling them
 //! only records the outcome locally.
@@ -48,7 +48,8 @@ use tower_mq_core::{Delivery, Error, ErrorKind, Message, Operation, Receipt};
 use super::headers::{self, Flavour};
 use super::{error, Connection, Readiness};
 
-/// Publishes a message and flushes it: `Service<Message, Response = Receipt>`.
+/// Publishes a message and waits until the server processed it:
+/// `Service<Message, Response = Receipt>`.
 ///
 /// The receipt is [`Receipt::Nats`]: delivered at most once (see the
 /// [module docs](self)). `poll_ready` is `Pending` while the connection is down.
@@ -104,7 +105,7 @@ impl Service<Message> for Publisher {
         Box::pin(async move {
             let connects = connection.connects();
             send(&connection, &message).await?;
-            flush(&connection, connects, message.destination()).await?;
+            confirm(&connection, connects, message.destination()).await?;
             Ok(Receipt::Nats {
                 subject: message.destination().to_owned(),
             })
@@ -112,12 +113,12 @@ impl Service<Message> for Publisher {
     }
 }
 
-/// Publishes a batch and flushes once:
+/// Publishes a batch and waits once until the server processed it:
 /// `Service<Vec<Message>, Response = Vec<Result<Receipt, Error>>>`.
 ///
 /// Each message gets its own result, in order: a message that cannot be published
 /// (invalid subject or header, unsupported property, too large) fails alone; if the
-/// flush fails, every message that had been handed to the client fails with a
+/// confirmation fails, every message that had been handed to the client fails with a
 /// transient error. Receipts mean what [`Publisher`]'s do. The service's own error
 /// is for the connection being closed.
 pub struct BatchPublisher {
@@ -172,11 +173,11 @@ impl Service<Vec<Message>> for BatchPublisher {
                 }));
             }
             let destination = messages.first().map(Message::destination).unwrap_or("");
-            if let Err(err) = flush(&connection, connects, destination).await {
+            if let Err(err) = confirm(&connection, connects, destination).await {
                 for (result, message) in results.iter_mut().zip(&messages) {
                     if result.is_ok() {
                         *result = Err(error(err.kind(), Operation::Publish, message.destination())
-                            .with_reason(err.reason().unwrap_or("flush failed").to_owned()));
+                            .with_reason(err.reason().unwrap_or("not confirmed").to_owned()));
                     }
                 }
             }
@@ -229,41 +230,55 @@ pub(crate) async fn send(connection: &Connection, message: &Message) -> Result<(
     })
 }
 
-/// Flushes, and fails (transiently) if the connection was replaced since `connects`
-/// was read: what the old connection had not written is lost.
-pub(crate) async fn flush(
+/// Waits until the server has processed everything this connection sent before, and
+/// fails (transiently) if the connection was replaced since `connects` was read: what
+/// the old connection had not delivered is lost.
+pub(crate) async fn confirm(
     connection: &Connection,
     connects: u64,
     destination: &str,
 ) -> Result<(), Error> {
-    let timeout = connection.config().request_timeout;
-    match tokio::time::timeout(timeout, connection.client().flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            return Err(error(ErrorKind::Transient, Operation::Publish, destination)
-                .with_reason("flush failed")
-                .with_source(err))
-        }
-        // Disconnected: the client holds the message until it reconnects, or loses it
-        // with the connection; either way nobody confirmed it.
-        Err(_) => {
-            return Err(
-                error(ErrorKind::Transient, Operation::Publish, destination).with_reason(format!(
-                    "the server did not confirm the flush within {timeout:?}; \
-                     the message may still be sent once the client reconnects"
-                )),
-            )
-        }
-    }
+    round_trip(connection, Operation::Publish, destination).await?;
     if connection.connects() != connects {
         return Err(
             error(ErrorKind::Transient, Operation::Publish, destination).with_reason(
-                "the connection was re-established before the flush completed; \
+                "the connection was re-established before the server confirmed; \
              the message may have been lost",
             ),
         );
     }
     Ok(())
+}
+
+/// A round trip to the server after everything sent so far: the server handles a
+/// connection's operations in order, so its answer to a request nobody is subscribed
+/// to ("no responders") means it has processed what came before. (A client flush only
+/// writes to the socket.)
+pub(crate) async fn round_trip(
+    connection: &Connection,
+    operation: Operation,
+    destination: &str,
+) -> Result<(), Error> {
+    let timeout = connection.config().request_timeout;
+    let probe = format!("_TOWER_MQ.ROUND_TRIP.{}", nuid::next());
+    let request = async_nats::Request::new().timeout(Some(timeout));
+    match connection.client().send_request(probe, request).await {
+        Ok(_) => Ok(()),
+        Err(err) => match err.kind() {
+            async_nats::RequestErrorKind::NoResponders => Ok(()),
+            async_nats::RequestErrorKind::TimedOut => {
+                Err(
+                    error(ErrorKind::Transient, operation, destination).with_reason(format!(
+                        "the server did not confirm within {timeout:?}; \
+                     the message may still be delivered once the client reconnects"
+                    )),
+                )
+            }
+            _ => Err(error(ErrorKind::Transient, operation, destination)
+                .with_reason("confirming with the server failed")
+                .with_source(err)),
+        },
+    }
 }
 
 /// A subscription, plain or in a queue group: a `Stream` of at-most-once
@@ -290,7 +305,7 @@ impl Subscriber {
             .subscribe(subject.clone())
             .await
             .map_err(|err| subscribe_error(&subject, err))?;
-        flush_subscription(connection, &subject).await?;
+        confirm_subscription(connection, &subject).await?;
         Ok(Subscriber { inner, subject })
     }
 
@@ -307,7 +322,7 @@ impl Subscriber {
             .queue_subscribe(subject.clone(), group.into())
             .await
             .map_err(|err| subscribe_error(&subject, err))?;
-        flush_subscription(connection, &subject).await?;
+        confirm_subscription(connection, &subject).await?;
         Ok(Subscriber { inner, subject })
     }
 
@@ -318,13 +333,9 @@ impl Subscriber {
 }
 
 /// Makes sure the server registered the subscription before returning, so a message
-/// published right after subscribing reaches it.
-async fn flush_subscription(connection: &Connection, subject: &str) -> Result<(), Error> {
-    connection.client().flush().await.map_err(|err| {
-        error(ErrorKind::Transient, Operation::Subscribe, subject)
-            .with_reason("flush failed")
-            .with_source(err)
-    })
+/// published right after subscribing (on any connection) reaches it.
+async fn confirm_subscription(connection: &Connection, subject: &str) -> Result<(), Error> {
+    round_trip(connection, Operation::Subscribe, subject).await
 }
 
 fn subscribe_error(subject: &str, err: async_nats::SubscribeError) -> Error {

@@ -3,10 +3,11 @@
 //!
 //! One [`Connection`] (an async-nats client) serves every service built on it:
 //!
-//! - **Core NATS** ([`core`]): [`Publisher`] publishes and flushes each message and
-//!   answers [`Receipt::Nats`]: the server has the message, and it went to the
+//! - **Core NATS** ([`core`]): [`Publisher`] publishes each message, waits until the
+//!   server processed it and answers [`Receipt::Nats`]: the server had the message,
+//!   and it went to the
 //!   subscribers present at that moment, **at most once**; nothing is stored.
-//!   [`BatchPublisher`] publishes a batch and flushes once. [`Subscriber`] is a
+//!   [`BatchPublisher`] publishes a batch and waits for the server once. [`Subscriber`] is a
 //!   stream of deliveries from a subscription or a queue group (a queue group load
 //!   balances: each message goes to one member). Core deliveries cannot be acked or
 //!   redelivered ([`Delivery::unacknowledged`](crate::Delivery::unacknowledged)).
@@ -33,10 +34,10 @@
 //!   messages published while a subscriber was away are not delivered to it (at
 //!   most once), JetStream consumers resume where their acks left off;
 //! - commands wait in the client's buffer, bounded by [`Config::client_capacity`].
-//!   A core publish whose connection was replaced before its flush completed may
+//!   A core publish whose connection was replaced before the server confirmed it may
 //!   have been lost with the old connection: it fails with a **transient** error
 //!   instead of answering a receipt, so a retry publishes it again (possibly
-//!   twice); so does a flush the server did not confirm within
+//!   twice); so does one the server did not confirm within
 //!   [`Config::request_timeout`]. A JetStream publish whose ack does not come within
 //!   [`Config::request_timeout`] fails with a transient error as well; the message
 //!   may have been stored, and a retry with the same `Nats-Msg-Id` is safe.
