@@ -68,7 +68,8 @@ pub struct Capabilities {
     /// consumer that closes leaves what it had not settled to the group. Off for
     /// at-most-once groups (core NATS queue groups), which exist only while a member
     /// is subscribed: the cases then check that the group resumes with what is
-    /// published after a member (re)joins.
+    /// published after a member (re)joins, and the reconnect case reports what a
+    /// broker restart lost instead of failing on it.
     pub durable_groups: bool,
     /// The largest payload the broker is set up to carry in the suite; the large
     /// payload case sends min(16 MiB, this).
