@@ -13,3 +13,6 @@ pub use tower_mq_core::{
     ErrorKind, Headers, Message, Operation, Permanent, Receipt, Settlement, Transient,
 };
 pub use tower_mq_layers as layers;
+
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;

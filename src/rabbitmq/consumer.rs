@@ -1,0 +1,379 @@
+//! Consuming a queue with manual acknowledgements, re-subscribing after reconnects.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use futures_core::Stream;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+
+use super::config::Routing;
+use super::connection::Connection;
+use super::error::{amqp_error, short_string, BROKER};
+use crate::delivery::{Acker, Acknowledge, Delivery};
+use crate::error::{Error, ErrorKind, Operation};
+use crate::message::{Headers, Message};
+
+/// A queue's deliveries as a `Stream<Item = Result<Delivery, tower_mq::Error>>`.
+///
+/// - **Prefetch.** The consumer has a channel of its own with `basic.qos` set to
+///   [`Config::prefetch`](super::Config::prefetch): the broker sends at most that many
+///   unacknowledged deliveries ahead.
+/// - **Settling.** Each [`Delivery`] is settled through its acker: `ack` is
+///   `basic.ack`; `nack` is `basic.nack` with requeue (with a delay, the nack is sent
+///   after the delay, the delivery staying unacknowledged meanwhile: RabbitMQ cannot
+///   delay a requeue itself); `reject` is `basic.reject` without requeue, which
+///   dead-letters the message through the queue's dead-letter exchange (or drops it if
+///   the queue has none). AMQP has no place for the reject reason: the broker records
+///   `rejected` in the message's `x-death` header instead.
+/// - **Delivery count.** Quorum queues count deliveries in the `x-delivery-count`
+///   header (previous deliveries), so the count is exact there: header + 1. Other
+///   queues only flag redeliveries, so the count is a lower bound: 1, or 2 when the
+///   broker set `redelivered`.
+/// - **Reconnects.** When the connection is lost the stream waits (no item) and
+///   subscribes again once the connection is back; unacknowledged deliveries are
+///   redelivered by the broker, and acking a delivery from the lost channel fails with
+///   a transient error. A permanent failure to subscribe (the queue was deleted,
+///   access refused) is yielded as an error and ends the stream.
+pub struct Consumer {
+    inner: Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send>>,
+    queue: String,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// Connects with `config` and consumes `queue` on a connection of its own.
+    pub async fn connect(
+        config: super::Config,
+        queue: impl Into<String>,
+    ) -> Result<Consumer, Error> {
+        super::Connection::connect(config)
+            .await?
+            .consumer(queue)
+            .await
+    }
+
+    pub(crate) async fn subscribe(
+        connection: Connection,
+        queue: String,
+    ) -> Result<Consumer, Error> {
+        let live = connection
+            .wait_connected()
+            .await
+            .ok_or_else(|| super::error::closed(Operation::Subscribe, &queue))?;
+        let subscription = subscribe(&connection, &live.connection, &queue).await?;
+        let state = State {
+            connection,
+            queue: queue.clone(),
+            current: Some((subscription, live.generation)),
+            lost: None,
+            done: false,
+            backoff: None,
+        };
+        let inner = futures_util::stream::unfold(state, |mut state| async move {
+            let item = state.next_item().await?;
+            Some((item, state))
+        });
+        Ok(Consumer {
+            inner: Box::pin(inner),
+            queue,
+        })
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+struct Subscription {
+    // Dropping the channel closes it and cancels the consumer.
+    _channel: lapin::Channel,
+    consumer: lapin::Consumer,
+}
+
+async fn subscribe(
+    connection: &Connection,
+    amqp: &lapin::Connection,
+    queue: &str,
+) -> Result<Subscription, Error> {
+    let name = short_string(queue, Operation::Subscribe, queue)?;
+    let err = |e| amqp_error(Operation::Subscribe, queue, e);
+    let channel = amqp.create_channel().await.map_err(err)?;
+    channel
+        .basic_qos(connection.config().prefetch, BasicQosOptions::default())
+        .await
+        .map_err(err)?;
+    let consumer = channel
+        .basic_consume(
+            name,
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    Ok(Subscription {
+        _channel: channel,
+        consumer,
+    })
+}
+
+struct State {
+    connection: Connection,
+    queue: String,
+    current: Option<(Subscription, u64)>,
+    /// The generation whose subscription was lost.
+    lost: Option<u64>,
+    done: bool,
+    backoff: Option<Duration>,
+}
+
+impl State {
+    async fn next_item(&mut self) -> Option<Result<Delivery, Error>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let Some((subscription, generation)) = self.current.as_mut() else {
+                if let Some(delay) = self.backoff {
+                    tokio::time::sleep(delay).await;
+                }
+                let live = self.connection.wait_live(self.lost).await?;
+                match subscribe(&self.connection, &live.connection, &self.queue).await {
+                    Ok(subscription) => {
+                        tracing::info!(queue = %self.queue, generation = live.generation, "rabbitmq consumer subscribed again");
+                        self.current = Some((subscription, live.generation));
+                        self.backoff = None;
+                    }
+                    Err(error) if error.kind() == ErrorKind::Permanent => {
+                        self.done = true;
+                        return Some(Err(error));
+                    }
+                    Err(error) => {
+                        tracing::warn!(queue = %self.queue, %error, "rabbitmq consumer could not subscribe; retrying");
+                        self.lost = Some(live.generation);
+                        self.connection.nudge();
+                        let config = self.connection.config();
+                        self.backoff = Some(match self.backoff {
+                            None => config.backoff_initial,
+                            Some(d) => (d * 2).min(config.backoff_max),
+                        });
+                    }
+                }
+                continue;
+            };
+            let generation = *generation;
+            match subscription.consumer.next().await {
+                Some(Ok(delivery)) => {
+                    return Some(Ok(to_delivery(
+                        delivery,
+                        &self.connection.config().routing,
+                        &self.queue,
+                    )));
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(queue = %self.queue, %error, "rabbitmq consumer lost its channel; re-subscribing");
+                }
+                None => {
+                    tracing::warn!(queue = %self.queue, "rabbitmq consumer cancelled; re-subscribing");
+                }
+            }
+            self.current = None;
+            self.lost = Some(generation);
+            self.connection.nudge();
+        }
+    }
+}
+
+fn header_value(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::Boolean(v) => v.to_string(),
+        AMQPValue::ShortShortInt(v) => v.to_string(),
+        AMQPValue::ShortShortUInt(v) => v.to_string(),
+        AMQPValue::ShortInt(v) => v.to_string(),
+        AMQPValue::ShortUInt(v) => v.to_string(),
+        AMQPValue::LongInt(v) => v.to_string(),
+        AMQPValue::LongUInt(v) => v.to_string(),
+        AMQPValue::LongLongInt(v) => v.to_string(),
+        AMQPValue::Float(v) => v.to_string(),
+        AMQPValue::Double(v) => v.to_string(),
+        AMQPValue::Timestamp(v) => v.to_string(),
+        AMQPValue::ShortString(v) => v.as_str().to_owned(),
+        AMQPValue::LongString(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        AMQPValue::ByteArray(v) => String::from_utf8_lossy(v.as_slice()).into_owned(),
+        _ => return None,
+    })
+}
+
+fn as_count(value: &AMQPValue) -> Option<u64> {
+    match value {
+        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortShortUInt(v) => Some((*v).into()),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortUInt(v) => Some((*v).into()),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some((*v).into()),
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::Timestamp(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// A tower-mq message from an AMQP delivery's properties and body. Header values that
+/// are not scalars (`x-death`'s tables) are left out.
+pub(crate) fn to_message(
+    exchange: &str,
+    routing_key: &str,
+    properties: &lapin::BasicProperties,
+    data: Vec<u8>,
+    routing: &Routing,
+) -> Message {
+    let (destination, key) = routing.destination_and_key(exchange, routing_key);
+    let mut message = Message::new(destination, data)
+        .with_persistent(properties.delivery_mode().is_some_and(|mode| mode == 2));
+    message.set_key(key);
+    if let Some(headers) = properties.headers() {
+        let headers: Headers = headers
+            .inner()
+            .iter()
+            .filter_map(|(k, v)| header_value(v).map(|v| (k.as_str().to_owned(), v)))
+            .collect();
+        message = message.with_headers(headers);
+    }
+    message.set_priority(*properties.priority());
+    message.set_ttl(
+        properties
+            .expiration()
+            .as_ref()
+            .and_then(|ms| ms.as_str().parse::<u64>().ok())
+            .map(Duration::from_millis),
+    );
+    let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    message.set_message_id(text(properties.message_id()));
+    message.set_correlation_id(text(properties.correlation_id()));
+    message.set_reply_to(text(properties.reply_to()));
+    message.set_content_type(text(properties.content_type()));
+    message.set_content_encoding(text(properties.content_encoding()));
+    message
+}
+
+fn to_delivery(delivery: lapin::message::Delivery, routing: &Routing, queue: &str) -> Delivery {
+    let previous = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count"))
+        .and_then(as_count);
+    let count = match previous {
+        Some(previous) => u32::try_from(previous.saturating_add(1)).unwrap_or(u32::MAX),
+        None => 1 + u32::from(delivery.redelivered),
+    };
+    let message = to_message(
+        delivery.exchange.as_str(),
+        delivery.routing_key.as_str(),
+        &delivery.properties,
+        delivery.data,
+        routing,
+    );
+    let acker = Acker::new(RabbitAcker {
+        acker: delivery.acker,
+        queue: queue.to_owned(),
+    });
+    Delivery::new(message, acker).with_delivery_count(count)
+}
+
+/// Settles a RabbitMQ delivery on the channel it arrived on.
+struct RabbitAcker {
+    acker: lapin::Acker,
+    queue: String,
+}
+
+fn settled(
+    operation: Operation,
+    queue: String,
+    result: Result<bool, lapin::Error>,
+) -> Result<(), Error> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::transient(BROKER, operation)
+            .with_destination(queue)
+            .with_reason(
+                "the delivery's channel is closed; the broker will deliver the message again",
+            )),
+        Err(e) => Err(amqp_error(operation, &queue, e)),
+    }
+}
+
+impl Acknowledge for RabbitAcker {
+    fn ack(&self) -> BoxFuture<'static, Result<(), Error>> {
+        let acker = self.acker.clone();
+        let queue = self.queue.clone();
+        Box::pin(async move {
+            settled(
+                Operation::Ack,
+                queue,
+                acker.ack(BasicAckOptions::default()).await,
+            )
+        })
+    }
+
+    fn nack(&self, delay: Option<Duration>) -> BoxFuture<'static, Result<(), Error>> {
+        let acker = self.acker.clone();
+        let queue = self.queue.clone();
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        match delay.filter(|d| !d.is_zero()) {
+            None => {
+                Box::pin(async move { settled(Operation::Nack, queue, acker.nack(options).await) })
+            }
+            Some(delay) => {
+                // Hold the delivery for `delay`, then requeue it. If the channel dies
+                // meanwhile the broker requeues it anyway.
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Err(error) = settled(Operation::Nack, queue, acker.nack(options).await) {
+                        tracing::warn!(%error, "delayed rabbitmq nack failed");
+                    }
+                });
+                Box::pin(async { Ok(()) })
+            }
+        }
+    }
+
+    fn reject(&self, reason: &str) -> BoxFuture<'static, Result<(), Error>> {
+        let acker = self.acker.clone();
+        let queue = self.queue.clone();
+        tracing::debug!(queue = %queue, reason, "rejecting rabbitmq delivery to the dead-letter exchange");
+        Box::pin(async move {
+            settled(
+                Operation::Reject,
+                queue,
+                acker.reject(BasicRejectOptions { requeue: false }).await,
+            )
+        })
+    }
+}
