@@ -31,7 +31,8 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 /// - **Mandatory.** Messages are published `mandatory` unless
 ///   [`Config::mandatory`] says otherwise; a message no queue is bound for comes back
 ///   from the broker and its publish fails with a permanent error (NO_ROUTE), never a
-///   receipt.
+///   receipt. Replies to a direct reply-to address (`amq.rabbitmq.reply-to.*`) are the
+///   exception: RabbitMQ counts them as unrouted, so they are never sent mandatory.
 /// - **Readiness.** `poll_ready` is `Pending` while the connection is being
 ///   re-established or the broker has blocked it (`connection.blocked`), so tower's
 ///   `Buffer`, `ConcurrencyLimit` and `LoadShed` see the broker's pressure.
@@ -230,8 +231,11 @@ async fn send(
             .await
             .map_err(|e| amqp_error(Operation::Publish, &destination, e))?,
     };
+    // RabbitMQ counts a direct reply (to `amq.rabbitmq.reply-to.*`) as unrouted, so a
+    // mandatory reply would always come back: replies are never mandatory.
+    let reply = routing_key.starts_with(super::request::DIRECT_REPLY_TO) && exchange.is_empty();
     let options = BasicPublishOptions {
-        mandatory: config.mandatory,
+        mandatory: config.mandatory && !reply,
         immediate: false,
     };
     let confirm = channel

@@ -1,0 +1,543 @@
+//! RabbitMQ-specific behaviour, against a real broker.
+//!
+//! The broker address comes from `TOWER_MQ_AMQP_URL` (default: the project harness,
+//! `amqp://guest:guest@127.0.0.1:15673/%2f`; run `scripts/brokers up rabbitmq`).
+//! The reconnect test restarts the broker with `"$TOWER_MQ_BROKERS" restart rabbitmq`.
+
+#![cfg(feature = "rabbitmq")]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tower::{Service, ServiceExt};
+use tower_mq::rabbitmq::{
+    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology,
+};
+use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
+
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:15673/%2f";
+
+fn url() -> String {
+    std::env::var("TOWER_MQ_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// A name no other test (or test run) uses.
+fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "tmq-{what}-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn connect(config: Config) -> Connection {
+    let address = url();
+    match Connection::connect(config).await {
+        Ok(connection) => connection,
+        Err(error) => panic!(
+            "RabbitMQ is not reachable at {address} (env TOWER_MQ_AMQP_URL): {error}. \
+             Run scripts/test, or scripts/brokers up rabbitmq."
+        ),
+    }
+}
+
+/// Queues that clean themselves up after the test.
+fn queue(name: &str) -> Queue {
+    Queue::classic(name).expires(Duration::from_secs(60))
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("no delivery within 10 s")
+        .expect("consumer ended")
+        .expect("consumer error")
+}
+
+#[tokio::test]
+async fn confirmed_publish_carries_every_property() {
+    let q = unique("props");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q).max_priority(9))),
+    )
+    .await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let message = Message::new(&q, "payload")
+        .with_header("tenant", "acme")
+        .with_priority(7)
+        .with_ttl(Duration::from_secs(60))
+        .with_persistent(true)
+        .with_message_id("m-1")
+        .with_correlation_id("c-1")
+        .with_reply_to("somewhere")
+        .with_content_type("text/plain")
+        .with_content_encoding("identity");
+    let receipt = connection.publisher().oneshot(message).await.unwrap();
+    assert_eq!(
+        receipt,
+        Receipt::RabbitMq {
+            exchange: String::new(),
+            routing_key: q.clone()
+        }
+    );
+    assert!(receipt.is_confirmed());
+
+    let delivery = next(&mut consumer).await;
+    let got = delivery.message();
+    assert_eq!(got.destination(), q);
+    assert_eq!(got.payload().as_ref(), b"payload");
+    assert_eq!(got.headers().get("tenant"), Some("acme"));
+    assert_eq!(got.priority(), Some(7));
+    assert_eq!(got.ttl(), Some(Duration::from_secs(60)));
+    assert!(got.is_persistent());
+    assert_eq!(got.message_id(), Some("m-1"));
+    assert_eq!(got.correlation_id(), Some("c-1"));
+    assert_eq!(got.reply_to(), Some("somewhere"));
+    assert_eq!(got.content_type(), Some("text/plain"));
+    assert_eq!(got.content_encoding(), Some("identity"));
+    assert_eq!(delivery.delivery_count(), 1);
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn exchange_routing_maps_destination_and_key() {
+    let exchange = unique("topic");
+    let q = unique("topic-q");
+    let connection = connect(
+        Config::new(url()).topology(
+            Topology::new()
+                .exchange(Exchange::topic(&exchange).auto_delete(true))
+                .queue(queue(&q))
+                .binding(Binding::queue(&q, &exchange, "order.*")),
+        ),
+    )
+    .await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let receipt = connection
+        .publisher()
+        .oneshot(Message::new(&exchange, "x").with_key("order.created"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.destination(), exchange);
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().destination(), exchange);
+    assert_eq!(delivery.message().key(), Some("order.created"));
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn unroutable_mandatory_message_is_a_permanent_error() {
+    let exchange = unique("nowhere");
+    let connection = connect(
+        Config::new(url())
+            .topology(Topology::new().exchange(Exchange::direct(&exchange).auto_delete(true))),
+    )
+    .await;
+    let mut publisher = connection.publisher();
+    let err = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&exchange, "lost").with_key("no-binding"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.broker(), "rabbitmq");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some(exchange.as_str()));
+    assert!(err.to_string().contains("NO_ROUTE"), "{err}");
+
+    // Not mandatory: the broker confirms and drops it.
+    let lax = connect(Config::new(url()).mandatory(false)).await;
+    lax.publisher()
+        .oneshot(Message::new(&exchange, "dropped").with_key("no-binding"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn missing_exchange_is_not_found_and_leaves_the_pool_working() {
+    let q = unique("after-404");
+    let connection = connect(
+        Config::new(url())
+            .channel_pool_size(1)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let mut publisher = connection.publisher();
+    let missing = unique("missing-exchange");
+    let err = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&missing, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.destination(), Some(missing.as_str()));
+    assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+    // The only pooled channel still publishes.
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new("", "ok").with_key(&q))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn redeclaring_with_other_arguments_is_precondition_failed() {
+    let q = unique("precondition");
+    let connection = connect(Config::new(url()).topology(Topology::new().queue(queue(&q)))).await;
+    let err = connection
+        .declare(&Topology::new().queue(queue(&q).max_priority(3)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+    assert!(err.to_string().contains("PRECONDITION_FAILED"), "{err}");
+}
+
+#[tokio::test]
+async fn consuming_a_missing_queue_is_a_permanent_error() {
+    let connection = connect(Config::new(url())).await;
+    let q = unique("no-such-queue");
+    let err = connection.consumer(&q).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Subscribe);
+    assert_eq!(err.destination(), Some(q.as_str()));
+}
+
+#[tokio::test]
+async fn priority_queue_delivers_the_highest_priority_first() {
+    let q = unique("priority");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q).max_priority(10))),
+    )
+    .await;
+    // Publish while nobody consumes, so the queue can reorder.
+    let batch = vec![
+        Message::new(&q, "low").with_priority(1),
+        Message::new(&q, "high").with_priority(9),
+        Message::new(&q, "mid").with_priority(5),
+    ];
+    let results = connection
+        .publisher()
+        .batched()
+        .oneshot(batch)
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut consumer).await;
+        order.push(String::from_utf8(d.message().payload().to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(order, ["high", "mid", "low"]);
+}
+
+#[tokio::test]
+async fn reject_dead_letters_through_the_dlx() {
+    let dlx = unique("dlx");
+    let q = unique("work");
+    let dead = unique("dead");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(
+                Topology::new()
+                    .exchange(Exchange::fanout(&dlx).auto_delete(true))
+                    .queue(queue(&q).dead_letter_exchange(&dlx))
+                    .queue(queue(&dead))
+                    .binding(Binding::queue(&dead, &dlx, "")),
+            ),
+    )
+    .await;
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "poison"))
+        .await
+        .unwrap();
+    let mut work = connection.consumer(&q).await.unwrap();
+    let delivery = next(&mut work).await;
+    delivery.reject("cannot parse").await.unwrap();
+
+    let mut dead_letters = connection.consumer(&dead).await.unwrap();
+    let dead_letter = next(&mut dead_letters).await;
+    assert_eq!(dead_letter.message().payload().as_ref(), b"poison");
+    assert_eq!(
+        dead_letter.message().headers().get("x-first-death-reason"),
+        Some("rejected")
+    );
+    assert_eq!(
+        dead_letter.message().headers().get("x-first-death-queue"),
+        Some(q.as_str())
+    );
+    dead_letter.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn nack_requeues_and_counts_deliveries() {
+    // Classic queue: the count is a lower bound from the redelivered flag.
+    let classic = unique("classic");
+    // Quorum queue: the broker counts deliveries (x-delivery-count).
+    let quorum = unique("quorum");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(
+                Topology::new()
+                    .queue(queue(&classic))
+                    .queue(Queue::quorum(&quorum).expires(Duration::from_secs(60))),
+            ),
+    )
+    .await;
+    let publisher = connection.publisher();
+    for q in [&classic, &quorum] {
+        publisher
+            .clone()
+            .oneshot(Message::new(q, "again"))
+            .await
+            .unwrap();
+    }
+
+    let mut consumer = connection.consumer(&classic).await.unwrap();
+    let first = next(&mut consumer).await;
+    assert_eq!(first.delivery_count(), 1);
+    first.nack(None).await.unwrap();
+    let second = next(&mut consumer).await;
+    assert_eq!(second.delivery_count(), 2);
+    second.nack(None).await.unwrap();
+    let third = next(&mut consumer).await;
+    assert_eq!(
+        third.delivery_count(),
+        2,
+        "classic queues only flag redelivery"
+    );
+    third.ack().await.unwrap();
+
+    let mut consumer = connection.consumer(&quorum).await.unwrap();
+    for expected in 1..=3 {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.delivery_count(), expected);
+        if expected < 3 {
+            d.nack(None).await.unwrap();
+        } else {
+            d.ack().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn delayed_nack_redelivers_after_the_delay() {
+    let q = unique("delayed");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "later"))
+        .await
+        .unwrap();
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let first = next(&mut consumer).await;
+    let nacked_at = tokio::time::Instant::now();
+    first.nack(Some(Duration::from_millis(300))).await.unwrap();
+    let again = next(&mut consumer).await;
+    assert!(nacked_at.elapsed() >= Duration::from_millis(300));
+    assert!(again.is_redelivery());
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn direct_reply_to_request_reply() {
+    let q = unique("rpc");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    // A responder: echo upper-cased, to the request's reply_to with its correlation id.
+    let mut requests = connection.consumer(&q).await.unwrap();
+    let responder = connection.publisher();
+    let server = tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let msg = request.message();
+            let reply = Message::new(msg.reply_to().unwrap(), msg.payload().to_ascii_uppercase())
+                .with_correlation_id(msg.correlation_id().unwrap())
+                .with_persistent(false);
+            responder.clone().oneshot(reply).await.unwrap();
+            request.ack().await.unwrap();
+        }
+    });
+
+    let mut requester = connection.requester().with_timeout(Duration::from_secs(10));
+    let calls = (0..5).map(|i| {
+        let mut requester = requester.clone();
+        let q = q.clone();
+        async move {
+            requester
+                .ready()
+                .await?
+                .call(Message::new(&q, format!("ping {i}")))
+                .await
+        }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply.unwrap();
+        assert_eq!(reply.payload().as_ref(), format!("PING {i}").as_bytes());
+        assert!(reply.correlation_id().is_some());
+    }
+
+    // Nobody answers on an unbound routing key: the request is unroutable.
+    let err = requester
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(unique("nobody"), "hello?"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn request_without_reply_times_out_as_transient() {
+    let q = unique("silent");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .request_timeout(Duration::from_millis(300))
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let err = connection
+        .requester()
+        .oneshot(Message::new(&q, "anyone?"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.operation(), Operation::Request);
+}
+
+#[tokio::test]
+async fn batched_confirms_answer_each_message() {
+    let q = unique("batch");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let mut batch: Vec<Message> = (0..100).map(|i| Message::new(&q, format!("{i}"))).collect();
+    batch.insert(50, Message::new(unique("unbound-queue"), "nowhere"));
+    let results = connection
+        .publisher()
+        .batched()
+        .oneshot(batch)
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 101);
+    for (i, result) in results.iter().enumerate() {
+        if i == 50 {
+            let err = result.as_ref().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        } else {
+            assert!(result.is_ok(), "message {i}: {result:?}");
+        }
+    }
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    for i in 0..100 {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.message().payload().as_ref(), format!("{i}").as_bytes());
+        d.ack().await.unwrap();
+    }
+}
+
+fn brokers_script() -> String {
+    std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "TOWER_MQ_BROKERS is not set: this test restarts RabbitMQ with \
+             \"$TOWER_MQ_BROKERS\" restart rabbitmq. Run scripts/test, or export \
+             TOWER_MQ_BROKERS=scripts/brokers after scripts/brokers up rabbitmq."
+        )
+    })
+}
+
+async fn brokers(action: &str) {
+    let script = brokers_script();
+    let status = tokio::process::Command::new(&script)
+        .args([action, "rabbitmq"])
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("could not run {script} {action} rabbitmq: {e}"));
+    assert!(
+        status.success(),
+        "{script} {action} rabbitmq failed: {status}"
+    );
+}
+
+#[tokio::test]
+async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers() {
+    let q = unique("restart");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .heartbeat(Duration::from_secs(2))
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1))
+            // Not durable: only the re-declaration after reconnect brings it back.
+            .topology(Topology::new().queue(Queue::classic(&q).durable(false))),
+    )
+    .await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let mut publisher = connection.publisher();
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "before"))
+        .await
+        .unwrap();
+    next(&mut consumer).await.ack().await.unwrap();
+    assert_eq!(connection.generation(), 1);
+
+    brokers("restart").await;
+
+    // poll_ready waits for the new connection; publish again once it is up.
+    let receipt = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match publisher.ready().await {
+                Ok(p) => match p.call(Message::new(&q, "after")).await {
+                    Ok(receipt) => return receipt,
+                    Err(e) => assert!(e.is_transient(), "{e}"),
+                },
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("no confirmed publish within 30 s of the restart");
+    assert!(receipt.is_confirmed());
+    assert!(connection.generation() >= 2);
+    let after = next(&mut consumer).await;
+    assert_eq!(after.message().payload().as_ref(), b"after");
+    after.ack().await.unwrap();
+}
