@@ -14,5 +14,7 @@ pub use tower_mq_core::{
 };
 pub use tower_mq_layers as layers;
 
+pub mod memory;
+
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;

@@ -1,0 +1,98 @@
+use std::fmt;
+use std::future::{ready, Ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::Service;
+use tower_mq_core::{Error, Message, Operation, Receipt};
+
+use super::{validate_name, Shared, BROKER};
+
+/// Publishes to a memory [`Broker`](super::Broker): a
+/// `Service<Message, Response = Receipt, Error = Error>`.
+///
+/// `poll_ready` reserves room for one message and returns `Pending` while the broker is
+/// full; `call` stores the message and answers [`Receipt::Memory`]. Cloning gives a
+/// publisher without a reservation. An invalid topic name or an oversize payload is a
+/// permanent error naming the topic. See the [module docs](super).
+pub struct Publisher {
+    shared: Arc<Shared>,
+    reserved: bool,
+}
+
+impl Publisher {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Publisher {
+            shared,
+            reserved: false,
+        }
+    }
+}
+
+impl Clone for Publisher {
+    fn clone(&self) -> Self {
+        // A reservation belongs to the handle that made it.
+        Publisher::new(self.shared.clone())
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("reserved", &self.reserved)
+            .finish()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if self.reserved {
+            self.shared.lock().unreserve();
+        }
+    }
+}
+
+impl Service<Message> for Publisher {
+    type Response = Receipt;
+    type Error = Error;
+    type Future = Ready<Result<Receipt, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.reserved {
+            return Poll::Ready(Ok(()));
+        }
+        let reserved = self
+            .shared
+            .lock()
+            .try_reserve(&self.shared.config, cx.waker());
+        if reserved {
+            self.reserved = true;
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        assert!(self.reserved, "poll_ready must be called first");
+        self.reserved = false;
+        let mut state = self.shared.lock();
+        state.unreserve();
+        let topic = message.destination();
+        if let Err(error) = validate_name(topic, Operation::Publish, topic, "topic") {
+            return ready(Err(error));
+        }
+        let size = message.payload().len();
+        let max = self.shared.config.max_payload_size;
+        if size > max {
+            return ready(Err(Error::permanent(BROKER, Operation::Publish)
+                .with_destination(topic)
+                .with_reason(format!(
+                    "the payload is {size} bytes, more than the {max} allowed"
+                ))));
+        }
+        let topic = topic.to_owned();
+        let sequence = state.publish(message);
+        ready(Ok(Receipt::Memory { topic, sequence }))
+    }
+}

@@ -1,0 +1,422 @@
+//! The broker's state: topics, their consumer groups and the messages each group holds.
+//!
+//! Everything lives under one mutex. A message published to a topic is stored once
+//! (`Arc<Stored>`) and referenced by one entry per consumer group; the broker counts a
+//! message as held while any group still references it, which is exact because entries
+//! are only ever moved between a group's queues, never cloned outside this module.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_mq_core::Message;
+
+use super::{
+    DEATH_REASON_HEADER, DELIVERY_COUNT_HEADER, EXPIRED_REASON, ORIGINAL_DESTINATION_HEADER,
+};
+
+pub(super) struct Config {
+    pub(super) capacity: usize,
+    pub(super) max_payload_size: usize,
+    pub(super) dead_letter_suffix: String,
+}
+
+/// A consumer group of one topic: named (durable, shared by its consumers) or the
+/// private group of one pub/sub subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum GroupKey {
+    Named(String),
+    Ephemeral(u64),
+}
+
+pub(super) struct Stored {
+    message: Message,
+    sequence: u64,
+    expires_at: Option<Instant>,
+}
+
+impl Stored {
+    fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    fn ready_key(&self) -> (Reverse<u8>, u64) {
+        (Reverse(self.message.priority().unwrap_or(0)), self.sequence)
+    }
+}
+
+/// One group's reference to a stored message, with how often the group delivered it.
+struct Entry {
+    stored: Arc<Stored>,
+    deliveries: u32,
+}
+
+struct InFlight {
+    consumer: u64,
+    entry: Entry,
+}
+
+#[derive(Default)]
+struct Group {
+    /// Higher priority first, then publication order.
+    ready: BTreeMap<(Reverse<u8>, u64), Entry>,
+    /// Nacked with a delay: due time, then publication order.
+    delayed: BTreeMap<(Instant, u64), Entry>,
+    in_flight: HashMap<u64, InFlight>,
+    /// Consumers waiting for a delivery, by consumer id.
+    waiters: HashMap<u64, Waker>,
+}
+
+impl Group {
+    fn wake(&mut self) {
+        for (_, waker) in self.waiters.drain() {
+            waker.wake();
+        }
+    }
+
+    fn push_ready(&mut self, entry: Entry) {
+        self.ready.insert(entry.stored.ready_key(), entry);
+    }
+
+    fn promote_due(&mut self, now: Instant) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let entry = entry.remove();
+            self.push_ready(entry);
+        }
+    }
+
+    fn drain_all(&mut self) -> impl Iterator<Item = Entry> + '_ {
+        let ready = std::mem::take(&mut self.ready).into_values();
+        let delayed = std::mem::take(&mut self.delayed).into_values();
+        let in_flight = self.in_flight.drain().map(|(_, f)| f.entry);
+        ready.chain(delayed).chain(in_flight)
+    }
+}
+
+#[derive(Default)]
+struct Topic {
+    next_sequence: u64,
+    groups: HashMap<GroupKey, Group>,
+    dead_letter: Option<String>,
+}
+
+/// Counts held and reserved messages against the capacity; wakes publishers when room
+/// frees.
+#[derive(Default)]
+struct Accounting {
+    held: usize,
+    /// Held messages with a time to live, so full brokers only look for expired ones
+    /// when there can be some.
+    expiring: usize,
+    reserved: usize,
+    waiters: Vec<Waker>,
+}
+
+impl Accounting {
+    /// Drops one group's reference to a message, counting the message out when it was
+    /// the last one.
+    fn release(&mut self, stored: Arc<Stored>) {
+        if Arc::strong_count(&stored) == 1 {
+            self.held -= 1;
+            if stored.expires_at.is_some() {
+                self.expiring -= 1;
+            }
+            self.wake();
+        }
+    }
+
+    fn wake(&mut self) {
+        for waker in self.waiters.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// What a consumer finds when it asks for the next delivery.
+// Built and matched at once by the consumer, never stored: boxing would only add an
+// allocation per delivery.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Next {
+    Delivery {
+        message: Message,
+        deliveries: u32,
+        id: u64,
+    },
+    /// Nothing ready; the consumer's waker is registered, and it should also wake at
+    /// `wake_at` when a delayed redelivery falls due.
+    Empty { wake_at: Option<Instant> },
+    /// The group no longer exists.
+    Gone,
+}
+
+/// How a delivery is settled.
+pub(super) enum Settle<'a> {
+    Ack,
+    Nack(Option<Duration>),
+    Reject(&'a str),
+}
+
+/// Settling a delivery the group no longer holds (its consumer closed).
+#[derive(Debug)]
+pub(super) struct NotHeld;
+
+#[derive(Default)]
+pub(super) struct State {
+    topics: HashMap<String, Topic>,
+    accounting: Accounting,
+    next_id: u64,
+}
+
+impl State {
+    pub(super) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(super) fn held(&self) -> usize {
+        self.accounting.held
+    }
+
+    /// Reserves room for one message if the broker holds fewer than `capacity`,
+    /// registering `waker` otherwise.
+    pub(super) fn try_reserve(&mut self, config: &Config, waker: &Waker) -> bool {
+        if self.accounting.held + self.accounting.reserved >= config.capacity
+            && self.accounting.expiring > 0
+        {
+            // Expired messages still count until a consumer looks at them: purge them
+            // before making the publisher wait.
+            self.purge_expired(config, Instant::now());
+        }
+        if self.accounting.held + self.accounting.reserved < config.capacity {
+            self.accounting.reserved += 1;
+            return true;
+        }
+        if !self.accounting.waiters.iter().any(|w| w.will_wake(waker)) {
+            self.accounting.waiters.push(waker.clone());
+        }
+        false
+    }
+
+    pub(super) fn unreserve(&mut self) {
+        self.accounting.reserved -= 1;
+        self.accounting.wake();
+    }
+
+    /// Stores `message` for every group of its topic; returns its sequence number.
+    /// The message was validated by the caller.
+    pub(super) fn publish(&mut self, message: Message) -> u64 {
+        let expires_at = message.ttl().map(|ttl| Instant::now() + ttl);
+        let topic = self
+            .topics
+            .entry(message.destination().to_owned())
+            .or_default();
+        topic.next_sequence += 1;
+        let sequence = topic.next_sequence;
+        if topic.groups.is_empty() {
+            return sequence;
+        }
+        let stored = Arc::new(Stored {
+            message,
+            sequence,
+            expires_at,
+        });
+        for group in topic.groups.values_mut() {
+            group.push_ready(Entry {
+                stored: stored.clone(),
+                deliveries: 0,
+            });
+            group.wake();
+        }
+        self.accounting.held += 1;
+        if expires_at.is_some() {
+            self.accounting.expiring += 1;
+        }
+        sequence
+    }
+
+    pub(super) fn dead_letter_topic(&self, config: &Config, topic: &str) -> String {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.dead_letter.clone())
+            .unwrap_or_else(|| format!("{topic}{}", config.dead_letter_suffix))
+    }
+
+    pub(super) fn set_dead_letter_topic(&mut self, topic: &str, dead_letter: &str) {
+        self.topics.entry(topic.to_owned()).or_default().dead_letter = Some(dead_letter.to_owned());
+    }
+
+    /// Moves a group's entry to the topic's dead-letter topic with `reason`.
+    fn dead_letter(&mut self, config: &Config, topic: &str, entry: Entry, reason: &str) {
+        let destination = self.dead_letter_topic(config, topic);
+        let mut message = entry.stored.message.clone();
+        self.accounting.release(entry.stored);
+        message.set_destination(destination);
+        // A dead letter is kept until someone looks at it, whatever the original TTL.
+        message.set_ttl(None);
+        let headers = message.headers_mut();
+        headers.insert(DEATH_REASON_HEADER, reason);
+        headers.insert(ORIGINAL_DESTINATION_HEADER, topic);
+        headers.insert(DELIVERY_COUNT_HEADER, entry.deliveries.to_string());
+        self.publish(message);
+    }
+
+    /// Creates the group if it does not exist.
+    pub(super) fn declare_group(&mut self, topic: &str, key: GroupKey) {
+        self.topics
+            .entry(topic.to_owned())
+            .or_default()
+            .groups
+            .entry(key)
+            .or_default();
+    }
+
+    /// Hands the group's next ready message to `consumer`, dead-lettering expired ones
+    /// on the way; registers `waker` when there is none.
+    pub(super) fn next_delivery(
+        &mut self,
+        config: &Config,
+        topic: &str,
+        key: &GroupKey,
+        consumer: u64,
+        waker: &Waker,
+    ) -> Next {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let next = 'next: {
+            let Some(group) = self
+                .topics
+                .get_mut(topic)
+                .and_then(|t| t.groups.get_mut(key))
+            else {
+                break 'next Next::Gone;
+            };
+            group.promote_due(now);
+            while let Some((_, mut entry)) = group.ready.pop_first() {
+                if entry.stored.is_expired(now) {
+                    expired.push(entry);
+                    continue;
+                }
+                entry.deliveries += 1;
+                self.next_id += 1;
+                let id = self.next_id;
+                let next = Next::Delivery {
+                    message: entry.stored.message.clone(),
+                    deliveries: entry.deliveries,
+                    id,
+                };
+                group.in_flight.insert(id, InFlight { consumer, entry });
+                break 'next next;
+            }
+            group.waiters.insert(consumer, waker.clone());
+            Next::Empty {
+                wake_at: group.delayed.first_key_value().map(|((at, _), _)| *at),
+            }
+        };
+        for entry in expired {
+            self.dead_letter(config, topic, entry, EXPIRED_REASON);
+        }
+        next
+    }
+
+    /// Settles delivery `id` of the group.
+    pub(super) fn settle(
+        &mut self,
+        config: &Config,
+        topic: &str,
+        key: &GroupKey,
+        id: u64,
+        how: Settle<'_>,
+    ) -> Result<(), NotHeld> {
+        let group = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.groups.get_mut(key))
+            .ok_or(NotHeld)?;
+        let entry = group.in_flight.remove(&id).ok_or(NotHeld)?.entry;
+        match how {
+            Settle::Ack => self.accounting.release(entry.stored),
+            Settle::Nack(Some(delay)) if !delay.is_zero() => {
+                let sequence = entry.stored.sequence;
+                group
+                    .delayed
+                    .insert((Instant::now() + delay, sequence), entry);
+                // Waiting consumers re-arm their timers for the new due time.
+                group.wake();
+            }
+            Settle::Nack(_) => {
+                group.push_ready(entry);
+                group.wake();
+            }
+            Settle::Reject(reason) => self.dead_letter(config, topic, entry, reason),
+        }
+        Ok(())
+    }
+
+    /// A consumer went away: its unsettled deliveries go back to its group, or, for a
+    /// subscriber's private group, the group goes with it.
+    pub(super) fn consumer_closed(&mut self, topic: &str, key: &GroupKey, consumer: u64) {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        match key {
+            GroupKey::Ephemeral(_) => {
+                if let Some(mut group) = t.groups.remove(key) {
+                    for entry in group.drain_all() {
+                        self.accounting.release(entry.stored);
+                    }
+                }
+            }
+            GroupKey::Named(_) => {
+                let Some(group) = t.groups.get_mut(key) else {
+                    return;
+                };
+                group.waiters.remove(&consumer);
+                let ids: Vec<u64> = group
+                    .in_flight
+                    .iter()
+                    .filter(|(_, f)| f.consumer == consumer)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if ids.is_empty() {
+                    return;
+                }
+                for id in ids {
+                    if let Some(f) = group.in_flight.remove(&id) {
+                        group.push_ready(f.entry);
+                    }
+                }
+                group.wake();
+            }
+        }
+    }
+
+    /// Dead-letters every ready message whose time to live has passed.
+    fn purge_expired(&mut self, config: &Config, now: Instant) {
+        let mut expired = Vec::new();
+        for (name, topic) in &mut self.topics {
+            for group in topic.groups.values_mut() {
+                group.promote_due(now);
+                let keys: Vec<_> = group
+                    .ready
+                    .iter()
+                    .filter(|(_, e)| e.stored.is_expired(now))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    if let Some(entry) = group.ready.remove(&k) {
+                        expired.push((name.clone(), entry));
+                    }
+                }
+            }
+        }
+        for (topic, entry) in expired {
+            self.dead_letter(config, &topic, entry, EXPIRED_REASON);
+        }
+    }
+}

@@ -1,0 +1,303 @@
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
+use tower::{Service, ServiceExt};
+use tower_mq_core::{ErrorKind, Message, Operation, Receipt};
+
+use super::*;
+
+async fn publish(broker: &Broker, message: Message) -> Result<Receipt, Error> {
+    broker.publisher().oneshot(message).await
+}
+
+async fn next(consumer: &mut Consumer) -> tower_mq_core::Delivery {
+    consumer
+        .next()
+        .now_or_never()
+        .expect("a delivery is ready")
+        .expect("the consumer is open")
+        .expect("no error")
+}
+
+fn payload(delivery: &tower_mq_core::Delivery) -> &[u8] {
+    delivery.message().payload().as_ref()
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_broker_makes_publishers_wait_until_room_frees() {
+    let broker = Broker::builder().capacity(2).build();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "1")).await.unwrap();
+    publish(&broker, Message::new("t", "2")).await.unwrap();
+    assert_eq!(broker.held(), 2);
+
+    let mut publisher = broker.publisher();
+    let mut waiting = task::spawn(());
+    assert_pending!(waiting.enter(|cx, _| publisher.poll_ready(cx)));
+
+    let first = next(&mut consumer).await;
+    // Delivered but not settled: still held.
+    assert!(!waiting.is_woken());
+    first.ack().await.unwrap();
+    assert!(waiting.is_woken());
+    assert_ready_ok!(waiting.enter(|cx, _| publisher.poll_ready(cx)));
+    publisher.call(Message::new("t", "3")).await.unwrap();
+    assert_eq!(broker.held(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reservations_count_against_capacity_and_are_not_cloned() {
+    let broker = Broker::builder().capacity(1).build();
+    let mut first = broker.publisher();
+    let mut cx = task::spawn(());
+    assert_ready_ok!(cx.enter(|cx, _| first.poll_ready(cx)));
+
+    let mut clone = first.clone();
+    let mut other = task::spawn(());
+    assert_pending!(other.enter(|cx, _| clone.poll_ready(cx)));
+
+    // Dropping a reserved publisher gives its room back.
+    drop(first);
+    assert!(other.is_woken());
+    assert_ready_ok!(other.enter(|cx, _| clone.poll_ready(cx)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nack_with_delay_redelivers_after_the_delay() {
+    let broker = Broker::new();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "x")).await.unwrap();
+    let first = next(&mut consumer).await;
+    assert_eq!(first.delivery_count(), 1);
+    first.nack(Some(Duration::from_secs(10))).await.unwrap();
+
+    let mut waiting = task::spawn(consumer.next());
+    assert_pending!(waiting.poll());
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    assert_pending!(waiting.poll());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(waiting.is_woken());
+    let again = assert_ready!(waiting.poll()).unwrap().unwrap();
+    assert_eq!(payload(&again), b"x");
+    assert_eq!(again.delivery_count(), 2);
+}
+
+#[tokio::test]
+async fn nack_without_delay_redelivers_in_place() {
+    let broker = Broker::new();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "1")).await.unwrap();
+    publish(&broker, Message::new("t", "2")).await.unwrap();
+    let first = next(&mut consumer).await;
+    first.nack(None).await.unwrap();
+    let again = next(&mut consumer).await;
+    assert_eq!(payload(&again), b"1");
+    assert_eq!(again.delivery_count(), 2);
+}
+
+#[tokio::test]
+async fn unsettled_deliveries_of_a_closed_consumer_go_back_to_the_group() {
+    let broker = Broker::new();
+    let mut a = broker.consumer("t", "g").unwrap();
+    let mut b = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "1")).await.unwrap();
+    let taken = next(&mut a).await;
+    assert!(b.next().now_or_never().is_none());
+
+    let mut waiting = task::spawn(b.next());
+    assert_pending!(waiting.poll());
+    a.close();
+    assert!(waiting.is_woken());
+    let again = assert_ready!(waiting.poll()).unwrap().unwrap();
+    assert_eq!(payload(&again), b"1");
+    assert_eq!(again.delivery_count(), 2);
+
+    // The old delivery cannot be settled any more.
+    let err = taken.ack().await.unwrap_err();
+    assert_eq!(err.operation(), Operation::Ack);
+    again.ack().await.unwrap();
+    assert_eq!(broker.held(), 0);
+}
+
+#[tokio::test]
+async fn groups_each_get_every_message_and_consumers_compete_within_one() {
+    let broker = Broker::new();
+    let mut a1 = broker.consumer("t", "a").unwrap();
+    let mut a2 = broker.consumer("t", "a").unwrap();
+    let mut b = broker.consumer("t", "b").unwrap();
+    let mut sub = broker.subscribe("t").unwrap();
+    for i in 0..4 {
+        publish(&broker, Message::new("t", i.to_string()))
+            .await
+            .unwrap();
+    }
+    let mut seen_a = Vec::new();
+    for _ in 0..2 {
+        seen_a.push(payload(&next(&mut a1).await).to_vec());
+        seen_a.push(payload(&next(&mut a2).await).to_vec());
+    }
+    assert!(a1.next().now_or_never().is_none());
+    assert!(a2.next().now_or_never().is_none());
+    seen_a.sort();
+    assert_eq!(seen_a, vec![b"0", b"1", b"2", b"3"]);
+    for i in 0..4 {
+        assert_eq!(payload(&next(&mut b).await), i.to_string().as_bytes());
+        assert_eq!(payload(&next(&mut sub).await), i.to_string().as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn declared_groups_keep_messages_and_subscribers_see_only_later_ones() {
+    let broker = Broker::new();
+    publish(&broker, Message::new("t", "lost")).await.unwrap();
+    broker.declare_group("t", "g").unwrap();
+    publish(&broker, Message::new("t", "kept")).await.unwrap();
+    let mut sub = broker.subscribe("t").unwrap();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    assert_eq!(payload(&next(&mut consumer).await), b"kept");
+    assert!(sub.next().now_or_never().is_none());
+    // A subscriber's messages go with it.
+    publish(&broker, Message::new("t", "for the subscriber"))
+        .await
+        .unwrap();
+    consumer.next().await.unwrap().unwrap().ack().await.unwrap();
+    assert_eq!(broker.held(), 2);
+    drop(sub);
+    assert_eq!(broker.held(), 1);
+}
+
+#[tokio::test]
+async fn higher_priority_first_then_publication_order() {
+    let broker = Broker::new();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "low")).await.unwrap();
+    publish(&broker, Message::new("t", "high-1").with_priority(9))
+        .await
+        .unwrap();
+    publish(&broker, Message::new("t", "mid").with_priority(4))
+        .await
+        .unwrap();
+    publish(&broker, Message::new("t", "high-2").with_priority(9))
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        order.push(String::from_utf8(payload(&next(&mut consumer).await).to_vec()).unwrap());
+    }
+    assert_eq!(order, ["high-1", "high-2", "mid", "low"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_messages_are_dead_lettered_not_delivered() {
+    let broker = Broker::new();
+    let mut dead = broker.consumer("t.dlq", "ops").unwrap();
+    broker.declare_group("t", "g").unwrap();
+    publish(
+        &broker,
+        Message::new("t", "short").with_ttl(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    publish(
+        &broker,
+        Message::new("t", "long").with_ttl(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    assert_eq!(payload(&next(&mut consumer).await), b"long");
+    let letter = next(&mut dead).await;
+    assert_eq!(payload(&letter), b"short");
+    let headers = letter.message().headers();
+    assert_eq!(headers.get(DEATH_REASON_HEADER), Some(EXPIRED_REASON));
+    assert_eq!(headers.get(ORIGINAL_DESTINATION_HEADER), Some("t"));
+    assert_eq!(headers.get(DELIVERY_COUNT_HEADER), Some("0"));
+    assert_eq!(letter.message().ttl(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_broker_purges_expired_messages() {
+    let broker = Broker::builder().capacity(1).build();
+    broker.declare_group("t", "g").unwrap();
+    publish(
+        &broker,
+        Message::new("t", "x").with_ttl(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let mut publisher = broker.publisher();
+    let mut cx = task::spawn(());
+    assert_pending!(cx.enter(|cx, _| publisher.poll_ready(cx)));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ready_ok!(cx.enter(|cx, _| publisher.poll_ready(cx)));
+}
+
+#[tokio::test]
+async fn reject_dead_letters_with_reason_and_count() {
+    let broker = Broker::builder().dead_letter_suffix("-dead").build();
+    broker
+        .set_dead_letter_topic("special", "special-graveyard")
+        .unwrap();
+    assert_eq!(broker.dead_letter_topic("t"), "t-dead");
+    assert_eq!(broker.dead_letter_topic("special"), "special-graveyard");
+    let mut dead = broker.consumer("t-dead", "ops").unwrap();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "bad").with_header("a", "1"))
+        .await
+        .unwrap();
+    next(&mut consumer).await.nack(None).await.unwrap();
+    next(&mut consumer)
+        .await
+        .reject("cannot parse")
+        .await
+        .unwrap();
+    let letter = next(&mut dead).await;
+    let headers = letter.message().headers();
+    assert_eq!(headers.get(DEATH_REASON_HEADER), Some("cannot parse"));
+    assert_eq!(headers.get(DELIVERY_COUNT_HEADER), Some("2"));
+    assert_eq!(headers.get("a"), Some("1"));
+    assert_eq!(letter.message().destination(), "t-dead");
+    letter.ack().await.unwrap();
+    assert_eq!(broker.held(), 0);
+}
+
+#[tokio::test]
+async fn invalid_topics_and_oversize_payloads_are_permanent_errors() {
+    let broker = Broker::builder().max_payload_size(4).build();
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    for topic in ["", " ", "a b", "orders.*", "orders.>", "a#", long.as_str()] {
+        let err = publish(&broker, Message::new(topic, "")).await.unwrap_err();
+        assert_eq!(err.broker(), "memory");
+        assert_eq!(err.operation(), Operation::Publish);
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert_eq!(err.destination(), Some(topic));
+    }
+    let err = publish(&broker, Message::new("t", "12345"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+    assert!(err.to_string().contains("5 bytes"), "{err}");
+    publish(&broker, Message::new("t", "1234")).await.unwrap();
+    assert_eq!(
+        broker.subscribe("a*").unwrap_err().operation(),
+        Operation::Subscribe
+    );
+    assert!(broker.consumer("t", "").is_err());
+}
+
+#[tokio::test]
+async fn receipts_number_messages_per_topic() {
+    let broker = Broker::new();
+    for (topic, sequence) in [("a", 1), ("a", 2), ("b", 1)] {
+        let receipt = publish(&broker, Message::new(topic, "")).await.unwrap();
+        assert_eq!(
+            receipt,
+            Receipt::Memory {
+                topic: topic.into(),
+                sequence
+            }
+        );
+    }
+}

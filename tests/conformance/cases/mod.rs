@@ -1,0 +1,8 @@
+//! The cases, by theme. Each case is `pub async fn name<F: Fixture>()`, listed once in
+//! the `conformance!` macro in main.rs.
+
+pub mod patterns;
+pub mod properties;
+pub mod pubsub;
+pub mod redelivery;
+pub mod work_queue;

@@ -1,0 +1,246 @@
+//! What a broker provides to the conformance suite, and helpers the cases share.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
+use tower_mq::{Delivery, Error, Message, Receipt};
+
+/// A publisher of any broker, boxed.
+pub type BoxPublisher = BoxCloneService<Message, Receipt, Error>;
+
+/// A consumer of any broker, boxed.
+pub type BoxConsumer = BoxStream<'static, Result<Delivery, Error>>;
+
+/// The upper bound on waiting for something that should happen. Generous: it is only
+/// reached when a case is about to fail.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// How long a case watches for something that should not happen (a duplicate, a
+/// redelivery of an acknowledged message). Absence can only be shown by watching for
+/// a while.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// What a broker supports. A case whose feature is missing checks what the broker does
+/// instead (rejects the property at publish time, say) where that is defined.
+///
+/// Fixtures start from [`Capabilities::ALL`] and turn flags off with struct update
+/// syntax, each with a comment saying why the broker cannot do it:
+///
+/// ```ignore
+/// const CAPABILITIES: Capabilities = Capabilities {
+///     // Core NATS has no per-message priority.
+///     priority: false,
+///     ..Capabilities::ALL
+/// };
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// Settlement reaches the broker: nack redelivers, unsettled deliveries come back
+    /// after their consumer closes. Off for at-most-once transports.
+    pub redelivery: bool,
+    /// `Delivery::delivery_count` counts deliveries exactly (not just "redelivered").
+    pub exact_delivery_count: bool,
+    /// Rejected deliveries reach [`Fixture::dead_letters`].
+    pub dead_letters: bool,
+    /// Higher priorities are delivered first. Without it, publishing a message with a
+    /// priority must fail with a permanent error.
+    pub priority: bool,
+    /// A message whose time to live passed is not delivered. Without it, publishing a
+    /// message with a TTL must fail with a permanent error.
+    pub ttl: bool,
+    /// An expired message reaches [`Fixture::dead_letters`] with the reason `expired`.
+    pub ttl_dead_letters: bool,
+    /// The largest payload the broker is set up to carry in the suite; the large
+    /// payload case sends min(16 MiB, this).
+    pub max_payload: usize,
+    /// [`Fixture::stop_broker`] / [`Fixture::start_broker`] work (reconnect cases).
+    #[allow(dead_code)] // read by the reconnect cases
+    pub restart: bool,
+}
+
+impl Capabilities {
+    /// Everything supported, 16 MiB payloads.
+    pub const ALL: Capabilities = Capabilities {
+        redelivery: true,
+        exact_delivery_count: true,
+        dead_letters: true,
+        priority: true,
+        ttl: true,
+        ttl_dead_letters: true,
+        max_payload: 16 * 1024 * 1024,
+        restart: true,
+    };
+}
+
+/// A broker under test. One value per test: `connect` runs at the start of every case.
+///
+/// Topic and group names come from [`Fixture::unique`], so cases never see each other's
+/// messages, even on a broker that keeps state across runs.
+pub trait Fixture: Sized + Send + Sync + 'static {
+    /// The fixture's name in messages (`memory`, `redis-streams`, ...).
+    const NAME: &'static str;
+    /// The broker name its errors carry ([`Error::broker`]).
+    const BROKER: &'static str;
+    /// What the broker supports; see [`Capabilities`].
+    const CAPABILITIES: Capabilities;
+
+    /// Connects to the broker. Panics, naming the broker, the address and the
+    /// environment variable that sets it, when the broker cannot be reached.
+    fn connect() -> impl Future<Output = Self> + Send;
+
+    /// A publisher that can publish to `topic` (declaring it if the broker needs that).
+    fn publisher(&self, topic: &str) -> impl Future<Output = BoxPublisher> + Send;
+
+    /// A pub/sub subscriber of `topic`: sees every message published to `topic` after
+    /// this returns (the subscription is active by then).
+    fn subscriber(&self, topic: &str) -> impl Future<Output = BoxConsumer> + Send;
+
+    /// Makes sure group `group` of `topic` exists, so messages published from now on
+    /// are kept for it until a consumer of the group takes them.
+    fn declare_group(&self, topic: &str, group: &str) -> impl Future<Output = ()> + Send;
+
+    /// A consumer in the work-queue group `group` of `topic` (declared if needed):
+    /// the group's consumers share its messages.
+    fn group_consumer(&self, topic: &str, group: &str) -> impl Future<Output = BoxConsumer> + Send;
+
+    /// A consumer of what is dead-lettered from `topic`. Called before anything is
+    /// dead-lettered; sees every later dead letter of `topic`.
+    fn dead_letters(&self, topic: &str) -> impl Future<Output = BoxConsumer> + Send;
+
+    /// Why a dead letter was dead-lettered (the reason given to `reject`, or
+    /// `expired`), as the broker records it.
+    fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
+        dead_letter
+            .message()
+            .headers()
+            .get(tower_mq::memory::DEATH_REASON_HEADER)
+            .map(str::to_owned)
+    }
+
+    /// Destinations the broker refuses to publish to.
+    fn invalid_destinations(&self) -> Vec<String> {
+        vec![String::new(), "white space".into(), "wild.*.card".into()]
+    }
+
+    /// Stops the broker; returns once it no longer accepts connections. Only called
+    /// when [`Capabilities::restart`] is set.
+    #[allow(dead_code)] // called by the reconnect cases
+    fn stop_broker(&self) -> impl Future<Output = ()> + Send {
+        async {
+            panic!(
+                "{} cannot stop its broker: unset Capabilities::restart",
+                Self::NAME
+            )
+        }
+    }
+
+    /// Starts the broker again; returns once it accepts connections. Only called when
+    /// [`Capabilities::restart`] is set.
+    #[allow(dead_code)] // called by the reconnect cases
+    fn start_broker(&self) -> impl Future<Output = ()> + Send {
+        async {
+            panic!(
+                "{} cannot start its broker: unset Capabilities::restart",
+                Self::NAME
+            )
+        }
+    }
+
+    /// A name no other case or run uses, for a topic or a group: letters, digits and
+    /// `-` only, so every broker accepts it.
+    fn unique(&self, case: &str) -> String {
+        unique_name(case)
+    }
+}
+
+/// `tmq-<case>-<time>-<counter>`, with `_` turned into `-`.
+pub fn unique_name(case: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "tmq-{}-{:x}-{n}",
+        case.replace('_', "-"),
+        nanos & 0xffff_ffff_ffff
+    )
+}
+
+/// Publishes `message`, panicking with the fixture's name if that fails.
+pub async fn publish<F: Fixture>(publisher: &mut BoxPublisher, message: Message) -> Receipt {
+    let destination = message.destination().to_owned();
+    let ready = match tokio::time::timeout(WAIT, publisher.ready()).await {
+        Ok(Ok(ready)) => ready,
+        Ok(Err(e)) => panic!("{}: publisher for {destination} not ready: {e}", F::NAME),
+        Err(_) => panic!(
+            "{}: publisher for {destination} not ready within {WAIT:?}",
+            F::NAME
+        ),
+    };
+    match tokio::time::timeout(WAIT, ready.call(message)).await {
+        Ok(Ok(receipt)) => receipt,
+        Ok(Err(e)) => panic!("{}: publishing to {destination} failed: {e}", F::NAME),
+        Err(_) => panic!(
+            "{}: publishing to {destination} took over {WAIT:?}",
+            F::NAME
+        ),
+    }
+}
+
+/// Publishes `message`, returning the broker's error.
+pub async fn try_publish(publisher: &mut BoxPublisher, message: Message) -> Result<Receipt, Error> {
+    tokio::time::timeout(WAIT, publisher.ready().await?.call(message))
+        .await
+        .unwrap_or_else(|_| panic!("publishing took over {WAIT:?}"))
+}
+
+/// The next delivery, panicking if none arrives within [`WAIT`] or the consumer fails.
+pub async fn recv<F: Fixture>(consumer: &mut BoxConsumer, what: &str) -> Delivery {
+    match tokio::time::timeout(WAIT, consumer.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(e))) => panic!("{}: receiving {what} failed: {e}", F::NAME),
+        Ok(None) => panic!("{}: the consumer ended before {what} arrived", F::NAME),
+        Err(_) => panic!("{}: {what} did not arrive within {WAIT:?}", F::NAME),
+    }
+}
+
+/// Asserts nothing arrives within [`QUIET`].
+pub async fn assert_quiet<F: Fixture>(consumer: &mut BoxConsumer, why: &str) {
+    if let Ok(Some(item)) = tokio::time::timeout(QUIET, consumer.next()).await {
+        let shown = item.map(|d| payload_text(&d));
+        panic!("{}: {why}, but received {shown:?}", F::NAME);
+    }
+}
+
+/// The payload as text, for messages and assertions.
+pub fn payload_text(delivery: &Delivery) -> String {
+    String::from_utf8_lossy(delivery.message().payload()).into_owned()
+}
+
+/// Acknowledges, panicking with the fixture's name on failure.
+pub async fn ack<F: Fixture>(delivery: &Delivery) {
+    if let Err(e) = delivery.ack().await {
+        panic!("{}: ack failed: {e}", F::NAME);
+    }
+}
+
+/// Asserts there are no duplicates in `items` and returns them as a set.
+pub fn no_duplicates<T: std::hash::Hash + Eq + Debug + Clone>(
+    items: &[T],
+    what: &str,
+) -> HashSet<T> {
+    let mut set = HashSet::new();
+    for item in items {
+        assert!(set.insert(item.clone()), "{what}: {item:?} received twice");
+    }
+    set
+}

@@ -1,0 +1,52 @@
+//! The conformance suite: one set of cases, run against every broker.
+//!
+//! Test names are `<broker>::<case>`, so `cargo test --test conformance -- redis::`
+//! runs one broker and `-- ::priority_order` one case everywhere. See README.md for
+//! how to add a broker or a case.
+
+/// Generates one `#[tokio::test]` per case for a [`fixture::Fixture`] type, in the
+/// module where it is invoked (the broker's fixture file): `conformance!(MemoryFixture);`.
+///
+/// This is the one list of cases. A new case is a generic `async fn` in a file under
+/// `cases/` plus one line here.
+macro_rules! conformance {
+    ($fixture:ty) => {
+        conformance!(@cases $fixture;
+            // cases/pubsub.rs
+            pubsub::publish_subscribe,
+            pubsub::concurrent_publishers_and_subscribers_across_topics,
+            pubsub::empty_payload,
+            pubsub::large_payload,
+            pubsub::headers_and_properties_round_trip,
+            pubsub::invalid_destination_is_a_clear_permanent_error,
+            pubsub::publisher_close_with_pending_work_loses_nothing,
+            // cases/work_queue.rs
+            work_queue::consumer_group_shares_work_without_duplicates,
+            work_queue::group_keeps_messages_published_before_its_first_consumer,
+            work_queue::closing_and_reopening_a_group_consumer_continues,
+            work_queue::order_per_key,
+            // cases/redelivery.rs
+            redelivery::nack_redelivers_with_incremented_count,
+            redelivery::unacked_messages_are_redelivered_after_close,
+            redelivery::reject_dead_letters,
+            // cases/properties.rs
+            properties::priority_order,
+            properties::ttl_expiry,
+            // cases/patterns.rs: request/reply and fan-out cases go here.
+        );
+    };
+    (@cases $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                crate::cases::$theme::$case::<$fixture>().await
+            }
+        )*
+    };
+}
+
+mod cases;
+mod fixture;
+
+// Brokers: one module per fixture, each ending with `conformance!(TheFixture);`.
+mod memory;
