@@ -36,6 +36,10 @@ fn unique(what: &str) -> String {
     )
 }
 
+/// Tests share one broker: the restart test takes this for writing, so that no other
+/// test runs while the broker is down; every other test holds it for reading.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 async fn connect(config: Config) -> Connection {
     let address = url();
     match Connection::connect(config).await {
@@ -62,6 +66,7 @@ async fn next(consumer: &mut Consumer) -> Delivery {
 
 #[tokio::test]
 async fn confirmed_publish_carries_every_property() {
+    let _shared = BROKER.read().await;
     let q = unique("props");
     let connection = connect(
         Config::new(url())
@@ -109,6 +114,7 @@ async fn confirmed_publish_carries_every_property() {
 
 #[tokio::test]
 async fn exchange_routing_maps_destination_and_key() {
+    let _shared = BROKER.read().await;
     let exchange = unique("topic");
     let q = unique("topic-q");
     let connection = connect(
@@ -135,6 +141,7 @@ async fn exchange_routing_maps_destination_and_key() {
 
 #[tokio::test]
 async fn unroutable_mandatory_message_is_a_permanent_error() {
+    let _shared = BROKER.read().await;
     let exchange = unique("nowhere");
     let connection = connect(
         Config::new(url())
@@ -165,6 +172,7 @@ async fn unroutable_mandatory_message_is_a_permanent_error() {
 
 #[tokio::test]
 async fn missing_exchange_is_not_found_and_leaves_the_pool_working() {
+    let _shared = BROKER.read().await;
     let q = unique("after-404");
     let connection = connect(
         Config::new(url())
@@ -196,6 +204,7 @@ async fn missing_exchange_is_not_found_and_leaves_the_pool_working() {
 
 #[tokio::test]
 async fn redeclaring_with_other_arguments_is_precondition_failed() {
+    let _shared = BROKER.read().await;
     let q = unique("precondition");
     let connection = connect(Config::new(url()).topology(Topology::new().queue(queue(&q)))).await;
     let err = connection
@@ -209,6 +218,7 @@ async fn redeclaring_with_other_arguments_is_precondition_failed() {
 
 #[tokio::test]
 async fn consuming_a_missing_queue_is_a_permanent_error() {
+    let _shared = BROKER.read().await;
     let connection = connect(Config::new(url())).await;
     let q = unique("no-such-queue");
     let err = connection.consumer(&q).await.unwrap_err();
@@ -219,6 +229,7 @@ async fn consuming_a_missing_queue_is_a_permanent_error() {
 
 #[tokio::test]
 async fn priority_queue_delivers_the_highest_priority_first() {
+    let _shared = BROKER.read().await;
     let q = unique("priority");
     let connection = connect(
         Config::new(url())
@@ -251,6 +262,7 @@ async fn priority_queue_delivers_the_highest_priority_first() {
 
 #[tokio::test]
 async fn reject_dead_letters_through_the_dlx() {
+    let _shared = BROKER.read().await;
     let dlx = unique("dlx");
     let q = unique("work");
     let dead = unique("dead");
@@ -291,6 +303,7 @@ async fn reject_dead_letters_through_the_dlx() {
 
 #[tokio::test]
 async fn nack_requeues_and_counts_deliveries() {
+    let _shared = BROKER.read().await;
     // Classic queue: the count is a lower bound from the redelivered flag.
     let classic = unique("classic");
     // Quorum queue: the broker counts deliveries (x-delivery-count).
@@ -343,6 +356,7 @@ async fn nack_requeues_and_counts_deliveries() {
 
 #[tokio::test]
 async fn delayed_nack_redelivers_after_the_delay() {
+    let _shared = BROKER.read().await;
     let q = unique("delayed");
     let connection = connect(
         Config::new(url())
@@ -367,6 +381,7 @@ async fn delayed_nack_redelivers_after_the_delay() {
 
 #[tokio::test]
 async fn direct_reply_to_request_reply() {
+    let _shared = BROKER.read().await;
     let q = unique("rpc");
     let connection = connect(
         Config::new(url())
@@ -421,6 +436,7 @@ async fn direct_reply_to_request_reply() {
 
 #[tokio::test]
 async fn request_without_reply_times_out_as_transient() {
+    let _shared = BROKER.read().await;
     let q = unique("silent");
     let connection = connect(
         Config::new(url())
@@ -440,6 +456,7 @@ async fn request_without_reply_times_out_as_transient() {
 
 #[tokio::test]
 async fn batched_confirms_answer_each_message() {
+    let _shared = BROKER.read().await;
     let q = unique("batch");
     let connection = connect(
         Config::new(url())
@@ -497,6 +514,7 @@ async fn brokers(action: &str) {
 
 #[tokio::test]
 async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers() {
+    let _exclusive = BROKER.write().await;
     let q = unique("restart");
     let connection = connect(
         Config::new(url())
