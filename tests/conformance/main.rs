@@ -33,6 +33,8 @@ macro_rules! conformance {
             properties::priority_order,
             properties::ttl_expiry,
             // cases/patterns.rs: request/reply and fan-out cases go here.
+            // cases/reconnect.rs
+            reconnect::no_message_lost_across_broker_restarts,
         );
     };
     (@cases $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
@@ -50,3 +52,5 @@ mod fixture;
 
 // Brokers: one module per fixture, each ending with `conformance!(TheFixture);`.
 mod memory;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;

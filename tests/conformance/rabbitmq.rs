@@ -1,0 +1,201 @@
+//! RabbitMQ, through `tower_mq::rabbitmq`, against the harness broker
+//! (`TOWER_MQ_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:15673/%2f`).
+//!
+//! Mapping: a topic is a topic exchange (auto-deleted once its last binding goes); a
+//! pub/sub subscriber is an exclusive server-side queue bound with `#`; a group is a
+//! durable classic queue `<topic>.<group>` bound with `#`, with priorities 0..=10 and
+//! the dead-letter exchange `<topic>.dlx` (a fanout exchange feeding `<topic>.dead`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tower::util::BoxCloneService;
+use tower_mq::rabbitmq::{Binding, Config, Connection, Exchange, Queue, Topology};
+use tower_mq::Delivery;
+
+use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture};
+
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:15673/%2f";
+
+/// Cases share the broker: a case that stops it holds this for writing, every other
+/// case for reading, so no case sees the broker down unless it stopped it.
+static BROKER: RwLock<()> = RwLock::const_new(());
+
+pub struct RabbitMqFixture {
+    connection: Connection,
+    shared: Mutex<Option<RwLockReadGuard<'static, ()>>>,
+    exclusive: Mutex<Option<RwLockWriteGuard<'static, ()>>>,
+}
+
+fn url() -> String {
+    std::env::var("TOWER_MQ_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+fn topic_exchange(topic: &str) -> Exchange {
+    Exchange::topic(topic).auto_delete(true)
+}
+
+fn group_queue_name(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}")
+}
+
+fn group_queue(topic: &str, group: &str) -> Queue {
+    Queue::classic(group_queue_name(topic, group))
+        .max_priority(10)
+        .dead_letter_exchange(format!("{topic}.dlx"))
+        .expires(Duration::from_secs(600))
+}
+
+async fn brokers(action: &str) {
+    let script = std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "rabbitmq: TOWER_MQ_BROKERS is not set; the reconnect cases run \
+             \"$TOWER_MQ_BROKERS\" {action} rabbitmq. Run scripts/test, or \
+             scripts/brokers up rabbitmq and export the lines of scripts/brokers env."
+        )
+    });
+    let status = tokio::process::Command::new(&script)
+        .args([action, "rabbitmq"])
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("rabbitmq: could not run {script} {action} rabbitmq: {e}"));
+    assert!(
+        status.success(),
+        "rabbitmq: {script} {action} rabbitmq failed: {status}"
+    );
+}
+
+impl RabbitMqFixture {
+    async fn declare(&self, topology: Topology) {
+        if let Err(e) = self.connection.declare(&topology).await {
+            panic!("rabbitmq: declaring {topology:?} failed: {e}");
+        }
+    }
+
+    async fn consume(&self, queue: &str) -> BoxConsumer {
+        match self.connection.consumer(queue).await {
+            Ok(consumer) => consumer.boxed(),
+            Err(e) => panic!("rabbitmq: consuming {queue} failed: {e}"),
+        }
+    }
+}
+
+impl Fixture for RabbitMqFixture {
+    const NAME: &'static str = "rabbitmq";
+    const BROKER: &'static str = "rabbitmq";
+    const CAPABILITIES: Capabilities = Capabilities {
+        // Groups are classic queues, because quorum queues (which count deliveries in
+        // `x-delivery-count`) have no priorities on RabbitMQ before 4.0; classic queues
+        // only flag a redelivery, so the count is a lower bound (1 or 2).
+        exact_delivery_count: false,
+        // `basic.reject` carries no reason: RabbitMQ dead-letters the message through
+        // the DLX, but records the reason as `rejected`, not the one given. The
+        // dead-lettering itself is tested in tests/rabbitmq.rs
+        // (`reject_dead_letters_through_the_dlx`); expiry reasons (`expired`) are
+        // checked here through `ttl_dead_letters`.
+        dead_letters: false,
+        ..Capabilities::ALL
+    };
+
+    async fn connect() -> Self {
+        let shared = BROKER.read().await;
+        let address = url();
+        let config = Config::new(&address)
+            .connection_name("tower-mq conformance")
+            .heartbeat(Duration::from_secs(5))
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let connection = Connection::connect(config).await.unwrap_or_else(|e| {
+            panic!(
+                "rabbitmq: cannot connect to {address} (env TOWER_MQ_AMQP_URL): {e}. \
+                 Run scripts/test, or scripts/brokers up rabbitmq."
+            )
+        });
+        RabbitMqFixture {
+            connection,
+            shared: Mutex::new(Some(shared)),
+            exclusive: Mutex::new(None),
+        }
+    }
+
+    async fn publisher(&self, topic: &str) -> BoxPublisher {
+        self.declare(Topology::new().exchange(topic_exchange(topic)))
+            .await;
+        BoxCloneService::new(self.connection.publisher())
+    }
+
+    async fn subscriber(&self, topic: &str) -> BoxConsumer {
+        let queue = self.unique("subscriber");
+        self.declare(
+            Topology::new()
+                .exchange(topic_exchange(topic))
+                .queue(
+                    Queue::classic(&queue)
+                        .durable(false)
+                        .exclusive(true)
+                        .auto_delete(true),
+                )
+                .binding(Binding::queue(&queue, topic, "#")),
+        )
+        .await;
+        self.consume(&queue).await
+    }
+
+    async fn declare_group(&self, topic: &str, group: &str) {
+        self.declare(
+            Topology::new()
+                .exchange(topic_exchange(topic))
+                .queue(group_queue(topic, group))
+                .binding(Binding::queue(group_queue_name(topic, group), topic, "#")),
+        )
+        .await;
+    }
+
+    async fn group_consumer(&self, topic: &str, group: &str) -> BoxConsumer {
+        self.declare_group(topic, group).await;
+        self.consume(&group_queue_name(topic, group)).await
+    }
+
+    async fn dead_letters(&self, topic: &str) -> BoxConsumer {
+        let dlx = format!("{topic}.dlx");
+        let dead = format!("{topic}.dead");
+        self.declare(
+            Topology::new()
+                .exchange(Exchange::fanout(&dlx).auto_delete(true))
+                .queue(Queue::classic(&dead).expires(Duration::from_secs(600)))
+                .binding(Binding::queue(&dead, &dlx, "")),
+        )
+        .await;
+        self.consume(&dead).await
+    }
+
+    fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
+        dead_letter
+            .message()
+            .headers()
+            .get("x-first-death-reason")
+            .map(str::to_owned)
+    }
+
+    async fn stop_broker(&self) {
+        // Wait for the other cases to finish before taking the broker away.
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(shared);
+        let exclusive = BROKER.write().await;
+        *self.exclusive.lock().unwrap_or_else(|e| e.into_inner()) = Some(exclusive);
+        brokers("stop").await;
+    }
+
+    async fn start_broker(&self) {
+        brokers("start").await;
+        let exclusive = self
+            .exclusive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(exclusive);
+    }
+}
+
+conformance!(RabbitMqFixture);
