@@ -559,3 +559,100 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     assert_eq!(after.message().payload().as_ref(), b"after");
     after.ack().await.unwrap();
 }
+
+/// Runs `rabbitmqctl` against the harness node (`tower_mq@localhost`, its own epmd
+/// port and Erlang cookie under the harness state directory).
+fn rabbitmqctl(args: &[&str]) -> std::process::Output {
+    let state = std::env::var("TOWER_MQ_STATE").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/tower-mq/brokers")
+    });
+    let epmd = std::env::var("TOWER_MQ_EPMD_PORT").unwrap_or_else(|_| "14369".into());
+    let output = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+        .args(["-n", "tower_mq@localhost"])
+        .args(args)
+        .env("HOME", format!("{state}/rabbitmq/home"))
+        .env("ERL_EPMD_PORT", epmd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run rabbitmqctl (is rabbitmq-server installed? scripts/brokers install): {e}"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} against the harness node failed (scripts/brokers up rabbitmq): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Puts the memory alarm back when the test ends, even if it fails, so the broker
+/// does not stay blocked for the tests after it.
+struct MemoryAlarm;
+
+impl MemoryAlarm {
+    fn raise() -> MemoryAlarm {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+        MemoryAlarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+#[tokio::test]
+async fn blocked_connection_makes_poll_ready_pending_until_unblocked() {
+    let _exclusive = BROKER.write().await;
+    let q = unique("blocked");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let mut publisher = connection.publisher();
+    // RabbitMQ blocks connections that publish: publish once first.
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "before"))
+        .await
+        .unwrap();
+    assert!(!connection.is_blocked());
+
+    let alarm = MemoryAlarm::raise();
+    // RabbitMQ tells a connection it is blocked when it next publishes: this one is
+    // held by the broker, and confirmed once the alarm clears.
+    let held = tokio::spawn(publisher.clone().oneshot(Message::new(&q, "held")));
+    // Bounded wait for the broker's connection.blocked to arrive.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !connection.is_blocked() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no connection.blocked within 15 s of the memory alarm");
+    let mut waiting = tokio_test::task::spawn(publisher.ready());
+    tokio_test::assert_pending!(waiting.poll());
+
+    drop(alarm);
+    tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("poll_ready still pending 15 s after connection.unblocked")
+        .unwrap();
+    assert!(!connection.is_blocked());
+    tokio::time::timeout(Duration::from_secs(15), held)
+        .await
+        .expect("the held message was not confirmed after the alarm cleared")
+        .unwrap()
+        .unwrap();
+    let mut publisher = connection.publisher();
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "after"))
+        .await
+        .unwrap();
+}

@@ -320,6 +320,25 @@ impl Connection {
         self.shared.nudge.notify_one();
     }
 
+    /// Resolves once connection `generation` is no longer the live one (lost,
+    /// replaced or closed). Operations race their lapin futures against it, so that
+    /// nothing waits forever on a connection that is gone.
+    pub(crate) async fn lost(&self, generation: u64) {
+        let mut rx = self.shared.status.clone();
+        loop {
+            {
+                let status = rx.borrow_and_update();
+                let current = status.live.as_ref().map(|live| live.generation);
+                if status.closed || current != Some(generation) {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// The open connection, waiting through reconnects; `None` once closed.
     pub(crate) async fn wait_connected(&self) -> Option<Arc<Live>> {
         self.wait_live(None).await

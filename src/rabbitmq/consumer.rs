@@ -161,7 +161,14 @@ impl State {
                     tokio::time::sleep(delay).await;
                 }
                 let live = self.connection.wait_live(self.lost).await?;
-                match subscribe(&self.connection, &live.connection, &self.queue).await {
+                let attempt = subscribe(&self.connection, &live.connection, &self.queue);
+                let subscribed = tokio::select! {
+                    result = attempt => result,
+                    _ = self.connection.lost(live.generation) => Err(Error::transient(BROKER, Operation::Subscribe)
+                        .with_destination(self.queue.clone())
+                        .with_reason("the connection closed while subscribing")),
+                };
+                match subscribed {
                     Ok(subscription) => {
                         tracing::info!(queue = %self.queue, generation = live.generation, "rabbitmq consumer subscribed again");
                         self.current = Some((subscription, live.generation));
@@ -185,7 +192,14 @@ impl State {
                 continue;
             };
             let generation = *generation;
-            match subscription.consumer.next().await {
+            // lapin ends the stream when its channel closes; the generation check makes
+            // sure a consumer never outlives its connection whatever lapin does.
+            let next = tokio::select! {
+                biased;
+                next = subscription.consumer.next() => next,
+                _ = self.connection.lost(generation) => None,
+            };
+            match next {
                 Some(Ok(delivery)) => {
                     return Some(Ok(to_delivery(
                         delivery,

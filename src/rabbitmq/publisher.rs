@@ -110,7 +110,7 @@ impl Service<Message> for Publisher {
         Box::pin(async move {
             let config = connection.config();
             let result = match send(&live, config, &message, None).await {
-                Ok(pending) => pending.confirmed().await,
+                Ok(pending) => pending.confirmed(&connection, live.generation).await,
                 Err(error) => Err(error),
             };
             if result.as_ref().is_err_and(Error::is_transient) {
@@ -183,10 +183,12 @@ impl Service<Vec<Message>> for BatchPublisher {
                 };
                 pending.push(sent);
             }
+            let generation = live.generation;
+            let connection_ref = &connection;
             let results =
                 futures_util::future::join_all(pending.into_iter().map(|sent| async move {
                     match sent {
-                        Ok(pending) => pending.confirmed().await,
+                        Ok(pending) => pending.confirmed(connection_ref, generation).await,
                         Err(error) => Err(error),
                     }
                 }))
@@ -250,7 +252,9 @@ async fn send(
 }
 
 impl Pending {
-    async fn confirmed(self) -> Result<Receipt, Error> {
+    /// The receipt once the broker confirms, or a transient error if the connection
+    /// (`generation`) goes away first.
+    async fn confirmed(self, connection: &Connection, generation: u64) -> Result<Receipt, Error> {
         let Pending {
             confirm,
             exchange,
@@ -266,7 +270,16 @@ impl Pending {
                 error
             }
         };
-        match confirm.await.map_err(unconfirmed)? {
+        let confirmation = tokio::select! {
+            biased;
+            confirmation = confirm => confirmation.map_err(unconfirmed)?,
+            _ = connection.lost(generation) => {
+                return Err(Error::transient(BROKER, Operation::Publish)
+                    .with_destination(exchange)
+                    .with_reason("the connection closed before the broker confirmed the message"));
+            }
+        };
+        match confirmation {
             Confirmation::Ack(None) => Ok(Receipt::RabbitMq {
                 exchange,
                 routing_key,

@@ -220,9 +220,15 @@ impl Service<Message> for Requester {
             let key = short_string(&routing_key, Operation::Request, &exchange)?;
             live.check_exchange(&exchange).await?;
 
-            let reply = reply_channel(&slot, &live, &config.routing)
-                .await
-                .map_err(fail)?;
+            let lost = || {
+                Error::transient(BROKER, Operation::Request)
+                    .with_destination(exchange.clone())
+                    .with_reason("the connection closed before the reply arrived")
+            };
+            let reply = tokio::select! {
+                reply = reply_channel(&slot, &live, &config.routing) => reply.map_err(fail)?,
+                _ = connection.lost(live.generation) => return Err(lost()),
+            };
             let (tx, rx) = oneshot::channel();
             lock(&reply.waiters).insert(id.clone(), tx);
             let _guard = WaiterGuard {
@@ -238,7 +244,12 @@ impl Service<Message> for Requester {
                 .basic_publish(exchange_name, key, options, request.payload(), props)
                 .await
                 .map_err(fail)?;
-            match confirm.await.map_err(fail)? {
+            let confirmation = tokio::select! {
+                biased;
+                confirmation = confirm => confirmation.map_err(fail)?,
+                _ = connection.lost(live.generation) => return Err(lost()),
+            };
+            match confirmation {
                 Confirmation::Ack(None) => {}
                 Confirmation::Ack(Some(returned)) => {
                     return Err(Error::permanent(BROKER, Operation::Request)
@@ -254,13 +265,16 @@ impl Service<Message> for Requester {
                         .with_reason("the broker did not confirm the request"))
                 }
             }
-            match tokio::time::timeout(timeout, rx).await {
+            let waited = tokio::select! {
+                biased;
+                waited = tokio::time::timeout(timeout, rx) => waited,
+                _ = connection.lost(live.generation) => return Err(lost()),
+            };
+            match waited {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(_)) => {
                     connection.nudge();
-                    Err(Error::transient(BROKER, Operation::Request)
-                        .with_destination(exchange)
-                        .with_reason("the connection was lost before the reply arrived"))
+                    Err(lost())
                 }
                 Err(_) => Err(Error::transient(BROKER, Operation::Request)
                     .with_destination(exchange)

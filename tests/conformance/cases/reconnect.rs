@@ -102,6 +102,7 @@ pub async fn no_message_lost_across_broker_restarts<F: Fixture>() {
     });
 
     let (published, mut progress) = tokio::sync::watch::channel(0usize);
+    let progress_probe = progress.clone();
     let restarting = {
         let fx = fx.clone();
         tokio::spawn(async move {
@@ -121,7 +122,7 @@ pub async fn no_message_lost_across_broker_restarts<F: Fixture>() {
         })
     };
 
-    let failures: Vec<String> = futures_util::stream::iter(0..COUNT)
+    let publishing = futures_util::stream::iter(0..COUNT)
         .map(|i| {
             let publisher = publisher.clone();
             let published = &published;
@@ -136,8 +137,14 @@ pub async fn no_message_lost_across_broker_restarts<F: Fixture>() {
         })
         .buffer_unordered(IN_FLIGHT)
         .filter_map(|failure| async move { failure })
-        .collect()
-        .await;
+        .collect::<Vec<String>>();
+    let Ok(failures) = tokio::time::timeout(Duration::from_secs(300), publishing).await else {
+        panic!(
+            "{}: publishing {COUNT} messages did not finish within 300 s ({} done)",
+            F::NAME,
+            *progress_probe.borrow()
+        );
+    };
     drop(published);
     let restarts = restarting.await.expect("the restarting task panicked");
     assert!(
