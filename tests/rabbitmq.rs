@@ -516,13 +516,18 @@ async fn brokers(action: &str) {
 async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers() {
     let _exclusive = BROKER.write().await;
     let q = unique("restart");
+    let rpc = unique("restart-rpc");
     let connection = connect(
         Config::new(url())
             .routing(Routing::DefaultExchange)
             .heartbeat(Duration::from_secs(2))
             .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1))
-            // Not durable: only the re-declaration after reconnect brings it back.
-            .topology(Topology::new().queue(Queue::classic(&q).durable(false))),
+            // Not durable: only the re-declaration after reconnect brings them back.
+            .topology(
+                Topology::new()
+                    .queue(Queue::classic(&q).durable(false))
+                    .queue(Queue::classic(&rpc).durable(false)),
+            ),
     )
     .await;
     let mut consumer = connection.consumer(&q).await.unwrap();
@@ -537,7 +542,95 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     next(&mut consumer).await.ack().await.unwrap();
     assert_eq!(connection.generation(), 1);
 
-    brokers("restart").await;
+    // An echo responder, and a requester used before and after the outage.
+    let mut requests = connection.consumer(&rpc).await.unwrap();
+    let responder = connection.publisher();
+    let server = tokio::spawn(async move {
+        while let Some(item) = requests.next().await {
+            let Ok(request) = item else { continue };
+            let msg = request.message();
+            let reply = Message::new(msg.reply_to().unwrap_or_default(), msg.payload().clone())
+                .with_correlation_id(msg.correlation_id().unwrap_or_default());
+            if responder.clone().oneshot(reply).await.is_ok() {
+                let _ = request.ack().await;
+            }
+        }
+    });
+    let mut requester = connection.requester().with_timeout(Duration::from_secs(5));
+    let reply = requester
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&rpc, "ping 1"))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload().as_ref(), b"ping 1");
+
+    // Publishes in flight when the broker goes away are confirmed or fail as transient:
+    // never a permanent error, never a hang. Eight publishers keep publishing until
+    // the broker is stopped.
+    let (stopped, stop_seen) = tokio::sync::watch::channel(false);
+    let flood: Vec<_> = (0..8)
+        .map(|t| {
+            let publisher = publisher.clone();
+            let mut stop_seen = stop_seen.clone();
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                for i in 0.. {
+                    let message = Message::new(&q, format!("flood {t}/{i}"));
+                    let result = tokio::select! {
+                        biased;
+                        result = publisher.clone().oneshot(message) => result,
+                        _ = stop_seen.wait_for(|s| *s) => break,
+                    };
+                    let failed = result.is_err();
+                    results.push(result);
+                    if failed {
+                        break;
+                    }
+                }
+                results
+            })
+        })
+        .collect();
+    brokers("stop").await;
+    let _ = stopped.send(true);
+    let mut confirmed = 0;
+    let mut transient = 0;
+    for task in flood {
+        let results = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("an in-flight publish neither confirmed nor failed within 30 s of the stop")
+            .unwrap();
+        for result in results {
+            match result {
+                Ok(_) => confirmed += 1,
+                Err(e) => {
+                    assert!(e.is_transient(), "{e}");
+                    transient += 1;
+                }
+            }
+        }
+    }
+    println!("before the stop: {confirmed} confirmed, {transient} failed as transient");
+    assert!(
+        transient > 0,
+        "no publish was in flight when the broker stopped"
+    );
+    // While the broker is down, readiness waits.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while connection.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the lost connection was not noticed within 15 s");
+    let mut waiting = tokio_test::task::spawn(publisher.ready());
+    tokio_test::assert_pending!(waiting.poll());
+    drop(waiting);
+
+    brokers("start").await;
 
     // poll_ready waits for the new connection; publish again once it is up.
     let receipt = tokio::time::timeout(Duration::from_secs(30), async {
@@ -555,9 +648,35 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     .expect("no confirmed publish within 30 s of the restart");
     assert!(receipt.is_confirmed());
     assert!(connection.generation() >= 2);
+    // The queue was not durable: what was confirmed before the stop is gone with it,
+    // and the consumer, subscribed again, gets what came after.
     let after = next(&mut consumer).await;
-    assert_eq!(after.message().payload().as_ref(), b"after");
+    assert_eq!(
+        after.message().payload().as_ref(),
+        b"after",
+        "{confirmed} confirmed before the stop"
+    );
     after.ack().await.unwrap();
+
+    // The requester opens a new direct reply-to channel on the new connection.
+    let reply = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match requester
+                .ready()
+                .await
+                .unwrap()
+                .call(Message::new(&rpc, "ping 2"))
+                .await
+            {
+                Ok(reply) => return reply,
+                Err(e) => assert!(e.is_transient(), "{e}"),
+            }
+        }
+    })
+    .await
+    .expect("no reply within 30 s of the restart");
+    assert_eq!(reply.payload().as_ref(), b"ping 2");
+    server.abort();
 }
 
 /// Runs `rabbitmqctl` against the harness node (`tower_mq@localhost`, its own epmd

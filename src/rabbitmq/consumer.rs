@@ -193,11 +193,14 @@ impl State {
             };
             let generation = *generation;
             // lapin ends the stream when its channel closes; the generation check makes
-            // sure a consumer never outlives its connection whatever lapin does.
+            // sure a consumer never outlives its connection whatever lapin does. It
+            // comes first so that deliveries still buffered from a lost channel are
+            // dropped: they can no longer be acknowledged, and the broker delivers them
+            // again.
             let next = tokio::select! {
                 biased;
-                next = subscription.consumer.next() => next,
                 _ = self.connection.lost(generation) => None,
+                next = subscription.consumer.next() => next,
             };
             match next {
                 Some(Ok(delivery)) => {

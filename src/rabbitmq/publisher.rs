@@ -35,7 +35,10 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 ///   exception: RabbitMQ counts them as unrouted, so they are never sent mandatory.
 /// - **Readiness.** `poll_ready` is `Pending` while the connection is being
 ///   re-established or the broker has blocked it (`connection.blocked`), so tower's
-///   `Buffer`, `ConcurrencyLimit` and `LoadShed` see the broker's pressure.
+///   `Buffer`, `ConcurrencyLimit` and `LoadShed` see the broker's pressure. RabbitMQ
+///   blocks a connection when it publishes during a memory or disk alarm: that first
+///   message is held by the broker (confirmed once the alarm clears), and readiness is
+///   `Pending` from the `connection.blocked` notification until `connection.unblocked`.
 /// - **Lost connections.** A message whose confirm had not arrived when the
 ///   connection dropped fails with a *transient* error: it may or may not have been
 ///   stored, and a retry layer sends it again (at-least-once).
