@@ -775,3 +775,75 @@ async fn blocked_connection_makes_poll_ready_pending_until_unblocked() {
         .await
         .unwrap();
 }
+
+/// The harness broker's Erlang VM, frozen with SIGSTOP until dropped (SIGCONT), so
+/// that it keeps its sockets open but stops answering, heartbeats included.
+struct Frozen(String);
+
+impl Frozen {
+    fn freeze() -> Frozen {
+        let state = std::env::var("TOWER_MQ_STATE").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            format!("{home}/.cache/tower-mq/brokers")
+        });
+        let pid_file = format!("{state}/rabbitmq/beam.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| {
+                panic!("no harness RabbitMQ pid in {pid_file} (scripts/brokers up rabbitmq): {e}")
+            })
+            .trim()
+            .to_owned();
+        signal("-STOP", &pid);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(which: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, pid])
+        .status()
+        .unwrap_or_else(|e| panic!("kill {which} {pid}: {e}"));
+    assert!(status.success(), "kill {which} {pid} failed");
+}
+
+#[tokio::test]
+async fn a_broker_that_stops_answering_is_noticed_by_heartbeats() {
+    let _exclusive = BROKER.write().await;
+    let q = unique("heartbeat");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .heartbeat(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500))
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let frozen = Frozen::freeze();
+    // The socket stays open: only the missing heartbeats tell the connection is dead.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while connection.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a broker silent for 15 s with a 1 s heartbeat was not noticed");
+    drop(frozen);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), connection.ready())
+            .await
+            .expect("no reconnect within 60 s of the broker answering again"),
+        "the connection was closed"
+    );
+    assert!(connection.generation() >= 2);
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "alive"))
+        .await
+        .unwrap();
+}

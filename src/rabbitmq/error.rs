@@ -60,3 +60,45 @@ pub(crate) fn closed(operation: Operation, destination: &str) -> Error {
         .with_destination(destination)
         .with_reason("the connection was closed")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+    fn protocol(kind: AMQPErrorKind) -> lapin::Error {
+        lapin::ErrorKind::ProtocolError(AMQPError::new(kind, "test".into())).into()
+    }
+
+    #[test]
+    fn lost_connections_are_transient_refusals_permanent() {
+        let io: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionReset).into();
+        assert_eq!(classify(&io), ErrorKind::Transient);
+        let heartbeat: lapin::Error = lapin::ErrorKind::MissingHeartbeatError.into();
+        assert_eq!(classify(&heartbeat), ErrorKind::Transient);
+        let forced = protocol(AMQPHardError::CONNECTIONFORCED.into());
+        assert_eq!(classify(&forced), ErrorKind::Transient);
+        for soft in [
+            AMQPSoftError::NOTFOUND,
+            AMQPSoftError::ACCESSREFUSED,
+            AMQPSoftError::PRECONDITIONFAILED,
+        ] {
+            assert_eq!(classify(&protocol(soft.into())), ErrorKind::Permanent);
+        }
+        let err = amqp_error(
+            Operation::Publish,
+            "orders",
+            protocol(AMQPSoftError::NOTFOUND.into()),
+        );
+        assert_eq!(err.broker(), "rabbitmq");
+        assert_eq!(err.destination(), Some("orders"));
+    }
+
+    #[test]
+    fn over_long_names_are_permanent_errors_not_panics() {
+        let long = "x".repeat(256);
+        let err = short_string(&long, Operation::Declare, "q").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert!(short_string("ok", Operation::Declare, "q").is_ok());
+    }
+}
