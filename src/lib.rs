@@ -1,4 +1,51 @@
 //! tower-mq: message brokers as tower `Service`s.
+//!
+//! Publishing is a `Service<Message, Response = Receipt, Error = Error>`; consuming is a
+//! `Stream` of [`Delivery`]s, each settled by ack, nack (redeliver) or reject
+//! (dead-letter); [`serve()`] drives deliveries through a handler `Service`. Reliability
+//! policies are tower `Layer`s written once ([`layers`]) and stacked the same way on
+//! every broker. The in-process [`memory`] broker needs nothing running and is the
+//! reference every other broker is tested against.
+//!
+//! # Example
+//!
+//! ```
+//! use std::future::IntoFuture;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_mq::memory::Broker;
+//! use tower_mq::{serve, BoxError, Delivery, Message};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let broker = Broker::new();
+//! let consumer = broker.consumer("greetings", "printer")?;
+//!
+//! // A publisher is a tower Service: stack layers on it.
+//! let publisher = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(1))
+//!     .service(broker.publisher());
+//! let receipt = publisher.oneshot(Message::new("greetings", "hello")).await?;
+//! println!("stored as {receipt}");
+//!
+//! // So is a handler; `serve` acks what it handled.
+//! let (done, handled) = tokio::sync::oneshot::channel();
+//! let mut done = Some(done);
+//! let handler = service_fn(move |delivery: Delivery| {
+//!     let payload = delivery.message().payload().clone();
+//!     if let Some(done) = done.take() {
+//!         let _ = done.send(payload);
+//!     }
+//!     async { Ok::<_, BoxError>(()) }
+//! });
+//! let summary = serve(consumer, handler)
+//!     .with_graceful_shutdown(async { let _ = handled.await; })
+//!     .into_future()
+//!     .await?;
+//! assert_eq!(summary.acked, 1);
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -15,6 +62,18 @@ pub use tower_mq_core::{
 pub use tower_mq_layers as layers;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod serve;
+
+pub use serve::serve;
+
+pub mod router;
+pub use router::Router;
+pub mod request;
+pub use request::{Replier, Requester};
+pub mod fanout;
+pub use fanout::{Fallback, FanOut};
 
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;

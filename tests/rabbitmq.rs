@@ -304,52 +304,62 @@ async fn reject_dead_letters_through_the_dlx() {
 #[tokio::test]
 async fn nack_requeues_and_counts_deliveries() {
     let _shared = BROKER.read().await;
-    // Classic queue: the count is a lower bound from the redelivered flag.
     let classic = unique("classic");
-    // Quorum queue: the broker counts deliveries (x-delivery-count).
     let quorum = unique("quorum");
-    let connection = connect(
+    let quorum_nacked = unique("quorum-nacked");
+    let classic_nacked = unique("classic-nacked");
+    let topology = Topology::new()
+        .queue(queue(&classic))
+        .queue(queue(&classic_nacked))
+        .queue(Queue::quorum(&quorum).expires(Duration::from_secs(60)))
+        .queue(Queue::quorum(&quorum_nacked).expires(Duration::from_secs(60)));
+    let republishing = connect(
         Config::new(url())
             .routing(Routing::DefaultExchange)
-            .topology(
-                Topology::new()
-                    .queue(queue(&classic))
-                    .queue(Queue::quorum(&quorum).expires(Duration::from_secs(60))),
-            ),
+            .topology(topology.clone()),
     )
     .await;
-    let publisher = connection.publisher();
-    for q in [&classic, &quorum] {
+    // basic.nack instead of republishing: classic queues then only flag redeliveries,
+    // quorum queues still count.
+    let nacking = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .requeue_by_republish(false)
+            .topology(topology),
+    )
+    .await;
+    let publisher = republishing.publisher();
+    for q in [&classic, &quorum, &quorum_nacked, &classic_nacked] {
         publisher
             .clone()
-            .oneshot(Message::new(q, "again"))
+            .oneshot(Message::new(q, "again").with_header("tenant", "acme"))
             .await
             .unwrap();
     }
 
-    let mut consumer = connection.consumer(&classic).await.unwrap();
-    let first = next(&mut consumer).await;
-    assert_eq!(first.delivery_count(), 1);
-    first.nack(None).await.unwrap();
-    let second = next(&mut consumer).await;
-    assert_eq!(second.delivery_count(), 2);
-    second.nack(None).await.unwrap();
-    let third = next(&mut consumer).await;
-    assert_eq!(
-        third.delivery_count(),
-        2,
-        "classic queues only flag redelivery"
-    );
-    third.ack().await.unwrap();
-
-    let mut consumer = connection.consumer(&quorum).await.unwrap();
-    for expected in 1..=3 {
-        let d = next(&mut consumer).await;
-        assert_eq!(d.delivery_count(), expected);
-        if expected < 3 {
-            d.nack(None).await.unwrap();
-        } else {
-            d.ack().await.unwrap();
+    for (connection, q, expected) in [
+        (&republishing, &classic, [1, 2, 3]),
+        (&republishing, &quorum, [1, 2, 3]),
+        (&nacking, &quorum_nacked, [1, 2, 3]),
+        (&nacking, &classic_nacked, [1, 2, 2]),
+    ] {
+        let mut consumer = connection.consumer(q).await.unwrap();
+        for (n, expected) in expected.into_iter().enumerate() {
+            let d = next(&mut consumer).await;
+            assert_eq!(d.delivery_count(), expected, "{q}: delivery {n}");
+            assert_eq!(d.is_redelivery(), n > 0, "{q}: delivery {n}");
+            // The count's bookkeeping header stays out of the message's headers.
+            let headers = d.message().headers();
+            assert_eq!(headers.get("tenant"), Some("acme"), "{q}: {headers:?}");
+            assert!(
+                !headers.contains("x-tower-mq-deliveries"),
+                "{q}: {headers:?}"
+            );
+            if n < 2 {
+                d.nack(None).await.unwrap();
+            } else {
+                d.ack().await.unwrap();
+            }
         }
     }
 }

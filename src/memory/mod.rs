@@ -23,12 +23,14 @@
 //! total order apart from priority. A message whose [time to live](crate::Message::ttl)
 //! passes before it is delivered is not delivered: it is dead-lettered with the reason
 //! [`EXPIRED_REASON`] when a consumer of its group next looks for work, or when a full
-//! broker looks for room.
+//! broker needs room.
 //!
 //! The broker holds at most [`Builder::capacity`] messages (a message is held while any
 //! of its groups has not settled it). When it is full, [`Publisher`]'s `poll_ready`
-//! returns `Pending` until room frees, so tower's `ConcurrencyLimit`, `Buffer` and
-//! `LoadShed` see the pressure. Dead-lettering never waits for room.
+//! returns `Pending` until room frees (a message is settled, a subscriber leaves, a
+//! held message expires), so tower's `ConcurrencyLimit`, `Buffer` and `LoadShed` see
+//! the pressure. Dead letters are held like any message (when their topic has a group)
+//! but dead-lettering never waits for room, so settling never blocks.
 //!
 //! # Example
 //!

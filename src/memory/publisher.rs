@@ -1,11 +1,14 @@
 use std::fmt;
-use std::future::{ready, Ready};
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::time::{sleep_until, Sleep};
 use tower::Service;
 use tower_mq_core::{Error, Message, Operation, Receipt};
 
+use super::state::Reserve;
 use super::{validate_name, Shared, BROKER};
 
 /// Publishes to a memory [`Broker`](super::Broker): a
@@ -18,6 +21,8 @@ use super::{validate_name, Shared, BROKER};
 pub struct Publisher {
     shared: Arc<Shared>,
     reserved: bool,
+    /// Wakes a waiting publisher when a held message expires and frees room.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Publisher {
@@ -25,6 +30,7 @@ impl Publisher {
         Publisher {
             shared,
             reserved: false,
+            timer: None,
         }
     }
 }
@@ -58,18 +64,41 @@ impl Service<Message> for Publisher {
     type Future = Ready<Result<Receipt, Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.reserved {
-            return Poll::Ready(Ok(()));
-        }
-        let reserved = self
-            .shared
-            .lock()
-            .try_reserve(&self.shared.config, cx.waker());
-        if reserved {
-            self.reserved = true;
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+        loop {
+            if self.reserved {
+                return Poll::Ready(Ok(()));
+            }
+            let reserve = self
+                .shared
+                .lock()
+                .try_reserve(&self.shared.config, cx.waker());
+            match reserve {
+                Reserve::Reserved => {
+                    self.reserved = true;
+                    self.timer = None;
+                }
+                Reserve::Full { wake_at: None } => {
+                    self.timer = None;
+                    return Poll::Pending;
+                }
+                Reserve::Full {
+                    wake_at: Some(deadline),
+                } => {
+                    let timer = match &mut self.timer {
+                        Some(timer) => {
+                            if timer.deadline() != deadline {
+                                timer.as_mut().reset(deadline);
+                            }
+                            timer
+                        }
+                        None => self.timer.insert(Box::pin(sleep_until(deadline))),
+                    };
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // A message has expired already: look again.
+                }
+            }
         }
     }
 

@@ -155,6 +155,16 @@ pub(super) enum Next {
     Gone,
 }
 
+/// Whether a publisher got room for a message.
+pub(super) enum Reserve {
+    Reserved,
+    /// The broker is full; the publisher's waker is registered, and it should look
+    /// again at `wake_at`, when a held message expires.
+    Full {
+        wake_at: Option<Instant>,
+    },
+}
+
 /// How a delivery is settled.
 pub(super) enum Settle<'a> {
     Ack,
@@ -185,22 +195,25 @@ impl State {
 
     /// Reserves room for one message if the broker holds fewer than `capacity`,
     /// registering `waker` otherwise.
-    pub(super) fn try_reserve(&mut self, config: &Config, waker: &Waker) -> bool {
+    pub(super) fn try_reserve(&mut self, config: &Config, waker: &Waker) -> Reserve {
+        let mut next_expiry = None;
         if self.accounting.held + self.accounting.reserved >= config.capacity
             && self.accounting.expiring > 0
         {
             // Expired messages still count until a consumer looks at them: purge them
             // before making the publisher wait.
-            self.purge_expired(config, Instant::now());
+            next_expiry = self.purge_expired(config, Instant::now());
         }
         if self.accounting.held + self.accounting.reserved < config.capacity {
             self.accounting.reserved += 1;
-            return true;
+            return Reserve::Reserved;
         }
         if !self.accounting.waiters.iter().any(|w| w.will_wake(waker)) {
             self.accounting.waiters.push(waker.clone());
         }
-        false
+        Reserve::Full {
+            wake_at: next_expiry,
+        }
     }
 
     pub(super) fn unreserve(&mut self) {
@@ -211,7 +224,10 @@ impl State {
     /// Stores `message` for every group of its topic; returns its sequence number.
     /// The message was validated by the caller.
     pub(super) fn publish(&mut self, message: Message) -> u64 {
-        let expires_at = message.ttl().map(|ttl| Instant::now() + ttl);
+        // A TTL too long for the clock never expires.
+        let expires_at = message
+            .ttl()
+            .and_then(|ttl| Instant::now().checked_add(ttl));
         let topic = self
             .topics
             .entry(message.destination().to_owned())
@@ -343,9 +359,7 @@ impl State {
             Settle::Ack => self.accounting.release(entry.stored),
             Settle::Nack(Some(delay)) if !delay.is_zero() => {
                 let sequence = entry.stored.sequence;
-                group
-                    .delayed
-                    .insert((Instant::now() + delay, sequence), entry);
+                group.delayed.insert((later(delay), sequence), entry);
                 // Waiting consumers re-arm their timers for the new due time.
                 group.wake();
             }
@@ -396,20 +410,24 @@ impl State {
         }
     }
 
-    /// Dead-letters every ready message whose time to live has passed.
-    fn purge_expired(&mut self, config: &Config, now: Instant) {
+    /// Dead-letters every ready message whose time to live has passed; returns when
+    /// the next ready message expires.
+    fn purge_expired(&mut self, config: &Config, now: Instant) -> Option<Instant> {
         let mut expired = Vec::new();
+        let mut next_expiry: Option<Instant> = None;
         for (name, topic) in &mut self.topics {
             for group in topic.groups.values_mut() {
                 group.promote_due(now);
-                let keys: Vec<_> = group
-                    .ready
-                    .iter()
-                    .filter(|(_, e)| e.stored.is_expired(now))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for k in keys {
-                    if let Some(entry) = group.ready.remove(&k) {
+                let mut keys = Vec::new();
+                for (key, entry) in &group.ready {
+                    match entry.stored.expires_at {
+                        Some(at) if at <= now => keys.push(*key),
+                        Some(at) => next_expiry = Some(next_expiry.map_or(at, |n| n.min(at))),
+                        None => {}
+                    }
+                }
+                for key in keys {
+                    if let Some(entry) = group.ready.remove(&key) {
                         expired.push((name.clone(), entry));
                     }
                 }
@@ -418,5 +436,13 @@ impl State {
         for (topic, entry) in expired {
             self.dead_letter(config, &topic, entry, EXPIRED_REASON);
         }
+        next_expiry
     }
+}
+
+/// `delay` from now, or a century from now if the clock cannot represent that.
+fn later(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

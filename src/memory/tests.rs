@@ -227,11 +227,17 @@ async fn a_full_broker_purges_expired_messages() {
     )
     .await
     .unwrap();
+    // No group on `t.dlq`: the dead letter is dropped rather than held.
     let mut publisher = broker.publisher();
     let mut cx = task::spawn(());
     assert_pending!(cx.enter(|cx, _| publisher.poll_ready(cx)));
-    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(!cx.is_woken());
+    // The waiting publisher wakes when the message expires, with no consumer around.
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(cx.is_woken());
     assert_ready_ok!(cx.enter(|cx, _| publisher.poll_ready(cx)));
+    assert_eq!(broker.held(), 0);
 }
 
 #[tokio::test]
@@ -300,4 +306,17 @@ async fn receipts_number_messages_per_topic() {
             }
         );
     }
+}
+
+#[tokio::test]
+async fn huge_ttls_and_delays_do_not_overflow_the_clock() {
+    let broker = Broker::new();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "x").with_ttl(Duration::MAX))
+        .await
+        .unwrap();
+    let delivery = next(&mut consumer).await;
+    delivery.nack(Some(Duration::MAX)).await.unwrap();
+    assert!(consumer.next().now_or_never().is_none());
+    assert_eq!(broker.held(), 1);
 }

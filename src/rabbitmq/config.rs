@@ -20,6 +20,7 @@ use super::topology::Topology;
 /// | [`routing`](Config::routing) | [`Routing::Exchange`] |
 /// | [`mandatory`](Config::mandatory) | `true` |
 /// | [`request_timeout`](Config::request_timeout) | 30 s |
+/// | [`requeue_by_republish`](Config::requeue_by_republish) | `true` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -46,6 +47,7 @@ pub struct Config {
     pub(crate) routing: Routing,
     pub(crate) mandatory: bool,
     pub(crate) request_timeout: Duration,
+    pub(crate) requeue_by_republish: bool,
     pub(crate) topology: Topology,
 }
 
@@ -124,6 +126,7 @@ impl Config {
             routing: Routing::default(),
             mandatory: true,
             request_timeout: Duration::from_secs(30),
+            requeue_by_republish: true,
             topology: Topology::new(),
         }
     }
@@ -181,6 +184,24 @@ impl Config {
     /// How long a [`Requester`](super::Requester) waits for a reply by default.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// How a consumer's `nack` requeues a delivery.
+    ///
+    /// `true` (the default): a copy goes to the back of the queue through the default
+    /// exchange, carrying how many times the message was delivered in the
+    /// `x-tower-mq-deliveries` header, and the original is acknowledged once the broker
+    /// confirmed the copy. Delivery counts are then exact across nacks on every queue
+    /// type, so `serve`'s max-deliveries dead-letters a poison message on classic queues
+    /// too. A crash between the copy and the ack delivers the message twice
+    /// (at-least-once).
+    ///
+    /// `false`: `basic.nack` with requeue. The message keeps its place in the queue, but
+    /// classic queues only flag it as redelivered (the count stays at 2 however often it
+    /// comes back); quorum queues count it exactly (`x-delivery-count`).
+    pub fn requeue_by_republish(mut self, republish: bool) -> Self {
+        self.requeue_by_republish = republish;
         self
     }
 

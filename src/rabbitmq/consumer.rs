@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,16 +27,21 @@ use crate::message::{Headers, Message};
 ///   [`Config::prefetch`](super::Config::prefetch): the broker sends at most that many
 ///   unacknowledged deliveries ahead.
 /// - **Settling.** Each [`Delivery`] is settled through its acker: `ack` is
-///   `basic.ack`; `nack` is `basic.nack` with requeue (with a delay, the nack is sent
-///   after the delay, the delivery staying unacknowledged meanwhile: RabbitMQ cannot
-///   delay a requeue itself); `reject` is `basic.reject` without requeue, which
-///   dead-letters the message through the queue's dead-letter exchange (or drops it if
-///   the queue has none). AMQP has no place for the reject reason: the broker records
-///   `rejected` in the message's `x-death` header instead.
-/// - **Delivery count.** Quorum queues count deliveries in the `x-delivery-count`
-///   header (previous deliveries), so the count is exact there: header + 1. Other
-///   queues only flag redeliveries, so the count is a lower bound: 1, or 2 when the
-///   broker set `redelivered`.
+///   `basic.ack`; `nack` requeues the message, by default as a confirmed copy at the
+///   back of the queue that carries its delivery count, then acks the original (see
+///   [`Config::requeue_by_republish`](super::Config::requeue_by_republish); otherwise
+///   `basic.nack` with requeue). With a delay, the requeue happens after the delay,
+///   the delivery staying unacknowledged meanwhile: RabbitMQ cannot delay a requeue
+///   itself. `reject` is `basic.reject` without requeue, which dead-letters the
+///   message through the queue's dead-letter exchange (or drops it if the queue has
+///   none). AMQP has no place for the reject reason: the broker records `rejected` in
+///   the message's `x-death` and `x-first-death-reason` headers instead.
+/// - **Delivery count.** Requeues by republishing count nacks exactly on every queue
+///   type (header `x-tower-mq-deliveries`, hidden from the message's headers). Quorum
+///   queues count deliveries themselves (`x-delivery-count`), so the count is exact
+///   there, crashes included. On classic queues a redelivery after a crash or a lost
+///   connection is only flagged, so it adds 1 however often it happens: a lower
+///   bound.
 /// - **Reconnects.** When the connection is lost the stream waits (no item) and
 ///   subscribes again once the connection is back; unacknowledged deliveries are
 ///   redelivered by the broker, and acking a delivery from the lost channel fails with
@@ -204,11 +210,7 @@ impl State {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    return Some(Ok(to_delivery(
-                        delivery,
-                        &self.connection.config().routing,
-                        &self.queue,
-                    )));
+                    return Some(Ok(to_delivery(delivery, &self.connection, &self.queue)));
                 }
                 Some(Err(error)) => {
                     tracing::warn!(queue = %self.queue, %error, "rabbitmq consumer lost its channel; re-subscribing");
@@ -275,6 +277,7 @@ pub(crate) fn to_message(
         let headers: Headers = headers
             .inner()
             .iter()
+            .filter(|(k, _)| k.as_str() != DELIVERIES_HEADER)
             .filter_map(|(k, v)| header_value(v).map(|v| (k.as_str().to_owned(), v)))
             .collect();
         message = message.with_headers(headers);
@@ -296,35 +299,120 @@ pub(crate) fn to_message(
     message
 }
 
-fn to_delivery(delivery: lapin::message::Delivery, routing: &Routing, queue: &str) -> Delivery {
-    let previous = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delivery-count"))
-        .and_then(as_count);
-    let count = match previous {
-        Some(previous) => u32::try_from(previous.saturating_add(1)).unwrap_or(u32::MAX),
-        None => 1 + u32::from(delivery.redelivered),
-    };
+/// The header in which a requeue by republishing records how many times the message
+/// was delivered before.
+pub(crate) const DELIVERIES_HEADER: &str = "x-tower-mq-deliveries";
+
+fn count_header(properties: &lapin::BasicProperties, name: &str) -> Option<u64> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    as_count(value).or_else(|| header_value(value)?.parse().ok())
+}
+
+fn to_delivery(
+    delivery: lapin::message::Delivery,
+    connection: &Connection,
+    queue: &str,
+) -> Delivery {
+    // Deliveries before this one: those recorded by requeues-by-republish, plus the
+    // broker's own count (quorum queues) or, failing that, its redelivered flag.
+    let republished = count_header(&delivery.properties, DELIVERIES_HEADER).unwrap_or(0);
+    let broker = count_header(&delivery.properties, "x-delivery-count")
+        .unwrap_or(u64::from(delivery.redelivered));
+    let count =
+        u32::try_from(republished.saturating_add(broker).saturating_add(1)).unwrap_or(u32::MAX);
     let message = to_message(
         delivery.exchange.as_str(),
         delivery.routing_key.as_str(),
         &delivery.properties,
         delivery.data,
-        routing,
+        &connection.config().routing,
     );
     let acker = Acker::new(RabbitAcker {
         acker: delivery.acker,
         queue: queue.to_owned(),
+        republish: connection.config().requeue_by_republish.then(|| {
+            Arc::new(Republish {
+                connection: connection.clone(),
+                properties: delivery.properties,
+                payload: message.payload().clone(),
+                count,
+            })
+        }),
     });
     Delivery::new(message, acker).with_delivery_count(count)
+}
+
+/// What a requeue by republishing needs: the message as it arrived.
+struct Republish {
+    connection: Connection,
+    properties: lapin::BasicProperties,
+    payload: bytes::Bytes,
+    count: u32,
+}
+
+impl Republish {
+    /// Publishes a copy to the back of `queue` with its delivery count, and once the
+    /// broker confirms the copy, acknowledges the original.
+    async fn requeue(&self, acker: &lapin::Acker, queue: &str) -> Result<(), Error> {
+        let err = |e| amqp_error(Operation::Nack, queue, e);
+        let live = self
+            .connection
+            .wait_connected()
+            .await
+            .ok_or_else(|| super::error::closed(Operation::Nack, queue))?;
+        let mut headers = FieldTable::default();
+        if let Some(original) = self.properties.headers() {
+            for (k, v) in original.inner() {
+                if k.as_str() != "x-delivery-count" && k.as_str() != DELIVERIES_HEADER {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        headers.insert(
+            DELIVERIES_HEADER.into(),
+            AMQPValue::LongLongInt(self.count.into()),
+        );
+        let properties = self.properties.clone().with_headers(headers);
+        let channel = live.publish_channel().await.map_err(err)?;
+        let options = lapin::options::BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let name = short_string(queue, Operation::Nack, queue)?;
+        let confirm = channel
+            .basic_publish("".into(), name, options, &self.payload, properties)
+            .await
+            .map_err(err)?;
+        let confirmation = tokio::select! {
+            biased;
+            confirmation = confirm => confirmation.map_err(err)?,
+            _ = self.connection.lost(live.generation) => {
+                return Err(Error::transient(BROKER, Operation::Nack)
+                    .with_destination(queue)
+                    .with_reason("the connection closed before the requeued copy was confirmed"));
+            }
+        };
+        match confirmation {
+            lapin::Confirmation::Ack(None) => {}
+            _ => {
+                return Err(Error::transient(BROKER, Operation::Nack)
+                    .with_destination(queue)
+                    .with_reason("the broker did not take the requeued copy"))
+            }
+        }
+        settled(
+            Operation::Nack,
+            queue.to_owned(),
+            acker.ack(BasicAckOptions::default()).await,
+        )
+    }
 }
 
 /// Settles a RabbitMQ delivery on the channel it arrived on.
 struct RabbitAcker {
     acker: lapin::Acker,
     queue: String,
+    republish: Option<Arc<Republish>>,
 }
 
 fn settled(
@@ -343,6 +431,42 @@ fn settled(
     }
 }
 
+/// A settling handle that can move into a spawned task.
+struct Settle {
+    acker: lapin::Acker,
+    queue: String,
+    republish: Option<Arc<Republish>>,
+}
+
+impl Settle {
+    async fn requeue(&self) -> Result<(), Error> {
+        match &self.republish {
+            Some(republish) => republish.requeue(&self.acker, &self.queue).await,
+            None => {
+                let options = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                settled(
+                    Operation::Nack,
+                    self.queue.clone(),
+                    self.acker.nack(options).await,
+                )
+            }
+        }
+    }
+}
+
+impl RabbitAcker {
+    fn clone_for_settling(&self) -> Settle {
+        Settle {
+            acker: self.acker.clone(),
+            queue: self.queue.clone(),
+            republish: self.republish.clone(),
+        }
+    }
+}
+
 impl Acknowledge for RabbitAcker {
     fn ack(&self) -> BoxFuture<'static, Result<(), Error>> {
         let acker = self.acker.clone();
@@ -357,22 +481,15 @@ impl Acknowledge for RabbitAcker {
     }
 
     fn nack(&self, delay: Option<Duration>) -> BoxFuture<'static, Result<(), Error>> {
-        let acker = self.acker.clone();
-        let queue = self.queue.clone();
-        let options = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
+        let this = self.clone_for_settling();
         match delay.filter(|d| !d.is_zero()) {
-            None => {
-                Box::pin(async move { settled(Operation::Nack, queue, acker.nack(options).await) })
-            }
+            None => Box::pin(async move { this.requeue().await }),
             Some(delay) => {
                 // Hold the delivery for `delay`, then requeue it. If the channel dies
                 // meanwhile the broker requeues it anyway.
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    if let Err(error) = settled(Operation::Nack, queue, acker.nack(options).await) {
+                    if let Err(error) = this.requeue().await {
                         tracing::warn!(%error, "delayed rabbitmq nack failed");
                     }
                 });

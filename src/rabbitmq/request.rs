@@ -52,13 +52,15 @@ struct ReplyChannel {
 /// Errors: no reply within the timeout ([`Config::request_timeout`](super::Config::request_timeout),
 /// or [`Requester::with_timeout`]) is a transient [`Operation::Request`] error, as is a
 /// connection lost before the reply came; an unroutable request (no responder's queue)
-/// is permanent. `poll_ready` is `Pending` while reconnecting or blocked.
+/// is permanent (unless [`Requester::with_mandatory`] turns that off). `poll_ready` is
+/// `Pending` while reconnecting or blocked.
 ///
 /// Clones share the reply channel.
 pub struct Requester {
     readiness: Readiness,
     reply: Arc<tokio::sync::Mutex<Option<Arc<ReplyChannel>>>>,
     timeout: Duration,
+    mandatory: bool,
 }
 
 impl Requester {
@@ -68,12 +70,21 @@ impl Requester {
             readiness: Readiness::new(connection),
             reply: Arc::default(),
             timeout,
+            mandatory: true,
         }
     }
 
     /// Waits at most `timeout` for each reply.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Whether requests are published `mandatory` (the default): a request no queue is
+    /// bound for then fails at once with a permanent error. Without it, such a request
+    /// is dropped by the broker and fails with the (transient) timeout.
+    pub fn with_mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
         self
     }
 
@@ -89,6 +100,7 @@ impl Clone for Requester {
             readiness: self.readiness.clone(),
             reply: self.reply.clone(),
             timeout: self.timeout,
+            mandatory: self.mandatory,
         }
     }
 }
@@ -199,6 +211,7 @@ impl Service<Message> for Requester {
         let connection = self.connection().clone();
         let slot = self.reply.clone();
         let timeout = self.timeout;
+        let mandatory = self.mandatory;
         Box::pin(async move {
             let config = connection.config();
             let (exchange, routing_key) = config
@@ -236,7 +249,7 @@ impl Service<Message> for Requester {
                 id: id.clone(),
             };
             let options = BasicPublishOptions {
-                mandatory: true,
+                mandatory,
                 immediate: false,
             };
             let confirm = reply

@@ -12,11 +12,18 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 use tower_mq::{Delivery, Error, Message, Receipt};
 
+/// Held for reading by every case, and for writing by the reconnect cases, which stop
+/// the broker: no case sees the broker down unless it stopped it.
+pub static BROKER_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A publisher of any broker, boxed.
 pub type BoxPublisher = BoxCloneService<Message, Receipt, Error>;
 
 /// A consumer of any broker, boxed.
 pub type BoxConsumer = BoxStream<'static, Result<Delivery, Error>>;
+
+/// A requester of any broker, boxed: the request in, its reply out.
+pub type BoxRequester = BoxCloneService<Message, Message, Error>;
 
 /// The upper bound on waiting for something that should happen. Generous: it is only
 /// reached when a case is about to fail.
@@ -61,7 +68,6 @@ pub struct Capabilities {
     /// payload case sends min(16 MiB, this).
     pub max_payload: usize,
     /// [`Fixture::stop_broker`] / [`Fixture::start_broker`] work (reconnect cases).
-    #[allow(dead_code)] // read by the reconnect cases
     pub restart: bool,
 }
 
@@ -114,6 +120,32 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     /// dead-lettered; sees every later dead letter of `topic`.
     fn dead_letters(&self, topic: &str) -> impl Future<Output = BoxConsumer> + Send;
 
+    /// A requester sending requests to `topic` and waiting at most `timeout` for each
+    /// reply; a request nobody answers fails with a transient error whose operation is
+    /// `Request` and whose destination is `topic`.
+    ///
+    /// The default is the generic [`tower_mq::request::Requester`]: requests through
+    /// [`Fixture::publisher`], replies on `reply_to` through [`Fixture::subscriber`].
+    /// Brokers with native request/reply (NATS inboxes, RabbitMQ direct reply-to)
+    /// override this with their own requester, which may reply elsewhere than
+    /// `reply_to`.
+    fn requester(
+        &self,
+        topic: &str,
+        reply_to: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = BoxRequester> + Send {
+        async move {
+            let publisher = self.publisher(topic).await;
+            let replies = self.subscriber(reply_to).await;
+            BoxCloneService::new(
+                tower_mq::request::Requester::new(publisher, replies, reply_to)
+                    .with_timeout(timeout)
+                    .with_broker_name(Self::BROKER),
+            )
+        }
+    }
+
     /// Why a dead letter was dead-lettered (the reason given to `reject`, or
     /// `expired`), as the broker records it.
     fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
@@ -131,7 +163,6 @@ pub trait Fixture: Sized + Send + Sync + 'static {
 
     /// Stops the broker; returns once it no longer accepts connections. Only called
     /// when [`Capabilities::restart`] is set.
-    #[allow(dead_code)] // called by the reconnect cases
     fn stop_broker(&self) -> impl Future<Output = ()> + Send {
         async {
             panic!(
@@ -143,7 +174,6 @@ pub trait Fixture: Sized + Send + Sync + 'static {
 
     /// Starts the broker again; returns once it accepts connections. Only called when
     /// [`Capabilities::restart`] is set.
-    #[allow(dead_code)] // called by the reconnect cases
     fn start_broker(&self) -> impl Future<Output = ()> + Send {
         async {
             panic!(

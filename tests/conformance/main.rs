@@ -29,19 +29,31 @@ macro_rules! conformance {
             redelivery::nack_redelivers_with_incremented_count,
             redelivery::unacked_messages_are_redelivered_after_close,
             redelivery::reject_dead_letters,
+            redelivery::serve_dead_letters_after_repeated_failures,
             // cases/properties.rs
             properties::priority_order,
             properties::ttl_expiry,
-            // cases/patterns.rs: request/reply and fan-out cases go here.
-            // cases/reconnect.rs
-            reconnect::no_message_lost_across_broker_restarts,
+            // cases/patterns.rs
+            patterns::request_reply,
+            patterns::request_timeout,
+            patterns::fan_out,
+            patterns::fan_out_partial_failure,
+            // cases/reconnect.rs (exclusive: the broker goes down)
+            reconnect::publish_and_consume_across_broker_restarts,
         );
     };
     (@cases $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                crate::cases::$theme::$case::<$fixture>().await
+                // Reconnect cases stop the broker: no other case may run meanwhile.
+                if stringify!($theme) == "reconnect" {
+                    let _exclusive = crate::fixture::BROKER_LOCK.write().await;
+                    crate::cases::$theme::$case::<$fixture>().await
+                } else {
+                    let _shared = crate::fixture::BROKER_LOCK.read().await;
+                    crate::cases::$theme::$case::<$fixture>().await
+                }
             }
         )*
     };
@@ -54,3 +66,5 @@ mod fixture;
 mod memory;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
+#[cfg(feature = "redis")]
+mod redis;

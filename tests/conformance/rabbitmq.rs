@@ -6,27 +6,19 @@
 //! durable classic queue `<topic>.<group>` bound with `#`, with priorities 0..=10 and
 //! the dead-letter exchange `<topic>.dlx` (a fanout exchange feeding `<topic>.dead`).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tower::util::BoxCloneService;
 use tower_mq::rabbitmq::{Binding, Config, Connection, Exchange, Queue, Topology};
 use tower_mq::Delivery;
 
-use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture};
+use crate::fixture::{BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture};
 
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:15673/%2f";
 
-/// Cases share the broker: a case that stops it holds this for writing, every other
-/// case for reading, so no case sees the broker down unless it stopped it.
-static BROKER: RwLock<()> = RwLock::const_new(());
-
 pub struct RabbitMqFixture {
     connection: Connection,
-    shared: Mutex<Option<RwLockReadGuard<'static, ()>>>,
-    exclusive: Mutex<Option<RwLockWriteGuard<'static, ()>>>,
 }
 
 fn url() -> String {
@@ -100,7 +92,6 @@ impl Fixture for RabbitMqFixture {
     };
 
     async fn connect() -> Self {
-        let shared = BROKER.read().await;
         let address = url();
         let config = Config::new(&address)
             .connection_name("tower-mq conformance")
@@ -112,11 +103,7 @@ impl Fixture for RabbitMqFixture {
                  Run scripts/test, or scripts/brokers up rabbitmq."
             )
         });
-        RabbitMqFixture {
-            connection,
-            shared: Mutex::new(Some(shared)),
-            exclusive: Mutex::new(None),
-        }
+        RabbitMqFixture { connection }
     }
 
     async fn publisher(&self, topic: &str) -> BoxPublisher {
@@ -178,23 +165,27 @@ impl Fixture for RabbitMqFixture {
             .map(str::to_owned)
     }
 
+    /// RabbitMQ's own request/reply: direct reply-to (`amq.rabbitmq.reply-to`), so
+    /// `reply_to` is not used; replies go straight to the requester's channel.
+    async fn requester(&self, topic: &str, _reply_to: &str, timeout: Duration) -> BoxRequester {
+        self.declare(Topology::new().exchange(topic_exchange(topic)))
+            .await;
+        BoxCloneService::new(
+            self.connection
+                .requester()
+                .with_timeout(timeout)
+                // The suite treats an unanswered request as a (transient) timeout;
+                // mandatory requests would come back unroutable, a permanent error.
+                .with_mandatory(false),
+        )
+    }
+
     async fn stop_broker(&self) {
-        // Wait for the other cases to finish before taking the broker away.
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(shared);
-        let exclusive = BROKER.write().await;
-        *self.exclusive.lock().unwrap_or_else(|e| e.into_inner()) = Some(exclusive);
         brokers("stop").await;
     }
 
     async fn start_broker(&self) {
         brokers("start").await;
-        let exclusive = self
-            .exclusive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        drop(exclusive);
     }
 }
 

@@ -1,179 +1,180 @@
-//! Losing the broker: publishing through a retry + timeout stack while the broker is
-//! stopped and started again loses nothing.
+//! Losing the broker: publishing and consuming go on across broker restarts.
 //!
-//! The stack is tower's own `retry` (with a policy that retries what the error chain
-//! classifies as transient) and `timeout`, until tower-mq-layers' retry and circuit
-//! breaker are merged; swap them in then.
+//! Runs only where [`Capabilities::restart`] is set; these cases take the suite's
+//! broker lock exclusively (see `conformance!` in main.rs), so no other case of the
+//! run sees the broker down.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tower::retry::Policy;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_mq::layers::classify::{Classifier, DefaultClassifier};
+use tower_mq::layers::classify::DefaultClassifier;
 use tower_mq::{ErrorKind, Message, Receipt};
 
 use crate::fixture::*;
 
-/// Retries transient failures with capped exponential backoff, up to a number of
-/// attempts that outlasts a broker restart.
+/// Retries what the classifier calls transient, with exponential backoff.
+///
+/// tower-mq-layers' own retry and circuit breaker are not in this tree yet, so the
+/// case stacks tower's `retry` with this small policy, and tower's `timeout`.
 #[derive(Clone)]
-struct RetryTransient {
-    attempts: u32,
-    max_attempts: u32,
+struct TransientRetry {
+    attempts_left: u32,
+    backoff: Duration,
 }
 
-impl RetryTransient {
-    fn new(max_attempts: u32) -> Self {
-        RetryTransient {
-            attempts: 0,
-            max_attempts,
+impl TransientRetry {
+    fn new() -> Self {
+        TransientRetry {
+            attempts_left: 40,
+            backoff: Duration::from_millis(25),
         }
     }
 }
 
-impl Policy<Message, Receipt, BoxError> for RetryTransient {
+impl Policy<Message, Receipt, BoxError> for TransientRetry {
     type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
 
     fn retry(
         &mut self,
-        _: &mut Message,
+        _message: &mut Message,
         result: &mut Result<Receipt, BoxError>,
     ) -> Option<Self::Future> {
-        let error = result.as_ref().err()?;
-        if DefaultClassifier::new().classify(error) != ErrorKind::Transient
-            || self.attempts >= self.max_attempts
+        let err = result.as_ref().err()?;
+        if self.attempts_left == 0
+            || DefaultClassifier::new().classify_dyn(&**err) != ErrorKind::Transient
         {
             return None;
         }
-        self.attempts += 1;
-        let delay = Duration::from_millis(50) * 2u32.pow(self.attempts.min(5));
-        Some(Box::pin(tokio::time::sleep(
-            delay.min(Duration::from_secs(1)),
-        )))
+        self.attempts_left -= 1;
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+        Some(Box::pin(tokio::time::sleep(wait)))
     }
 
-    fn clone_request(&mut self, request: &Message) -> Option<Message> {
-        Some(request.clone())
+    fn clone_request(&mut self, message: &Message) -> Option<Message> {
+        Some(message.clone())
     }
 }
 
-/// 10,000 persistent messages published with at most 32 in flight through
-/// retry + timeout to a durable group, while the broker is stopped and started again
-/// at 1/3 and at 1/2 of the run (where the broker can be restarted; elsewhere the
-/// same load runs without restarts). Every message must be received at least once;
-/// duplicates are allowed (at-least-once) and reported.
-pub async fn no_message_lost_across_broker_restarts<F: Fixture>() {
+/// 10,000 messages published through a retry + timeout stack while the broker is
+/// stopped and started at a third and at half of the run: every message is received
+/// at least once. Reports how many were lost (must be 0) and duplicated (allowed:
+/// at-least-once).
+pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
     const COUNT: usize = 10_000;
     const IN_FLIGHT: usize = 32;
+    if !F::CAPABILITIES.restart {
+        // The broker cannot be restarted by the suite (an in-process broker has no
+        // connection to lose): there is no outage to survive.
+        return;
+    }
     let fx = Arc::new(F::connect().await);
     let topic = fx.unique("reconnect");
     let group = fx.unique("survivors");
     fx.declare_group(&topic, &group).await;
-    let mut consumer = fx.group_consumer(&topic, &group).await;
-    let publisher = ServiceBuilder::new()
-        .retry(RetryTransient::new(200))
-        .timeout(Duration::from_secs(5))
+    let stack = ServiceBuilder::new()
+        .retry(TransientRetry::new())
+        .timeout(Duration::from_secs(2))
         .service(fx.publisher(&topic).await);
 
-    // Receive concurrently, counting every delivery of every message.
-    let receiving = tokio::spawn(async move {
-        let mut seen: HashMap<usize, u32> = HashMap::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        while seen.len() < COUNT {
-            let item = match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(item)) => item,
-                Ok(None) | Err(_) => break,
-            };
-            // A receive error during the outage is not a lost message: keep going.
-            let Ok(delivery) = item else { continue };
-            let index: usize = payload_text(&delivery)
-                .parse()
-                .expect("payload is an index");
-            *seen.entry(index).or_default() += 1;
-            // An ack lost with the connection means a redelivery, not a loss.
-            let _ = delivery.ack().await;
-        }
-        seen
-    });
+    // Consume in the background: every payload, how often, and the errors seen.
+    let received: Arc<Mutex<HashMap<usize, u32>>> = Arc::default();
+    let consumer_errors = Arc::new(Mutex::new(0usize));
+    let mut consumer = fx.group_consumer(&topic, &group).await;
+    let consuming = {
+        let received = received.clone();
+        let consumer_errors = consumer_errors.clone();
+        tokio::spawn(async move {
+            while let Some(item) = consumer.next().await {
+                let delivery = match item {
+                    Ok(delivery) => delivery,
+                    Err(err) => {
+                        assert!(
+                            err.is_transient(),
+                            "{}: permanent consumer error: {err}",
+                            F::NAME
+                        );
+                        *consumer_errors.lock().unwrap() += 1;
+                        continue;
+                    }
+                };
+                let index: usize = payload_text(&delivery).parse().expect("an index");
+                // Acks run concurrently, off the receiving path; one lost to the
+                // outage only means a redelivery.
+                tokio::spawn(async move {
+                    let _ = delivery.ack().await;
+                });
+                let mut received = received.lock().unwrap();
+                *received.entry(index).or_default() += 1;
+                if received.len() == COUNT {
+                    return;
+                }
+            }
+            panic!("{}: the consumer ended", F::NAME);
+        })
+    };
 
-    let (published, mut progress) = tokio::sync::watch::channel(0usize);
-    let progress_probe = progress.clone();
+    // Restart the broker at a third and at half of the run, while publishing goes on.
+    let (progress, mut watched) = tokio::sync::watch::channel(0usize);
     let restarting = {
         let fx = fx.clone();
         tokio::spawn(async move {
-            if !F::CAPABILITIES.restart {
-                return 0;
-            }
-            let mut restarts = 0;
             for at in [COUNT / 3, COUNT / 2] {
-                if progress.wait_for(|&n| n >= at).await.is_err() {
-                    break;
-                }
+                let _ = watched.wait_for(|done| *done >= at).await;
                 fx.stop_broker().await;
                 fx.start_broker().await;
-                restarts += 1;
             }
-            restarts
         })
     };
-
-    let publishing = futures_util::stream::iter(0..COUNT)
+    let started = tokio::time::Instant::now();
+    let mut publishing = futures_util::stream::iter(0..COUNT)
         .map(|i| {
-            let publisher = publisher.clone();
-            let published = &published;
-            let topic = &topic;
-            async move {
-                let result = publisher
-                    .oneshot(Message::new(topic.as_str(), i.to_string()).with_persistent(true))
-                    .await;
-                published.send_modify(|n| *n += 1);
-                result.err().map(|e| format!("message {i}: {e}"))
-            }
+            let stack = stack.clone();
+            let message = Message::new(&topic, i.to_string());
+            async move { (i, stack.oneshot(message).await) }
         })
-        .buffer_unordered(IN_FLIGHT)
-        .filter_map(|failure| async move { failure })
-        .collect::<Vec<String>>();
-    let Ok(failures) = tokio::time::timeout(Duration::from_secs(300), publishing).await else {
-        panic!(
-            "{}: publishing {COUNT} messages did not finish within 300 s ({} done)",
-            F::NAME,
-            *progress_probe.borrow()
-        );
-    };
-    drop(published);
-    let restarts = restarting.await.expect("the restarting task panicked");
+        .buffer_unordered(IN_FLIGHT);
+    let mut done = 0;
+    let mut failed = Vec::new();
+    while let Some((i, result)) = publishing.next().await {
+        if let Err(err) = result {
+            failed.push((i, err.to_string()));
+        }
+        done += 1;
+        progress.send_replace(done);
+    }
+    let published_after = started.elapsed();
+    restarting.await.expect("the restarting task panicked");
     assert!(
-        failures.is_empty(),
-        "{}: {} publishes failed despite retries, first: {}",
+        failed.is_empty(),
+        "{}: {} publishes failed after retries, first: {:?}",
         F::NAME,
-        failures.len(),
-        failures[0]
+        failed.len(),
+        failed.first()
     );
 
-    let seen = receiving.await.expect("the receiving task panicked");
-    let lost: Vec<usize> = (0..COUNT).filter(|i| !seen.contains_key(i)).collect();
-    let duplicated = seen.values().filter(|&&n| n > 1).count();
-    let redeliveries: u32 = seen.values().map(|n| n - 1).sum();
-    println!(
-        "{}: {COUNT} published across {restarts} broker restarts: {} received, {} lost, \
-         {duplicated} received more than once ({redeliveries} extra deliveries)",
+    let finished = tokio::time::timeout(Duration::from_secs(120), consuming).await;
+    let received_after = started.elapsed();
+    let received = received.lock().unwrap().clone();
+    let lost = (0..COUNT).filter(|i| !received.contains_key(i)).count();
+    let duplicated: u32 = received.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{}: reconnect: {COUNT} published across 2 restarts, {} received, lost {lost}, \
+         duplicated {duplicated}, consumer errors {}; published in {published_after:?}, \
+         received in {received_after:?}",
         F::NAME,
-        seen.len(),
-        lost.len()
+        received.len(),
+        consumer_errors.lock().unwrap()
     );
-    assert!(
-        lost.is_empty(),
-        "{}: {} of {COUNT} messages lost across {restarts} restarts, e.g. {:?}",
-        F::NAME,
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
-    if F::CAPABILITIES.restart {
-        assert_eq!(restarts, 2, "{}", F::NAME);
+    match finished {
+        Ok(task) => task.expect("the consuming task panicked"),
+        Err(_) => panic!("{}: {lost} of {COUNT} messages lost", F::NAME),
     }
+    assert_eq!(lost, 0, "{}", F::NAME);
 }

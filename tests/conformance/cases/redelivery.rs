@@ -1,7 +1,12 @@
 //! Settlement: nack and redelivery, redelivery after a consumer closes, rejection to
-//! the dead-letter destination.
+//! the dead-letter destination, and `serve` dead-lettering after repeated failures.
 
-use tower_mq::Message;
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tower::service_fn;
+use tower_mq::{serve, BoxError, Delivery, Message};
 
 use crate::fixture::*;
 
@@ -129,4 +134,117 @@ pub async fn reject_dead_letters<F: Fixture>() {
         F::NAME
     );
     ack::<F>(&letter).await;
+}
+
+/// `serve` with a handler that always fails on one message: that message is retried
+/// until `max_deliveries` and then dead-lettered; the other messages are handled.
+pub async fn serve_dead_letters_after_repeated_failures<F: Fixture>() {
+    const MAX_DELIVERIES: u32 = 3;
+    let fx = F::connect().await;
+    let topic = fx.unique("serve-dead-letters");
+    let group = fx.unique("servers");
+    let caps = F::CAPABILITIES;
+    let mut dead = if caps.dead_letters {
+        Some(fx.dead_letters(&topic).await)
+    } else {
+        None
+    };
+    let consumer = fx.group_consumer(&topic, &group).await;
+    let (events, mut seen) = mpsc::unbounded_channel::<String>();
+    let handler = service_fn(move |delivery: Delivery| {
+        let events = events.clone();
+        async move {
+            let text = payload_text(&delivery);
+            let _ = events.send(format!("{text}#{}", delivery.delivery_count()));
+            if text == "poison" {
+                return Err(BoxError::from("the handler always fails on this one"));
+            }
+            Ok(())
+        }
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        serve(consumer, handler)
+            .max_deliveries(MAX_DELIVERIES)
+            .requeue_delay(|_| Duration::from_millis(10))
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+
+    let mut publisher = fx.publisher(&topic).await;
+    for body in ["ok-1", "poison", "ok-2"] {
+        publish::<F>(&mut publisher, Message::new(&topic, body)).await;
+    }
+    let attempts = if caps.redelivery {
+        MAX_DELIVERIES as usize
+    } else {
+        1
+    };
+    let mut got = Vec::new();
+    while got.len() < 2 + attempts {
+        match tokio::time::timeout(WAIT, seen.recv()).await {
+            Ok(Some(event)) => got.push(event),
+            _ => panic!("{}: the handler saw only {got:?}", F::NAME),
+        }
+    }
+    if let Some(dead) = dead.as_mut() {
+        let letter = recv::<F>(dead, "the dead-lettered message").await;
+        assert_eq!(payload_text(&letter), "poison", "{}", F::NAME);
+        let reason = fx.death_reason(&letter).unwrap_or_default();
+        assert!(
+            reason.contains(&format!("failed {MAX_DELIVERIES} times")),
+            "{}: death reason {reason:?}",
+            F::NAME
+        );
+        ack::<F>(&letter).await;
+    }
+    stop.send(()).ok();
+    let summary = tokio::time::timeout(WAIT, server)
+        .await
+        .unwrap_or_else(|_| panic!("{}: serve did not shut down", F::NAME))
+        .expect("serve panicked")
+        .unwrap_or_else(|e| panic!("{}: serve failed: {e}", F::NAME));
+
+    let poison: Vec<&String> = got.iter().filter(|e| e.starts_with("poison#")).collect();
+    assert_eq!(
+        poison.len(),
+        attempts,
+        "{}: poison attempts {got:?}",
+        F::NAME
+    );
+    if caps.redelivery && caps.exact_delivery_count {
+        assert_eq!(poison, ["poison#1", "poison#2", "poison#3"], "{}", F::NAME);
+    }
+    for ok in ["ok-1#1", "ok-2#1"] {
+        assert!(
+            got.iter().any(|e| e == ok),
+            "{}: {ok} not handled: {got:?}",
+            F::NAME
+        );
+    }
+    assert_eq!(summary.acked, 2, "{}: {summary:?}", F::NAME);
+    assert_eq!(
+        summary.rejected,
+        u64::from(caps.redelivery),
+        "{}: {summary:?}",
+        F::NAME
+    );
+    assert_eq!(
+        summary.nacked as usize,
+        attempts - 1 + usize::from(!caps.redelivery),
+        "{}: {summary:?}",
+        F::NAME
+    );
+    assert_quiet_events::<F>(&mut seen).await;
+}
+
+async fn assert_quiet_events<F: Fixture>(seen: &mut mpsc::UnboundedReceiver<String>) {
+    if let Ok(Some(event)) = tokio::time::timeout(QUIET, seen.recv()).await {
+        panic!(
+            "{}: the handler was called after shutdown: {event}",
+            F::NAME
+        );
+    }
 }

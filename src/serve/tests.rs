@@ -1,0 +1,326 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use futures_util::{stream, StreamExt};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
+use tower::{service_fn, ServiceExt};
+use tower_mq_core::{Message, Operation, Permanent};
+
+use super::*;
+use crate::memory::{self, Broker};
+
+async fn publish(broker: &Broker, payload: &str) {
+    broker
+        .publisher()
+        .oneshot(Message::new("t", payload.to_owned()))
+        .await
+        .unwrap();
+}
+
+fn shutdown() -> (
+    oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        rx.await.ok();
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_requeued_with_backoff_then_dead_lettered() {
+    let broker = Broker::new();
+    let consumer = broker.consumer("t", "g").unwrap();
+    let mut dead = broker.consumer("t.dlq", "ops").unwrap();
+    publish(&broker, "x").await;
+
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let handler = service_fn(move |d: Delivery| {
+        seen.lock()
+            .unwrap()
+            .push((Instant::now(), d.delivery_count()));
+        async { Err::<(), BoxError>("database down".into()) }
+    });
+    let (stop, signal) = shutdown();
+    let server = tokio::spawn(
+        serve(consumer, handler)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+
+    let letter = dead.next().await.unwrap().unwrap();
+    let headers = letter.message().headers();
+    assert_eq!(headers.get(memory::DELIVERY_COUNT_HEADER), Some("5"));
+    let reason = headers.get(memory::DEATH_REASON_HEADER).unwrap();
+    assert!(
+        reason.contains("failed 5 times") && reason.contains("database down"),
+        "{reason}"
+    );
+
+    stop.send(()).unwrap();
+    let summary = server.await.unwrap().unwrap();
+    assert_eq!(
+        (summary.received, summary.nacked, summary.rejected),
+        (5, 4, 1)
+    );
+    let calls = calls.lock().unwrap();
+    let counts: Vec<u32> = calls.iter().map(|(_, c)| *c).collect();
+    assert_eq!(counts, [1, 2, 3, 4, 5]);
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let ms = Duration::from_millis;
+    assert_eq!(gaps, [ms(100), ms(200), ms(400), ms(800)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_are_dead_lettered_at_once() {
+    let broker = Broker::new();
+    let consumer = broker.consumer("t", "g").unwrap();
+    let mut dead = broker.consumer("t.dlq", "ops").unwrap();
+    publish(&broker, "bad").await;
+    let handler = service_fn(|_: Delivery| async {
+        Err::<(), BoxError>(Permanent::new("no such customer").into())
+    });
+    let (stop, signal) = shutdown();
+    let server = tokio::spawn(
+        serve(consumer, handler)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    let letter = dead.next().await.unwrap().unwrap();
+    assert_eq!(
+        letter
+            .message()
+            .headers()
+            .get(memory::DELIVERY_COUNT_HEADER),
+        Some("1")
+    );
+    stop.send(()).unwrap();
+    let summary = server.await.unwrap().unwrap();
+    assert_eq!(
+        (summary.received, summary.rejected, summary.nacked),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn panics_in_call_and_in_the_future_are_failed_deliveries() {
+    let deliveries: Vec<Delivery> = ["in call", "in future", "fine"]
+        .into_iter()
+        .map(|p| Delivery::unacknowledged(Message::new("t", p)))
+        .collect();
+    let handler = service_fn(|d: Delivery| {
+        if d.message().payload().as_ref() == b"in call" {
+            panic!("boom in call");
+        }
+        async move {
+            if d.message().payload().as_ref() == b"in future" {
+                panic!("boom in future");
+            }
+            Ok::<(), BoxError>(())
+        }
+    });
+    let consumer = stream::iter(deliveries.clone().into_iter().map(Ok));
+    let summary = serve(consumer, handler).max_deliveries(2).await.unwrap();
+    assert_eq!(summary.panicked, 2);
+    assert_eq!((summary.acked, summary.nacked), (1, 2));
+    let settlements: Vec<_> = deliveries.iter().map(Delivery::settlement).collect();
+    assert_eq!(
+        settlements,
+        [
+            Some(Settlement::Nacked),
+            Some(Settlement::Nacked),
+            Some(Settlement::Acked)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_is_not_ready_stops_consumption() {
+    let (handler, mut handle) = tower_test::mock::pair::<Delivery, ()>();
+    handle.allow(0);
+    let polls = Arc::new(AtomicUsize::new(0));
+    let counted = polls.clone();
+    let mut items = stream::iter(
+        (0..3).map(|i| Ok(Delivery::unacknowledged(Message::new("t", i.to_string())))),
+    );
+    let consumer = stream::poll_fn(move |cx| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        items.poll_next_unpin(cx)
+    });
+    let server = tokio::spawn(serve(consumer, handler).into_future());
+
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        0,
+        "consumer polled while the handler was not ready"
+    );
+
+    handle.allow(1);
+    let (request, respond) = handle.next_request().await.unwrap();
+    assert_eq!(request.message().payload().as_ref(), b"0");
+    assert_eq!(polls.load(Ordering::SeqCst), 1);
+    respond.send_response(());
+    // One more than the deliveries: readiness comes before seeing the stream end.
+    handle.allow(3);
+    for _ in 0..2 {
+        let (_, respond) = handle.next_request().await.unwrap();
+        respond.send_response(());
+    }
+    let summary = server.await.unwrap().unwrap();
+    assert_eq!((summary.received, summary.acked), (3, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_concurrency_deliveries_are_in_flight() {
+    let gate = Arc::new(Semaphore::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (gate, in_flight, most) = (gate.clone(), in_flight.clone(), most.clone());
+        service_fn(move |_: Delivery| {
+            let (gate, in_flight, most) = (gate.clone(), in_flight.clone(), most.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let consumer = stream::iter(
+        (0..6).map(|i| Ok(Delivery::unacknowledged(Message::new("t", i.to_string())))),
+    );
+    let server = tokio::spawn(serve(consumer, handler).concurrency(2).into_future());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(in_flight.load(Ordering::SeqCst), 2);
+    gate.add_permits(6);
+    let summary = server.await.unwrap().unwrap();
+    assert_eq!(summary.acked, 6);
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_drains_in_flight_work_and_takes_no_more() {
+    let broker = Broker::new();
+    let consumer = broker.consumer("t", "g").unwrap();
+    for i in 0..5 {
+        publish(&broker, &i.to_string()).await;
+    }
+    let gate = Arc::new(Semaphore::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (gate, started) = (gate.clone(), started.clone());
+        service_fn(move |_: Delivery| {
+            let (gate, started) = (gate.clone(), started.clone());
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let (stop, signal) = shutdown();
+    let mut server = tokio::spawn(
+        serve(consumer, handler)
+            .concurrency(2)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 2);
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        futures_util::poll!(&mut server).is_pending(),
+        "returned before draining"
+    );
+    gate.add_permits(2);
+    let summary = server.await.unwrap().unwrap();
+    assert_eq!((summary.received, summary.acked), (2, 2));
+    // The three not taken are still there for the group.
+    assert_eq!(broker.held(), 3);
+    let mut other = broker.consumer("t", "g").unwrap();
+    let next = other.next().await.unwrap().unwrap();
+    assert_eq!(next.message().payload().as_ref(), b"2");
+    assert_eq!(next.delivery_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_consumer_errors_are_skipped_and_permanent_ones_stop() {
+    let first = Delivery::unacknowledged(Message::new("t", "1"));
+    let never = Delivery::unacknowledged(Message::new("t", "2"));
+    let consumer = stream::iter(vec![
+        Err(Error::transient("test", Operation::Receive)),
+        Ok(first.clone()),
+        Err(Error::permanent("test", Operation::Receive).with_reason("queue deleted")),
+        Ok(never.clone()),
+    ]);
+    let handler = service_fn(|_: Delivery| async { Ok::<(), BoxError>(()) });
+    let error = serve(consumer, handler).await.unwrap_err();
+    let error = error.downcast::<Error>().unwrap();
+    assert_eq!(error.reason(), Some("queue deleted"));
+    assert_eq!(first.settlement(), Some(Settlement::Acked));
+    assert_eq!(never.settlement(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_the_handler_settled_stays_as_settled() {
+    let delivery = Delivery::unacknowledged(Message::new("t", "x"));
+    let handler = service_fn(|d: Delivery| async move {
+        d.reject("handled by dead-lettering").await?;
+        Ok::<(), BoxError>(())
+    });
+    let summary = serve(stream::iter([Ok(delivery.clone())]), handler)
+        .await
+        .unwrap();
+    assert_eq!((summary.acked, summary.rejected), (0, 1));
+    assert_eq!(delivery.settlement(), Some(Settlement::Rejected));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_classifier_decides() {
+    let delivery = Delivery::unacknowledged(Message::new("t", "x"));
+    let handler = service_fn(|_: Delivery| async { Err::<(), BoxError>("unknown".into()) });
+    let summary = serve(stream::iter([Ok(delivery.clone())]), handler)
+        .classifier(DefaultClassifier::new().unknown_as(ErrorKind::Permanent))
+        .await
+        .unwrap();
+    assert_eq!(summary.rejected, 1);
+}
+
+#[test]
+fn default_requeue_delay_doubles_up_to_ten_seconds() {
+    let ms = Duration::from_millis;
+    assert_eq!(default_requeue_delay(1), ms(100));
+    assert_eq!(default_requeue_delay(2), ms(200));
+    assert_eq!(default_requeue_delay(7), ms(6400));
+    assert_eq!(default_requeue_delay(8), Duration::from_secs(10));
+    assert_eq!(default_requeue_delay(u32::MAX), Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn consumer_errors_in_a_row_pause_consumption_increasingly() {
+    let start = Instant::now();
+    let delivery = Delivery::unacknowledged(Message::new("t", "after errors"));
+    let consumer = stream::iter(vec![
+        Err(Error::transient("test", Operation::Receive)),
+        Err(Error::transient("test", Operation::Receive)),
+        Err(Error::transient("test", Operation::Receive)),
+        Ok(delivery),
+    ]);
+    let handled_at = Arc::new(Mutex::new(None));
+    let record = handled_at.clone();
+    let handler = service_fn(move |_: Delivery| {
+        *record.lock().unwrap() = Some(Instant::now());
+        async { Ok::<(), BoxError>(()) }
+    });
+    let summary = serve(consumer, handler).await.unwrap();
+    assert_eq!(summary.acked, 1);
+    let waited = handled_at.lock().unwrap().unwrap() - start;
+    assert_eq!(waited, Duration::from_millis(10 + 20 + 40));
+    assert_eq!(consumer_error_pause(100), Duration::from_secs(1));
+}
