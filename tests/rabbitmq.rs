@@ -11,7 +11,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
 use tower_mq::rabbitmq::{
-    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology,
+    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology, DEATH_QUEUE_HEADER,
+    DEATH_REASON_HEADER,
 };
 use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
 
@@ -263,42 +264,64 @@ async fn priority_queue_delivers_the_highest_priority_first() {
 #[tokio::test]
 async fn reject_dead_letters_through_the_dlx() {
     let _shared = BROKER.read().await;
-    let dlx = unique("dlx");
-    let q = unique("work");
-    let dead = unique("dead");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(
-                Topology::new()
-                    .exchange(Exchange::fanout(&dlx).auto_delete(true))
-                    .queue(queue(&q).dead_letter_exchange(&dlx))
-                    .queue(queue(&dead))
-                    .binding(Binding::queue(&dead, &dlx, "")),
-            ),
-    )
-    .await;
-    connection
-        .publisher()
-        .oneshot(Message::new(&q, "poison"))
-        .await
-        .unwrap();
-    let mut work = connection.consumer(&q).await.unwrap();
-    let delivery = next(&mut work).await;
-    delivery.reject("cannot parse").await.unwrap();
+    for with_reason in [true, false] {
+        let dlx = unique("dlx");
+        let q = unique("work");
+        let dead = unique("dead");
+        let connection = connect(
+            Config::new(url())
+                .routing(Routing::DefaultExchange)
+                .reject_with_reason(with_reason)
+                .topology(
+                    Topology::new()
+                        .exchange(Exchange::fanout(&dlx).auto_delete(true))
+                        .queue(queue(&q).dead_letter_exchange(&dlx))
+                        .queue(queue(&dead))
+                        .binding(Binding::queue(&dead, &dlx, "")),
+                ),
+        )
+        .await;
+        connection
+            .publisher()
+            .oneshot(Message::new(&q, "poison").with_header("tenant", "acme"))
+            .await
+            .unwrap();
+        let mut work = connection.consumer(&q).await.unwrap();
+        let delivery = next(&mut work).await;
+        delivery.reject("cannot parse").await.unwrap();
 
-    let mut dead_letters = connection.consumer(&dead).await.unwrap();
-    let dead_letter = next(&mut dead_letters).await;
-    assert_eq!(dead_letter.message().payload().as_ref(), b"poison");
-    assert_eq!(
-        dead_letter.message().headers().get("x-first-death-reason"),
-        Some("rejected")
-    );
-    assert_eq!(
-        dead_letter.message().headers().get("x-first-death-queue"),
-        Some(q.as_str())
-    );
-    dead_letter.ack().await.unwrap();
+        let mut dead_letters = connection.consumer(&dead).await.unwrap();
+        let dead_letter = next(&mut dead_letters).await;
+        let message = dead_letter.message();
+        assert_eq!(message.payload().as_ref(), b"poison");
+        assert_eq!(message.headers().get("tenant"), Some("acme"));
+        if with_reason {
+            // A confirmed copy through the queue's DLX, with the reason.
+            assert_eq!(
+                message.headers().get(DEATH_REASON_HEADER),
+                Some("cannot parse")
+            );
+            assert_eq!(message.headers().get(DEATH_QUEUE_HEADER), Some(q.as_str()));
+        } else {
+            // RabbitMQ's own dead-lettering (basic.reject): the reason is `rejected`.
+            assert_eq!(
+                message.headers().get("x-first-death-reason"),
+                Some("rejected")
+            );
+            assert_eq!(
+                message.headers().get("x-first-death-queue"),
+                Some(q.as_str())
+            );
+        }
+        dead_letter.ack().await.unwrap();
+        // Not delivered again from the work queue.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), work.next())
+                .await
+                .is_err(),
+            "the rejected message came back"
+        );
+    }
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use super::topology::Topology;
 /// | [`mandatory`](Config::mandatory) | `true` |
 /// | [`request_timeout`](Config::request_timeout) | 30 s |
 /// | [`requeue_by_republish`](Config::requeue_by_republish) | `true` |
+/// | [`reject_with_reason`](Config::reject_with_reason) | `true` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -48,6 +49,7 @@ pub struct Config {
     pub(crate) mandatory: bool,
     pub(crate) request_timeout: Duration,
     pub(crate) requeue_by_republish: bool,
+    pub(crate) reject_with_reason: bool,
     pub(crate) topology: Topology,
 }
 
@@ -127,6 +129,7 @@ impl Config {
             mandatory: true,
             request_timeout: Duration::from_secs(30),
             requeue_by_republish: true,
+            reject_with_reason: true,
             topology: Topology::new(),
         }
     }
@@ -202,6 +205,23 @@ impl Config {
     /// comes back); quorum queues count it exactly (`x-delivery-count`).
     pub fn requeue_by_republish(mut self, republish: bool) -> Self {
         self.requeue_by_republish = republish;
+        self
+    }
+
+    /// How a consumer's `reject` dead-letters a delivery from a queue declared through
+    /// this connection's [`Topology`] with a dead-letter exchange.
+    ///
+    /// `true` (the default): a copy goes to that exchange (with the queue's
+    /// dead-letter routing key, or the message's own) carrying the reason in the
+    /// `x-tower-mq-death-reason` header and the queue in `x-tower-mq-death-queue`, and
+    /// the original is acknowledged once the broker confirmed the copy. AMQP's
+    /// `basic.reject` has no room for a reason.
+    ///
+    /// `false`, and for queues whose dead-letter exchange this connection does not
+    /// know: `basic.reject` without requeue, so RabbitMQ dead-letters the message
+    /// itself, recording only `rejected` (`x-first-death-reason`, `x-death`).
+    pub fn reject_with_reason(mut self, with_reason: bool) -> Self {
+        self.reject_with_reason = with_reason;
         self
     }
 

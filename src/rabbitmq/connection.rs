@@ -267,6 +267,23 @@ impl Connection {
         Ok(())
     }
 
+    /// The dead-letter exchange and routing key of `queue`, if it was declared through
+    /// this connection with one.
+    pub(crate) fn dead_letter_target(&self, queue: &str) -> Option<(String, Option<String>)> {
+        use super::topology::Argument;
+        let topology = lock(&self.shared.topology);
+        let declared = topology.queues().iter().rev().find(|q| q.name() == queue)?;
+        let Some(Argument::String(exchange)) = declared.get_argument("x-dead-letter-exchange")
+        else {
+            return None;
+        };
+        let key = match declared.get_argument("x-dead-letter-routing-key") {
+            Some(Argument::String(key)) => Some(key.clone()),
+            _ => None,
+        };
+        Some((exchange.clone(), key))
+    }
+
     /// The settings the connection was made with.
     pub fn config(&self) -> &Config {
         &self.shared.config

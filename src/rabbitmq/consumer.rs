@@ -303,6 +303,12 @@ pub(crate) fn to_message(
 /// was delivered before.
 pub(crate) const DELIVERIES_HEADER: &str = "x-tower-mq-deliveries";
 
+/// The header carrying the reason given to `reject` on a dead letter.
+pub const DEATH_REASON_HEADER: &str = "x-tower-mq-death-reason";
+
+/// The header naming the queue a dead letter was rejected from.
+pub const DEATH_QUEUE_HEADER: &str = "x-tower-mq-death-queue";
+
 fn count_header(properties: &lapin::BasicProperties, name: &str) -> Option<u64> {
     let value = properties.headers().as_ref()?.inner().get(name)?;
     as_count(value).or_else(|| header_value(value)?.parse().ok())
@@ -327,83 +333,137 @@ fn to_delivery(
         delivery.data,
         &connection.config().routing,
     );
+    let config = connection.config();
+    let copy = (config.requeue_by_republish || config.reject_with_reason).then(|| {
+        Arc::new(Copy {
+            connection: connection.clone(),
+            properties: delivery.properties,
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            payload: message.payload().clone(),
+            count,
+        })
+    });
     let acker = Acker::new(RabbitAcker {
         acker: delivery.acker,
         queue: queue.to_owned(),
-        republish: connection.config().requeue_by_republish.then(|| {
-            Arc::new(Republish {
-                connection: connection.clone(),
-                properties: delivery.properties,
-                payload: message.payload().clone(),
-                count,
-            })
-        }),
+        copy,
     });
     Delivery::new(message, acker).with_delivery_count(count)
 }
 
-/// What a requeue by republishing needs: the message as it arrived.
-struct Republish {
+/// A delivery as it arrived, for settling by publishing a copy (a requeue that counts,
+/// a dead letter that carries its reason) and then acknowledging the original.
+struct Copy {
     connection: Connection,
     properties: lapin::BasicProperties,
+    routing_key: String,
     payload: bytes::Bytes,
     count: u32,
 }
 
-impl Republish {
-    /// Publishes a copy to the back of `queue` with its delivery count, and once the
-    /// broker confirms the copy, acknowledges the original.
-    async fn requeue(&self, acker: &lapin::Acker, queue: &str) -> Result<(), Error> {
-        let err = |e| amqp_error(Operation::Nack, queue, e);
+impl Copy {
+    /// Publishes a copy to `exchange` with `routing_key` and `extra` headers; once the
+    /// broker confirms it, acknowledges the original.
+    async fn publish_then_ack(
+        &self,
+        acker: &lapin::Acker,
+        queue: &str,
+        operation: Operation,
+        exchange: &str,
+        routing_key: &str,
+        extra: &[(&str, AMQPValue)],
+    ) -> Result<(), Error> {
+        let err = |e| amqp_error(operation, queue, e);
         let live = self
             .connection
             .wait_connected()
             .await
-            .ok_or_else(|| super::error::closed(Operation::Nack, queue))?;
+            .ok_or_else(|| super::error::closed(operation, queue))?;
         let mut headers = FieldTable::default();
         if let Some(original) = self.properties.headers() {
             for (k, v) in original.inner() {
-                if k.as_str() != "x-delivery-count" && k.as_str() != DELIVERIES_HEADER {
+                if k.as_str() != "x-delivery-count" && !extra.iter().any(|(e, _)| *e == k.as_str())
+                {
                     headers.insert(k.clone(), v.clone());
                 }
             }
         }
-        headers.insert(
-            DELIVERIES_HEADER.into(),
-            AMQPValue::LongLongInt(self.count.into()),
-        );
+        for (k, v) in extra {
+            headers.insert((*k).into(), v.clone());
+        }
         let properties = self.properties.clone().with_headers(headers);
         let channel = live.publish_channel().await.map_err(err)?;
         let options = lapin::options::BasicPublishOptions {
             mandatory: true,
             immediate: false,
         };
-        let name = short_string(queue, Operation::Nack, queue)?;
+        let exchange_name = short_string(exchange, operation, queue)?;
+        let key = short_string(routing_key, operation, queue)?;
         let confirm = channel
-            .basic_publish("".into(), name, options, &self.payload, properties)
+            .basic_publish(exchange_name, key, options, &self.payload, properties)
             .await
             .map_err(err)?;
         let confirmation = tokio::select! {
             biased;
             confirmation = confirm => confirmation.map_err(err)?,
             _ = self.connection.lost(live.generation) => {
-                return Err(Error::transient(BROKER, Operation::Nack)
+                return Err(Error::transient(BROKER, operation)
                     .with_destination(queue)
-                    .with_reason("the connection closed before the requeued copy was confirmed"));
+                    .with_reason("the connection closed before the broker confirmed the copy"));
             }
         };
         match confirmation {
             lapin::Confirmation::Ack(None) => {}
             _ => {
-                return Err(Error::transient(BROKER, Operation::Nack)
+                return Err(Error::transient(BROKER, operation)
                     .with_destination(queue)
-                    .with_reason("the broker did not take the requeued copy"))
+                    .with_reason(format!(
+                        "the broker did not take the copy for exchange `{exchange}`"
+                    )))
             }
         }
         settled(
-            Operation::Nack,
+            operation,
             queue.to_owned(),
             acker.ack(BasicAckOptions::default()).await,
+        )
+    }
+
+    /// A copy at the back of `queue` that records its delivery count.
+    async fn requeue(&self, acker: &lapin::Acker, queue: &str) -> Result<(), Error> {
+        let count = [(DELIVERIES_HEADER, AMQPValue::LongLongInt(self.count.into()))];
+        self.publish_then_ack(acker, queue, Operation::Nack, "", queue, &count)
+            .await
+    }
+
+    /// A copy to the queue's dead-letter exchange that carries `reason`, if the queue
+    /// was declared through this connection with one; `None` otherwise.
+    async fn dead_letter(
+        &self,
+        acker: &lapin::Acker,
+        queue: &str,
+        reason: &str,
+    ) -> Option<Result<(), Error>> {
+        let (exchange, routing_key) = self.connection.dead_letter_target(queue)?;
+        let routing_key = routing_key.unwrap_or_else(|| self.routing_key.clone());
+        let reason: String = reason.chars().take(1024).collect();
+        let extra = [
+            (
+                DEATH_REASON_HEADER,
+                AMQPValue::LongString(reason.as_str().into()),
+            ),
+            (DEATH_QUEUE_HEADER, AMQPValue::LongString(queue.into())),
+        ];
+        Some(
+            self.publish_then_ack(
+                acker,
+                queue,
+                Operation::Reject,
+                &exchange,
+                &routing_key,
+                &extra,
+            )
+            .await,
         )
     }
 }
@@ -412,7 +472,7 @@ impl Republish {
 struct RabbitAcker {
     acker: lapin::Acker,
     queue: String,
-    republish: Option<Arc<Republish>>,
+    copy: Option<Arc<Copy>>,
 }
 
 fn settled(
@@ -435,13 +495,14 @@ fn settled(
 struct Settle {
     acker: lapin::Acker,
     queue: String,
-    republish: Option<Arc<Republish>>,
+    copy: Option<Arc<Copy>>,
+    republish: bool,
 }
 
 impl Settle {
     async fn requeue(&self) -> Result<(), Error> {
-        match &self.republish {
-            Some(republish) => republish.requeue(&self.acker, &self.queue).await,
+        match self.copy.as_ref().filter(|_| self.republish) {
+            Some(copy) => copy.requeue(&self.acker, &self.queue).await,
             None => {
                 let options = BasicNackOptions {
                     multiple: false,
@@ -462,7 +523,11 @@ impl RabbitAcker {
         Settle {
             acker: self.acker.clone(),
             queue: self.queue.clone(),
-            republish: self.republish.clone(),
+            copy: self.copy.clone(),
+            republish: self
+                .copy
+                .as_ref()
+                .is_some_and(|c| c.connection.config().requeue_by_republish),
         }
     }
 }
@@ -501,8 +566,17 @@ impl Acknowledge for RabbitAcker {
     fn reject(&self, reason: &str) -> BoxFuture<'static, Result<(), Error>> {
         let acker = self.acker.clone();
         let queue = self.queue.clone();
-        tracing::debug!(queue = %queue, reason, "rejecting rabbitmq delivery to the dead-letter exchange");
+        let copy = self
+            .copy
+            .clone()
+            .filter(|c| c.connection.config().reject_with_reason);
+        let reason = reason.to_owned();
         Box::pin(async move {
+            if let Some(copy) = copy {
+                if let Some(result) = copy.dead_letter(&acker, &queue, &reason).await {
+                    return result;
+                }
+            }
             settled(
                 Operation::Reject,
                 queue,

@@ -70,7 +70,7 @@ mod topology;
 
 pub use config::{Config, Routing};
 pub use connection::Connection;
-pub use consumer::Consumer;
+pub use consumer::{Consumer, DEATH_QUEUE_HEADER, DEATH_REASON_HEADER};
 pub use publisher::{BatchPublisher, Publisher, ResponseFuture};
 pub use request::{Requester, DIRECT_REPLY_TO};
 pub use topology::{Argument, Binding, Exchange, ExchangeKind, Queue, QueueType, Topology};

@@ -442,6 +442,14 @@ impl Queue {
         self.queue_type
     }
 
+    /// The argument under `key`, if set.
+    pub fn get_argument(&self, key: &str) -> Option<&Argument> {
+        self.arguments
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
     async fn declare(&self, channel: &lapin::Channel) -> Result<(), Error> {
         let name = short_string(&self.name, Operation::Declare, &self.name)?;
         let arguments = field_table(&self.arguments, Operation::Declare, &self.name)?;

@@ -5,6 +5,7 @@
 //! pub/sub subscriber is an exclusive server-side queue bound with `#`; a group is a
 //! durable classic queue `<topic>.<group>` bound with `#`, with priorities 0..=10 and
 //! the dead-letter exchange `<topic>.dlx` (a fanout exchange feeding `<topic>.dead`).
+//! Requests use RabbitMQ's direct reply-to.
 
 use std::time::Duration;
 
@@ -78,16 +79,11 @@ impl Fixture for RabbitMqFixture {
     const NAME: &'static str = "rabbitmq";
     const BROKER: &'static str = "rabbitmq";
     const CAPABILITIES: Capabilities = Capabilities {
-        // Groups are classic queues, because quorum queues (which count deliveries in
-        // `x-delivery-count`) have no priorities on RabbitMQ before 4.0; classic queues
-        // only flag a redelivery, so the count is a lower bound (1 or 2).
+        // Groups are classic queues, because quorum queues (which count every delivery
+        // in `x-delivery-count`) have no priorities before RabbitMQ 4.0. Nacks are
+        // counted exactly (requeue by republishing), but a classic queue only flags a
+        // redelivery after a consumer closes or crashes, however often that happens.
         exact_delivery_count: false,
-        // `basic.reject` carries no reason: RabbitMQ dead-letters the message through
-        // the DLX, but records the reason as `rejected`, not the one given. The
-        // dead-lettering itself is tested in tests/rabbitmq.rs
-        // (`reject_dead_letters_through_the_dlx`); expiry reasons (`expired`) are
-        // checked here through `ttl_dead_letters`.
-        dead_letters: false,
         ..Capabilities::ALL
     };
 
@@ -161,7 +157,9 @@ impl Fixture for RabbitMqFixture {
         dead_letter
             .message()
             .headers()
-            .get("x-first-death-reason")
+            .get(tower_mq::rabbitmq::DEATH_REASON_HEADER)
+            // Expired messages are dead-lettered by RabbitMQ itself.
+            .or_else(|| dead_letter.message().headers().get("x-first-death-reason"))
             .map(str::to_owned)
     }
 
