@@ -32,10 +32,13 @@ use crate::message::{Headers, Message};
 ///   [`Config::requeue_by_republish`](super::Config::requeue_by_republish); otherwise
 ///   `basic.nack` with requeue). With a delay, the requeue happens after the delay,
 ///   the delivery staying unacknowledged meanwhile: RabbitMQ cannot delay a requeue
-///   itself. `reject` is `basic.reject` without requeue, which dead-letters the
-///   message through the queue's dead-letter exchange (or drops it if the queue has
-///   none). AMQP has no place for the reject reason: the broker records `rejected` in
-///   the message's `x-death` and `x-first-death-reason` headers instead.
+///   itself. `reject` dead-letters the message through the queue's dead-letter
+///   exchange: for a queue declared through the connection's topology with one, as a
+///   confirmed copy carrying the reason ([`DEATH_REASON_HEADER`]) and the queue
+///   ([`DEATH_QUEUE_HEADER`]) (see [`Config::reject_with_reason`](super::Config::reject_with_reason));
+///   otherwise with `basic.reject` without requeue, RabbitMQ recording only `rejected`
+///   (`x-first-death-reason`), and dropping the message if the queue has no
+///   dead-letter exchange.
 /// - **Delivery count.** Requeues by republishing count nacks exactly on every queue
 ///   type (header `x-tower-mq-deliveries`, hidden from the message's headers). Quorum
 ///   queues count deliveries themselves (`x-delivery-count`), so the count is exact
