@@ -150,7 +150,9 @@ struct Shared {
 /// backoff, declares the topology again and hands the new connection to every
 /// publisher and consumer; meanwhile publishers' `poll_ready` is `Pending`. The
 /// connection closes when [`Connection::close`] is called or the last handle (including
-/// publishers and consumers) is dropped.
+/// publishers and consumers) is dropped. It needs a Tokio runtime (the supervisor is a
+/// Tokio task). One `Connection` is one AMQP connection; open several for more
+/// throughput than one connection carries.
 ///
 /// See the [module docs](super) for an example.
 #[derive(Clone)]

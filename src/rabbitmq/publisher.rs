@@ -44,7 +44,11 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 ///   stored, and a retry layer sends it again (at-least-once).
 /// - **Errors** name the broker `rabbitmq`, the operation and the exchange; NOT_FOUND,
 ///   ACCESS_REFUSED and PRECONDITION_FAILED are permanent, a lost connection or
-///   channel transient.
+///   channel transient. Each exchange is checked once per connection (a passive
+///   declare) before the first publish to it, so a missing exchange fails only that
+///   message. An exchange deleted after that check makes the broker close the pooled
+///   channel, which fails every message still unconfirmed on it with the same
+///   NOT_FOUND; the channel is re-opened on next use.
 ///
 /// The message maps to AMQP as follows: destination and key to exchange and routing
 /// key per [`Routing`](super::Routing); persistent to delivery mode 2 (1 otherwise);
