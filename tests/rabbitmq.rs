@@ -574,6 +574,15 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
         .unwrap();
     next(&mut consumer).await.ack().await.unwrap();
     assert_eq!(connection.generation(), 1);
+    // Held unacknowledged across the outage.
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "held"))
+        .await
+        .unwrap();
+    let held = next(&mut consumer).await;
 
     // An echo responder, and a requester used before and after the outage.
     let mut requests = connection.consumer(&rpc).await.unwrap();
@@ -662,6 +671,11 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     let mut waiting = tokio_test::task::spawn(publisher.ready());
     tokio_test::assert_pending!(waiting.poll());
     drop(waiting);
+    // Its channel is gone: acking cannot reach the broker, which will redeliver.
+    let err = held.ack().await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(err.operation(), Operation::Ack);
+    assert_eq!(held.settlement(), None);
 
     brokers("start").await;
 
