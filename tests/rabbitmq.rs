@@ -894,3 +894,49 @@ async fn a_broker_that_stops_answering_is_noticed_by_heartbeats() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn batch_layer_feeds_batched_confirms() {
+    use tower::Layer;
+    use tower_mq::layers::batch::BatchLayer;
+
+    let _shared = BROKER.read().await;
+    let q = unique("batch-layer");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let publisher =
+        BatchLayer::new(50, Duration::from_millis(20)).layer(connection.publisher().batched());
+    let calls = (0..200).map(|i| {
+        let destination = if i == 7 { unique("nowhere") } else { q.clone() };
+        publisher
+            .clone()
+            .oneshot(Message::new(destination, i.to_string()))
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            // Unroutable: only its own caller sees the permanent error.
+            Err(e) if i == 7 => assert_eq!(
+                tower_mq::layers::classify::DefaultClassifier::new().classify_dyn(&**e),
+                ErrorKind::Permanent,
+                "{e}"
+            ),
+            Ok(receipt) if i != 7 => assert!(receipt.is_confirmed()),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    publisher.shutdown().await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let mut got = std::collections::HashSet::new();
+    for _ in 0..199 {
+        let d = next(&mut consumer).await;
+        got.insert(String::from_utf8(d.message().payload().to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(got.len(), 199);
+    assert!(!got.contains("7"));
+}
