@@ -65,6 +65,8 @@ pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod serve;
+#[cfg(feature = "zeromq")]
+pub mod zeromq;
 
 pub use serve::serve;
 
