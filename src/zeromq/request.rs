@@ -279,7 +279,10 @@ impl Service<Message> for Requester {
         let sent = queue(&self.handle, &mut self.sender, frames, destination.clone());
         let shared = self.shared.clone();
         let timeout = self.timeout;
+        // The socket task lives as long as a request waits for its reply.
+        let handle = self.handle.clone();
         Box::pin(async move {
+            let _handle = handle;
             let outcome = tokio::time::timeout(timeout, async {
                 sent.await.map_err(|e| {
                     Error::transient(BROKER, Operation::Request)
@@ -287,7 +290,10 @@ impl Service<Message> for Requester {
                         .with_source(e)
                 })?;
                 match rx.await {
-                    Ok(reply) => reply,
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(e)) => Err(Error::transient(BROKER, Operation::Request)
+                        .with_destination(destination.clone())
+                        .with_source(e)),
                     Err(_) => Err(Error::transient(BROKER, Operation::Request)
                         .with_destination(destination.clone())
                         .with_reason("the requester stopped")),

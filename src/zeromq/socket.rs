@@ -328,7 +328,12 @@ impl Driver {
                 }
             }
         }
-        tracing::debug!(socket = %self.name, "socket closed");
+        // Not every zeromq socket releases its connections when dropped (PULL keeps
+        // them open from its writer tasks): shut the backend down so peers see the
+        // connection close, as they would if this process ended.
+        each!(&self.socket, s => s.backend().shutdown());
+        let errors = each!(self.socket, s => s.close().await);
+        tracing::debug!(socket = %self.name, ?errors, "socket closed");
     }
 
     fn has_peer(&self) -> bool {
