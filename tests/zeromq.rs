@@ -500,7 +500,8 @@ async fn tower_mq_push_to_libzmq_pull() {
     let port = line(&mut out).await;
     let mut publisher = Publisher::push(&Config::new().connect(format!("tcp://127.0.0.1:{port}")))
         .await
-        .expect("PUSH");
+        .expect("PUSH")
+        .carry_unenforced_properties(true);
     for i in 0..3 {
         let message = Message::new("to-libzmq", format!("rust-{i}"))
             .with_key("k")

@@ -20,10 +20,16 @@ use crate::{Error, Message, Operation, Receipt};
 /// `poll_ready` is `Pending` until a peer is connected and while the send queue is
 /// full; the [`Receipt::ZeroMq`] names the message's destination (topic) and means the
 /// socket took the message. Clones share the socket. See the [module docs](super).
+///
+/// ZeroMQ cannot honour a message's priority or time to live (there is no queue to
+/// order or expire), so publishing either fails with a permanent error unless
+/// [`Publisher::carry_unenforced_properties`] says to carry them in the header block
+/// for the receiver to act on.
 pub struct Publisher {
     handle: Handle,
     sender: PollSender<Command>,
     peer_wait: Option<BoxFuture<'static, bool>>,
+    carry_unenforced: bool,
 }
 
 impl Publisher {
@@ -48,7 +54,15 @@ impl Publisher {
             sender: PollSender::new(handle.commands.clone()),
             handle,
             peer_wait: None,
+            carry_unenforced: false,
         }
+    }
+
+    /// Carries priority and time to live in the header block instead of refusing
+    /// them; nothing on the way enforces them.
+    pub fn carry_unenforced_properties(mut self, carry: bool) -> Self {
+        self.carry_unenforced = carry;
+        self
     }
 
     /// The bound endpoints (ports resolved) and the connected ones.
@@ -159,6 +173,17 @@ impl Service<Message> for Publisher {
             );
         }
         let destination = message.destination().to_owned();
+        if !self.carry_unenforced && (message.priority().is_some() || message.ttl().is_some()) {
+            self.sender.abort_send();
+            return ResponseFuture::failed(
+                Error::permanent(BROKER, Operation::Publish)
+                    .with_destination(destination)
+                    .with_reason(
+                        "ZeroMQ cannot honour priority or time to live \
+                         (see Publisher::carry_unenforced_properties)",
+                    ),
+            );
+        }
         queue(
             &self.handle,
             &mut self.sender,
@@ -171,6 +196,7 @@ impl Service<Message> for Publisher {
 impl Clone for Publisher {
     fn clone(&self) -> Self {
         Publisher::from_handle(self.handle.clone())
+            .carry_unenforced_properties(self.carry_unenforced)
     }
 }
 

@@ -64,6 +64,13 @@ pub struct Capabilities {
     pub ttl: bool,
     /// An expired message reaches [`Fixture::dead_letters`] with the reason `expired`.
     pub ttl_dead_letters: bool,
+    /// A declared group keeps messages while none of its consumers is connected, and a
+    /// consumer that closes leaves what it had not settled to the group. Off for
+    /// at-most-once groups (core NATS queue groups), which exist only while a member
+    /// is subscribed: the cases then check that the group resumes with what is
+    /// published after a member (re)joins, and the reconnect case reports what a
+    /// broker restart lost instead of failing on it.
+    pub durable_groups: bool,
     /// The largest payload the broker is set up to carry in the suite; the large
     /// payload case sends min(16 MiB, this).
     pub max_payload: usize,
@@ -80,6 +87,7 @@ impl Capabilities {
         priority: true,
         ttl: true,
         ttl_dead_letters: true,
+        durable_groups: true,
         max_payload: 16 * 1024 * 1024,
         restart: true,
     };

@@ -63,9 +63,17 @@ impl Policy<Message, Receipt, BoxError> for TransientRetry {
 }
 
 /// 10,000 messages published through a retry + timeout stack while the broker is
-/// stopped and started at a third and at half of the run: every message is received
-/// at least once. Reports how many were lost (must be 0) and duplicated (allowed:
-/// at-least-once).
+/// stopped and started at a third and at half of the run. Reports how many were lost
+/// and duplicated (allowed: at-least-once).
+///
+/// - A broker whose groups keep messages ([`Capabilities::durable_groups`]) loses
+///   none: every message is received at least once. Each message has its own message
+///   id, so brokers that deduplicate by id (JetStream) store a retried publish once.
+/// - An at-most-once broker (core NATS) may lose what it had accepted but not yet
+///   forwarded when it went down, and what was on the wire to the consumer. The case
+///   reports the loss and asserts what such a broker does promise: every publish
+///   completes (retried until it succeeds, none hangs or vanishes without an error),
+///   and the stream resumes: the last tenth, published after the restarts, arrives.
 pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
     const COUNT: usize = 10_000;
     const IN_FLIGHT: usize = 32;
@@ -105,6 +113,7 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
                     }
                 };
                 let index: usize = payload_text(&delivery).parse().expect("an index");
+                let durable = F::CAPABILITIES.durable_groups;
                 // Acks run concurrently, off the receiving path; one lost to the
                 // outage only means a redelivery.
                 tokio::spawn(async move {
@@ -112,7 +121,12 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
                 });
                 let mut received = received.lock().unwrap();
                 *received.entry(index).or_default() += 1;
-                if received.len() == COUNT {
+                let done = if durable {
+                    received.len() == COUNT
+                } else {
+                    (COUNT * 9 / 10..COUNT).all(|i| received.contains_key(&i))
+                };
+                if done {
                     return;
                 }
             }
@@ -136,7 +150,8 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
     let mut publishing = futures_util::stream::iter(0..COUNT)
         .map(|i| {
             let stack = stack.clone();
-            let message = Message::new(&topic, i.to_string());
+            let message =
+                Message::new(&topic, i.to_string()).with_message_id(format!("{topic}-{i}"));
             async move { (i, stack.oneshot(message).await) }
         })
         .buffer_unordered(IN_FLIGHT);
@@ -174,7 +189,22 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
     );
     match finished {
         Ok(task) => task.expect("the consuming task panicked"),
-        Err(_) => panic!("{}: {lost} of {COUNT} messages lost", F::NAME),
+        Err(_) if F::CAPABILITIES.durable_groups => {
+            panic!("{}: {lost} of {COUNT} messages lost", F::NAME)
+        }
+        Err(_) => {
+            let late = (COUNT * 9 / 10..COUNT)
+                .filter(|i| !received.contains_key(i))
+                .count();
+            panic!(
+                "{}: the stream did not resume after the restarts: {late} of the last \
+                 {} messages never arrived",
+                F::NAME,
+                COUNT / 10
+            )
+        }
     }
-    assert_eq!(lost, 0, "{}", F::NAME);
+    if F::CAPABILITIES.durable_groups {
+        assert_eq!(lost, 0, "{}", F::NAME);
+    }
 }
