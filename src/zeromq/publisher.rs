@@ -28,7 +28,7 @@ use crate::{Error, Message, Operation, Receipt};
 pub struct Publisher {
     handle: Handle,
     sender: PollSender<Command>,
-    peer_wait: Option<BoxFuture<'static, bool>>,
+    peer_wait: PeerWait,
     carry_unenforced: bool,
 }
 
@@ -88,16 +88,21 @@ pub(crate) fn wait_for_peer(handle: &Handle) -> BoxFuture<'static, bool> {
     Box::pin(async move { peers.wait_for(|n| *n > 0).await.is_ok() })
 }
 
+/// A wait for a peer in progress. In a `Mutex` only so that services holding one are
+/// `Sync`; it is only ever reached through `&mut`, so it is never locked.
+pub(crate) type PeerWait = Option<std::sync::Mutex<BoxFuture<'static, bool>>>;
+
 /// Readiness shared by the publisher and the requester: a peer, then a queue slot.
 pub(crate) fn poll_send_ready(
     handle: &Handle,
     sender: &mut PollSender<Command>,
-    peer_wait: &mut Option<BoxFuture<'static, bool>>,
+    peer_wait: &mut PeerWait,
     need_peer: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), ()>> {
     if need_peer && *handle.peers.borrow() == 0 {
-        let wait = peer_wait.get_or_insert_with(|| wait_for_peer(handle));
+        let wait = peer_wait.get_or_insert_with(|| std::sync::Mutex::new(wait_for_peer(handle)));
+        let wait = wait.get_mut().unwrap_or_else(|p| p.into_inner());
         let connected = ready!(wait.as_mut().poll(cx));
         *peer_wait = None;
         if !connected {

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::PollSender;
 use tower::Service;
 
-use super::publisher::{poll_send_ready, queue, ResponseFuture};
+use super::publisher::{poll_send_ready, queue, PeerWait, ResponseFuture};
 use super::socket::{self, Command, Handle, Incoming, Kind};
 use super::{frame, Config, BROKER};
 use crate::{Error, Message, Operation, Receipt};
@@ -142,7 +142,7 @@ struct Shared {
 pub struct Requester {
     handle: Handle,
     sender: PollSender<Command>,
-    peer_wait: Option<BoxFuture<'static, bool>>,
+    peer_wait: PeerWait,
     shared: Arc<Shared>,
     timeout: Duration,
 }

@@ -66,3 +66,5 @@ mod fixture;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "zeromq")]
+mod zeromq;
