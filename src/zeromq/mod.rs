@@ -16,7 +16,14 @@
 //!   send is kept and sent once a peer is back.
 //! - **pushes back**: sends go through a bounded queue ([`Config::with_send_queue`]);
 //!   when the socket's own per-peer queue is full, the task waits, the queue fills and
-//!   `poll_ready` is `Pending`: backpressure, not loss.
+//!   `poll_ready` is `Pending`: backpressure, not loss. zeromq's per-peer queue holds
+//!   100,000 messages (not configurable in zeromq 0.7) on top of the TCP buffers, so
+//!   a stalled PULL peer is felt only after that many messages.
+//!
+//! A PUB is ready once a SUB is connected, but the SUB's subscription reaches it a
+//! moment later, and until then the PUB drops what it sends: ZeroMQ's "slow joiner",
+//! as in libzmq. Publish a probe until the subscriber sees it, or use PUSH/PULL when
+//! the first messages matter.
 //!
 //! ZeroMQ itself confirms nothing: a [`Receipt::ZeroMq`](crate::Receipt::ZeroMq) means
 //! "handed to the socket", and deliveries are [untracked](crate::Delivery::unacknowledged)

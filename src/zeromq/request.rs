@@ -279,10 +279,16 @@ impl Service<Message> for Requester {
         let sent = queue(&self.handle, &mut self.sender, frames, destination.clone());
         let shared = self.shared.clone();
         let timeout = self.timeout;
-        // The socket task lives as long as a request waits for its reply.
+        // The socket task lives as long as a request waits for its reply; a request
+        // dropped before its reply leaves no waiter behind.
         let handle = self.handle.clone();
+        let waiting = Waiting {
+            shared: shared.clone(),
+            id,
+        };
         Box::pin(async move {
             let _handle = handle;
+            let _waiting = waiting;
             let outcome = tokio::time::timeout(timeout, async {
                 sent.await.map_err(|e| {
                     Error::transient(BROKER, Operation::Request)
@@ -300,11 +306,6 @@ impl Service<Message> for Requester {
                 }
             })
             .await;
-            shared
-                .waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
             match outcome {
                 Ok(result) => result,
                 Err(_) => Err(Error::transient(BROKER, Operation::Request)
@@ -312,6 +313,22 @@ impl Service<Message> for Requester {
                     .with_reason(format!("no reply within {timeout:?}"))),
             }
         })
+    }
+}
+
+/// Removes a request's waiter however its future ends.
+struct Waiting {
+    shared: Arc<Shared>,
+    id: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
