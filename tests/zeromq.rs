@@ -216,6 +216,68 @@ async fn dealer_router_request_reply() {
 }
 
 #[tokio::test]
+async fn requester_to_a_zeromq_rep_socket() {
+    // zeromq's own REP: it strips the envelope our DEALER sends like a REQ's.
+    let mut rep = zeromq::RepSocket::new();
+    let bound = rep.bind("tcp://127.0.0.1:0").await.expect("bind REP");
+    let server = tokio::spawn(async move {
+        for _ in 0..3 {
+            let request = rep.recv().await.expect("a request").into_vec();
+            assert_eq!(request.len(), 3, "destination, header block, payload");
+            let upper = Bytes::from(request[2].to_ascii_uppercase());
+            let reply = vec![request[0].clone(), request[1].clone(), upper];
+            rep.send(zeromq::ZmqMessage::try_from(reply).expect("frames"))
+                .await
+                .expect("reply");
+        }
+    });
+    let mut requester = Requester::connect(&Config::new().connect(bound.to_string()))
+        .await
+        .expect("DEALER")
+        .with_timeout(WAIT);
+    for i in 0..3 {
+        let reply = requester
+            .ready()
+            .await
+            .expect("ready")
+            .call(Message::new("rpc", format!("rep-{i}")))
+            .await
+            .expect("REP answers");
+        assert_eq!(String::from_utf8_lossy(reply.payload()), format!("REP-{i}"));
+    }
+    server.await.expect("the REP task");
+}
+
+#[tokio::test]
+async fn a_zeromq_req_socket_to_a_served_router() {
+    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind ROUTER");
+    let endpoint = requests.endpoints()[0].clone();
+    let echo = service_fn(|request: Delivery| async move {
+        Ok::<_, BoxError>(String::from_utf8_lossy(request.message().payload()).to_uppercase())
+    });
+    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
+    let mut req = zeromq::ReqSocket::new();
+    req.connect(&endpoint).await.expect("REQ connects");
+    for i in 0..3 {
+        let request = Message::new("rpc", format!("req-{i}")).with_correlation_id(format!("c{i}"));
+        let frames = tower_mq::zeromq::frame::encode(&request).to_vec();
+        req.send(zeromq::ZmqMessage::try_from(frames).expect("frames"))
+            .await
+            .expect("REQ send");
+        let reply = tokio::time::timeout(WAIT, req.recv())
+            .await
+            .expect("a reply in time")
+            .expect("REQ recv")
+            .into_vec();
+        let reply = tower_mq::zeromq::frame::decode(&reply, "REQ").expect("a framed reply");
+        assert_eq!(String::from_utf8_lossy(reply.payload()), format!("REQ-{i}"));
+        assert_eq!(reply.correlation_id(), Some(format!("c{i}").as_str()));
+    }
+}
+
+#[tokio::test]
 async fn request_without_answer_times_out_transiently() {
     // A ROUTER that never answers.
     let (mut requests, _replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))

@@ -271,7 +271,13 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut alive: oneshot::Receiver<()>) {
         let mut handles_gone = false;
+        let mut monitoring = true;
         loop {
+            if handles_gone && !self.has_peer() {
+                // Whoever sent it stopped waiting (no handle is left), and no peer
+                // may ever come back for it.
+                self.pending = None;
+            }
             if handles_gone && self.pending.is_none() && self.commands.is_empty() {
                 break;
             }
@@ -296,7 +302,7 @@ impl Driver {
             let step = tokio::select! {
                 biased;
                 _ = &mut alive, if !handles_gone => Step::HandlesGone,
-                event = self.monitor.next() => Step::Event(event),
+                event = self.monitor.next(), if monitoring => Step::Event(event),
                 _ = tokio::time::sleep_until(next_dial.unwrap_or_else(Instant::now)), if next_dial.is_some() => Step::Dial,
                 permit = reserve(incoming), if self.held.is_some() => Step::Permit(permit),
                 command = self.commands.recv(), if take_commands => Step::Command(command),
@@ -306,7 +312,8 @@ impl Driver {
                 Step::HandlesGone | Step::Command(None) => handles_gone = true,
                 Step::Event(Some(event)) => self.on_event(event),
                 Step::Event(None) => {
-                    tracing::debug!(socket = %self.name, "socket monitor closed");
+                    tracing::warn!(socket = %self.name, "socket monitor closed; peers are no longer tracked");
+                    monitoring = false;
                 }
                 Step::Dial => self.dial_due().await,
                 Step::Permit(Some(permit)) => {
