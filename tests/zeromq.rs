@@ -130,16 +130,8 @@ async fn push_pull_balances_across_two_pullers_without_duplicates() {
         .await
         .expect("PULL b");
     assert!(a.wait_for_peers(1).await && b.wait_for_peers(1).await);
-    let mut peers = 0;
-    for _ in 0..200 {
-        peers = publisher.peers();
-        if peers == 2 {
-            break;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(peers, 2, "the PUSH sees both pullers");
+    let both = tokio::time::timeout(WAIT, publisher.wait_for_peers(2)).await;
+    assert!(matches!(both, Ok(true)), "the PUSH sees both pullers");
     for i in 0..COUNT {
         let message = Message::new("jobs", i.to_string()).with_message_id(format!("job-{i}"));
         publish(&mut publisher, message).await;

@@ -75,6 +75,13 @@ impl Publisher {
         *self.handle.peers.borrow()
     }
 
+    /// Waits until at least `count` peers are connected (false if the socket stopped).
+    pub async fn wait_for_peers(&self, count: usize) -> bool {
+        let mut peers = self.handle.peers.clone();
+        let connected = peers.wait_for(|n| *n >= count).await.is_ok();
+        connected
+    }
+
     fn closed(&self) -> Error {
         Error::transient(BROKER, Operation::Publish)
             .with_destination(self.handle.name.to_string())
