@@ -64,6 +64,8 @@ mod fixture;
 
 // Brokers: one module per fixture, each ending with `conformance!(TheFixture);`.
 mod memory;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "zeromq")]
