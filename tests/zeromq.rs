@@ -269,6 +269,62 @@ async fn a_zeromq_req_socket_to_a_served_router() {
     }
 }
 
+/// Serves `square` on a ROUTER bound to `endpoint`, retrying the bind while the port
+/// is still held by a socket being closed (bounded).
+async fn square_server(endpoint: &str) -> tokio::task::JoinHandle<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (requests, replies) = loop {
+        match Consumer::router(&Config::new().bind(endpoint)).await {
+            Ok(router) => break router,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%e, "rebind not possible yet");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("binding {endpoint} failed: {e}"),
+        }
+    };
+    let square = service_fn(|request: Delivery| async move {
+        let n: u64 = String::from_utf8_lossy(request.message().payload()).parse()?;
+        Ok::<_, BoxError>((n * n).to_string())
+    });
+    tokio::spawn(async move {
+        let _ = serve(requests, Replier::new(square, replies)).await;
+    })
+}
+
+#[tokio::test]
+async fn a_requester_redials_a_restarted_server() {
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let server = square_server(&endpoint).await;
+    let requester = Requester::connect(&Config::new().connect(&endpoint))
+        .await
+        .expect("DEALER")
+        .with_timeout(Duration::from_secs(1));
+    let reply = requester
+        .clone()
+        .oneshot(Message::new("square", "3"))
+        .await
+        .expect("first");
+    assert_eq!(String::from_utf8_lossy(reply.payload()), "9");
+
+    server.abort();
+    let _ = server.await;
+    let _server = square_server(&endpoint).await;
+    // A request in flight while the server was away may time out (transiently); the
+    // requester redials and later requests are answered.
+    let answered = tokio::time::timeout(WAIT, async {
+        loop {
+            match requester.clone().oneshot(Message::new("square", "4")).await {
+                Ok(reply) => return reply,
+                Err(e) => assert!(e.is_transient(), "{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the restarted server never answered");
+    assert_eq!(String::from_utf8_lossy(answered.payload()), "16");
+}
+
 #[tokio::test]
 async fn request_without_answer_times_out_transiently() {
     // A ROUTER that never answers.
