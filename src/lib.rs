@@ -67,6 +67,8 @@ pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod serve;
+#[cfg(feature = "zeromq")]
+pub mod zeromq;
 
 pub use serve::serve;
 

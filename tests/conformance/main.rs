@@ -70,3 +70,5 @@ mod nats;
 mod rabbitmq;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "zeromq")]
+mod zeromq;

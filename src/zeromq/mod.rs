@@ -1,0 +1,175 @@
+//! ZeroMQ (the pure-Rust `zeromq` crate): PUB/SUB with topic prefixes, PUSH/PULL work
+//! queues and DEALER/ROUTER (REQ/REP compatible) request/reply, as tower services and
+//! streams.
+//!
+//! There is no broker: sockets [`bind`](Config::bind) or [`connect`](Config::connect)
+//! to each other directly. Every socket runs in a task of its own that:
+//!
+//! - **redials**: zeromq's PUSH, PULL, PUB and DEALER sockets never reconnect to a peer
+//!   that went away; tower-mq redials every connected endpoint, with backoff between
+//!   [`Config::with_redial`]'s bounds, until its peer is back (a peer restarted on the
+//!   same port gets messages again). SUB sockets are reconnected by zeromq itself.
+//! - **waits for a peer**: a PUSH, PUB or DEALER with no connected peer would lose (PUB)
+//!   or refuse (PUSH, DEALER) what it sends, so the [`Publisher`]'s and the
+//!   [`Requester`]'s `poll_ready` is `Pending` until a peer is connected, as reported
+//!   by the socket monitor. A message whose peer vanished between readiness and the
+//!   send is kept and sent once a peer is back.
+//! - **pushes back**: sends go through a bounded queue ([`Config::with_send_queue`]);
+//!   when the socket's own per-peer queue is full, the task waits, the queue fills and
+//!   `poll_ready` is `Pending`: backpressure, not loss. zeromq's per-peer queue holds
+//!   100,000 messages (not configurable in zeromq 0.7) on top of the TCP buffers, so
+//!   a stalled PULL peer is felt only after that many messages.
+//!
+//! A PUB is ready once a SUB is connected, but the SUB's subscription reaches it a
+//! moment later, and until then the PUB drops what it sends: ZeroMQ's "slow joiner",
+//! as in libzmq. Publish a probe until the subscriber sees it, or use PUSH/PULL when
+//! the first messages matter.
+//!
+//! ZeroMQ itself confirms nothing: a [`Receipt::ZeroMq`](crate::Receipt::ZeroMq) means
+//! "handed to the socket", and deliveries are [untracked](crate::Delivery::unacknowledged)
+//! (settling them tells no one). What a peer that restarts had received but not
+//! handled, and what was queued for it or in flight on the old connection, is lost:
+//! ZeroMQ is at most once across peer restarts.
+//!
+//! Messages travel in the framing described in [`frame`]: destination (prefix-matched
+//! by SUB sockets), a versioned header block (properties and headers), payload. A
+//! message that does not parse is a permanent error item on the consumer stream; the
+//! stream goes on with the next message.
+//!
+//! Errors name the broker `zeromq`, the operation and the endpoint or destination;
+//! failed binds and sends are transient, invalid endpoints and malformed messages
+//! permanent.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use tower::ServiceExt;
+//! use tower_mq::zeromq::{Config, Consumer, Publisher};
+//! use tower_mq::Message;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_mq::BoxError> {
+//! // A PULL worker binds; a PUSH publisher connects (and redials if the worker restarts).
+//! let mut worker = Consumer::pull(&Config::new().bind("tcp://127.0.0.1:5557")).await?;
+//! let publisher = Publisher::push(&Config::new().connect("tcp://127.0.0.1:5557")).await?;
+//! let receipt = publisher
+//!     .oneshot(Message::new("jobs", "resize 42").with_header("tenant", "acme"))
+//!     .await?;
+//! println!("{receipt}");
+//! if let Some(delivery) = worker.next().await {
+//!     let delivery = delivery?;
+//!     assert_eq!(delivery.message().headers().get("tenant"), Some("acme"));
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+mod consumer;
+pub mod frame;
+mod publisher;
+mod request;
+mod socket;
+
+pub use consumer::Consumer;
+pub use publisher::{Publisher, ResponseFuture};
+pub use request::{Replies, Requester, ROUTE_PREFIX};
+
+/// The broker name in errors.
+pub const BROKER: &str = "zeromq";
+
+/// Where a socket binds and connects, and how it queues and redials.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_mq::zeromq::Config;
+///
+/// let config = Config::new()
+///     .bind("tcp://127.0.0.1:0")
+///     .connect("tcp://127.0.0.1:5555")
+///     .with_send_queue(256)
+///     .with_redial(Duration::from_millis(20), Duration::from_secs(2));
+/// assert_eq!(config.binds(), ["tcp://127.0.0.1:0"]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    binds: Vec<String>,
+    connects: Vec<String>,
+    send_queue: usize,
+    receive_queue: usize,
+    redial_min: Duration,
+    redial_max: Duration,
+    connect_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            binds: Vec::new(),
+            connects: Vec::new(),
+            send_queue: 1024,
+            receive_queue: 1024,
+            redial_min: Duration::from_millis(10),
+            redial_max: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Config {
+    /// No endpoints; 1024-message send and receive queues; redial between 10 ms and 1 s.
+    pub fn new() -> Self {
+        Config::default()
+    }
+
+    /// Binds to `endpoint` (e.g. `tcp://127.0.0.1:0`; port 0 picks a free port, read
+    /// it back from the socket's `endpoints()`).
+    pub fn bind(mut self, endpoint: impl Into<String>) -> Self {
+        self.binds.push(endpoint.into());
+        self
+    }
+
+    /// Connects to `endpoint`, redialling whenever its peer goes away.
+    pub fn connect(mut self, endpoint: impl Into<String>) -> Self {
+        self.connects.push(endpoint.into());
+        self
+    }
+
+    /// How many sends may wait for the socket before `poll_ready` is `Pending`.
+    pub fn with_send_queue(mut self, messages: usize) -> Self {
+        self.send_queue = messages;
+        self
+    }
+
+    /// How many received messages may wait for the consumer before the socket stops
+    /// reading (and peers feel backpressure).
+    pub fn with_receive_queue(mut self, messages: usize) -> Self {
+        self.receive_queue = messages;
+        self
+    }
+
+    /// The first and the longest wait between dials of an endpoint whose peer is gone.
+    pub fn with_redial(mut self, min: Duration, max: Duration) -> Self {
+        self.redial_min = min;
+        self.redial_max = max.max(min);
+        self
+    }
+
+    /// How long one dial may try before the socket does other work and dials again.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The endpoints to bind.
+    pub fn binds(&self) -> &[String] {
+        &self.binds
+    }
+
+    /// The endpoints to connect to.
+    pub fn connects(&self) -> &[String] {
+        &self.connects
+    }
+}

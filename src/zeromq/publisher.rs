@@ -1,0 +1,282 @@
+//! PUB and PUSH publishers.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use futures_core::future::BoxFuture;
+use tokio::sync::oneshot;
+use tokio_util::sync::PollSender;
+use tower::Service;
+use zeromq::ZmqMessage;
+
+use super::socket::{self, Command, Handle, Kind};
+use super::{frame, Config, BROKER};
+use crate::{Error, Message, Operation, Receipt};
+
+/// A PUB or PUSH socket as a `Service<Message, Response = Receipt>`.
+///
+/// `poll_ready` is `Pending` until a peer is connected and while the send queue is
+/// full; the [`Receipt::ZeroMq`] names the message's destination (topic) and means the
+/// socket took the message. Clones share the socket. See the [module docs](super).
+///
+/// ZeroMQ cannot honour a message's priority or time to live (there is no queue to
+/// order or expire), so publishing either fails with a permanent error unless
+/// [`Publisher::carry_unenforced_properties`] says to carry them in the header block
+/// for the receiver to act on.
+pub struct Publisher {
+    handle: Handle,
+    sender: PollSender<Command>,
+    peer_wait: PeerWait,
+    carry_unenforced: bool,
+}
+
+impl Publisher {
+    /// A PUB socket: every connected SUB whose subscription prefixes the destination
+    /// gets a copy.
+    pub async fn publish(config: &Config) -> Result<Self, Error> {
+        Self::open(Kind::Pub, config).await
+    }
+
+    /// A PUSH socket: each message goes to one connected PULL, round robin.
+    pub async fn push(config: &Config) -> Result<Self, Error> {
+        Self::open(Kind::Push, config).await
+    }
+
+    async fn open(kind: Kind, config: &Config) -> Result<Self, Error> {
+        let (handle, _) = socket::open(kind, config).await?;
+        Ok(Publisher::from_handle(handle))
+    }
+
+    fn from_handle(handle: Handle) -> Self {
+        Publisher {
+            sender: PollSender::new(handle.commands.clone()),
+            handle,
+            peer_wait: None,
+            carry_unenforced: false,
+        }
+    }
+
+    /// Carries priority and time to live in the header block instead of refusing
+    /// them; nothing on the way enforces them.
+    pub fn carry_unenforced_properties(mut self, carry: bool) -> Self {
+        self.carry_unenforced = carry;
+        self
+    }
+
+    /// The bound endpoints (ports resolved) and the connected ones.
+    pub fn endpoints(&self) -> &[String] {
+        &self.handle.endpoints
+    }
+
+    /// How many peers are connected now.
+    pub fn peers(&self) -> usize {
+        *self.handle.peers.borrow()
+    }
+
+    /// Waits until at least `count` peers are connected (false if the socket stopped).
+    pub async fn wait_for_peers(&self, count: usize) -> bool {
+        let mut peers = self.handle.peers.clone();
+        let connected = peers.wait_for(|n| *n >= count).await.is_ok();
+        connected
+    }
+
+    fn closed(&self) -> Error {
+        Error::transient(BROKER, Operation::Publish)
+            .with_destination(self.handle.name.to_string())
+            .with_reason("the socket task stopped")
+    }
+}
+
+/// Waits until `handle` has a peer; false if the socket task stopped.
+pub(crate) fn wait_for_peer(handle: &Handle) -> BoxFuture<'static, bool> {
+    let mut peers = handle.peers.clone();
+    Box::pin(async move { peers.wait_for(|n| *n > 0).await.is_ok() })
+}
+
+/// A wait for a peer in progress. In a `Mutex` only so that services holding one are
+/// `Sync`; it is only ever reached through `&mut`, so it is never locked.
+pub(crate) type PeerWait = Option<std::sync::Mutex<BoxFuture<'static, bool>>>;
+
+/// Readiness shared by the publisher and the requester: a peer, then a queue slot.
+pub(crate) fn poll_send_ready(
+    handle: &Handle,
+    sender: &mut PollSender<Command>,
+    peer_wait: &mut PeerWait,
+    need_peer: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), ()>> {
+    if need_peer && *handle.peers.borrow() == 0 {
+        let wait = peer_wait.get_or_insert_with(|| std::sync::Mutex::new(wait_for_peer(handle)));
+        let wait = wait.get_mut().unwrap_or_else(|p| p.into_inner());
+        let connected = ready!(wait.as_mut().poll(cx));
+        *peer_wait = None;
+        if !connected {
+            return Poll::Ready(Err(()));
+        }
+    }
+    sender.poll_reserve(cx).map_err(|_| ())
+}
+
+/// Queues `frames` on the reserved slot; the future resolves once the socket took them.
+pub(crate) fn queue(
+    handle: &Handle,
+    sender: &mut PollSender<Command>,
+    frames: Vec<bytes::Bytes>,
+    destination: String,
+) -> ResponseFuture {
+    let message = match ZmqMessage::try_from(frames) {
+        Ok(message) => message,
+        Err(_) => {
+            return ResponseFuture::failed(
+                Error::permanent(BROKER, Operation::Publish)
+                    .with_destination(destination)
+                    .with_reason("a message needs at least one frame"),
+            )
+        }
+    };
+    let (done, rx) = oneshot::channel();
+    let command = Command {
+        message,
+        done,
+        destination: destination.clone(),
+    };
+    if sender.send_item(command).is_err() {
+        return ResponseFuture::failed(
+            Error::transient(BROKER, Operation::Publish)
+                .with_destination(destination)
+                .with_reason("poll_ready must be called first, or the socket task stopped"),
+        );
+    }
+    ResponseFuture {
+        state: State::Waiting {
+            rx,
+            destination,
+            _handle: handle.clone(),
+        },
+    }
+}
+
+impl Service<Message> for Publisher {
+    type Response = Receipt;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        poll_send_ready(
+            &self.handle,
+            &mut self.sender,
+            &mut self.peer_wait,
+            true,
+            cx,
+        )
+        .map_err(|()| self.closed())
+    }
+
+    fn call(&mut self, message: Message) -> ResponseFuture {
+        if message.destination().is_empty() {
+            // An empty topic would match every subscriber's prefix.
+            self.sender.abort_send();
+            return ResponseFuture::failed(
+                Error::permanent(BROKER, Operation::Publish)
+                    .with_destination("")
+                    .with_reason("the destination (topic frame) must not be empty"),
+            );
+        }
+        let destination = message.destination().to_owned();
+        if !self.carry_unenforced && (message.priority().is_some() || message.ttl().is_some()) {
+            self.sender.abort_send();
+            return ResponseFuture::failed(
+                Error::permanent(BROKER, Operation::Publish)
+                    .with_destination(destination)
+                    .with_reason(
+                        "ZeroMQ cannot honour priority or time to live \
+                         (see Publisher::carry_unenforced_properties)",
+                    ),
+            );
+        }
+        queue(
+            &self.handle,
+            &mut self.sender,
+            frame::encode(&message).to_vec(),
+            destination,
+        )
+    }
+}
+
+impl Clone for Publisher {
+    fn clone(&self) -> Self {
+        Publisher::from_handle(self.handle.clone())
+            .carry_unenforced_properties(self.carry_unenforced)
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("socket", &self.handle.name)
+            .field("peers", &self.peers())
+            .finish()
+    }
+}
+
+/// The future [`Publisher::call`] returns: resolves once the socket took the message.
+pub struct ResponseFuture {
+    state: State,
+}
+
+enum State {
+    Failed(Option<Error>),
+    Waiting {
+        rx: oneshot::Receiver<Result<(), Error>>,
+        destination: String,
+        // Keeps the socket task alive until the message is handed over.
+        _handle: Handle,
+    },
+}
+
+impl ResponseFuture {
+    pub(crate) fn from_error(error: Error) -> Self {
+        ResponseFuture::failed(error)
+    }
+
+    fn failed(error: Error) -> Self {
+        ResponseFuture {
+            state: State::Failed(Some(error)),
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Receipt, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.state {
+            State::Failed(error) => Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                Error::permanent(BROKER, Operation::Publish).with_reason("polled after completion")
+            }))),
+            State::Waiting {
+                rx, destination, ..
+            } => {
+                let result = ready!(Pin::new(rx).poll(cx));
+                Poll::Ready(match result {
+                    Ok(Ok(())) => Ok(Receipt::ZeroMq {
+                        socket: destination.clone(),
+                    }),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::transient(BROKER, Operation::Publish)
+                        .with_destination(destination.clone())
+                        .with_reason("the socket task stopped before sending")),
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,369 @@
+//! Request/reply: a DEALER [`Requester`] and the reply publisher of a ROUTER consumer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::future::BoxFuture;
+use tokio::sync::oneshot;
+use tokio_util::sync::PollSender;
+use tower::Service;
+
+use super::publisher::{poll_send_ready, queue, PeerWait, ResponseFuture};
+use super::socket::{self, Command, Handle, Incoming, Kind};
+use super::{frame, Config, BROKER};
+use crate::{Error, Message, Operation, Receipt};
+
+/// How a ROUTER consumer writes the route back to a requesting peer into a delivery's
+/// `reply_to`: this prefix, then each envelope frame in lower-case hex, each followed
+/// by `.` (a REQ peer's envelope is its identity and an empty delimiter).
+pub const ROUTE_PREFIX: &str = "zmq-route:";
+
+pub(crate) fn encode_route(envelope: &[Bytes]) -> String {
+    let mut route = String::from(ROUTE_PREFIX);
+    for part in envelope {
+        for byte in part.iter() {
+            route.push_str(&format!("{byte:02x}"));
+        }
+        route.push('.');
+    }
+    route
+}
+
+fn decode_route(route: &str) -> Option<Vec<Bytes>> {
+    let hex = route.strip_prefix(ROUTE_PREFIX)?;
+    let parts = hex.strip_suffix('.')?;
+    parts
+        .split('.')
+        .map(|part| {
+            if part.len() % 2 != 0 {
+                return None;
+            }
+            (0..part.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(part.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()
+                .map(Bytes::from)
+        })
+        .collect()
+}
+
+/// Publishes replies through a ROUTER socket to the peer named by each message's
+/// destination, a route from a request's `reply_to` (see [`ROUTE_PREFIX`]); made by
+/// [`Consumer::router`](super::Consumer::router).
+///
+/// A ROUTER sends to one peer by identity, so readiness does not wait for peers; a
+/// reply whose peer is gone fails with a transient error.
+pub struct Replies {
+    handle: Handle,
+    sender: PollSender<Command>,
+}
+
+impl Replies {
+    pub(crate) fn new(handle: Handle) -> Self {
+        Replies {
+            sender: PollSender::new(handle.commands.clone()),
+            handle,
+        }
+    }
+}
+
+impl Service<Message> for Replies {
+    type Response = Receipt;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut no_wait = None;
+        poll_send_ready(&self.handle, &mut self.sender, &mut no_wait, false, cx).map_err(|()| {
+            Error::transient(BROKER, Operation::Publish)
+                .with_destination(self.handle.name.to_string())
+                .with_reason("the socket task stopped")
+        })
+    }
+
+    fn call(&mut self, message: Message) -> ResponseFuture {
+        let destination = message.destination().to_owned();
+        let Some(mut frames) = decode_route(&destination) else {
+            self.sender.abort_send();
+            return queue_error(
+                destination,
+                "a reply's destination must be a route from a request's reply_to",
+            );
+        };
+        frames.extend(frame::encode(&message));
+        queue(&self.handle, &mut self.sender, frames, destination)
+    }
+}
+
+fn queue_error(destination: String, reason: &'static str) -> ResponseFuture {
+    ResponseFuture::from_error(
+        Error::permanent(BROKER, Operation::Publish)
+            .with_destination(destination)
+            .with_reason(reason),
+    )
+}
+
+impl Clone for Replies {
+    fn clone(&self) -> Self {
+        Replies::new(self.handle.clone())
+    }
+}
+
+impl fmt::Debug for Replies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replies")
+            .field("socket", &self.handle.name)
+            .finish()
+    }
+}
+
+type Waiters = Mutex<HashMap<String, oneshot::Sender<Result<Message, Error>>>>;
+
+struct Shared {
+    waiters: Waiters,
+    prefix: String,
+    counter: AtomicU64,
+}
+
+/// A DEALER socket as a `Service<Message, Response = Message>`: sends each request to
+/// one connected REP or ROUTER peer (round robin) and waits for the reply with the
+/// same correlation id, at most [`Requester::with_timeout`].
+///
+/// Requests carry an empty delimiter frame before the three message frames, as a REQ
+/// socket's do, so REP peers (libzmq's included) can answer them; many requests may
+/// be in flight at once. `poll_ready` is `Pending` until a peer is connected. A
+/// request that times out fails with a transient error (operation `request`, the
+/// request's destination); its late reply is dropped.
+pub struct Requester {
+    handle: Handle,
+    sender: PollSender<Command>,
+    peer_wait: PeerWait,
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+impl Requester {
+    /// A DEALER socket per `config` (usually `connect`ing to a ROUTER or REP server).
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        let (handle, incoming) = socket::open(Kind::Dealer, config).await?;
+        let shared = Arc::new(Shared {
+            waiters: Mutex::new(HashMap::new()),
+            prefix: format!("{:016x}", fastrand::u64(..)),
+            counter: AtomicU64::new(0),
+        });
+        if let Some(incoming) = incoming {
+            tokio::spawn(route_replies(
+                incoming,
+                Arc::downgrade(&shared),
+                handle.name.to_string(),
+            ));
+        }
+        Ok(Requester {
+            sender: PollSender::new(handle.commands.clone()),
+            handle,
+            peer_wait: None,
+            shared,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// How long a request waits for its reply (30 seconds unless set).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The connected (and bound) endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        &self.handle.endpoints
+    }
+
+    /// How many peers are connected now.
+    pub fn peers(&self) -> usize {
+        *self.handle.peers.borrow()
+    }
+}
+
+async fn route_replies(mut incoming: Incoming, shared: std::sync::Weak<Shared>, name: String) {
+    while let Some(item) = incoming.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let frames = match item {
+            Ok(message) => message.into_vec(),
+            Err(error) => {
+                tracing::warn!(socket = %name, %error, "receiving a reply failed");
+                continue;
+            }
+        };
+        // Drop the empty delimiter(s) a REP or ROUTER puts before the message.
+        let start = frames.len().saturating_sub(3);
+        if frames[..start].iter().any(|f| !f.is_empty()) {
+            tracing::warn!(socket = %name, frames = frames.len(), "reply with an unexpected envelope dropped");
+            continue;
+        }
+        let reply = match frame::decode(&frames[start..], &name) {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(socket = %name, %error, "malformed reply dropped");
+                continue;
+            }
+        };
+        let waiter = reply.correlation_id().and_then(|id| {
+            shared
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id)
+        });
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(Ok(reply));
+            }
+            None => tracing::debug!(socket = %name, "reply for no waiting request dropped"),
+        }
+    }
+    // The socket stopped: fail whoever still waits.
+    if let Some(shared) = shared.upgrade() {
+        let waiters =
+            std::mem::take(&mut *shared.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, waiter) in waiters {
+            let _ = waiter.send(Err(Error::transient(BROKER, Operation::Request)
+                .with_destination(name.clone())
+                .with_reason("the socket stopped")));
+        }
+    }
+}
+
+impl Service<Message> for Requester {
+    type Response = Message;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Message, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        poll_send_ready(
+            &self.handle,
+            &mut self.sender,
+            &mut self.peer_wait,
+            true,
+            cx,
+        )
+        .map_err(|()| {
+            Error::transient(BROKER, Operation::Request)
+                .with_destination(self.handle.name.to_string())
+                .with_reason("the socket task stopped")
+        })
+    }
+
+    fn call(&mut self, mut request: Message) -> Self::Future {
+        let destination = request.destination().to_owned();
+        let id = format!(
+            "{}-{}",
+            self.shared.prefix,
+            self.shared.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        request.set_correlation_id(Some(id.clone()));
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), tx);
+        let mut frames = vec![Bytes::new()];
+        frames.extend(frame::encode(&request));
+        let sent = queue(&self.handle, &mut self.sender, frames, destination.clone());
+        let shared = self.shared.clone();
+        let timeout = self.timeout;
+        // The socket task lives as long as a request waits for its reply; a request
+        // dropped before its reply leaves no waiter behind.
+        let handle = self.handle.clone();
+        let waiting = Waiting {
+            shared: shared.clone(),
+            id,
+        };
+        Box::pin(async move {
+            let _handle = handle;
+            let _waiting = waiting;
+            let outcome = tokio::time::timeout(timeout, async {
+                sent.await.map_err(|e| {
+                    Error::transient(BROKER, Operation::Request)
+                        .with_destination(destination.clone())
+                        .with_source(e)
+                })?;
+                match rx.await {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(e)) => Err(Error::transient(BROKER, Operation::Request)
+                        .with_destination(destination.clone())
+                        .with_source(e)),
+                    Err(_) => Err(Error::transient(BROKER, Operation::Request)
+                        .with_destination(destination.clone())
+                        .with_reason("the requester stopped")),
+                }
+            })
+            .await;
+            match outcome {
+                Ok(result) => result,
+                Err(_) => Err(Error::transient(BROKER, Operation::Request)
+                    .with_destination(destination)
+                    .with_reason(format!("no reply within {timeout:?}"))),
+            }
+        })
+    }
+}
+
+/// Removes a request's waiter however its future ends.
+struct Waiting {
+    shared: Arc<Shared>,
+    id: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Clone for Requester {
+    fn clone(&self) -> Self {
+        Requester {
+            sender: PollSender::new(self.handle.commands.clone()),
+            handle: self.handle.clone(),
+            peer_wait: None,
+            shared: self.shared.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl fmt::Debug for Requester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Requester")
+            .field("socket", &self.handle.name)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_round_trip() {
+        let envelope = vec![Bytes::from_static(&[0, 1, 0xab, 0xff]), Bytes::new()];
+        let route = encode_route(&envelope);
+        assert_eq!(route, "zmq-route:0001abff..");
+        assert_eq!(decode_route(&route), Some(envelope));
+        assert_eq!(decode_route("zmq-route:0g."), None);
+        assert_eq!(decode_route("elsewhere"), None);
+    }
+}

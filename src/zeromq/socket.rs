@@ -1,0 +1,492 @@
+//! One task per ZeroMQ socket: it owns the socket, sends what the handles queue, reads
+//! what peers send, tracks connected peers from the socket monitor and redials
+//! connected endpoints whose peer went away.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use zeromq::prelude::*;
+use zeromq::util::PeerIdentity;
+use zeromq::{SocketEvent, SocketOptions, ZmqError, ZmqMessage};
+
+use super::{Config, BROKER};
+use crate::{Error, Operation};
+
+/// The ZeroMQ socket types tower-mq drives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Pub,
+    Sub(Vec<String>),
+    Push,
+    Pull,
+    Dealer,
+    Router,
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Pub => "PUB",
+            Kind::Sub(_) => "SUB",
+            Kind::Push => "PUSH",
+            Kind::Pull => "PULL",
+            Kind::Dealer => "DEALER",
+            Kind::Router => "ROUTER",
+        }
+    }
+
+    fn receives(&self) -> bool {
+        matches!(
+            self,
+            Kind::Sub(_) | Kind::Pull | Kind::Dealer | Kind::Router
+        )
+    }
+
+    /// Whether sends wait for a connected peer. A ROUTER addresses one peer by identity,
+    /// so a missing peer is that send's failure, not the socket's readiness.
+    fn sends_need_peer(&self) -> bool {
+        matches!(self, Kind::Pub | Kind::Push | Kind::Dealer)
+    }
+
+    /// Whether tower-mq redials a connection whose peer went away. zeromq's SUB socket
+    /// reconnects by itself; the others never do.
+    fn redials(&self) -> bool {
+        !matches!(self, Kind::Sub(_))
+    }
+}
+
+enum AnySocket {
+    Pub(zeromq::PubSocket),
+    Sub(zeromq::SubSocket),
+    Push(zeromq::PushSocket),
+    Pull(zeromq::PullSocket),
+    Dealer(zeromq::DealerSocket),
+    Router(zeromq::RouterSocket),
+}
+
+macro_rules! each {
+    ($socket:expr, $s:ident => $body:expr) => {
+        match $socket {
+            AnySocket::Pub($s) => $body,
+            AnySocket::Sub($s) => $body,
+            AnySocket::Push($s) => $body,
+            AnySocket::Pull($s) => $body,
+            AnySocket::Dealer($s) => $body,
+            AnySocket::Router($s) => $body,
+        }
+    };
+}
+
+impl AnySocket {
+    fn new(kind: &Kind, options: SocketOptions) -> Self {
+        match kind {
+            Kind::Pub => AnySocket::Pub(zeromq::PubSocket::with_options(options)),
+            Kind::Sub(_) => AnySocket::Sub(zeromq::SubSocket::with_options(options)),
+            Kind::Push => AnySocket::Push(zeromq::PushSocket::with_options(options)),
+            Kind::Pull => AnySocket::Pull(zeromq::PullSocket::with_options(options)),
+            Kind::Dealer => AnySocket::Dealer(zeromq::DealerSocket::with_options(options)),
+            Kind::Router => AnySocket::Router(zeromq::RouterSocket::with_options(options)),
+        }
+    }
+
+    async fn send(&mut self, message: ZmqMessage) -> Result<(), ZmqError> {
+        match self {
+            AnySocket::Pub(s) => s.send(message).await,
+            AnySocket::Push(s) => s.send(message).await,
+            AnySocket::Dealer(s) => s.send(message).await,
+            AnySocket::Router(s) => s.send(message).await,
+            AnySocket::Sub(_) | AnySocket::Pull(_) => {
+                Err(ZmqError::Socket("this socket type cannot send"))
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Result<ZmqMessage, ZmqError> {
+        match self {
+            AnySocket::Sub(s) => s.recv().await,
+            AnySocket::Pull(s) => s.recv().await,
+            AnySocket::Dealer(s) => s.recv().await,
+            AnySocket::Router(s) => s.recv().await,
+            AnySocket::Pub(_) | AnySocket::Push(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// What handles ask of the socket task.
+pub(crate) struct Command {
+    pub(crate) message: ZmqMessage,
+    pub(crate) done: oneshot::Sender<Result<(), Error>>,
+    /// The message's destination, for errors.
+    pub(crate) destination: String,
+}
+
+/// The shared side of a socket task: queue commands, watch peers. The task runs until
+/// every handle (and every in-flight send holding one) is dropped.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) peers: watch::Receiver<usize>,
+    pub(crate) endpoints: Arc<[String]>,
+    pub(crate) name: Arc<str>,
+    _alive: Arc<oneshot::Sender<()>>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("socket", &self.name)
+            .field("peers", &*self.peers.borrow())
+            .finish()
+    }
+}
+
+/// What a socket received: raw frames, or a receive failure.
+pub(crate) type Incoming = mpsc::Receiver<Result<ZmqMessage, Error>>;
+
+/// An error of `kind` naming the socket.
+pub(crate) fn error(operation: Operation, endpoint: &str, err: ZmqError) -> Error {
+    let permanent = matches!(
+        err,
+        ZmqError::Endpoint(_) | ZmqError::PeerIdentity | ZmqError::UnsupportedVersion(_)
+    );
+    let base = if permanent {
+        Error::permanent(BROKER, operation)
+    } else {
+        Error::transient(BROKER, operation)
+    };
+    base.with_destination(endpoint.to_owned()).with_source(err)
+}
+
+/// Opens a socket of `kind` per `config`: binds now (failing if a bind fails), dials
+/// the connect endpoints in the background, and starts the socket task.
+pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<Incoming>), Error> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout(config.connect_timeout);
+    let mut socket = AnySocket::new(&kind, options);
+    let monitor = each!(&mut socket, s => s.monitor()).boxed();
+    if let (AnySocket::Sub(sub), Kind::Sub(prefixes)) = (&mut socket, &kind) {
+        for prefix in prefixes {
+            sub.subscribe(prefix)
+                .await
+                .map_err(|e| error(Operation::Subscribe, prefix, e))?;
+        }
+    }
+    let mut endpoints = Vec::new();
+    for endpoint in &config.binds {
+        let bound = each!(&mut socket, s => s.bind(endpoint).await)
+            .map_err(|e| error(Operation::Connect, endpoint, e))?;
+        endpoints.push(bound.to_string());
+    }
+    for endpoint in &config.connects {
+        endpoint.parse::<zeromq::Endpoint>().map_err(|e| {
+            Error::permanent(BROKER, Operation::Connect)
+                .with_destination(endpoint.clone())
+                .with_reason("invalid endpoint")
+                .with_source(e)
+        })?;
+        endpoints.push(endpoint.clone());
+    }
+    let name: Arc<str> = format!("{} {}", kind.name(), endpoints.join(",")).into();
+    let (commands, command_rx) = mpsc::channel(config.send_queue.max(1));
+    let (peers_tx, peers) = watch::channel(0);
+    let (alive, alive_rx) = oneshot::channel();
+    let (incoming_tx, incoming) = if kind.receives() {
+        let (tx, rx) = mpsc::channel(config.receive_queue.max(1));
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let now = Instant::now();
+    let driver = Driver {
+        dials: config
+            .connects
+            .iter()
+            .map(|endpoint| Dial {
+                endpoint: endpoint.clone(),
+                state: DialState::Due(now),
+                backoff: config.redial_min,
+            })
+            .collect(),
+        kind,
+        socket,
+        monitor,
+        commands: command_rx,
+        incoming: incoming_tx,
+        held: None,
+        pending: None,
+        peers: HashSet::new(),
+        peers_tx,
+        redial_min: config.redial_min,
+        redial_max: config.redial_max,
+        name: name.clone(),
+    };
+    tokio::spawn(driver.run(alive_rx));
+    let handle = Handle {
+        commands,
+        peers,
+        endpoints: endpoints.into(),
+        name,
+        _alive: Arc::new(alive),
+    };
+    Ok((handle, incoming))
+}
+
+enum DialState {
+    /// Dial at this instant.
+    Due(Instant),
+    /// Connected; the peer is known once the monitor reported it.
+    Connected(Option<PeerIdentity>),
+}
+
+struct Dial {
+    endpoint: String,
+    state: DialState,
+    backoff: Duration,
+}
+
+struct Driver {
+    kind: Kind,
+    socket: AnySocket,
+    monitor: BoxStream<'static, SocketEvent>,
+    commands: mpsc::Receiver<Command>,
+    incoming: Option<mpsc::Sender<Result<ZmqMessage, Error>>>,
+    /// Received but not yet taken by the consumer (its queue was full).
+    held: Option<Result<ZmqMessage, Error>>,
+    /// A send that found no peer: retried once one connects.
+    pending: Option<Command>,
+    dials: Vec<Dial>,
+    peers: HashSet<PeerIdentity>,
+    peers_tx: watch::Sender<usize>,
+    redial_min: Duration,
+    redial_max: Duration,
+    name: Arc<str>,
+}
+
+impl Driver {
+    async fn run(mut self, mut alive: oneshot::Receiver<()>) {
+        let mut handles_gone = false;
+        let mut monitoring = true;
+        loop {
+            if handles_gone && !self.has_peer() {
+                // Whoever sent it stopped waiting (no handle is left), and no peer
+                // may ever come back for it.
+                self.pending = None;
+            }
+            if handles_gone && self.pending.is_none() && self.commands.is_empty() {
+                break;
+            }
+            if self.pending.is_some() && self.has_peer() {
+                if let Some(command) = self.pending.take() {
+                    self.send(command).await;
+                }
+                continue;
+            }
+            let next_dial = self
+                .dials
+                .iter()
+                .filter_map(|d| match d.state {
+                    DialState::Due(at) => Some(at),
+                    DialState::Connected(_) => None,
+                })
+                .min();
+            let take_commands =
+                self.pending.is_none() && (!self.kind.sends_need_peer() || self.has_peer());
+            let receive = self.incoming.is_some() && self.held.is_none();
+            let incoming = self.incoming.clone();
+            let step = tokio::select! {
+                biased;
+                _ = &mut alive, if !handles_gone => Step::HandlesGone,
+                event = self.monitor.next(), if monitoring => Step::Event(event),
+                _ = tokio::time::sleep_until(next_dial.unwrap_or_else(Instant::now)), if next_dial.is_some() => Step::Dial,
+                permit = reserve(incoming), if self.held.is_some() => Step::Permit(permit),
+                command = self.commands.recv(), if take_commands => Step::Command(command),
+                received = self.socket.recv(), if receive => Step::Received(received),
+            };
+            match step {
+                Step::HandlesGone | Step::Command(None) => handles_gone = true,
+                Step::Event(Some(event)) => self.on_event(event),
+                Step::Event(None) => {
+                    tracing::warn!(socket = %self.name, "socket monitor closed; peers are no longer tracked");
+                    monitoring = false;
+                }
+                Step::Dial => self.dial_due().await,
+                Step::Permit(Some(permit)) => {
+                    if let Some(item) = self.held.take() {
+                        permit.send(item);
+                    }
+                }
+                Step::Permit(None) => {
+                    self.incoming = None;
+                    self.held = None;
+                }
+                Step::Command(Some(command)) => self.send(command).await,
+                Step::Received(received) => self.on_received(received),
+            }
+            if handles_gone && !take_commands && self.pending.is_none() {
+                // Nobody can be waiting for a peer any more: the queued sends fail.
+                while let Ok(command) = self.commands.try_recv() {
+                    let _ = command.done.send(Err(self.no_peer(&command.destination)));
+                }
+            }
+        }
+        // Not every zeromq socket releases its connections when dropped (PULL keeps
+        // them open from its writer tasks): shut the backend down so peers see the
+        // connection close, as they would if this process ended.
+        each!(&self.socket, s => s.backend().shutdown());
+        let errors = each!(self.socket, s => s.close().await);
+        tracing::debug!(socket = %self.name, ?errors, "socket closed");
+    }
+
+    fn has_peer(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    fn no_peer(&self, destination: &str) -> Error {
+        Error::transient(BROKER, Operation::Publish)
+            .with_destination(destination.to_owned())
+            .with_reason(format!("{} closed before a peer connected", self.name))
+    }
+
+    fn publish_peers(&self) {
+        self.peers_tx.send_replace(self.peers.len());
+    }
+
+    fn on_event(&mut self, event: SocketEvent) {
+        match event {
+            SocketEvent::Connected(endpoint, peer) => {
+                let shown = endpoint.to_string();
+                let unknown = |d: &Dial| matches!(d.state, DialState::Connected(None));
+                let dial = self
+                    .dials
+                    .iter()
+                    .position(|d| unknown(d) && d.endpoint == shown)
+                    .or_else(|| self.dials.iter().position(unknown))
+                    .or_else(|| {
+                        // zeromq's own reconnect (SUB) reports the peer again.
+                        self.dials
+                            .iter()
+                            .position(|d| d.endpoint == shown && !self.kind.redials())
+                    });
+                if let Some(dial) = dial {
+                    self.dials[dial].state = DialState::Connected(Some(peer.clone()));
+                }
+                self.peers.insert(peer);
+            }
+            SocketEvent::Accepted(_, peer) => {
+                self.peers.insert(peer);
+            }
+            SocketEvent::Disconnected(peer) => {
+                self.peers.remove(&peer);
+                if self.kind.redials() {
+                    let now = Instant::now();
+                    for dial in &mut self.dials {
+                        if matches!(&dial.state, DialState::Connected(Some(p)) if *p == peer) {
+                            tracing::debug!(socket = %self.name, endpoint = %dial.endpoint, "peer went away; redialling");
+                            dial.backoff = self.redial_min;
+                            dial.state = DialState::Due(now + self.redial_min);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.publish_peers();
+    }
+
+    async fn dial_due(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.dials.len() {
+            let DialState::Due(at) = self.dials[i].state else {
+                continue;
+            };
+            if at > now {
+                continue;
+            }
+            let endpoint = self.dials[i].endpoint.clone();
+            let result = each!(&mut self.socket, s => s.connect(&endpoint).await);
+            let dial = &mut self.dials[i];
+            match result {
+                Ok(()) => {
+                    dial.backoff = self.redial_min;
+                    dial.state = DialState::Connected(None);
+                }
+                Err(err) => {
+                    tracing::debug!(socket = %self.name, %endpoint, %err, "dial failed");
+                    dial.state = DialState::Due(Instant::now() + dial.backoff);
+                    dial.backoff = (dial.backoff * 2).min(self.redial_max);
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, command: Command) {
+        let Command {
+            message,
+            done,
+            destination,
+        } = command;
+        match self.socket.send(message).await {
+            Ok(()) => {
+                let _ = done.send(Ok(()));
+            }
+            Err(ZmqError::ReturnToSender { message, .. }) if self.kind.sends_need_peer() => {
+                // The peer went away since readiness said there was one: keep the
+                // message until a peer is back instead of losing it.
+                self.pending = Some(Command {
+                    message,
+                    done,
+                    destination,
+                });
+            }
+            Err(err) => {
+                let _ = done.send(Err(error(Operation::Publish, &destination, err)));
+            }
+        }
+    }
+
+    fn on_received(&mut self, received: Result<ZmqMessage, ZmqError>) {
+        let item = match received {
+            Ok(message) => Ok(message),
+            Err(ZmqError::NoMessage) => {
+                // zeromq's fair queue ended: nothing more will come.
+                self.incoming = None;
+                return;
+            }
+            Err(err) => Err(error(Operation::Receive, &self.name, err)),
+        };
+        let Some(incoming) = &self.incoming else {
+            return;
+        };
+        match incoming.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => self.held = Some(item),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.incoming = None,
+        }
+    }
+}
+
+type IncomingItem = Result<ZmqMessage, Error>;
+
+enum Step {
+    HandlesGone,
+    Event(Option<SocketEvent>),
+    Dial,
+    Permit(Option<mpsc::OwnedPermit<IncomingItem>>),
+    Command(Option<Command>),
+    Received(Result<ZmqMessage, ZmqError>),
+}
+
+async fn reserve(
+    incoming: Option<mpsc::Sender<IncomingItem>>,
+) -> Option<mpsc::OwnedPermit<IncomingItem>> {
+    match incoming {
+        Some(sender) => sender.reserve_owned().await.ok(),
+        None => std::future::pending().await,
+    }
+}
