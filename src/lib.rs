@@ -65,3 +65,10 @@ pub mod memory;
 pub mod serve;
 
 pub use serve::serve;
+
+pub mod router;
+pub use router::Router;
+pub mod request;
+pub use request::{Replier, Requester};
+pub mod fanout;
+pub use fanout::{Fallback, FanOut};

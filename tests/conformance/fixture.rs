@@ -18,6 +18,9 @@ pub type BoxPublisher = BoxCloneService<Message, Receipt, Error>;
 /// A consumer of any broker, boxed.
 pub type BoxConsumer = BoxStream<'static, Result<Delivery, Error>>;
 
+/// A requester of any broker, boxed: the request in, its reply out.
+pub type BoxRequester = BoxCloneService<Message, Message, Error>;
+
 /// The upper bound on waiting for something that should happen. Generous: it is only
 /// reached when a case is about to fail.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -113,6 +116,32 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     /// A consumer of what is dead-lettered from `topic`. Called before anything is
     /// dead-lettered; sees every later dead letter of `topic`.
     fn dead_letters(&self, topic: &str) -> impl Future<Output = BoxConsumer> + Send;
+
+    /// A requester sending requests to `topic` and waiting at most `timeout` for each
+    /// reply; a request nobody answers fails with a transient error whose operation is
+    /// `Request` and whose destination is `topic`.
+    ///
+    /// The default is the generic [`tower_mq::request::Requester`]: requests through
+    /// [`Fixture::publisher`], replies on `reply_to` through [`Fixture::subscriber`].
+    /// Brokers with native request/reply (NATS inboxes, RabbitMQ direct reply-to)
+    /// override this with their own requester, which may reply elsewhere than
+    /// `reply_to`.
+    fn requester(
+        &self,
+        topic: &str,
+        reply_to: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = BoxRequester> + Send {
+        async move {
+            let publisher = self.publisher(topic).await;
+            let replies = self.subscriber(reply_to).await;
+            BoxCloneService::new(
+                tower_mq::request::Requester::new(publisher, replies, reply_to)
+                    .with_timeout(timeout)
+                    .with_broker_name(Self::BROKER),
+            )
+        }
+    }
 
     /// Why a dead letter was dead-lettered (the reason given to `reject`, or
     /// `expired`), as the broker records it.

@@ -33,7 +33,11 @@ macro_rules! conformance {
             // cases/properties.rs
             properties::priority_order,
             properties::ttl_expiry,
-            // cases/patterns.rs: request/reply and fan-out cases go here.
+            // cases/patterns.rs
+            patterns::request_reply,
+            patterns::request_timeout,
+            patterns::fan_out,
+            patterns::fan_out_partial_failure,
         );
     };
     (@cases $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
