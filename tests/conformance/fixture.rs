@@ -12,6 +12,10 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 use tower_mq::{Delivery, Error, Message, Receipt};
 
+/// Held for reading by every case, and for writing by the reconnect cases, which stop
+/// the broker: no case sees the broker down unless it stopped it.
+pub static BROKER_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A publisher of any broker, boxed.
 pub type BoxPublisher = BoxCloneService<Message, Receipt, Error>;
 
@@ -64,7 +68,6 @@ pub struct Capabilities {
     /// payload case sends min(16 MiB, this).
     pub max_payload: usize,
     /// [`Fixture::stop_broker`] / [`Fixture::start_broker`] work (reconnect cases).
-    #[allow(dead_code)] // read by the reconnect cases
     pub restart: bool,
 }
 
@@ -160,7 +163,6 @@ pub trait Fixture: Sized + Send + Sync + 'static {
 
     /// Stops the broker; returns once it no longer accepts connections. Only called
     /// when [`Capabilities::restart`] is set.
-    #[allow(dead_code)] // called by the reconnect cases
     fn stop_broker(&self) -> impl Future<Output = ()> + Send {
         async {
             panic!(
@@ -172,7 +174,6 @@ pub trait Fixture: Sized + Send + Sync + 'static {
 
     /// Starts the broker again; returns once it accepts connections. Only called when
     /// [`Capabilities::restart`] is set.
-    #[allow(dead_code)] // called by the reconnect cases
     fn start_broker(&self) -> impl Future<Output = ()> + Send {
         async {
             panic!(

@@ -38,13 +38,22 @@ macro_rules! conformance {
             patterns::request_timeout,
             patterns::fan_out,
             patterns::fan_out_partial_failure,
+            // cases/reconnect.rs (exclusive: the broker goes down)
+            reconnect::publish_and_consume_across_broker_restarts,
         );
     };
     (@cases $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                crate::cases::$theme::$case::<$fixture>().await
+                // Reconnect cases stop the broker: no other case may run meanwhile.
+                if stringify!($theme) == "reconnect" {
+                    let _exclusive = crate::fixture::BROKER_LOCK.write().await;
+                    crate::cases::$theme::$case::<$fixture>().await
+                } else {
+                    let _shared = crate::fixture::BROKER_LOCK.read().await;
+                    crate::cases::$theme::$case::<$fixture>().await
+                }
             }
         )*
     };

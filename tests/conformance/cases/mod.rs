@@ -4,5 +4,6 @@
 pub mod patterns;
 pub mod properties;
 pub mod pubsub;
+pub mod reconnect;
 pub mod redelivery;
 pub mod work_queue;
