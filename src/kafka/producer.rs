@@ -262,6 +262,9 @@ enum State {
     Delivering {
         topic: String,
         delivery: DeliveryFuture,
+        // Dropping the last producer purges its queue: keep it alive until the
+        // message is acknowledged, even if the publisher was dropped.
+        _producer: FutureProducer,
     },
     Done,
 }
@@ -295,6 +298,7 @@ fn enqueue(
             State::Delivering {
                 topic: record.topic,
                 delivery,
+                _producer: producer,
             }
         }
         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
@@ -346,7 +350,9 @@ impl Future for ResponseFuture {
                         this.state = enqueue(producer, shared, record, next);
                     }
                 }
-                State::Delivering { topic, delivery } => {
+                State::Delivering {
+                    topic, delivery, ..
+                } => {
                     let result = match Pin::new(delivery).poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(result) => result,

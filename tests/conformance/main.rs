@@ -63,4 +63,6 @@ mod cases;
 mod fixture;
 
 // Brokers: one module per fixture, each ending with `conformance!(TheFixture);`.
+#[cfg(feature = "kafka")]
+mod kafka;
 mod memory;
