@@ -65,4 +65,6 @@ mod fixture;
 // Brokers: one module per fixture, each ending with `conformance!(TheFixture);`.
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "kafka")]
+mod kafka_mock;
 mod memory;
