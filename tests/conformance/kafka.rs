@@ -22,7 +22,9 @@ use tower::util::BoxCloneService;
 use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
 use tower_mq::Delivery;
 
-use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture, WAIT};
+use crate::fixture::{
+    unique_name, BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, WAIT,
+};
 
 const DEFAULT_BROKERS: &str = "127.0.0.1:19092";
 
@@ -164,6 +166,16 @@ impl Fixture for KafkaFixture {
 
     fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
         kafka_death_reason(dead_letter)
+    }
+
+    /// The Kafka module's own requester: it creates the reply topic and joins a group
+    /// of its own at the topic's end.
+    async fn requester(&self, topic: &str, reply_to: &str, timeout: Duration) -> BoxRequester {
+        self.topic(topic).await;
+        match tower_mq::kafka::requester(&self.config, reply_to).await {
+            Ok(requester) => BoxCloneService::new(requester.with_timeout(timeout)),
+            Err(e) => panic!("kafka: requester replying on {reply_to} failed: {e}"),
+        }
     }
 }
 
