@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use tower::util::BoxCloneService;
 use tower_mq::kafka::{Admin, Config, ConsumerConfig, Publisher};
@@ -24,6 +25,9 @@ pub struct KafkaMockFixture {
     admin: Admin,
     topics: Mutex<HashSet<String>>,
 }
+
+/// How long a stopped broker stays down: about what a broker process restart takes.
+const OUTAGE: Duration = Duration::from_secs(1);
 
 /// Partitions of every topic the fixture creates, as on tansu.
 const PARTITIONS: i32 = 4;
@@ -94,8 +98,12 @@ impl Fixture for KafkaMockFixture {
         kafka_death_reason(dead_letter)
     }
 
+    /// Drops the broker's connections and refuses new ones, then stays down for
+    /// [`OUTAGE`]: the mock broker could come back at once, a broker process could not.
     async fn stop_broker(&self) {
         self.cluster.broker_down(ALL_BROKERS);
+        // The behaviour under test is the outage lasting a while.
+        tokio::time::sleep(OUTAGE).await;
     }
 
     async fn start_broker(&self) {
