@@ -64,6 +64,8 @@ pub use tower_mq_layers as layers;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod serve;
 
 pub use serve::serve;

@@ -13,6 +13,25 @@
     unreachable_pub
 )]
 
+pub mod batch;
 pub mod classify;
+pub mod codec;
+pub mod compression;
+pub mod dead_letter;
+pub mod dedup;
+pub mod message_like;
+pub mod metrics;
+pub mod trace;
 
 pub use tower_mq_core as core;
+
+pub use batch::BatchLayer;
+pub use codec::{DecodeLayer, EncodeLayer};
+pub use compression::{CompressLayer, DecompressLayer};
+pub use dead_letter::DeadLetterLayer;
+pub use dedup::DedupLayer;
+pub use metrics::MetricsLayer;
+pub use trace::TraceLayer;
+
+#[cfg(test)]
+mod test_metrics;

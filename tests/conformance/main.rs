@@ -68,3 +68,5 @@ mod kafka;
 #[cfg(feature = "kafka")]
 mod kafka_mock;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;

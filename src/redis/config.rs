@@ -1,0 +1,121 @@
+//! Connection settings shared by every Redis publisher and consumer.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Client;
+
+use super::{redis_error, BROKER};
+use crate::{Error, Operation};
+
+/// Where Redis is and how to talk to it: the URL, timeouts and reconnect backoff.
+///
+/// Every publisher and consumer opens its own [`ConnectionManager`] from a `Config`
+/// (a multiplexed connection that reconnects by itself); a Streams consumer opens a
+/// second, dedicated one for its blocking reads. See the [module docs](super) for an
+/// example.
+#[derive(Debug, Clone)]
+pub struct Config {
+    url: String,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+    reconnect_retries: usize,
+    reconnect_min_delay: Duration,
+    reconnect_max_delay: Duration,
+}
+
+impl Config {
+    /// Settings for the server at `url` (`redis://host:port/db`, `rediss://` for TLS
+    /// when redis-rs is built with a TLS feature, `unix:///path`).
+    ///
+    /// Defaults: 2 s response timeout, 1 s connection timeout, reconnect retried 4 times
+    /// per failed command with exponential backoff from 50 ms up to 1 s.
+    pub fn new(url: impl Into<String>) -> Self {
+        Config {
+            url: url.into(),
+            response_timeout: Duration::from_secs(2),
+            connection_timeout: Duration::from_secs(1),
+            reconnect_retries: 4,
+            reconnect_min_delay: Duration::from_millis(50),
+            reconnect_max_delay: Duration::from_secs(1),
+        }
+    }
+
+    /// How long a command may wait for its answer before failing with a transient
+    /// error. Blocking stream reads get their block time on top of this.
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long opening a connection may take.
+    pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// How many times a reconnect is attempted before the command that needed the
+    /// connection fails (the next command starts a new round of attempts).
+    pub fn with_reconnect_retries(mut self, retries: usize) -> Self {
+        self.reconnect_retries = retries;
+        self
+    }
+
+    /// The bounds of the exponential backoff between reconnect attempts.
+    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min_delay = min;
+        self.reconnect_max_delay = max.max(min);
+        self
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The response timeout of commands.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// The redis-rs client for this URL.
+    pub fn client(&self) -> Result<Client, Error> {
+        Client::open(self.url.as_str()).map_err(|err| {
+            Error::permanent(BROKER, Operation::Connect)
+                .with_destination(self.url.clone())
+                .with_reason("invalid Redis URL")
+                .with_source(err)
+        })
+    }
+
+    /// Opens a multiplexed, self-reconnecting connection with these settings.
+    pub async fn connect(&self) -> Result<ConnectionManager, Error> {
+        self.connect_with_response_timeout(self.response_timeout)
+            .await
+    }
+
+    pub(crate) async fn connect_with_response_timeout(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<ConnectionManager, Error> {
+        let client = self.client()?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(response_timeout))
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_number_of_retries(self.reconnect_retries)
+            .set_min_delay(self.reconnect_min_delay)
+            .set_max_delay(self.reconnect_max_delay);
+        ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .map_err(|err| redis_error(Operation::Connect, &self.url, err))
+    }
+
+    /// The connection timeout.
+    pub fn connection_timeout(&self) -> Duration {
+        self.connection_timeout
+    }
+
+    pub(crate) fn reconnect_max_delay(&self) -> Duration {
+        self.reconnect_max_delay
+    }
+}

@@ -1,0 +1,152 @@
+//! A shared command connection that knows whether it is up, so publishers can report
+//! a lost connection as readiness.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{RedisError, RedisResult};
+use tokio::sync::watch;
+
+use super::config::Config;
+use super::is_connection_error;
+use crate::Error;
+
+/// A [`ConnectionManager`] plus a cheap "is the connection up" flag.
+///
+/// A command that fails because the connection dropped lowers the flag and starts one
+/// background probe (a `PING` with backoff through the same manager, which makes it
+/// reconnect); the first success raises the flag again and wakes every publisher whose
+/// `poll_ready` was waiting.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    manager: ConnectionManager,
+    health: Arc<Health>,
+}
+
+struct Health {
+    up: watch::Sender<bool>,
+    probing: AtomicBool,
+    max_backoff: Duration,
+}
+
+/// A future that resolves once the connection is up again.
+pub(crate) type Reconnected = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Connection {
+    pub(crate) async fn connect(config: &Config) -> Result<Self, Error> {
+        let manager = config.connect().await?;
+        Ok(Connection::from_manager(
+            manager,
+            config.reconnect_max_delay(),
+        ))
+    }
+
+    pub(crate) fn from_manager(manager: ConnectionManager, max_backoff: Duration) -> Self {
+        let (up, _) = watch::channel(true);
+        Connection {
+            manager,
+            health: Arc::new(Health {
+                up,
+                probing: AtomicBool::new(false),
+                max_backoff,
+            }),
+        }
+    }
+
+    /// A handle to send commands on (clones share the connection).
+    pub(crate) fn manager(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        *self.health.up.borrow()
+    }
+
+    /// Records the outcome of a command: a dropped connection lowers the flag.
+    pub(crate) fn record<T>(&self, result: &RedisResult<T>) {
+        match result {
+            Ok(_) => self.health.set_up(),
+            Err(err) => self.record_error(err),
+        }
+    }
+
+    pub(crate) fn record_error(&self, err: &RedisError) {
+        if is_connection_error(err) {
+            self.health.up.send_replace(false);
+            self.start_probe();
+        }
+    }
+
+    /// Polls until the connection is up; `waiter` keeps the wait between polls.
+    pub(crate) fn poll_up(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut Option<Reconnected>,
+    ) -> Poll<()> {
+        loop {
+            if self.is_up() {
+                *waiter = None;
+                return Poll::Ready(());
+            }
+            let wait = waiter.get_or_insert_with(|| {
+                let mut rx = self.health.up.subscribe();
+                Box::pin(async move {
+                    let _ = rx.wait_for(|up| *up).await;
+                })
+            });
+            match wait.as_mut().poll(cx) {
+                Poll::Ready(()) => *waiter = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn start_probe(&self) {
+        if self.health.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.health.probing.store(false, Ordering::Release);
+            return;
+        };
+        let health = Arc::downgrade(&self.health);
+        let manager = self.manager.clone();
+        runtime.spawn(probe(health, manager));
+    }
+}
+
+impl Health {
+    fn set_up(&self) {
+        if !*self.up.borrow() {
+            self.up.send_replace(true);
+        }
+    }
+}
+
+/// Pings until the server answers, then raises the flag. Stops when every handle on
+/// the connection is gone.
+async fn probe(health: Weak<Health>, mut manager: ConnectionManager) {
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let Some(max_backoff) = health.upgrade().map(|h| h.max_backoff) else {
+            return;
+        };
+        let pong: RedisResult<String> = redis::cmd("PING").query_async(&mut manager).await;
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        if pong.is_ok() {
+            health.probing.store(false, Ordering::Release);
+            health.set_up();
+            return;
+        }
+        drop(health);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(max_backoff.max(Duration::from_millis(20)));
+    }
+}

@@ -1,0 +1,343 @@
+//! Redis Pub/Sub: a `PUBLISH` publisher and a `SUBSCRIBE` / `PSUBSCRIBE` consumer.
+//!
+//! Pub/Sub is **at most once**: a message reaches the subscribers connected when it is
+//! published, and nobody else. [`Publisher`] answers [`Receipt::RedisPubSub`] with
+//! how many subscribers received it (0 is not an error: nobody was listening).
+//! [`Consumer`] yields [`Delivery::unacknowledged`] deliveries (settling them tells
+//! no broker). When its connection drops it yields one transient error (messages
+//! published until it is back are lost to it), reconnects with backoff and subscribes
+//! to the same channels and patterns again, by itself.
+//!
+//! A message with only a payload is published as the raw payload, so any Redis client
+//! can read it. One with headers or properties is published as an envelope: the bytes
+//! `\0tmq1`, then each field of the [stream layout](crate::redis#the-stream-entry-layout)
+//! as its name and value, each preceded by its length as a big-endian `u32`. The
+//! consumer unpacks envelopes and takes anything else as a raw payload. A TTL is
+//! honoured (an expired message is not delivered), a priority is a permanent error
+//! unless the publisher ignores unsupported properties, and persistence does not
+//! apply (nothing is stored, as the receipt says).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use tower::{Service, ServiceExt};
+//! use tower_mq::redis::{Config, PubSubConsumer, PubSubPublisher, Subscription};
+//! use tower_mq::{Message, Receipt};
+//!
+//! # async fn run() -> Result<(), tower_mq::Error> {
+//! let config = Config::new("redis://127.0.0.1:6379");
+//! let mut consumer =
+//!     PubSubConsumer::subscribe(&config, [Subscription::pattern("prices.*")]).await?;
+//! let mut publisher = PubSubPublisher::connect(&config).await?;
+//! let receipt = publisher.ready().await?.call(Message::new("prices.eur", "1.08")).await?;
+//! assert!(matches!(receipt, Receipt::RedisPubSub { receivers: 1, .. }));
+//! let delivery = consumer.next().await.expect("subscribed")?;
+//! assert_eq!(delivery.message().destination(), "prices.eur");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Receipt::RedisPubSub`]: crate::Receipt::RedisPubSub
+//! [`Delivery::unacknowledged`]: crate::Delivery::unacknowledged
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSubStream};
+use redis::{Client, Msg, RedisResult};
+use tower::Service;
+
+use super::config::Config;
+use super::connection::{Connection, Reconnected};
+use super::future::ResponseFuture;
+use super::layout::{check_destination, decode, encode, is_plain, pack_envelope, unpack_envelope};
+use super::{redis_error, BROKER};
+use crate::{Delivery, Error, Message, Operation, Receipt};
+
+/// Publishes messages on Redis Pub/Sub channels with `PUBLISH`: a
+/// `Service<Message, Response = Receipt, Error = Error>`.
+///
+/// The message's destination names the channel. See the [module docs](self).
+pub struct Publisher {
+    conn: Connection,
+    ignore_unsupported: bool,
+    waiter: Option<Reconnected>,
+}
+
+impl Publisher {
+    /// Connects to the server `config` names.
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        Ok(Publisher::from_connection(
+            Connection::connect(config).await?,
+        ))
+    }
+
+    /// A publisher on an existing connection manager (its own settings apply).
+    pub fn from_connection_manager(manager: ConnectionManager) -> Self {
+        Publisher::from_connection(Connection::from_manager(manager, Duration::from_secs(1)))
+    }
+
+    fn from_connection(conn: Connection) -> Self {
+        Publisher {
+            conn,
+            ignore_unsupported: false,
+            waiter: None,
+        }
+    }
+
+    /// Whether properties Redis cannot honour (priority) are carried unhonoured instead
+    /// of failing the publish. Off by default.
+    pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
+        self.ignore_unsupported = ignore;
+        self
+    }
+}
+
+impl Clone for Publisher {
+    fn clone(&self) -> Self {
+        Publisher {
+            conn: self.conn.clone(),
+            ignore_unsupported: self.ignore_unsupported,
+            waiter: None,
+        }
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connected", &self.conn.is_up())
+            .field("ignore_unsupported", &self.ignore_unsupported)
+            .finish()
+    }
+}
+
+impl Service<Message> for Publisher {
+    type Response = Receipt;
+    type Error = Error;
+    type Future = ResponseFuture<Receipt>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.conn.poll_up(cx, &mut self.waiter).map(Ok)
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        let conn = self.conn.clone();
+        let ignore_unsupported = self.ignore_unsupported;
+        ResponseFuture::new(async move {
+            check_destination(&message)?;
+            let channel = message.destination().to_owned();
+            let payload = if is_plain(&message) {
+                message.into_payload()
+            } else {
+                pack_envelope(&encode(&message, ignore_unsupported)?)
+            };
+            let mut manager = conn.manager();
+            let result: RedisResult<u64> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload.as_ref())
+                .query_async(&mut manager)
+                .await;
+            conn.record(&result);
+            match result {
+                Ok(receivers) => Ok(Receipt::RedisPubSub { channel, receivers }),
+                Err(err) => Err(redis_error(Operation::Publish, &channel, err)),
+            }
+        })
+    }
+}
+
+/// A channel or a pattern to subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subscription {
+    /// One channel, by name (`SUBSCRIBE`).
+    Channel(String),
+    /// Every channel matching a glob-style pattern such as `prices.*` (`PSUBSCRIBE`).
+    Pattern(String),
+}
+
+impl Subscription {
+    /// A subscription to channel `name`.
+    pub fn channel(name: impl Into<String>) -> Self {
+        Subscription::Channel(name.into())
+    }
+
+    /// A subscription to the channels matching `pattern`.
+    pub fn pattern(pattern: impl Into<String>) -> Self {
+        Subscription::Pattern(pattern.into())
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Subscription::Channel(name) | Subscription::Pattern(name) => name,
+        }
+    }
+}
+
+/// Receives Pub/Sub messages: a `Stream` of at-most-once [`Delivery`]s on a
+/// connection of its own. See the [module docs](self).
+pub struct Consumer {
+    subscriptions: Vec<Subscription>,
+    inner: Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send>>,
+}
+
+impl Consumer {
+    /// Connects and subscribes; once this returns, messages published on the
+    /// subscribed channels are delivered. At least one subscription is needed.
+    pub async fn subscribe(
+        config: &Config,
+        subscriptions: impl IntoIterator<Item = Subscription>,
+    ) -> Result<Self, Error> {
+        let subscriptions: Vec<Subscription> = subscriptions.into_iter().collect();
+        if subscriptions.is_empty() {
+            return Err(Error::permanent(BROKER, Operation::Subscribe)
+                .with_reason("no channel or pattern to subscribe to"));
+        }
+        let mut receiver = Receiver {
+            client: config.client()?,
+            subscriptions: subscriptions.clone(),
+            connection_timeout: config.connection_timeout(),
+            response_timeout: config.response_timeout(),
+            max_backoff: config.reconnect_max_delay().max(Duration::from_millis(100)),
+            messages: None,
+            failures: 0,
+        };
+        receiver.messages = Some(receiver.connect().await?);
+        let inner = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            let item = receiver.next().await;
+            Some((item, receiver))
+        });
+        Ok(Consumer {
+            subscriptions,
+            inner: Box::pin(inner),
+        })
+    }
+
+    /// The channels and patterns subscribed to.
+    pub fn subscriptions(&self) -> &[Subscription] {
+        &self.subscriptions
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("subscriptions", &self.subscriptions)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Receiver {
+    client: Client,
+    subscriptions: Vec<Subscription>,
+    connection_timeout: Duration,
+    response_timeout: Duration,
+    max_backoff: Duration,
+    messages: Option<PubSubStream>,
+    failures: u32,
+}
+
+impl Receiver {
+    fn label(&self) -> String {
+        self.subscriptions
+            .iter()
+            .map(Subscription::name)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn connect(&self) -> Result<PubSubStream, Error> {
+        let label = self.label();
+        let timed_out = |operation| {
+            Error::transient(BROKER, operation)
+                .with_destination(label.clone())
+                .with_reason("timed out")
+        };
+        let mut pubsub =
+            tokio::time::timeout(self.connection_timeout, self.client.get_async_pubsub())
+                .await
+                .map_err(|_| timed_out(Operation::Connect))?
+                .map_err(|err| redis_error(Operation::Connect, &label, err))?;
+        for subscription in &self.subscriptions {
+            let subscribe = async {
+                match subscription {
+                    Subscription::Channel(name) => pubsub.subscribe(name).await,
+                    Subscription::Pattern(pattern) => pubsub.psubscribe(pattern).await,
+                }
+            };
+            tokio::time::timeout(self.response_timeout, subscribe)
+                .await
+                .map_err(|_| timed_out(Operation::Subscribe))?
+                .map_err(|err| redis_error(Operation::Subscribe, subscription.name(), err))?;
+        }
+        Ok(pubsub.into_on_message())
+    }
+
+    async fn next(&mut self) -> Result<Delivery, Error> {
+        loop {
+            if let Some(messages) = &mut self.messages {
+                while let Some(msg) = messages.next().await {
+                    if let Some(delivery) = delivery_of(&msg) {
+                        return Ok(delivery);
+                    }
+                }
+                self.messages = None;
+                return Err(Error::transient(BROKER, Operation::Receive)
+                    .with_destination(self.label())
+                    .with_reason("connection lost; resubscribing (messages published meanwhile are not delivered)"));
+            }
+            if self.failures > 0 {
+                let exponent = (self.failures - 1).min(16);
+                let backoff =
+                    (Duration::from_millis(50) * 2u32.pow(exponent)).min(self.max_backoff);
+                tokio::time::sleep(backoff).await;
+            }
+            match self.connect().await {
+                Ok(messages) => {
+                    tracing::debug!(subscriptions = %self.label(), "resubscribed");
+                    self.failures = 0;
+                    self.messages = Some(messages);
+                }
+                Err(err) => {
+                    self.failures = self.failures.saturating_add(1);
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// The delivery for one Pub/Sub message, or `None` if its TTL has passed.
+fn delivery_of(msg: &Msg) -> Option<Delivery> {
+    let channel = msg.get_channel_name();
+    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+    let message = match unpack_envelope(&payload) {
+        Some(fields) => {
+            let decoded = decode(
+                channel,
+                fields.iter().map(|(name, value)| (name.as_str(), value)),
+            );
+            if decoded.is_expired() {
+                tracing::debug!(channel, "dropping an expired Pub/Sub message");
+                return None;
+            }
+            decoded.message
+        }
+        None => Message::new(channel, payload),
+    };
+    Some(Delivery::unacknowledged(message))
+}

@@ -1,0 +1,28 @@
+//! Redis Streams: `XADD` publishers and a consumer-group consumer.
+//!
+//! [`Publisher`] appends one message per call; [`BatchPublisher`] pipelines a batch.
+//! [`Consumer`] reads in a consumer group with these semantics:
+//!
+//! - **ack**: `XACK`.
+//! - **nack**: per [`NackMode`]: leave the entry pending to be reclaimed after its delay
+//!   (the default), or re-add a copy at the end of the stream.
+//! - **reject**: move the message to the dead-letter stream (default
+//!   `<stream>:dead-letter`) with headers [`DEAD_LETTER_REASON`], [`DEAD_LETTER_STREAM`],
+//!   [`DEAD_LETTER_GROUP`], [`DEAD_LETTER_ID`] and [`DEAD_LETTER_DELIVERIES`], and
+//!   acknowledge it, in one `MULTI`/`EXEC`.
+//! - **recovery**: entries pending longer than the claim idle time (their consumer
+//!   died, or they were nacked) are taken over with `XAUTOCLAIM`; their delivery count
+//!   comes from the pending entries list, and past the maximum they are dead-lettered
+//!   with reason `max deliveries exceeded`.
+//! - **TTL**: an entry read after its deadline is dead-lettered with reason `expired`.
+//!
+//! See the [parent module](crate::redis) for the entry layout and an example.
+
+mod consumer;
+mod publisher;
+
+pub use consumer::{
+    Consumer, ConsumerConfig, NackMode, DEAD_LETTER_DELIVERIES, DEAD_LETTER_GROUP, DEAD_LETTER_ID,
+    DEAD_LETTER_REASON, DEAD_LETTER_STREAM,
+};
+pub use publisher::{BatchPublisher, Publisher};

@@ -1,0 +1,267 @@
+//! `XADD` publishers: one message per call, or a pipelined batch.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use redis::aio::ConnectionManager;
+use redis::{Cmd, RedisResult};
+use tower::Service;
+
+use crate::redis::config::Config;
+use crate::redis::connection::{Connection, Reconnected};
+use crate::redis::future::ResponseFuture;
+use crate::redis::layout::{encode, Fields};
+use crate::redis::redis_error;
+use crate::{Error, Message, Operation, Receipt};
+
+/// How a stream is trimmed on every append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Trim {
+    max_len: usize,
+    approximate: bool,
+}
+
+/// Options shared by [`Publisher`] and [`BatchPublisher`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Options {
+    trim: Option<Trim>,
+    ignore_unsupported: bool,
+}
+
+/// Appends messages to Redis streams with `XADD`: a
+/// `Service<Message, Response = Receipt, Error = Error>`.
+///
+/// The message's destination names the stream; the stream is created by the first
+/// append. The receipt is [`Receipt::RedisStream`] with the id Redis assigned. Clones
+/// share one multiplexed connection. See the [module docs](crate::redis) for the
+/// field layout and an example.
+pub struct Publisher {
+    conn: Connection,
+    options: Options,
+    waiter: Option<Reconnected>,
+}
+
+impl Publisher {
+    /// Connects to the server `config` names.
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        Ok(Publisher::from_connection(
+            Connection::connect(config).await?,
+        ))
+    }
+
+    /// A publisher on an existing connection manager (its own settings apply).
+    pub fn from_connection_manager(manager: ConnectionManager) -> Self {
+        Publisher::from_connection(Connection::from_manager(
+            manager,
+            std::time::Duration::from_secs(1),
+        ))
+    }
+
+    fn from_connection(conn: Connection) -> Self {
+        Publisher {
+            conn,
+            options: Options::default(),
+            waiter: None,
+        }
+    }
+
+    /// Trims every stream appended to to about `max_len` entries (`MAXLEN ~`): Redis
+    /// trims whole internal nodes, so a stream may hold somewhat more, cheaply.
+    pub fn with_max_len(mut self, max_len: usize) -> Self {
+        self.options.trim = Some(Trim {
+            max_len,
+            approximate: true,
+        });
+        self
+    }
+
+    /// Trims every stream appended to to exactly `max_len` entries (`MAXLEN =`), which
+    /// costs more per append than [`with_max_len`](Self::with_max_len).
+    pub fn with_exact_max_len(mut self, max_len: usize) -> Self {
+        self.options.trim = Some(Trim {
+            max_len,
+            approximate: false,
+        });
+        self
+    }
+
+    /// Whether properties Redis cannot honour (priority) are carried unhonoured instead
+    /// of failing the publish. Off by default.
+    pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
+        self.options.ignore_unsupported = ignore;
+        self
+    }
+
+    /// A pipelining batch publisher on the same connection with the same options.
+    pub fn batch(&self) -> BatchPublisher {
+        BatchPublisher {
+            conn: self.conn.clone(),
+            options: self.options,
+            waiter: None,
+        }
+    }
+}
+
+impl Clone for Publisher {
+    fn clone(&self) -> Self {
+        Publisher {
+            conn: self.conn.clone(),
+            options: self.options,
+            waiter: None,
+        }
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connected", &self.conn.is_up())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+fn xadd(stream: &str, trim: Option<Trim>, fields: &Fields) -> Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream);
+    if let Some(trim) = trim {
+        cmd.arg("MAXLEN")
+            .arg(if trim.approximate { "~" } else { "=" })
+            .arg(trim.max_len);
+    }
+    cmd.arg("*");
+    for (name, value) in fields {
+        cmd.arg(name.as_str()).arg(value.as_ref());
+    }
+    cmd
+}
+
+impl Service<Message> for Publisher {
+    type Response = Receipt;
+    type Error = Error;
+    type Future = ResponseFuture<Receipt>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.conn.poll_up(cx, &mut self.waiter).map(Ok)
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        let conn = self.conn.clone();
+        let options = self.options;
+        ResponseFuture::new(async move {
+            let stream = message.destination().to_owned();
+            let fields = encode(&message, options.ignore_unsupported)?;
+            let mut manager = conn.manager();
+            let result: RedisResult<String> = xadd(&stream, options.trim, &fields)
+                .query_async(&mut manager)
+                .await;
+            conn.record(&result);
+            match result {
+                Ok(id) => Ok(Receipt::RedisStream { stream, id }),
+                Err(err) => Err(redis_error(Operation::Publish, &stream, err)),
+            }
+        })
+    }
+}
+
+/// Appends a batch of messages in one pipelined round trip: a
+/// `Service<Vec<Message>, Response = Vec<Result<Receipt, Error>>, Error = Error>`, the
+/// shape the batch layer feeds.
+///
+/// Each message gets its own result, in order: a message that cannot be encoded (a
+/// priority without `ignore_unsupported`) or that the server refuses fails alone. The
+/// pipeline is not a transaction; when the connection fails under it the whole call
+/// fails with a transient error, and some of its messages may have been appended
+/// (retrying can then duplicate them). Built with [`Publisher::batch`] or
+/// [`BatchPublisher::connect`].
+pub struct BatchPublisher {
+    conn: Connection,
+    options: Options,
+    waiter: Option<Reconnected>,
+}
+
+impl BatchPublisher {
+    /// Connects to the server `config` names, with default options (see [`Publisher`]
+    /// and [`Publisher::batch`] for trimming and `ignore_unsupported`).
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        Ok(Publisher::connect(config).await?.batch())
+    }
+}
+
+impl Clone for BatchPublisher {
+    fn clone(&self) -> Self {
+        BatchPublisher {
+            conn: self.conn.clone(),
+            options: self.options,
+            waiter: None,
+        }
+    }
+}
+
+impl fmt::Debug for BatchPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchPublisher")
+            .field("connected", &self.conn.is_up())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Service<Vec<Message>> for BatchPublisher {
+    type Response = Vec<Result<Receipt, Error>>;
+    type Error = Error;
+    type Future = ResponseFuture<Vec<Result<Receipt, Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.conn.poll_up(cx, &mut self.waiter).map(Ok)
+    }
+
+    fn call(&mut self, messages: Vec<Message>) -> Self::Future {
+        let conn = self.conn.clone();
+        let options = self.options;
+        ResponseFuture::new(async move {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            let mut sent = 0usize;
+            let encoded: Vec<Result<String, Error>> = messages
+                .iter()
+                .map(|message| {
+                    let stream = message.destination().to_owned();
+                    let fields = encode(message, options.ignore_unsupported)?;
+                    pipe.add_command(xadd(&stream, options.trim, &fields));
+                    sent += 1;
+                    Ok(stream)
+                })
+                .collect();
+            let mut replies = if sent == 0 {
+                Vec::new().into_iter()
+            } else {
+                let mut manager = conn.manager();
+                let result: RedisResult<Vec<RedisResult<String>>> =
+                    pipe.query_async(&mut manager).await;
+                conn.record(&result);
+                match result {
+                    Ok(replies) => replies.into_iter(),
+                    Err(err) => {
+                        let destination = messages.first().map_or("", |m| m.destination());
+                        return Err(redis_error(Operation::Publish, destination, err));
+                    }
+                }
+            };
+            let results = encoded
+                .into_iter()
+                .map(|stream| {
+                    let stream = stream?;
+                    match replies.next() {
+                        Some(Ok(id)) => Ok(Receipt::RedisStream { stream, id }),
+                        Some(Err(err)) => Err(redis_error(Operation::Publish, &stream, err)),
+                        None => Err(Error::transient(crate::redis::BROKER, Operation::Publish)
+                            .with_destination(stream)
+                            .with_reason("the pipeline returned fewer replies than commands")),
+                    }
+                })
+                .collect();
+            Ok(results)
+        })
+    }
+}

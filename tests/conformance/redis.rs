@@ -1,0 +1,161 @@
+//! Redis Streams: topics are streams, groups are consumer groups, a pub/sub subscriber
+//! is a consumer in a group of its own created at the end of the stream, and dead
+//! letters go to the stream `<topic>:dead-letter`.
+//!
+//! Redis Pub/Sub has no fixture here: it has no consumer groups at all (every
+//! subscriber of a channel receives every message), so the work-queue cases, which
+//! need a group whose members share messages, cannot hold for it, even with
+//! `durable_groups` off. Its behaviour (raw and enveloped messages, patterns,
+//! untracked deliveries, resubscription after a restart) is tested in tests/redis.rs.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tower::util::BoxCloneService;
+use tower_mq::redis::{streams, Config, StreamConsumer, StreamConsumerConfig, StreamPublisher};
+use tower_mq::Delivery;
+
+use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture};
+
+const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
+
+pub struct RedisFixture {
+    config: Config,
+    /// A key holding a string: appending to it is refused (`WRONGTYPE`).
+    not_a_stream: String,
+}
+
+/// The harness address, or `TOWER_MQ_REDIS_URL`.
+pub fn redis_url() -> String {
+    std::env::var("TOWER_MQ_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// Runs `"$TOWER_MQ_BROKERS" <action> redis` (the harness script).
+pub async fn harness(action: &str) {
+    let script = std::env::var("TOWER_MQ_BROKERS")
+        .unwrap_or_else(|_| format!("{}/scripts/brokers", env!("CARGO_MANIFEST_DIR")));
+    let status = tokio::process::Command::new(&script)
+        .arg(action)
+        .arg("redis")
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("redis: running `{script} {action} redis` failed: {e}"));
+    assert!(
+        status.success(),
+        "redis: `{script} {action} redis` exited with {status}"
+    );
+}
+
+/// The config the fixtures use: claims after 2 s so that redelivery after a consumer
+/// closes is seen within the suite's waits.
+pub fn consumer_config(topic: &str, group: &str) -> StreamConsumerConfig {
+    StreamConsumerConfig::new(topic, group)
+        .with_claim_idle(Duration::from_secs(2))
+        .with_claim_interval(Duration::from_millis(250))
+        .with_block(Duration::from_millis(500))
+}
+
+/// A config for `url`, panicking with the harness hint when Redis does not answer.
+pub async fn connect_config() -> Config {
+    let url = redis_url();
+    let config = Config::new(url.clone());
+    if let Err(e) = config.connect().await {
+        panic!(
+            "redis: cannot connect to {url} (set TOWER_MQ_REDIS_URL; run scripts/test or \
+             scripts/brokers up redis): {e}"
+        );
+    }
+    config
+}
+
+impl Fixture for RedisFixture {
+    const NAME: &'static str = "redis-streams";
+    const BROKER: &'static str = "redis";
+    const CAPABILITIES: Capabilities = Capabilities {
+        // A stream is an append-only log read in order; Redis has no priority queue.
+        // Publishing a priority is refused with a permanent error (checked by the case).
+        priority: false,
+        ..Capabilities::ALL
+    };
+
+    async fn connect() -> Self {
+        let config = connect_config().await;
+        let not_a_stream = unique_name("not-a-stream");
+        let mut conn = config.connect().await.expect("connected above");
+        let set: ::redis::RedisResult<()> = ::redis::cmd("SET")
+            .arg(&not_a_stream)
+            .arg("a string")
+            .arg("EX")
+            .arg(600)
+            .query_async(&mut conn)
+            .await;
+        set.unwrap_or_else(|e| panic!("redis: SET {not_a_stream} failed: {e}"));
+        RedisFixture {
+            config,
+            not_a_stream,
+        }
+    }
+
+    async fn publisher(&self, _topic: &str) -> BoxPublisher {
+        match StreamPublisher::connect(&self.config).await {
+            Ok(publisher) => BoxCloneService::new(publisher),
+            Err(e) => panic!("redis: publisher failed: {e}"),
+        }
+    }
+
+    async fn subscriber(&self, topic: &str) -> BoxConsumer {
+        let group = unique_name("subscriber");
+        let config = consumer_config(topic, &group).start_at_end();
+        match StreamConsumer::subscribe(&self.config, config).await {
+            Ok(consumer) => consumer.boxed(),
+            Err(e) => panic!("redis: subscribing to {topic} failed: {e}"),
+        }
+    }
+
+    async fn declare_group(&self, topic: &str, group: &str) {
+        let config = consumer_config(topic, group);
+        if let Err(e) = StreamConsumer::declare_group(&self.config, &config).await {
+            panic!("redis: declaring group {group} of {topic} failed: {e}");
+        }
+    }
+
+    async fn group_consumer(&self, topic: &str, group: &str) -> BoxConsumer {
+        match StreamConsumer::subscribe(&self.config, consumer_config(topic, group)).await {
+            Ok(consumer) => consumer.boxed(),
+            Err(e) => panic!("redis: joining group {group} of {topic} failed: {e}"),
+        }
+    }
+
+    async fn dead_letters(&self, topic: &str) -> BoxConsumer {
+        let dead_letter = consumer_config(topic, "unused")
+            .dead_letter()
+            .map(str::to_owned)
+            .expect("dead letters are on by default");
+        self.group_consumer(&dead_letter, &unique_name("dead-letters"))
+            .await
+    }
+
+    fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
+        dead_letter
+            .message()
+            .headers()
+            .get(streams::DEAD_LETTER_REASON)
+            .map(str::to_owned)
+    }
+
+    fn invalid_destinations(&self) -> Vec<String> {
+        // Any byte string names a stream; an empty name is refused by the publisher,
+        // and a key holding another type by the server.
+        vec![String::new(), self.not_a_stream.clone()]
+    }
+
+    async fn stop_broker(&self) {
+        harness("stop").await;
+    }
+
+    async fn start_broker(&self) {
+        harness("start").await;
+    }
+}
+
+conformance!(RedisFixture);

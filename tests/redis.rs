@@ -1,0 +1,749 @@
+//! Redis-specific behaviour, against a real Redis.
+//!
+//! The address comes from `TOWER_MQ_REDIS_URL` (default: the project harness,
+//! `redis://127.0.0.1:16379`; run `scripts/brokers up redis`). The restart tests stop
+//! and start it with `"$TOWER_MQ_BROKERS" stop|start|restart redis`.
+
+#![cfg(feature = "redis")]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tower::{Service, ServiceExt};
+use tower_mq::redis::{
+    streams, Config, NackMode, PubSubConsumer, PubSubPublisher, StreamConsumer,
+    StreamConsumerConfig, StreamPublisher, Subscription,
+};
+use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
+
+const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn url() -> String {
+    std::env::var("TOWER_MQ_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// Tests share one Redis: the restart tests take this for writing, so that no other
+/// test runs while it is down; every other test holds it for reading.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A name no other test (or test run) uses.
+fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "tmq-{what}-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The config, after checking Redis answers (failing with the harness hint if not).
+async fn config() -> Config {
+    let address = url();
+    let config = Config::new(address.clone());
+    if let Err(error) = config.connect().await {
+        panic!(
+            "Redis is not reachable at {address} (env TOWER_MQ_REDIS_URL): {error}. \
+             Run scripts/test, or scripts/brokers up redis."
+        );
+    }
+    config
+}
+
+/// A raw connection for inspecting what the library wrote.
+async fn raw(config: &Config) -> redis::aio::ConnectionManager {
+    config.connect().await.expect("Redis answered a moment ago")
+}
+
+async fn harness(action: &str) {
+    let script = std::env::var("TOWER_MQ_BROKERS")
+        .unwrap_or_else(|_| format!("{}/scripts/brokers", env!("CARGO_MANIFEST_DIR")));
+    let status = tokio::process::Command::new(&script)
+        .args([action, "redis"])
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("running `{script} {action} redis` failed: {e}"));
+    assert!(
+        status.success(),
+        "`{script} {action} redis` exited with {status}"
+    );
+}
+
+async fn next<S>(consumer: &mut S) -> Delivery
+where
+    S: futures_util::Stream<Item = Result<Delivery, tower_mq::Error>> + Unpin,
+{
+    tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("no delivery within the wait")
+        .expect("consumer ended")
+        .expect("consumer error")
+}
+
+async fn publish<S>(publisher: &mut S, message: Message) -> Receipt
+where
+    S: Service<Message, Response = Receipt, Error = tower_mq::Error>,
+{
+    publisher
+        .ready()
+        .await
+        .expect("publisher ready")
+        .call(message)
+        .await
+        .expect("publish")
+}
+
+fn fast_claims(stream: &str, group: &str) -> StreamConsumerConfig {
+    StreamConsumerConfig::new(stream, group)
+        .with_claim_idle(Duration::from_millis(300))
+        .with_claim_interval(Duration::from_millis(100))
+        .with_block(Duration::from_millis(200))
+}
+
+#[tokio::test]
+async fn stream_round_trip_of_every_field_in_the_documented_layout() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("round-trip");
+    let mut consumer = StreamConsumer::subscribe(&config, StreamConsumerConfig::new(&stream, "g"))
+        .await
+        .unwrap();
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    let message = Message::new(&stream, vec![0u8, 159, 146, 150, 255])
+        .with_key("user-42")
+        .with_header("tenant", "acme")
+        .with_header("payload", "a header, not the payload")
+        .with_ttl(Duration::from_secs(600))
+        .with_persistent(false)
+        .with_message_id("m-1")
+        .with_correlation_id("c-1")
+        .with_reply_to("replies")
+        .with_content_type("application/octet-stream")
+        .with_content_encoding("identity");
+    let receipt = publish(&mut publisher, message.clone()).await;
+    let Receipt::RedisStream { stream: s, id } = &receipt else {
+        panic!("not a stream receipt: {receipt:?}");
+    };
+    assert_eq!(s, &stream);
+    assert!(receipt.is_confirmed());
+
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message(), &message);
+    assert_eq!(delivery.delivery_count(), 1);
+    delivery.ack().await.unwrap();
+
+    // The entry's fields are the documented layout.
+    let entry: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg(id)
+        .arg(id)
+        .query_async(&mut raw(&config).await)
+        .await
+        .unwrap();
+    let fields = &entry.ids[0];
+    let text = |name: &str| fields.get::<String>(name);
+    assert_eq!(
+        fields.get::<Vec<u8>>("payload"),
+        Some(vec![0u8, 159, 146, 150, 255])
+    );
+    assert_eq!(text("h:tenant").as_deref(), Some("acme"));
+    assert_eq!(
+        text("h:payload").as_deref(),
+        Some("a header, not the payload")
+    );
+    assert_eq!(text("p:key").as_deref(), Some("user-42"));
+    assert_eq!(text("p:message-id").as_deref(), Some("m-1"));
+    assert_eq!(text("p:correlation-id").as_deref(), Some("c-1"));
+    assert_eq!(text("p:reply-to").as_deref(), Some("replies"));
+    assert_eq!(
+        text("p:content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(text("p:content-encoding").as_deref(), Some("identity"));
+    assert_eq!(text("p:persistent").as_deref(), Some("false"));
+    assert_eq!(text("p:ttl-ms").as_deref(), Some("600000"));
+    assert!(fields.contains_key("p:expires-at-ms"));
+    assert!(!fields.contains_key("p:priority"));
+
+    // Nothing is left pending after the ack.
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut raw(&config).await)
+        .await
+        .unwrap();
+    assert_eq!(pending.count(), 0);
+}
+
+#[tokio::test]
+async fn acks_do_not_wait_behind_a_blocking_read() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("blocking");
+    let settings = StreamConsumerConfig::new(&stream, "g")
+        .with_block(Duration::from_secs(10))
+        .with_claim_interval(Duration::from_secs(60));
+    let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&stream, "one")).await;
+    let delivery = next(&mut consumer).await;
+    // The consumer now blocks for up to 10 s waiting for a second entry.
+    let reading = tokio::spawn(async move { consumer.next().await.map(|d| d.map(|_| ())) });
+    let mut conn = raw(&config).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if clients
+            .lines()
+            .any(|line| line.contains("cmd=xreadgroup") && line.contains("flags=b"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read never blocked"
+        );
+        tokio::task::yield_now().await;
+    }
+    tokio::time::timeout(Duration::from_secs(2), delivery.ack())
+        .await
+        .expect("the ack waited behind the blocking read")
+        .unwrap();
+    publish(&mut publisher, Message::new(&stream, "two")).await;
+    let second = tokio::time::timeout(WAIT, reading).await.unwrap().unwrap();
+    assert!(matches!(second, Some(Ok(()))));
+}
+
+#[tokio::test]
+async fn priority_is_refused_unless_ignored_and_then_carried() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("priority");
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    let err = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&stream, "x").with_priority(7))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.broker(), "redis");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some(stream.as_str()));
+
+    let mut lenient = publisher.clone().ignore_unsupported(true);
+    let mut consumer = StreamConsumer::subscribe(&config, StreamConsumerConfig::new(&stream, "g"))
+        .await
+        .unwrap();
+    publish(&mut lenient, Message::new(&stream, "x").with_priority(7)).await;
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().priority(), Some(7));
+}
+
+#[tokio::test]
+async fn max_len_trims_exactly_or_approximately() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let exact = unique("trim-exact");
+    let approximate = unique("trim-approx");
+    let base = StreamPublisher::connect(&config).await.unwrap();
+    let mut exact_publisher = base.clone().with_exact_max_len(10);
+    let mut approximate_publisher = base.with_max_len(10);
+    for i in 0..500 {
+        publish(&mut exact_publisher, Message::new(&exact, i.to_string())).await;
+        publish(
+            &mut approximate_publisher,
+            Message::new(&approximate, i.to_string()),
+        )
+        .await;
+    }
+    let mut conn = raw(&config).await;
+    let exact_len: usize = redis::cmd("XLEN")
+        .arg(&exact)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let approximate_len: usize = redis::cmd("XLEN")
+        .arg(&approximate)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exact_len, 10);
+    assert!(
+        (10..500).contains(&approximate_len),
+        "approximate trimming kept {approximate_len} of 500"
+    );
+}
+
+#[tokio::test]
+async fn batch_publisher_pipelines_and_answers_each_message() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("batch");
+    let not_a_stream = unique("string-key");
+    let mut conn = raw(&config).await;
+    let () = redis::cmd("SET")
+        .arg(&not_a_stream)
+        .arg("x")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut batch = StreamPublisher::connect(&config).await.unwrap().batch();
+    let results = batch
+        .ready()
+        .await
+        .unwrap()
+        .call(vec![
+            Message::new(&stream, "a"),
+            Message::new(&stream, "refused").with_priority(1),
+            Message::new(&not_a_stream, "wrong type"),
+            Message::new(&stream, "b"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    assert!(matches!(&results[0], Ok(Receipt::RedisStream { stream: s, .. }) if s == &stream));
+    let refused = results[1].as_ref().unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Permanent);
+    let wrong = results[2].as_ref().unwrap_err();
+    assert_eq!(wrong.kind(), ErrorKind::Permanent, "{wrong}");
+    assert_eq!(wrong.destination(), Some(not_a_stream.as_str()));
+    assert!(results[3].is_ok());
+    let len: usize = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 2);
+    // Ids are in publication order.
+    let (Ok(Receipt::RedisStream { id: first, .. }), Ok(Receipt::RedisStream { id: last, .. })) =
+        (&results[0], &results[3])
+    else {
+        panic!("receipts: {results:?}");
+    };
+    let millis = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap();
+        (ms.parse().unwrap(), seq.parse().unwrap())
+    };
+    assert!(millis(first) < millis(last));
+}
+
+#[tokio::test]
+async fn xautoclaim_recovers_a_dead_consumers_entries_with_their_delivery_counts() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("autoclaim");
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    let mut dying = StreamConsumer::subscribe(
+        &config,
+        fast_claims(&stream, "g")
+            .with_consumer_name("dying")
+            .with_batch_size(3),
+    )
+    .await
+    .unwrap();
+    for i in 0..3 {
+        publish(&mut publisher, Message::new(&stream, format!("m{i}"))).await;
+    }
+    for i in 0..3 {
+        assert_eq!(
+            next(&mut dying).await.message().payload(),
+            format!("m{i}").as_bytes()
+        );
+    }
+    drop(dying);
+    let mut conn = raw(&config).await;
+    let owned: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("g")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(owned.ids.len(), 3);
+    assert!(owned.ids.iter().all(|p| p.consumer == "dying"));
+
+    let mut heir = StreamConsumer::subscribe(&config, fast_claims(&stream, "g"))
+        .await
+        .unwrap();
+    assert_ne!(heir.name(), "dying");
+    for i in 0..3 {
+        let delivery = next(&mut heir).await;
+        assert_eq!(delivery.message().payload(), format!("m{i}").as_bytes());
+        assert_eq!(delivery.delivery_count(), 2);
+        assert!(delivery.is_redelivery());
+        delivery.ack().await.unwrap();
+    }
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.count(), 0);
+}
+
+#[tokio::test]
+async fn dead_letter_stream_after_max_deliveries_with_reason_headers() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("max-deliveries");
+    let settings = fast_claims(&stream, "g").with_max_deliveries(Some(3));
+    let dead_letter_stream = settings.dead_letter().unwrap().to_owned();
+    assert_eq!(dead_letter_stream, format!("{stream}:dead-letter"));
+    let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
+    let mut dead = StreamConsumer::subscribe(
+        &config,
+        StreamConsumerConfig::new(&dead_letter_stream, "audit"),
+    )
+    .await
+    .unwrap();
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(
+        &mut publisher,
+        Message::new(&stream, "poison").with_header("tenant", "acme"),
+    )
+    .await;
+    for expected in 1..=3 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.delivery_count(), expected);
+        delivery.nack(None).await.unwrap();
+    }
+    // The consumer's next claim finds the entry over its limit: it dead-letters it
+    // instead of delivering it a fourth time.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), consumer.next())
+            .await
+            .is_err(),
+        "delivered a fourth time"
+    );
+    let letter = next(&mut dead).await;
+    let headers = letter.message().headers();
+    assert_eq!(letter.message().payload().as_ref(), b"poison");
+    assert_eq!(letter.message().destination(), dead_letter_stream);
+    assert_eq!(headers.get("tenant"), Some("acme"));
+    assert_eq!(
+        headers.get(streams::DEAD_LETTER_REASON),
+        Some("max deliveries exceeded")
+    );
+    assert_eq!(
+        headers.get(streams::DEAD_LETTER_STREAM),
+        Some(stream.as_str())
+    );
+    assert_eq!(headers.get(streams::DEAD_LETTER_GROUP), Some("g"));
+    assert_eq!(headers.get(streams::DEAD_LETTER_DELIVERIES), Some("3"));
+    assert!(headers.get(streams::DEAD_LETTER_ID).is_some());
+    letter.ack().await.unwrap();
+
+    // No longer pending.
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut raw(&config).await)
+        .await
+        .unwrap();
+    assert_eq!(pending.count(), 0);
+}
+
+#[tokio::test]
+async fn nack_with_a_delay_waits_and_readd_mode_appends_a_copy() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+
+    // Reclaim: the delay is honoured (bounded by the claim idle time).
+    let stream = unique("nack-delay");
+    let mut consumer = StreamConsumer::subscribe(
+        &config,
+        fast_claims(&stream, "g").with_claim_idle(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    publish(&mut publisher, Message::new(&stream, "later")).await;
+    let first = next(&mut consumer).await;
+    let nacked_at = tokio::time::Instant::now();
+    first.nack(Some(Duration::from_millis(800))).await.unwrap();
+    let again = next(&mut consumer).await;
+    let waited = nacked_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(5),
+        "redelivered after {waited:?}"
+    );
+    assert_eq!(again.delivery_count(), 2);
+    again.ack().await.unwrap();
+
+    // Readd: a copy at the end of the stream, the original acknowledged.
+    let stream = unique("nack-readd");
+    let mut consumer = StreamConsumer::subscribe(
+        &config,
+        StreamConsumerConfig::new(&stream, "g").with_nack_mode(NackMode::Readd),
+    )
+    .await
+    .unwrap();
+    publish(&mut publisher, Message::new(&stream, "first")).await;
+    publish(&mut publisher, Message::new(&stream, "second")).await;
+    let first = next(&mut consumer).await;
+    first.nack(None).await.unwrap();
+    let second = next(&mut consumer).await;
+    assert_eq!(second.message().payload().as_ref(), b"second");
+    second.ack().await.unwrap();
+    let copy = next(&mut consumer).await;
+    assert_eq!(copy.message().payload().as_ref(), b"first");
+    assert_eq!(copy.delivery_count(), 2);
+    copy.ack().await.unwrap();
+    let len: usize = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut raw(&config).await)
+        .await
+        .unwrap();
+    assert_eq!(len, 3);
+}
+
+#[tokio::test]
+async fn pubsub_raw_and_enveloped_messages_and_patterns() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let prefix = unique("prices");
+    let channel = format!("{prefix}.eur");
+    let mut by_name = PubSubConsumer::subscribe(&config, [Subscription::channel(&channel)])
+        .await
+        .unwrap();
+    let mut by_pattern =
+        PubSubConsumer::subscribe(&config, [Subscription::pattern(format!("{prefix}.*"))])
+            .await
+            .unwrap();
+    let mut publisher = PubSubPublisher::connect(&config).await.unwrap();
+    let receipt = publish(&mut publisher, Message::new(&channel, "1.08")).await;
+    assert_eq!(
+        receipt,
+        Receipt::RedisPubSub {
+            channel: channel.clone(),
+            receivers: 2
+        }
+    );
+    assert!(!receipt.is_confirmed());
+    let rich = Message::new(&channel, "1.09")
+        .with_header("source", "ecb")
+        .with_correlation_id("c-9")
+        .with_ttl(Duration::from_secs(60));
+    publish(&mut publisher, rich.clone()).await;
+    for consumer in [&mut by_name, &mut by_pattern] {
+        let plain = next(consumer).await;
+        assert_eq!(plain.message(), &Message::new(&channel, "1.08"));
+        assert!(!plain.acker().is_tracked());
+        let enveloped = next(consumer).await;
+        assert_eq!(enveloped.message(), &rich);
+    }
+    // Somebody else's raw message is a plain payload.
+    let receivers: u64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("from redis-cli")
+        .query_async(&mut raw(&config).await)
+        .await
+        .unwrap();
+    assert_eq!(receivers, 2);
+    assert_eq!(
+        next(&mut by_name).await.message().payload().as_ref(),
+        b"from redis-cli"
+    );
+
+    let err = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&channel, "x").with_priority(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+
+    // A large payload crosses intact (under the default 8 MiB soft output limit for
+    // Pub/Sub clients, so Redis keeps the subscriber).
+    let large: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    publish(&mut publisher, Message::new(&channel, large.clone())).await;
+    assert_eq!(
+        next(&mut by_name).await.message().payload().as_ref(),
+        &large[..]
+    );
+
+    let none = PubSubConsumer::subscribe(&config, []).await.unwrap_err();
+    assert_eq!(none.kind(), ErrorKind::Permanent);
+}
+
+/// Publishes probes until one reaches `consumer`: a resubscription has no signal a
+/// publisher can see, so polling (bounded by the wait) is the only way to observe it.
+async fn until_received(
+    publisher: &mut PubSubPublisher,
+    consumer: &mut PubSubConsumer,
+    channel: &str,
+) -> (Delivery, usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut errors = 0;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no probe arrived after the restart"
+        );
+        if let Ok(ready) = publisher.ready().await {
+            let _ = ready.call(Message::new(channel, "probe")).await;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+            Ok(Some(Ok(delivery))) => return (delivery, errors),
+            Ok(Some(Err(err))) => {
+                assert!(err.is_transient(), "{err}");
+                errors += 1;
+            }
+            Ok(None) => panic!("the subscriber ended"),
+            Err(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn pubsub_resubscribes_after_a_restart() {
+    let _exclusive = BROKER.write().await;
+    let config = config().await;
+    let channel = unique("resubscribe");
+    let mut consumer = PubSubConsumer::subscribe(&config, [Subscription::channel(&channel)])
+        .await
+        .unwrap();
+    let mut publisher = PubSubPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&channel, "before")).await;
+    assert_eq!(
+        next(&mut consumer).await.message().payload().as_ref(),
+        b"before"
+    );
+
+    harness("restart").await;
+
+    let (delivery, errors) = until_received(&mut publisher, &mut consumer, &channel).await;
+    assert_eq!(delivery.message().payload().as_ref(), b"probe");
+    assert!(errors >= 1, "the lost connection was not reported");
+    // Settled into normal delivery again.
+    publish(&mut publisher, Message::new(&channel, "after")).await;
+    loop {
+        let delivery = next(&mut consumer).await;
+        if delivery.message().payload().as_ref() == b"after" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn in_flight_publish_fails_as_transient_on_restart_and_readiness_waits() {
+    let _exclusive = BROKER.write().await;
+    let config = config()
+        .await
+        .with_response_timeout(Duration::from_secs(20));
+    let stream = unique("in-flight");
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&stream, "warm-up")).await;
+
+    // Hold writes so the next XADD is in flight when Redis goes down.
+    let mut admin = raw(&config).await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(20_000)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let call = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&stream, "in flight"));
+    let call = tokio::spawn(call);
+    // Wait (bounded) until the server holds the XADD.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if clients.lines().any(|line| line.contains("cmd=xadd")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the XADD never reached the server"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    harness("stop").await;
+    let err = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("the in-flight publish did not fail")
+        .expect("task")
+        .expect_err("Redis stopped before answering, so the publish cannot have succeeded");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.broker(), "redis");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some(stream.as_str()));
+
+    // Down: readiness waits instead of failing.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), publisher.ready())
+            .await
+            .is_err(),
+        "the publisher was ready while Redis was down"
+    );
+
+    harness("start").await;
+    let receipt = tokio::time::timeout(
+        WAIT,
+        publish(&mut publisher, Message::new(&stream, "after")),
+    )
+    .await
+    .expect("the publisher did not recover");
+    assert!(matches!(receipt, Receipt::RedisStream { .. }));
+}
+
+#[tokio::test]
+async fn a_hung_redis_times_out_as_transient_and_recovers() {
+    let _exclusive = BROKER.write().await;
+    let config = config()
+        .await
+        .with_response_timeout(Duration::from_millis(300));
+    let stream = unique("hung");
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&stream, "before")).await;
+
+    harness("pause").await;
+    let call = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&stream, "while hung"));
+    let result = tokio::time::timeout(WAIT, call).await;
+    // Resume before asserting anything, so a failure leaves Redis running.
+    harness("resume").await;
+    let result = result.expect("the response timeout did not fire");
+    let err = result.expect_err("a frozen Redis cannot have answered");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some(stream.as_str()));
+
+    let receipt = tokio::time::timeout(
+        WAIT,
+        publish(&mut publisher, Message::new(&stream, "after")),
+    )
+    .await
+    .expect("the publisher did not recover");
+    assert!(matches!(receipt, Receipt::RedisStream { .. }));
+}
