@@ -7,7 +7,6 @@
 
 #[path = "support/kafka_mock_cluster.rs"]
 mod kafka_mock_cluster;
-use kafka_mock_cluster::{MockKafka, ALL_BROKERS};
 
 /// Test names read `kafka_mock::<case>`.
 mod kafka_mock {
