@@ -375,7 +375,7 @@ mod kafka_mock {
     /// rebalance caused by a new member revokes through the same callback, but the mock
     /// cluster refuses offset commits while such a rebalance is under way
     /// (REBALANCE_IN_PROGRESS in its JOINING state), where Kafka accepts them from members
-    /// of the current generation; so that path cannot be shown here.
+    /// of the current generation; tests/kafka.rs shows that path on tansu.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn revoked_partitions_are_committed_at_once_up_to_the_first_unfinished() {
         let cluster = MockKafka::start(1);
