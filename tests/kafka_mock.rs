@@ -149,6 +149,50 @@ mod kafka_mock {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsupported_properties_are_refused_or_carried_when_the_config_says_so() {
+        let cluster = MockKafka::start(1);
+        let topic = unique("unsupported");
+        cluster.create_topic(&topic, 1);
+        let strict = config(&cluster);
+        let mut publisher = Publisher::new(&strict).expect("publisher");
+        for message in [
+            Message::new(&topic, "p").with_priority(7),
+            Message::new(&topic, "t").with_ttl(Duration::from_secs(9)),
+        ] {
+            let err = publisher
+                .ready()
+                .await
+                .expect("ready")
+                .call(message)
+                .await
+                .expect_err("Kafka cannot honour it");
+            assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+            assert_eq!(err.destination(), Some(topic.as_str()), "{err}");
+        }
+
+        let lenient = strict.clone().ignore_unsupported(true);
+        let mut publisher = Publisher::new(&lenient).expect("publisher");
+        let sent = Message::new(&topic, "carried")
+            .with_priority(7)
+            .with_ttl(Duration::from_secs(9))
+            .with_persistent(false)
+            .with_header("tenant", "acme");
+        publish(&mut publisher, sent).await;
+        let mut consumer = joined(&lenient, &topic, &unique("readers")).await;
+        let got = recv(&mut consumer, "the carried message").await;
+        let got = got.message();
+        assert_eq!(got.priority(), Some(7));
+        assert_eq!(got.ttl(), Some(Duration::from_secs(9)));
+        assert!(!got.is_persistent());
+        assert_eq!(got.headers().get("tenant"), Some("acme"));
+        assert_eq!(
+            got.headers().len(),
+            1,
+            "properties are not user headers: {got:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retriable_request_errors_are_retried_by_librdkafka() {
         let cluster = MockKafka::start(1);
         let topic = unique("retriable");
