@@ -101,9 +101,16 @@ type Inner = StreamConsumer<GroupContext>;
 
 /// Consumes topics in a consumer group. See the [module docs](super).
 ///
-/// A background task polls librdkafka (so rebalances are served even while nobody
-/// reads) and hands over one record at a time; dropping the consumer stops the task
-/// and closes the librdkafka consumer, which commits what was stored.
+/// A background task polls librdkafka and hands over one record at a time (at most
+/// two are read ahead), so rebalances are served while the stream is not being read;
+/// once its read-ahead is full it waits for the stream like any Kafka consumer that
+/// stops polling, and a rebalance then waits for it up to `max.poll.interval.ms`.
+/// Records of a partition revoked before they were handed over are dropped (the new
+/// owner reads them). Dropping the consumer stops the task and closes the librdkafka
+/// consumer, which revokes (committing as above) and leaves the group.
+///
+/// Settling a delivery after its consumer was dropped fails with a transient error:
+/// the message is read again by the group.
 pub struct Consumer {
     inner: Arc<Inner>,
     records: mpsc::Receiver<Result<Received, Error>>,
