@@ -109,8 +109,10 @@ type Inner = StreamConsumer<GroupContext>;
 /// owner reads them). Dropping the consumer stops the task and closes the librdkafka
 /// consumer, which revokes (committing as above) and leaves the group.
 ///
-/// Settling a delivery after its consumer was dropped fails with a transient error:
-/// the message is read again by the group.
+/// Acknowledging a delivery after its partition was revoked, or after the consumer
+/// was dropped, records nothing (it succeeds, or fails transiently while the consumer
+/// is still closing): the group reads the message again. A nack or reject then still
+/// publishes its copy.
 pub struct Consumer {
     inner: Arc<Inner>,
     records: mpsc::Receiver<Result<Received, Error>>,
