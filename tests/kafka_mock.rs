@@ -192,6 +192,41 @@ mod kafka_mock {
         );
     }
 
+    /// A nack publishes the message to the retry topic with its delivery count
+    /// incremented and moves the original's commit point past it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nack_publishes_to_the_retry_topic_with_the_count_incremented() {
+        let cluster = MockKafka::start(1);
+        let (topic, retry) = (unique("work"), unique("work-retry"));
+        cluster.create_topic(&topic, 1);
+        cluster.create_topic(&retry, 1);
+        let config = config(&cluster).set_consumer("auto.commit.interval.ms", "600000");
+        let mut publisher = Publisher::new(&config).expect("publisher");
+        publish(&mut publisher, Message::new(&topic, "job").with_key("k")).await;
+        let group = unique("workers");
+        let mut consumer = Consumer::subscribe(
+            &config,
+            ConsumerConfig::new(&topic, &group).with_retry_topic(&retry),
+        )
+        .await
+        .expect("consumer");
+        let first = recv(&mut consumer, "the job").await;
+        assert_eq!(first.delivery_count(), 1);
+        first.nack(None).await.expect("nack");
+        consumer.commit().await.expect("commit");
+        assert_eq!(committed(&config, &group, &topic).await, Some(1));
+
+        let mut retries = joined(&config, &retry, &unique("retriers")).await;
+        let again = recv(&mut retries, "the job on the retry topic").await;
+        assert_eq!(text(&again), "job");
+        assert_eq!(again.message().key(), Some("k"));
+        assert_eq!(again.delivery_count(), 2);
+        again.nack(None).await.expect("nack on the retry topic");
+        let third = recv(&mut retries, "the job again").await;
+        assert_eq!(third.delivery_count(), 3);
+        third.ack().await.expect("ack");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retriable_request_errors_are_retried_by_librdkafka() {
         let cluster = MockKafka::start(1);
