@@ -76,3 +76,6 @@ pub mod request;
 pub use request::{Replier, Requester};
 pub mod fanout;
 pub use fanout::{Fallback, FanOut};
+
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;

@@ -68,5 +68,7 @@ mod kafka;
 #[cfg(feature = "kafka")]
 mod kafka_mock;
 mod memory;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 #[cfg(feature = "redis")]
 mod redis;

@@ -1,0 +1,637 @@
+//! One supervised AMQP connection: a pool of confirm-mode channels, the declared
+//! topology, blocked/unblocked tracking and reconnect with backoff.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+use lapin::{ConnectionProperties, Event};
+use tokio::sync::{watch, Notify};
+
+use super::config::Config;
+use super::consumer::Consumer;
+use super::error::{amqp_error, closed, short_string, BROKER};
+use super::publisher::Publisher;
+use super::request::Requester;
+use super::topology::Topology;
+use crate::error::{Error, Operation};
+
+/// How often the supervisor double-checks the connection state, in case the broker
+/// closed it without an error event (a graceful `connection.close`).
+const STATUS_CHECK: Duration = Duration::from_millis(250);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An open AMQP connection and its channel pool. Replaced as a whole on reconnect.
+pub(crate) struct Live {
+    pub(crate) generation: u64,
+    pub(crate) connection: lapin::Connection,
+    slots: Vec<Mutex<lapin::Channel>>,
+    next: AtomicUsize,
+    known_exchanges: Mutex<HashSet<String>>,
+}
+
+impl Live {
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// A confirm-mode channel from the pool, re-opening the slot's channel if the
+    /// broker closed it (a channel-level error closes only that channel).
+    pub(crate) async fn publish_channel(&self) -> Result<lapin::Channel, lapin::Error> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let channel = lock(slot).clone();
+        if channel.status().connected() {
+            return Ok(channel);
+        }
+        let fresh = open_confirm_channel(&self.connection).await?;
+        *lock(slot) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// Checks once per connection that `exchange` exists (a passive declare on a
+    /// throw-away channel), so that publishing to a missing exchange fails that one
+    /// message with NOT_FOUND instead of closing a pooled channel and failing every
+    /// unconfirmed message on it.
+    pub(crate) async fn check_exchange(&self, exchange: &str) -> Result<(), Error> {
+        if exchange.is_empty()
+            || exchange.starts_with("amq.")
+            || lock(&self.known_exchanges).contains(exchange)
+        {
+            return Ok(());
+        }
+        let name = short_string(exchange, Operation::Publish, exchange)?;
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| amqp_error(Operation::Publish, exchange, e))?;
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                name,
+                lapin::ExchangeKind::Direct,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| amqp_error(Operation::Publish, exchange, e))?;
+        lock(&self.known_exchanges).insert(exchange.to_owned());
+        Ok(())
+    }
+
+    fn remember_exchanges(&self, topology: &Topology) {
+        let mut known = lock(&self.known_exchanges);
+        for exchange in topology.exchanges() {
+            known.insert(exchange.name().to_owned());
+        }
+    }
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Live")
+            .field("generation", &self.generation)
+            .field("channels", &self.slots.len())
+            .finish()
+    }
+}
+
+async fn open_confirm_channel(
+    connection: &lapin::Connection,
+) -> Result<lapin::Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// What publishers and consumers see of the connection.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Status {
+    /// The open connection; `None` while reconnecting.
+    pub(crate) live: Option<Arc<Live>>,
+    /// The broker sent `connection.blocked` (resource alarm): publishing waits.
+    pub(crate) blocked: bool,
+    /// The connection was closed for good.
+    pub(crate) closed: bool,
+}
+
+struct Shared {
+    config: Config,
+    topology: Arc<Mutex<Topology>>,
+    status: watch::Receiver<Status>,
+    nudge: Arc<Notify>,
+    shutdown: watch::Sender<bool>,
+    endpoint: String,
+}
+
+/// A supervised connection to RabbitMQ, shared by the publishers, consumers and
+/// requesters made from it. Cloning shares the connection.
+///
+/// A background task watches the connection (heartbeats, error events, the
+/// connection state). When the connection is lost it reconnects with exponential
+/// backoff, declares the topology again and hands the new connection to every
+/// publisher and consumer; meanwhile publishers' `poll_ready` is `Pending`. The
+/// connection closes when [`Connection::close`] is called or the last handle (including
+/// publishers and consumers) is dropped. It needs a Tokio runtime (the supervisor is a
+/// Tokio task). One `Connection` is one AMQP connection; open several for more
+/// throughput than one connection carries.
+///
+/// See the [module docs](super) for an example.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.shared.status.borrow();
+        f.debug_struct("Connection")
+            .field("endpoint", &self.shared.endpoint)
+            .field("connected", &status.live.is_some())
+            .field("blocked", &status.blocked)
+            .field("closed", &status.closed)
+            .finish()
+    }
+}
+
+/// `host:port/vhost`, for error messages (never the credentials).
+fn endpoint(uri: &AMQPUri) -> String {
+    format!(
+        "{}:{}/{}",
+        uri.authority.host, uri.authority.port, uri.vhost
+    )
+}
+
+impl Connection {
+    /// Connects to the broker, opens the channel pool and declares the configured
+    /// topology. Fails if the first attempt fails (a bad URI or credentials is
+    /// permanent, an unreachable broker transient); reconnects after that are
+    /// automatic.
+    pub async fn connect(config: Config) -> Result<Connection, Error> {
+        let mut uri: AMQPUri = config.uri.parse().map_err(|reason: String| {
+            Error::permanent(BROKER, Operation::Connect)
+                .with_destination(
+                    config
+                        .uri
+                        .split('@')
+                        .next_back()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+                .with_reason(format!("invalid AMQP URI: {reason}"))
+        })?;
+        let heartbeat = config.heartbeat.as_secs().clamp(0, u64::from(u16::MAX)) as u16;
+        uri.query.heartbeat = Some(if config.heartbeat.is_zero() {
+            0
+        } else {
+            heartbeat.max(1)
+        });
+        let endpoint = endpoint(&uri);
+        let topology = Arc::new(Mutex::new(config.topology.clone()));
+        let (live, events) = establish(&config, &uri, &endpoint, &topology, 1).await?;
+        let (status_tx, status_rx) = watch::channel(Status {
+            live: Some(live.clone()),
+            blocked: live.connection.status().blocked(),
+            closed: false,
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let nudge = Arc::new(Notify::new());
+        let supervisor = Supervisor {
+            config: config.clone(),
+            uri,
+            endpoint: endpoint.clone(),
+            topology: topology.clone(),
+            status: status_tx,
+            nudge: nudge.clone(),
+            shutdown: shutdown_rx,
+        };
+        tokio::spawn(supervisor.run(live, events));
+        Ok(Connection {
+            shared: Arc::new(Shared {
+                config,
+                topology,
+                status: status_rx,
+                nudge,
+                shutdown: shutdown_tx,
+                endpoint,
+            }),
+        })
+    }
+
+    /// A publisher over this connection's channel pool.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.clone())
+    }
+
+    /// A consumer of `queue`, subscribed before this returns (so a missing queue is
+    /// reported here). It re-subscribes by itself after every reconnect.
+    pub async fn consumer(&self, queue: impl Into<String>) -> Result<Consumer, Error> {
+        Consumer::subscribe(self.clone(), queue.into()).await
+    }
+
+    /// A requester for request/reply over direct reply-to.
+    pub fn requester(&self) -> Requester {
+        Requester::new(self.clone())
+    }
+
+    /// Declares `topology` now and after every future reconnect.
+    pub async fn declare(&self, topology: &Topology) -> Result<(), Error> {
+        lock(&self.shared.topology).merge(topology);
+        let live = self
+            .wait_connected()
+            .await
+            .ok_or_else(|| closed(Operation::Declare, &self.shared.endpoint))?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| amqp_error(Operation::Declare, &self.shared.endpoint, e))?;
+        topology.declare(&channel).await?;
+        live.remember_exchanges(topology);
+        Ok(())
+    }
+
+    /// The dead-letter exchange and routing key of `queue`, if it was declared through
+    /// this connection with one.
+    pub(crate) fn dead_letter_target(&self, queue: &str) -> Option<(String, Option<String>)> {
+        use super::topology::Argument;
+        let topology = lock(&self.shared.topology);
+        let declared = topology.queues().iter().rev().find(|q| q.name() == queue)?;
+        let Some(Argument::String(exchange)) = declared.get_argument("x-dead-letter-exchange")
+        else {
+            return None;
+        };
+        let key = match declared.get_argument("x-dead-letter-routing-key") {
+            Some(Argument::String(key)) => Some(key.clone()),
+            _ => None,
+        };
+        Some((exchange.clone(), key))
+    }
+
+    /// The settings the connection was made with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Whether a connection to the broker is open right now.
+    pub fn is_connected(&self) -> bool {
+        self.shared
+            .status
+            .borrow()
+            .live
+            .as_ref()
+            .is_some_and(|live| live.is_connected())
+    }
+
+    /// Whether the broker has blocked publishing on this connection
+    /// (`connection.blocked`, sent on a memory or disk alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.shared.status.borrow().blocked
+    }
+
+    /// How many times the connection was (re-)established: 1 after `connect`, 2 after
+    /// the first reconnect, and so on.
+    pub fn generation(&self) -> u64 {
+        self.shared
+            .status
+            .borrow()
+            .live
+            .as_ref()
+            .map_or(0, |live| live.generation)
+    }
+
+    /// Waits until a connection is open (at once if one is). Returns `false` if the
+    /// connection was closed.
+    pub async fn ready(&self) -> bool {
+        self.wait_connected().await.is_some()
+    }
+
+    /// Closes the connection for good: publishers fail with a permanent error and
+    /// consumers end.
+    pub fn close(&self) {
+        let _ = self.shared.shutdown.send(true);
+    }
+
+    pub(crate) fn status(&self) -> watch::Receiver<Status> {
+        self.shared.status.clone()
+    }
+
+    /// Asks the supervisor to check the connection now (after an operation failed).
+    pub(crate) fn nudge(&self) {
+        self.shared.nudge.notify_one();
+    }
+
+    /// Resolves once connection `generation` is no longer the live one (lost,
+    /// replaced or closed). Operations race their lapin futures against it, so that
+    /// nothing waits forever on a connection that is gone.
+    pub(crate) async fn lost(&self, generation: u64) {
+        let mut rx = self.shared.status.clone();
+        loop {
+            {
+                let status = rx.borrow_and_update();
+                let current = status.live.as_ref().map(|live| live.generation);
+                if status.closed || current != Some(generation) {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The open connection, waiting through reconnects; `None` once closed.
+    pub(crate) async fn wait_connected(&self) -> Option<Arc<Live>> {
+        self.wait_live(None).await
+    }
+
+    /// Like `wait_connected`, but does not return generation `lost` unless it is still
+    /// connected (so a consumer whose channel died waits for the replacement).
+    pub(crate) async fn wait_live(&self, lost: Option<u64>) -> Option<Arc<Live>> {
+        let mut rx = self.shared.status.clone();
+        loop {
+            let status = rx.borrow_and_update().clone();
+            if status.closed {
+                return None;
+            }
+            if let Some(live) = status.live {
+                if live.is_connected() {
+                    return Some(live);
+                }
+                if Some(live.generation) != lost {
+                    self.nudge();
+                }
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
+
+async fn establish(
+    config: &Config,
+    uri: &AMQPUri,
+    endpoint: &str,
+    topology: &Mutex<Topology>,
+    generation: u64,
+) -> Result<(Arc<Live>, Events), Error> {
+    let connect = async {
+        let props = ConnectionProperties::default()
+            .with_connection_name(config.connection_name.as_str().into());
+        let connection = lapin::Connection::connect_uri(uri.clone(), props)
+            .await
+            .map_err(|e| amqp_error(Operation::Connect, endpoint, e))?;
+        let events: Events = Box::pin(connection.events_listener());
+        let declare = lock(topology).clone();
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| amqp_error(Operation::Connect, endpoint, e))?;
+        declare.declare(&channel).await?;
+        drop(channel);
+        let mut slots = Vec::with_capacity(config.channel_pool_size);
+        for _ in 0..config.channel_pool_size {
+            let channel = open_confirm_channel(&connection)
+                .await
+                .map_err(|e| amqp_error(Operation::Connect, endpoint, e))?;
+            slots.push(Mutex::new(channel));
+        }
+        let live = Arc::new(Live {
+            generation,
+            connection,
+            slots,
+            next: AtomicUsize::new(0),
+            known_exchanges: Mutex::new(HashSet::new()),
+        });
+        live.remember_exchanges(&declare);
+        Ok((live, events))
+    };
+    // A broker that accepts TCP but never finishes the handshake (still starting)
+    // must not stall reconnects.
+    let limit = (config.heartbeat * 2).max(Duration::from_secs(10));
+    match tokio::time::timeout(limit, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::transient(BROKER, Operation::Connect)
+            .with_destination(endpoint)
+            .with_reason(format!("no connection within {limit:?}"))),
+    }
+}
+
+struct Supervisor {
+    config: Config,
+    uri: AMQPUri,
+    endpoint: String,
+    topology: Arc<Mutex<Topology>>,
+    status: watch::Sender<Status>,
+    nudge: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Resolves when the connection should close: `close()` was called or every handle
+/// was dropped.
+async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|closed| *closed).await;
+}
+
+impl Supervisor {
+    async fn run(mut self, mut live: Arc<Live>, mut events: Events) {
+        let mut check = tokio::time::interval(STATUS_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Connected: wait until the connection is lost.
+            let lost = loop {
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(Event::ConnectionBlocked(reason)) => {
+                            tracing::warn!(endpoint = %self.endpoint, %reason, "rabbitmq blocked the connection");
+                            self.status.send_modify(|s| s.blocked = true);
+                        }
+                        Some(Event::ConnectionUnblocked) => {
+                            tracing::info!(endpoint = %self.endpoint, "rabbitmq unblocked the connection");
+                            self.status.send_modify(|s| s.blocked = false);
+                        }
+                        Some(Event::Error(error)) => break error.to_string(),
+                        Some(_) => {}
+                        None => break "connection events ended".to_owned(),
+                    },
+                    _ = check.tick() => if !live.is_connected() {
+                        break "the connection is no longer open".to_owned();
+                    },
+                    _ = self.nudge.notified() => if !live.is_connected() {
+                        break "the connection is no longer open".to_owned();
+                    },
+                    _ = shutdown_requested(&mut self.shutdown) => {
+                        self.finish(Some(live)).await;
+                        return;
+                    }
+                }
+            };
+            tracing::warn!(endpoint = %self.endpoint, generation = live.generation, reason = %lost, "rabbitmq connection lost; reconnecting");
+            let generation = live.generation + 1;
+            self.status.send_replace(Status::default());
+            drop(live);
+
+            // Reconnecting: retry with exponential backoff.
+            let mut delay = self.config.backoff_initial;
+            live = loop {
+                let attempt = establish(
+                    &self.config,
+                    &self.uri,
+                    &self.endpoint,
+                    &self.topology,
+                    generation,
+                );
+                tokio::select! {
+                    result = attempt => match result {
+                        Ok((fresh, fresh_events)) => {
+                            events = fresh_events;
+                            break fresh;
+                        }
+                        Err(error) => tracing::warn!(endpoint = %self.endpoint, %error, retry_in = ?delay, "rabbitmq reconnect failed"),
+                    },
+                    _ = shutdown_requested(&mut self.shutdown) => {
+                        self.finish(None).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown_requested(&mut self.shutdown) => {
+                        self.finish(None).await;
+                        return;
+                    }
+                }
+                delay = (delay * 2).min(self.config.backoff_max);
+            };
+            tracing::info!(endpoint = %self.endpoint, generation, "rabbitmq connection re-established");
+            let blocked = live.connection.status().blocked();
+            self.status.send_replace(Status {
+                live: Some(live.clone()),
+                blocked,
+                closed: false,
+            });
+        }
+    }
+
+    async fn finish(&self, live: Option<Arc<Live>>) {
+        self.status.send_replace(Status {
+            live: None,
+            blocked: false,
+            closed: true,
+        });
+        if let Some(live) = live {
+            let _ = live
+                .connection
+                .close(200, "closed by the application".into())
+                .await;
+        }
+    }
+}
+
+/// Publisher-side readiness: `Ready` with a reserved connection when one is open and
+/// not blocked, `Pending` while reconnecting or blocked.
+pub(crate) struct Readiness {
+    connection: Connection,
+    rx: watch::Receiver<Status>,
+    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    reserved: Option<Arc<Live>>,
+}
+
+impl Readiness {
+    pub(crate) fn new(connection: Connection) -> Self {
+        Readiness {
+            rx: connection.status(),
+            connection,
+            waiting: None,
+            reserved: None,
+        }
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    pub(crate) fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        operation: Operation,
+    ) -> Poll<Result<(), Error>> {
+        if self.reserved.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if let Some(waiting) = self.waiting.as_mut() {
+                ready!(waiting.as_mut().poll(cx));
+                self.waiting = None;
+            }
+            if self.rx.has_changed().is_err() {
+                return Poll::Ready(Err(closed(operation, &self.connection.shared.endpoint)));
+            }
+            let status = self.rx.borrow_and_update().clone();
+            if status.closed {
+                return Poll::Ready(Err(closed(operation, &self.connection.shared.endpoint)));
+            }
+            match status.live {
+                Some(live) if !status.blocked && live.is_connected() => {
+                    self.reserved = Some(live);
+                    return Poll::Ready(Ok(()));
+                }
+                Some(_) if !status.blocked => self.connection.nudge(),
+                _ => {}
+            }
+            let mut rx = self.rx.clone();
+            let recheck = !status.blocked && status.live.is_some();
+            self.waiting = Some(Box::pin(async move {
+                if recheck {
+                    // The supervisor notices a dead connection within STATUS_CHECK;
+                    // look again then even if nothing changed.
+                    let _ = tokio::time::timeout(STATUS_CHECK, rx.changed()).await;
+                } else {
+                    let _ = rx.changed().await;
+                }
+            }));
+        }
+    }
+
+    /// The connection reserved by `poll_ready`.
+    pub(crate) fn take(&mut self) -> Arc<Live> {
+        self.reserved
+            .take()
+            .expect("poll_ready must be called first")
+    }
+}
+
+impl Clone for Readiness {
+    fn clone(&self) -> Self {
+        Readiness::new(self.connection.clone())
+    }
+}
+
+impl fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Readiness")
+            .field("reserved", &self.reserved.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,590 @@
+//! Consuming a queue with manual acknowledgements, re-subscribing after reconnects.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use futures_core::Stream;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+
+use super::config::Routing;
+use super::connection::Connection;
+use super::error::{amqp_error, short_string, BROKER};
+use crate::delivery::{Acker, Acknowledge, Delivery};
+use crate::error::{Error, ErrorKind, Operation};
+use crate::message::{Headers, Message};
+
+/// A queue's deliveries as a `Stream<Item = Result<Delivery, tower_mq::Error>>`.
+///
+/// - **Prefetch.** The consumer has a channel of its own with `basic.qos` set to
+///   [`Config::prefetch`](super::Config::prefetch): the broker sends at most that many
+///   unacknowledged deliveries ahead.
+/// - **Settling.** Each [`Delivery`] is settled through its acker: `ack` is
+///   `basic.ack`; `nack` requeues the message, by default as a confirmed copy at the
+///   back of the queue that carries its delivery count, then acks the original (see
+///   [`Config::requeue_by_republish`](super::Config::requeue_by_republish); otherwise
+///   `basic.nack` with requeue). With a delay, the requeue happens after the delay,
+///   the delivery staying unacknowledged meanwhile: RabbitMQ cannot delay a requeue
+///   itself. `reject` dead-letters the message through the queue's dead-letter
+///   exchange: for a queue declared through the connection's topology with one, as a
+///   confirmed copy carrying the reason ([`DEATH_REASON_HEADER`]) and the queue
+///   ([`DEATH_QUEUE_HEADER`]) (see [`Config::reject_with_reason`](super::Config::reject_with_reason));
+///   otherwise with `basic.reject` without requeue, RabbitMQ recording only `rejected`
+///   (`x-first-death-reason`), and dropping the message if the queue has no
+///   dead-letter exchange.
+/// - **Delivery count.** Requeues by republishing count nacks exactly on every queue
+///   type (header `x-tower-mq-deliveries`, hidden from the message's headers). Quorum
+///   queues count deliveries themselves (`x-delivery-count`), so the count is exact
+///   there, crashes included. On classic queues a redelivery after a crash or a lost
+///   connection is only flagged, so it adds 1 however often it happens: a lower
+///   bound.
+/// - **Reconnects.** When the connection is lost the stream waits (no item) and
+///   subscribes again once the connection is back; unacknowledged deliveries are
+///   redelivered by the broker, and acking a delivery from the lost channel fails with
+///   a transient error. A permanent failure to subscribe (the queue was deleted,
+///   access refused) is yielded as an error and ends the stream.
+pub struct Consumer {
+    inner: Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send>>,
+    queue: String,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// Connects with `config` and consumes `queue` on a connection of its own.
+    pub async fn connect(
+        config: super::Config,
+        queue: impl Into<String>,
+    ) -> Result<Consumer, Error> {
+        super::Connection::connect(config)
+            .await?
+            .consumer(queue)
+            .await
+    }
+
+    pub(crate) async fn subscribe(
+        connection: Connection,
+        queue: String,
+    ) -> Result<Consumer, Error> {
+        let live = connection
+            .wait_connected()
+            .await
+            .ok_or_else(|| super::error::closed(Operation::Subscribe, &queue))?;
+        let subscription = subscribe(&connection, &live.connection, &queue).await?;
+        let state = State {
+            connection,
+            queue: queue.clone(),
+            current: Some((subscription, live.generation)),
+            lost: None,
+            done: false,
+            backoff: None,
+        };
+        let inner = futures_util::stream::unfold(state, |mut state| async move {
+            let item = state.next_item().await?;
+            Some((item, state))
+        });
+        Ok(Consumer {
+            inner: Box::pin(inner),
+            queue,
+        })
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+struct Subscription {
+    // Dropping the channel closes it and cancels the consumer.
+    _channel: lapin::Channel,
+    consumer: lapin::Consumer,
+}
+
+async fn subscribe(
+    connection: &Connection,
+    amqp: &lapin::Connection,
+    queue: &str,
+) -> Result<Subscription, Error> {
+    let name = short_string(queue, Operation::Subscribe, queue)?;
+    let err = |e| amqp_error(Operation::Subscribe, queue, e);
+    let channel = amqp.create_channel().await.map_err(err)?;
+    channel
+        .basic_qos(connection.config().prefetch, BasicQosOptions::default())
+        .await
+        .map_err(err)?;
+    let consumer = channel
+        .basic_consume(
+            name,
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    Ok(Subscription {
+        _channel: channel,
+        consumer,
+    })
+}
+
+struct State {
+    connection: Connection,
+    queue: String,
+    current: Option<(Subscription, u64)>,
+    /// The generation whose subscription was lost.
+    lost: Option<u64>,
+    done: bool,
+    backoff: Option<Duration>,
+}
+
+impl State {
+    async fn next_item(&mut self) -> Option<Result<Delivery, Error>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let Some((subscription, generation)) = self.current.as_mut() else {
+                if let Some(delay) = self.backoff {
+                    tokio::time::sleep(delay).await;
+                }
+                let live = self.connection.wait_live(self.lost).await?;
+                let attempt = subscribe(&self.connection, &live.connection, &self.queue);
+                let subscribed = tokio::select! {
+                    result = attempt => result,
+                    _ = self.connection.lost(live.generation) => Err(Error::transient(BROKER, Operation::Subscribe)
+                        .with_destination(self.queue.clone())
+                        .with_reason("the connection closed while subscribing")),
+                };
+                match subscribed {
+                    Ok(subscription) => {
+                        tracing::info!(queue = %self.queue, generation = live.generation, "rabbitmq consumer subscribed again");
+                        self.current = Some((subscription, live.generation));
+                        self.backoff = None;
+                    }
+                    Err(error) if error.kind() == ErrorKind::Permanent => {
+                        self.done = true;
+                        return Some(Err(error));
+                    }
+                    Err(error) => {
+                        tracing::warn!(queue = %self.queue, %error, "rabbitmq consumer could not subscribe; retrying");
+                        self.lost = Some(live.generation);
+                        self.connection.nudge();
+                        let config = self.connection.config();
+                        self.backoff = Some(match self.backoff {
+                            None => config.backoff_initial,
+                            Some(d) => (d * 2).min(config.backoff_max),
+                        });
+                    }
+                }
+                continue;
+            };
+            let generation = *generation;
+            // lapin ends the stream when its channel closes; the generation check makes
+            // sure a consumer never outlives its connection whatever lapin does. It
+            // comes first so that deliveries still buffered from a lost channel are
+            // dropped: they can no longer be acknowledged, and the broker delivers them
+            // again.
+            let next = tokio::select! {
+                biased;
+                _ = self.connection.lost(generation) => None,
+                next = subscription.consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    return Some(Ok(to_delivery(delivery, &self.connection, &self.queue)));
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(queue = %self.queue, %error, "rabbitmq consumer lost its channel; re-subscribing");
+                }
+                None => {
+                    tracing::warn!(queue = %self.queue, "rabbitmq consumer cancelled; re-subscribing");
+                }
+            }
+            self.current = None;
+            self.lost = Some(generation);
+            self.connection.nudge();
+        }
+    }
+}
+
+fn header_value(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::Boolean(v) => v.to_string(),
+        AMQPValue::ShortShortInt(v) => v.to_string(),
+        AMQPValue::ShortShortUInt(v) => v.to_string(),
+        AMQPValue::ShortInt(v) => v.to_string(),
+        AMQPValue::ShortUInt(v) => v.to_string(),
+        AMQPValue::LongInt(v) => v.to_string(),
+        AMQPValue::LongUInt(v) => v.to_string(),
+        AMQPValue::LongLongInt(v) => v.to_string(),
+        AMQPValue::Float(v) => v.to_string(),
+        AMQPValue::Double(v) => v.to_string(),
+        AMQPValue::Timestamp(v) => v.to_string(),
+        AMQPValue::ShortString(v) => v.as_str().to_owned(),
+        AMQPValue::LongString(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        AMQPValue::ByteArray(v) => String::from_utf8_lossy(v.as_slice()).into_owned(),
+        _ => return None,
+    })
+}
+
+fn as_count(value: &AMQPValue) -> Option<u64> {
+    match value {
+        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortShortUInt(v) => Some((*v).into()),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortUInt(v) => Some((*v).into()),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some((*v).into()),
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::Timestamp(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// A tower-mq message from an AMQP delivery's properties and body. Header values that
+/// are not scalars (`x-death`'s tables) are left out.
+pub(crate) fn to_message(
+    exchange: &str,
+    routing_key: &str,
+    properties: &lapin::BasicProperties,
+    data: Vec<u8>,
+    routing: &Routing,
+) -> Message {
+    let (destination, key) = routing.destination_and_key(exchange, routing_key);
+    let mut message = Message::new(destination, data)
+        .with_persistent(properties.delivery_mode().is_some_and(|mode| mode == 2));
+    message.set_key(key);
+    if let Some(headers) = properties.headers() {
+        let headers: Headers = headers
+            .inner()
+            .iter()
+            .filter(|(k, _)| k.as_str() != DELIVERIES_HEADER)
+            .filter_map(|(k, v)| header_value(v).map(|v| (k.as_str().to_owned(), v)))
+            .collect();
+        message = message.with_headers(headers);
+    }
+    message.set_priority(*properties.priority());
+    message.set_ttl(
+        properties
+            .expiration()
+            .as_ref()
+            .and_then(|ms| ms.as_str().parse::<u64>().ok())
+            .map(Duration::from_millis),
+    );
+    let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    message.set_message_id(text(properties.message_id()));
+    message.set_correlation_id(text(properties.correlation_id()));
+    message.set_reply_to(text(properties.reply_to()));
+    message.set_content_type(text(properties.content_type()));
+    message.set_content_encoding(text(properties.content_encoding()));
+    message
+}
+
+/// The header in which a requeue by republishing records how many times the message
+/// was delivered before.
+pub(crate) const DELIVERIES_HEADER: &str = "x-tower-mq-deliveries";
+
+/// The header carrying the reason given to `reject` on a dead letter.
+pub const DEATH_REASON_HEADER: &str = "x-tower-mq-death-reason";
+
+/// The header naming the queue a dead letter was rejected from.
+pub const DEATH_QUEUE_HEADER: &str = "x-tower-mq-death-queue";
+
+fn count_header(properties: &lapin::BasicProperties, name: &str) -> Option<u64> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    as_count(value).or_else(|| header_value(value)?.parse().ok())
+}
+
+fn to_delivery(
+    delivery: lapin::message::Delivery,
+    connection: &Connection,
+    queue: &str,
+) -> Delivery {
+    // Deliveries before this one: those recorded by requeues-by-republish, plus the
+    // broker's own count (quorum queues) or, failing that, its redelivered flag.
+    let republished = count_header(&delivery.properties, DELIVERIES_HEADER).unwrap_or(0);
+    let broker = count_header(&delivery.properties, "x-delivery-count")
+        .unwrap_or(u64::from(delivery.redelivered));
+    let count =
+        u32::try_from(republished.saturating_add(broker).saturating_add(1)).unwrap_or(u32::MAX);
+    let message = to_message(
+        delivery.exchange.as_str(),
+        delivery.routing_key.as_str(),
+        &delivery.properties,
+        delivery.data,
+        &connection.config().routing,
+    );
+    let config = connection.config();
+    let copy = (config.requeue_by_republish || config.reject_with_reason).then(|| {
+        Arc::new(Copy {
+            connection: connection.clone(),
+            properties: delivery.properties,
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            payload: message.payload().clone(),
+            count,
+        })
+    });
+    let acker = Acker::new(RabbitAcker {
+        acker: delivery.acker,
+        queue: queue.to_owned(),
+        copy,
+    });
+    Delivery::new(message, acker).with_delivery_count(count)
+}
+
+/// A delivery as it arrived, for settling by publishing a copy (a requeue that counts,
+/// a dead letter that carries its reason) and then acknowledging the original.
+struct Copy {
+    connection: Connection,
+    properties: lapin::BasicProperties,
+    routing_key: String,
+    payload: bytes::Bytes,
+    count: u32,
+}
+
+impl Copy {
+    /// Publishes a copy to `exchange` with `routing_key` and `extra` headers; once the
+    /// broker confirms it, acknowledges the original.
+    async fn publish_then_ack(
+        &self,
+        acker: &lapin::Acker,
+        queue: &str,
+        operation: Operation,
+        exchange: &str,
+        routing_key: &str,
+        extra: &[(&str, AMQPValue)],
+    ) -> Result<(), Error> {
+        let err = |e| amqp_error(operation, queue, e);
+        let live = self
+            .connection
+            .wait_connected()
+            .await
+            .ok_or_else(|| super::error::closed(operation, queue))?;
+        let mut headers = FieldTable::default();
+        if let Some(original) = self.properties.headers() {
+            for (k, v) in original.inner() {
+                if k.as_str() != "x-delivery-count" && !extra.iter().any(|(e, _)| *e == k.as_str())
+                {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        for (k, v) in extra {
+            headers.insert((*k).into(), v.clone());
+        }
+        let properties = self.properties.clone().with_headers(headers);
+        let channel = live.publish_channel().await.map_err(err)?;
+        let options = lapin::options::BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let exchange_name = short_string(exchange, operation, queue)?;
+        let key = short_string(routing_key, operation, queue)?;
+        let confirm = channel
+            .basic_publish(exchange_name, key, options, &self.payload, properties)
+            .await
+            .map_err(err)?;
+        let confirmation = tokio::select! {
+            biased;
+            confirmation = confirm => confirmation.map_err(err)?,
+            _ = self.connection.lost(live.generation) => {
+                return Err(Error::transient(BROKER, operation)
+                    .with_destination(queue)
+                    .with_reason("the connection closed before the broker confirmed the copy"));
+            }
+        };
+        match confirmation {
+            lapin::Confirmation::Ack(None) => {}
+            _ => {
+                return Err(Error::transient(BROKER, operation)
+                    .with_destination(queue)
+                    .with_reason(format!(
+                        "the broker did not take the copy for exchange `{exchange}`"
+                    )))
+            }
+        }
+        settled(
+            operation,
+            queue.to_owned(),
+            acker.ack(BasicAckOptions::default()).await,
+        )
+    }
+
+    /// A copy at the back of `queue` that records its delivery count.
+    async fn requeue(&self, acker: &lapin::Acker, queue: &str) -> Result<(), Error> {
+        let count = [(DELIVERIES_HEADER, AMQPValue::LongLongInt(self.count.into()))];
+        self.publish_then_ack(acker, queue, Operation::Nack, "", queue, &count)
+            .await
+    }
+
+    /// A copy to the queue's dead-letter exchange that carries `reason`, if the queue
+    /// was declared through this connection with one; `None` otherwise.
+    async fn dead_letter(
+        &self,
+        acker: &lapin::Acker,
+        queue: &str,
+        reason: &str,
+    ) -> Option<Result<(), Error>> {
+        let (exchange, routing_key) = self.connection.dead_letter_target(queue)?;
+        let routing_key = routing_key.unwrap_or_else(|| self.routing_key.clone());
+        let reason: String = reason.chars().take(1024).collect();
+        let extra = [
+            (
+                DEATH_REASON_HEADER,
+                AMQPValue::LongString(reason.as_str().into()),
+            ),
+            (DEATH_QUEUE_HEADER, AMQPValue::LongString(queue.into())),
+        ];
+        Some(
+            self.publish_then_ack(
+                acker,
+                queue,
+                Operation::Reject,
+                &exchange,
+                &routing_key,
+                &extra,
+            )
+            .await,
+        )
+    }
+}
+
+/// Settles a RabbitMQ delivery on the channel it arrived on.
+struct RabbitAcker {
+    acker: lapin::Acker,
+    queue: String,
+    copy: Option<Arc<Copy>>,
+}
+
+fn settled(
+    operation: Operation,
+    queue: String,
+    result: Result<bool, lapin::Error>,
+) -> Result<(), Error> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::transient(BROKER, operation)
+            .with_destination(queue)
+            .with_reason(
+                "the delivery's channel is closed; the broker will deliver the message again",
+            )),
+        Err(e) => Err(amqp_error(operation, &queue, e)),
+    }
+}
+
+/// A settling handle that can move into a spawned task.
+struct Settle {
+    acker: lapin::Acker,
+    queue: String,
+    copy: Option<Arc<Copy>>,
+    republish: bool,
+}
+
+impl Settle {
+    async fn requeue(&self) -> Result<(), Error> {
+        match self.copy.as_ref().filter(|_| self.republish) {
+            Some(copy) => copy.requeue(&self.acker, &self.queue).await,
+            None => {
+                let options = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                settled(
+                    Operation::Nack,
+                    self.queue.clone(),
+                    self.acker.nack(options).await,
+                )
+            }
+        }
+    }
+}
+
+impl RabbitAcker {
+    fn clone_for_settling(&self) -> Settle {
+        Settle {
+            acker: self.acker.clone(),
+            queue: self.queue.clone(),
+            copy: self.copy.clone(),
+            republish: self
+                .copy
+                .as_ref()
+                .is_some_and(|c| c.connection.config().requeue_by_republish),
+        }
+    }
+}
+
+impl Acknowledge for RabbitAcker {
+    fn ack(&self) -> BoxFuture<'static, Result<(), Error>> {
+        let acker = self.acker.clone();
+        let queue = self.queue.clone();
+        Box::pin(async move {
+            settled(
+                Operation::Ack,
+                queue,
+                acker.ack(BasicAckOptions::default()).await,
+            )
+        })
+    }
+
+    fn nack(&self, delay: Option<Duration>) -> BoxFuture<'static, Result<(), Error>> {
+        let this = self.clone_for_settling();
+        match delay.filter(|d| !d.is_zero()) {
+            None => Box::pin(async move { this.requeue().await }),
+            Some(delay) => {
+                // Hold the delivery for `delay`, then requeue it. If the channel dies
+                // meanwhile the broker requeues it anyway.
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Err(error) = this.requeue().await {
+                        tracing::warn!(%error, "delayed rabbitmq nack failed");
+                    }
+                });
+                Box::pin(async { Ok(()) })
+            }
+        }
+    }
+
+    fn reject(&self, reason: &str) -> BoxFuture<'static, Result<(), Error>> {
+        let acker = self.acker.clone();
+        let queue = self.queue.clone();
+        let copy = self
+            .copy
+            .clone()
+            .filter(|c| c.connection.config().reject_with_reason);
+        let reason = reason.to_owned();
+        Box::pin(async move {
+            if let Some(copy) = copy {
+                if let Some(result) = copy.dead_letter(&acker, &queue, &reason).await {
+                    return result;
+                }
+            }
+            settled(
+                Operation::Reject,
+                queue,
+                acker.reject(BasicRejectOptions { requeue: false }).await,
+            )
+        })
+    }
+}

@@ -1,0 +1,942 @@
+//! RabbitMQ-specific behaviour, against a real broker.
+//!
+//! The broker address comes from `TOWER_MQ_AMQP_URL` (default: the project harness,
+//! `amqp://guest:guest@127.0.0.1:15673/%2f`; run `scripts/brokers up rabbitmq`).
+//! The reconnect test restarts the broker with `"$TOWER_MQ_BROKERS" restart rabbitmq`.
+
+#![cfg(feature = "rabbitmq")]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tower::{Service, ServiceExt};
+use tower_mq::rabbitmq::{
+    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology, DEATH_QUEUE_HEADER,
+    DEATH_REASON_HEADER,
+};
+use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
+
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:15673/%2f";
+
+fn url() -> String {
+    std::env::var("TOWER_MQ_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// A name no other test (or test run) uses.
+fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "tmq-{what}-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Tests share one broker: the restart test takes this for writing, so that no other
+/// test runs while the broker is down; every other test holds it for reading.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+async fn connect(config: Config) -> Connection {
+    let address = url();
+    match Connection::connect(config).await {
+        Ok(connection) => connection,
+        Err(error) => panic!(
+            "RabbitMQ is not reachable at {address} (env TOWER_MQ_AMQP_URL): {error}. \
+             Run scripts/test, or scripts/brokers up rabbitmq."
+        ),
+    }
+}
+
+/// Queues that clean themselves up after the test.
+fn queue(name: &str) -> Queue {
+    Queue::classic(name).expires(Duration::from_secs(60))
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("no delivery within 10 s")
+        .expect("consumer ended")
+        .expect("consumer error")
+}
+
+#[tokio::test]
+async fn confirmed_publish_carries_every_property() {
+    let _shared = BROKER.read().await;
+    let q = unique("props");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q).max_priority(9))),
+    )
+    .await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let message = Message::new(&q, "payload")
+        .with_header("tenant", "acme")
+        .with_priority(7)
+        .with_ttl(Duration::from_secs(60))
+        .with_persistent(true)
+        .with_message_id("m-1")
+        .with_correlation_id("c-1")
+        .with_reply_to("somewhere")
+        .with_content_type("text/plain")
+        .with_content_encoding("identity");
+    let receipt = connection.publisher().oneshot(message).await.unwrap();
+    assert_eq!(
+        receipt,
+        Receipt::RabbitMq {
+            exchange: String::new(),
+            routing_key: q.clone()
+        }
+    );
+    assert!(receipt.is_confirmed());
+
+    let delivery = next(&mut consumer).await;
+    let got = delivery.message();
+    assert_eq!(got.destination(), q);
+    assert_eq!(got.payload().as_ref(), b"payload");
+    assert_eq!(got.headers().get("tenant"), Some("acme"));
+    assert_eq!(got.priority(), Some(7));
+    assert_eq!(got.ttl(), Some(Duration::from_secs(60)));
+    assert!(got.is_persistent());
+    assert_eq!(got.message_id(), Some("m-1"));
+    assert_eq!(got.correlation_id(), Some("c-1"));
+    assert_eq!(got.reply_to(), Some("somewhere"));
+    assert_eq!(got.content_type(), Some("text/plain"));
+    assert_eq!(got.content_encoding(), Some("identity"));
+    assert_eq!(delivery.delivery_count(), 1);
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn exchange_routing_maps_destination_and_key() {
+    let _shared = BROKER.read().await;
+    let exchange = unique("topic");
+    let q = unique("topic-q");
+    let connection = connect(
+        Config::new(url()).topology(
+            Topology::new()
+                .exchange(Exchange::topic(&exchange).auto_delete(true))
+                .queue(queue(&q))
+                .binding(Binding::queue(&q, &exchange, "order.*")),
+        ),
+    )
+    .await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let receipt = connection
+        .publisher()
+        .oneshot(Message::new(&exchange, "x").with_key("order.created"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.destination(), exchange);
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().destination(), exchange);
+    assert_eq!(delivery.message().key(), Some("order.created"));
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn unroutable_mandatory_message_is_a_permanent_error() {
+    let _shared = BROKER.read().await;
+    let exchange = unique("nowhere");
+    let connection = connect(
+        Config::new(url())
+            .topology(Topology::new().exchange(Exchange::direct(&exchange).auto_delete(true))),
+    )
+    .await;
+    let mut publisher = connection.publisher();
+    let err = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&exchange, "lost").with_key("no-binding"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.broker(), "rabbitmq");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some(exchange.as_str()));
+    assert!(err.to_string().contains("NO_ROUTE"), "{err}");
+
+    // Not mandatory: the broker confirms and drops it.
+    let lax = connect(Config::new(url()).mandatory(false)).await;
+    lax.publisher()
+        .oneshot(Message::new(&exchange, "dropped").with_key("no-binding"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn missing_exchange_is_not_found_and_leaves_the_pool_working() {
+    let _shared = BROKER.read().await;
+    let q = unique("after-404");
+    let connection = connect(
+        Config::new(url())
+            .channel_pool_size(1)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let mut publisher = connection.publisher();
+    let missing = unique("missing-exchange");
+    let err = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&missing, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.destination(), Some(missing.as_str()));
+    assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+    // The only pooled channel still publishes.
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new("", "ok").with_key(&q))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn redeclaring_with_other_arguments_is_precondition_failed() {
+    let _shared = BROKER.read().await;
+    let q = unique("precondition");
+    let connection = connect(Config::new(url()).topology(Topology::new().queue(queue(&q)))).await;
+    let err = connection
+        .declare(&Topology::new().queue(queue(&q).max_priority(3)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+    assert!(err.to_string().contains("PRECONDITION_FAILED"), "{err}");
+}
+
+#[tokio::test]
+async fn consuming_a_missing_queue_is_a_permanent_error() {
+    let _shared = BROKER.read().await;
+    let connection = connect(Config::new(url())).await;
+    let q = unique("no-such-queue");
+    let err = connection.consumer(&q).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Subscribe);
+    assert_eq!(err.destination(), Some(q.as_str()));
+}
+
+#[tokio::test]
+async fn priority_queue_delivers_the_highest_priority_first() {
+    let _shared = BROKER.read().await;
+    let q = unique("priority");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q).max_priority(10))),
+    )
+    .await;
+    // Publish while nobody consumes, so the queue can reorder.
+    let batch = vec![
+        Message::new(&q, "low").with_priority(1),
+        Message::new(&q, "high").with_priority(9),
+        Message::new(&q, "mid").with_priority(5),
+    ];
+    let results = connection
+        .publisher()
+        .batched()
+        .oneshot(batch)
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut consumer).await;
+        order.push(String::from_utf8(d.message().payload().to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(order, ["high", "mid", "low"]);
+}
+
+#[tokio::test]
+async fn reject_dead_letters_through_the_dlx() {
+    let _shared = BROKER.read().await;
+    for with_reason in [true, false] {
+        let dlx = unique("dlx");
+        let q = unique("work");
+        let dead = unique("dead");
+        let connection = connect(
+            Config::new(url())
+                .routing(Routing::DefaultExchange)
+                .reject_with_reason(with_reason)
+                .topology(
+                    Topology::new()
+                        .exchange(Exchange::fanout(&dlx).auto_delete(true))
+                        .queue(queue(&q).dead_letter_exchange(&dlx))
+                        .queue(queue(&dead))
+                        .binding(Binding::queue(&dead, &dlx, "")),
+                ),
+        )
+        .await;
+        connection
+            .publisher()
+            .oneshot(Message::new(&q, "poison").with_header("tenant", "acme"))
+            .await
+            .unwrap();
+        let mut work = connection.consumer(&q).await.unwrap();
+        let delivery = next(&mut work).await;
+        delivery.reject("cannot parse").await.unwrap();
+
+        let mut dead_letters = connection.consumer(&dead).await.unwrap();
+        let dead_letter = next(&mut dead_letters).await;
+        let message = dead_letter.message();
+        assert_eq!(message.payload().as_ref(), b"poison");
+        assert_eq!(message.headers().get("tenant"), Some("acme"));
+        if with_reason {
+            // A confirmed copy through the queue's DLX, with the reason.
+            assert_eq!(
+                message.headers().get(DEATH_REASON_HEADER),
+                Some("cannot parse")
+            );
+            assert_eq!(message.headers().get(DEATH_QUEUE_HEADER), Some(q.as_str()));
+        } else {
+            // RabbitMQ's own dead-lettering (basic.reject): the reason is `rejected`.
+            assert_eq!(
+                message.headers().get("x-first-death-reason"),
+                Some("rejected")
+            );
+            assert_eq!(
+                message.headers().get("x-first-death-queue"),
+                Some(q.as_str())
+            );
+        }
+        dead_letter.ack().await.unwrap();
+        // Not delivered again from the work queue.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), work.next())
+                .await
+                .is_err(),
+            "the rejected message came back"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nack_requeues_and_counts_deliveries() {
+    let _shared = BROKER.read().await;
+    let classic = unique("classic");
+    let quorum = unique("quorum");
+    let quorum_nacked = unique("quorum-nacked");
+    let classic_nacked = unique("classic-nacked");
+    let topology = Topology::new()
+        .queue(queue(&classic))
+        .queue(queue(&classic_nacked))
+        .queue(Queue::quorum(&quorum).expires(Duration::from_secs(60)))
+        .queue(Queue::quorum(&quorum_nacked).expires(Duration::from_secs(60)));
+    let republishing = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(topology.clone()),
+    )
+    .await;
+    // basic.nack instead of republishing: classic queues then only flag redeliveries,
+    // quorum queues still count.
+    let nacking = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .requeue_by_republish(false)
+            .topology(topology),
+    )
+    .await;
+    let publisher = republishing.publisher();
+    for q in [&classic, &quorum, &quorum_nacked, &classic_nacked] {
+        publisher
+            .clone()
+            .oneshot(Message::new(q, "again").with_header("tenant", "acme"))
+            .await
+            .unwrap();
+    }
+
+    for (connection, q, expected) in [
+        (&republishing, &classic, [1, 2, 3]),
+        (&republishing, &quorum, [1, 2, 3]),
+        (&nacking, &quorum_nacked, [1, 2, 3]),
+        (&nacking, &classic_nacked, [1, 2, 2]),
+    ] {
+        let mut consumer = connection.consumer(q).await.unwrap();
+        for (n, expected) in expected.into_iter().enumerate() {
+            let d = next(&mut consumer).await;
+            assert_eq!(d.delivery_count(), expected, "{q}: delivery {n}");
+            assert_eq!(d.is_redelivery(), n > 0, "{q}: delivery {n}");
+            // The count's bookkeeping header stays out of the message's headers.
+            let headers = d.message().headers();
+            assert_eq!(headers.get("tenant"), Some("acme"), "{q}: {headers:?}");
+            assert!(
+                !headers.contains("x-tower-mq-deliveries"),
+                "{q}: {headers:?}"
+            );
+            if n < 2 {
+                d.nack(None).await.unwrap();
+            } else {
+                d.ack().await.unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn delayed_nack_redelivers_after_the_delay() {
+    let _shared = BROKER.read().await;
+    let q = unique("delayed");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "later"))
+        .await
+        .unwrap();
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let first = next(&mut consumer).await;
+    let nacked_at = tokio::time::Instant::now();
+    first.nack(Some(Duration::from_millis(300))).await.unwrap();
+    let again = next(&mut consumer).await;
+    assert!(nacked_at.elapsed() >= Duration::from_millis(300));
+    assert!(again.is_redelivery());
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn direct_reply_to_request_reply() {
+    let _shared = BROKER.read().await;
+    let q = unique("rpc");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    // A responder: echo upper-cased, to the request's reply_to with its correlation id.
+    let mut requests = connection.consumer(&q).await.unwrap();
+    let responder = connection.publisher();
+    let server = tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let msg = request.message();
+            let reply = Message::new(msg.reply_to().unwrap(), msg.payload().to_ascii_uppercase())
+                .with_correlation_id(msg.correlation_id().unwrap())
+                .with_persistent(false);
+            responder.clone().oneshot(reply).await.unwrap();
+            request.ack().await.unwrap();
+        }
+    });
+
+    let mut requester = connection.requester().with_timeout(Duration::from_secs(10));
+    let calls = (0..5).map(|i| {
+        let mut requester = requester.clone();
+        let q = q.clone();
+        async move {
+            requester
+                .ready()
+                .await?
+                .call(Message::new(&q, format!("ping {i}")))
+                .await
+        }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply.unwrap();
+        assert_eq!(reply.payload().as_ref(), format!("PING {i}").as_bytes());
+        assert!(reply.correlation_id().is_some());
+    }
+
+    // Nobody answers on an unbound routing key: the request is unroutable.
+    let err = requester
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(unique("nobody"), "hello?"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn request_without_reply_times_out_as_transient() {
+    let _shared = BROKER.read().await;
+    let q = unique("silent");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .request_timeout(Duration::from_millis(300))
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let err = connection
+        .requester()
+        .oneshot(Message::new(&q, "anyone?"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.operation(), Operation::Request);
+}
+
+#[tokio::test]
+async fn batched_confirms_answer_each_message() {
+    let _shared = BROKER.read().await;
+    let q = unique("batch");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let mut batch: Vec<Message> = (0..100).map(|i| Message::new(&q, format!("{i}"))).collect();
+    batch.insert(50, Message::new(unique("unbound-queue"), "nowhere"));
+    let results = connection
+        .publisher()
+        .batched()
+        .oneshot(batch)
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 101);
+    for (i, result) in results.iter().enumerate() {
+        if i == 50 {
+            let err = result.as_ref().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        } else {
+            assert!(result.is_ok(), "message {i}: {result:?}");
+        }
+    }
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    for i in 0..100 {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.message().payload().as_ref(), format!("{i}").as_bytes());
+        d.ack().await.unwrap();
+    }
+}
+
+fn brokers_script() -> String {
+    std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "TOWER_MQ_BROKERS is not set: this test restarts RabbitMQ with \
+             \"$TOWER_MQ_BROKERS\" restart rabbitmq. Run scripts/test, or export \
+             TOWER_MQ_BROKERS=scripts/brokers after scripts/brokers up rabbitmq."
+        )
+    })
+}
+
+async fn brokers(action: &str) {
+    let script = brokers_script();
+    let status = tokio::process::Command::new(&script)
+        .args([action, "rabbitmq"])
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("could not run {script} {action} rabbitmq: {e}"));
+    assert!(
+        status.success(),
+        "{script} {action} rabbitmq failed: {status}"
+    );
+}
+
+#[tokio::test]
+async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers() {
+    let _exclusive = BROKER.write().await;
+    let q = unique("restart");
+    let rpc = unique("restart-rpc");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .heartbeat(Duration::from_secs(2))
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1))
+            // Not durable: only the re-declaration after reconnect brings them back.
+            .topology(
+                Topology::new()
+                    .queue(Queue::classic(&q).durable(false))
+                    .queue(Queue::classic(&rpc).durable(false)),
+            ),
+    )
+    .await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let mut publisher = connection.publisher();
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "before"))
+        .await
+        .unwrap();
+    next(&mut consumer).await.ack().await.unwrap();
+    assert_eq!(connection.generation(), 1);
+    // Held unacknowledged across the outage.
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "held"))
+        .await
+        .unwrap();
+    let held = next(&mut consumer).await;
+
+    // An echo responder, and a requester used before and after the outage.
+    let mut requests = connection.consumer(&rpc).await.unwrap();
+    let responder = connection.publisher();
+    let server = tokio::spawn(async move {
+        while let Some(item) = requests.next().await {
+            let Ok(request) = item else { continue };
+            let msg = request.message();
+            let reply = Message::new(msg.reply_to().unwrap_or_default(), msg.payload().clone())
+                .with_correlation_id(msg.correlation_id().unwrap_or_default());
+            if responder.clone().oneshot(reply).await.is_ok() {
+                let _ = request.ack().await;
+            }
+        }
+    });
+    let mut requester = connection.requester().with_timeout(Duration::from_secs(5));
+    let reply = requester
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&rpc, "ping 1"))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload().as_ref(), b"ping 1");
+
+    // Publishes in flight when the broker goes away are confirmed or fail as transient:
+    // never a permanent error, never a hang. Eight publishers keep publishing until
+    // the broker is stopped.
+    let (stopped, stop_seen) = tokio::sync::watch::channel(false);
+    let flood: Vec<_> = (0..8)
+        .map(|t| {
+            let publisher = publisher.clone();
+            let mut stop_seen = stop_seen.clone();
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                for i in 0.. {
+                    let message = Message::new(&q, format!("flood {t}/{i}"));
+                    let result = tokio::select! {
+                        biased;
+                        result = publisher.clone().oneshot(message) => result,
+                        _ = stop_seen.wait_for(|s| *s) => break,
+                    };
+                    let failed = result.is_err();
+                    results.push(result);
+                    if failed {
+                        break;
+                    }
+                }
+                results
+            })
+        })
+        .collect();
+    brokers("stop").await;
+    let _ = stopped.send(true);
+    let mut confirmed = 0;
+    let mut transient = 0;
+    for task in flood {
+        let results = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("an in-flight publish neither confirmed nor failed within 30 s of the stop")
+            .unwrap();
+        for result in results {
+            match result {
+                Ok(_) => confirmed += 1,
+                Err(e) => {
+                    assert!(e.is_transient(), "{e}");
+                    transient += 1;
+                }
+            }
+        }
+    }
+    println!("before the stop: {confirmed} confirmed, {transient} failed as transient");
+    assert!(
+        transient > 0,
+        "no publish was in flight when the broker stopped"
+    );
+    // While the broker is down, readiness waits.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while connection.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the lost connection was not noticed within 15 s");
+    let mut waiting = tokio_test::task::spawn(publisher.ready());
+    tokio_test::assert_pending!(waiting.poll());
+    drop(waiting);
+    // Its channel is gone: acking cannot reach the broker, which will redeliver.
+    let err = held.ack().await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(err.operation(), Operation::Ack);
+    assert_eq!(held.settlement(), None);
+
+    brokers("start").await;
+
+    // poll_ready waits for the new connection; publish again once it is up.
+    let receipt = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match publisher.ready().await {
+                Ok(p) => match p.call(Message::new(&q, "after")).await {
+                    Ok(receipt) => return receipt,
+                    Err(e) => assert!(e.is_transient(), "{e}"),
+                },
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("no confirmed publish within 30 s of the restart");
+    assert!(receipt.is_confirmed());
+    assert!(connection.generation() >= 2);
+    // The queue was not durable: what was confirmed before the stop is gone with it,
+    // and the consumer, subscribed again, gets what came after.
+    let after = next(&mut consumer).await;
+    assert_eq!(
+        after.message().payload().as_ref(),
+        b"after",
+        "{confirmed} confirmed before the stop"
+    );
+    after.ack().await.unwrap();
+
+    // The requester opens a new direct reply-to channel on the new connection.
+    let reply = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match requester
+                .ready()
+                .await
+                .unwrap()
+                .call(Message::new(&rpc, "ping 2"))
+                .await
+            {
+                Ok(reply) => return reply,
+                Err(e) => assert!(e.is_transient(), "{e}"),
+            }
+        }
+    })
+    .await
+    .expect("no reply within 30 s of the restart");
+    assert_eq!(reply.payload().as_ref(), b"ping 2");
+    server.abort();
+}
+
+/// Runs `rabbitmqctl` against the harness node (`tower_mq@localhost`, its own epmd
+/// port and Erlang cookie under the harness state directory).
+fn rabbitmqctl(args: &[&str]) -> std::process::Output {
+    let state = std::env::var("TOWER_MQ_STATE").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/tower-mq/brokers")
+    });
+    let epmd = std::env::var("TOWER_MQ_EPMD_PORT").unwrap_or_else(|_| "14369".into());
+    let output = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+        .args(["-n", "tower_mq@localhost"])
+        .args(args)
+        .env("HOME", format!("{state}/rabbitmq/home"))
+        .env("ERL_EPMD_PORT", epmd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run rabbitmqctl (is rabbitmq-server installed? scripts/brokers install): {e}"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} against the harness node failed (scripts/brokers up rabbitmq): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Puts the memory alarm back when the test ends, even if it fails, so the broker
+/// does not stay blocked for the tests after it.
+struct MemoryAlarm;
+
+impl MemoryAlarm {
+    fn raise() -> MemoryAlarm {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+        MemoryAlarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+#[tokio::test]
+async fn blocked_connection_makes_poll_ready_pending_until_unblocked() {
+    let _exclusive = BROKER.write().await;
+    let q = unique("blocked");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let mut publisher = connection.publisher();
+    // RabbitMQ blocks connections that publish: publish once first.
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "before"))
+        .await
+        .unwrap();
+    assert!(!connection.is_blocked());
+
+    let alarm = MemoryAlarm::raise();
+    // RabbitMQ tells a connection it is blocked when it next publishes: this one is
+    // held by the broker, and confirmed once the alarm clears.
+    let held = tokio::spawn(publisher.clone().oneshot(Message::new(&q, "held")));
+    // Bounded wait for the broker's connection.blocked to arrive.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !connection.is_blocked() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no connection.blocked within 15 s of the memory alarm");
+    let mut waiting = tokio_test::task::spawn(publisher.ready());
+    tokio_test::assert_pending!(waiting.poll());
+
+    drop(alarm);
+    tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("poll_ready still pending 15 s after connection.unblocked")
+        .unwrap();
+    assert!(!connection.is_blocked());
+    tokio::time::timeout(Duration::from_secs(15), held)
+        .await
+        .expect("the held message was not confirmed after the alarm cleared")
+        .unwrap()
+        .unwrap();
+    let mut publisher = connection.publisher();
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "after"))
+        .await
+        .unwrap();
+}
+
+/// The harness broker's Erlang VM, frozen with SIGSTOP until dropped (SIGCONT), so
+/// that it keeps its sockets open but stops answering, heartbeats included.
+struct Frozen(String);
+
+impl Frozen {
+    fn freeze() -> Frozen {
+        let state = std::env::var("TOWER_MQ_STATE").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            format!("{home}/.cache/tower-mq/brokers")
+        });
+        let pid_file = format!("{state}/rabbitmq/beam.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| {
+                panic!("no harness RabbitMQ pid in {pid_file} (scripts/brokers up rabbitmq): {e}")
+            })
+            .trim()
+            .to_owned();
+        signal("-STOP", &pid);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(which: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, pid])
+        .status()
+        .unwrap_or_else(|e| panic!("kill {which} {pid}: {e}"));
+    assert!(status.success(), "kill {which} {pid} failed");
+}
+
+#[tokio::test]
+async fn a_broker_that_stops_answering_is_noticed_by_heartbeats() {
+    let _exclusive = BROKER.write().await;
+    let q = unique("heartbeat");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .heartbeat(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500))
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let frozen = Frozen::freeze();
+    // The socket stays open: only the missing heartbeats tell the connection is dead.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while connection.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a broker silent for 15 s with a 1 s heartbeat was not noticed");
+    drop(frozen);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), connection.ready())
+            .await
+            .expect("no reconnect within 60 s of the broker answering again"),
+        "the connection was closed"
+    );
+    assert!(connection.generation() >= 2);
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "alive"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn batch_layer_feeds_batched_confirms() {
+    use tower::Layer;
+    use tower_mq::layers::batch::BatchLayer;
+
+    let _shared = BROKER.read().await;
+    let q = unique("batch-layer");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let publisher =
+        BatchLayer::new(50, Duration::from_millis(20)).layer(connection.publisher().batched());
+    let calls = (0..200).map(|i| {
+        let destination = if i == 7 { unique("nowhere") } else { q.clone() };
+        publisher
+            .clone()
+            .oneshot(Message::new(destination, i.to_string()))
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            // Unroutable: only its own caller sees the permanent error.
+            Err(e) if i == 7 => assert_eq!(
+                tower_mq::layers::classify::DefaultClassifier::new().classify_dyn(&**e),
+                ErrorKind::Permanent,
+                "{e}"
+            ),
+            Ok(receipt) if i != 7 => assert!(receipt.is_confirmed()),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    publisher.shutdown().await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let mut got = std::collections::HashSet::new();
+    for _ in 0..199 {
+        let d = next(&mut consumer).await;
+        got.insert(String::from_utf8(d.message().payload().to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(got.len(), 199);
+    assert!(!got.contains("7"));
+}
