@@ -61,6 +61,8 @@ pub use tower_mq_core::{
 };
 pub use tower_mq_layers as layers;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;

@@ -54,6 +54,9 @@ pub struct Capabilities {
     pub redelivery: bool,
     /// `Delivery::delivery_count` counts deliveries exactly (not just "redelivered").
     pub exact_delivery_count: bool,
+    /// A delivery that comes again because its consumer closed without settling it
+    /// is counted as a redelivery (the broker remembers it was delivered).
+    pub counts_redelivery_after_close: bool,
     /// Rejected deliveries reach [`Fixture::dead_letters`].
     pub dead_letters: bool,
     /// Higher priorities are delivered first. Without it, publishing a message with a
@@ -83,6 +86,7 @@ impl Capabilities {
     pub const ALL: Capabilities = Capabilities {
         redelivery: true,
         exact_delivery_count: true,
+        counts_redelivery_after_close: true,
         dead_letters: true,
         priority: true,
         ttl: true,

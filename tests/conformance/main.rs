@@ -63,6 +63,10 @@ mod cases;
 mod fixture;
 
 // Brokers: one module per fixture, each ending with `conformance!(TheFixture);`.
+#[cfg(feature = "kafka")]
+mod kafka;
+#[cfg(feature = "kafka")]
+mod kafka_mock;
 mod memory;
 #[cfg(feature = "nats")]
 mod nats;

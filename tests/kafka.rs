@@ -1,0 +1,124 @@
+//! Kafka behaviour the mock cluster cannot show, on tansu, a real Kafka-protocol broker
+//! (`TOWER_MQ_KAFKA_BROKERS`, default 127.0.0.1:19092; run scripts/test or
+//! scripts/brokers up kafka).
+
+#![cfg(feature = "kafka")]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tower::ServiceExt;
+use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
+use tower_mq::{Delivery, Message};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn connect() -> Config {
+    let brokers =
+        std::env::var("TOWER_MQ_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    // One record per batch: tansu 0.6.0 skips the rest of a batch when a fetch starts
+    // in its middle.
+    let config = Config::new(&brokers)
+        .with_batch_messages(1)
+        .set("reconnect.backoff.max.ms", "100")
+        .set_consumer("session.timeout.ms", "6000")
+        .set_consumer("heartbeat.interval.ms", "500")
+        // No periodic commit: what is committed, the revocation committed.
+        .set_consumer("auto.commit.interval.ms", "600000")
+        .with_operation_timeout(Duration::from_secs(5));
+    if let Err(e) = Publisher::connect(&config).await {
+        panic!(
+            "kafka: cannot reach a Kafka broker at {brokers} (set TOWER_MQ_KAFKA_BROKERS; \
+             run scripts/test or scripts/brokers up kafka): {e}"
+        );
+    }
+    config
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{name}-{:x}", nanos & 0xffff_ffff_ffff)
+}
+
+async fn committed(admin: &Admin, group: &str, topic: &str) -> Option<i64> {
+    let lags = admin
+        .consumer_group_lag(group, topic)
+        .await
+        .unwrap_or_else(|e| panic!("lag of {group} on {topic}: {e}"));
+    lags.first().and_then(|l| l.committed)
+}
+
+/// A member joining the group makes the first member's partitions be revoked: they
+/// are committed at once, up to the first unfinished message, including partitions
+/// where nothing was settled (committed at the first message handed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
+    let config = connect().await;
+    let admin = Admin::new(&config).expect("admin client");
+    let (worked, untouched) = (unique("rebalance-worked"), unique("rebalance-untouched"));
+    admin
+        .create_topics(&[TopicSpec::new(&worked), TopicSpec::new(&untouched)])
+        .await
+        .expect("topics");
+    let publisher = Publisher::new(&config).expect("publisher");
+    for (topic, count) in [(&worked, 6), (&untouched, 2)] {
+        for i in 0..count {
+            let message = Message::new(topic.as_str(), i.to_string());
+            publisher.clone().oneshot(message).await.expect("publish");
+        }
+    }
+    // Round robin, so each member gets one of the two partitions.
+    let config = config.set_consumer("partition.assignment.strategy", "roundrobin");
+    let group = unique("rebalancing");
+    let both = || ConsumerConfig::new(&worked, &group).with_topic(&untouched);
+    let mut first = Consumer::subscribe(&config, both())
+        .await
+        .expect("first member");
+    let mut held: BTreeMap<(String, String), Delivery> = BTreeMap::new();
+    while held.len() < 8 {
+        let delivery = tokio::time::timeout(WAIT, first.next())
+            .await
+            .expect("a message within the wait")
+            .expect("the consumer ended")
+            .expect("receive");
+        let at = (
+            delivery.message().destination().to_owned(),
+            String::from_utf8_lossy(delivery.message().payload()).into_owned(),
+        );
+        held.insert(at, delivery);
+    }
+    for i in ["0", "1", "2", "4"] {
+        held[&(worked.clone(), i.to_owned())]
+            .ack()
+            .await
+            .expect("ack");
+    }
+    assert_eq!(committed(&admin, &group, &worked).await, None);
+
+    let mut second = Consumer::subscribe(&config, both())
+        .await
+        .expect("second member");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while committed(&admin, &group, &untouched).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing committed when the second member joined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(committed(&admin, &group, &worked).await, Some(3));
+    // Nothing was settled there: only the revocation commits offset 0.
+    assert_eq!(committed(&admin, &group, &untouched).await, Some(0));
+    second
+        .wait_for_assignment(WAIT)
+        .await
+        .expect("the second member gets a partition");
+    first
+        .wait_for_assignment(WAIT)
+        .await
+        .expect("the first member gets a partition");
+}
