@@ -129,5 +129,8 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         return Some(ErrorKind::Transient);
     }
     // The layers' own errors register here.
+    if err.is::<crate::timeout::error::Elapsed>() {
+        return Some(ErrorKind::Transient);
+    }
     None
 }

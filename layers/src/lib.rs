@@ -14,5 +14,13 @@
 )]
 
 pub mod classify;
+pub mod retry;
+pub mod timeout;
+
+#[cfg(test)]
+mod recorded;
+
+pub use retry::RetryLayer;
+pub use timeout::TimeoutLayer;
 
 pub use tower_mq_core as core;
