@@ -129,7 +129,9 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         return Some(ErrorKind::Transient);
     }
     // The layers' own errors register here.
-    if err.is::<crate::timeout::error::Elapsed>() {
+    if err.is::<crate::timeout::error::Elapsed>()
+        || err.is::<crate::circuit_breaker::error::CircuitOpen>()
+    {
         return Some(ErrorKind::Transient);
     }
     None

@@ -13,6 +13,7 @@
     unreachable_pub
 )]
 
+pub mod circuit_breaker;
 pub mod classify;
 pub mod retry;
 pub mod timeout;
@@ -20,6 +21,7 @@ pub mod timeout;
 #[cfg(test)]
 mod recorded;
 
+pub use circuit_breaker::CircuitBreakerLayer;
 pub use retry::RetryLayer;
 pub use timeout::TimeoutLayer;
 

@@ -184,8 +184,12 @@ impl Core {
     }
 
     fn now_nanos(&self) -> u64 {
-        u64::try_from(Instant::now().saturating_duration_since(self.base).as_nanos())
-            .unwrap_or(u64::MAX)
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.base)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     /// How long an open circuit has yet to wait before a trial, from `word`'s opening.

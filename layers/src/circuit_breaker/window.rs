@@ -20,6 +20,9 @@ pub(super) struct Totals {
     pub(super) slow: u64,
 }
 
+// One per breaker, inside its `Arc`: boxing the padded count window would only add an
+// indirection to the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Window {
     Count(CountWindow),
@@ -102,7 +105,11 @@ impl CountWindow {
     }
 
     fn totals(&self) -> Totals {
-        let calls = self.head.0.load(Ordering::Relaxed).min(self.slots.len() as u64);
+        let calls = self
+            .head
+            .0
+            .load(Ordering::Relaxed)
+            .min(self.slots.len() as u64);
         Totals {
             calls,
             failures: self.failures.0.load(Ordering::Relaxed).max(0) as u64,
@@ -197,16 +204,42 @@ mod tests {
     #[test]
     fn count_window_slides_over_exactly_the_last_n() {
         let w = CountWindow::new(4);
-        for outcome in [RECORDED | FAILED, RECORDED, RECORDED | FAILED | SLOW, RECORDED] {
+        for outcome in [
+            RECORDED | FAILED,
+            RECORDED,
+            RECORDED | FAILED | SLOW,
+            RECORDED,
+        ] {
             w.record(outcome);
         }
-        assert_eq!(w.totals(), Totals { calls: 4, failures: 2, slow: 1 });
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 4,
+                failures: 2,
+                slow: 1
+            }
+        );
         // Overwrites the first failure.
         w.record(RECORDED);
-        assert_eq!(w.totals(), Totals { calls: 4, failures: 1, slow: 1 });
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 4,
+                failures: 1,
+                slow: 1
+            }
+        );
         w.record(RECORDED);
         w.record(RECORDED);
-        assert_eq!(w.totals(), Totals { calls: 4, failures: 0, slow: 0 });
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 4,
+                failures: 0,
+                slow: 0
+            }
+        );
         w.reset();
         assert_eq!(w.totals(), Totals::default());
     }
@@ -217,10 +250,31 @@ mod tests {
         w.record(RECORDED | FAILED, 0);
         w.record(RECORDED, 1);
         w.record(RECORDED | SLOW, 2);
-        assert_eq!(w.totals(2), Totals { calls: 3, failures: 1, slow: 1 });
-        assert_eq!(w.totals(3), Totals { calls: 2, failures: 0, slow: 1 });
+        assert_eq!(
+            w.totals(2),
+            Totals {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
+        assert_eq!(
+            w.totals(3),
+            Totals {
+                calls: 2,
+                failures: 0,
+                slow: 1
+            }
+        );
         w.record(RECORDED, 3);
-        assert_eq!(w.totals(3), Totals { calls: 3, failures: 0, slow: 1 });
+        assert_eq!(
+            w.totals(3),
+            Totals {
+                calls: 3,
+                failures: 0,
+                slow: 1
+            }
+        );
         assert_eq!(w.totals(10), Totals::default());
     }
 }

@@ -94,11 +94,8 @@ async fn gives_up_after_max_attempts_and_counts_retries() {
     assert!(err.is::<Error>());
     assert!(handle.poll_request().is_pending());
     assert_eq!(
-        recorded::counter(
-            &snapshotter,
-            "messaging_retries_total",
-            &[("destination", "orders")]
-        ),
+        recorded::Recorded::take(&snapshotter)
+            .counter("messaging_retries_total", &[("destination", "orders")]),
         2
     );
 }
