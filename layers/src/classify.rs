@@ -131,6 +131,7 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
     // The layers' own errors register here.
     if err.is::<crate::timeout::error::Elapsed>()
         || err.is::<crate::circuit_breaker::error::CircuitOpen>()
+        || err.is::<crate::rate_limit::error::RateLimited>()
     {
         return Some(ErrorKind::Transient);
     }

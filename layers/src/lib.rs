@@ -15,6 +15,7 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
 
@@ -22,6 +23,7 @@ pub mod timeout;
 mod recorded;
 
 pub use circuit_breaker::CircuitBreakerLayer;
+pub use rate_limit::RateLimitLayer;
 pub use retry::RetryLayer;
 pub use timeout::TimeoutLayer;
 
