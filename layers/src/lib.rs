@@ -16,6 +16,7 @@
 pub mod circuit_breaker;
 pub mod classify;
 pub mod rate_limit;
+pub mod reconnect;
 pub mod retry;
 pub mod timeout;
 
@@ -24,6 +25,7 @@ mod recorded;
 
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use rate_limit::RateLimitLayer;
+pub use reconnect::ReconnectLayer;
 pub use retry::RetryLayer;
 pub use timeout::TimeoutLayer;
 
