@@ -129,6 +129,18 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         return Some(ErrorKind::Transient);
     }
     // The layers' own errors register here.
+    if err.is::<crate::codec::error::DecodeError>()
+        || err.is::<crate::codec::error::EncodeError>()
+        || err.is::<crate::compression::error::TooLarge>()
+        || err.is::<crate::compression::error::UnknownEncoding>()
+        || err.is::<crate::compression::error::CorruptPayload>()
+        || err.is::<crate::compression::error::CompressError>()
+    {
+        return Some(ErrorKind::Permanent);
+    }
+    if err.is::<crate::dedup::error::StoreError>() {
+        return Some(ErrorKind::Transient);
+    }
     if err.is::<crate::timeout::error::Elapsed>()
         || err.is::<crate::circuit_breaker::error::CircuitOpen>()
         || err.is::<crate::rate_limit::error::RateLimited>()

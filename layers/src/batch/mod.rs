@@ -1,0 +1,348 @@
+//! Grouping requests into batches: many callers, one inner call, one result each.
+//!
+//! [`Batch`] is a cloneable handle, like tower's `Buffer`: every `call` queues the
+//! request for a background worker that owns the inner service. The worker collects
+//! requests into a batch and flushes it as one call to the inner service when the
+//! batch holds [`max_items`](BatchLayer::new) requests, when it weighs
+//! [`max_bytes`](BatchLayer::max_bytes) (by [`Weigh`]), or when its oldest request has
+//! waited [`max_latency`](BatchLayer::new), whichever comes first (tokio's clock).
+//!
+//! The inner service takes a `Vec<Req>` and answers one result per request, in order
+//! (a `Vec<Result<Resp, E>>`, or any [`BatchResults`]), the shape of the brokers'
+//! native batch publishers. Each caller's future resolves after the flush with its own
+//! result (ack after flush): a per-item failure reaches only that caller; a failure of
+//! the whole call reaches every caller of the batch as [`error::BatchFailed`], whose
+//! `source()` is the inner error (so it classifies as the inner error does). An answer
+//! with too few results fails the missing ones with [`error::MissingResult`].
+//!
+//! One batch is in flight at a time: the worker collects the next while the inner
+//! call runs, and flushes it when that call has answered (if a limit was reached in
+//! the meantime). Put several `Batch`es behind a balancer for more.
+//!
+//! Backpressure: the queue is bounded ([`BatchLayer::queue_capacity`], by default
+//! twice `max_items`). `poll_ready` reserves a slot (a semaphore permit) and `call`
+//! consumes it; the slot is freed once the request's batch was flushed. With the
+//! queue full, `poll_ready` is `Pending`, so `ConcurrencyLimit`, `LoadShed` and the
+//! serve loop behave as usual. Callers that dropped their future before the flush
+//! are left out of the batch.
+//!
+//! Shutdown loses nothing: when every handle is dropped, or on
+//! [`Batch::shutdown`], the worker stops accepting requests, flushes everything it
+//! holds and has queued, and exits. If the worker dies (the inner service panicked or
+//! failed `poll_ready`), callers get [`error::Closed`], whose `source()` says why,
+//! rather than waiting forever.
+//!
+//! Each flush records the number of requests in the histogram `messaging_batch_size`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, Layer, ServiceExt};
+//! use tower_mq_core::{BoxError, Message, Receipt};
+//! use tower_mq_layers::batch::BatchLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
+//! // A publisher that takes many messages at once (a Kafka or JetStream batch, say).
+//! let batch_publisher = service_fn(|batch: Vec<Message>| async move {
+//!     let results: Vec<Result<Receipt, BoxError>> = batch
+//!         .iter()
+//!         .enumerate()
+//!         .map(|(i, m)| Ok(Receipt::Memory { topic: m.destination().into(), sequence: i as u64 + 1 }))
+//!         .collect();
+//!     Ok::<_, BoxError>(results)
+//! });
+//! let publisher = BatchLayer::new(100, Duration::from_millis(5))
+//!     .max_bytes(1 << 20)
+//!     .layer(batch_publisher);
+//!
+//! let a = publisher.clone().oneshot(Message::new("orders", "a"));
+//! let b = publisher.clone().oneshot(Message::new("orders", "b"));
+//! let (a, b) = tokio::join!(a, b);
+//! assert_eq!(a?, Receipt::Memory { topic: "orders".into(), sequence: 1 });
+//! assert_eq!(b?, Receipt::Memory { topic: "orders".into(), sequence: 2 });
+//! publisher.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod layer;
+mod worker;
+
+pub mod error;
+pub mod future;
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
+use tower::Service;
+use tower_mq_core::{BoxError, Delivery, Message};
+
+use self::error::{BatchFailed, Closed};
+use self::future::ResponseFuture;
+pub use self::layer::BatchLayer;
+use self::worker::Item;
+pub use self::worker::Worker;
+
+/// The name of the histogram of flushed batch sizes.
+pub const BATCH_SIZE_METRIC: &str = crate::metrics::names::BATCH_SIZE;
+
+/// How much a request counts against [`BatchLayer::max_bytes`].
+pub trait Weigh {
+    /// The request's size in bytes, roughly what it costs on the wire.
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for Message {
+    /// Payload, key and headers (names and values).
+    fn weight(&self) -> usize {
+        let headers: usize = self.headers().iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.payload().len() + self.key().map_or(0, str::len) + headers
+    }
+}
+
+impl Weigh for Delivery {
+    fn weight(&self) -> usize {
+        self.message().weight()
+    }
+}
+
+impl Weigh for Bytes {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Weigh for Vec<u8> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Weigh for String {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+/// What the inner service of a [`Batch`] answers: one result per request, in the
+/// order of the requests.
+pub trait BatchResults {
+    /// One request's response.
+    type Response;
+    /// One request's failure.
+    type Error: Into<BoxError>;
+
+    /// The per-request results, in request order.
+    fn into_results(self) -> Vec<Result<Self::Response, Self::Error>>;
+}
+
+impl<T, E: Into<BoxError>> BatchResults for Vec<Result<T, E>> {
+    type Response = T;
+    type Error = E;
+
+    fn into_results(self) -> Vec<Result<T, E>> {
+        self
+    }
+}
+
+/// How a request is weighed (its [`Weigh`] implementation).
+pub(crate) type Weigher<Req> = fn(&Req) -> usize;
+
+/// Limits that decide when a batch is flushed.
+pub(crate) struct Limits<Req> {
+    pub(crate) max_items: usize,
+    pub(crate) max_latency: Duration,
+    pub(crate) max_bytes: Option<(usize, Weigher<Req>)>,
+    pub(crate) queue_capacity: usize,
+}
+
+impl<Req> Clone for Limits<Req> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Req> Copy for Limits<Req> {}
+
+impl<Req> fmt::Debug for Limits<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limits")
+            .field("max_items", &self.max_items)
+            .field("max_latency", &self.max_latency)
+            .field("max_bytes", &self.max_bytes.map(|(b, _)| b))
+            .field("queue_capacity", &self.queue_capacity)
+            .finish()
+    }
+}
+
+/// State every handle shares with the worker.
+#[derive(Debug)]
+struct Shared {
+    shutdown: watch::Sender<bool>,
+    finished: watch::Receiver<bool>,
+}
+
+/// A handle on a batching worker; a `Service<Req>`. See the [module docs](self).
+pub struct Batch<Req, Resp> {
+    tx: mpsc::UnboundedSender<Item<Req, Resp>>,
+    semaphore: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
+    weigh: Option<Weigher<Req>>,
+    shared: Arc<Shared>,
+    failure: Arc<OnceLock<BatchFailed>>,
+}
+
+impl<Req, Resp> Batch<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Batches requests for `inner`, spawning the worker on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like `tokio::spawn`. Use [`Batch::pair`] to spawn the
+    /// worker yourself.
+    pub fn new<S>(inner: S, layer: &BatchLayer<Req>) -> Self
+    where
+        S: Service<Vec<Req>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        S::Response: BatchResults<Response = Resp>,
+    {
+        let (handle, worker) = Batch::pair(inner, layer);
+        tokio::spawn(worker);
+        handle
+    }
+
+    /// A handle and the worker future, which must be spawned (or otherwise driven)
+    /// for the handle to make progress.
+    pub fn pair<S>(inner: S, layer: &BatchLayer<Req>) -> (Self, Worker)
+    where
+        S: Service<Vec<Req>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        S::Response: BatchResults<Response = Resp>,
+    {
+        let limits = layer.limits();
+        let semaphore = Arc::new(Semaphore::new(limits.queue_capacity));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (finished_tx, finished_rx) = watch::channel(false);
+        let failure = Arc::new(OnceLock::new());
+        let worker = Worker::new(
+            inner,
+            rx,
+            limits,
+            semaphore.clone(),
+            shutdown_rx,
+            finished_tx,
+            failure.clone(),
+        );
+        let handle = Batch {
+            tx,
+            semaphore: PollSemaphore::new(semaphore),
+            permit: None,
+            weigh: limits.max_bytes.map(|(_, weigh)| weigh),
+            shared: Arc::new(Shared {
+                shutdown: shutdown_tx,
+                finished: finished_rx,
+            }),
+            failure,
+        };
+        (handle, worker)
+    }
+}
+
+impl<Req, Resp> Batch<Req, Resp> {
+    /// Stops the worker: it accepts no new requests (`poll_ready` fails with
+    /// [`error::Closed`]), flushes everything it holds and has queued, and exits. The
+    /// future resolves once the worker is gone. Every handle sees the shutdown.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        let mut finished = self.shared.finished.clone();
+        // An error means the worker is gone already, which is what we wait for.
+        let _ = finished.wait_for(|done| *done).await;
+    }
+
+    /// Whether the worker has exited.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl<Req, Resp> Clone for Batch<Req, Resp> {
+    fn clone(&self) -> Self {
+        // A clone starts without a reserved slot: readiness is not copied.
+        Batch {
+            tx: self.tx.clone(),
+            semaphore: self.semaphore.clone(),
+            permit: None,
+            weigh: self.weigh,
+            shared: self.shared.clone(),
+            failure: self.failure.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Batch<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("ready", &self.permit.is_some())
+            .field("closed", &self.tx.is_closed())
+            .finish()
+    }
+}
+
+impl<Req, Resp> Service<Req> for Batch<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = ResponseFuture<Resp>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.tx.is_closed() {
+            self.permit = None;
+            return Poll::Ready(Err(Closed::new(&self.failure).into()));
+        }
+        if self.permit.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.semaphore.poll_acquire(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(permit)) => {
+                self.permit = Some(permit);
+                Poll::Ready(Ok(()))
+            }
+            // The worker closes the semaphore when it stops.
+            Poll::Ready(None) => Poll::Ready(Err(Closed::new(&self.failure).into())),
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let permit = self.permit.take().expect("poll_ready must be called first");
+        let weight = self.weigh.map_or(0, |weigh| weigh(&request));
+        let (reply, rx) = oneshot::channel();
+        let item = Item {
+            request,
+            weight,
+            reply,
+            permit,
+        };
+        match self.tx.send(item) {
+            Ok(()) => ResponseFuture::waiting(rx, self.failure.clone()),
+            Err(_) => ResponseFuture::failed(Closed::new(&self.failure).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
+use tower::{Layer, ServiceExt};
+use tower_mq_core::{BoxError, Error, ErrorKind, Message, Operation, Receipt};
+use tower_test::mock;
+
+use super::error::{BatchFailed, Closed, MissingResult};
+use super::{Batch, BatchLayer, Weigh, BATCH_SIZE_METRIC};
+use crate::classify::{Classifier, DefaultClassifier};
+use crate::test_metrics::Recorded;
+
+type Results = Vec<Result<Receipt, BoxError>>;
+type Handle = mock::Handle<Vec<Message>, Results>;
+
+fn receipt(seq: u64) -> Receipt {
+    Receipt::Memory {
+        topic: "t".into(),
+        sequence: seq,
+    }
+}
+
+fn ok_for(batch: &[Message]) -> Results {
+    batch
+        .iter()
+        .map(|m| Ok(receipt(m.payload()[0] as u64)))
+        .collect()
+}
+
+fn msg(n: u8) -> Message {
+    Message::new("t", vec![n])
+}
+
+fn batch_service(layer: BatchLayer<Message>) -> (Batch<Message, Receipt>, Handle) {
+    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
+    handle.allow(100);
+    (layer.layer(inner), handle)
+}
+
+/// Lets the worker task run; the clock does not move.
+async fn let_worker_run() {
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn send(
+    svc: &Batch<Message, Receipt>,
+    n: u8,
+) -> tokio::task::JoinHandle<Result<Receipt, BoxError>> {
+    tokio::spawn(svc.clone().oneshot(msg(n)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn flushes_at_max_items_and_answers_each_caller() {
+    let (m, recorder) = Recorded::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let (svc, mut handle) = batch_service(BatchLayer::new(3, Duration::from_secs(60)));
+    let start = Instant::now();
+    let callers: Vec<_> = (1..=3).map(|n| send(&svc, n)).collect();
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(Instant::now(), start, "flushed by count, not by time");
+    assert_eq!(
+        batch.iter().map(|m| m.payload()[0]).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    reply.send_response(ok_for(&batch));
+    for (n, caller) in (1..=3).zip(callers) {
+        assert_eq!(caller.await.expect("join").expect("ok"), receipt(n));
+    }
+    assert_eq!(m.histogram(BATCH_SIZE_METRIC, &[]), [3.0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flushes_a_partial_batch_after_max_latency() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(10, Duration::from_millis(100)));
+    let start = Instant::now();
+    let caller = send(&svc, 1);
+    let_worker_run().await;
+    tokio::time::advance(Duration::from_millis(40)).await;
+    let second = send(&svc, 2);
+    // Waiting lets the paused clock run to the worker's deadline, and no further.
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(Instant::now() - start, Duration::from_millis(100));
+    assert_eq!(batch.len(), 2);
+    reply.send_response(ok_for(&batch));
+    assert_eq!(caller.await.expect("join").expect("ok"), receipt(1));
+    assert_eq!(second.await.expect("join").expect("ok"), receipt(2));
+
+    // The next batch gets a deadline of its own.
+    let t = Instant::now();
+    let third = send(&svc, 3);
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(Instant::now() - t, Duration::from_millis(100));
+    reply.send_response(ok_for(&batch));
+    assert_eq!(third.await.expect("join").expect("ok"), receipt(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn flushes_by_weight_before_a_request_would_overflow() {
+    let layer = BatchLayer::new(100, Duration::from_secs(60)).max_bytes(10);
+    let (svc, mut handle) = batch_service(layer);
+    let heavy = |n: u8| Message::new("t", vec![n; 4]);
+    assert_eq!(heavy(1).weight(), 4);
+    assert_eq!(heavy(1).with_header("ab", "cd").weight(), 8);
+    let callers: Vec<_> = (1..=3)
+        .map(|n| tokio::spawn(svc.clone().oneshot(heavy(n))))
+        .collect();
+    // 4 + 4 fit; the third would make 12 > 10, so the first two go.
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(batch.len(), 2);
+    reply.send_response(ok_for(&batch));
+    drop(svc);
+    let (batch, reply) = handle.next_request().await.expect("the rest");
+    assert_eq!(batch.len(), 1);
+    reply.send_response(ok_for(&batch));
+    for caller in callers {
+        caller.await.expect("join").expect("ok");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_item_failures_reach_only_their_caller() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(2, Duration::from_secs(1)));
+    let a = send(&svc, 1);
+    let b = send(&svc, 2);
+    let (_, reply) = handle.next_request().await.expect("a batch");
+    reply.send_response(vec![
+        Ok(receipt(1)),
+        Err(Error::permanent("test", Operation::Publish)
+            .with_reason("too large")
+            .into()),
+    ]);
+    assert_eq!(a.await.expect("join").expect("ok"), receipt(1));
+    let err = b.await.expect("join").expect_err("item failed");
+    assert!(err.to_string().contains("too large"), "{err}");
+    assert_eq!(
+        DefaultClassifier::new().classify(&err),
+        ErrorKind::Permanent
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_reaches_every_caller() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(2, Duration::from_secs(1)));
+    let a = send(&svc, 1);
+    let b = send(&svc, 2);
+    let (_, reply) = handle.next_request().await.expect("a batch");
+    reply.send_error(Error::transient("test", Operation::Publish).with_reason("connection lost"));
+    for caller in [a, b] {
+        let err = caller.await.expect("join").expect_err("batch failed");
+        let failed = err.downcast_ref::<BatchFailed>().expect("BatchFailed");
+        assert!(failed.to_string().contains("connection lost"));
+        // Classified through the source chain, as the inner error.
+        assert_eq!(
+            DefaultClassifier::new().classify(&err),
+            ErrorKind::Transient
+        );
+    }
+    // The worker carries on.
+    let c = send(&svc, 3);
+    let d = send(&svc, 4);
+    let (batch, reply) = handle.next_request().await.expect("next batch");
+    reply.send_response(ok_for(&batch));
+    c.await.expect("join").expect("ok");
+    d.await.expect("join").expect("ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_answers_fail_the_missing_requests() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(2, Duration::from_secs(1)));
+    let a = send(&svc, 1);
+    let b = send(&svc, 2);
+    let (_, reply) = handle.next_request().await.expect("a batch");
+    reply.send_response(vec![Ok(receipt(1))]);
+    a.await.expect("join").expect("ok");
+    let err = b.await.expect("join").expect_err("no result");
+    assert_eq!(
+        err.downcast_ref::<MissingResult>()
+            .map(MissingResult::index),
+        Some(1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_is_pending_readiness_until_the_flush() {
+    let layer = BatchLayer::new(2, Duration::from_millis(10)).queue_capacity(2);
+    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
+    handle.allow(10);
+    let mut svc = mock::Spawn::new(layer.layer(inner));
+    assert_ready_ok!(svc.poll_ready());
+    let a = tokio::spawn(svc.call(msg(1)));
+    assert_ready_ok!(svc.poll_ready());
+    let b = tokio::spawn(svc.call(msg(2)));
+    // Both slots are taken until their batch is answered.
+    assert_pending!(svc.poll_ready());
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    let_worker_run().await;
+    assert_pending!(svc.poll_ready());
+    reply.send_response(ok_for(&batch));
+    a.await.expect("join").expect("ok");
+    b.await.expect("join").expect("ok");
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_do_not_copy_readiness() {
+    let layer = BatchLayer::new(5, Duration::from_millis(10)).queue_capacity(1);
+    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
+    handle.allow(10);
+    let svc = layer.layer(inner);
+    let mut first = mock::Spawn::new(svc.clone());
+    assert_ready_ok!(first.poll_ready());
+    let mut second = mock::Spawn::new(first.get_ref().clone());
+    // The only slot belongs to `first`; its clone must wait for one of its own.
+    assert_pending!(second.poll_ready());
+    let a = tokio::spawn(first.call(msg(1)));
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    reply.send_response(ok_for(&batch));
+    a.await.expect("join").expect("ok");
+    assert_ready_ok!(second.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_flushes_what_the_worker_holds() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(100, Duration::from_secs(3600)));
+    let start = Instant::now();
+    let callers: Vec<_> = (1..=3).map(|n| send(&svc, n)).collect();
+    let_worker_run().await;
+    drop(svc);
+    let (batch, reply) = handle.next_request().await.expect("flushed on drop");
+    assert!(Instant::now() - start < Duration::from_secs(3600));
+    assert_eq!(batch.len(), 3);
+    reply.send_response(ok_for(&batch));
+    for caller in callers {
+        caller.await.expect("join").expect("ok");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_flushes_and_refuses_new_requests() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(100, Duration::from_secs(3600)));
+    let callers: Vec<_> = (1..=2).map(|n| send(&svc, n)).collect();
+    let_worker_run().await;
+    let stopper = svc.clone();
+    let shutdown = tokio::spawn(async move { stopper.shutdown().await });
+    let (batch, reply) = handle.next_request().await.expect("flushed on shutdown");
+    assert_eq!(batch.len(), 2);
+    reply.send_response(ok_for(&batch));
+    shutdown.await.expect("join");
+    for caller in callers {
+        caller.await.expect("join").expect("ok");
+    }
+    assert!(svc.is_closed());
+    let mut svc = mock::Spawn::new(svc);
+    let err = assert_ready_err!(svc.poll_ready());
+    let closed = err.downcast_ref::<Closed>().expect("Closed");
+    assert!(!closed.is_failure(), "a shutdown, not a failure: {err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_worker_fails_callers_instead_of_hanging() {
+    let inner = tower::service_fn(|_: Vec<Message>| async {
+        panic!("inner service bug");
+        #[allow(unreachable_code)]
+        Ok::<Results, BoxError>(Vec::new())
+    });
+    let svc = BatchLayer::new(1, Duration::from_millis(1)).layer(inner);
+    for n in 1..=2 {
+        let err = svc.clone().oneshot(msg(n)).await.expect_err("worker died");
+        let closed = err.downcast_ref::<Closed>().expect("Closed");
+        assert!(closed.is_failure());
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_that_gave_up_are_left_out() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(10, Duration::from_millis(5)));
+    let kept = send(&svc, 1);
+    let abandoned = send(&svc, 2);
+    let_worker_run().await;
+    abandoned.abort();
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(
+        batch.iter().map(|m| m.payload()[0]).collect::<Vec<_>>(),
+        [1]
+    );
+    reply.send_response(ok_for(&batch));
+    kept.await.expect("join").expect("ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_service_that_fails_readiness_stops_the_worker_with_its_cause() {
+    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
+    let mut svc = mock::Spawn::new(BatchLayer::new(1, Duration::from_millis(1)).layer(inner));
+    handle.send_error(
+        tower_mq_core::Error::transient("test", Operation::Connect).with_reason("broker gone"),
+    );
+    assert_ready_ok!(svc.poll_ready());
+    let first = svc.call(msg(1)).await.expect_err("batch failed");
+    assert!(first.is::<BatchFailed>(), "{first}");
+    let err = assert_ready_err!(svc.poll_ready());
+    let closed = err.downcast_ref::<Closed>().expect("Closed");
+    assert!(closed.is_failure());
+    assert!(err.to_string().contains("broker gone"), "{err}");
+    // The cause classifies through the chain.
+    assert_eq!(
+        DefaultClassifier::new().classify(&err),
+        ErrorKind::Transient
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_limits_do_not_panic() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(usize::MAX, Duration::from_millis(1)));
+    let caller = send(&svc, 1);
+    let (batch, reply) = handle.next_request().await.expect("flushed by time");
+    reply.send_response(ok_for(&batch));
+    caller.await.expect("join").expect("ok");
+    let (inner, _handle) = mock::pair::<Vec<Message>, Results>();
+    let _ = BatchLayer::new(1, Duration::from_millis(1))
+        .queue_capacity(usize::MAX)
+        .layer(inner);
+
+    let (svc, mut handle) = batch_service(BatchLayer::new(2, Duration::MAX));
+    let callers: Vec<_> = (1..=2).map(|n| send(&svc, n)).collect();
+    let (batch, reply) = handle.next_request().await.expect("flushed by count");
+    reply.send_response(ok_for(&batch));
+    for caller in callers {
+        caller.await.expect("join").expect("ok");
+    }
+}

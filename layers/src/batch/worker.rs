@@ -1,0 +1,256 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep_until, Instant};
+use tower::{Service, ServiceExt};
+use tower_mq_core::BoxError;
+
+use super::error::{BatchFailed, Closed, MissingResult};
+use super::{BatchResults, Limits, BATCH_SIZE_METRIC};
+
+/// One queued request, its caller's reply channel and its queue slot.
+pub(crate) struct Item<Req, Resp> {
+    pub(crate) request: Req,
+    pub(crate) weight: usize,
+    pub(crate) reply: oneshot::Sender<Result<Resp, BoxError>>,
+    // Held until the request's batch is flushed, so the queue bound covers the batch
+    // being built and the one in flight.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+/// The background task of a [`Batch`](super::Batch): it owns the inner service and
+/// flushes batches. [`Batch::new`](super::Batch::new) spawns it;
+/// [`Batch::pair`](super::Batch::pair) hands it to you to spawn.
+#[must_use = "the worker does nothing unless spawned or polled"]
+pub struct Worker {
+    future: BoxFuture<'static, ()>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Future for Worker {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+/// Closes the queue and tells `shutdown` waiters when the worker ends, however it ends
+/// (a panic in the inner service included).
+struct ExitGuard {
+    semaphore: Arc<Semaphore>,
+    finished: watch::Sender<bool>,
+    failure: Arc<OnceLock<BatchFailed>>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self
+                .failure
+                .set(BatchFailed::new("the inner service panicked".into()));
+        }
+        self.semaphore.close();
+        self.finished.send_replace(true);
+    }
+}
+
+impl Worker {
+    pub(crate) fn new<S, Req, Resp>(
+        inner: S,
+        rx: mpsc::UnboundedReceiver<Item<Req, Resp>>,
+        limits: Limits<Req>,
+        semaphore: Arc<Semaphore>,
+        shutdown: watch::Receiver<bool>,
+        finished: watch::Sender<bool>,
+        failure: Arc<OnceLock<BatchFailed>>,
+    ) -> Self
+    where
+        S: Service<Vec<Req>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        S::Response: BatchResults<Response = Resp>,
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let guard = ExitGuard {
+            semaphore,
+            finished,
+            failure,
+        };
+        Worker {
+            future: Box::pin(run(inner, rx, limits, shutdown, guard)),
+        }
+    }
+}
+
+struct Pending<Req, Resp> {
+    items: Vec<Item<Req, Resp>>,
+    bytes: usize,
+    deadline: Option<Instant>,
+}
+
+impl<Req, Resp> Pending<Req, Resp> {
+    fn take(&mut self) -> Vec<Item<Req, Resp>> {
+        self.bytes = 0;
+        self.deadline = None;
+        std::mem::take(&mut self.items)
+    }
+}
+
+async fn run<S, Req, Resp>(
+    mut inner: S,
+    mut rx: mpsc::UnboundedReceiver<Item<Req, Resp>>,
+    limits: Limits<Req>,
+    mut shutdown: watch::Receiver<bool>,
+    guard: ExitGuard,
+) where
+    S: Service<Vec<Req>>,
+    S::Error: Into<BoxError>,
+    S::Response: BatchResults<Response = Resp>,
+{
+    let max_bytes = limits.max_bytes.map(|(b, _)| b);
+    let mut pending = Pending {
+        // Preallocate for typical batches, not for whatever limit was configured.
+        items: Vec::with_capacity(limits.max_items.min(1024)),
+        bytes: 0,
+        deadline: None,
+    };
+    // `None` once shutdown was requested or can no longer be (every handle is gone).
+    let mut listening = true;
+    loop {
+        let deadline = pending.deadline;
+        let received = tokio::select! {
+            biased;
+            requested = async { shutdown.wait_for(|stop| *stop).await.is_ok() }, if listening => {
+                listening = false;
+                if requested {
+                    // Refuse new requests; what is queued is still received below.
+                    guard.semaphore.close();
+                    rx.close();
+                }
+                continue;
+            }
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let batch = pending.take();
+                if !flush(&mut inner, batch, &guard.failure).await {
+                    break;
+                }
+                continue;
+            }
+            received = rx.recv() => received,
+        };
+        let Some(item) = received else {
+            // Every handle dropped, or shutdown and the queue drained: flush and exit.
+            let batch = pending.take();
+            flush(&mut inner, batch, &guard.failure).await;
+            break;
+        };
+        if let Some(max) = max_bytes {
+            if !pending.items.is_empty() && pending.bytes + item.weight > max {
+                let batch = pending.take();
+                if !flush(&mut inner, batch, &guard.failure).await {
+                    fail_queued(&mut rx, &guard);
+                    return;
+                }
+            }
+        }
+        if pending.items.is_empty() {
+            let now = Instant::now();
+            // A latency too long to add means "by count and bytes only" (about 30 years).
+            pending.deadline = Some(
+                now.checked_add(limits.max_latency)
+                    .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
+            );
+        }
+        pending.bytes += item.weight;
+        pending.items.push(item);
+        let full = pending.items.len() >= limits.max_items
+            || max_bytes.is_some_and(|max| pending.bytes >= max);
+        if full {
+            let batch = pending.take();
+            if !flush(&mut inner, batch, &guard.failure).await {
+                break;
+            }
+        }
+    }
+    fail_queued(&mut rx, &guard);
+}
+
+/// After a fatal failure: refuse new requests and tell queued callers.
+fn fail_queued<Req, Resp>(rx: &mut mpsc::UnboundedReceiver<Item<Req, Resp>>, guard: &ExitGuard) {
+    guard.semaphore.close();
+    rx.close();
+    while let Ok(item) = rx.try_recv() {
+        let _ = item.reply.send(Err(Closed::new(&guard.failure).into()));
+    }
+}
+
+/// Sends one batch. Returns `false` when the inner service failed `poll_ready` and can
+/// no longer be used.
+async fn flush<S, Req, Resp>(
+    inner: &mut S,
+    items: Vec<Item<Req, Resp>>,
+    failure: &OnceLock<BatchFailed>,
+) -> bool
+where
+    S: Service<Vec<Req>>,
+    S::Error: Into<BoxError>,
+    S::Response: BatchResults<Response = Resp>,
+{
+    // Callers that gave up (dropped their future) are left out.
+    let items: Vec<_> = items.into_iter().filter(|i| !i.reply.is_closed()).collect();
+    if items.is_empty() {
+        return true;
+    }
+    metrics::histogram!(BATCH_SIZE_METRIC).record(items.len() as f64);
+    let mut requests = Vec::with_capacity(items.len());
+    let mut replies = Vec::with_capacity(items.len());
+    for item in items {
+        requests.push(item.request);
+        replies.push((item.reply, item.permit));
+    }
+    let ready = match inner.ready().await {
+        Ok(ready) => ready,
+        Err(e) => {
+            let failed = BatchFailed::new(e.into());
+            let _ = failure.set(failed.clone());
+            for (reply, _permit) in replies {
+                let _ = reply.send(Err(failed.clone().into()));
+            }
+            return false;
+        }
+    };
+    match ready.call(requests).await {
+        Ok(results) => {
+            let mut results = results.into_results().into_iter();
+            let expected = replies.len();
+            let got = results.len();
+            for (index, (reply, _permit)) in replies.into_iter().enumerate() {
+                let result = match results.next() {
+                    Some(result) => result.map_err(Into::into),
+                    None => Err(MissingResult::new(index, expected, got).into()),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let failed = BatchFailed::new(e.into());
+            for (reply, _permit) in replies {
+                let _ = reply.send(Err(failed.clone().into()));
+            }
+        }
+    }
+    true
+}

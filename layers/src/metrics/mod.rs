@@ -1,0 +1,169 @@
+//! Prometheus-style metrics for publishers and handlers, through the `metrics` crate.
+//!
+//! [`Metrics`] wraps any `Service<Req>` whose requests are [`MessageLike`] (a
+//! publisher's `Message`, a handler's `Delivery`, or your own type) and records, per
+//! call:
+//!
+//! - `messaging_operation_duration_seconds` (histogram): the time from `call` to the
+//!   response, on tokio's clock. One histogram for every operation, told apart by
+//!   the `operation` label (`publish`, `handle`), rather than one metric per operation,
+//!   so that one dashboard panel and one alert cover both sides;
+//! - `messaging_messages_total` (counter): finished calls by `outcome`: `ok`,
+//!   `transient_error` or `permanent_error`, as decided by a
+//!   [`Classifier`] ([`DefaultClassifier`] unless set);
+//! - `messaging_in_flight` (gauge): calls started and not yet finished. A call whose
+//!   future is dropped before it finishes leaves the gauge and is not counted.
+//!
+//! Labels: `broker`, `destination` (from the message; empty when the request carries
+//! none), `operation`, and `outcome` on the first two. Every name is listed in
+//! [`names`]. Nothing is recorded until a recorder is installed: [`install_prometheus`]
+//! installs the Prometheus exporter with buckets suited to these metrics, and
+//! [`prometheus_builder`] gives the same configuration to extend.
+//!
+//! Alerting rules using these metrics ship in `layers/prometheus/alerts.yml`.
+//!
+//! Stacking: outermost, the layer sees each call once, with its final outcome; inside
+//! a retry layer, it sees every attempt.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::{service_fn, Layer, ServiceExt};
+//! use tower_mq_core::{BoxError, Message, Receipt};
+//! use tower_mq_layers::metrics::MetricsLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
+//! // In an application: tower_mq_layers::metrics::install_prometheus(([0, 0, 0, 0], 9000))?;
+//! let publisher = service_fn(|m: Message| async move {
+//!     Ok::<_, BoxError>(Receipt::Memory { topic: m.destination().into(), sequence: 1 })
+//! });
+//! let publisher = MetricsLayer::publish("memory").layer(publisher);
+//! publisher.oneshot(Message::new("orders", "{}")).await?;
+//! # Ok(()) }
+//! ```
+
+mod layer;
+mod prometheus;
+
+pub mod future;
+pub mod names;
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use metrics::Label;
+use tower::Service;
+use tower_mq_core::Operation;
+
+use self::future::ResponseFuture;
+pub use self::layer::MetricsLayer;
+pub use self::prometheus::{
+    install_prometheus, prometheus_builder, BATCH_SIZE_BUCKETS, DURATION_BUCKETS,
+};
+use crate::classify::{Classifier, DefaultClassifier};
+use crate::message_like::MessageLike;
+
+/// Records duration, outcome and in-flight count of every call. See the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct Metrics<S, C = DefaultClassifier> {
+    inner: S,
+    broker: &'static str,
+    operation: Operation,
+    classifier: C,
+    destination_label: bool,
+}
+
+impl<S> Metrics<S> {
+    /// Records `operation` calls to `broker` through `inner`.
+    pub fn new(inner: S, broker: &'static str, operation: Operation) -> Self {
+        Metrics {
+            inner,
+            broker,
+            operation,
+            classifier: DefaultClassifier::new(),
+            destination_label: true,
+        }
+    }
+}
+
+impl<S, C> Metrics<S, C> {
+    /// Classifies failures with `classifier`.
+    pub fn with_classifier<C2>(self, classifier: C2) -> Metrics<S, C2> {
+        Metrics {
+            inner: self.inner,
+            broker: self.broker,
+            operation: self.operation,
+            classifier,
+            destination_label: self.destination_label,
+        }
+    }
+
+    /// Whether to label by destination (default `true`). Turn it off where
+    /// destinations are unbounded (per-request reply queues, per-tenant topics): the
+    /// label is then always empty, and series stay few.
+    pub fn with_destination_label(mut self, enabled: bool) -> Self {
+        self.destination_label = enabled;
+        self
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Metrics<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("inner", &self.inner)
+            .field("broker", &self.broker)
+            .field("operation", &self.operation)
+            .field("classifier", &self.classifier)
+            .field("destination_label", &self.destination_label)
+            .finish()
+    }
+}
+
+impl<S, C, Req> Service<Req> for Metrics<S, C>
+where
+    S: Service<Req>,
+    C: Classifier<S::Error> + Clone,
+    Req: MessageLike,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let destination = if self.destination_label {
+            req.destination().unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        };
+        let labels = vec![
+            Label::from_static_parts(names::labels::BROKER, self.broker),
+            Label::new(names::labels::DESTINATION, destination),
+            Label::from_static_parts(names::labels::OPERATION, self.operation.as_str()),
+        ];
+        let future = self.inner.call(req);
+        ResponseFuture::new(future, labels, self.classifier.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;

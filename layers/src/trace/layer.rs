@@ -1,0 +1,90 @@
+use std::fmt;
+use std::sync::Arc;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tower::Layer;
+
+use super::{Side, Trace};
+use crate::classify::DefaultClassifier;
+
+/// Builds [`Trace`]. See the [module docs](super).
+#[derive(Clone)]
+pub struct TraceLayer<C = DefaultClassifier> {
+    system: &'static str,
+    side: Side,
+    propagator: Arc<dyn TextMapPropagator + Send + Sync>,
+    classifier: C,
+}
+
+impl TraceLayer {
+    /// Producer spans for publishing to `system` (the `messaging.system` attribute:
+    /// `kafka`, `rabbitmq`, `redis`, `nats`, …), injecting the trace context into
+    /// each message.
+    pub fn publish(system: &'static str) -> Self {
+        TraceLayer::new(system, Side::Publish)
+    }
+
+    /// Consumer spans for handling deliveries from `system`, continuing the trace
+    /// found in each message.
+    pub fn process(system: &'static str) -> Self {
+        TraceLayer::new(system, Side::Process)
+    }
+
+    /// Spans for `side` of `system`.
+    pub fn new(system: &'static str, side: Side) -> Self {
+        TraceLayer {
+            system,
+            side,
+            propagator: Arc::new(TraceContextPropagator::new()),
+            classifier: DefaultClassifier::new(),
+        }
+    }
+}
+
+impl<C> TraceLayer<C> {
+    /// Carries the context with `propagator` instead of W3C Trace Context (for
+    /// example a composite one that adds baggage).
+    pub fn propagator(
+        mut self,
+        propagator: impl TextMapPropagator + Send + Sync + 'static,
+    ) -> Self {
+        self.propagator = Arc::new(propagator);
+        self
+    }
+
+    /// Classifies failures (the `error.type` attribute) with `classifier`.
+    pub fn classifier<C2>(self, classifier: C2) -> TraceLayer<C2> {
+        TraceLayer {
+            system: self.system,
+            side: self.side,
+            propagator: self.propagator,
+            classifier,
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for TraceLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceLayer")
+            .field("system", &self.system)
+            .field("side", &self.side)
+            .field("propagator", &self.propagator)
+            .field("classifier", &self.classifier)
+            .finish()
+    }
+}
+
+impl<S, C: Clone> Layer<S> for TraceLayer<C> {
+    type Service = Trace<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Trace::new(
+            inner,
+            self.system,
+            self.side,
+            self.propagator.clone(),
+            self.classifier.clone(),
+        )
+    }
+}

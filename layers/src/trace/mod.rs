@@ -1,0 +1,223 @@
+//! Tracing spans that follow OpenTelemetry's messaging conventions, with the W3C trace
+//! context carried in message headers so that one trace crosses brokers.
+//!
+//! [`Trace`] wraps a publisher ([`TraceLayer::publish`]) or a handler
+//! ([`TraceLayer::process`]) and runs each call in a `tracing` span with the
+//! attributes of the OpenTelemetry messaging semantic conventions:
+//! `messaging.system`, `messaging.destination.name`, `messaging.operation.type`
+//! (`send` for a publish, as the current conventions name it, and `process` for a
+//! handle), `messaging.operation.name` (`publish` or `process`),
+//! `messaging.message.id`, `messaging.message.body.size`, and on failure
+//! `error.type` (`transient` or `permanent`, from the [`Classifier`]) with an error
+//! status. Span kinds are producer and consumer; the span name is
+//! `"<operation> <destination>"`.
+//!
+//! On publish, the publish span's context is written into the message headers as
+//! `traceparent` (and `tracestate`) by a `TextMapPropagator` (W3C Trace Context by
+//! default). On handle, the context is read back from the delivery's headers and made
+//! the parent of the process span. With `tracing-opentelemetry`'s layer in the
+//! subscriber, both spans land in one trace whichever brokers carried the message
+//! in between.
+//!
+//! With no subscriber interested in these spans, the layer adds nothing but the
+//! check: no fields are computed and no headers written.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::{service_fn, Layer, ServiceExt};
+//! use tower_mq_core::{BoxError, Delivery, Message, Receipt};
+//! use tower_mq_layers::trace::TraceLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
+//! let publisher = service_fn(|m: Message| async move {
+//!     Ok::<_, BoxError>(Receipt::Memory { topic: m.destination().into(), sequence: 1 })
+//! });
+//! let publisher = TraceLayer::publish("kafka").layer(publisher);
+//! publisher.oneshot(Message::new("orders", "{}")).await?;
+//!
+//! let handler = service_fn(|_: Delivery| async { Ok::<_, BoxError>(()) });
+//! let handler = TraceLayer::process("kafka").layer(handler);
+//! handler.oneshot(Delivery::unacknowledged(Message::new("orders", "{}"))).await?;
+//! # Ok(()) }
+//! ```
+
+mod layer;
+mod propagation;
+
+pub mod future;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use tower::Service;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use self::future::ResponseFuture;
+pub use self::layer::TraceLayer;
+pub use self::propagation::{HeaderExtractor, HeaderInjector};
+use crate::classify::{Classifier, DefaultClassifier};
+use crate::message_like::MessageLike;
+
+/// Which side of the exchange a [`Trace`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Publishing: producer spans, context injected into the message.
+    Publish,
+    /// Handling deliveries: consumer spans, context extracted from the message.
+    Process,
+}
+
+/// Runs each call in a messaging span. See the [module docs](self).
+#[derive(Clone)]
+pub struct Trace<S, C = DefaultClassifier> {
+    inner: S,
+    system: &'static str,
+    side: Side,
+    propagator: Arc<dyn TextMapPropagator + Send + Sync>,
+    classifier: C,
+}
+
+impl<S, C> Trace<S, C> {
+    pub(crate) fn new(
+        inner: S,
+        system: &'static str,
+        side: Side,
+        propagator: Arc<dyn TextMapPropagator + Send + Sync>,
+        classifier: C,
+    ) -> Self {
+        Trace {
+            inner,
+            system,
+            side,
+            propagator,
+            classifier,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Trace<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trace")
+            .field("inner", &self.inner)
+            .field("system", &self.system)
+            .field("side", &self.side)
+            .field("classifier", &self.classifier)
+            .finish_non_exhaustive()
+    }
+}
+
+fn span_for<Req: MessageLike>(system: &'static str, side: Side, req: &Req) -> tracing::Span {
+    let destination = req.destination().unwrap_or_default();
+    // Signed: OpenTelemetry attributes are i64, and tracing-opentelemetry turns u64
+    // into strings.
+    let body_size = req
+        .message()
+        .map(|m| i64::try_from(m.payload().len()).unwrap_or(i64::MAX));
+    let span = match side {
+        Side::Publish => tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {destination}"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            messaging.system = system,
+            messaging.destination.name = destination,
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.message.id = Empty,
+            messaging.message.body.size = body_size,
+            "error.type" = Empty,
+        ),
+        Side::Process => tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {destination}"),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            messaging.system = system,
+            messaging.destination.name = destination,
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.message.id = Empty,
+            messaging.message.body.size = body_size,
+            "error.type" = Empty,
+        ),
+    };
+    if let Some(id) = req.message().and_then(|m| m.message_id()) {
+        span.record("messaging.message.id", id);
+    }
+    span
+}
+
+impl<S, C, Req> Service<Req> for Trace<S, C>
+where
+    S: Service<Req>,
+    S::Error: fmt::Display,
+    C: Classifier<S::Error> + Clone,
+    Req: MessageLike,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        // `info_span!` evaluates no field unless a subscriber wants the span.
+        let span = span_for(self.system, self.side, &req);
+        if span.is_disabled() {
+            let future = self.inner.call(req);
+            return ResponseFuture::new(future, span, self.classifier.clone());
+        }
+        match self.side {
+            Side::Publish => {
+                if let Some(msg) = req.message_mut() {
+                    let cx = span.context();
+                    if cx.span().span_context().is_valid() {
+                        self.propagator
+                            .inject_context(&cx, &mut HeaderInjector(msg.headers_mut()));
+                    }
+                }
+            }
+            Side::Process => {
+                if let Some(msg) = req.message() {
+                    let parent = self.propagator.extract(&HeaderExtractor(msg.headers()));
+                    if parent.span().span_context().is_valid() {
+                        // Fails only once the span has started, which it has not.
+                        let _ = span.set_parent(parent);
+                    }
+                }
+            }
+        }
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture::new(future, span, self.classifier.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;
