@@ -115,6 +115,8 @@ pub(super) struct Core {
     // Read on every call; written only by transitions.
     word: Padded<AtomicU64>,
     pub(super) window: Window,
+    // The minimum number of calls, capped at a count window's size.
+    minimum_calls: u64,
     pub(super) config: Config,
     base: Instant,
     opened_at: AtomicU64,
@@ -151,9 +153,13 @@ impl Core {
                 labels
             })
             .collect();
+        let minimum_calls = window
+            .capacity()
+            .map_or(config.minimum_calls, |size| size.min(config.minimum_calls));
         let core = Core {
             word: Padded(AtomicU64::new(CLOSED)),
             window,
+            minimum_calls,
             config,
             base: Instant::now(),
             opened_at: AtomicU64::new(0),
@@ -242,6 +248,7 @@ impl Core {
     }
 
     /// Records the outcome of a call admitted under `word`.
+    #[inline]
     pub(super) fn record(&self, word: u64, outcome: u8) {
         if self.word() != word {
             return;
@@ -253,9 +260,12 @@ impl Core {
                 } else {
                     0
                 };
-                self.window.record(outcome, now_secs);
+                let seen = self.window.record(outcome, now_secs);
+                // A success can only trip a count window at the call that completes the
+                // minimum (the rate it completes was never judged); afterwards it only
+                // lowers the rate. Time windows forget, so they are judged every time.
                 let bad = outcome & (FAILED | SLOW) != 0;
-                if bad || self.window.has_bad_outcomes() {
+                if bad || seen.is_none_or(|n| n == self.minimum_calls) {
                     self.evaluate_closed(word, now_secs);
                 }
             }
@@ -276,7 +286,7 @@ impl Core {
 
     fn evaluate_closed(&self, word: u64, now_secs: u64) {
         let totals = self.window.totals(now_secs);
-        if totals.calls >= self.config.minimum_calls
+        if totals.calls >= self.minimum_calls
             && self.over_threshold(totals.calls, totals.failures, totals.slow)
         {
             self.transition_from(word, CircuitState::Open);

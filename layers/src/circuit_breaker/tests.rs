@@ -424,3 +424,13 @@ async fn clones_share_the_circuit_but_not_readiness() {
     call(&mut clone, &mut mock, Outcome::Ok).await.unwrap();
     assert_eq!(handle.state(), CircuitState::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_minimum_above_the_window_size_is_capped_at_the_window() {
+    let layer = small().count_window(3).minimum_calls(100);
+    let (mut svc, mut mock) = service(&layer);
+    for _ in 0..3 {
+        call(&mut svc, &mut mock, Outcome::Transient).await.unwrap_err();
+    }
+    assert_eq!(layer.handle().state(), CircuitState::Open);
+}

@@ -30,10 +30,16 @@ pub(super) enum Window {
 }
 
 impl Window {
-    pub(super) fn record(&self, outcome: u8, now_secs: u64) {
+    /// Records an outcome; for a count window, returns how many calls it has seen
+    /// (this one included), for a time window `None`.
+    #[inline]
+    pub(super) fn record(&self, outcome: u8, now_secs: u64) -> Option<u64> {
         match self {
-            Window::Count(w) => w.record(outcome),
-            Window::Time(w) => w.record(outcome, now_secs),
+            Window::Count(w) => Some(w.record(outcome)),
+            Window::Time(w) => {
+                w.record(outcome, now_secs);
+                None
+            }
         }
     }
 
@@ -44,14 +50,11 @@ impl Window {
         }
     }
 
-    /// Whether the window holds any failure or slow call (a cheap pre-check).
-    pub(super) fn has_bad_outcomes(&self) -> bool {
+    /// How many calls a count window holds.
+    pub(super) fn capacity(&self) -> Option<u64> {
         match self {
-            Window::Count(w) => {
-                w.failures.0.load(Ordering::Relaxed) > 0 || w.slow.0.load(Ordering::Relaxed) > 0
-            }
-            // Per-second buckets age out on their own; always evaluate.
-            Window::Time(_) => true,
+            Window::Count(w) => Some(w.slots.len() as u64),
+            Window::Time(_) => None,
         }
     }
 
@@ -89,7 +92,8 @@ impl CountWindow {
         }
     }
 
-    fn record(&self, outcome: u8) {
+    #[inline]
+    fn record(&self, outcome: u8) -> u64 {
         let index = self.head.0.fetch_add(1, Ordering::Relaxed);
         let slot = &self.slots[(index % self.slots.len() as u64) as usize];
         let old = slot.swap(outcome, Ordering::Relaxed);
@@ -102,6 +106,7 @@ impl CountWindow {
             let delta = if outcome & SLOW != 0 { 1 } else { -1 };
             self.slow.0.fetch_add(delta, Ordering::Relaxed);
         }
+        index + 1
     }
 
     fn totals(&self) -> Totals {
