@@ -3,7 +3,9 @@
 //! Every measurement is `poll_ready` + `call` + polling the response future to
 //! completion, done by hand with a no-op waker inside a current-thread runtime's
 //! context (timers need one): no executor overhead, so the numbers are the layers'
-//! own cost. The request is a small `Message`, cloned for every call (the bare
+//! own cost. Times are the calling thread's CPU time, not wall time, so that other
+//! processes on a busy machine do not inflate them (contention between the two
+//! threads of the `_2_threads` cases is CPU time and is counted). The request is a small `Message`, cloned for every call (the bare
 //! measurement pays that clone too). A Prometheus recorder is installed (with its upkeep),
 //! as in an application; no tracing subscriber is, so trace spans are disabled.
 //!
@@ -14,7 +16,9 @@ use std::hint::black_box;
 use std::pin::pin;
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use cpu_time::ThreadTime;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -46,6 +50,25 @@ impl Service<Message> for Noop {
     }
 }
 
+/// A layer that only forwards: the cost of one more layer boundary (moving the
+/// request and the future through it), the floor under every real layer.
+#[derive(Clone, Copy, Debug)]
+struct Passthrough<S>(S);
+
+impl<S: Service<Message>> Service<Message> for Passthrough<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        self.0.call(message)
+    }
+}
+
 /// Takes a batch, answers one result per message.
 #[derive(Clone, Copy, Debug)]
 struct NoopBatch;
@@ -60,7 +83,10 @@ impl Service<Vec<Message>> for NoopBatch {
     }
 
     fn call(&mut self, batch: Vec<Message>) -> Self::Future {
-        std::future::ready(Ok(batch.iter().map(|m| Ok(m.payload().len() as u64)).collect()))
+        std::future::ready(Ok(batch
+            .iter()
+            .map(|m| Ok(m.payload().len() as u64))
+            .collect()))
     }
 }
 
@@ -126,7 +152,9 @@ fn peer_breaker() -> tower_resilience::circuitbreaker::CircuitBreakerLayer<
 }
 
 fn retry() -> RetryLayer {
-    RetryLayer::new(Backoff::exponential(Duration::from_millis(10), Duration::from_secs(1)).max_attempts(3))
+    RetryLayer::new(
+        Backoff::exponential(Duration::from_millis(10), Duration::from_secs(1)).max_attempts(3),
+    )
 }
 
 fn high_rate() -> RateLimitLayer {
@@ -142,7 +170,15 @@ where
     let _enter = rt.enter();
     let msg = message();
     let mut group = c.benchmark_group(group);
-    group.bench_function(id, |b| b.iter(|| black_box(ready_call(&mut service, black_box(msg.clone())))));
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let start = ThreadTime::now();
+            for _ in 0..iters {
+                black_box(ready_call(&mut service, black_box(msg.clone())));
+            }
+            start.elapsed()
+        })
+    });
     group.finish();
 }
 
@@ -164,7 +200,7 @@ where
                         let _enter = rt.enter();
                         let msg = message();
                         barrier.wait();
-                        let start = Instant::now();
+                        let start = ThreadTime::now();
                         for _ in 0..iters {
                             black_box(ready_call(&mut service, black_box(msg.clone())));
                         }
@@ -193,12 +229,28 @@ fn layers(c: &mut Criterion) {
     }
 
     bench_one(c, "layers", "bare", Noop);
+    bench_one(c, "layers", "passthrough", Passthrough(Noop));
     bench_one(c, "layers", "retry", retry().layer(Noop));
     bench_one(c, "layers", "circuit_breaker", breaker().layer(Noop));
     bench_one(c, "layers", "rate_limit", high_rate().layer(Noop));
-    bench_one(c, "layers", "timeout", TimeoutLayer::new(Duration::from_secs(5)).layer(Noop));
-    bench_one(c, "layers", "metrics", MetricsLayer::publish("memory").layer(Noop));
-    bench_one(c, "layers", "trace", TraceLayer::publish("memory").layer(Noop));
+    bench_one(
+        c,
+        "layers",
+        "timeout",
+        TimeoutLayer::new(Duration::from_secs(5)).layer(Noop),
+    );
+    bench_one(
+        c,
+        "layers",
+        "metrics",
+        MetricsLayer::publish("memory").layer(Noop),
+    );
+    bench_one(
+        c,
+        "layers",
+        "trace",
+        TraceLayer::publish("memory").layer(Noop),
+    );
     let full_stack = ServiceBuilder::new()
         .layer(MetricsLayer::publish("memory"))
         .layer(retry())
@@ -207,9 +259,19 @@ fn layers(c: &mut Criterion) {
         .layer(TimeoutLayer::new(Duration::from_secs(5)))
         .service(Noop);
     bench_one(c, "layers", "full_stack", full_stack);
-    bench_two_threads(c, "layers", "circuit_breaker_2_threads", breaker().layer(Noop));
+    bench_two_threads(
+        c,
+        "layers",
+        "circuit_breaker_2_threads",
+        breaker().layer(Noop),
+    );
 
-    bench_one(c, "peers", "tower_resilience_circuit_breaker", peer_breaker().layer(Noop));
+    bench_one(
+        c,
+        "peers",
+        "tower_resilience_circuit_breaker",
+        peer_breaker().layer(Noop),
+    );
     bench_two_threads(
         c,
         "peers",
@@ -244,7 +306,9 @@ fn batch(c: &mut Criterion) {
             let mut publisher = Noop;
             let mut total = 0;
             for _ in 0..100 {
-                std::future::poll_fn(|cx| publisher.poll_ready(cx)).await.ok();
+                std::future::poll_fn(|cx| publisher.poll_ready(cx))
+                    .await
+                    .ok();
                 total += publisher.call(message()).await.unwrap_or(0);
             }
             black_box(total)

@@ -430,7 +430,9 @@ async fn a_minimum_above_the_window_size_is_capped_at_the_window() {
     let layer = small().count_window(3).minimum_calls(100);
     let (mut svc, mut mock) = service(&layer);
     for _ in 0..3 {
-        call(&mut svc, &mut mock, Outcome::Transient).await.unwrap_err();
+        call(&mut svc, &mut mock, Outcome::Transient)
+            .await
+            .unwrap_err();
     }
     assert_eq!(layer.handle().state(), CircuitState::Open);
 }

@@ -96,6 +96,13 @@ impl CountWindow {
     fn record(&self, outcome: u8) -> u64 {
         let index = self.head.0.fetch_add(1, Ordering::Relaxed);
         let slot = &self.slots[(index % self.slots.len() as u64) as usize];
+        // Mostly a success overwrites a success: then a plain load suffices and the
+        // slot's cache line is not written. Otherwise `swap`, so that the counters
+        // always describe exactly what the slots hold, even when two calls race for
+        // one slot (one of the two outcomes wins it).
+        if slot.load(Ordering::Relaxed) == outcome {
+            return index + 1;
+        }
         let old = slot.swap(outcome, Ordering::Relaxed);
         let changed = old ^ outcome;
         if changed & FAILED != 0 {
