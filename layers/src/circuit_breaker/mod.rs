@@ -25,7 +25,7 @@
 //!
 //! While open, the breaker either **rejects** (the default: `poll_ready` is ready
 //! without touching the inner service and `call` fails at once with a transient
-//! [`CircuitOpen`](error::CircuitOpen)) or, with
+//! [`CircuitOpen`]) or, with
 //! [`wait_when_open`](CircuitBreakerLayer::wait_when_open), makes `poll_ready` return
 //! `Pending` until a trial call may go through, so callers queue instead of failing.
 //!

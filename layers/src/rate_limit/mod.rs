@@ -7,7 +7,7 @@
 //! tokio timer wakes the task when the next cell is due, so callers slow down instead
 //! of failing) or, with [`reject`](RateLimitLayer::reject), **rejects**: `poll_ready`
 //! is ready and `call` fails at once with a transient
-//! [`RateLimited`](error::RateLimited) naming the wait. All services built by one layer,
+//! [`RateLimited`] naming the wait. All services built by one layer,
 //! and their clones, share one limit. The limiter reads tokio's clock through
 //! [`TokioClock`], so `tokio::time::pause()` makes tests exact.
 //!

@@ -13,7 +13,7 @@
 //! outside sends again over the new connection.
 //!
 //! After the backoff's `max_attempts` failed attempts in a row, `poll_ready` returns a
-//! transient [`ConnectFailed`](error::ConnectFailed) once (so a caller waiting for
+//! transient [`ConnectFailed`] once (so a caller waiting for
 //! readiness learns that the broker is unreachable) and the next `poll_ready` starts
 //! over; use [`Backoff::unlimited_attempts`] to wait for as long as it takes. Every
 //! attempt increments `messaging_reconnects_total{outcome="success"|"failure"}`.

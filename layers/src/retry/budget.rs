@@ -18,7 +18,9 @@ const TOKEN: i64 = 1_000_000;
 
 /// A token bucket limiting retries to a fraction of the successful traffic.
 ///
-/// Cloning shares the bucket. See the [module docs](self).
+/// Cloning shares the bucket. Successful calls deposit a fraction of a token, every
+/// retry withdraws a whole one, and an optional allowance trickles in with time; see the
+/// [retry module docs](super).
 ///
 /// ```
 /// use tower_mq_layers::retry::RetryBudget;
