@@ -141,5 +141,13 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
     if err.is::<crate::dedup::error::StoreError>() {
         return Some(ErrorKind::Transient);
     }
+    if err.is::<crate::timeout::error::Elapsed>()
+        || err.is::<crate::circuit_breaker::error::CircuitOpen>()
+        || err.is::<crate::rate_limit::error::RateLimited>()
+        || err.is::<crate::reconnect::error::ConnectionLost>()
+        || err.is::<crate::reconnect::error::ConnectFailed>()
+    {
+        return Some(ErrorKind::Transient);
+    }
     None
 }

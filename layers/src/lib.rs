@@ -14,6 +14,7 @@
 )]
 
 pub mod batch;
+pub mod circuit_breaker;
 pub mod classify;
 pub mod codec;
 pub mod compression;
@@ -21,16 +22,28 @@ pub mod dead_letter;
 pub mod dedup;
 pub mod message_like;
 pub mod metrics;
+pub mod rate_limit;
+pub mod reconnect;
+pub mod retry;
+pub mod timeout;
 pub mod trace;
+
+#[cfg(test)]
+mod recorded;
 
 pub use tower_mq_core as core;
 
 pub use batch::BatchLayer;
+pub use circuit_breaker::CircuitBreakerLayer;
 pub use codec::{DecodeLayer, EncodeLayer};
 pub use compression::{CompressLayer, DecompressLayer};
 pub use dead_letter::DeadLetterLayer;
 pub use dedup::DedupLayer;
 pub use metrics::MetricsLayer;
+pub use rate_limit::RateLimitLayer;
+pub use reconnect::ReconnectLayer;
+pub use retry::RetryLayer;
+pub use timeout::TimeoutLayer;
 pub use trace::TraceLayer;
 
 #[cfg(test)]

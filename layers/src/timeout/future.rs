@@ -1,0 +1,54 @@
+//! The future returned by [`Timeout`](super::Timeout).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_mq_core::BoxError;
+
+use super::error::Elapsed;
+
+pin_project! {
+    /// The inner response, or [`Elapsed`] if the timer fires first.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        response: F,
+        // Registered with the timer only if the response is not ready at the first poll.
+        #[pin]
+        sleep: Sleep,
+        timeout: Duration,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(response: F, timeout: Duration) -> Self {
+        ResponseFuture {
+            response,
+            sleep: tokio::time::sleep(timeout),
+            timeout,
+        }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.response.poll(cx) {
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(*this.timeout).into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
