@@ -14,6 +14,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_mq::layers::retry::Backoff;
+use tower_mq::layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 use tower_mq::memory::{Broker, DEATH_REASON_HEADER, DELIVERY_COUNT_HEADER};
 use tower_mq::{serve, BoxError, Delivery, Message, Permanent, Transient};
 
@@ -27,9 +29,16 @@ async fn main() -> Result<(), BoxError> {
 
     // Publishing is a tower Service; layers stack the same way they do over HTTP.
     // The first layer added is the outermost.
+    // Retry transient failures with jittered backoff, stop calling a failing broker
+    // (the circuit breaker), bound each attempt, and cap what is in flight.
     let mut publisher = ServiceBuilder::new()
+        .layer(RetryLayer::new(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+        )))
+        .layer(CircuitBreakerLayer::new())
+        .layer(TimeoutLayer::new(Duration::from_secs(2)))
         .concurrency_limit(64)
-        .timeout(Duration::from_secs(2))
         .service(broker.publisher());
 
     // Handling is a tower Service too. The payment gateway is flaky once; the
