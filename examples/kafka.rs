@@ -7,50 +7,18 @@
 //! ```
 //!
 //! The address comes from `TOWER_MQ_KAFKA_BROKERS` (default `127.0.0.1:9092`). The
-//! retry layer here is tower's own with a small policy that retries what the error
-//! classification calls transient (tower-mq-layers' retry and circuit breaker stack
-//! the same way).
+//! stack is the project's retry (jittered backoff, transient errors only), circuit
+//! breaker and timeout layers.
 
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tower::retry::Policy;
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 use tower_mq::kafka::{layout, Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
-use tower_mq::layers::classify::DefaultClassifier;
-use tower_mq::{serve, Delivery, ErrorKind, Message, Permanent, Receipt};
-
-/// Retries transient failures up to 5 times with exponential backoff.
-#[derive(Clone)]
-struct RetryTransient {
-    left: u32,
-    backoff: Duration,
-}
-
-impl Policy<Message, Receipt, BoxError> for RetryTransient {
-    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-    fn retry(
-        &mut self,
-        _: &mut Message,
-        result: &mut Result<Receipt, BoxError>,
-    ) -> Option<Self::Future> {
-        let err = result.as_ref().err()?;
-        if self.left == 0 || DefaultClassifier::new().classify_dyn(&**err) != ErrorKind::Transient {
-            return None;
-        }
-        self.left -= 1;
-        let wait = self.backoff;
-        self.backoff *= 2;
-        Some(Box::pin(tokio::time::sleep(wait)))
-    }
-
-    fn clone_request(&mut self, message: &Message) -> Option<Message> {
-        Some(message.clone())
-    }
-}
+use tower_mq::layers::retry::Backoff;
+use tower_mq::layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
+use tower_mq::{serve, Delivery, Message, Permanent};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -74,11 +42,12 @@ async fn main() -> Result<(), BoxError> {
 
     // First layer added is outermost: each retry attempt gets its own 2 s timeout.
     let publisher = ServiceBuilder::new()
-        .retry(RetryTransient {
-            left: 5,
-            backoff: Duration::from_millis(50),
-        })
-        .timeout(Duration::from_secs(2))
+        .layer(RetryLayer::new(
+            Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2))
+                .max_attempts(30),
+        ))
+        .layer(CircuitBreakerLayer::new())
+        .layer(TimeoutLayer::new(Duration::from_secs(2)))
         .service(Publisher::connect(&config).await?);
 
     for i in 0..5 {

@@ -9,47 +9,17 @@
 //! TOWER_MQ_NATS_URL=nats://127.0.0.1:14222 cargo run --example nats --no-default-features --features nats
 //! ```
 
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tower::retry::{Policy, RetryLayer};
-use tower::timeout::TimeoutLayer;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-use tower_mq::layers::classify::{Classifier, DefaultClassifier};
+use tower_mq::layers::retry::Backoff;
+use tower_mq::layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 use tower_mq::nats::config::{ConsumerConfig, StreamConfig};
 use tower_mq::nats::jetstream::JetStream;
 use tower_mq::nats::{headers, Config, Connection, Publisher, Requester, Subscriber};
-use tower_mq::{serve, BoxError, Delivery, ErrorKind, Message, Permanent, Receipt};
-
-/// Retries what the broker calls transient (a lost connection, an ack that timed out)
-/// up to `attempts` times, 200 ms apart. Permanent errors are not retried.
-#[derive(Clone)]
-struct RetryTransient {
-    attempts: u32,
-}
-
-impl Policy<Message, Receipt, BoxError> for RetryTransient {
-    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-    fn retry(
-        &mut self,
-        _request: &mut Message,
-        result: &mut Result<Receipt, BoxError>,
-    ) -> Option<Self::Future> {
-        let error = result.as_ref().err()?;
-        if self.attempts == 0 || DefaultClassifier::new().classify(error) != ErrorKind::Transient {
-            return None;
-        }
-        self.attempts -= 1;
-        Some(Box::pin(tokio::time::sleep(Duration::from_millis(200))))
-    }
-
-    fn clone_request(&mut self, request: &Message) -> Option<Message> {
-        Some(request.clone())
-    }
-}
+use tower_mq::{serve, BoxError, Delivery, Message, Permanent};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -77,7 +47,11 @@ async fn main() -> Result<(), BoxError> {
     // message carries the same Nats-Msg-Id (its message id), so a retry after an ack
     // timeout cannot store it twice.
     let publisher = ServiceBuilder::new()
-        .layer(RetryLayer::new(RetryTransient { attempts: 10 }))
+        .layer(RetryLayer::new(
+            Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2))
+                .max_attempts(30),
+        ))
+        .layer(CircuitBreakerLayer::new())
         .layer(TimeoutLayer::new(Duration::from_secs(2)))
         .service(js.publisher());
 

@@ -1,5 +1,5 @@
-//! Publishing to RabbitMQ through a retry + timeout stack, and consuming with manual
-//! acknowledgements.
+//! Publishing to RabbitMQ through a retry + circuit breaker + timeout stack, and
+//! consuming with manual acknowledgements.
 //!
 //! ```sh
 //! scripts/brokers up rabbitmq && eval "$(scripts/brokers env)"
@@ -10,57 +10,18 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`). Stop and start the broker while it runs:
 //! publishes wait (readiness) or are retried (transient errors), and nothing is lost.
 //!
-//! The stack uses tower's own `retry` and `timeout`; tower-mq-layers' retry (with
-//! jitter and a budget) and circuit breaker drop in at the same places.
+//! The stack is the project's retry (jittered backoff, transient errors only), circuit
+//! breaker and timeout layers.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tower::retry::Policy;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_mq::layers::classify::{Classifier, DefaultClassifier};
+use tower_mq::layers::retry::Backoff;
+use tower_mq::layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 use tower_mq::rabbitmq::{Binding, Config, Connection, Exchange, Queue, Topology};
-use tower_mq::{ErrorKind, Message, Receipt};
-
-/// Retries what the error chain classifies as transient, with capped exponential
-/// backoff.
-#[derive(Clone)]
-struct RetryTransient {
-    attempt: u32,
-    max_attempts: u32,
-}
-
-impl Policy<Message, Receipt, BoxError> for RetryTransient {
-    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-    fn retry(
-        &mut self,
-        _: &mut Message,
-        result: &mut Result<Receipt, BoxError>,
-    ) -> Option<Self::Future> {
-        let error = result.as_ref().err()?;
-        if DefaultClassifier::new().classify(error) != ErrorKind::Transient
-            || self.attempt >= self.max_attempts
-        {
-            return None;
-        }
-        self.attempt += 1;
-        let delay =
-            (Duration::from_millis(50) * 2u32.pow(self.attempt.min(6))).min(Duration::from_secs(2));
-        eprintln!(
-            "transient failure, retry {} in {delay:?}: {error}",
-            self.attempt
-        );
-        Some(Box::pin(tokio::time::sleep(delay)))
-    }
-
-    fn clone_request(&mut self, request: &Message) -> Option<Message> {
-        Some(request.clone())
-    }
-}
+use tower_mq::Message;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -93,11 +54,12 @@ async fn main() -> Result<(), BoxError> {
 
     // Stacking order: the first layer added is the outermost.
     let publisher = ServiceBuilder::new()
-        .retry(RetryTransient {
-            attempt: 0,
-            max_attempts: 30,
-        })
-        .timeout(Duration::from_secs(5))
+        .layer(RetryLayer::new(
+            Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2))
+                .max_attempts(30),
+        ))
+        .layer(CircuitBreakerLayer::new())
+        .layer(TimeoutLayer::new(Duration::from_secs(5)))
         .service(connection.publisher());
 
     const COUNT: usize = 1_000;
