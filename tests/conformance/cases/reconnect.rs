@@ -32,11 +32,10 @@ use crate::fixture::*;
 pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
     const COUNT: usize = 10_000;
     const IN_FLIGHT: usize = 32;
-    if !F::CAPABILITIES.restart {
-        // The broker cannot be restarted by the suite (an in-process broker has no
-        // connection to lose): there is no outage to survive.
-        return;
-    }
+    // A broker the suite cannot restart (the in-process one has no connection to
+    // lose; tansu keeps nothing across a restart) runs the same load without the
+    // outages: the baseline the restarting brokers are held to.
+    let restarts = F::CAPABILITIES.restart;
     let fx = Arc::new(F::connect().await);
     let topic = fx.unique("reconnect");
     let group = fx.unique("survivors");
@@ -115,6 +114,9 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
     let restarting = {
         let fx = fx.clone();
         tokio::spawn(async move {
+            if !restarts {
+                return;
+            }
             for at in [COUNT / 3, COUNT / 2] {
                 let _ = watched.wait_for(|done| *done >= at).await;
                 fx.stop_broker().await;
@@ -156,10 +158,11 @@ pub async fn publish_and_consume_across_broker_restarts<F: Fixture>() {
     let lost = (0..COUNT).filter(|i| !received.contains_key(i)).count();
     let duplicated: u32 = received.values().map(|n| n - 1).sum();
     eprintln!(
-        "{}: reconnect: {COUNT} published across 2 restarts, {} received, lost {lost}, \
+        "{}: reconnect: {COUNT} published across {} restarts, {} received, lost {lost}, \
          duplicated {duplicated}, consumer errors {}; published in {published_after:?}, \
          received in {received_after:?}",
         F::NAME,
+        if restarts { 2 } else { 0 },
         received.len(),
         consumer_errors.lock().unwrap()
     );
