@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_mq_core::BoxError;
 
 use super::error::Elapsed;
@@ -17,10 +17,21 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         response: F,
-        // Registered with the timer only if the response is not ready at the first poll.
+        // The deadline is read at the call; the timer is made (and registered) only if
+        // the response is not ready at the first poll, so a response that is ready at
+        // once costs one clock read.
         #[pin]
-        sleep: Sleep,
+        timer: Timer,
         timeout: Duration,
+    }
+}
+
+pin_project! {
+    #[project = TimerProj]
+    #[derive(Debug)]
+    enum Timer {
+        Unarmed { deadline: Instant },
+        Armed { #[pin] sleep: Sleep },
     }
 }
 
@@ -28,7 +39,9 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(response: F, timeout: Duration) -> Self {
         ResponseFuture {
             response,
-            sleep: tokio::time::sleep(timeout),
+            timer: Timer::Unarmed {
+                deadline: Instant::now() + timeout,
+            },
             timeout,
         }
     }
@@ -46,9 +59,20 @@ where
         if let Poll::Ready(result) = this.response.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(*this.timeout).into())),
-            Poll::Pending => Poll::Pending,
+        let mut timer = this.timer;
+        loop {
+            match timer.as_mut().project() {
+                TimerProj::Unarmed { deadline } => {
+                    let sleep = tokio::time::sleep_until(*deadline);
+                    timer.set(Timer::Armed { sleep });
+                }
+                TimerProj::Armed { sleep } => {
+                    return match sleep.poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(*this.timeout).into())),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
         }
     }
 }
