@@ -129,8 +129,20 @@ async fn run<S, Req, Resp>(
     };
     // `None` once shutdown was requested or can no longer be (every handle is gone).
     let mut listening = true;
+    // One timer for the worker's life, moved to each batch's deadline, so an item
+    // arriving costs no timer registration (making a `Sleep` per item, and registering
+    // it with the driver, was most of the per-item cost).
+    let timer = sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed_for = None;
     loop {
         let deadline = pending.deadline;
+        if let Some(deadline) = deadline {
+            if armed_for != Some(deadline) {
+                timer.as_mut().reset(deadline);
+                armed_for = Some(deadline);
+            }
+        }
         let received = tokio::select! {
             biased;
             requested = async { shutdown.wait_for(|stop| *stop).await.is_ok() }, if listening => {
@@ -142,7 +154,7 @@ async fn run<S, Req, Resp>(
                 }
                 continue;
             }
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            () = timer.as_mut(), if deadline.is_some() => {
                 let batch = pending.take();
                 if !flush(&mut inner, batch, &guard.failure).await {
                     break;
