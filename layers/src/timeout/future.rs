@@ -20,18 +20,11 @@ pin_project! {
         // The deadline is read at the call; the timer is made (and registered) only if
         // the response is not ready at the first poll, so a response that is ready at
         // once costs one clock read.
-        #[pin]
-        timer: Timer,
+        deadline: Instant,
+        // Boxed: it exists only for responses not ready at once, and keeps the future
+        // small (cheap to move) for those that are.
+        sleep: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
-    }
-}
-
-pin_project! {
-    #[project = TimerProj]
-    #[derive(Debug)]
-    enum Timer {
-        Unarmed { deadline: Instant },
-        Armed { #[pin] sleep: Sleep },
     }
 }
 
@@ -39,9 +32,8 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(response: F, timeout: Duration) -> Self {
         ResponseFuture {
             response,
-            timer: Timer::Unarmed {
-                deadline: Instant::now() + timeout,
-            },
+            deadline: Instant::now() + timeout,
+            sleep: None,
             timeout,
         }
     }
@@ -59,20 +51,13 @@ where
         if let Poll::Ready(result) = this.response.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        let mut timer = this.timer;
-        loop {
-            match timer.as_mut().project() {
-                TimerProj::Unarmed { deadline } => {
-                    let sleep = tokio::time::sleep_until(*deadline);
-                    timer.set(Timer::Armed { sleep });
-                }
-                TimerProj::Armed { sleep } => {
-                    return match sleep.poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(*this.timeout).into())),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-            }
+        let deadline = *this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(*this.timeout).into())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
