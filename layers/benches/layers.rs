@@ -21,7 +21,7 @@ use std::time::Duration;
 use cpu_time::ThreadTime;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tower::{Layer, Service, ServiceBuilder};
 use tower_mq_core::{BoxError, Message};
 use tower_mq_layers::batch::BatchLayer;
@@ -280,32 +280,40 @@ fn layers(c: &mut Criterion) {
     );
 }
 
-/// 100 messages through one batch of 100 (flushed by count), against 100 bare calls.
+/// `batch/N`: N callers each send one message through a batch layer whose batches
+/// hold N, so every round is one batch flushed by count (`batch/1` is the layer with
+/// no batching to amortize: a worker round trip per message). Throughput is messages
+/// per second; `batch/bare_128` is 128 calls straight to the no-op publisher, the
+/// floor. Wall time, on a current-thread runtime that also runs the batch worker.
 fn batch(c: &mut Criterion) {
     let rt = runtime();
-    let publisher = {
-        let _enter = rt.enter();
-        BatchLayer::new(100, Duration::from_secs(1)).layer(NoopBatch)
-    };
     let mut group = c.benchmark_group("batch");
-    group.bench_function("100_messages_batched", |b| {
-        b.to_async(&rt).iter(|| async {
-            let calls = (0..100).map(|_| {
-                let mut p = publisher.clone();
-                async move {
-                    std::future::poll_fn(|cx| p.poll_ready(cx)).await?;
-                    p.call(message()).await
-                }
-            });
-            let results = futures_util::future::join_all(calls).await;
-            black_box(results.len())
-        })
-    });
-    group.bench_function("100_messages_unbatched", |b| {
+    for size in [1_usize, 16, 128] {
+        let publisher = {
+            let _enter = rt.enter();
+            BatchLayer::new(size, Duration::from_secs(1)).layer(NoopBatch)
+        };
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_function(BenchmarkId::from_parameter(size), |b| {
+            b.to_async(&rt).iter(|| async {
+                let calls = (0..size).map(|_| {
+                    let mut p = publisher.clone();
+                    async move {
+                        std::future::poll_fn(|cx| p.poll_ready(cx)).await?;
+                        p.call(message()).await
+                    }
+                });
+                let results = futures_util::future::join_all(calls).await;
+                black_box(results.len())
+            })
+        });
+    }
+    group.throughput(Throughput::Elements(128));
+    group.bench_function("bare_128", |b| {
         b.to_async(&rt).iter(|| async {
             let mut publisher = Noop;
             let mut total = 0;
-            for _ in 0..100 {
+            for _ in 0..128 {
                 std::future::poll_fn(|cx| publisher.poll_ready(cx))
                     .await
                     .ok();

@@ -129,8 +129,20 @@ async fn run<S, Req, Resp>(
     };
     // `None` once shutdown was requested or can no longer be (every handle is gone).
     let mut listening = true;
-    loop {
+    // One timer for the worker's life, moved to each batch's deadline, so an item
+    // arriving costs no timer registration (making a `Sleep` per item, and registering
+    // it with the driver, was most of the per-item cost).
+    let timer = sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed_for = None;
+    'receive: loop {
         let deadline = pending.deadline;
+        if let Some(deadline) = deadline {
+            if armed_for != Some(deadline) {
+                timer.as_mut().reset(deadline);
+                armed_for = Some(deadline);
+            }
+        }
         let received = tokio::select! {
             biased;
             requested = async { shutdown.wait_for(|stop| *stop).await.is_ok() }, if listening => {
@@ -142,7 +154,7 @@ async fn run<S, Req, Resp>(
                 }
                 continue;
             }
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            () = timer.as_mut(), if deadline.is_some() => {
                 let batch = pending.take();
                 if !flush(&mut inner, batch, &guard.failure).await {
                     break;
@@ -151,37 +163,48 @@ async fn run<S, Req, Resp>(
             }
             received = rx.recv() => received,
         };
-        let Some(item) = received else {
+        let Some(mut item) = received else {
             // Every handle dropped, or shutdown and the queue drained: flush and exit.
             let batch = pending.take();
             flush(&mut inner, batch, &guard.failure).await;
             break;
         };
-        if let Some(max) = max_bytes {
-            if !pending.items.is_empty() && pending.bytes + item.weight > max {
-                let batch = pending.take();
-                if !flush(&mut inner, batch, &guard.failure).await {
-                    fail_queued(&mut rx, &guard);
-                    return;
+        // Take what is already queued without another round of `select!` per item,
+        // until the batch is flushed: then the timer and shutdown are looked at again.
+        loop {
+            if let Some(max) = max_bytes {
+                if !pending.items.is_empty() && pending.bytes + item.weight > max {
+                    let batch = pending.take();
+                    if !flush(&mut inner, batch, &guard.failure).await {
+                        fail_queued(&mut rx, &guard);
+                        return;
+                    }
                 }
             }
-        }
-        if pending.items.is_empty() {
-            let now = Instant::now();
-            // A latency too long to add means "by count and bytes only" (about 30 years).
-            pending.deadline = Some(
-                now.checked_add(limits.max_latency)
-                    .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
-            );
-        }
-        pending.bytes += item.weight;
-        pending.items.push(item);
-        let full = pending.items.len() >= limits.max_items
-            || max_bytes.is_some_and(|max| pending.bytes >= max);
-        if full {
-            let batch = pending.take();
-            if !flush(&mut inner, batch, &guard.failure).await {
+            if pending.items.is_empty() {
+                let now = Instant::now();
+                // A latency too long to add means "by count and bytes only" (about 30 years).
+                pending.deadline = Some(
+                    now.checked_add(limits.max_latency)
+                        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
+                );
+            }
+            pending.bytes += item.weight;
+            pending.items.push(item);
+            let full = pending.items.len() >= limits.max_items
+                || max_bytes.is_some_and(|max| pending.bytes >= max);
+            if full {
+                let batch = pending.take();
+                if !flush(&mut inner, batch, &guard.failure).await {
+                    break 'receive;
+                }
+            }
+            if pending.items.is_empty() {
                 break;
+            }
+            match rx.try_recv() {
+                Ok(next) => item = next,
+                Err(_) => break,
             }
         }
     }

@@ -2,32 +2,33 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use metrics::Label;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_mq_core::ErrorKind;
 
-use super::names::{self, outcomes};
+use super::handles::Handles;
+use super::names::outcomes;
 use crate::classify::Classifier;
 
 /// Keeps `messaging_in_flight` right however the call ends, dropped futures included.
 #[derive(Debug)]
 struct InFlight {
-    labels: Vec<Label>,
+    handles: Arc<Handles>,
 }
 
 impl InFlight {
-    fn start(labels: Vec<Label>) -> Self {
-        metrics::gauge!(names::IN_FLIGHT, labels.iter()).increment(1.0);
-        InFlight { labels }
+    fn start(handles: Arc<Handles>) -> Self {
+        handles.in_flight.increment(1.0);
+        InFlight { handles }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(names::IN_FLIGHT, self.labels.iter()).decrement(1.0);
+        self.handles.in_flight.decrement(1.0);
     }
 }
 
@@ -44,11 +45,11 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn new(inner: F, labels: Vec<Label>, classifier: C) -> Self {
+    pub(crate) fn new(inner: F, handles: Arc<Handles>, classifier: C) -> Self {
         ResponseFuture {
             inner,
             start: Instant::now(),
-            in_flight: Some(InFlight::start(labels)),
+            in_flight: Some(InFlight::start(handles)),
             classifier,
         }
     }
@@ -72,11 +73,9 @@ where
                     ErrorKind::Permanent => outcomes::PERMANENT_ERROR,
                 },
             };
-            let mut labels = in_flight.labels.clone();
-            labels.push(Label::from_static_parts(names::labels::OUTCOME, outcome));
-            metrics::counter!(names::MESSAGES_TOTAL, labels.iter()).increment(1);
-            metrics::histogram!(names::OPERATION_DURATION, labels.iter())
-                .record(this.start.elapsed().as_secs_f64());
+            let outcome = in_flight.handles.outcome(outcome);
+            outcome.total.increment(1);
+            outcome.duration.record(this.start.elapsed().as_secs_f64());
             drop(in_flight);
         }
         Poll::Ready(result)

@@ -20,6 +20,12 @@
 //! installs the Prometheus exporter with buckets suited to these metrics, and
 //! [`prometheus_builder`] gives the same configuration to extend.
 //!
+//! Cost: each service caches the registered handles of the destinations it calls
+//! (up to 1024 of them), so a call is a lookup and a few atomic updates. Handles are
+//! registered with the recorder current at a destination's first call (an outcome's,
+//! at its first occurrence there): install the recorder before calling, as
+//! [`install_prometheus`] at startup does.
+//!
 //! Alerting rules using these metrics ship in `layers/prometheus/alerts.yml`.
 //!
 //! Stacking: outermost, the layer sees each call once, with its final outcome; inside
@@ -42,6 +48,7 @@
 //! # Ok(()) }
 //! ```
 
+mod handles;
 mod layer;
 mod prometheus;
 
@@ -49,13 +56,14 @@ pub mod future;
 pub mod names;
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use metrics::Label;
 use tower::Service;
 use tower_mq_core::Operation;
 
 use self::future::ResponseFuture;
+use self::handles::{Cache, Handles};
 pub use self::layer::MetricsLayer;
 pub use self::prometheus::{
     install_prometheus, prometheus_builder, BATCH_SIZE_BUCKETS, DURATION_BUCKETS,
@@ -72,6 +80,10 @@ pub struct Metrics<S, C = DefaultClassifier> {
     operation: Operation,
     classifier: C,
     destination_label: bool,
+    /// Handles per destination, shared by clones.
+    cache: Arc<Cache>,
+    /// The handles of this clone's last destination: most publishers call one.
+    last: Option<Arc<Handles>>,
 }
 
 impl<S> Metrics<S> {
@@ -83,6 +95,8 @@ impl<S> Metrics<S> {
             operation,
             classifier: DefaultClassifier::new(),
             destination_label: true,
+            cache: Arc::new(Cache::new(broker, operation)),
+            last: None,
         }
     }
 }
@@ -96,6 +110,8 @@ impl<S, C> Metrics<S, C> {
             operation: self.operation,
             classifier,
             destination_label: self.destination_label,
+            cache: self.cache,
+            last: self.last,
         }
     }
 
@@ -151,17 +167,20 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let destination = if self.destination_label {
-            req.destination().unwrap_or_default().to_owned()
+            req.destination().unwrap_or_default()
         } else {
-            String::new()
+            ""
         };
-        let labels = vec![
-            Label::from_static_parts(names::labels::BROKER, self.broker),
-            Label::new(names::labels::DESTINATION, destination),
-            Label::from_static_parts(names::labels::OPERATION, self.operation.as_str()),
-        ];
+        let handles = match &self.last {
+            Some(last) if last.is_for(destination) => last.clone(),
+            _ => {
+                let handles = self.cache.get(destination);
+                self.last = Some(handles.clone());
+                handles
+            }
+        };
         let future = self.inner.call(req);
-        ResponseFuture::new(future, labels, self.classifier.clone())
+        ResponseFuture::new(future, handles, self.classifier.clone())
     }
 }
 

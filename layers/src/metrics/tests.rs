@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use tokio_test::assert_ready_ok;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_mq_core::{BoxError, Delivery, Error, ErrorKind, Message, Operation, Receipt};
 use tower_test::mock;
 
@@ -218,5 +218,51 @@ fn names_follow_prometheus_conventions() {
             name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
             "{name}"
         );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn destinations_past_the_cache_bound_are_still_recorded() {
+    let (m, recorder) = Recorded::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let publisher = tower::service_fn(|_: Message| async { Ok::<_, BoxError>(receipt()) });
+    let mut publisher = MetricsLayer::publish("kafka").layer(publisher);
+    let count = super::handles::MAX_CACHED_DESTINATIONS + 3;
+    for round in 0..2 {
+        for i in 0..count {
+            let destination = format!("t{i}");
+            publisher
+                .ready()
+                .await
+                .expect("ready")
+                .call(Message::new(destination, "x"))
+                .await
+                .expect("ok");
+        }
+        for i in [0, count - 1] {
+            let destination = format!("t{i}");
+            let labels = [("destination", destination.as_str()), ("outcome", "ok")];
+            assert_eq!(m.counter(names::MESSAGES_TOTAL, &labels), round + 1);
+            let in_flight = [("destination", destination.as_str())];
+            assert_eq!(m.gauge(names::IN_FLIGHT, &in_flight), Some(0.0));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_service_records_into_the_recorder_it_was_first_called_under() {
+    let layer = MetricsLayer::publish("kafka");
+    for _ in 0..2 {
+        let (m, recorder) = Recorded::new();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let publisher = tower::service_fn(|_: Message| async { Ok::<_, BoxError>(receipt()) });
+        layer
+            .layer(publisher)
+            .oneshot(Message::new("orders", "x"))
+            .await
+            .expect("ok");
+        let mut labels = PUBLISH.to_vec();
+        labels.push(("outcome", outcomes::OK));
+        assert_eq!(m.counter(names::MESSAGES_TOTAL, &labels), 1);
     }
 }

@@ -26,7 +26,8 @@ pin_project! {
         // The pristine copy the next attempt is cloned from; `None` once it cannot be.
         backup: Option<Req>,
         // The request of the attempt being prepared (set while waiting and readying).
-        next: Option<Req>,
+        // Boxed: it exists only while retrying, and keeps the future small when not.
+        next: Option<Box<Req>>,
         policy: Arc<Policy<C, K>>,
         jitter: J,
         // Attempts sent so far.
@@ -114,7 +115,7 @@ where
                             .next
                             .take()
                             .expect("a retry is only scheduled with its request prepared");
-                        let future = this.service.call(request);
+                        let future = this.service.call(*request);
                         *this.attempts += 1;
                         this.state.set(State::Calling { future });
                         continue;
@@ -152,7 +153,7 @@ where
                     let Some(request) = request else {
                         return Poll::Ready(Err(failure));
                     };
-                    *this.next = Some(request);
+                    *this.next = Some(Box::new(request));
                     count_retry(&this.policy.labels);
                     this.state.set(State::Waiting {
                         sleep: Box::pin(tokio::time::sleep(delay)),

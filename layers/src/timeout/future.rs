@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_mq_core::BoxError;
 
 use super::error::Elapsed;
@@ -17,9 +17,13 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         response: F,
-        // Registered with the timer only if the response is not ready at the first poll.
-        #[pin]
-        sleep: Sleep,
+        // The deadline is read at the call; the timer is made (and registered) only if
+        // the response is not ready at the first poll, so a response that is ready at
+        // once costs one clock read.
+        deadline: Instant,
+        // Boxed: it exists only for responses not ready at once, and keeps the future
+        // small (cheap to move) for those that are.
+        sleep: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
     }
 }
@@ -28,7 +32,8 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(response: F, timeout: Duration) -> Self {
         ResponseFuture {
             response,
-            sleep: tokio::time::sleep(timeout),
+            deadline: Instant::now() + timeout,
+            sleep: None,
             timeout,
         }
     }
@@ -46,7 +51,11 @@ where
         if let Poll::Ready(result) = this.response.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
+        let deadline = *this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(*this.timeout).into())),
             Poll::Pending => Poll::Pending,
         }

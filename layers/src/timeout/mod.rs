@@ -152,4 +152,16 @@ mod tests {
         let err = assert_ready_err!(response.poll());
         assert!(err.is::<tower_mq_core::Permanent>());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_runs_from_the_call_not_the_first_poll() {
+        let (service, mut handle) = mock::pair::<&'static str, &'static str>();
+        let mut service = mock::Spawn::new(Timeout::new(service, Duration::from_secs(1)));
+        handle.allow(1);
+        assert_ready_ok!(service.poll_ready());
+        let mut response = tokio_test::task::spawn(service.call("a"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let err = assert_ready_err!(response.poll());
+        assert!(err.is::<error::Elapsed>());
+    }
 }
