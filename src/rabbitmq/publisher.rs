@@ -192,14 +192,36 @@ impl Service<Vec<Message>> for BatchPublisher {
             }
             let generation = live.generation;
             let connection_ref = &connection;
-            let results =
+            let confirmed =
                 futures_util::future::join_all(pending.into_iter().map(|sent| async move {
                     match sent {
-                        Ok(pending) => pending.confirmed(connection_ref, generation).await,
-                        Err(error) => Err(error),
+                        Ok(pending) => {
+                            pending
+                                .confirmed_or_misattributed(connection_ref, generation)
+                                .await
+                        }
+                        Err(error) => (Err(error), None),
                     }
                 }))
                 .await;
+            // A return lapin attached to a neighbour's confirm fails its own message.
+            let (mut results, returned): (Vec<_>, Vec<_>) = confirmed.into_iter().unzip();
+            for returned in returned.into_iter().flatten() {
+                let owner = messages.iter().zip(results.iter()).position(|(m, r)| {
+                    r.as_ref().is_ok_and(|receipt| {
+                        matches!(receipt, Receipt::RabbitMq { exchange, routing_key }
+                            if returned.matches(exchange, routing_key, m.payload()))
+                    })
+                });
+                match owner {
+                    Some(i) => results[i] = Err(returned.error()),
+                    None => tracing::warn!(
+                        exchange = %returned.exchange,
+                        routing_key = %returned.routing_key,
+                        "an unroutable message from another publish was returned with this batch"
+                    ),
+                }
+            }
             if results
                 .iter()
                 .any(|r| r.as_ref().is_err_and(Error::is_transient))
@@ -216,6 +238,35 @@ struct Pending {
     confirm: PublisherConfirm,
     exchange: String,
     routing_key: String,
+    payload: bytes::Bytes,
+}
+
+/// A returned (unroutable) message that lapin attached to another message's confirm.
+///
+/// lapin hands a waiting `basic.return` to whichever confirm it resolves first, and a
+/// multiple `basic.ack` resolves several at once, so under concurrency the return can
+/// land on a neighbour's confirm. Each confirm therefore checks that the returned
+/// message is its own (exchange, routing key and payload) before failing.
+struct Misattributed {
+    exchange: String,
+    routing_key: String,
+    payload: Vec<u8>,
+    reply: String,
+}
+
+impl Misattributed {
+    fn matches(&self, exchange: &str, routing_key: &str, payload: &[u8]) -> bool {
+        self.exchange == exchange && self.routing_key == routing_key && self.payload == payload
+    }
+
+    fn error(&self) -> Error {
+        Error::permanent(BROKER, Operation::Publish)
+            .with_destination(self.exchange.clone())
+            .with_reason(format!(
+                "mandatory message returned unroutable ({}) for routing key `{}`",
+                self.reply, self.routing_key
+            ))
+    }
 }
 
 /// Sends `message` on `channel` (or a pooled one) without waiting for its confirm.
@@ -255,6 +306,7 @@ async fn send(
         confirm,
         exchange: destination,
         routing_key: routing_key.to_owned(),
+        payload: message.payload().clone(),
     })
 }
 
@@ -262,10 +314,32 @@ impl Pending {
     /// The receipt once the broker confirms, or a transient error if the connection
     /// (`generation`) goes away first.
     async fn confirmed(self, connection: &Connection, generation: u64) -> Result<Receipt, Error> {
+        let (result, misattributed) = self
+            .confirmed_or_misattributed(connection, generation)
+            .await;
+        if let Some(other) = misattributed {
+            tracing::warn!(
+                exchange = %other.exchange,
+                routing_key = %other.routing_key,
+                "an unroutable message was returned on a shared channel with another \
+                 message's confirm; its own publish cannot be failed"
+            );
+        }
+        result
+    }
+
+    /// Like [`Pending::confirmed`], also handing back a returned message that lapin
+    /// attached to this confirm but that belongs to another publish.
+    async fn confirmed_or_misattributed(
+        self,
+        connection: &Connection,
+        generation: u64,
+    ) -> (Result<Receipt, Error>, Option<Misattributed>) {
         let Pending {
             confirm,
             exchange,
             routing_key,
+            payload,
         } = self;
         let unconfirmed = |e: lapin::Error| {
             let error = amqp_error(Operation::Publish, &exchange, e);
@@ -279,30 +353,55 @@ impl Pending {
         };
         let confirmation = tokio::select! {
             biased;
-            confirmation = confirm => confirmation.map_err(unconfirmed)?,
+            confirmation = confirm => match confirmation {
+                Ok(confirmation) => confirmation,
+                Err(e) => return (Err(unconfirmed(e)), None),
+            },
             _ = connection.lost(generation) => {
-                return Err(Error::transient(BROKER, Operation::Publish)
+                return (Err(Error::transient(BROKER, Operation::Publish)
                     .with_destination(exchange)
-                    .with_reason("the connection closed before the broker confirmed the message"));
+                    .with_reason("the connection closed before the broker confirmed the message")), None);
             }
         };
         match confirmation {
-            Confirmation::Ack(None) => Ok(Receipt::RabbitMq {
-                exchange,
-                routing_key,
-            }),
-            Confirmation::Ack(Some(returned)) => Err(Error::permanent(BROKER, Operation::Publish)
-                .with_destination(exchange)
-                .with_reason(format!(
-                    "mandatory message returned unroutable ({} {}) for routing key `{routing_key}`",
-                    returned.reply_code, returned.reply_text
-                ))),
-            Confirmation::Nack(_) => Err(Error::transient(BROKER, Operation::Publish)
-                .with_destination(exchange)
-                .with_reason("the broker nacked the message (basic.nack)")),
-            Confirmation::NotRequested => Err(Error::permanent(BROKER, Operation::Publish)
-                .with_destination(exchange)
-                .with_reason("the channel is not in confirm mode")),
+            Confirmation::Ack(None) => (
+                Ok(Receipt::RabbitMq {
+                    exchange,
+                    routing_key,
+                }),
+                None,
+            ),
+            Confirmation::Ack(Some(returned)) => {
+                let returned = Misattributed {
+                    exchange: returned.delivery.exchange.to_string(),
+                    routing_key: returned.delivery.routing_key.to_string(),
+                    payload: returned.delivery.data,
+                    reply: format!("{} {}", returned.reply_code, returned.reply_text),
+                };
+                if returned.matches(&exchange, &routing_key, &payload) {
+                    (Err(returned.error()), None)
+                } else {
+                    (
+                        Ok(Receipt::RabbitMq {
+                            exchange,
+                            routing_key,
+                        }),
+                        Some(returned),
+                    )
+                }
+            }
+            Confirmation::Nack(_) => (
+                Err(Error::transient(BROKER, Operation::Publish)
+                    .with_destination(exchange)
+                    .with_reason("the broker nacked the message (basic.nack)")),
+                None,
+            ),
+            Confirmation::NotRequested => (
+                Err(Error::permanent(BROKER, Operation::Publish)
+                    .with_destination(exchange)
+                    .with_reason("the channel is not in confirm mode")),
+                None,
+            ),
         }
     }
 }
