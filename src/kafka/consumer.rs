@@ -160,7 +160,31 @@ impl Consumer {
             .map_err(|e| from_kafka(Operation::Subscribe, Some(&topics), e))?;
         let inner = Arc::new(inner);
         let (sender, records) = mpsc::channel(1);
-        tokio::spawn(pump(inner.clone(), sender, tracker.clone(), topics));
+        // librdkafka runs the rebalance callbacks where the consumer is polled, and they
+        // block (a synchronous commit on revocation, a committed-offset fetch on
+        // assignment). Polling on a thread of its own keeps them off the application's
+        // runtime workers, which several consumers rebalancing at once could otherwise
+        // all occupy.
+        let pumping = pump(inner.clone(), sender, tracker.clone(), topics.clone());
+        let spawned = std::thread::Builder::new()
+            .name("tower-mq-kafka-consumer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(pumping),
+                    Err(error) => {
+                        tracing::error!(%error, "kafka consumer: no runtime for the poll thread")
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            return Err(Error::transient(BROKER, Operation::Subscribe)
+                .with_destination(topics)
+                .with_reason("could not start the consumer's poll thread")
+                .with_source(error));
+        }
         Ok(Consumer {
             inner,
             records,
