@@ -171,6 +171,90 @@ async fn unroutable_mandatory_message_is_a_permanent_error() {
         .unwrap();
 }
 
+/// Concurrent publishes on one shared channel: the broker acks several at once and
+/// lapin hands each returned message to whichever confirm it resolves first, yet every
+/// publish learns its own fate, single and batched alike, while other callers give up
+/// on theirs half-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_on_one_channel_each_learn_their_own_return() {
+    let _shared = BROKER.read().await;
+    let exchange = unique("mixed");
+    let q = unique("mixed-q");
+    let connection = connect(
+        Config::new(url()).channel_pool_size(1).topology(
+            Topology::new()
+                .exchange(Exchange::direct(&exchange).auto_delete(true))
+                .queue(queue(&q))
+                .binding(Binding::queue(&q, &exchange, "in")),
+        ),
+    )
+    .await;
+    let unroutable = |i: usize| i % 7 == 3;
+    let message = |i: usize| {
+        let key = if unroutable(i) { "out" } else { "in" };
+        // Persistent and transient messages are confirmed at different times, so
+        // acks come out of order and in groups.
+        Message::new(&exchange, format!("m{i}"))
+            .with_key(key)
+            .with_persistent(i.is_multiple_of(2))
+    };
+    const SINGLE: usize = 1_400;
+    const BATCHES: usize = 20;
+    const BATCH: usize = 30;
+    let singles = futures_util::future::join_all(
+        (0..SINGLE).map(|i| connection.publisher().oneshot(message(i))),
+    );
+    let batches = futures_util::future::join_all((0..BATCHES).map(|b| {
+        let batch = (0..BATCH)
+            .map(|j| message(SINGLE + b * BATCH + j))
+            .collect();
+        connection.publisher().batched().oneshot(batch)
+    }));
+    // Callers that give up at once: their publishes are still observed to the end, so
+    // neither their returns nor their confirms leave anyone else waiting or wrong.
+    let abandoned = futures_util::future::join_all((0..200).map(|i| {
+        let message = Message::new(&exchange, format!("abandoned{i}")).with_key("out");
+        tokio::time::timeout(
+            Duration::from_micros(50 * (i % 5)),
+            connection.publisher().oneshot(message),
+        )
+    }));
+    let (singles, batches, _) = tokio::join!(singles, batches, abandoned);
+    let mut results: Vec<Result<Receipt, tower_mq::Error>> = singles;
+    for batch in batches {
+        results.extend(batch.expect("the batch call itself failed"));
+    }
+    let mut wrong = Vec::new();
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Err(e) if unroutable(i) && e.kind() == ErrorKind::Permanent => {
+                assert!(e.to_string().contains("NO_ROUTE"), "message {i}: {e}")
+            }
+            Ok(receipt) if !unroutable(i) => assert!(receipt.is_confirmed()),
+            other => wrong.push(format!("message {i}: {other:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong outcomes: {wrong:#?}",
+        wrong.len()
+    );
+
+    let routable = (0..results.len()).filter(|&i| !unroutable(i)).count();
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let mut got = std::collections::HashSet::new();
+    for _ in 0..routable {
+        let d = next(&mut consumer).await;
+        got.insert(String::from_utf8(d.message().payload().to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    let expected: std::collections::HashSet<String> = (0..results.len())
+        .filter(|&i| !unroutable(i))
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(got, expected);
+}
+
 #[tokio::test]
 async fn missing_exchange_is_not_found_and_leaves_the_pool_working() {
     let _shared = BROKER.read().await;

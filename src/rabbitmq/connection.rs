@@ -19,6 +19,7 @@ use lapin::{ConnectionProperties, Event};
 use tokio::sync::{watch, Notify};
 
 use super::config::Config;
+use super::confirms::ConfirmChannel;
 use super::consumer::Consumer;
 use super::error::{amqp_error, closed, short_string, BROKER};
 use super::publisher::Publisher;
@@ -38,7 +39,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Live {
     pub(crate) generation: u64,
     pub(crate) connection: lapin::Connection,
-    slots: Vec<Mutex<lapin::Channel>>,
+    slots: Vec<Mutex<ConfirmChannel>>,
     next: AtomicUsize,
     known_exchanges: Mutex<HashSet<String>>,
 }
@@ -50,13 +51,13 @@ impl Live {
 
     /// A confirm-mode channel from the pool, re-opening the slot's channel if the
     /// broker closed it (a channel-level error closes only that channel).
-    pub(crate) async fn publish_channel(&self) -> Result<lapin::Channel, lapin::Error> {
+    pub(crate) async fn publish_channel(&self) -> Result<ConfirmChannel, lapin::Error> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let channel = lock(slot).clone();
-        if channel.status().connected() {
+        if channel.channel().status().connected() {
             return Ok(channel);
         }
-        let fresh = open_confirm_channel(&self.connection).await?;
+        let fresh = ConfirmChannel::new(open_confirm_channel(&self.connection).await?);
         *lock(slot) = fresh.clone();
         Ok(fresh)
     }
@@ -415,7 +416,7 @@ async fn establish(
             let channel = open_confirm_channel(&connection)
                 .await
                 .map_err(|e| amqp_error(Operation::Connect, endpoint, e))?;
-            slots.push(Mutex::new(channel));
+            slots.push(Mutex::new(ConfirmChannel::new(channel)));
         }
         let live = Arc::new(Live {
             generation,

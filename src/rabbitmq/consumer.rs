@@ -15,6 +15,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::config::Routing;
+use super::confirms::{Outcome, Unconfirmed};
 use super::connection::Connection;
 use super::error::{amqp_error, short_string, BROKER};
 use crate::delivery::{Acker, Acknowledge, Delivery};
@@ -396,33 +397,29 @@ impl Copy {
         }
         let properties = self.properties.clone().with_headers(headers);
         let channel = live.publish_channel().await.map_err(err)?;
-        let options = lapin::options::BasicPublishOptions {
-            mandatory: true,
-            immediate: false,
-        };
         let exchange_name = short_string(exchange, operation, queue)?;
         let key = short_string(routing_key, operation, queue)?;
-        let confirm = channel
-            .basic_publish(exchange_name, key, options, &self.payload, properties)
+        let in_flight = channel
+            .send(exchange_name, key, true, self.payload.clone(), properties)
             .await
             .map_err(err)?;
-        let confirmation = tokio::select! {
-            biased;
-            confirmation = confirm => confirmation.map_err(err)?,
-            _ = self.connection.lost(live.generation) => {
-                return Err(Error::transient(BROKER, operation)
-                    .with_destination(queue)
-                    .with_reason("the connection closed before the broker confirmed the copy"));
-            }
-        };
-        match confirmation {
-            lapin::Confirmation::Ack(None) => {}
-            _ => {
+        match in_flight
+            .outcome(self.connection.lost(live.generation))
+            .await
+        {
+            Ok(Outcome::Confirmed) => {}
+            Ok(_) => {
                 return Err(Error::transient(BROKER, operation)
                     .with_destination(queue)
                     .with_reason(format!(
                         "the broker did not take the copy for exchange `{exchange}`"
                     )))
+            }
+            Err(Unconfirmed::Failed(e)) => return Err(err(e)),
+            Err(Unconfirmed::Lost) => {
+                return Err(Error::transient(BROKER, operation)
+                    .with_destination(queue)
+                    .with_reason("the connection closed before the broker confirmed the copy"))
             }
         }
         settled(

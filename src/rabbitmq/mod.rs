@@ -61,6 +61,7 @@
 //! ```
 
 mod config;
+mod confirms;
 mod connection;
 mod consumer;
 mod error;

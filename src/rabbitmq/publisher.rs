@@ -6,12 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use lapin::BasicProperties;
 use tower::Service;
 
 use super::config::Config;
+use super::confirms::{ConfirmChannel, InFlight, Outcome, Unconfirmed};
 use super::connection::{Connection, Live, Readiness};
 use super::error::{amqp_error, short_string, BROKER};
 use crate::error::{Error, Operation};
@@ -31,8 +31,13 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 /// - **Mandatory.** Messages are published `mandatory` unless
 ///   [`Config::mandatory`] says otherwise; a message no queue is bound for comes back
 ///   from the broker and its publish fails with a permanent error (NO_ROUTE), never a
-///   receipt. Replies to a direct reply-to address (`amq.rabbitmq.reply-to.*`) are the
-///   exception: RabbitMQ counts them as unrouted, so they are never sent mandatory.
+///   receipt. That holds on a channel shared by concurrent publishes too, where the
+///   broker acknowledges several messages at once and lapin may hand a return to a
+///   neighbour's confirm: each return is matched to its own message, so a mandatory
+///   message's receipt waits until every publish sent on the channel before its
+///   confirm arrived is confirmed as well. Replies to a direct reply-to address
+///   (`amq.rabbitmq.reply-to.*`) are the exception: RabbitMQ counts them as unrouted,
+///   so they are never sent mandatory.
 /// - **Readiness.** `poll_ready` is `Pending` while the connection is being
 ///   re-established or the broker has blocked it (`connection.blocked`), so tower's
 ///   `Buffer`, `ConcurrencyLimit` and `LoadShed` see the broker's pressure. RabbitMQ
@@ -192,36 +197,14 @@ impl Service<Vec<Message>> for BatchPublisher {
             }
             let generation = live.generation;
             let connection_ref = &connection;
-            let confirmed =
+            let results =
                 futures_util::future::join_all(pending.into_iter().map(|sent| async move {
                     match sent {
-                        Ok(pending) => {
-                            pending
-                                .confirmed_or_misattributed(connection_ref, generation)
-                                .await
-                        }
-                        Err(error) => (Err(error), None),
+                        Ok(pending) => pending.confirmed(connection_ref, generation).await,
+                        Err(error) => Err(error),
                     }
                 }))
                 .await;
-            // A return lapin attached to a neighbour's confirm fails its own message.
-            let (mut results, returned): (Vec<_>, Vec<_>) = confirmed.into_iter().unzip();
-            for returned in returned.into_iter().flatten() {
-                let owner = messages.iter().zip(results.iter()).position(|(m, r)| {
-                    r.as_ref().is_ok_and(|receipt| {
-                        matches!(receipt, Receipt::RabbitMq { exchange, routing_key }
-                            if returned.matches(exchange, routing_key, m.payload()))
-                    })
-                });
-                match owner {
-                    Some(i) => results[i] = Err(returned.error()),
-                    None => tracing::warn!(
-                        exchange = %returned.exchange,
-                        routing_key = %returned.routing_key,
-                        "an unroutable message from another publish was returned with this batch"
-                    ),
-                }
-            }
             if results
                 .iter()
                 .any(|r| r.as_ref().is_err_and(Error::is_transient))
@@ -235,38 +218,9 @@ impl Service<Vec<Message>> for BatchPublisher {
 
 /// A message handed to the broker, waiting for its confirm.
 struct Pending {
-    confirm: PublisherConfirm,
+    in_flight: InFlight,
     exchange: String,
     routing_key: String,
-    payload: bytes::Bytes,
-}
-
-/// A returned (unroutable) message that lapin attached to another message's confirm.
-///
-/// lapin hands a waiting `basic.return` to whichever confirm it resolves first, and a
-/// multiple `basic.ack` resolves several at once, so under concurrency the return can
-/// land on a neighbour's confirm. Each confirm therefore checks that the returned
-/// message is its own (exchange, routing key and payload) before failing.
-struct Misattributed {
-    exchange: String,
-    routing_key: String,
-    payload: Vec<u8>,
-    reply: String,
-}
-
-impl Misattributed {
-    fn matches(&self, exchange: &str, routing_key: &str, payload: &[u8]) -> bool {
-        self.exchange == exchange && self.routing_key == routing_key && self.payload == payload
-    }
-
-    fn error(&self) -> Error {
-        Error::permanent(BROKER, Operation::Publish)
-            .with_destination(self.exchange.clone())
-            .with_reason(format!(
-                "mandatory message returned unroutable ({}) for routing key `{}`",
-                self.reply, self.routing_key
-            ))
-    }
 }
 
 /// Sends `message` on `channel` (or a pooled one) without waiting for its confirm.
@@ -274,7 +228,7 @@ async fn send(
     live: &Arc<Live>,
     config: &Config,
     message: &Message,
-    channel: Option<lapin::Channel>,
+    channel: Option<ConfirmChannel>,
 ) -> Result<Pending, Error> {
     let (exchange, routing_key) = config
         .routing
@@ -294,19 +248,20 @@ async fn send(
     // RabbitMQ counts a direct reply (to `amq.rabbitmq.reply-to.*`) as unrouted, so a
     // mandatory reply would always come back: replies are never mandatory.
     let reply = routing_key.starts_with(super::request::DIRECT_REPLY_TO) && exchange.is_empty();
-    let options = BasicPublishOptions {
-        mandatory: config.mandatory && !reply,
-        immediate: false,
-    };
-    let confirm = channel
-        .basic_publish(exchange_name, key, options, message.payload(), properties)
+    let in_flight = channel
+        .send(
+            exchange_name,
+            key,
+            config.mandatory && !reply,
+            message.payload().clone(),
+            properties,
+        )
         .await
         .map_err(|e| amqp_error(Operation::Publish, &destination, e))?;
     Ok(Pending {
-        confirm,
+        in_flight,
         exchange: destination,
         routing_key: routing_key.to_owned(),
-        payload: message.payload().clone(),
     })
 }
 
@@ -314,94 +269,42 @@ impl Pending {
     /// The receipt once the broker confirms, or a transient error if the connection
     /// (`generation`) goes away first.
     async fn confirmed(self, connection: &Connection, generation: u64) -> Result<Receipt, Error> {
-        let (result, misattributed) = self
-            .confirmed_or_misattributed(connection, generation)
-            .await;
-        if let Some(other) = misattributed {
-            tracing::warn!(
-                exchange = %other.exchange,
-                routing_key = %other.routing_key,
-                "an unroutable message was returned on a shared channel with another \
-                 message's confirm; its own publish cannot be failed"
-            );
-        }
-        result
-    }
-
-    /// Like [`Pending::confirmed`], also handing back a returned message that lapin
-    /// attached to this confirm but that belongs to another publish.
-    async fn confirmed_or_misattributed(
-        self,
-        connection: &Connection,
-        generation: u64,
-    ) -> (Result<Receipt, Error>, Option<Misattributed>) {
         let Pending {
-            confirm,
+            in_flight,
             exchange,
             routing_key,
-            payload,
         } = self;
-        let unconfirmed = |e: lapin::Error| {
-            let error = amqp_error(Operation::Publish, &exchange, e);
-            if error.is_transient() {
-                error.with_reason(
-                    "the connection or channel closed before the broker confirmed the message",
-                )
-            } else {
-                error
-            }
-        };
-        let confirmation = tokio::select! {
-            biased;
-            confirmation = confirm => match confirmation {
-                Ok(confirmation) => confirmation,
-                Err(e) => return (Err(unconfirmed(e)), None),
-            },
-            _ = connection.lost(generation) => {
-                return (Err(Error::transient(BROKER, Operation::Publish)
-                    .with_destination(exchange)
-                    .with_reason("the connection closed before the broker confirmed the message")), None);
-            }
-        };
-        match confirmation {
-            Confirmation::Ack(None) => (
-                Ok(Receipt::RabbitMq {
-                    exchange,
-                    routing_key,
-                }),
-                None,
-            ),
-            Confirmation::Ack(Some(returned)) => {
-                let returned = Misattributed {
-                    exchange: returned.delivery.exchange.to_string(),
-                    routing_key: returned.delivery.routing_key.to_string(),
-                    payload: returned.delivery.data,
-                    reply: format!("{} {}", returned.reply_code, returned.reply_text),
-                };
-                if returned.matches(&exchange, &routing_key, &payload) {
-                    (Err(returned.error()), None)
-                } else {
-                    (
-                        Ok(Receipt::RabbitMq {
-                            exchange,
-                            routing_key,
-                        }),
-                        Some(returned),
+        let outcome = in_flight.outcome(connection.lost(generation)).await;
+        match outcome {
+            Ok(Outcome::Confirmed) => Ok(Receipt::RabbitMq {
+                exchange,
+                routing_key,
+            }),
+            Ok(Outcome::Returned(returned)) => Err(Error::permanent(BROKER, Operation::Publish)
+                .with_destination(exchange)
+                .with_reason(format!(
+                    "mandatory message returned unroutable ({}) for routing key `{routing_key}`",
+                    returned.reply()
+                ))),
+            Ok(Outcome::Nacked) => Err(Error::transient(BROKER, Operation::Publish)
+                .with_destination(exchange)
+                .with_reason("the broker nacked the message (basic.nack)")),
+            Ok(Outcome::NotRequested) => Err(Error::permanent(BROKER, Operation::Publish)
+                .with_destination(exchange)
+                .with_reason("the channel is not in confirm mode")),
+            Err(Unconfirmed::Failed(e)) => {
+                let error = amqp_error(Operation::Publish, &exchange, e);
+                Err(if error.is_transient() {
+                    error.with_reason(
+                        "the connection or channel closed before the broker confirmed the message",
                     )
-                }
+                } else {
+                    error
+                })
             }
-            Confirmation::Nack(_) => (
-                Err(Error::transient(BROKER, Operation::Publish)
-                    .with_destination(exchange)
-                    .with_reason("the broker nacked the message (basic.nack)")),
-                None,
-            ),
-            Confirmation::NotRequested => (
-                Err(Error::permanent(BROKER, Operation::Publish)
-                    .with_destination(exchange)
-                    .with_reason("the channel is not in confirm mode")),
-                None,
-            ),
+            Err(Unconfirmed::Lost) => Err(Error::transient(BROKER, Operation::Publish)
+                .with_destination(exchange)
+                .with_reason("the connection closed before the broker confirmed the message")),
         }
     }
 }

@@ -10,12 +10,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
-use lapin::Confirmation;
 use tokio::sync::oneshot;
 use tower::Service;
 
+use super::confirms::{ConfirmChannel, Outcome, Unconfirmed};
 use super::connection::{Connection, Live, Readiness};
 use super::consumer::to_message;
 use super::error::{amqp_error, short_string, BROKER};
@@ -35,7 +35,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A channel consuming `amq.rabbitmq.reply-to`, on which requests are published.
 struct ReplyChannel {
     generation: u64,
-    channel: lapin::Channel,
+    channel: ConfirmChannel,
     waiters: Waiters,
 }
 
@@ -133,7 +133,7 @@ async fn reply_channel(
 ) -> Result<Arc<ReplyChannel>, lapin::Error> {
     let mut slot = slot.lock().await;
     if let Some(reply) = slot.as_ref() {
-        if reply.generation == live.generation && reply.channel.status().connected() {
+        if reply.generation == live.generation && reply.channel.channel().status().connected() {
             return Ok(reply.clone());
         }
     }
@@ -178,7 +178,7 @@ async fn reply_channel(
     });
     let reply = Arc::new(ReplyChannel {
         generation: live.generation,
-        channel,
+        channel: ConfirmChannel::new(channel),
         waiters,
     });
     *slot = Some(reply.clone());
@@ -248,35 +248,34 @@ impl Service<Message> for Requester {
                 waiters: reply.waiters.clone(),
                 id: id.clone(),
             };
-            let options = BasicPublishOptions {
-                mandatory,
-                immediate: false,
-            };
-            let confirm = reply
+            let in_flight = reply
                 .channel
-                .basic_publish(exchange_name, key, options, request.payload(), props)
+                .send(
+                    exchange_name,
+                    key,
+                    mandatory,
+                    request.payload().clone(),
+                    props,
+                )
                 .await
                 .map_err(fail)?;
-            let confirmation = tokio::select! {
-                biased;
-                confirmation = confirm => confirmation.map_err(fail)?,
-                _ = connection.lost(live.generation) => return Err(lost()),
-            };
-            match confirmation {
-                Confirmation::Ack(None) => {}
-                Confirmation::Ack(Some(returned)) => {
+            match in_flight.outcome(connection.lost(live.generation)).await {
+                Ok(Outcome::Confirmed) => {}
+                Ok(Outcome::Returned(returned)) => {
                     return Err(Error::permanent(BROKER, Operation::Request)
                         .with_destination(exchange)
                         .with_reason(format!(
-                            "request returned unroutable ({} {}) for routing key `{routing_key}`",
-                            returned.reply_code, returned.reply_text
+                            "request returned unroutable ({}) for routing key `{routing_key}`",
+                            returned.reply()
                         )))
                 }
-                Confirmation::Nack(_) | Confirmation::NotRequested => {
+                Ok(Outcome::Nacked | Outcome::NotRequested) => {
                     return Err(Error::transient(BROKER, Operation::Request)
                         .with_destination(exchange)
                         .with_reason("the broker did not confirm the request"))
                 }
+                Err(Unconfirmed::Failed(e)) => return Err(fail(e)),
+                Err(Unconfirmed::Lost) => return Err(lost()),
             }
             let waited = tokio::select! {
                 biased;

@@ -1,0 +1,440 @@
+//! Publisher confirms on a shared channel, with every returned (unroutable) message
+//! matched to the publish it belongs to.
+//!
+//! RabbitMQ sends a mandatory message that no queue takes back with `basic.return`,
+//! always *before* the `basic.ack` that covers it. lapin keeps returned messages in a
+//! FIFO queue and hands the front one to whichever confirm it resolves next; a
+//! multiple `basic.ack` resolves several confirms at once, in no particular order. So
+//! when several publishes share a channel, a return can ride on a neighbour's confirm
+//! and a returned message can be confirmed with no return at all.
+//!
+//! [`ConfirmChannel`] restores the attribution. Every publish takes a ticket (a
+//! sequence number) *before* its frames are sent, and every confirm is observed: a
+//! return riding on a foreign confirm is parked as an orphan. A mandatory publish
+//! decides its fate only once every publish that was in flight when its own confirm
+//! arrived has been observed too, then looks for its return among the orphans.
+//!
+//! Why that is enough: a resolution pops the front of lapin's queue, and each returned
+//! message is queued before its own confirm resolves. The number of queued returns
+//! therefore never exceeds the number of returned messages whose confirm is still
+//! pending (each pop either belongs to such a message or empties an entry ahead of
+//! it). Once every publish sent before our confirm arrived has resolved, the messages
+//! still pending were all sent after that, and their returns were all queued after
+//! ours; if ours were still queued, the queue would hold more returns than there are
+//! pending returned messages. So our return, if any, has been popped by a confirm we
+//! have observed, and sits among the orphans.
+//!
+//! A publish whose caller goes away (its future dropped, e.g. by a timeout) is still
+//! observed to the end by a detached task, so it cannot swallow a neighbour's return.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use lapin::message::BasicReturnMessage;
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use tokio::sync::Notify;
+
+/// Returned messages nobody has claimed yet are kept up to this many (a caller that
+/// gave up waiting never claims its own).
+const MAX_ORPHANS: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A confirm-mode channel whose publishes learn about their own returned messages,
+/// whichever confirm lapin attached them to.
+#[derive(Clone, Debug)]
+pub(crate) struct ConfirmChannel {
+    channel: lapin::Channel,
+    returns: Arc<Returns>,
+}
+
+/// A message the broker returned as unroutable.
+#[derive(Debug)]
+pub(crate) struct Returned {
+    exchange: String,
+    routing_key: String,
+    payload: Vec<u8>,
+    reply_code: u16,
+    reply_text: String,
+}
+
+impl Returned {
+    fn new(message: BasicReturnMessage) -> Self {
+        Returned {
+            exchange: message.delivery.exchange.to_string(),
+            routing_key: message.delivery.routing_key.to_string(),
+            payload: message.delivery.data,
+            reply_code: message.reply_code,
+            reply_text: message.reply_text.to_string(),
+        }
+    }
+
+    fn is_for(&self, key: &Key) -> bool {
+        // Two publishes with the same exchange, routing key and body are routed alike,
+        // so which of them claims a return does not matter.
+        self.exchange == key.exchange
+            && self.routing_key == key.routing_key
+            && self.payload == key.payload
+    }
+
+    /// The broker's reason, e.g. `312 NO_ROUTE`.
+    pub(crate) fn reply(&self) -> String {
+        format!("{} {}", self.reply_code, self.reply_text)
+    }
+}
+
+/// What the broker said about one message.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// `basic.ack`, and the message was not returned.
+    Confirmed,
+    /// The message came back as unroutable (mandatory).
+    Returned(Returned),
+    /// `basic.nack`: the broker could not take the message.
+    Nacked,
+    /// The channel is not in confirm mode.
+    NotRequested,
+}
+
+/// Why a message has no [`Outcome`].
+#[derive(Debug)]
+pub(crate) enum Unconfirmed {
+    /// The channel or connection failed before the confirm came.
+    Failed(lapin::Error),
+    /// The connection went away before the broker's verdict was known.
+    Lost,
+}
+
+/// What identifies a publish's returned message.
+#[derive(Debug)]
+struct Key {
+    exchange: String,
+    routing_key: String,
+    payload: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Returns {
+    state: Mutex<State>,
+    /// Signalled whenever a confirm is observed.
+    observed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next: u64,
+    /// Publishes whose confirm has not been observed yet.
+    outstanding: BTreeSet<u64>,
+    /// Returns that rode on another publish's confirm, waiting for their owner.
+    orphans: Vec<Returned>,
+    /// Publishes waiting for their horizon (they may still claim an orphan).
+    settling: usize,
+}
+
+impl State {
+    fn claim(&mut self, key: &Key) -> Option<Returned> {
+        let position = self.orphans.iter().position(|r| r.is_for(key))?;
+        Some(self.orphans.swap_remove(position))
+    }
+
+    fn forget_orphans_nobody_can_claim(&mut self) {
+        if self.outstanding.is_empty() && self.settling == 0 && !self.orphans.is_empty() {
+            for orphan in self.orphans.drain(..) {
+                tracing::warn!(
+                    exchange = %orphan.exchange,
+                    routing_key = %orphan.routing_key,
+                    "rabbitmq returned a message whose publisher stopped waiting for it"
+                );
+            }
+        }
+    }
+}
+
+impl ConfirmChannel {
+    pub(crate) fn new(channel: lapin::Channel) -> Self {
+        ConfirmChannel {
+            channel,
+            returns: Arc::default(),
+        }
+    }
+
+    /// The underlying lapin channel.
+    pub(crate) fn channel(&self) -> &lapin::Channel {
+        &self.channel
+    }
+
+    /// Sends one message; resolves once its frames are handed to the connection. The
+    /// returned [`InFlight`] waits for the broker's verdict.
+    pub(crate) async fn send(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        mandatory: bool,
+        payload: Bytes,
+        properties: BasicProperties,
+    ) -> Result<InFlight, lapin::Error> {
+        let ticket = Ticket::new(
+            self.returns.clone(),
+            Key {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+                payload: payload.clone(),
+            },
+        );
+        let channel = self.channel.clone();
+        let options = BasicPublishOptions {
+            mandatory,
+            immediate: false,
+        };
+        let publish = Box::pin(async move {
+            channel
+                .basic_publish(exchange, routing_key, options, &payload, properties)
+                .await
+        });
+        Sending {
+            publish: Some(publish),
+            ticket: Some(ticket),
+        }
+        .await
+        .map(|(confirm, ticket)| InFlight {
+            confirm: Some(confirm),
+            ticket: Some(ticket),
+            mandatory,
+        })
+    }
+}
+
+/// A publish's place in the channel's sequence. Dropping it unobserved observes it
+/// with no return.
+#[derive(Debug)]
+struct Ticket {
+    returns: Arc<Returns>,
+    id: u64,
+    key: Key,
+    observed: bool,
+}
+
+impl Ticket {
+    fn new(returns: Arc<Returns>, key: Key) -> Self {
+        let id = {
+            let mut state = lock(&returns.state);
+            let id = state.next;
+            state.next += 1;
+            state.outstanding.insert(id);
+            id
+        };
+        Ticket {
+            returns,
+            id,
+            key,
+            observed: false,
+        }
+    }
+
+    /// Records this publish's confirm. Returns its own return if lapin attached it
+    /// here, and the horizon: the newest publish still unobserved, which must be
+    /// observed before this one can know it was not returned.
+    fn observe(&mut self, attached: Option<BasicReturnMessage>) -> (Option<Returned>, Option<u64>) {
+        self.observed = true;
+        let mut state = lock(&self.returns.state);
+        state.outstanding.remove(&self.id);
+        let mut own = None;
+        if let Some(returned) = attached.map(Returned::new) {
+            if returned.is_for(&self.key) {
+                own = Some(returned);
+            } else {
+                if state.orphans.len() == MAX_ORPHANS {
+                    state.orphans.remove(0);
+                }
+                state.orphans.push(returned);
+            }
+        }
+        let horizon = state.outstanding.last().copied();
+        state.forget_orphans_nobody_can_claim();
+        drop(state);
+        self.returns.observed.notify_waiters();
+        (own, horizon)
+    }
+
+    /// Waits until every publish up to `horizon` has been observed, then claims this
+    /// publish's return if a neighbour's confirm carried it.
+    async fn settle(&self, horizon: u64) -> Option<Returned> {
+        let _settling = Settling::new(&self.returns);
+        loop {
+            let notified = self.returns.observed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = lock(&self.returns.state);
+                if state
+                    .outstanding
+                    .first()
+                    .is_none_or(|&first| first > horizon)
+                {
+                    return state.claim(&self.key);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn claim(&self) -> Option<Returned> {
+        lock(&self.returns.state).claim(&self.key)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.observed {
+            self.observe(None);
+        }
+    }
+}
+
+/// Counts a publish waiting for its horizon, so its return is not forgotten.
+struct Settling<'a>(&'a Returns);
+
+impl<'a> Settling<'a> {
+    fn new(returns: &'a Returns) -> Self {
+        lock(&returns.state).settling += 1;
+        Settling(returns)
+    }
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        state.settling -= 1;
+        state.forget_orphans_nobody_can_claim();
+    }
+}
+
+type Publish = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+/// `basic_publish` in progress. Dropped early, it finishes (and observes the confirm)
+/// on a task of its own: the message may already be on its way.
+struct Sending {
+    publish: Option<Publish>,
+    ticket: Option<Ticket>,
+}
+
+impl Future for Sending {
+    type Output = Result<(PublisherConfirm, Ticket), lapin::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let publish = self
+            .publish
+            .as_mut()
+            .expect("Sending polled after completion");
+        let result = std::task::ready!(publish.as_mut().poll(cx));
+        self.publish = None;
+        let ticket = self.ticket.take().expect("Sending polled after completion");
+        // On error the ticket is dropped: nothing was published, nothing can come back.
+        Poll::Ready(result.map(|confirm| (confirm, ticket)))
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let (Some(publish), Some(ticket)) = (self.publish.take(), self.ticket.take()) {
+            observe_detached(
+                async move {
+                    match publish.await {
+                        Ok(confirm) => confirm.await.ok(),
+                        Err(_) => None,
+                    }
+                },
+                ticket,
+            );
+        }
+    }
+}
+
+/// Observes a confirm nobody waits for any more, so that a return it carries reaches
+/// its owner. Without a runtime (shutting down) the ticket is simply dropped.
+fn observe_detached(
+    confirmation: impl Future<Output = Option<Confirmation>> + Send + 'static,
+    mut ticket: Ticket,
+) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let attached = match confirmation.await {
+                Some(Confirmation::Ack(returned) | Confirmation::Nack(returned)) => returned,
+                _ => None,
+            };
+            ticket.observe(attached);
+        });
+    }
+}
+
+/// A message handed to the broker, waiting for its verdict.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    confirm: Option<PublisherConfirm>,
+    ticket: Option<Ticket>,
+    mandatory: bool,
+}
+
+impl InFlight {
+    /// The broker's verdict, or why there is none. `lost` resolves when the connection
+    /// the message was sent on goes away.
+    pub(crate) async fn outcome(
+        mut self,
+        lost: impl Future<Output = ()>,
+    ) -> Result<Outcome, Unconfirmed> {
+        tokio::pin!(lost);
+        let confirm = self.confirm.as_mut().expect("outcome awaited once");
+        let confirmation = tokio::select! {
+            biased;
+            confirmation = confirm => confirmation,
+            _ = &mut lost => return Err(Unconfirmed::Lost),
+        };
+        self.confirm = None;
+        let mut ticket = self.ticket.take().expect("outcome awaited once");
+        let confirmation = match confirmation {
+            Ok(confirmation) => confirmation,
+            Err(e) => return Err(Unconfirmed::Failed(e)),
+        };
+        let (confirmation, attached) = match confirmation {
+            Confirmation::Ack(returned) => (Outcome::Confirmed, returned),
+            Confirmation::Nack(returned) => (Outcome::Nacked, returned),
+            Confirmation::NotRequested => (Outcome::NotRequested, None),
+        };
+        let (own, horizon) = ticket.observe(attached);
+        if let Some(own) = own {
+            return Ok(Outcome::Returned(own));
+        }
+        if !self.mandatory || !matches!(confirmation, Outcome::Confirmed) {
+            // Only a mandatory message the broker took can have been returned.
+            return Ok(confirmation);
+        }
+        let returned = match horizon {
+            None => ticket.claim(),
+            Some(horizon) => tokio::select! {
+                biased;
+                returned = ticket.settle(horizon) => returned,
+                _ = &mut lost => match ticket.claim() {
+                    Some(returned) => Some(returned),
+                    None => return Err(Unconfirmed::Lost),
+                },
+            },
+        };
+        Ok(returned.map_or(Outcome::Confirmed, Outcome::Returned))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (Some(confirm), Some(ticket)) = (self.confirm.take(), self.ticket.take()) {
+            observe_detached(async move { confirm.await.ok() }, ticket);
+        }
+    }
+}
