@@ -152,10 +152,32 @@ struct Shared {
 /// publisher and consumer; meanwhile publishers' `poll_ready` is `Pending`. The
 /// connection closes when [`Connection::close`] is called or the last handle (including
 /// publishers and consumers) is dropped. It needs a Tokio runtime (the supervisor is a
-/// Tokio task). One `Connection` is one AMQP connection; open several for more
-/// throughput than one connection carries.
+/// Tokio task).
 ///
-/// See the [module docs](super) for an example.
+/// One `Connection` is one AMQP connection, multiplexing a pool of confirm-mode
+/// channels ([`Config::channel_pool_size`]) for publishers and one channel per
+/// consumer. Where a second connection pays is between roles: RabbitMQ throttles
+/// (`connection.blocked`) every connection that publishes during a memory or disk
+/// alarm, and a consumer sharing that connection can then neither receive nor
+/// settle, which keeps the queues from draining. So give consumers a connection of
+/// their own, as RabbitMQ's own guidance says; more connections per role only pay
+/// when one connection's I/O task saturates a core.
+///
+/// ```no_run
+/// use tower_mq::rabbitmq::{Config, Connection};
+///
+/// # async fn run() -> Result<(), tower_mq::Error> {
+/// let config = Config::new("amqp://guest:guest@127.0.0.1:5672/%2f");
+/// let publishing = Connection::connect(config.clone().connection_name("orders-publish")).await?;
+/// let consuming = Connection::connect(config.connection_name("orders-consume")).await?;
+/// let publisher = publishing.publisher();
+/// let deliveries = consuming.consumer("billing").await?;
+/// # drop((publisher, deliveries));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// See the [module docs](super) for a fuller example.
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
