@@ -754,14 +754,6 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     .expect("the lost connection was not noticed within 15 s");
     let mut waiting = tokio_test::task::spawn(publisher.ready());
     tokio_test::assert_pending!(waiting.poll());
-    // A connection that only consumes is not throttled: it still receives and settles.
-    let consuming = connect(Config::new(url()).routing(Routing::DefaultExchange)).await;
-    let mut consumer = consuming.consumer(&q).await.unwrap();
-    let before = next(&mut consumer).await;
-    assert_eq!(before.message().payload().as_ref(), b"before");
-    before.ack().await.unwrap();
-    assert!(!consuming.is_blocked());
-    tokio_test::assert_pending!(waiting.poll());
     drop(waiting);
     // Its channel is gone: acking cannot reach the broker, which will redeliver.
     let err = held.ack().await.unwrap_err();
@@ -892,6 +884,14 @@ async fn blocked_connection_makes_poll_ready_pending_until_unblocked() {
     .await
     .expect("no connection.blocked within 15 s of the memory alarm");
     let mut waiting = tokio_test::task::spawn(publisher.ready());
+    tokio_test::assert_pending!(waiting.poll());
+    // A connection that only consumes is not throttled: it still receives and settles.
+    let consuming = connect(Config::new(url()).routing(Routing::DefaultExchange)).await;
+    let mut consumer = consuming.consumer(&q).await.unwrap();
+    let before = next(&mut consumer).await;
+    assert_eq!(before.message().payload().as_ref(), b"before");
+    before.ack().await.unwrap();
+    assert!(!consuming.is_blocked());
     tokio_test::assert_pending!(waiting.poll());
 
     drop(alarm);
