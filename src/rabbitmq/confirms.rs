@@ -239,17 +239,18 @@ impl Ticket {
         }
     }
 
-    /// Records this publish's confirm. Returns its own return if lapin attached it
-    /// here, and the horizon: the newest publish still unobserved, which must be
-    /// observed before this one can know it was not returned.
-    fn observe(&mut self, attached: Option<BasicReturnMessage>) -> (Option<Returned>, Option<u64>) {
+    /// Records this publish's confirm and the return lapin attached to it, if any.
+    /// With `settle`, also works out whether this publish itself was returned: at
+    /// once if nothing older is unobserved, else [`Observed::Wait`] with the horizon,
+    /// the newest publish still unobserved.
+    fn observe(&mut self, attached: Option<BasicReturnMessage>, settle: bool) -> Observed {
         self.observed = true;
         let mut state = lock(&self.returns.state);
         state.outstanding.remove(&self.id);
-        let mut own = None;
+        let mut observed = Observed::NotReturned;
         if let Some(returned) = attached.map(Returned::new) {
             if returned.is_for(&self.key) {
-                own = Some(returned);
+                observed = Observed::Returned(returned);
             } else {
                 if state.orphans.len() == MAX_ORPHANS {
                     state.orphans.remove(0);
@@ -257,17 +258,27 @@ impl Ticket {
                 state.orphans.push(returned);
             }
         }
-        let horizon = state.outstanding.last().copied();
+        if settle && matches!(observed, Observed::NotReturned) {
+            observed = match state.outstanding.last().copied() {
+                None => state
+                    .claim(&self.key)
+                    .map_or(Observed::NotReturned, Observed::Returned),
+                Some(horizon) => {
+                    // Counted under the same lock, so the orphans stay until it claims.
+                    state.settling += 1;
+                    Observed::Wait(horizon)
+                }
+            };
+        }
         state.forget_orphans_nobody_can_claim();
         drop(state);
         self.returns.observed.notify_waiters();
-        (own, horizon)
+        observed
     }
 
-    /// Waits until every publish up to `horizon` has been observed, then claims this
-    /// publish's return if a neighbour's confirm carried it.
+    /// After [`Observed::Wait`]: waits until every publish up to `horizon` has been
+    /// observed, then claims this publish's return if a neighbour's confirm carried it.
     async fn settle(&self, horizon: u64) -> Option<Returned> {
-        let _settling = Settling::new(&self.returns);
         loop {
             let notified = self.returns.observed.notified();
             tokio::pin!(notified);
@@ -291,23 +302,27 @@ impl Ticket {
     }
 }
 
+/// What observing a confirm tells about the publish's own message.
+enum Observed {
+    /// It was returned.
+    Returned(Returned),
+    /// It was not returned (or nobody asked).
+    NotReturned,
+    /// Not known until every publish up to this one has been observed.
+    Wait(u64),
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.observed {
-            self.observe(None);
+            self.observe(None, false);
         }
     }
 }
 
-/// Counts a publish waiting for its horizon, so its return is not forgotten.
+/// A publish waiting for its horizon (counted by [`Ticket::observe`]), so that its
+/// return is not forgotten; uncounted on drop.
 struct Settling<'a>(&'a Returns);
-
-impl<'a> Settling<'a> {
-    fn new(returns: &'a Returns) -> Self {
-        lock(&returns.state).settling += 1;
-        Settling(returns)
-    }
-}
 
 impl Drop for Settling<'_> {
     fn drop(&mut self) {
@@ -370,7 +385,7 @@ fn observe_detached(
                 Some(Confirmation::Ack(returned) | Confirmation::Nack(returned)) => returned,
                 _ => None,
             };
-            ticket.observe(attached);
+            ticket.observe(attached, false);
         });
     }
 }
@@ -408,26 +423,24 @@ impl InFlight {
             Confirmation::Nack(returned) => (Outcome::Nacked, returned),
             Confirmation::NotRequested => (Outcome::NotRequested, None),
         };
-        let (own, horizon) = ticket.observe(attached);
-        if let Some(own) = own {
-            return Ok(Outcome::Returned(own));
-        }
-        if !self.mandatory || !matches!(confirmation, Outcome::Confirmed) {
-            // Only a mandatory message the broker took can have been returned.
-            return Ok(confirmation);
-        }
-        let returned = match horizon {
-            None => ticket.claim(),
-            Some(horizon) => tokio::select! {
-                biased;
-                returned = ticket.settle(horizon) => returned,
-                _ = &mut lost => match ticket.claim() {
-                    Some(returned) => Some(returned),
-                    None => return Err(Unconfirmed::Lost),
-                },
-            },
+        // Only a mandatory message the broker took can have been returned.
+        let settle = self.mandatory && matches!(confirmation, Outcome::Confirmed);
+        let returned = match ticket.observe(attached, settle) {
+            Observed::Returned(returned) => Some(returned),
+            Observed::NotReturned => None,
+            Observed::Wait(horizon) => {
+                let _settling = Settling(&ticket.returns);
+                tokio::select! {
+                    biased;
+                    returned = ticket.settle(horizon) => returned,
+                    _ = &mut lost => match ticket.claim() {
+                        Some(returned) => Some(returned),
+                        None => return Err(Unconfirmed::Lost),
+                    },
+                }
+            }
         };
-        Ok(returned.map_or(Outcome::Confirmed, Outcome::Returned))
+        Ok(returned.map_or(confirmation, Outcome::Returned))
     }
 }
 
