@@ -45,10 +45,10 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn new(inner: F, handles: Arc<Handles>, classifier: C) -> Self {
+    pub(crate) fn new(inner: F, start: Instant, handles: Arc<Handles>, classifier: C) -> Self {
         ResponseFuture {
             inner,
-            start: Instant::now(),
+            start,
             in_flight: Some(InFlight::start(handles)),
             classifier,
         }

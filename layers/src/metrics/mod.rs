@@ -179,8 +179,10 @@ where
                 handles
             }
         };
-        let future = self.inner.call(req);
-        ResponseFuture::new(future, handles, self.classifier.clone())
+        // The layers inside (a timeout, say) share this reading of the clock.
+        let start = crate::call_time::now();
+        let future = crate::call_time::scope(start, || self.inner.call(req));
+        ResponseFuture::new(future, start, handles, self.classifier.clone())
     }
 }
 

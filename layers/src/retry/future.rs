@@ -67,8 +67,8 @@ where
         backup: Option<Req>,
         policy: Arc<Policy<C, K>>,
         jitter: J,
+        started: Option<Instant>,
     ) -> Self {
-        let started = policy.backoff.get_max_elapsed().map(|_| Instant::now());
         ResponseFuture {
             state: State::Calling { future },
             service,

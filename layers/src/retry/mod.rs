@@ -191,13 +191,22 @@ where
         // retry); a fresh clone stays here for the next call.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
-        let response = service.call(request);
+        let started = self
+            .policy
+            .backoff
+            .get_max_elapsed()
+            .map(|_| crate::call_time::now());
+        let response = match started {
+            Some(started) => crate::call_time::scope(started, || service.call(request)),
+            None => service.call(request),
+        };
         future::ResponseFuture::new(
             response,
             service,
             backup,
             self.policy.clone(),
             self.jitter.split(),
+            started,
         )
     }
 }
