@@ -36,9 +36,11 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(super) fn called(future: F, recorder: Recorder, classifier: C) -> Self {
+    /// Makes the inner call, its response built in place.
+    #[inline]
+    pub(super) fn call(recorder: Recorder, classifier: C, call: impl FnOnce() -> F) -> Self {
         ResponseFuture {
-            kind: Kind::Called { future },
+            kind: Kind::Called { future: call() },
             recorder: Some(recorder),
             classifier,
         }

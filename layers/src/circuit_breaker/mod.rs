@@ -327,15 +327,18 @@ impl<S, C> CircuitBreaker<S, C> {
         S: Service<Req>,
         C: Clone,
     {
-        let future = if timed {
+        let classifier = self.classifier.clone();
+        let inner = &mut self.inner;
+        if timed {
             // The slow-call timer starts at the call, shared with the layers inside.
             let started = crate::call_time::now();
             recorder.started = Some(started);
-            crate::call_time::scope(started, || self.inner.call(request))
+            crate::call_time::scope(started, || {
+                ResponseFuture::call(recorder, classifier, || inner.call(request))
+            })
         } else {
-            self.inner.call(request)
-        };
-        ResponseFuture::called(future, recorder, self.classifier.clone())
+            ResponseFuture::call(recorder, classifier, || inner.call(request))
+        }
     }
 }
 

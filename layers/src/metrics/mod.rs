@@ -181,8 +181,8 @@ where
         };
         // The layers inside (a timeout, say) share this reading of the clock.
         let start = crate::call_time::now();
-        let future = crate::call_time::scope(start, || self.inner.call(req));
-        ResponseFuture::new(future, start, handles, self.classifier.clone())
+        let inner = &mut self.inner;
+        ResponseFuture::call(start, handles, self.classifier.clone(), || inner.call(req))
     }
 }
 

@@ -29,12 +29,15 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(response: F, timeout: Duration) -> Self {
+    /// Makes the inner call (built in place: the response can be large) and sets the
+    /// deadline.
+    #[inline]
+    pub(crate) fn call(timeout: Duration, call: impl FnOnce() -> F) -> Self {
         ResponseFuture {
-            response,
             deadline: crate::call_time::now() + timeout,
             sleep: None,
             timeout,
+            response: call(),
         }
     }
 }

@@ -90,8 +90,8 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let response = self.inner.call(request);
-        future::ResponseFuture::new(response, self.timeout)
+        let inner = &mut self.inner;
+        future::ResponseFuture::call(self.timeout, || inner.call(request))
     }
 }
 
