@@ -316,29 +316,26 @@ impl<S, C> CircuitBreaker<S, C> {
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    #[inline]
-    fn call_recorded<Req>(
+    /// A call timed for slow-call detection: the timer starts at the call, and the
+    /// layers inside share that reading of the clock. Out of line, so that the common
+    /// untimed call stays small enough to inline and the request is not copied.
+    #[inline(never)]
+    fn call_timed<Req>(
         &mut self,
         request: Req,
         mut recorder: Recorder,
-        timed: bool,
     ) -> ResponseFuture<S::Future, C>
     where
         S: Service<Req>,
         C: Clone,
     {
+        let started = crate::call_time::now();
+        recorder.started = Some(started);
         let classifier = self.classifier.clone();
         let inner = &mut self.inner;
-        if timed {
-            // The slow-call timer starts at the call, shared with the layers inside.
-            let started = crate::call_time::now();
-            recorder.started = Some(started);
-            crate::call_time::scope(started, || {
-                ResponseFuture::call(recorder, classifier, || inner.call(request))
-            })
-        } else {
+        crate::call_time::scope(started, || {
             ResponseFuture::call(recorder, classifier, || inner.call(request))
-        }
+        })
     }
 }
 
@@ -367,19 +364,20 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let timed = self.core.config.slow_duration.is_some();
-        match std::mem::replace(&mut self.reservation, Reservation::None) {
-            Reservation::Admitted(word) => {
-                let recorder = Recorder::new(self.core.clone(), word, false);
-                self.call_recorded(request, recorder, timed)
-            }
-            Reservation::Probe(recorder) => self.call_recorded(request, recorder, timed),
+        let recorder = match std::mem::replace(&mut self.reservation, Reservation::None) {
+            Reservation::Admitted(word) => Recorder::new(self.core.clone(), word, false),
+            Reservation::Probe(recorder) => recorder,
             Reservation::Rejected(error) => {
                 self.core.count_outcome(4);
-                ResponseFuture::rejected(error, self.classifier.clone())
+                return ResponseFuture::rejected(error, self.classifier.clone());
             }
             Reservation::None => panic!("poll_ready must be called first"),
+        };
+        if self.core.config.slow_duration.is_some() {
+            return self.call_timed(request, recorder);
         }
+        let inner = &mut self.inner;
+        ResponseFuture::call(recorder, self.classifier.clone(), || inner.call(request))
     }
 }
 
