@@ -14,6 +14,7 @@
 )]
 
 pub mod batch;
+mod call_time;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod codec;

@@ -368,11 +368,17 @@ impl Core {
         metrics::gauge!("messaging_circuit_state", self.config.labels.iter()).set(state.as_gauge());
     }
 
+    #[inline]
     pub(super) fn count_outcome(&self, index: usize) {
         if self.config.count_calls {
-            if let Some(labels) = self.outcome_labels.get(index) {
-                metrics::counter!("messaging_circuit_calls_total", labels.iter()).increment(1);
-            }
+            self.count_outcome_slow(index);
+        }
+    }
+
+    #[cold]
+    fn count_outcome_slow(&self, index: usize) {
+        if let Some(labels) = self.outcome_labels.get(index) {
+            metrics::counter!("messaging_circuit_calls_total", labels.iter()).increment(1);
         }
     }
 }

@@ -92,10 +92,26 @@ impl CountWindow {
         }
     }
 
+    /// Records `outcome`; returns how many calls the window has seen, this one
+    /// included (at least the window's size once it is full).
     #[inline]
     fn record(&self, outcome: u8) -> u64 {
+        let size = self.slots.len() as u64;
+        if outcome == RECORDED {
+            // A full window of plain successes is the same whichever of them a new
+            // success replaces, so the healthy steady state writes nothing: three loads
+            // of lines nobody writes, and clones on other threads do not contend. The
+            // failure that ends it takes the next slot, and the window stays exact.
+            let seen = self.head.0.load(Ordering::Relaxed);
+            if seen >= size
+                && self.failures.0.load(Ordering::Relaxed) == 0
+                && self.slow.0.load(Ordering::Relaxed) == 0
+            {
+                return seen + 1;
+            }
+        }
         let index = self.head.0.fetch_add(1, Ordering::Relaxed);
-        let slot = &self.slots[(index % self.slots.len() as u64) as usize];
+        let slot = &self.slots[(index % size) as usize];
         // Mostly a success overwrites a success: then a plain load suffices and the
         // slot's cache line is not written. Otherwise `swap`, so that the counters
         // always describe exactly what the slots hold, even when two calls race for
@@ -254,6 +270,26 @@ mod tests {
         );
         w.reset();
         assert_eq!(w.totals(), Totals::default());
+    }
+
+    #[test]
+    fn a_failure_after_a_run_of_successes_stays_for_exactly_n_calls() {
+        let w = CountWindow::new(4);
+        for _ in 0..10 {
+            w.record(RECORDED);
+        }
+        assert_eq!(w.totals().calls, 4);
+        w.record(RECORDED | FAILED);
+        for _ in 0..3 {
+            w.record(RECORDED);
+            assert_eq!(w.totals().failures, 1);
+        }
+        w.record(RECORDED);
+        assert_eq!(w.totals().failures, 0);
+        // Slow successes are not plain successes either.
+        w.record(RECORDED | SLOW);
+        w.record(RECORDED);
+        assert_eq!(w.totals().slow, 1);
     }
 
     #[test]

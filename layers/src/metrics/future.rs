@@ -45,13 +45,23 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn new(inner: F, handles: Arc<Handles>, classifier: C) -> Self {
-        ResponseFuture {
-            inner,
-            start: Instant::now(),
+    /// Makes the inner call, timed from `start` (which the layers inside share), and
+    /// counts it in flight.
+    #[inline]
+    pub(crate) fn call(
+        start: Instant,
+        handles: Arc<Handles>,
+        classifier: C,
+        call: impl FnOnce() -> F,
+    ) -> Self {
+        // Built where it is returned, the inner call last and straight into its field:
+        // a stack's response can be hundreds of bytes, and moving it costs copies.
+        crate::call_time::scope(start, || ResponseFuture {
             in_flight: Some(InFlight::start(handles)),
+            start,
             classifier,
-        }
+            inner: call(),
+        })
     }
 }
 

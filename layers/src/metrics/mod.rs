@@ -179,8 +179,10 @@ where
                 handles
             }
         };
-        let future = self.inner.call(req);
-        ResponseFuture::new(future, handles, self.classifier.clone())
+        // The layers inside (a timeout, say) share this reading of the clock.
+        let start = crate::call_time::now();
+        let inner = &mut self.inner;
+        ResponseFuture::call(start, handles, self.classifier.clone(), || inner.call(req))
     }
 }
 

@@ -35,9 +35,11 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn called(future: F) -> Self {
+    /// Makes the inner call, its response built in place.
+    #[inline]
+    pub(super) fn call(call: impl FnOnce() -> F) -> Self {
         ResponseFuture {
-            kind: Kind::Called { future },
+            kind: Kind::Called { future: call() },
         }
     }
 

@@ -181,7 +181,7 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         match std::mem::replace(&mut self.reservation, Reservation::None) {
-            Reservation::Cell => ResponseFuture::called(self.inner.call(request)),
+            Reservation::Cell => ResponseFuture::call(|| self.inner.call(request)),
             Reservation::Rejected(error) => ResponseFuture::rejected(error),
             Reservation::None => panic!("poll_ready must be called first"),
         }

@@ -61,18 +61,37 @@ impl<S, Req, C, K, J> ResponseFuture<S, Req, C, K, J>
 where
     S: Service<Req>,
 {
-    pub(crate) fn new(
-        future: S::Future,
-        service: S,
-        backup: Option<Req>,
+    /// Makes the first attempt through `service` (ready), keeping a copy of `request`
+    /// for the next one.
+    pub(crate) fn first_attempt(
+        mut service: S,
+        request: Req,
         policy: Arc<Policy<C, K>>,
         jitter: J,
-    ) -> Self {
-        let started = policy.backoff.get_max_elapsed().map(|_| Instant::now());
+    ) -> Self
+    where
+        K: CloneRequest<Req>,
+    {
+        let started = policy
+            .backoff
+            .get_max_elapsed()
+            .map(|_| crate::call_time::now());
+        // One expression, fields in this order: the copy is made before the request goes
+        // out, and both it and the response are written straight into the future
+        // instead of being moved into it (a request can be a few hundred bytes).
         ResponseFuture {
-            state: State::Calling { future },
+            backup: if policy.backoff.get_max_attempts() == Some(1) {
+                None
+            } else {
+                policy.cloner.clone_request(&request)
+            },
+            state: State::Calling {
+                future: match started {
+                    Some(started) => crate::call_time::scope(started, || service.call(request)),
+                    None => service.call(request),
+                },
+            },
             service,
-            backup,
             next: None,
             policy,
             jitter,

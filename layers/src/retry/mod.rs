@@ -182,20 +182,13 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let backup = if self.policy.backoff.get_max_attempts() == Some(1) {
-            None
-        } else {
-            self.policy.cloner.clone_request(&request)
-        };
         // The ready service goes with the future (it may be polled again before a
         // retry); a fresh clone stays here for the next call.
         let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
-        let response = service.call(request);
-        future::ResponseFuture::new(
-            response,
+        let service = std::mem::replace(&mut self.inner, clone);
+        future::ResponseFuture::first_attempt(
             service,
-            backup,
+            request,
             self.policy.clone(),
             self.jitter.split(),
         )

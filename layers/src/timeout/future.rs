@@ -19,7 +19,7 @@ pin_project! {
         response: F,
         // The deadline is read at the call; the timer is made (and registered) only if
         // the response is not ready at the first poll, so a response that is ready at
-        // once costs one clock read.
+        // once costs one clock read (none when a layer outside read it for this call).
         deadline: Instant,
         // Boxed: it exists only for responses not ready at once, and keeps the future
         // small (cheap to move) for those that are.
@@ -29,12 +29,15 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(response: F, timeout: Duration) -> Self {
+    /// Makes the inner call (built in place: the response can be large) and sets the
+    /// deadline.
+    #[inline]
+    pub(crate) fn call(timeout: Duration, call: impl FnOnce() -> F) -> Self {
         ResponseFuture {
-            response,
-            deadline: Instant::now() + timeout,
+            deadline: crate::call_time::now() + timeout,
             sleep: None,
             timeout,
+            response: call(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! [`DefaultClassifier`](crate::classify::DefaultClassifier) calls transient, so a
 //! retry layer outside the timeout tries again. The timer starts when `call` is made,
 //! not when the service becomes ready: waiting for readiness is backpressure, not
-//! slowness.
+//! slowness. (When a layer outside, such as metrics, already read tokio's clock for the
+//! same `call`, the timeout takes that reading instead of reading the clock again.)
 //!
 //! Stacking: put the timeout innermost (just around the publisher) to bound each
 //! attempt, or outermost to bound the whole call with its retries.
@@ -89,8 +90,8 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let response = self.inner.call(request);
-        future::ResponseFuture::new(response, self.timeout)
+        let inner = &mut self.inner;
+        future::ResponseFuture::call(self.timeout, || inner.call(request))
     }
 }
 
