@@ -2,6 +2,7 @@
 
 use std::collections::btree_map::{self, BTreeMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,21 +33,55 @@ use bytes::Bytes;
 /// The destination names a topic (Kafka, memory), an exchange (RabbitMQ; the key is the
 /// routing key), a subject (NATS), a stream or channel (Redis) or a socket (ZeroMQ).
 /// A property a broker cannot honour is an error when publishing, never silently dropped.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Cloning is cheap: strings and the payload are shared, not copied (a retry or a
+/// fan-out clones a message per attempt or per publisher), and the rarely set
+/// properties live behind one shared pointer, copied only when a clone changes them.
+#[derive(Clone)]
 pub struct Message {
-    destination: String,
-    key: Option<String>,
+    destination: Arc<str>,
+    key: Option<Arc<str>>,
     payload: Bytes,
     headers: Headers,
+    /// `None` while every property is unset.
+    properties: Option<Arc<Properties>>,
+    persistent: bool,
+}
+
+/// The properties most messages do not set.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Properties {
     priority: Option<u8>,
     ttl: Option<Duration>,
-    persistent: bool,
     message_id: Option<String>,
     correlation_id: Option<String>,
     reply_to: Option<String>,
     content_type: Option<String>,
     content_encoding: Option<String>,
 }
+
+static NO_PROPERTIES: Properties = Properties {
+    priority: None,
+    ttl: None,
+    message_id: None,
+    correlation_id: None,
+    reply_to: None,
+    content_type: None,
+    content_encoding: None,
+};
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.destination == other.destination
+            && self.key == other.key
+            && self.payload == other.payload
+            && self.headers == other.headers
+            && self.properties() == other.properties()
+            && self.persistent == other.persistent
+    }
+}
+
+impl Eq for Message {}
 
 impl Message {
     /// A message for `destination` carrying `payload`, with no properties set.
@@ -55,24 +90,34 @@ impl Message {
     /// call [`Message::with_persistent`] with `false` for transient ones.
     pub fn new(destination: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Message {
-            destination: destination.into(),
+            destination: shared(destination.into()),
             key: None,
             payload: payload.into(),
             headers: Headers::new(),
-            priority: None,
-            ttl: None,
+            properties: None,
             persistent: true,
-            message_id: None,
-            correlation_id: None,
-            reply_to: None,
-            content_type: None,
-            content_encoding: None,
+        }
+    }
+
+    fn properties(&self) -> &Properties {
+        self.properties.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+
+    /// The properties, to change: copied first if a clone shares them.
+    fn properties_mut(&mut self) -> &mut Properties {
+        Arc::make_mut(self.properties.get_or_insert_with(Arc::default))
+    }
+
+    /// Sets a property to `value`; clearing an unset one allocates nothing.
+    fn set<T>(&mut self, value: Option<T>, field: impl FnOnce(&mut Properties) -> &mut Option<T>) {
+        if value.is_some() || self.properties.is_some() {
+            *field(self.properties_mut()) = value;
         }
     }
 
     /// Sets the key: Kafka partition key, RabbitMQ routing key, ordering key elsewhere.
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
+        self.key = Some(shared(key.into()));
         self
     }
 
@@ -90,13 +135,13 @@ impl Message {
 
     /// Sets the priority (0 lowest, 9 highest is the portable range; RabbitMQ allows 255).
     pub fn with_priority(mut self, priority: u8) -> Self {
-        self.priority = Some(priority);
+        self.properties_mut().priority = Some(priority);
         self
     }
 
     /// Sets the time to live: the message expires if not delivered within it.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.properties_mut().ttl = Some(ttl);
         self
     }
 
@@ -108,31 +153,31 @@ impl Message {
 
     /// Sets the message id, used for deduplication (JetStream `Nats-Msg-Id`, dedup layer).
     pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
-        self.message_id = Some(id.into());
+        self.properties_mut().message_id = Some(id.into());
         self
     }
 
     /// Sets the correlation id linking a reply to its request.
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
-        self.correlation_id = Some(id.into());
+        self.properties_mut().correlation_id = Some(id.into());
         self
     }
 
     /// Sets the destination replies should be sent to.
     pub fn with_reply_to(mut self, destination: impl Into<String>) -> Self {
-        self.reply_to = Some(destination.into());
+        self.properties_mut().reply_to = Some(destination.into());
         self
     }
 
     /// Sets the MIME type of the payload.
     pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
-        self.content_type = Some(content_type.into());
+        self.properties_mut().content_type = Some(content_type.into());
         self
     }
 
     /// Sets the encoding of the payload (e.g. `gzip`), as the compression layer does.
     pub fn with_content_encoding(mut self, encoding: impl Into<String>) -> Self {
-        self.content_encoding = Some(encoding.into());
+        self.properties_mut().content_encoding = Some(encoding.into());
         self
     }
 
@@ -163,12 +208,12 @@ impl Message {
 
     /// The priority, if set.
     pub fn priority(&self) -> Option<u8> {
-        self.priority
+        self.properties().priority
     }
 
     /// The time to live, if set.
     pub fn ttl(&self) -> Option<Duration> {
-        self.ttl
+        self.properties().ttl
     }
 
     /// Whether the broker is asked to store the message durably.
@@ -178,37 +223,37 @@ impl Message {
 
     /// The message id, if set.
     pub fn message_id(&self) -> Option<&str> {
-        self.message_id.as_deref()
+        self.properties().message_id.as_deref()
     }
 
     /// The correlation id, if set.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.correlation_id.as_deref()
+        self.properties().correlation_id.as_deref()
     }
 
     /// The reply-to destination, if set.
     pub fn reply_to(&self) -> Option<&str> {
-        self.reply_to.as_deref()
+        self.properties().reply_to.as_deref()
     }
 
     /// The content type, if set.
     pub fn content_type(&self) -> Option<&str> {
-        self.content_type.as_deref()
+        self.properties().content_type.as_deref()
     }
 
     /// The content encoding, if set.
     pub fn content_encoding(&self) -> Option<&str> {
-        self.content_encoding.as_deref()
+        self.properties().content_encoding.as_deref()
     }
 
     /// Replaces the destination.
     pub fn set_destination(&mut self, destination: impl Into<String>) {
-        self.destination = destination.into();
+        self.destination = shared(destination.into());
     }
 
     /// Replaces or clears the key.
     pub fn set_key(&mut self, key: Option<String>) {
-        self.key = key;
+        self.key = key.map(shared);
     }
 
     /// Replaces the payload.
@@ -218,12 +263,12 @@ impl Message {
 
     /// Replaces or clears the priority.
     pub fn set_priority(&mut self, priority: Option<u8>) {
-        self.priority = priority;
+        self.set(priority, |p| &mut p.priority);
     }
 
     /// Replaces or clears the time to live.
     pub fn set_ttl(&mut self, ttl: Option<Duration>) {
-        self.ttl = ttl;
+        self.set(ttl, |p| &mut p.ttl);
     }
 
     /// Sets whether the message is persistent.
@@ -233,27 +278,27 @@ impl Message {
 
     /// Replaces or clears the message id.
     pub fn set_message_id(&mut self, id: Option<String>) {
-        self.message_id = id;
+        self.set(id, |p| &mut p.message_id);
     }
 
     /// Replaces or clears the correlation id.
     pub fn set_correlation_id(&mut self, id: Option<String>) {
-        self.correlation_id = id;
+        self.set(id, |p| &mut p.correlation_id);
     }
 
     /// Replaces or clears the reply-to destination.
     pub fn set_reply_to(&mut self, destination: Option<String>) {
-        self.reply_to = destination;
+        self.set(destination, |p| &mut p.reply_to);
     }
 
     /// Replaces or clears the content type.
     pub fn set_content_type(&mut self, content_type: Option<String>) {
-        self.content_type = content_type;
+        self.set(content_type, |p| &mut p.content_type);
     }
 
     /// Replaces or clears the content encoding.
     pub fn set_content_encoding(&mut self, encoding: Option<String>) {
-        self.content_encoding = encoding;
+        self.set(encoding, |p| &mut p.content_encoding);
     }
 
     /// Consumes the message, returning its payload.
@@ -266,20 +311,25 @@ impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The payload may be large or binary: show its size, not its bytes.
         f.debug_struct("Message")
-            .field("destination", &self.destination)
-            .field("key", &self.key)
+            .field("destination", &&*self.destination)
+            .field("key", &self.key.as_deref())
             .field("payload_len", &self.payload.len())
             .field("headers", &self.headers)
-            .field("priority", &self.priority)
-            .field("ttl", &self.ttl)
+            .field("priority", &self.properties().priority)
+            .field("ttl", &self.properties().ttl)
             .field("persistent", &self.persistent)
-            .field("message_id", &self.message_id)
-            .field("correlation_id", &self.correlation_id)
-            .field("reply_to", &self.reply_to)
-            .field("content_type", &self.content_type)
-            .field("content_encoding", &self.content_encoding)
+            .field("message_id", &self.properties().message_id)
+            .field("correlation_id", &self.properties().correlation_id)
+            .field("reply_to", &self.properties().reply_to)
+            .field("content_type", &self.properties().content_type)
+            .field("content_encoding", &self.properties().content_encoding)
             .finish()
     }
+}
+
+/// A string to share between clones.
+fn shared(s: String) -> Arc<str> {
+    Arc::from(s)
 }
 
 /// Message headers: UTF-8 names and values, ordered by name.
@@ -287,10 +337,15 @@ impl fmt::Debug for Message {
 /// Strings are the subset every broker carries faithfully (Kafka and NATS headers,
 /// AMQP field tables, Redis stream fields, the ZeroMQ framing), so a header survives a
 /// trip through any broker, or from one broker to another.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+///
+/// Cloning shares the map; a clone that changes it copies it first.
+#[derive(Clone, Default)]
 pub struct Headers {
-    map: BTreeMap<String, String>,
+    /// `None` while empty, so that a message without headers allocates none.
+    map: Option<Arc<BTreeMap<String, String>>>,
 }
+
+static NO_HEADERS: BTreeMap<String, String> = BTreeMap::new();
 
 impl Headers {
     /// No headers.
@@ -298,65 +353,90 @@ impl Headers {
         Headers::default()
     }
 
+    fn map(&self) -> &BTreeMap<String, String> {
+        self.map.as_deref().unwrap_or(&NO_HEADERS)
+    }
+
+    fn map_mut(&mut self) -> &mut BTreeMap<String, String> {
+        Arc::make_mut(self.map.get_or_insert_with(Arc::default))
+    }
+
     /// Inserts a header, returning the previous value under that name.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Option<String> {
-        self.map.insert(name.into(), value.into())
+        self.map_mut().insert(name.into(), value.into())
     }
 
     /// The value under `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.map.get(name).map(String::as_str)
+        self.map().get(name).map(String::as_str)
     }
 
     /// Removes the header under `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        self.map.remove(name)
+        if !self.contains(name) {
+            return None;
+        }
+        self.map_mut().remove(name)
     }
 
     /// Whether a header named `name` is present.
     pub fn contains(&self, name: &str) -> bool {
-        self.map.contains_key(name)
+        self.map().contains_key(name)
     }
 
     /// The number of headers.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map().len()
     }
 
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map().is_empty()
     }
 
     /// Iterates over `(name, value)` pairs in name order.
     pub fn iter(&self) -> HeadersIter<'_> {
         HeadersIter {
-            inner: self.map.iter(),
+            inner: self.map().iter(),
         }
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.map() == other.map()
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::hash::Hash for Headers {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.map().hash(state)
     }
 }
 
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.map.iter()).finish()
+        f.debug_map().entries(self.map().iter()).finish()
     }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Headers {
-            map: iter
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        }
+        let mut headers = Headers::new();
+        headers.extend(iter);
+        headers
     }
 }
 
 impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for Headers {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
-        self.map
-            .extend(iter.into_iter().map(|(k, v)| (k.into(), v.into())));
+        let mut iter = iter.into_iter().peekable();
+        if iter.peek().is_some() {
+            self.map_mut()
+                .extend(iter.map(|(k, v)| (k.into(), v.into())));
+        }
     }
 }
 
@@ -421,5 +501,46 @@ mod tests {
         let msg = Message::new("t", vec![0u8; 1024]);
         let shown = format!("{msg:?}");
         assert!(shown.contains("payload_len: 1024"), "{shown}");
+    }
+
+    #[test]
+    fn a_clone_that_changes_leaves_the_original_alone() {
+        let original = Message::new("t", "p")
+            .with_key("k")
+            .with_header("a", "1")
+            .with_message_id("m");
+        let mut clone = original.clone();
+        assert_eq!(clone, original);
+        clone.set_destination("u");
+        clone.set_key(None);
+        clone.headers_mut().insert("a", "2");
+        clone.headers_mut().insert("b", "3");
+        clone.set_message_id(Some("n".into()));
+        clone.set_priority(Some(1));
+        assert_ne!(clone, original);
+        assert_eq!(original.destination(), "t");
+        assert_eq!(original.key(), Some("k"));
+        assert_eq!(original.headers().get("a"), Some("1"));
+        assert!(!original.headers().contains("b"));
+        assert_eq!(original.message_id(), Some("m"));
+        assert_eq!(original.priority(), None);
+        assert_eq!(clone.headers().len(), 2);
+        assert_eq!(clone.message_id(), Some("n"));
+    }
+
+    #[test]
+    fn equality_ignores_how_unset_properties_and_headers_are_stored() {
+        let plain = Message::new("t", "p");
+        let mut cleared = Message::new("t", "p")
+            .with_priority(2)
+            .with_header("a", "1");
+        cleared.set_priority(None);
+        cleared.headers_mut().remove("a");
+        assert_eq!(cleared, plain);
+        assert_eq!(cleared.headers(), &Headers::new());
+        let mut untouched = Message::new("t", "p");
+        untouched.set_ttl(None);
+        assert!(untouched.headers_mut().remove("missing").is_none());
+        assert_eq!(untouched, plain);
     }
 }
