@@ -11,18 +11,23 @@
 //! [`ConfirmChannel`] restores the attribution. Every publish takes a ticket (a
 //! sequence number) *before* its frames are sent, and every confirm is observed: a
 //! return riding on a foreign confirm is parked as an orphan. A mandatory publish
-//! decides its fate only once every publish that was in flight when its own confirm
-//! arrived has been observed too, then looks for its return among the orphans.
+//! whose own confirm carried no return of its own decides in two steps:
 //!
-//! Why that is enough: a resolution pops the front of lapin's queue, and each returned
-//! message is queued before its own confirm resolves. The number of queued returns
-//! therefore never exceeds the number of returned messages whose confirm is still
-//! pending (each pop either belongs to such a message or empties an entry ahead of
-//! it). Once every publish sent before our confirm arrived has resolved, the messages
-//! still pending were all sent after that, and their returns were all queued after
-//! ours; if ours were still queued, the queue would hold more returns than there are
-//! pending returned messages. So our return, if any, has been popped by a confirm we
-//! have observed, and sits among the orphans.
+//! 1. It waits until every publish that was in flight when its confirm was observed
+//!    has been observed too. By then lapin's queue no longer holds its return: each
+//!    resolution pops the front, each returned message is queued before its own
+//!    confirm resolves, so the queue never holds more returns than there are returned
+//!    messages still unconfirmed. Those were all sent after the first step began, and
+//!    their returns queued behind ours; had ours not been popped, none of theirs
+//!    could have been either, and the queue would hold one return too many.
+//! 2. Whichever confirm popped its return resolved before step 1 ended, so it had
+//!    been sent by then (even if after our own). It waits until every publish sent by
+//!    the end of step 1 has been observed as well; its return, if any, is then among
+//!    the orphans.
+//!
+//! A unit test plays lapin and the broker against the tickets in thousands of random
+//! orders (returns queued late, confirms resolved out of order, observations lagging)
+//! and checks every verdict.
 //!
 //! A publish whose caller goes away (its future dropped, e.g. by a timeout) is still
 //! observed to the end by a detached task, so it cannot swallow a neighbour's return.
@@ -260,13 +265,18 @@ impl Ticket {
         }
         if settle && matches!(observed, Observed::NotReturned) {
             observed = match state.outstanding.last().copied() {
+                // Nothing older unobserved: its return, if any, was popped by a confirm
+                // already observed.
                 None => state
                     .claim(&self.key)
                     .map_or(Observed::NotReturned, Observed::Returned),
                 Some(horizon) => {
                     // Counted under the same lock, so the orphans stay until it claims.
                     state.settling += 1;
-                    Observed::Wait(horizon)
+                    Observed::Wait(Wait {
+                        horizon,
+                        popped: false,
+                    })
                 }
             };
         }
@@ -276,25 +286,43 @@ impl Ticket {
         observed
     }
 
-    /// After [`Observed::Wait`]: waits until every publish up to `horizon` has been
-    /// observed, then claims this publish's return if a neighbour's confirm carried it.
-    async fn settle(&self, horizon: u64) -> Option<Returned> {
+    /// After [`Observed::Wait`]: waits for the verdict (see [`Ticket::try_settle`]).
+    async fn settle(&self, mut wait: Wait) -> Option<Returned> {
         loop {
             let notified = self.returns.observed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut state = lock(&self.returns.state);
-                if state
-                    .outstanding
-                    .first()
-                    .is_none_or(|&first| first > horizon)
-                {
-                    return state.claim(&self.key);
-                }
+            if let Some(returned) = self.try_settle(&mut wait) {
+                return returned;
             }
             notified.await;
         }
+    }
+
+    /// The verdict, once known. First every publish up to the horizon (in flight when
+    /// this one was observed) must be observed: then lapin's queue no longer holds
+    /// this publish's return. Whichever confirm popped it resolved before that, so it
+    /// was sent by then: once every publish sent by then is observed too, the return,
+    /// if any, is among the orphans.
+    fn try_settle(&self, wait: &mut Wait) -> Option<Option<Returned>> {
+        let mut state = lock(&self.returns.state);
+        let unobserved_up_to = |state: &State, horizon| {
+            state
+                .outstanding
+                .first()
+                .is_some_and(|&first| first <= horizon)
+        };
+        if unobserved_up_to(&state, wait.horizon) {
+            return None;
+        }
+        if !wait.popped {
+            wait.popped = true;
+            wait.horizon = state.next - 1;
+            if unobserved_up_to(&state, wait.horizon) {
+                return None;
+            }
+        }
+        Some(state.claim(&self.key))
     }
 
     fn claim(&self) -> Option<Returned> {
@@ -308,8 +336,17 @@ enum Observed {
     Returned(Returned),
     /// It was not returned (or nobody asked).
     NotReturned,
-    /// Not known until every publish up to this one has been observed.
-    Wait(u64),
+    /// Not known yet: see [`Ticket::try_settle`].
+    Wait(Wait),
+}
+
+/// How far a publish waiting for its verdict must wait.
+#[derive(Clone, Copy, Debug)]
+struct Wait {
+    /// Every publish up to this one must be observed.
+    horizon: u64,
+    /// Whether the horizon is the second one (its return can no longer be queued).
+    popped: bool,
 }
 
 impl Drop for Ticket {
@@ -428,11 +465,11 @@ impl InFlight {
         let returned = match ticket.observe(attached, settle) {
             Observed::Returned(returned) => Some(returned),
             Observed::NotReturned => None,
-            Observed::Wait(horizon) => {
+            Observed::Wait(wait) => {
                 let _settling = Settling(&ticket.returns);
                 tokio::select! {
                     biased;
-                    returned = ticket.settle(horizon) => returned,
+                    returned = ticket.settle(wait) => returned,
                     _ = &mut lost => match ticket.claim() {
                         Some(returned) => Some(returned),
                         None => return Err(Unconfirmed::Lost),
@@ -448,6 +485,144 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if let (Some(confirm), Some(ticket)) = (self.confirm.take(), self.ticket.take()) {
             observe_detached(async move { confirm.await.ok() }, ticket);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> Key {
+        Key {
+            exchange: "x".into(),
+            routing_key: "k".into(),
+            payload: Bytes::from(format!("m{i}")),
+        }
+    }
+
+    fn returned(i: usize) -> BasicReturnMessage {
+        BasicReturnMessage {
+            delivery: lapin::message::Delivery::mock(
+                0,
+                "x".into(),
+                "k".into(),
+                false,
+                format!("m{i}").into_bytes(),
+            ),
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+        }
+    }
+
+    /// Where one simulated publish is.
+    enum Stage {
+        Unsent,
+        Sent,
+        /// Its confirm resolved, carrying what lapin popped off its return queue.
+        Resolved(Option<Box<BasicReturnMessage>>),
+        /// Observed; its verdict waits.
+        Waiting(Wait),
+        Decided(bool),
+    }
+
+    /// Plays lapin and the broker against the tickets in random orders: publishes go
+    /// out in order, a returned message's `basic.return` is queued some time after its
+    /// publish and before its confirm, each confirm resolution pops the front of
+    /// lapin's FIFO (whoever's it is), and publishes observe their confirm any time
+    /// after it resolved, in any order. Every publish must end up knowing exactly
+    /// whether it was itself returned.
+    #[test]
+    fn every_publish_learns_its_own_fate_whatever_the_order() {
+        for seed in 0..20_000 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let returns = Arc::new(Returns::default());
+            let n = rng.usize(1..14);
+            let is_returned: Vec<bool> = (0..n).map(|_| rng.bool()).collect();
+            let mut tickets: Vec<Option<Ticket>> = (0..n).map(|_| None).collect();
+            let mut stage: Vec<Stage> = (0..n).map(|_| Stage::Unsent).collect();
+            let mut queued = vec![false; n];
+            let mut lapin_queue = std::collections::VecDeque::new();
+            loop {
+                #[derive(Clone, Copy)]
+                enum Move {
+                    Send,
+                    Return,
+                    Resolve,
+                    Observe,
+                }
+                let mut moves = Vec::new();
+                for i in 0..n {
+                    match &stage[i] {
+                        Stage::Unsent if i == 0 || !matches!(stage[i - 1], Stage::Unsent) => {
+                            moves.push((i, Move::Send))
+                        }
+                        Stage::Sent if is_returned[i] && !queued[i] => {
+                            moves.push((i, Move::Return))
+                        }
+                        Stage::Sent => moves.push((i, Move::Resolve)),
+                        Stage::Resolved(_) => moves.push((i, Move::Observe)),
+                        _ => {}
+                    }
+                    // A return can also come after a neighbour observed.
+                    if !matches!(stage[i], Stage::Unsent | Stage::Sent)
+                        && is_returned[i]
+                        && !queued[i]
+                    {
+                        unreachable!("returned messages are queued before they resolve");
+                    }
+                }
+                if moves.is_empty() {
+                    break;
+                }
+                let (i, next) = moves[rng.usize(..moves.len())];
+                match next {
+                    Move::Send => {
+                        tickets[i] = Some(Ticket::new(returns.clone(), key(i)));
+                        stage[i] = Stage::Sent;
+                    }
+                    Move::Return => {
+                        queued[i] = true;
+                        lapin_queue.push_back(returned(i));
+                    }
+                    Move::Resolve => {
+                        stage[i] = Stage::Resolved(lapin_queue.pop_front().map(Box::new))
+                    }
+                    Move::Observe => {
+                        let Stage::Resolved(attached) =
+                            std::mem::replace(&mut stage[i], Stage::Sent)
+                        else {
+                            unreachable!()
+                        };
+                        let ticket = tickets[i].as_mut().unwrap();
+                        stage[i] = match ticket.observe(attached.map(|r| *r), true) {
+                            Observed::Returned(_) => Stage::Decided(true),
+                            Observed::NotReturned => Stage::Decided(false),
+                            Observed::Wait(wait) => Stage::Waiting(wait),
+                        };
+                    }
+                }
+                // Waiting publishes check again after every step, as a wake-up would.
+                for j in 0..n {
+                    if let Stage::Waiting(wait) = &mut stage[j] {
+                        let ticket = tickets[j].as_ref().unwrap();
+                        if let Some(verdict) = ticket.try_settle(wait) {
+                            drop(Settling(&returns));
+                            stage[j] = Stage::Decided(verdict.is_some());
+                        }
+                    }
+                }
+            }
+            for i in 0..n {
+                match stage[i] {
+                    Stage::Decided(was_returned) => assert_eq!(
+                        was_returned, is_returned[i],
+                        "seed {seed}: publish {i} of {n} (returned: {is_returned:?})"
+                    ),
+                    _ => panic!("seed {seed}: publish {i} of {n} never decided"),
+                }
+            }
+            assert!(lock(&returns.state).orphans.is_empty(), "seed {seed}");
         }
     }
 }

@@ -34,8 +34,8 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 ///   receipt. That holds on a channel shared by concurrent publishes too, where the
 ///   broker acknowledges several messages at once and lapin may hand a return to a
 ///   neighbour's confirm: each return is matched to its own message, so a mandatory
-///   message's receipt waits until every publish sent on the channel before its
-///   confirm arrived is confirmed as well. Replies to a direct reply-to address
+///   message's receipt also waits for the confirms of the publishes sent on the
+///   channel around it (about one more confirm round trip under load). Replies to a direct reply-to address
 ///   (`amq.rabbitmq.reply-to.*`) are the exception: RabbitMQ counts them as unrouted,
 ///   so they are never sent mandatory.
 /// - **Readiness.** `poll_ready` is `Pending` while the connection is being
