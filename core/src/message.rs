@@ -90,7 +90,7 @@ impl Message {
     /// call [`Message::with_persistent`] with `false` for transient ones.
     pub fn new(destination: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Message {
-            destination: shared(destination.into()),
+            destination: Arc::from(destination.into()),
             key: None,
             payload: payload.into(),
             headers: Headers::new(),
@@ -117,7 +117,7 @@ impl Message {
 
     /// Sets the key: Kafka partition key, RabbitMQ routing key, ordering key elsewhere.
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(shared(key.into()));
+        self.key = Some(Arc::from(key.into()));
         self
     }
 
@@ -248,12 +248,12 @@ impl Message {
 
     /// Replaces the destination.
     pub fn set_destination(&mut self, destination: impl Into<String>) {
-        self.destination = shared(destination.into());
+        self.destination = Arc::from(destination.into());
     }
 
     /// Replaces or clears the key.
     pub fn set_key(&mut self, key: Option<String>) {
-        self.key = key.map(shared);
+        self.key = key.map(Arc::from);
     }
 
     /// Replaces the payload.
@@ -325,11 +325,6 @@ impl fmt::Debug for Message {
             .field("content_encoding", &self.properties().content_encoding)
             .finish()
     }
-}
-
-/// A string to share between clones.
-fn shared(s: String) -> Arc<str> {
-    Arc::from(s)
 }
 
 /// Message headers: UTF-8 names and values, ordered by name.

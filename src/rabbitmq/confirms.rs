@@ -45,6 +45,9 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use tokio::sync::Notify;
 
+use super::error::{amqp_error, BROKER};
+use crate::error::{Error, Operation};
+
 /// Returned messages nobody has claimed yet are kept up to this many (a caller that
 /// gave up waiting never claims its own).
 const MAX_ORPHANS: usize = 1024;
@@ -481,6 +484,48 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// [`InFlight::outcome`] as the error a publish of `what` (e.g. "message") to
+    /// `exchange` with `routing_key` fails with: returned is permanent, nacked or
+    /// unconfirmed transient.
+    pub(crate) async fn confirmed(
+        self,
+        lost: impl Future<Output = ()>,
+        operation: Operation,
+        exchange: &str,
+        routing_key: &str,
+        what: &str,
+    ) -> Result<(), Error> {
+        let error = match self.outcome(lost).await {
+            Ok(Outcome::Confirmed) => return Ok(()),
+            Ok(Outcome::Returned(returned)) => {
+                Error::permanent(BROKER, operation).with_reason(format!(
+                    "mandatory {what} returned unroutable ({}) for routing key `{routing_key}`",
+                    returned.reply()
+                ))
+            }
+            Ok(Outcome::Nacked) => Error::transient(BROKER, operation)
+                .with_reason(format!("the broker nacked the {what} (basic.nack)")),
+            Ok(Outcome::NotRequested) => Error::permanent(BROKER, operation)
+                .with_reason("the channel is not in confirm mode"),
+            Err(Unconfirmed::Failed(e)) => {
+                let error = amqp_error(operation, exchange, e);
+                return Err(if error.is_transient() {
+                    error.with_reason(format!(
+                        "the connection or channel closed before the broker confirmed the {what}"
+                    ))
+                } else {
+                    error
+                });
+            }
+            Err(Unconfirmed::Lost) => Error::transient(BROKER, operation).with_reason(format!(
+                "the connection closed before the broker confirmed the {what}"
+            )),
+        };
+        Err(error.with_destination(exchange))
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let (Some(confirm), Some(ticket)) = (self.confirm.take(), self.ticket.take()) {
@@ -563,13 +608,6 @@ mod tests {
                         Stage::Sent => moves.push((i, Move::Resolve)),
                         Stage::Resolved(_) => moves.push((i, Move::Observe)),
                         _ => {}
-                    }
-                    // A return can also come after a neighbour observed.
-                    if !matches!(stage[i], Stage::Unsent | Stage::Sent)
-                        && is_returned[i]
-                        && !queued[i]
-                    {
-                        unreachable!("returned messages are queued before they resolve");
                     }
                 }
                 if moves.is_empty() {

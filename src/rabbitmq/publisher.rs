@@ -11,9 +11,9 @@ use lapin::BasicProperties;
 use tower::Service;
 
 use super::config::Config;
-use super::confirms::{ConfirmChannel, InFlight, Outcome, Unconfirmed};
+use super::confirms::{ConfirmChannel, InFlight};
 use super::connection::{Connection, Live, Readiness};
-use super::error::{amqp_error, short_string, BROKER};
+use super::error::{amqp_error, short_string};
 use crate::error::{Error, Operation};
 use crate::message::Message;
 use crate::receipt::Receipt;
@@ -274,38 +274,19 @@ impl Pending {
             exchange,
             routing_key,
         } = self;
-        let outcome = in_flight.outcome(connection.lost(generation)).await;
-        match outcome {
-            Ok(Outcome::Confirmed) => Ok(Receipt::RabbitMq {
-                exchange,
-                routing_key,
-            }),
-            Ok(Outcome::Returned(returned)) => Err(Error::permanent(BROKER, Operation::Publish)
-                .with_destination(exchange)
-                .with_reason(format!(
-                    "mandatory message returned unroutable ({}) for routing key `{routing_key}`",
-                    returned.reply()
-                ))),
-            Ok(Outcome::Nacked) => Err(Error::transient(BROKER, Operation::Publish)
-                .with_destination(exchange)
-                .with_reason("the broker nacked the message (basic.nack)")),
-            Ok(Outcome::NotRequested) => Err(Error::permanent(BROKER, Operation::Publish)
-                .with_destination(exchange)
-                .with_reason("the channel is not in confirm mode")),
-            Err(Unconfirmed::Failed(e)) => {
-                let error = amqp_error(Operation::Publish, &exchange, e);
-                Err(if error.is_transient() {
-                    error.with_reason(
-                        "the connection or channel closed before the broker confirmed the message",
-                    )
-                } else {
-                    error
-                })
-            }
-            Err(Unconfirmed::Lost) => Err(Error::transient(BROKER, Operation::Publish)
-                .with_destination(exchange)
-                .with_reason("the connection closed before the broker confirmed the message")),
-        }
+        in_flight
+            .confirmed(
+                connection.lost(generation),
+                Operation::Publish,
+                &exchange,
+                &routing_key,
+                "message",
+            )
+            .await?;
+        Ok(Receipt::RabbitMq {
+            exchange,
+            routing_key,
+        })
     }
 }
 

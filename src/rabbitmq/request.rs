@@ -15,7 +15,7 @@ use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 use tower::Service;
 
-use super::confirms::{ConfirmChannel, Outcome, Unconfirmed};
+use super::confirms::ConfirmChannel;
 use super::connection::{Connection, Live, Readiness};
 use super::consumer::to_message;
 use super::error::{amqp_error, short_string, BROKER};
@@ -259,24 +259,20 @@ impl Service<Message> for Requester {
                 )
                 .await
                 .map_err(fail)?;
-            match in_flight.outcome(connection.lost(live.generation)).await {
-                Ok(Outcome::Confirmed) => {}
-                Ok(Outcome::Returned(returned)) => {
-                    return Err(Error::permanent(BROKER, Operation::Request)
-                        .with_destination(exchange)
-                        .with_reason(format!(
-                            "request returned unroutable ({}) for routing key `{routing_key}`",
-                            returned.reply()
-                        )))
-                }
-                Ok(Outcome::Nacked | Outcome::NotRequested) => {
-                    return Err(Error::transient(BROKER, Operation::Request)
-                        .with_destination(exchange)
-                        .with_reason("the broker did not confirm the request"))
-                }
-                Err(Unconfirmed::Failed(e)) => return Err(fail(e)),
-                Err(Unconfirmed::Lost) => return Err(lost()),
-            }
+            in_flight
+                .confirmed(
+                    connection.lost(live.generation),
+                    Operation::Request,
+                    &exchange,
+                    &routing_key,
+                    "request",
+                )
+                .await
+                .inspect_err(|e| {
+                    if e.is_transient() {
+                        connection.nudge();
+                    }
+                })?;
             let waited = tokio::select! {
                 biased;
                 waited = tokio::time::timeout(timeout, rx) => waited,
