@@ -327,6 +327,9 @@ struct Received {
     epoch: u64,
 }
 
+/// How long the poll thread waits on librdkafka before polling again.
+const REPOLL: Duration = Duration::from_millis(100);
+
 /// Polls librdkafka until the consumer is dropped, handing records over one by one.
 async fn pump(
     inner: Arc<Inner>,
@@ -337,7 +340,13 @@ async fn pump(
     loop {
         let item = tokio::select! {
             _ = sender.closed() => break,
-            record = inner.recv() => match record {
+            // librdkafka wakes a waiting `recv` only when its queue goes from empty to
+            // non-empty; a poll that serves an event itself (a rebalance) can leave
+            // another queued with no wake-up to come, and the consumer then never takes
+            // its assignment. Polling again every so often serves whatever is queued.
+            record = tokio::time::timeout(REPOLL, inner.recv()) => match record {
+                Err(_) => continue,
+                Ok(record) => match record {
                 Ok(record) => {
                     let (message, delivery_count) = from_record(&record);
                     let epoch = tracker.epoch_of(record.topic(), record.partition());
@@ -350,6 +359,7 @@ async fn pump(
                     })
                 }
                 Err(error) => Err(from_kafka(Operation::Receive, Some(&topics), error)),
+                },
             },
         };
         if sender.send(item).await.is_err() {
