@@ -98,7 +98,7 @@ async fn main() -> Result<(), BoxError> {
         println!(
             "dead letter: {:?} because {:?}",
             String::from_utf8_lossy(letter.message().payload()),
-            letter.message().headers().get(layout::DEATH_REASON)
+            letter.message().headers().get_str(layout::DEATH_REASON)
         );
         letter.ack().await?;
     }

@@ -100,7 +100,7 @@ async fn main() -> Result<(), BoxError> {
         println!(
             "dead letter {:?}: {}",
             String::from_utf8_lossy(letter.message().payload()),
-            headers.get(headers::DEAD_LETTER_REASON).unwrap_or("?")
+            headers.get_str(headers::DEAD_LETTER_REASON).unwrap_or("?")
         );
         letter.ack().await?;
     }

@@ -94,8 +94,8 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "dead letter: {} (reason: {}, delivered {} time(s))",
         String::from_utf8_lossy(letter.message().payload()),
-        headers.get(DEATH_REASON_HEADER).unwrap_or("?"),
-        headers.get(DELIVERY_COUNT_HEADER).unwrap_or("?"),
+        headers.get_str(DEATH_REASON_HEADER).unwrap_or("?"),
+        headers.get_str(DELIVERY_COUNT_HEADER).unwrap_or("?"),
     );
     letter.ack().await?;
 

@@ -83,7 +83,10 @@ async fn main() -> Result<(), BoxError> {
         println!(
             "dead letter: {:?} because {:?}",
             String::from_utf8_lossy(letter.message().payload()),
-            letter.message().headers().get(streams::DEAD_LETTER_REASON)
+            letter
+                .message()
+                .headers()
+                .get_str(streams::DEAD_LETTER_REASON)
         );
         letter.ack().await?;
     }

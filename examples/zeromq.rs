@@ -51,7 +51,7 @@ async fn main() -> Result<(), BoxError> {
         println!(
             "worker got {} for tenant {:?}",
             String::from_utf8_lossy(delivery.message().payload()),
-            delivery.message().headers().get("tenant")
+            delivery.message().headers().get_str("tenant")
         );
     }
 

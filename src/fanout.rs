@@ -932,7 +932,7 @@ mod tests {
         for h in &mut handles {
             let (message, respond) = h.next_request().await.unwrap();
             assert_eq!(message.destination(), "orders");
-            assert_eq!(message.key(), Some("k"));
+            assert_eq!(message.key_str(), Some("k"));
             pending.push(respond);
         }
         // Answer out of order.

@@ -57,7 +57,7 @@
 
 pub use tower_mq_core::{
     delivery, error, message, receipt, Acker, Acknowledge, BoxError, Classify, Delivery, Error,
-    ErrorKind, Headers, Message, Operation, Permanent, Receipt, Settlement, Transient,
+    ErrorKind, HeaderValue, Headers, Message, Operation, Permanent, Receipt, Settlement, Transient,
 };
 pub use tower_mq_layers as layers;
 
@@ -69,6 +69,7 @@ pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod serve;
+pub mod wire;
 #[cfg(feature = "zeromq")]
 pub mod zeromq;
 

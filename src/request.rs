@@ -1153,7 +1153,7 @@ mod tests {
         fut.await.unwrap().unwrap();
         assert_eq!(reply.destination(), "r");
         assert_eq!(reply.correlation_id(), Some("c-1"));
-        assert_eq!(reply.headers().get("status"), Some("ok"));
+        assert_eq!(reply.headers().get_str("status"), Some("ok"));
         assert_eq!(reply.content_type(), Some("application/json"));
     }
 

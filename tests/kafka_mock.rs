@@ -184,7 +184,7 @@ mod kafka_mock {
         assert_eq!(got.priority(), Some(7));
         assert_eq!(got.ttl(), Some(Duration::from_secs(9)));
         assert!(!got.is_persistent());
-        assert_eq!(got.headers().get("tenant"), Some("acme"));
+        assert_eq!(got.headers().get_str("tenant"), Some("acme"));
         assert_eq!(
             got.headers().len(),
             1,
@@ -219,7 +219,7 @@ mod kafka_mock {
         let mut retries = joined(&config, &retry, &unique("retriers")).await;
         let again = recv(&mut retries, "the job on the retry topic").await;
         assert_eq!(text(&again), "job");
-        assert_eq!(again.message().key(), Some("k"));
+        assert_eq!(again.message().key_str(), Some("k"));
         assert_eq!(again.delivery_count(), 2);
         again.nack(None).await.expect("nack on the retry topic");
         let third = recv(&mut retries, "the job again").await;
@@ -383,7 +383,10 @@ mod kafka_mock {
             let delivery = recv(&mut consumer, "a keyed message").await;
             let body = text(&delivery);
             let (k, i) = body.split_once(':').expect("key:index");
-            assert_eq!(delivery.message().key(), Some(format!("key-{k}").as_str()));
+            assert_eq!(
+                delivery.message().key_str(),
+                Some(format!("key-{k}").as_str())
+            );
             seen.entry(k.to_owned())
                 .or_default()
                 .push(i.parse().expect("index"));

@@ -445,24 +445,27 @@ async fn jetstream_reject_dead_letters_with_reason_then_terminates() {
     let letter = next(&mut dead, "the dead letter").await;
     let headers = letter.message().headers();
     assert_eq!(text(&letter), "poison");
-    assert_eq!(headers.get("tenant"), Some("acme"));
+    assert_eq!(headers.get_str("tenant"), Some("acme"));
     assert_eq!(
-        headers.get(headers::DEAD_LETTER_REASON),
+        headers.get_str(headers::DEAD_LETTER_REASON),
         Some("cannot parse")
     );
     assert_eq!(
-        headers.get(headers::DEAD_LETTER_STREAM),
+        headers.get_str(headers::DEAD_LETTER_STREAM),
         Some(stream.as_str())
     );
     assert_eq!(
-        headers.get(headers::DEAD_LETTER_CONSUMER),
+        headers.get_str(headers::DEAD_LETTER_CONSUMER),
         Some("rejecters")
     );
-    assert_eq!(headers.get(headers::DEAD_LETTER_SEQUENCE), Some("1"));
-    assert_eq!(headers.get(headers::DEAD_LETTER_DELIVERIES), Some("1"));
-    assert_eq!(headers.get(headers::DEAD_LETTER_MESSAGE_ID), Some("job-1"));
+    assert_eq!(headers.get_str(headers::DEAD_LETTER_SEQUENCE), Some("1"));
+    assert_eq!(headers.get_str(headers::DEAD_LETTER_DELIVERIES), Some("1"));
     assert_eq!(
-        headers.get(headers::DEAD_LETTER_SUBJECT),
+        headers.get_str(headers::DEAD_LETTER_MESSAGE_ID),
+        Some("job-1")
+    );
+    assert_eq!(
+        headers.get_str(headers::DEAD_LETTER_SUBJECT),
         Some(format!("{name}.jobs").as_str())
     );
     letter.ack().await.unwrap();
@@ -505,14 +508,14 @@ async fn jetstream_max_deliver_dead_letters_the_last_nack() {
     let reason = letter
         .message()
         .headers()
-        .get(headers::DEAD_LETTER_REASON)
+        .get_str(headers::DEAD_LETTER_REASON)
         .unwrap_or_default();
     assert!(reason.contains("max_deliver"), "{reason}");
     assert_eq!(
         letter
             .message()
             .headers()
-            .get(headers::DEAD_LETTER_DELIVERIES),
+            .get_str(headers::DEAD_LETTER_DELIVERIES),
         Some("3")
     );
     letter.ack().await.unwrap();

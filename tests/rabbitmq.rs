@@ -100,7 +100,7 @@ async fn confirmed_publish_carries_every_property() {
     let got = delivery.message();
     assert_eq!(got.destination(), q);
     assert_eq!(got.payload().as_ref(), b"payload");
-    assert_eq!(got.headers().get("tenant"), Some("acme"));
+    assert_eq!(got.headers().get_str("tenant"), Some("acme"));
     assert_eq!(got.priority(), Some(7));
     assert_eq!(got.ttl(), Some(Duration::from_secs(60)));
     assert!(got.is_persistent());
@@ -136,7 +136,7 @@ async fn exchange_routing_maps_destination_and_key() {
     assert_eq!(receipt.destination(), exchange);
     let delivery = next(&mut consumer).await;
     assert_eq!(delivery.message().destination(), exchange);
-    assert_eq!(delivery.message().key(), Some("order.created"));
+    assert_eq!(delivery.message().key_str(), Some("order.created"));
     delivery.ack().await.unwrap();
 }
 
@@ -378,22 +378,25 @@ async fn reject_dead_letters_through_the_dlx() {
         let dead_letter = next(&mut dead_letters).await;
         let message = dead_letter.message();
         assert_eq!(message.payload().as_ref(), b"poison");
-        assert_eq!(message.headers().get("tenant"), Some("acme"));
+        assert_eq!(message.headers().get_str("tenant"), Some("acme"));
         if with_reason {
             // A confirmed copy through the queue's DLX, with the reason.
             assert_eq!(
-                message.headers().get(DEATH_REASON_HEADER),
+                message.headers().get_str(DEATH_REASON_HEADER),
                 Some("cannot parse")
             );
-            assert_eq!(message.headers().get(DEATH_QUEUE_HEADER), Some(q.as_str()));
+            assert_eq!(
+                message.headers().get_str(DEATH_QUEUE_HEADER),
+                Some(q.as_str())
+            );
         } else {
             // RabbitMQ's own dead-lettering (basic.reject): the reason is `rejected`.
             assert_eq!(
-                message.headers().get("x-first-death-reason"),
+                message.headers().get_str("x-first-death-reason"),
                 Some("rejected")
             );
             assert_eq!(
-                message.headers().get("x-first-death-queue"),
+                message.headers().get_str("x-first-death-queue"),
                 Some(q.as_str())
             );
         }
@@ -457,7 +460,7 @@ async fn nack_requeues_and_counts_deliveries() {
             assert_eq!(d.is_redelivery(), n > 0, "{q}: delivery {n}");
             // The count's bookkeeping header stays out of the message's headers.
             let headers = d.message().headers();
-            assert_eq!(headers.get("tenant"), Some("acme"), "{q}: {headers:?}");
+            assert_eq!(headers.get_str("tenant"), Some("acme"), "{q}: {headers:?}");
             assert!(
                 !headers.contains("x-tower-mq-deliveries"),
                 "{q}: {headers:?}"

@@ -435,18 +435,18 @@ async fn dead_letter_stream_after_max_deliveries_with_reason_headers() {
     let headers = letter.message().headers();
     assert_eq!(letter.message().payload().as_ref(), b"poison");
     assert_eq!(letter.message().destination(), dead_letter_stream);
-    assert_eq!(headers.get("tenant"), Some("acme"));
+    assert_eq!(headers.get_str("tenant"), Some("acme"));
     assert_eq!(
-        headers.get(streams::DEAD_LETTER_REASON),
+        headers.get_str(streams::DEAD_LETTER_REASON),
         Some("max deliveries exceeded")
     );
     assert_eq!(
-        headers.get(streams::DEAD_LETTER_STREAM),
+        headers.get_str(streams::DEAD_LETTER_STREAM),
         Some(stream.as_str())
     );
-    assert_eq!(headers.get(streams::DEAD_LETTER_GROUP), Some("g"));
-    assert_eq!(headers.get(streams::DEAD_LETTER_DELIVERIES), Some("3"));
-    assert!(headers.get(streams::DEAD_LETTER_ID).is_some());
+    assert_eq!(headers.get_str(streams::DEAD_LETTER_GROUP), Some("g"));
+    assert_eq!(headers.get_str(streams::DEAD_LETTER_DELIVERIES), Some("3"));
+    assert!(headers.get_str(streams::DEAD_LETTER_ID).is_some());
     letter.ack().await.unwrap();
 
     // No longer pending.

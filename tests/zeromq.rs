@@ -203,7 +203,7 @@ async fn dealer_router_request_reply() {
             String::from_utf8_lossy(reply.payload()),
             (n * n).to_string()
         );
-        assert_eq!(reply.headers().get("served-by"), Some("router"));
+        assert_eq!(reply.headers().get_str("served-by"), Some("router"));
     }
 }
 
@@ -593,10 +593,10 @@ async fn libzmq_push_to_tower_mq_pull() {
         assert_eq!(message.destination(), "from-libzmq");
         assert_eq!(text(&delivery), format!("py-{i}"));
         assert_eq!(message.message_id(), Some(format!("py-id-{i}").as_str()));
-        assert_eq!(message.headers().get("lang"), Some("python"));
+        assert_eq!(message.headers().get_str("lang"), Some("python"));
         assert!(message
             .headers()
-            .get("zmq")
+            .get_str("zmq")
             .is_some_and(|v| v.starts_with('4')));
         assert!(message.is_persistent());
     }
@@ -661,7 +661,7 @@ async fn tower_mq_requester_to_libzmq_rep() {
             String::from_utf8_lossy(reply.payload()),
             format!("HELLO-{i}")
         );
-        assert_eq!(reply.headers().get("n"), Some(i.to_string().as_str()));
+        assert_eq!(reply.headers().get_str("n"), Some(i.to_string().as_str()));
     }
     finished(child).await;
 }

@@ -209,6 +209,12 @@ impl Delivery {
         self.delivery_count
     }
 
+    /// When the broker says the message was created or stored (see
+    /// [`Message::timestamp`]), if it says.
+    pub fn timestamp(&self) -> Option<std::time::SystemTime> {
+        self.message.timestamp()
+    }
+
     /// Whether the message was delivered before.
     pub fn is_redelivery(&self) -> bool {
         self.delivery_count > 1

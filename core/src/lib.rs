@@ -27,10 +27,12 @@
 
 pub mod delivery;
 pub mod error;
+pub mod header;
 pub mod message;
 pub mod receipt;
 
 pub use delivery::{Acker, Acknowledge, Delivery, Settlement};
 pub use error::{BoxError, Classify, Error, ErrorKind, Operation, Permanent, Transient};
-pub use message::{Headers, Message};
+pub use header::{HeaderValue, Headers};
+pub use message::Message;
 pub use receipt::Receipt;

@@ -1,11 +1,12 @@
 //! The message a publisher sends and a consumer receives.
 
-use std::collections::btree_map::{self, BTreeMap};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+
+pub use crate::header::{HeaderValue, Headers, HeadersIter};
 
 /// A message: where it goes, what it carries, and the properties brokers share.
 ///
@@ -25,8 +26,9 @@ use bytes::Bytes;
 ///     .with_content_type("application/json");
 ///
 /// assert_eq!(msg.destination(), "orders");
-/// assert_eq!(msg.key(), Some("user-42"));
-/// assert_eq!(msg.headers().get("tenant"), Some("acme"));
+/// assert_eq!(msg.key(), Some(&b"user-42"[..]));
+/// assert_eq!(msg.key_str(), Some("user-42"));
+/// assert_eq!(msg.headers().get_str("tenant"), Some("acme"));
 /// assert_eq!(msg.payload().as_ref(), b"{\"id\":42}");
 /// ```
 ///
@@ -40,7 +42,7 @@ use bytes::Bytes;
 #[derive(Clone)]
 pub struct Message {
     destination: Arc<str>,
-    key: Option<Arc<str>>,
+    key: Option<Bytes>,
     payload: Bytes,
     headers: Headers,
     /// `None` while every property is unset.
@@ -58,6 +60,10 @@ struct Properties {
     reply_to: Option<String>,
     content_type: Option<String>,
     content_encoding: Option<String>,
+    timestamp: Option<SystemTime>,
+    message_type: Option<String>,
+    app_id: Option<String>,
+    user_id: Option<String>,
 }
 
 static NO_PROPERTIES: Properties = Properties {
@@ -68,6 +74,10 @@ static NO_PROPERTIES: Properties = Properties {
     reply_to: None,
     content_type: None,
     content_encoding: None,
+    timestamp: None,
+    message_type: None,
+    app_id: None,
+    user_id: None,
 };
 
 impl PartialEq for Message {
@@ -115,14 +125,18 @@ impl Message {
         }
     }
 
-    /// Sets the key: Kafka partition key, RabbitMQ routing key, ordering key elsewhere.
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(Arc::from(key.into()));
+    /// Sets the key: Kafka record key (any bytes), RabbitMQ routing key (text), an
+    /// ordering key elsewhere.
+    pub fn with_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.key = Some(Bytes::copy_from_slice(key.as_ref()));
         self
     }
 
-    /// Adds one header, replacing a previous value under the same name.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    /// Sets one header, replacing every previous value under the same name.
+    ///
+    /// Values are bytes (`&str`, `String`, `&[u8]`, `Vec<u8>`, `Bytes`) or one of the
+    /// typed [`HeaderValue`]s; [`Headers::append`] adds a repeated name.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<HeaderValue>) -> Self {
         self.headers.insert(name, value);
         self
     }
@@ -181,14 +195,48 @@ impl Message {
         self
     }
 
+    /// Sets when the message was created (AMQP `timestamp`, Kafka record timestamp).
+    ///
+    /// On a delivery it is the time the broker gives the message: the AMQP `timestamp`
+    /// property, the Kafka record timestamp, the time JetStream stored it, the time in
+    /// a Redis stream entry's id.
+    pub fn with_timestamp(mut self, timestamp: SystemTime) -> Self {
+        self.properties_mut().timestamp = Some(timestamp);
+        self
+    }
+
+    /// Sets the application-level type of the message (AMQP `type`).
+    pub fn with_message_type(mut self, message_type: impl Into<String>) -> Self {
+        self.properties_mut().message_type = Some(message_type.into());
+        self
+    }
+
+    /// Sets the id of the application that produced the message (AMQP `app_id`).
+    pub fn with_app_id(mut self, app_id: impl Into<String>) -> Self {
+        self.properties_mut().app_id = Some(app_id.into());
+        self
+    }
+
+    /// Sets the id of the authenticated user that published the message (AMQP
+    /// `user_id`; RabbitMQ refuses a value other than the connection's user).
+    pub fn with_user_id(mut self, user_id: impl Into<String>) -> Self {
+        self.properties_mut().user_id = Some(user_id.into());
+        self
+    }
+
     /// The destination: topic, exchange, subject, stream, channel or socket.
     pub fn destination(&self) -> &str {
         &self.destination
     }
 
     /// The key, if any.
-    pub fn key(&self) -> Option<&str> {
+    pub fn key(&self) -> Option<&[u8]> {
         self.key.as_deref()
+    }
+
+    /// The key, when it is text (UTF-8).
+    pub fn key_str(&self) -> Option<&str> {
+        self.key().and_then(|k| std::str::from_utf8(k).ok())
     }
 
     /// The payload.
@@ -246,14 +294,34 @@ impl Message {
         self.properties().content_encoding.as_deref()
     }
 
+    /// When the message was created or stored, if known.
+    pub fn timestamp(&self) -> Option<SystemTime> {
+        self.properties().timestamp
+    }
+
+    /// The application-level message type, if set.
+    pub fn message_type(&self) -> Option<&str> {
+        self.properties().message_type.as_deref()
+    }
+
+    /// The producing application's id, if set.
+    pub fn app_id(&self) -> Option<&str> {
+        self.properties().app_id.as_deref()
+    }
+
+    /// The publishing user's id, if set.
+    pub fn user_id(&self) -> Option<&str> {
+        self.properties().user_id.as_deref()
+    }
+
     /// Replaces the destination.
     pub fn set_destination(&mut self, destination: impl Into<String>) {
         self.destination = Arc::from(destination.into());
     }
 
     /// Replaces or clears the key.
-    pub fn set_key(&mut self, key: Option<String>) {
-        self.key = key.map(Arc::from);
+    pub fn set_key(&mut self, key: Option<Bytes>) {
+        self.key = key;
     }
 
     /// Replaces the payload.
@@ -301,6 +369,26 @@ impl Message {
         self.set(encoding, |p| &mut p.content_encoding);
     }
 
+    /// Replaces or clears the timestamp.
+    pub fn set_timestamp(&mut self, timestamp: Option<SystemTime>) {
+        self.set(timestamp, |p| &mut p.timestamp);
+    }
+
+    /// Replaces or clears the message type.
+    pub fn set_message_type(&mut self, message_type: Option<String>) {
+        self.set(message_type, |p| &mut p.message_type);
+    }
+
+    /// Replaces or clears the app id.
+    pub fn set_app_id(&mut self, app_id: Option<String>) {
+        self.set(app_id, |p| &mut p.app_id);
+    }
+
+    /// Replaces or clears the user id.
+    pub fn set_user_id(&mut self, user_id: Option<String>) {
+        self.set(user_id, |p| &mut p.user_id);
+    }
+
     /// Consumes the message, returning its payload.
     pub fn into_payload(self) -> Bytes {
         self.payload
@@ -312,7 +400,7 @@ impl fmt::Debug for Message {
         // The payload may be large or binary: show its size, not its bytes.
         f.debug_struct("Message")
             .field("destination", &&*self.destination)
-            .field("key", &self.key.as_deref())
+            .field("key", &self.key.as_deref().map(KeyDebug))
             .field("payload_len", &self.payload.len())
             .field("headers", &self.headers)
             .field("priority", &self.properties().priority)
@@ -323,142 +411,23 @@ impl fmt::Debug for Message {
             .field("reply_to", &self.properties().reply_to)
             .field("content_type", &self.properties().content_type)
             .field("content_encoding", &self.properties().content_encoding)
+            .field("timestamp", &self.properties().timestamp)
+            .field("message_type", &self.properties().message_type)
+            .field("app_id", &self.properties().app_id)
+            .field("user_id", &self.properties().user_id)
             .finish()
     }
 }
 
-/// Message headers: UTF-8 names and values, ordered by name.
-///
-/// Strings are the subset every broker carries faithfully (Kafka and NATS headers,
-/// AMQP field tables, Redis stream fields, the ZeroMQ framing), so a header survives a
-/// trip through any broker, or from one broker to another.
-///
-/// Cloning shares the map; a clone that changes it copies it first.
-#[derive(Clone, Default)]
-pub struct Headers {
-    /// `None` while empty, so that a message without headers allocates none.
-    map: Option<Arc<BTreeMap<String, String>>>,
-}
+/// Shows a key as text when it is UTF-8, as escaped bytes otherwise.
+struct KeyDebug<'a>(&'a [u8]);
 
-static NO_HEADERS: BTreeMap<String, String> = BTreeMap::new();
-
-impl Headers {
-    /// No headers.
-    pub fn new() -> Self {
-        Headers::default()
-    }
-
-    fn map(&self) -> &BTreeMap<String, String> {
-        self.map.as_deref().unwrap_or(&NO_HEADERS)
-    }
-
-    fn map_mut(&mut self) -> &mut BTreeMap<String, String> {
-        Arc::make_mut(self.map.get_or_insert_with(Arc::default))
-    }
-
-    /// Inserts a header, returning the previous value under that name.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Option<String> {
-        self.map_mut().insert(name.into(), value.into())
-    }
-
-    /// The value under `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.map().get(name).map(String::as_str)
-    }
-
-    /// Removes the header under `name`, returning its value.
-    pub fn remove(&mut self, name: &str) -> Option<String> {
-        if !self.contains(name) {
-            return None;
-        }
-        self.map_mut().remove(name)
-    }
-
-    /// Whether a header named `name` is present.
-    pub fn contains(&self, name: &str) -> bool {
-        self.map().contains_key(name)
-    }
-
-    /// The number of headers.
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    /// Whether there are no headers.
-    pub fn is_empty(&self) -> bool {
-        self.map().is_empty()
-    }
-
-    /// Iterates over `(name, value)` pairs in name order.
-    pub fn iter(&self) -> HeadersIter<'_> {
-        HeadersIter {
-            inner: self.map().iter(),
-        }
-    }
-}
-
-impl PartialEq for Headers {
-    fn eq(&self, other: &Self) -> bool {
-        self.map() == other.map()
-    }
-}
-
-impl Eq for Headers {}
-
-impl std::hash::Hash for Headers {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.map().hash(state)
-    }
-}
-
-impl fmt::Debug for Headers {
+impl fmt::Debug for KeyDebug<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.map().iter()).finish()
-    }
-}
-
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut headers = Headers::new();
-        headers.extend(iter);
-        headers
-    }
-}
-
-impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for Headers {
-    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
-        let mut iter = iter.into_iter().peekable();
-        if iter.peek().is_some() {
-            self.map_mut()
-                .extend(iter.map(|(k, v)| (k.into(), v.into())));
+        match std::str::from_utf8(self.0) {
+            Ok(text) => fmt::Debug::fmt(text, f),
+            Err(_) => fmt::Debug::fmt(&HeaderValue::Bytes(Bytes::copy_from_slice(self.0)), f),
         }
-    }
-}
-
-impl<'a> IntoIterator for &'a Headers {
-    type Item = (&'a str, &'a str);
-    type IntoIter = HeadersIter<'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-/// Iterator over [`Headers`], from [`Headers::iter`].
-#[derive(Debug, Clone)]
-pub struct HeadersIter<'a> {
-    inner: btree_map::Iter<'a, String, String>,
-}
-
-impl<'a> Iterator for HeadersIter<'a> {
-    type Item = (&'a str, &'a str);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
     }
 }
 
@@ -479,8 +448,8 @@ mod tests {
             .with_reply_to("r")
             .with_content_type("text/plain")
             .with_content_encoding("gzip");
-        assert_eq!(msg.key(), Some("k"));
-        assert_eq!(msg.headers().get("a"), Some("1"));
+        assert_eq!(msg.key_str(), Some("k"));
+        assert_eq!(msg.headers().get_str("a"), Some("1"));
         assert_eq!(msg.priority(), Some(3));
         assert_eq!(msg.ttl(), Some(Duration::from_millis(5)));
         assert!(!msg.is_persistent());
@@ -489,6 +458,24 @@ mod tests {
         assert_eq!(msg.reply_to(), Some("r"));
         assert_eq!(msg.content_type(), Some("text/plain"));
         assert_eq!(msg.content_encoding(), Some("gzip"));
+    }
+
+    #[test]
+    fn keys_and_timestamps_are_kept_exactly() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let msg = Message::new("t", "")
+            .with_key([0u8, 1, 0xff, 0xfe])
+            .with_timestamp(at)
+            .with_message_type("order.created")
+            .with_app_id("shop")
+            .with_user_id("guest");
+        assert_eq!(msg.key(), Some(&[0u8, 1, 0xff, 0xfe][..]));
+        assert_eq!(msg.key_str(), None);
+        assert_eq!(msg.timestamp(), Some(at));
+        assert_eq!(msg.message_type(), Some("order.created"));
+        assert_eq!(msg.app_id(), Some("shop"));
+        assert_eq!(msg.user_id(), Some("guest"));
+        assert!(format!("{msg:?}").contains(r#"key: Some(b"\x00\x01\xff\xfe")"#));
     }
 
     #[test]
@@ -514,8 +501,8 @@ mod tests {
         clone.set_priority(Some(1));
         assert_ne!(clone, original);
         assert_eq!(original.destination(), "t");
-        assert_eq!(original.key(), Some("k"));
-        assert_eq!(original.headers().get("a"), Some("1"));
+        assert_eq!(original.key_str(), Some("k"));
+        assert_eq!(original.headers().get_str("a"), Some("1"));
         assert!(!original.headers().contains("b"));
         assert_eq!(original.message_id(), Some("m"));
         assert_eq!(original.priority(), None);

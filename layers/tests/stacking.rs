@@ -132,7 +132,10 @@ async fn a_typed_message_survives_the_round_trip_and_bad_ones_are_dead_lettered(
     assert_eq!(d2.settlement(), Some(Settlement::Acked));
     let dead = dlq.recv().await.expect("dead letter");
     assert_eq!(dead.destination(), "orders.dlq");
-    assert_eq!(dead.headers().get(headers::REASON), Some("order refused"));
+    assert_eq!(
+        dead.headers().get_str(headers::REASON),
+        Some("order refused")
+    );
     assert_eq!(handled.lock().expect("lock").len(), 1);
 
     // A payload that is not an Order never reaches the handler and is dead-lettered too.
@@ -142,10 +145,13 @@ async fn a_typed_message_survives_the_round_trip_and_bad_ones_are_dead_lettered(
         .await
         .expect("dead-lettered");
     let dead = dlq.recv().await.expect("dead letter");
-    assert_eq!(dead.headers().get(headers::ERROR_KIND), Some("permanent"));
+    assert_eq!(
+        dead.headers().get_str(headers::ERROR_KIND),
+        Some("permanent")
+    );
     assert!(
         dead.headers()
-            .get(headers::REASON)
+            .get_str(headers::REASON)
             .is_some_and(|r| r.contains("cannot decode")),
         "{:?}",
         dead.headers()

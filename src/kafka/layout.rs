@@ -59,7 +59,7 @@ pub(crate) fn to_headers(message: &Message, delivery_count: Option<u32>) -> Owne
         }
         headers = headers.insert(Header {
             key: name,
-            value: Some(value),
+            value: value.as_bytes(),
         });
     }
     let properties = [
@@ -103,7 +103,7 @@ pub(crate) fn from_record(record: &BorrowedMessage<'_>) -> (Message, u32) {
         .unwrap_or_default();
     let mut message = Message::new(record.topic(), payload);
     if let Some(key) = record.key() {
-        message.set_key(Some(String::from_utf8_lossy(key).into_owned()));
+        message.set_key(Some(Bytes::copy_from_slice(key)));
     }
     let mut delivery_count = 1;
     if let Some(headers) = record.headers() {

@@ -154,7 +154,7 @@ impl Publisher {
         }
         let record = OwnedRecord {
             topic: message.destination().to_owned(),
-            key: message.key().map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            key: message.key().map(Bytes::copy_from_slice),
             payload: message.payload().clone(),
             headers: Some(to_headers(message, delivery_count)),
         };

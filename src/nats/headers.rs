@@ -180,14 +180,20 @@ pub(crate) fn encode(
 ) -> Result<HeaderMap, Error> {
     let mut map = HeaderMap::new();
     for (name, value) in message.headers() {
-        insert(&mut map, name, value, message, operation)?;
+        insert(
+            &mut map,
+            name,
+            value.as_str().unwrap_or_default(),
+            message,
+            operation,
+        )?;
     }
     let properties = [
         (MESSAGE_ID, message_id.or(message.message_id())),
         (CORRELATION_ID, message.correlation_id()),
         (CONTENT_TYPE, message.content_type()),
         (CONTENT_ENCODING, message.content_encoding()),
-        (KEY, message.key()),
+        (KEY, message.key_str()),
         (REPLY_TO, message.reply_to().filter(|_| include_reply_to)),
         (PERSISTENT, (!message.is_persistent()).then_some("false")),
     ];

@@ -276,7 +276,7 @@ pub(crate) fn to_message(
     let (destination, key) = routing.destination_and_key(exchange, routing_key);
     let mut message = Message::new(destination, data)
         .with_persistent(properties.delivery_mode().is_some_and(|mode| mode == 2));
-    message.set_key(key);
+    message.set_key(key.map(bytes::Bytes::from));
     if let Some(headers) = properties.headers() {
         let headers: Headers = headers
             .inner()

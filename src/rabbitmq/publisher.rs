@@ -232,7 +232,7 @@ async fn send(
 ) -> Result<Pending, Error> {
     let (exchange, routing_key) = config
         .routing
-        .exchange_and_key(message.destination(), message.key());
+        .exchange_and_key(message.destination(), message.key_str());
     let destination = exchange.to_owned();
     let properties = properties(message, &destination)?;
     let exchange_name = short_string(exchange, Operation::Publish, &destination)?;
@@ -304,7 +304,12 @@ pub(crate) fn properties(message: &Message, destination: &str) -> Result<BasicPr
     if !message.headers().is_empty() {
         let mut table = FieldTable::default();
         for (name, value) in message.headers() {
-            table.insert(short(name)?, AMQPValue::LongString(LongString::from(value)));
+            table.insert(
+                short(name)?,
+                AMQPValue::LongString(LongString::from(
+                    value.as_bytes().unwrap_or_default().to_vec(),
+                )),
+            );
         }
         props = props.with_headers(table);
     }

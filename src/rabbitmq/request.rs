@@ -216,7 +216,7 @@ impl Service<Message> for Requester {
             let config = connection.config();
             let (exchange, routing_key) = config
                 .routing
-                .exchange_and_key(request.destination(), request.key());
+                .exchange_and_key(request.destination(), request.key_str());
             let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
             let fail = |e: lapin::Error| {
                 connection.nudge();

@@ -49,7 +49,7 @@ pub(crate) fn encode(message: &Message, ignore_unsupported: bool) -> Result<Fiel
     for (name, value) in message.headers() {
         fields.push((
             format!("{HEADER_PREFIX}{name}"),
-            Bytes::copy_from_slice(value.as_bytes()),
+            Bytes::copy_from_slice(value.as_bytes().unwrap_or_default()),
         ));
     }
     let mut property = |name: &str, value: Option<&str>| {
@@ -57,7 +57,7 @@ pub(crate) fn encode(message: &Message, ignore_unsupported: bool) -> Result<Fiel
             fields.push((name.to_owned(), Bytes::copy_from_slice(value.as_bytes())));
         }
     };
-    property(KEY, message.key());
+    property(KEY, message.key_str());
     property(MESSAGE_ID, message.message_id());
     property(CORRELATION_ID, message.correlation_id());
     property(REPLY_TO, message.reply_to());
@@ -139,7 +139,7 @@ pub(crate) fn decode<'a>(
             headers.insert(header, text());
         } else if name.starts_with(PROPERTY_PREFIX) {
             match name {
-                KEY => message.set_key(Some(text())),
+                KEY => message.set_key(Some(text().into())),
                 MESSAGE_ID => message.set_message_id(Some(text())),
                 CORRELATION_ID => message.set_correlation_id(Some(text())),
                 REPLY_TO => message.set_reply_to(Some(text())),
@@ -271,7 +271,7 @@ mod tests {
     fn foreign_fields_become_headers() {
         let payload = Bytes::from_static(b"v");
         let decoded = decode("s", [("temperature", &payload)]);
-        assert_eq!(decoded.message.headers().get("temperature"), Some("v"));
+        assert_eq!(decoded.message.headers().get_str("temperature"), Some("v"));
         assert!(decoded.message.payload().is_empty());
     }
 

@@ -92,7 +92,7 @@
 //!
 //! if let Some(delivery) = consumer.next().await {
 //!     let delivery = delivery?;
-//!     assert_eq!(delivery.message().headers().get("tenant"), Some("acme"));
+//!     assert_eq!(delivery.message().headers().get_str("tenant"), Some("acme"));
 //!     delivery.ack().await?;
 //! }
 //! # Ok(())

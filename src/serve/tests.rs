@@ -52,8 +52,8 @@ async fn transient_failures_are_requeued_with_backoff_then_dead_lettered() {
 
     let letter = dead.next().await.unwrap().unwrap();
     let headers = letter.message().headers();
-    assert_eq!(headers.get(memory::DELIVERY_COUNT_HEADER), Some("5"));
-    let reason = headers.get(memory::DEATH_REASON_HEADER).unwrap();
+    assert_eq!(headers.get_str(memory::DELIVERY_COUNT_HEADER), Some("5"));
+    let reason = headers.get_str(memory::DEATH_REASON_HEADER).unwrap();
     assert!(
         reason.contains("failed 5 times") && reason.contains("database down"),
         "{reason}"
@@ -93,7 +93,7 @@ async fn permanent_failures_are_dead_lettered_at_once() {
         letter
             .message()
             .headers()
-            .get(memory::DELIVERY_COUNT_HEADER),
+            .get_str(memory::DELIVERY_COUNT_HEADER),
         Some("1")
     );
     stop.send(()).unwrap();

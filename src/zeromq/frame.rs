@@ -63,7 +63,7 @@ pub fn encode(message: &Message) -> [Bytes; 3] {
         block.put_slice(value);
     };
     if let Some(key) = message.key() {
-        put(TAG_KEY, key.as_bytes());
+        put(TAG_KEY, key);
     }
     if let Some(priority) = message.priority() {
         put(TAG_PRIORITY, &[priority]);
@@ -85,10 +85,11 @@ pub fn encode(message: &Message) -> [Bytes; 3] {
         }
     }
     for (name, value) in message.headers() {
+        let value = value.as_bytes().unwrap_or_default();
         let mut field = Vec::with_capacity(4 + name.len() + value.len());
         field.extend_from_slice(&len_u32(name.len()).to_be_bytes());
         field.extend_from_slice(name.as_bytes());
-        field.extend_from_slice(value.as_bytes());
+        field.extend_from_slice(value);
         put(TAG_HEADER, &field);
     }
     [
@@ -192,7 +193,7 @@ pub fn decode(frames: &[Bytes], endpoint: &str) -> Result<Message, Error> {
             _ => {
                 let text = utf8(endpoint, value, "string field")?.to_owned();
                 match tag {
-                    TAG_KEY => message.set_key(Some(text)),
+                    TAG_KEY => message.set_key(Some(text.into())),
                     TAG_MESSAGE_ID => message.set_message_id(Some(text)),
                     TAG_CORRELATION_ID => message.set_correlation_id(Some(text)),
                     TAG_REPLY_TO => message.set_reply_to(Some(text)),

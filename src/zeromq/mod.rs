@@ -59,7 +59,7 @@
 //! println!("{receipt}");
 //! if let Some(delivery) = worker.next().await {
 //!     let delivery = delivery?;
-//!     assert_eq!(delivery.message().headers().get("tenant"), Some("acme"));
+//!     assert_eq!(delivery.message().headers().get_str("tenant"), Some("acme"));
 //! }
 //! # Ok(())
 //! # }

@@ -164,7 +164,7 @@ pub trait Fixture: Sized + Send + Sync + 'static {
         dead_letter
             .message()
             .headers()
-            .get(tower_mq::memory::DEATH_REASON_HEADER)
+            .get_str(tower_mq::memory::DEATH_REASON_HEADER)
             .map(str::to_owned)
     }
 

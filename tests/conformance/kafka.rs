@@ -106,7 +106,7 @@ pub fn kafka_death_reason(dead_letter: &Delivery) -> Option<String> {
     dead_letter
         .message()
         .headers()
-        .get(tower_mq::kafka::layout::DEATH_REASON)
+        .get_str(tower_mq::kafka::layout::DEATH_REASON)
         .map(str::to_owned)
 }
 

@@ -286,7 +286,7 @@ pub mod jetstream {
             dead_letter
                 .message()
                 .headers()
-                .get(headers::DEAD_LETTER_REASON)
+                .get_str(headers::DEAD_LETTER_REASON)
                 .map(str::to_owned)
         }
 

@@ -157,9 +157,14 @@ impl Fixture for RabbitMqFixture {
         dead_letter
             .message()
             .headers()
-            .get(tower_mq::rabbitmq::DEATH_REASON_HEADER)
+            .get_str(tower_mq::rabbitmq::DEATH_REASON_HEADER)
             // Expired messages are dead-lettered by RabbitMQ itself.
-            .or_else(|| dead_letter.message().headers().get("x-first-death-reason"))
+            .or_else(|| {
+                dead_letter
+                    .message()
+                    .headers()
+                    .get_str("x-first-death-reason")
+            })
             .map(str::to_owned)
     }
 

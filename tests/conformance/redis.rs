@@ -139,7 +139,7 @@ impl Fixture for RedisFixture {
         dead_letter
             .message()
             .headers()
-            .get(streams::DEAD_LETTER_REASON)
+            .get_str(streams::DEAD_LETTER_REASON)
             .map(str::to_owned)
     }
 

@@ -100,8 +100,8 @@ pub trait Weigh {
 impl Weigh for Message {
     /// Payload, key and headers (names and values).
     fn weight(&self) -> usize {
-        let headers: usize = self.headers().iter().map(|(k, v)| k.len() + v.len()).sum();
-        self.payload().len() + self.key().map_or(0, str::len) + headers
+        let headers: usize = self.headers().iter().map(|(k, v)| k.len() + v.size()).sum();
+        self.payload().len() + self.key().map_or(0, <[u8]>::len) + headers
     }
 }
 

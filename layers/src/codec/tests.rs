@@ -53,7 +53,7 @@ async fn encode_completes_the_message_from_the_value() {
         item: "tea".into(),
     }));
     let (msg, send) = handle.next_request().await.expect("request");
-    assert_eq!(msg.key(), Some("tea"));
+    assert_eq!(msg.key_str(), Some("tea"));
     assert_eq!(msg.message_id(), Some("order-9"));
     assert_eq!(msg.content_type(), Some("application/json"));
     send.send_response(Receipt::Memory {

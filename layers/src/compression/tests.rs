@@ -40,7 +40,7 @@ async fn round_trips_every_encoding_through_both_layers() {
         fut.await.expect("publish ok");
         assert_eq!(sent.content_encoding(), Some(encoding.as_str()));
         assert!(sent.payload().len() < sample().len(), "{encoding} shrinks");
-        assert_eq!(sent.headers().get("h"), Some("v"));
+        assert_eq!(sent.headers().get_str("h"), Some("v"));
 
         let (handler, mut handler_handle) = mock::pair::<Delivery, ()>();
         handler_handle.allow(1);

@@ -47,7 +47,7 @@
 //! assert_eq!(delivery.settlement(), Some(Settlement::Acked));
 //! let dead = rx.recv().await.expect("dead-lettered");
 //! assert_eq!(dead.destination(), "orders.dlq");
-//! assert_eq!(dead.headers().get(headers::REASON), Some("order id missing"));
+//! assert_eq!(dead.headers().get_str(headers::REASON), Some("order id missing"));
 //! # Ok(()) }
 //! ```
 

@@ -79,17 +79,17 @@ async fn a_permanent_failure_is_dead_lettered_then_acked() {
     );
     assert_eq!(dead.destination(), "orders.dlq");
     assert_eq!(&dead.payload()[..], b"payload");
-    assert_eq!(dead.key(), Some("k"));
+    assert_eq!(dead.key_str(), Some("k"));
     assert_eq!(dead.message_id(), Some("m-1"));
-    assert_eq!(dead.headers().get("tenant"), Some("acme"));
+    assert_eq!(dead.headers().get_str("tenant"), Some("acme"));
     let h = dead.headers();
-    assert_eq!(h.get(headers::REASON), Some("order id missing"));
-    assert_eq!(h.get(headers::ATTEMPTS), Some("1"));
-    assert_eq!(h.get(headers::ORIGINAL_DESTINATION), Some("orders"));
-    assert_eq!(h.get(headers::ERROR_KIND), Some("permanent"));
-    assert_eq!(h.get(headers::CAUSE), Some("permanent_error"));
+    assert_eq!(h.get_str(headers::REASON), Some("order id missing"));
+    assert_eq!(h.get_str(headers::ATTEMPTS), Some("1"));
+    assert_eq!(h.get_str(headers::ORIGINAL_DESTINATION), Some("orders"));
+    assert_eq!(h.get_str(headers::ERROR_KIND), Some("permanent"));
+    assert_eq!(h.get_str(headers::CAUSE), Some("permanent_error"));
     let ts: u128 = h
-        .get(headers::TIMESTAMP)
+        .get_str(headers::TIMESTAMP)
         .and_then(|t| t.parse().ok())
         .expect("numeric timestamp");
     assert!(ts > 1_600_000_000_000, "{ts}");
@@ -136,9 +136,12 @@ async fn the_last_attempt_is_dead_lettered_even_if_transient() {
     let done = tokio::spawn(svc.oneshot(d.clone()));
     let (dead, reply) = handle.next_request().await.expect("dead-lettered");
     assert_eq!(dead.destination(), "dead.orders");
-    assert_eq!(dead.headers().get(headers::CAUSE), Some("max_attempts"));
-    assert_eq!(dead.headers().get(headers::ERROR_KIND), Some("transient"));
-    assert_eq!(dead.headers().get(headers::ATTEMPTS), Some("3"));
+    assert_eq!(dead.headers().get_str(headers::CAUSE), Some("max_attempts"));
+    assert_eq!(
+        dead.headers().get_str(headers::ERROR_KIND),
+        Some("transient")
+    );
+    assert_eq!(dead.headers().get_str(headers::ATTEMPTS), Some("3"));
     reply.send_response(Receipt::Memory {
         topic: "dead.orders".into(),
         sequence: 1,

@@ -20,11 +20,11 @@ pub struct HeaderExtractor<'a>(pub &'a Headers);
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         // Brokers and bridges may change the case of header names.
-        self.0.get(key).or_else(|| {
+        self.0.get_str(key).or_else(|| {
             self.0
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(key))
-                .map(|(_, value)| value)
+                .and_then(|(_, value)| value.as_str())
         })
     }
 

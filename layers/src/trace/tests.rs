@@ -90,7 +90,7 @@ async fn publish_writes_a_traceparent_with_the_callers_trace_id() {
 
     let traceparent = sent
         .headers()
-        .get("traceparent")
+        .get_str("traceparent")
         .expect("traceparent header");
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "{traceparent}");

@@ -61,7 +61,7 @@ pub async fn request_reply<F: Fixture>() {
             F::NAME
         );
         assert_eq!(
-            reply.headers().get("served-by"),
+            reply.headers().get_str("served-by"),
             Some("square"),
             "{}",
             F::NAME
@@ -160,7 +160,7 @@ pub async fn fan_out<F: Fixture>() {
                 F::NAME
             );
             assert_eq!(
-                delivery.message().headers().get("copy"),
+                delivery.message().headers().get_str("copy"),
                 Some("yes"),
                 "{}",
                 F::NAME

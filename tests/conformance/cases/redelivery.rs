@@ -124,7 +124,7 @@ pub async fn reject_dead_letters<F: Fixture>() {
     let letter = recv::<F>(dead, "the dead letter").await;
     assert_eq!(payload_text(&letter), "poison", "{}", F::NAME);
     assert_eq!(
-        letter.message().headers().get("tenant"),
+        letter.message().headers().get_str("tenant"),
         Some("acme"),
         "{}",
         F::NAME

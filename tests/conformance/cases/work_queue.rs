@@ -169,7 +169,7 @@ pub async fn order_per_key<F: Fixture>() {
         ack::<F>(&delivery).await;
         let text = payload_text(&delivery);
         let (k, i) = text.split_once(':').expect("payload is key:index");
-        let key = delivery.message().key().map(str::to_owned);
+        let key = delivery.message().key_str().map(str::to_owned);
         assert_eq!(key, Some(format!("key-{k}")), "{}: key of {text}", F::NAME);
         seen.entry(k.to_owned())
             .or_default()
