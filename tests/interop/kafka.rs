@@ -1,0 +1,1 @@
+//! Interop with kafka's own clients.

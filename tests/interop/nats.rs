@@ -1,0 +1,1 @@
+//! Interop with nats's own clients.

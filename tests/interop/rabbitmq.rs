@@ -1,0 +1,1 @@
+//! Interop with rabbitmq's own clients.

@@ -1,0 +1,1 @@
+//! Interop with redis's own clients.

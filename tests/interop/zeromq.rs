@@ -1,0 +1,1 @@
+//! Interop with zeromq's own clients.
