@@ -19,6 +19,15 @@
 //!   destination instead; a permanent failure is rejected at once.
 //! - A handler that panics, in `call` or in its future, is caught and counts as a
 //!   transient failure (and in [`Summary::panicked`]).
+//! - A handler call that runs longer than the [handler timeout](Serve::handler_timeout)
+//!   ([`DEFAULT_HANDLER_TIMEOUT`] by default) is cancelled and counts as a transient
+//!   failure (and in [`Summary::timed_out`]), so a hung handler cannot hold a slot
+//!   forever. Keep it below the broker's own redelivery timer (JetStream's ack wait,
+//!   the Redis consumer's claim idle time) so that a slow delivery is not handed to a
+//!   second consumer while the first still runs it.
+//! - A delivery from an at-most-once broker (core NATS, Redis Pub/Sub, ZeroMQ) whose
+//!   handler failed cannot be redelivered or dead-lettered: it is logged and counted
+//!   as [dropped](Summary::dropped), never as nacked.
 //! - A delivery the handler settled itself is left as the handler settled it.
 //! - A transient consumer error is logged and consumption goes on after a short pause
 //!   (10 ms, doubling with each error in a row, at most 1 s); a permanent one
@@ -26,8 +35,12 @@
 //!   fails stops it the same way.
 //! - Stopping (shutdown signal, end of the stream, fatal error) takes no further
 //!   deliveries, waits for those in flight and settles them, then returns a
-//!   [`Summary`]. Dropping the `serve` future instead abandons the deliveries in flight
-//!   unsettled: the broker redelivers them.
+//!   [`Summary`]. Draining waits at most the [shutdown timeout](Serve::shutdown_timeout)
+//!   ([`DEFAULT_SHUTDOWN_TIMEOUT`] by default): then the handler calls still running are
+//!   cancelled and their deliveries released to the broker for redelivery (nacked
+//!   without delay; counted as [released](Summary::released)), not lost. Dropping the
+//!   `serve` future instead abandons the deliveries in flight unsettled: the broker
+//!   redelivers them after its own timeout.
 //!
 //! # Example
 //!
@@ -78,6 +91,7 @@
 //! ```
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future, IntoFuture, Pending};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -101,6 +115,15 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 /// 5th delivery is dead-lettered.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 
+/// The default [`Serve::handler_timeout`]: a handler call is cancelled after 5 minutes.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The default [`Serve::shutdown_timeout`]: draining waits at most 30 seconds.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long releasing the deliveries of cancelled handler calls may take in all.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Drives `consumer`'s deliveries through `handler`. See the [module docs](self).
 ///
 /// Configure the returned [`Serve`], then `.await` it (or spawn its
@@ -114,6 +137,8 @@ pub fn serve<S, H>(consumer: S, handler: H) -> Serve<S, H> {
         concurrency: DEFAULT_CONCURRENCY,
         max_deliveries: DEFAULT_MAX_DELIVERIES,
         requeue_delay: Arc::new(default_requeue_delay),
+        handler_timeout: Some(DEFAULT_HANDLER_TIMEOUT),
+        shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
     }
 }
 
@@ -137,6 +162,8 @@ pub struct Serve<S, H, C = DefaultClassifier, G = Pending<()>> {
     concurrency: usize,
     max_deliveries: u32,
     requeue_delay: RequeueDelay,
+    handler_timeout: Option<Duration>,
+    shutdown_timeout: Duration,
 }
 
 impl<S, H, C: fmt::Debug, G> fmt::Debug for Serve<S, H, C, G> {
@@ -145,6 +172,8 @@ impl<S, H, C: fmt::Debug, G> fmt::Debug for Serve<S, H, C, G> {
             .field("classifier", &self.classifier)
             .field("concurrency", &self.concurrency)
             .field("max_deliveries", &self.max_deliveries)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -177,6 +206,22 @@ impl<S, H, C, G> Serve<S, H, C, G> {
         self
     }
 
+    /// Cancels a handler call that runs longer than `timeout` and treats it as a
+    /// transient failure ([`DEFAULT_HANDLER_TIMEOUT`] by default; `None` lets calls run
+    /// as long as they take).
+    pub fn handler_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.handler_timeout = timeout.into();
+        self
+    }
+
+    /// How long stopping waits for the handler calls in flight before it cancels them
+    /// and releases their deliveries to the broker ([`DEFAULT_SHUTDOWN_TIMEOUT`] by
+    /// default).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
     /// Decides which handler errors are transient and which permanent.
     pub fn classifier<C2>(self, classifier: C2) -> Serve<S, H, C2, G> {
         Serve {
@@ -187,6 +232,8 @@ impl<S, H, C, G> Serve<S, H, C, G> {
             concurrency: self.concurrency,
             max_deliveries: self.max_deliveries,
             requeue_delay: self.requeue_delay,
+            handler_timeout: self.handler_timeout,
+            shutdown_timeout: self.shutdown_timeout,
         }
     }
 
@@ -204,6 +251,8 @@ impl<S, H, C, G> Serve<S, H, C, G> {
             concurrency: self.concurrency,
             max_deliveries: self.max_deliveries,
             requeue_delay: self.requeue_delay,
+            handler_timeout: self.handler_timeout,
+            shutdown_timeout: self.shutdown_timeout,
         }
     }
 }
@@ -223,8 +272,17 @@ pub struct Summary {
     pub nacked: u64,
     /// Rejected to the dead-letter destination.
     pub rejected: u64,
-    /// Handler calls that panicked (also counted as nacked or rejected).
+    /// At-most-once deliveries whose handler failed: the broker can neither redeliver
+    /// nor dead-letter them.
+    pub dropped: u64,
+    /// Deliveries whose handler call was still running at the shutdown timeout,
+    /// cancelled and handed back to the broker for redelivery.
+    pub released: u64,
+    /// Handler calls that panicked (also counted as nacked, rejected or dropped).
     pub panicked: u64,
+    /// Handler calls cancelled by the handler timeout (also counted as nacked,
+    /// rejected or dropped).
+    pub timed_out: u64,
     /// Deliveries the broker failed to settle (they will be redelivered).
     pub settle_failed: u64,
 }
@@ -241,14 +299,18 @@ impl Summary {
                 return;
             }
         };
-        match outcome.settlement {
+        self.count(outcome.settlement);
+        self.panicked += u64::from(outcome.panicked);
+        self.timed_out += u64::from(outcome.timed_out);
+    }
+
+    fn count(&mut self, settlement: Option<Settlement>) {
+        match settlement {
             Some(Settlement::Acked) => self.acked += 1,
             Some(Settlement::Nacked) => self.nacked += 1,
             Some(Settlement::Rejected) => self.rejected += 1,
+            Some(_) => self.dropped += 1,
             None => self.settle_failed += 1,
-        }
-        if outcome.panicked {
-            self.panicked += 1;
         }
     }
 }
@@ -296,17 +358,20 @@ struct Policy<C> {
     classifier: C,
     max_deliveries: u32,
     requeue_delay: RequeueDelay,
+    handler_timeout: Option<Duration>,
 }
 
 /// How one delivery ended.
 struct Outcome {
     settlement: Option<Settlement>,
     panicked: bool,
+    timed_out: bool,
 }
 
 enum Failure {
     Error(BoxError),
     Panic(String),
+    TimedOut(Duration),
 }
 
 impl<S, H, C, G> Serve<S, H, C, G>
@@ -327,12 +392,20 @@ where
             concurrency,
             max_deliveries,
             requeue_delay,
+            handler_timeout,
+            shutdown_timeout,
         } = self;
         let policy = Arc::new(Policy {
             classifier,
             max_deliveries,
             requeue_delay,
+            handler_timeout,
         });
+        // The deliveries whose handler calls run, by task, to release them if the
+        // shutdown timeout cancels their calls.
+        let mut in_flight: HashMap<tokio::task::Id, Delivery> = HashMap::new();
+        let mut drain_deadline = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut draining = false;
         let mut consumer = pin!(consumer);
         let mut signal = pin!(signal);
         let mut tasks = JoinSet::new();
@@ -348,6 +421,12 @@ where
             if stopping && tasks.is_empty() {
                 break;
             }
+            if stopping && !draining {
+                draining = true;
+                drain_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + shutdown_timeout);
+            }
             let can_take = !stopping && !paused && tasks.len() < concurrency;
             tokio::select! {
                 biased;
@@ -355,7 +434,21 @@ where
                     tracing::debug!(in_flight = tasks.len(), "shutting down: draining");
                     stopping = true;
                 }
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => summary.record(joined),
+                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let joined = joined.map(|(id, outcome)| {
+                        in_flight.remove(&id);
+                        outcome
+                    });
+                    summary.record(joined);
+                }
+                () = &mut drain_deadline, if draining => {
+                    tracing::warn!(
+                        in_flight = tasks.len(),
+                        timeout = ?shutdown_timeout,
+                        "shutdown timeout: cancelling handler calls and releasing their deliveries"
+                    );
+                    release(&mut tasks, &mut in_flight, &mut summary).await;
+                }
                 () = &mut pause, if paused && !stopping => paused = false,
                 next = next_when_ready(&mut handler, consumer.as_mut()), if can_take => match next {
                     Err(error) => {
@@ -383,7 +476,8 @@ where
                         errors_in_a_row = 0;
                         summary.received += 1;
                         let call = catch_unwind(AssertUnwindSafe(|| handler.call(delivery.clone())));
-                        tasks.spawn(handle(call, delivery, policy.clone()));
+                        let task = tasks.spawn(handle(call, delivery.clone(), policy.clone()));
+                        in_flight.insert(task.id(), delivery);
                     }
                 },
             }
@@ -391,6 +485,66 @@ where
         match fatal {
             Some(error) => Err(error),
             None => Ok(summary),
+        }
+    }
+}
+
+/// Cancels every handler call still running and hands its delivery back to the broker
+/// (a nack without delay), within [`RELEASE_TIMEOUT`] in all.
+async fn release(
+    tasks: &mut JoinSet<Outcome>,
+    in_flight: &mut HashMap<tokio::task::Id, Delivery>,
+    summary: &mut Summary,
+) {
+    tasks.abort_all();
+    let mut releases = JoinSet::new();
+    while let Some(joined) = tasks.join_next_with_id().await {
+        match joined {
+            Ok((id, outcome)) => {
+                in_flight.remove(&id);
+                summary.record(Ok(outcome));
+            }
+            Err(error) => {
+                let Some(delivery) = in_flight.remove(&error.id()) else {
+                    summary.record(Err(error));
+                    continue;
+                };
+                releases.spawn(async move {
+                    if delivery.settlement().is_none() {
+                        if let Err(error) = delivery.nack(None).await {
+                            tracing::warn!(%error, "releasing a cancelled delivery failed");
+                        }
+                    }
+                    delivery.settlement()
+                });
+            }
+        }
+    }
+    let released = tokio::time::timeout(RELEASE_TIMEOUT, async {
+        let mut settlements = Vec::new();
+        while let Some(settled) = releases.join_next().await {
+            settlements.push(settled.ok().flatten());
+        }
+        settlements
+    })
+    .await;
+    match released {
+        Ok(settlements) => {
+            for settlement in settlements {
+                match settlement {
+                    Some(Settlement::Nacked) => summary.released += 1,
+                    other => summary.count(other),
+                }
+            }
+        }
+        Err(_) => {
+            tracing::warn!(
+                unreleased = releases.len(),
+                "the broker did not take back every cancelled delivery in time; it will \
+                 redeliver them after its own timeout"
+            );
+            summary.settle_failed += releases.len() as u64;
+            releases.abort_all();
         }
     }
 }
@@ -434,23 +588,43 @@ where
 {
     let result = match call {
         Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
-        Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(Failure::Error(error.into())),
-            Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
-        },
+        Ok(future) => {
+            let future = AssertUnwindSafe(future).catch_unwind();
+            let finished = match policy.handler_timeout {
+                Some(timeout) => tokio::time::timeout(timeout, future)
+                    .await
+                    .map_err(|_| timeout),
+                None => Ok(future.await),
+            };
+            match finished {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err(error))) => Err(Failure::Error(error.into())),
+                Ok(Err(panic)) => Err(Failure::Panic(panic_message(&*panic))),
+                Err(timeout) => Err(Failure::TimedOut(timeout)),
+            }
+        }
     };
     let panicked = matches!(result, Err(Failure::Panic(_)));
+    let timed_out = matches!(result, Err(Failure::TimedOut(_)));
     let settled = match result {
         Ok(()) => delivery.ack().await,
         Err(failure) => settle_failure(&delivery, failure, &policy).await,
     };
     if let Err(error) = settled {
-        tracing::error!(%error, "settling a delivery failed; the broker will redeliver it");
+        if delivery.settlement() == Some(Settlement::Dropped) {
+            tracing::warn!(
+                destination = delivery.message().destination(),
+                %error,
+                "the handler failed an at-most-once delivery: it is dropped"
+            );
+        } else {
+            tracing::error!(%error, "settling a delivery failed; the broker will redeliver it");
+        }
     }
     Outcome {
         settlement: delivery.settlement(),
         panicked,
+        timed_out,
     }
 }
 
@@ -462,7 +636,15 @@ async fn settle_failure<C: Classifier<BoxError>>(
     let (kind, cause) = match failure {
         Failure::Error(error) => (policy.classifier.classify(&error), error.to_string()),
         Failure::Panic(message) => (ErrorKind::Transient, format!("handler panicked: {message}")),
+        Failure::TimedOut(timeout) => (
+            ErrorKind::Transient,
+            format!("handler timed out after {timeout:?}"),
+        ),
     };
+    if !delivery.acker().is_tracked() {
+        // Nothing to requeue or dead-letter: the nack records the drop and says why.
+        return delivery.nack(None).await;
+    }
     let count = delivery.delivery_count();
     let destination = delivery.message().destination();
     if kind == ErrorKind::Permanent {

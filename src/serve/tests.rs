@@ -10,6 +10,23 @@ use tower_mq_core::{Message, Operation, Permanent};
 use super::*;
 use crate::memory::{self, Broker};
 
+/// A delivery whose settlements reach a (trivial) broker, unlike an at-most-once one.
+fn tracked(payload: &'static str) -> Delivery {
+    struct Accepting;
+    impl crate::Acknowledge for Accepting {
+        fn ack(&self) -> BoxFuture<'static, Result<(), Error>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn nack(&self, _: Option<Duration>) -> BoxFuture<'static, Result<(), Error>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn reject(&self, _: &str) -> BoxFuture<'static, Result<(), Error>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+    Delivery::new(Message::new("t", payload), crate::Acker::new(Accepting))
+}
+
 async fn publish(broker: &Broker, payload: &str) {
     broker
         .publisher()
@@ -108,7 +125,7 @@ async fn permanent_failures_are_dead_lettered_at_once() {
 async fn panics_in_call_and_in_the_future_are_failed_deliveries() {
     let deliveries: Vec<Delivery> = ["in call", "in future", "fine"]
         .into_iter()
-        .map(|p| Delivery::unacknowledged(Message::new("t", p)))
+        .map(tracked)
         .collect();
     let handler = service_fn(|d: Delivery| {
         if d.message().payload().as_ref() == b"in call" {
@@ -269,7 +286,7 @@ async fn transient_consumer_errors_are_skipped_and_permanent_ones_stop() {
 
 #[tokio::test(start_paused = true)]
 async fn a_delivery_the_handler_settled_stays_as_settled() {
-    let delivery = Delivery::unacknowledged(Message::new("t", "x"));
+    let delivery = tracked("x");
     let handler = service_fn(|d: Delivery| async move {
         d.reject("handled by dead-lettering").await?;
         Ok::<(), BoxError>(())
@@ -283,13 +300,82 @@ async fn a_delivery_the_handler_settled_stays_as_settled() {
 
 #[tokio::test(start_paused = true)]
 async fn a_custom_classifier_decides() {
-    let delivery = Delivery::unacknowledged(Message::new("t", "x"));
+    let delivery = tracked("x");
     let handler = service_fn(|_: Delivery| async { Err::<(), BoxError>("unknown".into()) });
     let summary = serve(stream::iter([Ok(delivery.clone())]), handler)
         .classifier(DefaultClassifier::new().unknown_as(ErrorKind::Permanent))
         .await
         .unwrap();
     assert_eq!(summary.rejected, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_at_most_once_delivery_is_counted_dropped_not_nacked() {
+    let delivery = Delivery::at_most_once(Message::new("t", "x"), "nats");
+    let handler = service_fn(|_: Delivery| async { Err::<(), BoxError>("database down".into()) });
+    let summary = serve(stream::iter([Ok(delivery.clone())]), handler)
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.nacked, summary.rejected, summary.dropped),
+        (0, 0, 1)
+    );
+    assert_eq!(delivery.settlement(), Some(Settlement::Dropped));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_handler_call_times_out_as_a_transient_failure() {
+    let hung = tracked("hangs");
+    let fine = tracked("fine");
+    let handler = service_fn(|d: Delivery| async move {
+        if d.message().payload().as_ref() == b"hangs" {
+            std::future::pending::<()>().await;
+        }
+        Ok::<(), BoxError>(())
+    });
+    let started = Instant::now();
+    let summary = serve(stream::iter([Ok(hung.clone()), Ok(fine.clone())]), handler)
+        .concurrency(1)
+        .handler_timeout(Duration::from_secs(7))
+        .await
+        .unwrap();
+    assert_eq!(Instant::now() - started, Duration::from_secs(7));
+    assert_eq!(
+        (summary.timed_out, summary.nacked, summary.acked),
+        (1, 1, 1)
+    );
+    assert_eq!(hung.settlement(), Some(Settlement::Nacked));
+    assert_eq!(
+        fine.settlement(),
+        Some(Settlement::Acked),
+        "the slot was freed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_deliveries_still_running_at_the_shutdown_timeout() {
+    let hung = tracked("hangs");
+    let (entered_tx, entered) = oneshot::channel::<()>();
+    let entered_tx = Mutex::new(Some(entered_tx));
+    let handler = service_fn(move |_: Delivery| {
+        if let Some(tx) = entered_tx.lock().unwrap().take() {
+            tx.send(()).ok();
+        }
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    let consumer = stream::iter([Ok(hung.clone())]).chain(stream::pending());
+    let started = Instant::now();
+    let summary = serve(consumer, handler)
+        .handler_timeout(None)
+        .shutdown_timeout(Duration::from_secs(3))
+        .with_graceful_shutdown(async move {
+            entered.await.ok();
+        })
+        .await
+        .unwrap();
+    assert_eq!(Instant::now() - started, Duration::from_secs(3));
+    assert_eq!((summary.released, summary.nacked), (1, 0));
+    assert_eq!(hung.settlement(), Some(Settlement::Nacked), "handed back");
 }
 
 #[test]
