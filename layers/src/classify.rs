@@ -142,6 +142,7 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         return Some(ErrorKind::Transient);
     }
     if err.is::<crate::timeout::error::Elapsed>()
+        || err.is::<crate::timeout::error::NotReady>()
         || err.is::<crate::circuit_breaker::error::CircuitOpen>()
         || err.is::<crate::rate_limit::error::RateLimited>()
         || err.is::<crate::reconnect::error::ConnectionLost>()

@@ -320,3 +320,52 @@ async fn huge_ttls_and_delays_do_not_overflow_the_clock() {
     assert!(consumer.next().now_or_never().is_none());
     assert_eq!(broker.held(), 1);
 }
+
+/// The README's stack over a broker that cannot take a message: each publish ends with
+/// an error in bounded time instead of waiting for room, and the breaker sees the
+/// failures and opens.
+#[tokio::test(start_paused = true)]
+async fn the_readme_stack_is_bounded_when_the_broker_cannot_take_messages() {
+    use tower::ServiceBuilder;
+    use tower_mq_layers::circuit_breaker::{error::CircuitOpen, CircuitState};
+    use tower_mq_layers::retry::Backoff;
+    use tower_mq_layers::timeout::error::NotReady;
+    use tower_mq_layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
+
+    let broker = Broker::builder().capacity(1).build();
+    let _holder = broker.consumer("t", "g").unwrap();
+    publish(&broker, Message::new("t", "fills the broker"))
+        .await
+        .unwrap();
+
+    let breaker = CircuitBreakerLayer::new().minimum_calls(5);
+    let circuit = breaker.handle();
+    let publisher = ServiceBuilder::new()
+        .layer(RetryLayer::new(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_secs(2),
+        )))
+        .layer(breaker)
+        .layer(TimeoutLayer::new(Duration::from_secs(2)))
+        .service(broker.publisher());
+    for attempt in 0..3 {
+        let started = tokio::time::Instant::now();
+        let error = tokio::time::timeout(
+            Duration::from_secs(60),
+            publisher.clone().oneshot(Message::new("t", "no room")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("publish {attempt} waited for the broker"))
+        .expect_err("there is no room");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            error.is::<NotReady>() || error.is::<CircuitOpen>(),
+            "not ready, or rejected by the open circuit: {error}"
+        );
+    }
+    assert_eq!(circuit.state(), CircuitState::Open);
+}

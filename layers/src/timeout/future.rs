@@ -9,14 +9,15 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_mq_core::BoxError;
 
-use super::error::Elapsed;
+use super::error::{Elapsed, NotReady};
 
 pin_project! {
-    /// The inner response, or [`Elapsed`] if the timer fires first.
+    /// The inner response, or [`Elapsed`] if the timer fires first, or [`NotReady`]
+    /// if the service was not ready in time and the call was not made.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
-        response: F,
+        response: Response<F>,
         // The deadline is read at the call; the timer is made (and registered) only if
         // the response is not ready at the first poll, so a response that is ready at
         // once costs one clock read (none when a layer outside read it for this call).
@@ -25,6 +26,16 @@ pin_project! {
         // small (cheap to move) for those that are.
         sleep: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
+    }
+}
+
+pin_project! {
+    /// The inner call's response, or the call that was not made.
+    #[project = ResponseProj]
+    #[derive(Debug)]
+    enum Response<F> {
+        Called { #[pin] response: F },
+        NotReady { timeout: Duration },
     }
 }
 
@@ -37,7 +48,20 @@ impl<F> ResponseFuture<F> {
             deadline: crate::call_time::now() + timeout,
             sleep: None,
             timeout,
-            response: call(),
+            response: Response::Called { response: call() },
+        }
+    }
+
+    /// The call that was not made because the service was not ready within
+    /// `ready_timeout`.
+    pub(crate) fn not_ready(timeout: Duration, ready_timeout: Duration) -> Self {
+        ResponseFuture {
+            deadline: crate::call_time::now() + timeout,
+            sleep: None,
+            timeout,
+            response: Response::NotReady {
+                timeout: ready_timeout,
+            },
         }
     }
 }
@@ -51,8 +75,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.response.poll(cx) {
-            return Poll::Ready(result.map_err(Into::into));
+        match this.response.project() {
+            ResponseProj::Called { response } => {
+                if let Poll::Ready(result) = response.poll(cx) {
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+            }
+            ResponseProj::NotReady { timeout } => {
+                return Poll::Ready(Err(NotReady::new(*timeout).into()));
+            }
         }
         let deadline = *this.deadline;
         let sleep = this
