@@ -224,6 +224,14 @@ impl FastRng {
     }
 }
 
+/// A clone is an independent generator (a [split](Jitter::split)), so clones of a
+/// layer or a service do not retry in lockstep.
+impl Clone for FastRng {
+    fn clone(&self) -> Self {
+        self.split()
+    }
+}
+
 impl Jitter for FastRng {
     fn next_unit(&mut self) -> f64 {
         // 53 random bits make every representable multiple of 2^-53 in [0, 1) equally likely.
@@ -258,6 +266,22 @@ mod tests {
         assert_eq!(b.delay(2, &mut broken), Duration::from_millis(400));
         let b = b.without_jitter();
         assert_eq!(b.delay(1, &mut zero), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn the_default_layer_and_its_services_are_clone() {
+        fn assert_clone<T: Clone>(_: &T) {}
+        let layer = crate::RetryLayer::new(Backoff::exponential(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_secs(1),
+        ));
+        assert_clone(&layer);
+        let service = tower::Layer::layer(&layer, tower::service_fn(|_: ()| async {
+            Ok::<(), tower_mq_core::BoxError>(())
+        }));
+        assert_clone(&service);
+        let rng = FastRng::seeded(1);
+        assert_ne!(rng.clone().next_u64(), rng.clone().next_u64());
     }
 
     #[test]
