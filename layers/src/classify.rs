@@ -129,9 +129,13 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         return Some(ErrorKind::Transient);
     }
     // The layers' own errors register here.
-    if err.is::<crate::codec::error::DecodeError>()
-        || err.is::<crate::codec::error::EncodeError>()
-        || err.is::<crate::compression::error::TooLarge>()
+    #[cfg(feature = "codec")]
+    if err.is::<crate::codec::error::DecodeError>() || err.is::<crate::codec::error::EncodeError>()
+    {
+        return Some(ErrorKind::Permanent);
+    }
+    #[cfg(any(feature = "gzip", feature = "zstd", feature = "lz4"))]
+    if err.is::<crate::compression::error::TooLarge>()
         || err.is::<crate::compression::error::UnknownEncoding>()
         || err.is::<crate::compression::error::CorruptPayload>()
         || err.is::<crate::compression::error::CompressError>()

@@ -4,6 +4,20 @@
 //! Every layer is generic over `tower::Service<Req>` and names no broker; broker
 //! knowledge reaches them through small traits (the error classification of
 //! [`tower_mq_core::Classify`], for one).
+//!
+//! # Features
+//!
+//! Like tower-http, nothing heavy is on by default:
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `prometheus` | the Prometheus exporter (`metrics::install_prometheus`, `metrics::PrometheusHandle`) |
+//! | `trace` | the trace layer (OpenTelemetry, W3C trace context in headers) |
+//! | `codec` | the serde codec layers, JSON through serde_json |
+//! | `gzip`, `zstd`, `lz4` | a compression codec each; the compression layers exist when one is on |
+//! | `full` | all of the above |
+//!
+//! The `tower-mq` crate turns them all on by default.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -17,7 +31,9 @@ pub mod batch;
 mod call_time;
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "codec")]
 pub mod codec;
+#[cfg(any(feature = "gzip", feature = "zstd", feature = "lz4"))]
 pub mod compression;
 pub mod dead_letter;
 pub mod dedup;
@@ -27,6 +43,7 @@ pub mod rate_limit;
 pub mod reconnect;
 pub mod retry;
 pub mod timeout;
+#[cfg(feature = "trace")]
 pub mod trace;
 
 #[cfg(test)]
@@ -36,7 +53,9 @@ pub use tower_mq_core as core;
 
 pub use batch::BatchLayer;
 pub use circuit_breaker::CircuitBreakerLayer;
+#[cfg(feature = "codec")]
 pub use codec::{DecodeLayer, EncodeLayer};
+#[cfg(any(feature = "gzip", feature = "zstd", feature = "lz4"))]
 pub use compression::{CompressLayer, DecompressLayer};
 pub use dead_letter::DeadLetterLayer;
 pub use dedup::DedupLayer;
@@ -45,6 +64,7 @@ pub use rate_limit::RateLimitLayer;
 pub use reconnect::ReconnectLayer;
 pub use retry::RetryLayer;
 pub use timeout::TimeoutLayer;
+#[cfg(feature = "trace")]
 pub use trace::TraceLayer;
 
 #[cfg(test)]

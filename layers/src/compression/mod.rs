@@ -58,7 +58,9 @@ pub mod error;
 pub mod future;
 
 use std::fmt;
-use std::io::{self, Read, Write};
+#[cfg(any(feature = "gzip", feature = "lz4"))]
+use std::io::Write;
+use std::io::{self, Read};
 use std::str::FromStr;
 use std::task::{Context, Poll};
 
@@ -74,11 +76,14 @@ pub use self::layer::{CompressLayer, DecompressLayer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Encoding {
-    /// gzip (DEFLATE), `flate2`.
+    /// gzip (DEFLATE), `flate2` (feature `gzip`).
+    #[cfg(feature = "gzip")]
     Gzip,
-    /// Zstandard.
+    /// Zstandard (feature `zstd`).
+    #[cfg(feature = "zstd")]
     Zstd,
-    /// LZ4 frame format, `lz4_flex` (pure Rust).
+    /// LZ4 frame format, `lz4_flex`, pure Rust (feature `lz4`).
+    #[cfg(feature = "lz4")]
     Lz4,
 }
 
@@ -86,8 +91,11 @@ impl Encoding {
     /// The content-encoding token: `gzip`, `zstd` or `lz4`.
     pub fn as_str(self) -> &'static str {
         match self {
+            #[cfg(feature = "gzip")]
             Encoding::Gzip => "gzip",
+            #[cfg(feature = "zstd")]
             Encoding::Zstd => "zstd",
+            #[cfg(feature = "lz4")]
             Encoding::Lz4 => "lz4",
         }
     }
@@ -95,6 +103,7 @@ impl Encoding {
     /// Compresses `data`.
     pub fn compress(self, data: &[u8]) -> io::Result<Vec<u8>> {
         match self {
+            #[cfg(feature = "gzip")]
             Encoding::Gzip => {
                 let mut enc = flate2::write::GzEncoder::new(
                     Vec::with_capacity(data.len() / 2),
@@ -103,7 +112,9 @@ impl Encoding {
                 enc.write_all(data)?;
                 enc.finish()
             }
+            #[cfg(feature = "zstd")]
             Encoding::Zstd => zstd::stream::encode_all(data, 0),
+            #[cfg(feature = "lz4")]
             Encoding::Lz4 => {
                 let mut enc =
                     lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
@@ -120,7 +131,9 @@ impl Encoding {
     /// larger of 8 MiB and `limit` (frames asking for more are refused).
     pub fn decompress(self, data: &[u8], limit: usize) -> io::Result<Vec<u8>> {
         match self {
+            #[cfg(feature = "gzip")]
             Encoding::Gzip => read_bounded(flate2::read::MultiGzDecoder::new(data), limit),
+            #[cfg(feature = "zstd")]
             Encoding::Zstd => {
                 let mut dec = zstd::stream::read::Decoder::new(data)?;
                 // The window is memory the decoder allocates up front, sized by the
@@ -128,6 +141,7 @@ impl Encoding {
                 dec.window_log_max(window_log_for(limit))?;
                 read_bounded(dec, limit)
             }
+            #[cfg(feature = "lz4")]
             Encoding::Lz4 => {
                 // The frame decoder stops after one frame; a stream may hold several.
                 let mut rest = data;
@@ -163,16 +177,20 @@ impl FromStr for Encoding {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
+            #[cfg(feature = "gzip")]
             e if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => {
                 Ok(Encoding::Gzip)
             }
+            #[cfg(feature = "zstd")]
             e if e.eq_ignore_ascii_case("zstd") => Ok(Encoding::Zstd),
+            #[cfg(feature = "lz4")]
             e if e.eq_ignore_ascii_case("lz4") => Ok(Encoding::Lz4),
             other => Err(UnknownEncoding::new(other)),
         }
     }
 }
 
+#[cfg(feature = "zstd")]
 fn window_log_for(limit: usize) -> u32 {
     // Streaming encoders write the window of their level (up to 8 MiB through level
     // 19) whatever the payload's size, so allow that much; beyond it, no more than
@@ -182,6 +200,7 @@ fn window_log_for(limit: usize) -> u32 {
 }
 
 /// Reads `reader` to its end into a buffer that never grows past `limit` bytes.
+#[cfg(any(feature = "gzip", feature = "zstd"))]
 fn read_bounded(reader: impl Read, limit: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     read_bounded_into(reader, &mut out, limit)?;
@@ -359,5 +378,5 @@ where
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "gzip", feature = "zstd", feature = "lz4"))]
 mod tests;

@@ -50,6 +50,7 @@
 
 mod handles;
 mod layer;
+#[cfg(feature = "prometheus")]
 mod prometheus;
 
 pub mod future;
@@ -65,11 +66,16 @@ use tower_mq_core::Operation;
 use self::future::ResponseFuture;
 use self::handles::{Cache, Handles};
 pub use self::layer::MetricsLayer;
+#[cfg(feature = "prometheus")]
 pub use self::prometheus::{
     install_prometheus, prometheus_builder, BATCH_SIZE_BUCKETS, DURATION_BUCKETS,
 };
 use crate::classify::{Classifier, DefaultClassifier};
 use crate::message_like::MessageLike;
+/// The exporter's handle, to render `/metrics` from an application's own HTTP server
+/// (`handle.render()`), without depending on a matching exporter version.
+#[cfg(feature = "prometheus")]
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Records duration, outcome and in-flight count of every call. See the
 /// [module docs](self).

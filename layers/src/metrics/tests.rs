@@ -6,7 +6,7 @@ use tower_mq_core::{BoxError, Delivery, Error, ErrorKind, Message, Operation, Re
 use tower_test::mock;
 
 use super::names::{self, outcomes};
-use super::{prometheus_builder, MetricsLayer};
+use super::MetricsLayer;
 use crate::test_metrics::Recorded;
 
 fn receipt() -> Receipt {
@@ -134,9 +134,10 @@ async fn a_dropped_call_leaves_the_in_flight_gauge() {
     assert_eq!(m.counter(names::MESSAGES_TOTAL, &PUBLISH), 0);
 }
 
+#[cfg(feature = "prometheus")]
 #[test]
 fn prometheus_exposition_uses_the_documented_buckets() {
-    let recorder = prometheus_builder()
+    let recorder = super::prometheus_builder()
         .expect("valid buckets")
         .build_recorder();
     let handle = recorder.handle();

@@ -276,9 +276,10 @@ mod tests {
             std::time::Duration::from_secs(1),
         ));
         assert_clone(&layer);
-        let service = tower::Layer::layer(&layer, tower::service_fn(|_: ()| async {
-            Ok::<(), tower_mq_core::BoxError>(())
-        }));
+        let service = tower::Layer::layer(
+            &layer,
+            tower::service_fn(|_: ()| async { Ok::<(), tower_mq_core::BoxError>(()) }),
+        );
         assert_clone(&service);
         let rng = FastRng::seeded(1);
         assert_ne!(rng.clone().next_u64(), rng.clone().next_u64());
