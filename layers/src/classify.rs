@@ -51,6 +51,114 @@ where
     }
 }
 
+/// Decides what a call's outcome means for the layers that judge outcomes (the circuit
+/// breaker and retry): `None` for a success, the failure's kind otherwise.
+///
+/// [`DefaultClassifier`] is one (an `Ok` is a success), as is any [`Classifier`] of
+/// errors wrapped in [`ErrorsOnly`] (what the layers' `classifier` methods do); a
+/// classifier made with [`DefaultClassifier::classify_responses`] (or the layers'
+/// `classify_responses`) also judges responses, so that an HTTP service answering 503
+/// opens a breaker and is retried like one that failed:
+///
+/// ```
+/// use tower_mq_layers::classify::{ClassifyOutcome, DefaultClassifier};
+/// use tower_mq_core::{BoxError, ErrorKind};
+///
+/// // A response status, as an HTTP client would return it.
+/// let classifier = DefaultClassifier::new()
+///     .classify_responses(|status: &u16| (*status >= 500).then_some(ErrorKind::Transient));
+/// assert_eq!(classifier.classify_outcome(&Ok::<u16, BoxError>(200)), None);
+/// assert_eq!(
+///     classifier.classify_outcome(&Ok::<u16, BoxError>(503)),
+///     Some(ErrorKind::Transient)
+/// );
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot judge a call's outcome `Result<{T}, {E}>`",
+    label = "this classifier does not know the error type `{E}`",
+    note = "`DefaultClassifier` knows `BoxError`, the model's `Error`, `io::Error`, `Infallible` and `dyn Error + Send + Sync`; for another error type pass a `Classifier<{E}>` (e.g. a closure `|e: &{E}| ErrorKind::Transient`) to the layer's `classifier` method"
+)]
+pub trait ClassifyOutcome<T, E> {
+    /// `None` for a success, else whether the failure is transient or permanent.
+    fn classify_outcome(&self, outcome: &Result<T, E>) -> Option<ErrorKind>;
+}
+
+impl<T, E> ClassifyOutcome<T, E> for DefaultClassifier
+where
+    DefaultClassifier: Classifier<E>,
+{
+    #[inline]
+    fn classify_outcome(&self, outcome: &Result<T, E>) -> Option<ErrorKind> {
+        match outcome {
+            Ok(_) => None,
+            Err(error) => Some(self.classify(error)),
+        }
+    }
+}
+
+/// A [`Classifier`] of errors (a closure `|e: &E| ErrorKind::...` or a type of the
+/// user's) judging outcomes: every response is a success.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorsOnly<C>(pub C);
+
+impl<T, E, C: Classifier<E>> ClassifyOutcome<T, E> for ErrorsOnly<C> {
+    #[inline]
+    fn classify_outcome(&self, outcome: &Result<T, E>) -> Option<ErrorKind> {
+        match outcome {
+            Ok(_) => None,
+            Err(error) => Some(self.0.classify(error)),
+        }
+    }
+}
+
+/// An outcome classifier that also judges responses, from
+/// [`DefaultClassifier::classify_responses`] or [`WithResponses::new`].
+#[derive(Debug, Clone, Copy)]
+pub struct WithResponses<C, F> {
+    errors: C,
+    responses: F,
+}
+
+impl<C, F> WithResponses<C, F> {
+    /// Judges errors with `errors` (a [`ClassifyOutcome`]) and responses with
+    /// `responses` (`None`: a success).
+    pub fn new(errors: C, responses: F) -> Self {
+        WithResponses { errors, responses }
+    }
+}
+
+impl<T, E, C, F> ClassifyOutcome<T, E> for WithResponses<C, F>
+where
+    C: ClassifyOutcome<T, E>,
+    F: Fn(&T) -> Option<ErrorKind>,
+{
+    #[inline]
+    fn classify_outcome(&self, outcome: &Result<T, E>) -> Option<ErrorKind> {
+        match outcome {
+            Ok(response) => (self.responses)(response),
+            Err(_) => self.errors.classify_outcome(outcome),
+        }
+    }
+}
+
+/// HTTP responses: a 5xx, a 429 and a 408 are transient failures; everything else is a
+/// success (a 4xx is the caller's mistake, not the service failing).
+///
+/// ```
+/// use tower_mq_layers::classify::{http_response, DefaultClassifier};
+///
+/// let classifier = DefaultClassifier::new().classify_responses(http_response::<String>);
+/// # let _ = classifier;
+/// ```
+#[cfg(feature = "http")]
+pub fn http_response<B>(response: &http::Response<B>) -> Option<ErrorKind> {
+    let status = response.status();
+    (status.is_server_error()
+        || status == http::StatusCode::TOO_MANY_REQUESTS
+        || status == http::StatusCode::REQUEST_TIMEOUT)
+        .then_some(ErrorKind::Transient)
+}
+
 /// The classifier every layer uses unless told otherwise. See the [module docs](self).
 #[derive(Debug, Clone, Copy)]
 pub struct DefaultClassifier {
@@ -77,6 +185,12 @@ impl DefaultClassifier {
         self
     }
 
+    /// Also judges responses: `responses` returns `None` for a success and the kind of
+    /// failure otherwise (for the circuit breaker and retry; see [`ClassifyOutcome`]).
+    pub fn classify_responses<F>(self, responses: F) -> WithResponses<Self, F> {
+        WithResponses::new(self, responses)
+    }
+
     /// Classifies a borrowed error (the entry point for any error type).
     pub fn classify_dyn(&self, error: &(dyn StdError + 'static)) -> ErrorKind {
         known_kind(error).unwrap_or(self.unknown)
@@ -92,6 +206,18 @@ impl Classifier<BoxError> for DefaultClassifier {
 impl Classifier<tower_mq_core::Error> for DefaultClassifier {
     fn classify(&self, error: &tower_mq_core::Error) -> ErrorKind {
         error.error_kind()
+    }
+}
+
+impl Classifier<std::convert::Infallible> for DefaultClassifier {
+    fn classify(&self, error: &std::convert::Infallible) -> ErrorKind {
+        match *error {}
+    }
+}
+
+impl Classifier<std::io::Error> for DefaultClassifier {
+    fn classify(&self, error: &std::io::Error) -> ErrorKind {
+        self.classify_dyn(error)
     }
 }
 

@@ -15,6 +15,7 @@
 //! | `trace` | the trace layer (OpenTelemetry, W3C trace context in headers) |
 //! | `codec` | the serde codec layers, JSON through serde_json |
 //! | `gzip`, `zstd`, `lz4` | a compression codec each; the compression layers exist when one is on |
+//! | `http` | `classify::http_response`: a 5xx, 429 or 408 counts as a transient failure for the breaker and retry |
 //! | `full` | all of the above |
 //!
 //! The `tower-mq` crate turns them all on by default.

@@ -12,7 +12,7 @@ use tower_mq_core::{BoxError, ErrorKind};
 use super::error::CircuitOpen;
 use super::state::Core;
 use super::window::{FAILED, RECORDED, SLOW};
-use crate::classify::Classifier;
+use crate::classify::ClassifyOutcome;
 
 pin_project! {
     /// The inner response, recorded in the breaker's window when it completes; or the
@@ -59,7 +59,7 @@ impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
-    C: Classifier<E>,
+    C: ClassifyOutcome<T, E>,
 {
     type Output = Result<T, BoxError>;
 
@@ -71,11 +71,7 @@ where
                 // Recorded where it lies, then dropped in place: moving the recorder out
                 // first cost more than recording (copies the CPU could not forward).
                 if let Some(recorder) = this.recorder.as_mut() {
-                    let failed = match &result {
-                        Ok(_) => None,
-                        Err(error) => Some(this.classifier.classify(error)),
-                    };
-                    recorder.finish(failed);
+                    recorder.finish(this.classifier.classify_outcome(&result));
                 }
                 *this.recorder = None;
                 Poll::Ready(result.map_err(Into::into))

@@ -7,7 +7,7 @@ use tower::Layer;
 use super::state::{Config, Core, Transition};
 use super::window::{CountWindow, TimeWindow, Window};
 use super::{CircuitBreaker, CircuitBreakerHandle};
-use crate::classify::DefaultClassifier;
+use crate::classify::{DefaultClassifier, ErrorsOnly, WithResponses};
 
 #[derive(Debug, Clone, Copy)]
 enum WindowKind {
@@ -143,8 +143,25 @@ impl<C> CircuitBreakerLayer<C> {
         self.with_config(|c| c.listener = Some(Arc::new(listener)))
     }
 
-    /// Decides which errors are failures (only transient ones count).
-    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
+    /// Decides which errors are failures (only transient ones count), with a
+    /// [`Classifier`](crate::classify::Classifier) of the inner service's errors.
+    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<ErrorsOnly<C2>> {
+        self.outcome_classifier(ErrorsOnly(classifier))
+    }
+
+    /// Also counts responses as failures where `responses` says so (`None`: a
+    /// success), e.g. [`http_response`](crate::classify) for an HTTP service's 5xx.
+    pub fn classify_responses<F>(self, responses: F) -> CircuitBreakerLayer<WithResponses<C, F>>
+    where
+        C: Clone,
+    {
+        let errors = self.classifier.clone();
+        self.outcome_classifier(WithResponses::new(errors, responses))
+    }
+
+    /// Decides which outcomes are failures with any
+    /// [`ClassifyOutcome`](crate::classify::ClassifyOutcome).
+    pub fn outcome_classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
             config: self.config,
             window: self.window,

@@ -16,9 +16,11 @@
 //! all completed, their failure (and slow-call) rate decides: closed again with an
 //! empty window, or open for another wait.
 //!
-//! What counts as a failure is decided by the [`Classifier`]
+//! What counts as a failure is decided by the classifier
 //! ([`DefaultClassifier`] unless [`classifier`](CircuitBreakerLayer::classifier) says
-//! otherwise): **only transient errors trip the breaker**. A permanent error, such as a
+//! otherwise; any [`ClassifyOutcome`], so responses can fail too, such as an HTTP
+//! service's 5xx with [`DefaultClassifier::classify_responses`]): **only transient
+//! failures trip the breaker**. A permanent error, such as a
 //! message the broker rejected as too large, proves the broker is up and answering, so
 //! it is recorded like a success; otherwise one poison message could cut off a healthy
 //! broker. Slow calls count whatever their result.
@@ -99,7 +101,7 @@ pub use self::state::Transition;
 use self::error::CircuitOpen;
 use self::future::{Recorder, ResponseFuture};
 use self::state::{is_admitting_freely, state_of, Core};
-use crate::classify::{Classifier, DefaultClassifier};
+use crate::classify::{ClassifyOutcome, DefaultClassifier};
 
 /// The state of a circuit. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -343,7 +345,7 @@ impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    C: Classifier<S::Error> + Clone,
+    C: ClassifyOutcome<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;

@@ -12,7 +12,7 @@ use tower::Service;
 use tower_mq_core::ErrorKind;
 
 use super::{CloneRequest, Jitter, Policy};
-use crate::classify::Classifier;
+use crate::classify::ClassifyOutcome;
 
 pin_project! {
     /// Drives one request through its attempts. See the [module docs](super).
@@ -104,7 +104,7 @@ where
 impl<S, Req, C, K, J> Future for ResponseFuture<S, Req, C, K, J>
 where
     S: Service<Req>,
-    C: Classifier<S::Error>,
+    C: ClassifyOutcome<S::Response, S::Error>,
     K: CloneRequest<Req>,
     J: Jitter,
 {
@@ -113,16 +113,19 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let mut this = self.as_mut().project();
-            let failure = match this.state.as_mut().project() {
-                StateProj::Calling { future } => match ready!(future.poll(cx)) {
-                    Ok(response) => {
-                        if let Some(budget) = &this.policy.budget {
-                            budget.deposit();
+            let (failure, kind) = match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let outcome = ready!(future.poll(cx));
+                    match this.policy.classifier.classify_outcome(&outcome) {
+                        None => {
+                            if let Some(budget) = &this.policy.budget {
+                                budget.deposit();
+                            }
+                            return Poll::Ready(outcome);
                         }
-                        return Poll::Ready(Ok(response));
+                        Some(kind) => (outcome, kind),
                     }
-                    Err(error) => error,
-                },
+                }
                 StateProj::Waiting { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
@@ -140,15 +143,23 @@ where
                         continue;
                     }
                     // Readiness failing counts as the attempt failing.
-                    Err(error) => error,
+                    Err(error) => {
+                        let failure = Err(error);
+                        let kind = this
+                            .policy
+                            .classifier
+                            .classify_outcome(&failure)
+                            .unwrap_or(ErrorKind::Transient);
+                        (failure, kind)
+                    }
                 },
             };
             if this.backup.is_none() {
                 // Nothing to send again: the request could not be cloned.
-                return Poll::Ready(Err(failure));
+                return Poll::Ready(failure);
             }
             match retry_after(
-                &failure,
+                kind,
                 this.policy,
                 this.jitter,
                 *this.attempts,
@@ -170,7 +181,7 @@ where
                         this.backup.take()
                     };
                     let Some(request) = request else {
-                        return Poll::Ready(Err(failure));
+                        return Poll::Ready(failure);
                     };
                     *this.next = Some(Box::new(request));
                     count_retry(&this.policy.labels);
@@ -178,22 +189,21 @@ where
                         sleep: Box::pin(tokio::time::sleep(delay)),
                     });
                 }
-                None => return Poll::Ready(Err(failure)),
+                None => return Poll::Ready(failure),
             }
         }
     }
 }
 
 /// The delay before the next attempt, or `None` if the failure goes to the caller.
-fn retry_after<E, C, K, J>(
-    error: &E,
+fn retry_after<C, K, J>(
+    kind: ErrorKind,
     policy: &Policy<C, K>,
     jitter: &mut J,
     attempts: u32,
     started: Option<Instant>,
 ) -> Option<Duration>
 where
-    C: Classifier<E>,
     J: Jitter,
 {
     if policy
@@ -203,7 +213,7 @@ where
     {
         return None;
     }
-    if policy.classifier.classify(error) != ErrorKind::Transient {
+    if kind != ErrorKind::Transient {
         return None;
     }
     let delay = policy.backoff.delay(attempts - 1, jitter);

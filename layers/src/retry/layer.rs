@@ -4,7 +4,7 @@ use metrics::Label;
 use tower::Layer;
 
 use super::{Backoff, ByClone, FastRng, Jitter, Policy, Retry, RetryBudget};
-use crate::classify::DefaultClassifier;
+use crate::classify::{DefaultClassifier, ErrorsOnly, WithResponses};
 
 /// Builds [`Retry`] services. See the [module docs](super).
 ///
@@ -36,8 +36,26 @@ impl RetryLayer {
 }
 
 impl<C, K, J> RetryLayer<C, K, J> {
-    /// Decides which errors are worth a retry (only transient ones are retried).
-    pub fn classifier<C2>(self, classifier: C2) -> RetryLayer<C2, K, J> {
+    /// Decides which errors are worth a retry (only transient ones are retried), with
+    /// a [`Classifier`](crate::classify::Classifier) of the inner service's errors.
+    pub fn classifier<C2>(self, classifier: C2) -> RetryLayer<ErrorsOnly<C2>, K, J> {
+        self.outcome_classifier(ErrorsOnly(classifier))
+    }
+
+    /// Also retries responses `responses` calls transient failures (`None`: a
+    /// success), e.g. [`http_response`](crate::classify) for an HTTP service's 503.
+    /// When the attempts run out, the caller gets the last response.
+    pub fn classify_responses<F>(self, responses: F) -> RetryLayer<WithResponses<C, F>, K, J>
+    where
+        C: Clone,
+    {
+        let errors = self.classifier.clone();
+        self.outcome_classifier(WithResponses::new(errors, responses))
+    }
+
+    /// Decides which outcomes are worth a retry with any
+    /// [`ClassifyOutcome`](crate::classify::ClassifyOutcome).
+    pub fn outcome_classifier<C2>(self, classifier: C2) -> RetryLayer<C2, K, J> {
         RetryLayer {
             backoff: self.backoff,
             budget: self.budget,

@@ -1,7 +1,9 @@
 //! Retries transient failures with exponential backoff, full jitter and a retry budget.
 //!
 //! [`Retry`] calls the inner service; when the call fails with an error the
-//! [`Classifier`] calls [transient](tower_mq_core::ErrorKind::Transient), and the
+//! classifier calls [transient](tower_mq_core::ErrorKind::Transient) (or returns a
+//! response the classifier judges a transient failure: see [`ClassifyOutcome`], e.g.
+//! an HTTP 503 with [`DefaultClassifier::classify_responses`]), and the
 //! request could be cloned before the first attempt, and attempts, elapsed time and
 //! the shared [`RetryBudget`] all allow it, it waits a jittered [`Backoff`] delay,
 //! polls the inner service's readiness again (readiness is backpressure: a retry
@@ -12,7 +14,10 @@
 //!
 //! Requests are cloned by a [`CloneRequest`] policy, [`ByClone`] (`Req: Clone`) by
 //! default; a policy that returns `None` for a request (a streaming body, say) makes
-//! that request go out once, unretried.
+//! that request go out once, unretried. `http::Request` is not `Clone`: on an HTTP
+//! service (an axum `Router`, a client) use [`HttpRequests`] (feature `http`), which
+//! copies requests with a buffered body, with
+//! [`clone_requests_with`](RetryLayer::clone_requests_with).
 //!
 //! Stacking: put retry outside the circuit breaker and the timeout, so that each
 //! attempt is timed and counted by the breaker, and an open circuit (a transient
@@ -68,7 +73,7 @@ pub use self::backoff::{Backoff, FastRng, Jitter};
 pub use self::budget::RetryBudget;
 pub use self::layer::RetryLayer;
 
-use crate::classify::{Classifier, DefaultClassifier};
+use crate::classify::{ClassifyOutcome, DefaultClassifier};
 
 /// Makes the copy of a request that a retry will send.
 ///
@@ -95,6 +100,27 @@ pub struct NoClone;
 impl<Req> CloneRequest<Req> for NoClone {
     fn clone_request(&self, _request: &Req) -> Option<Req> {
         None
+    }
+}
+
+/// Clones `http::Request`s whose body is `Clone` (a buffered body such as `String`,
+/// `Bytes` or `Full<Bytes>`): method, URI, version, headers and body. `http::Request`
+/// is not `Clone` because its extensions may not be; this policy leaves them out of the
+/// copies, so a retried attempt sees none. A streaming body cannot be copied: buffer it
+/// first (e.g. with `http_body_util::BodyExt::collect`) or do not retry it.
+#[cfg(feature = "http")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpRequests;
+
+#[cfg(feature = "http")]
+impl<B: Clone> CloneRequest<http::Request<B>> for HttpRequests {
+    fn clone_request(&self, request: &http::Request<B>) -> Option<http::Request<B>> {
+        let mut copy = http::Request::new(request.body().clone());
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        Some(copy)
     }
 }
 
@@ -169,7 +195,7 @@ impl<S: Clone, C, K, J: Jitter> Clone for Retry<S, C, K, J> {
 impl<S, Req, C, K, J> Service<Req> for Retry<S, C, K, J>
 where
     S: Service<Req> + Clone,
-    C: Classifier<S::Error>,
+    C: ClassifyOutcome<S::Response, S::Error>,
     K: CloneRequest<Req>,
     J: Jitter,
 {
