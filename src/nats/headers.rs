@@ -64,6 +64,46 @@
 //! timestamp; clear it with [`Message::set_timestamp`] to let the new stream's time
 //! stand alone.
 //!
+//! # Example
+//!
+//! What a plain async-nats subscriber sees of a message tower-mq publishes, and a
+//! header NATS cannot carry:
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use tower::ServiceExt;
+//! use tower_mq::nats::{Config, Connection, Publisher};
+//! use tower_mq::Message;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let url = "nats://127.0.0.1:4222";
+//! let plain = async_nats::connect(url).await?;
+//! let mut orders = plain.subscribe("orders.created").await?;
+//! let connection = Connection::connect(&Config::new(url)).await?;
+//! let publisher = Publisher::new(&connection);
+//! let order = Message::new("orders.created", r#"{"id":7}"#)
+//!     .with_content_type("application/json")
+//!     .with_message_id("order-7")
+//!     .with_header("tenant", "acme");
+//! publisher.clone().oneshot(order).await?;
+//!
+//! let seen = orders.next().await.ok_or("the subscription ended")?;
+//! let headers = seen.headers.unwrap_or_default();
+//! let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+//! assert_eq!(header("Content-Type").as_deref(), Some("application/json"));
+//! assert_eq!(header("Nats-Msg-Id").as_deref(), Some("order-7"));
+//! assert_eq!(header("tenant").as_deref(), Some("acme"));
+//!
+//! // NATS header values are text: a typed value is refused, not converted.
+//! let typed = Message::new("orders.created", "").with_header("attempt", 3i64);
+//! let err = publisher.oneshot(typed).await.unwrap_err();
+//! assert!(!err.is_transient());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The names are configurable:
+//!
 //! ```
 //! use tower_mq::nats::{headers, Config};
 //! use tower_mq::wire::{Property, PropertyHeaders};
