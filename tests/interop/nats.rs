@@ -21,7 +21,7 @@ use futures_util::{Stream, StreamExt};
 use tower::ServiceExt;
 use tower_mq::nats::config::ConsumerConfig;
 use tower_mq::nats::jetstream::JetStream;
-use tower_mq::nats::{Config, Connection, Publisher, Subscriber};
+use tower_mq::nats::{Config, Connection, Publisher, Requester, Subscriber};
 use tower_mq::wire::{Property, PropertyHeaders};
 use tower_mq::{Delivery, Error, ErrorKind, HeaderValue, Message, Operation, Receipt};
 
@@ -608,6 +608,79 @@ async fn core_a_malformed_foreign_message_does_not_stop_the_consumer() {
     assert_eq!(odd.message(), &expected);
     let after = next_delivery(&mut subscriber, "the message after it").await;
     assert_eq!(after.message(), &Message::new(&subject, "after"));
+}
+
+#[tokio::test]
+async fn core_request_reply_between_a_plain_client_and_tower_mq_both_ways() {
+    let client = plain().await;
+    let connection = tower_mq().await;
+
+    // A plain responder answers a tower-mq request.
+    let service = unique("plain_responder");
+    let mut requests = client.subscribe(service.clone()).await.unwrap();
+    sync(&client).await;
+    let responder = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let request = next_plain(&mut requests, "the request").await;
+            let inbox = request
+                .reply
+                .clone()
+                .expect("a request has a reply subject");
+            let got = request.headers.clone().unwrap_or_default();
+            client
+                .publish_with_headers(
+                    inbox,
+                    headers(&[("Correlation-Id", "corr-9"), ("served-by", "plain")]),
+                    request.payload.clone(),
+                )
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            got
+        })
+    };
+    let reply = Requester::new(&connection)
+        .oneshot(
+            Message::new(&service, binary_payload())
+                .with_content_type("application/octet-stream")
+                .with_header("tenant", "acme"),
+        )
+        .await
+        .unwrap();
+    let request_headers = responder.await.unwrap();
+    assert_eq!(
+        request_headers,
+        headers(&[
+            ("tenant", "acme"),
+            ("Content-Type", "application/octet-stream")
+        ])
+    );
+    assert_eq!(reply.payload(), &binary_payload());
+    assert_eq!(reply.correlation_id(), Some("corr-9"));
+    assert_eq!(reply.headers().get_str("served-by"), Some("plain"));
+
+    // A tower-mq responder answers a plain request at its inbox, the reply-to.
+    let service = unique("tower_mq_responder");
+    let mut subscriber = Subscriber::subscribe(&connection, &service).await.unwrap();
+    let publisher = Publisher::new(&connection);
+    let responder = tokio::spawn(async move {
+        let request = next_delivery(&mut subscriber, "the plain request").await;
+        let inbox = request.message().reply_to().expect("reply-to").to_owned();
+        let answer =
+            Message::new(inbox, request.message().payload().clone()).with_correlation_id("corr-10");
+        publisher.oneshot(answer).await.unwrap();
+    });
+    let reply = tokio::time::timeout(WAIT, client.request(service.clone(), "ping".into()))
+        .await
+        .expect("the tower-mq responder answers in time")
+        .unwrap();
+    responder.await.unwrap();
+    assert_eq!(reply.payload, "ping");
+    assert_eq!(
+        reply.headers,
+        Some(headers(&[("Correlation-Id", "corr-10")]))
+    );
 }
 
 // ---------------------------------------------------------------------------------
