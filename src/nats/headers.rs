@@ -55,7 +55,17 @@
 //! different names is not kept on the wire: headers arrive sorted by name, the values of
 //! one name in their order. On core NATS the reply subject (a plain requester's inbox)
 //! is the reply-to and a `Reply-To` header is an ordinary header; on JetStream the
-//! reply subject carries the ack and never becomes the reply-to.
+//! reply subject carries the ack and never becomes the reply-to. A received
+//! property header spelled in another case is written back under the configured
+//! spelling when the message is published again. NATS does not say whether a message
+//! was stored, so a delivery reports the model's default,
+//! [persistent](crate::Message::is_persistent).
+//!
+//! One foreign message cannot arrive: a header block that is not UTF-8 (some clients
+//! can send raw bytes in a header value). The async-nats client drops the connection
+//! on it and reconnects, so on core NATS it and what was in flight on that connection
+//! are lost, and on JetStream it comes back after each ack wait until the consumer's
+//! `max_deliver`. The subscriber or consumer goes on after the reconnect.
 //!
 //! A JetStream delivery's [`Message::timestamp`] is the time the stream stored the
 //! message, unless the message carries its own `Timestamp` header (the publisher's
