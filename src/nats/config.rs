@@ -25,6 +25,8 @@
 
 use std::time::Duration;
 
+use crate::wire::PropertyHeaders;
+
 /// How to connect to NATS, shared by every core and JetStream service built on the
 /// connection. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -39,6 +41,7 @@ pub struct Config {
     pub(crate) max_reconnects: Option<usize>,
     pub(crate) ping_interval: Duration,
     pub(crate) ignore_unsupported: bool,
+    pub(crate) property_headers: PropertyHeaders,
 }
 
 impl Config {
@@ -46,7 +49,8 @@ impl Config {
     ///
     /// Defaults: a command buffer of 2048 (see [`Config::client_capacity`]), 5 s
     /// connection timeout, 5 s request and JetStream ack timeout, reconnect backoff
-    /// capped at 2 s, reconnecting forever, unsupported properties rejected.
+    /// capped at 2 s, reconnecting forever, what NATS cannot carry rejected, property
+    /// headers named [`PropertyHeaders::http_style`].
     pub fn new(url: impl Into<String>) -> Self {
         Config {
             url: url.into(),
@@ -59,6 +63,7 @@ impl Config {
             max_reconnects: None,
             ping_interval: Duration::from_secs(20),
             ignore_unsupported: false,
+            property_headers: PropertyHeaders::http_style(),
         }
     }
 
@@ -116,11 +121,25 @@ impl Config {
         self
     }
 
-    /// Publishes messages whose properties NATS cannot honour (priority on both; TTL
-    /// on core NATS and on JetStream) without them, instead of failing the publish
-    /// with a permanent error (the default).
-    pub fn ignore_unsupported_properties(mut self, ignore: bool) -> Self {
+    /// Publishes messages with what NATS cannot carry left out, instead of failing
+    /// the publish with a permanent error (the default): a priority or a TTL, header
+    /// values that are not text (typed values, binary bytes, line breaks, whitespace
+    /// around them), invalid header names, a key or property value that is not such
+    /// text, a property [`property_headers`](Self::property_headers) names no header
+    /// for. See [`headers`](super::headers).
+    pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
         self.ignore_unsupported = ignore;
+        self
+    }
+
+    /// The header each message property travels in (default
+    /// [`PropertyHeaders::http_style`]: `Nats-Msg-Id`, `Correlation-Id`, `Reply-To`,
+    /// `Content-Type`, `Content-Encoding`, `Message-Type`, `App-Id`, `User-Id`,
+    /// `Timestamp`, `Message-Key`, matched without regard to case on receipt). A
+    /// property given no name fails to publish unless
+    /// [`ignore_unsupported`](Self::ignore_unsupported). See [`headers`](super::headers).
+    pub fn property_headers(mut self, names: PropertyHeaders) -> Self {
+        self.property_headers = names;
         self
     }
 }

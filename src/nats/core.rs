@@ -47,6 +47,7 @@ use tower_mq_core::{Delivery, Error, ErrorKind, Message, Operation, Receipt};
 
 use super::headers::{self, Flavour};
 use super::{error, Connection, Readiness};
+use crate::wire::PropertyHeaders;
 
 /// Publishes a message and waits until the server processed it:
 /// `Service<Message, Response = Receipt>`.
@@ -196,7 +197,12 @@ pub(crate) async fn send(connection: &Connection, message: &Message) -> Result<(
         connection.config().ignore_unsupported,
         Operation::Publish,
     )?;
-    let headers = headers::encode(message, None, true, Operation::Publish)?;
+    let headers = headers::encode(
+        message,
+        Flavour::Core,
+        connection.config(),
+        Operation::Publish,
+    )?;
     let client = connection.client();
     let payload = message.payload().clone();
     let owned = subject.to_owned();
@@ -290,6 +296,7 @@ pub(crate) async fn round_trip(
 pub struct Subscriber {
     inner: async_nats::Subscriber,
     subject: String,
+    property_headers: PropertyHeaders,
 }
 
 impl Subscriber {
@@ -306,7 +313,11 @@ impl Subscriber {
             .await
             .map_err(|err| subscribe_error(&subject, err))?;
         confirm_subscription(connection, &subject).await?;
-        Ok(Subscriber { inner, subject })
+        Ok(Subscriber {
+            inner,
+            subject,
+            property_headers: connection.config().property_headers.clone(),
+        })
     }
 
     /// Subscribes to `subject` as a member of queue group `group`: each message goes
@@ -323,7 +334,11 @@ impl Subscriber {
             .await
             .map_err(|err| subscribe_error(&subject, err))?;
         confirm_subscription(connection, &subject).await?;
-        Ok(Subscriber { inner, subject })
+        Ok(Subscriber {
+            inner,
+            subject,
+            property_headers: connection.config().property_headers.clone(),
+        })
     }
 
     /// The subject subscribed to.
@@ -362,10 +377,13 @@ impl Stream for Subscriber {
         let next = std::task::ready!(Pin::new(&mut self.inner).poll_next(cx));
         Poll::Ready(next.map(|message| {
             Ok(Delivery::unacknowledged(headers::decode(
+                &self.property_headers,
+                Flavour::Core,
                 message.subject.as_str(),
                 message.reply.as_ref().map(|r| r.as_str()),
                 message.headers.as_ref(),
                 message.payload,
+                None,
             )))
         }))
     }

@@ -7,8 +7,8 @@
 //! [`Publisher`] publishes a message and waits for the stream's ack:
 //! [`Receipt::JetStream`] names the stream, the sequence number and whether the stream
 //! had already stored a message with the same `Nats-Msg-Id` (a duplicate is not stored
-//! twice). Every publish carries `Nats-Msg-Id`: the message id, or a generated one
-//! when the message has none.
+//! twice). The message id travels as `Nats-Msg-Id`; a message without one is stored
+//! every time it is published. Headers and properties travel as [`headers`] lays out.
 //!
 //! [`BatchPublisher`] sends a batch and then waits for all its acks together (one
 //! round trip's worth of latency for the batch instead of one per message).
@@ -18,13 +18,14 @@
 //! *transient* error, and retrying with the same `Nats-Msg-Id` is safe: the stream
 //! answers `duplicate` instead of storing it again. For that to hold across retries,
 //! the id must be on the message the retry layer resends: give messages an id
-//! ([`Message::with_message_id`]) before the retry layer; an id generated here is
-//! fresh on each call.
+//! ([`Message::with_message_id`]) before the retry layer.
 //!
 //! # Consuming
 //!
 //! [`Consumer`] is a `Stream` of [`Delivery`]s from a durable pull consumer with
-//! explicit acks. Its delivery count is JetStream's (`num_delivered`). Settling:
+//! explicit acks. Its delivery count is JetStream's (`num_delivered`), and its
+//! timestamp the time the stream stored the message (unless the message carries its
+//! own `Timestamp` header). Settling:
 //! - `ack` acknowledges and waits for the server to confirm it (a double ack);
 //! - `nack(delay)` asks for redelivery after `delay` (a nak with delay);
 //! - `reject(reason)` dead-letters: JetStream has no dead-letter queue, so the message
@@ -87,7 +88,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
@@ -100,9 +101,10 @@ use futures_core::Stream;
 use tower::Service;
 use tower_mq_core::{Acker, Acknowledge, Delivery, Error, ErrorKind, Message, Operation, Receipt};
 
-use super::config::{ConsumerConfig, Retention, Storage, StreamConfig};
+use super::config::{Config, ConsumerConfig, Retention, Storage, StreamConfig};
 use super::headers::{self, Flavour};
 use super::{error, Connection, Readiness};
+use crate::wire::PropertyHeaders;
 
 /// A JetStream context on a [`Connection`]: declares streams and consumers and builds
 /// publishers and consumers. See the [module docs](self).
@@ -298,8 +300,8 @@ impl Service<Message> for Publisher {
 
     fn call(&mut self, message: Message) -> Self::Future {
         let context = self.context.clone();
-        let ignore = self.connection.config().ignore_unsupported;
-        Box::pin(async move { publish(&context, &message, ignore).await })
+        let connection = self.connection.clone();
+        Box::pin(async move { publish(&context, &message, connection.config()).await })
     }
 }
 
@@ -355,12 +357,12 @@ impl Service<Vec<Message>> for BatchPublisher {
 
     fn call(&mut self, messages: Vec<Message>) -> Self::Future {
         let context = self.context.clone();
-        let ignore = self.connection.config().ignore_unsupported;
+        let connection = self.connection.clone();
         Box::pin(async move {
             let mut sent = Vec::with_capacity(messages.len());
             for message in &messages {
                 let subject = message.destination();
-                let ack = match prepare(message, ignore) {
+                let ack = match prepare(message, connection.config()) {
                     Ok(headers) => {
                         send(&context, subject, headers, message.payload().clone()).await
                     }
@@ -381,32 +383,23 @@ impl Service<Vec<Message>> for BatchPublisher {
 async fn publish(
     context: &async_nats::jetstream::Context,
     message: &Message,
-    ignore_unsupported: bool,
+    config: &Config,
 ) -> Result<Receipt, Error> {
-    let headers = prepare(message, ignore_unsupported)?;
+    let headers = prepare(message, config)?;
     let subject = message.destination();
     publish_raw(context, subject, headers, message.payload().clone()).await
 }
 
-/// Checks `message` and encodes its headers, with `Nats-Msg-Id` set to its id or a
-/// new one.
-fn prepare(message: &Message, ignore_unsupported: bool) -> Result<HeaderMap, Error> {
+/// Checks `message` and encodes its headers.
+fn prepare(message: &Message, config: &Config) -> Result<HeaderMap, Error> {
     headers::check_publish_subject(message.destination(), Operation::Publish)?;
     headers::check_supported(
         message,
         Flavour::JetStream,
-        ignore_unsupported,
+        config.ignore_unsupported,
         Operation::Publish,
     )?;
-    let generated;
-    let id = match message.message_id() {
-        Some(id) => id,
-        None => {
-            generated = nuid::next().to_string();
-            &generated
-        }
-    };
-    headers::encode(message, Some(id), true, Operation::Publish)
+    headers::encode(message, Flavour::JetStream, config, Operation::Publish)
 }
 
 async fn publish_raw(
@@ -661,7 +654,11 @@ impl Stream for Consumer {
                 State::Pulling { batch, deadline } => {
                     match Pin::new(&mut **batch).poll_next(cx) {
                         Poll::Ready(Some(Ok(message))) => {
-                            return Poll::Ready(Some(Ok(delivery(message, this.settle.clone()))))
+                            return Poll::Ready(Some(Ok(delivery(
+                                message,
+                                this.settle.clone(),
+                                &this.connection.config().property_headers,
+                            ))))
                         }
                         Poll::Ready(Some(Err(err))) => {
                             // A status the server answered the pull request with (no
@@ -690,20 +687,28 @@ impl Stream for Consumer {
     }
 }
 
-fn delivery(message: async_nats::jetstream::Message, settle: Arc<ConsumerShared>) -> Delivery {
-    let (count, sequence) = match message.info() {
+fn delivery(
+    message: async_nats::jetstream::Message,
+    settle: Arc<ConsumerShared>,
+    names: &PropertyHeaders,
+) -> Delivery {
+    let (count, sequence, stored) = match message.info() {
         Ok(info) => (
             u32::try_from(info.delivered).unwrap_or(1),
             Some(info.stream_sequence),
+            Some(SystemTime::from(info.published)),
         ),
-        Err(_) => (1, None),
+        Err(_) => (1, None, None),
     };
     let (message, acker) = message.split();
     let decoded = headers::decode(
+        names,
+        Flavour::JetStream,
         message.subject.as_str(),
-        None,
+        message.reply.as_ref().map(|r| r.as_str()),
         message.headers.as_ref(),
         message.payload.clone(),
+        stored,
     );
     let backend = PendingDelivery {
         acker,

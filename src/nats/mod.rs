@@ -18,9 +18,17 @@
 //!   are awaited together) and `Nats-Msg-Id` deduplication,
 //!   and consumers with explicit ack, nak with delay, term and a dead-letter subject.
 //!
-//! Message properties travel in headers laid out in [`headers`]. NATS has no priority
-//! and core NATS no TTL: publishing a message with one fails with a permanent error
-//! unless [`Config::ignore_unsupported_properties`] is set.
+//! # On the wire
+//!
+//! What tower-mq writes is what other NATS clients write: the payload as it is,
+//! properties in headers under the names NATS users use (`Nats-Msg-Id`,
+//! `Content-Type`, `Correlation-Id`, ..., configurable with
+//! [`Config::property_headers`]), the reply subject for a core message's reply-to,
+//! headers as text with repeated names kept. What they write arrives intact, with a
+//! JetStream delivery's timestamp the time the stream stored it. What NATS cannot
+//! carry (typed or binary header values, a binary key, a priority, a TTL) fails the
+//! publish with a permanent error naming it, unless [`Config::ignore_unsupported`] is
+//! set. [`headers`] has the whole mapping.
 //!
 //! # Reconnecting
 //!
@@ -48,7 +56,7 @@
 //! operation and the subject or stream. Transient: connection loss, timeouts (a
 //! request nobody answered in time, a JetStream ack that did not come), a full
 //! buffer, JetStream temporarily unavailable, no responders to a core request (a
-//! responder may be restarting). Permanent: invalid subjects or headers, a payload
+//! responder may be restarting). Permanent: invalid subjects, headers NATS cannot carry, a payload
 //! over the server's limit, unsupported properties, no stream capturing a JetStream
 //! subject, a rejected stream or consumer configuration.
 //!

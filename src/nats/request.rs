@@ -121,7 +121,12 @@ impl Service<Message> for Requester {
                 connection.config().ignore_unsupported,
                 Operation::Request,
             )?;
-            let headers = headers::encode(&message, None, false, Operation::Request)?;
+            let headers = headers::encode(
+                &message,
+                Flavour::Core,
+                connection.config(),
+                Operation::Request,
+            )?;
             let mut request = async_nats::Request::new()
                 .payload(message.payload().clone())
                 .timeout(Some(timeout));
@@ -149,10 +154,13 @@ impl Service<Message> for Requester {
                         .with_source(err)
                 })?;
             Ok(headers::decode(
+                &connection.config().property_headers,
+                Flavour::Core,
                 reply.subject.as_str(),
                 reply.reply.as_ref().map(|r| r.as_str()),
                 reply.headers.as_ref(),
                 reply.payload,
+                None,
             ))
         })
     }
