@@ -453,7 +453,7 @@ fn nanos_since_epoch(t: SystemTime) -> i128 {
 }
 
 fn from_nanos(nanos: i128) -> Option<SystemTime> {
-    let magnitude = u128::try_from(nanos.unsigned_abs()).ok()?;
+    let magnitude = nanos.unsigned_abs();
     let secs = u64::try_from(magnitude / 1_000_000_000).ok()?;
     let sub = u32::try_from(magnitude % 1_000_000_000).ok()?;
     let span = Duration::new(secs, sub);

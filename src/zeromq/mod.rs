@@ -76,7 +76,7 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use futures_util::StreamExt;
 //! use tower::ServiceExt;
 //! use tower_mq::zeromq::{Config, Consumer, Framing, Publisher};
@@ -86,13 +86,14 @@
 //! # async fn main() -> Result<(), tower_mq::BoxError> {
 //! // A PULL worker binds; a PUSH publisher connects (and redials if the worker restarts).
 //! // Plain frames: any libzmq PUSH or PULL peer could stand on either side.
-//! let mut worker = Consumer::pull(&Config::new().bind("tcp://127.0.0.1:5557")).await?;
-//! let publisher = Publisher::push(&Config::new().connect("tcp://127.0.0.1:5557")).await?;
+//! let mut worker = Consumer::pull(&Config::new().bind("tcp://127.0.0.1:0")).await?;
+//! let endpoint = worker.endpoints()[0].clone();
+//! let publisher = Publisher::push(&Config::new().connect(&endpoint)).await?;
 //! let receipt = publisher.clone().oneshot(Message::new("jobs", "resize 42")).await?;
 //! println!("{receipt}");
-//! if let Some(delivery) = worker.next().await {
-//!     assert_eq!(delivery?.message().payload(), "resize 42");
-//! }
+//! let delivery = worker.next().await.expect("the socket is open")?;
+//! assert_eq!(delivery.message().payload(), "resize 42");
+//!
 //! // Headers need the envelope, on both ends.
 //! let err = publisher
 //!     .oneshot(Message::new("jobs", "resize 43").with_header("tenant", "acme"))
@@ -101,14 +102,14 @@
 //! assert!(err.to_string().contains("header `tenant`"));
 //!
 //! let envelope = Config::new().with_framing(Framing::Envelope);
-//! let mut worker = Consumer::pull(&envelope.clone().bind("tcp://127.0.0.1:5558")).await?;
-//! let publisher = Publisher::push(&envelope.connect("tcp://127.0.0.1:5558")).await?;
+//! let mut worker = Consumer::pull(&envelope.clone().bind("tcp://127.0.0.1:0")).await?;
+//! let endpoint = worker.endpoints()[0].clone();
+//! let publisher = Publisher::push(&envelope.connect(&endpoint)).await?;
 //! publisher
 //!     .oneshot(Message::new("jobs", "resize 44").with_header("tenant", "acme"))
 //!     .await?;
-//! if let Some(delivery) = worker.next().await {
-//!     assert_eq!(delivery?.message().headers().get_str("tenant"), Some("acme"));
-//! }
+//! let delivery = worker.next().await.expect("the socket is open")?;
+//! assert_eq!(delivery.message().headers().get_str("tenant"), Some("acme"));
 //! # Ok(())
 //! # }
 //! ```
