@@ -263,6 +263,43 @@ async fn a_zeromq_req_socket_to_a_served_router_in_plain_frames() {
     }
 }
 
+#[tokio::test]
+async fn requests_and_replies_plain_frames_cannot_carry_are_refused_permanently() {
+    let (requests, mut replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind ROUTER");
+    let endpoint = requests.endpoints()[0].clone();
+    let mut requester = Requester::connect(&Config::new().connect(&endpoint))
+        .await
+        .expect("DEALER")
+        .with_timeout(WAIT);
+    let err = tokio::time::timeout(WAIT, requester.ready())
+        .await
+        .expect("ready in time")
+        .expect("ready")
+        .call(Message::new("rpc", "x").with_header("tenant", "acme"))
+        .await
+        .expect_err("plain frames carry no header");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Request);
+    assert_eq!(err.destination(), Some("rpc"));
+    assert!(
+        err.reason().is_some_and(|r| r.contains("header `tenant`")),
+        "{err}"
+    );
+
+    let err = replies
+        .ready()
+        .await
+        .expect("ready")
+        .call(Message::new("zmq-route:00.", "x").with_content_type("text/plain"))
+        .await
+        .expect_err("plain frames carry no content type");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert!(err.to_string().contains("the content type"), "{err}");
+}
+
 /// Serves `square` on a ROUTER bound to `endpoint`, retrying the bind while the port
 /// is still held by a socket being closed (bounded).
 async fn square_server(endpoint: &str) -> tokio::task::JoinHandle<()> {

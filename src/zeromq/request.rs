@@ -306,9 +306,10 @@ impl Service<Message> for Requester {
             Ok(body) => body,
             Err(error) => {
                 self.sender.abort_send();
+                let reason = error.reason().unwrap_or("the request cannot be framed");
                 let error = Error::permanent(BROKER, Operation::Request)
                     .with_destination(destination)
-                    .with_source(error);
+                    .with_reason(reason.to_owned());
                 return Box::pin(std::future::ready(Err(error)));
             }
         };

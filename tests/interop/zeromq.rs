@@ -703,6 +703,39 @@ async fn a_libzmq_req_asks_and_a_tower_mq_router_answers_in_plain_frames() {
 }
 
 #[tokio::test]
+async fn a_libzmq_dealer_asks_a_tower_mq_router_with_or_without_a_delimiter() {
+    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("ROUTER");
+    let endpoint = requests.endpoints()[0].clone();
+    let echo = service_fn(|request: Delivery| async move {
+        let message = request.message();
+        let mut reply = Message::new("", message.payload().to_ascii_uppercase());
+        // The frames before the payload go back too.
+        for frame in frame_headers(message) {
+            reply.headers_mut().append(FRAME_HEADER, frame);
+        }
+        Ok::<_, BoxError>(reply)
+    });
+    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
+    let asked = vec![
+        // No delimiter: the route is the DEALER's identity alone.
+        frames_of(&[b"bare"]),
+        frames_of(&[b"\x01", b"two"]),
+        // ZeroMQ's request-reply envelope: a request id and a delimiter come back as sent.
+        frames_of(&[b"\x00\x00\x00\x07", b"", b"enveloped"]),
+    ];
+    let (child, mut out) = peer(&["dealer", &endpoint, &messages_arg(&asked)]);
+    assert_eq!(frames(&mut out).await, frames_of(&[b"BARE"]));
+    assert_eq!(frames(&mut out).await, frames_of(&[b"\x01", b"TWO"]));
+    assert_eq!(
+        frames(&mut out).await,
+        frames_of(&[b"\x00\x00\x00\x07", b"", b"ENVELOPED"])
+    );
+    finished(child).await;
+}
+
+#[tokio::test]
 async fn a_tower_mq_requester_asks_a_libzmq_rep_in_plain_frames() {
     let (child, mut out) = peer(&["rep", "tcp://127.0.0.1", "3"]);
     let port = line(&mut out).await;

@@ -17,6 +17,8 @@ Every message a peer receives is printed as one JSON line: its frames, hex-encod
                               upper-cased
   req ENDPOINT MESSAGES       connect a REQ to ENDPOINT, send each of MESSAGES and print
                               its reply
+  dealer ENDPOINT MESSAGES    connect a DEALER to ENDPOINT, send each of MESSAGES as is
+                              (no delimiter added) and print its reply
 """
 import json
 import sys
@@ -69,8 +71,8 @@ def main():
             frames = sock.recv_multipart()
             show(frames)
             sock.send_multipart(frames[:-1] + [frames[-1].upper()])
-    elif mode == "req":
-        sock = ctx.socket(zmq.REQ)
+    elif mode in ("req", "dealer"):
+        sock = ctx.socket(zmq.REQ if mode == "req" else zmq.DEALER)
         sock.connect(args[0])
         for message in frames_of(args[1]):
             sock.send_multipart(message)
