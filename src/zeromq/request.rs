@@ -153,8 +153,8 @@ struct Shared {
 }
 
 /// A DEALER socket as a `Service<Message, Response = Message>`: sends each request to
-/// one connected REP or ROUTER peer (round robin) and waits for the reply with the
-/// same correlation id, at most [`Requester::with_timeout`].
+/// one connected REP or ROUTER peer (round robin) and waits for its reply, at most
+/// [`Requester::with_timeout`].
 ///
 /// Each request goes out as ZeroMQ's request-reply envelope: a request id frame (16
 /// bytes, unique to this requester) and an empty delimiter, then the message in the
