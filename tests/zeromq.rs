@@ -1,22 +1,17 @@
-//! ZeroMQ between real peers on loopback: tower-mq sockets with each other, with the
-//! zeromq crate's raw sockets, and with libzmq (pyzmq, Debian's python3-zmq).
-//!
-//! No broker is needed. The libzmq tests run `tests/zeromq/peer.py` with the
-//! interpreter in `TOWER_MQ_LIBZMQ_PYTHON` (default `/usr/bin/python3`, which has
-//! python3-zmq once `scripts/brokers install` ran).
+//! ZeroMQ between real peers on loopback: tower-mq sockets with each other and with the
+//! zeromq crate's raw sockets. No broker is needed. The tests against libzmq peers are
+//! in the interop suite (`tests/interop/zeromq.rs`).
 
 #![cfg(feature = "zeromq")]
 
 use std::collections::HashSet;
 use std::future::IntoFuture;
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tower::{service_fn, Service, ServiceExt};
-use tower_mq::zeromq::{Config, Consumer, Publisher, Requester};
+use tower_mq::zeromq::{Config, Consumer, Framing, Publisher, Requester};
 use tower_mq::{serve, BoxError, Delivery, ErrorKind, Message, Operation, Receipt, Replier};
 use zeromq::prelude::*;
 
@@ -119,14 +114,16 @@ async fn pub_sub_delivers_by_topic_prefix() {
 #[tokio::test]
 async fn push_pull_balances_across_two_pullers_without_duplicates() {
     const COUNT: usize = 100;
-    let mut publisher = Publisher::push(&Config::new().bind("tcp://127.0.0.1:0"))
+    // The envelope, for the message ids.
+    let envelope = Config::new().with_framing(Framing::Envelope);
+    let mut publisher = Publisher::push(&envelope.clone().bind("tcp://127.0.0.1:0"))
         .await
         .expect("bind PUSH");
     let endpoint = publisher.endpoints()[0].clone();
-    let mut a = Consumer::pull(&Config::new().connect(&endpoint))
+    let mut a = Consumer::pull(&envelope.clone().connect(&endpoint))
         .await
         .expect("PULL a");
-    let mut b = Consumer::pull(&Config::new().connect(&endpoint))
+    let mut b = Consumer::pull(&envelope.clone().connect(&endpoint))
         .await
         .expect("PULL b");
     assert!(a.wait_for_peers(1).await && b.wait_for_peers(1).await);
@@ -171,8 +168,9 @@ async fn push_pull_balances_across_two_pullers_without_duplicates() {
 }
 
 #[tokio::test]
-async fn dealer_router_request_reply() {
-    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
+async fn dealer_router_request_reply_in_the_envelope() {
+    let envelope = Config::new().with_framing(Framing::Envelope);
+    let (requests, replies) = Consumer::router(&envelope.clone().bind("tcp://127.0.0.1:0"))
         .await
         .expect("bind ROUTER");
     let endpoint = requests.endpoints()[0].clone();
@@ -182,7 +180,7 @@ async fn dealer_router_request_reply() {
     });
     tokio::spawn(serve(requests, Replier::new(square, replies)).into_future());
 
-    let requester = Requester::connect(&Config::new().connect(&endpoint))
+    let requester = Requester::connect(&envelope.connect(&endpoint))
         .await
         .expect("DEALER")
         .with_timeout(WAIT);
@@ -208,17 +206,17 @@ async fn dealer_router_request_reply() {
 }
 
 #[tokio::test]
-async fn requester_to_a_zeromq_rep_socket() {
-    // zeromq's own REP: it strips the envelope our DEALER sends like a REQ's.
+async fn requester_to_a_zeromq_rep_socket_in_plain_frames() {
+    // zeromq's own REP: it strips the request id and delimiter our DEALER sends, as
+    // it does a REQ's envelope, and sends them back with the reply.
     let mut rep = zeromq::RepSocket::new();
     let bound = rep.bind("tcp://127.0.0.1:0").await.expect("bind REP");
     let server = tokio::spawn(async move {
         for _ in 0..3 {
             let request = rep.recv().await.expect("a request").into_vec();
-            assert_eq!(request.len(), 3, "destination, header block, payload");
-            let upper = Bytes::from(request[2].to_ascii_uppercase());
-            let reply = vec![request[0].clone(), request[1].clone(), upper];
-            rep.send(zeromq::ZmqMessage::try_from(reply).expect("frames"))
+            assert_eq!(request.len(), 1, "plain frames: the payload alone");
+            let upper = Bytes::from(request[0].to_ascii_uppercase());
+            rep.send(zeromq::ZmqMessage::from(upper))
                 .await
                 .expect("reply");
         }
@@ -241,7 +239,7 @@ async fn requester_to_a_zeromq_rep_socket() {
 }
 
 #[tokio::test]
-async fn a_zeromq_req_socket_to_a_served_router() {
+async fn a_zeromq_req_socket_to_a_served_router_in_plain_frames() {
     let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
         .await
         .expect("bind ROUTER");
@@ -253,9 +251,7 @@ async fn a_zeromq_req_socket_to_a_served_router() {
     let mut req = zeromq::ReqSocket::new();
     req.connect(&endpoint).await.expect("REQ connects");
     for i in 0..3 {
-        let request = Message::new("rpc", format!("req-{i}")).with_correlation_id(format!("c{i}"));
-        let frames = tower_mq::zeromq::frame::encode(&request).to_vec();
-        req.send(zeromq::ZmqMessage::try_from(frames).expect("frames"))
+        req.send(zeromq::ZmqMessage::from(format!("req-{i}")))
             .await
             .expect("REQ send");
         let reply = tokio::time::timeout(WAIT, req.recv())
@@ -263,10 +259,45 @@ async fn a_zeromq_req_socket_to_a_served_router() {
             .expect("a reply in time")
             .expect("REQ recv")
             .into_vec();
-        let reply = tower_mq::zeromq::frame::decode(&reply, "REQ").expect("a framed reply");
-        assert_eq!(String::from_utf8_lossy(reply.payload()), format!("REQ-{i}"));
-        assert_eq!(reply.correlation_id(), Some(format!("c{i}").as_str()));
+        assert_eq!(reply, [Bytes::from(format!("REQ-{i}"))]);
     }
+}
+
+#[tokio::test]
+async fn requests_and_replies_plain_frames_cannot_carry_are_refused_permanently() {
+    let (requests, mut replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind ROUTER");
+    let endpoint = requests.endpoints()[0].clone();
+    let mut requester = Requester::connect(&Config::new().connect(&endpoint))
+        .await
+        .expect("DEALER")
+        .with_timeout(WAIT);
+    let err = tokio::time::timeout(WAIT, requester.ready())
+        .await
+        .expect("ready in time")
+        .expect("ready")
+        .call(Message::new("rpc", "x").with_header("tenant", "acme"))
+        .await
+        .expect_err("plain frames carry no header");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Request);
+    assert_eq!(err.destination(), Some("rpc"));
+    assert!(
+        err.reason().is_some_and(|r| r.contains("header `tenant`")),
+        "{err}"
+    );
+
+    let err = replies
+        .ready()
+        .await
+        .expect("ready")
+        .call(Message::new("zmq-route:00.", "x").with_content_type("text/plain"))
+        .await
+        .expect_err("plain frames carry no content type");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert!(err.to_string().contains("the content type"), "{err}");
 }
 
 /// Serves `square` on a ROUTER bound to `endpoint`, retrying the bind while the port
@@ -429,12 +460,16 @@ async fn a_peer_that_restarts_on_the_same_port_gets_messages_again() {
 }
 
 #[tokio::test]
-async fn malformed_frames_are_permanent_errors_and_the_stream_continues() {
-    let mut puller = Consumer::pull(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("bind PULL");
+async fn malformed_envelopes_are_error_items_and_the_stream_continues() {
+    let mut puller = Consumer::pull(
+        &Config::new()
+            .with_framing(Framing::Envelope)
+            .bind("tcp://127.0.0.1:0"),
+    )
+    .await
+    .expect("bind PULL");
     let endpoint = puller.endpoints()[0].clone();
-    // A raw zeromq PUSH, sending what tower-mq's framing is not.
+    // A raw zeromq PUSH, sending marked envelopes that do not parse, and plain frames.
     let mut raw = zeromq::PushSocket::new();
     raw.connect(&endpoint).await.expect("raw PUSH connects");
     let mut rng = fastrand::Rng::with_seed(42);
@@ -444,15 +479,14 @@ async fn malformed_frames_are_permanent_errors_and_the_stream_continues() {
             0 => vec![Bytes::from(format!("only one frame {i}"))],
             1 => vec![
                 Bytes::from("topic"),
-                (0..rng.usize(0..40))
-                    .map(|_| rng.u8(..))
-                    .collect::<Vec<u8>>()
-                    .into(),
-                Bytes::from("payload"),
+                Bytes::from_static(b"TMQ\x01\x00"),
+                Bytes::from("version 1"),
             ],
             _ => {
-                let mut block = b"TMQ\x01\x00".to_vec();
-                block.extend((0..rng.usize(1..40)).map(|_| rng.u8(..)));
+                let mut block = tower_mq::zeromq::frame::MAGIC.to_vec();
+                block.push(0);
+                block.push(0x7f);
+                block.extend((0..rng.usize(0..40)).map(|_| rng.u8(..)));
                 vec![Bytes::from("topic"), block.into(), Bytes::from("payload")]
             }
         };
@@ -460,13 +494,13 @@ async fn malformed_frames_are_permanent_errors_and_the_stream_continues() {
             .await
             .expect("raw send");
     }
-    let good = tower_mq::zeromq::frame::encode(&Message::new("topic", "fine"));
+    let good = tower_mq::zeromq::frame::encode(&Message::new("topic", "fine")).expect("encode");
     raw.send(zeromq::ZmqMessage::try_from(good.to_vec()).expect("frames"))
         .await
         .expect("raw send");
 
     let mut errors = 0;
-    let mut accepted = 0;
+    let mut plain = 0;
     loop {
         let item = tokio::time::timeout(WAIT, puller.next())
             .await
@@ -474,21 +508,26 @@ async fn malformed_frames_are_permanent_errors_and_the_stream_continues() {
             .expect("the stream ended");
         match item {
             Err(e) => {
-                assert_eq!(e.kind(), ErrorKind::Permanent, "{e}");
+                assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
                 assert_eq!(e.broker(), "zeromq");
                 assert_eq!(e.operation(), Operation::Receive);
+                assert!(e.to_string().contains("malformed envelope"), "{e}");
                 errors += 1;
             }
-            // Random bytes can, rarely, be a valid block.
-            Ok(delivery) if text(&delivery) == "payload" => accepted += 1,
+            Ok(delivery) if text(&delivery).starts_with("only one frame") => plain += 1,
             Ok(delivery) => {
                 assert_eq!(text(&delivery), "fine");
+                assert_eq!(delivery.message().destination(), "topic");
                 break;
             }
         }
     }
-    assert_eq!(errors + accepted, BAD);
-    assert!(errors >= BAD * 9 / 10, "{errors} errors");
+    assert_eq!(plain, BAD.div_ceil(3), "single frames are plain messages");
+    assert_eq!(
+        errors,
+        BAD - plain,
+        "every marked, broken envelope is an error item"
+    );
 }
 
 #[tokio::test]
@@ -510,9 +549,15 @@ async fn invalid_endpoints_and_destinations_are_permanent() {
     assert_eq!(err.operation(), Operation::Connect, "{err}");
     assert!(err.to_string().contains(&endpoint), "{err}");
 
-    let mut publisher = Publisher::push(&Config::new().connect(&endpoint))
-        .await
-        .expect("PUSH");
+    // The envelope's topic frame must not be empty (plain frames have no topic frame
+    // then).
+    let mut publisher = Publisher::push(
+        &Config::new()
+            .with_framing(Framing::Envelope)
+            .connect(&endpoint),
+    )
+    .await
+    .expect("PUSH");
     let ready = tokio::time::timeout(WAIT, publisher.ready())
         .await
         .expect("ready")
@@ -527,163 +572,4 @@ async fn invalid_endpoints_and_destinations_are_permanent() {
         text(&next(&mut puller, "the valid message").await),
         "still usable"
     );
-}
-
-// --- libzmq interoperability -----------------------------------------------------------
-
-fn python() -> String {
-    std::env::var("TOWER_MQ_LIBZMQ_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
-}
-
-/// Starts peer.py; panics with the install hint when libzmq's Python binding is missing.
-fn peer(mode: &str, endpoint: &str, count: usize) -> tokio::process::Child {
-    let python = python();
-    let check = std::process::Command::new(&python)
-        .args(["-c", "import zmq"])
-        .output();
-    match check {
-        Ok(out) if out.status.success() => {}
-        other => panic!(
-            "libzmq peer: `{python} -c 'import zmq'` failed ({other:?}); install python3-zmq \
-             with scripts/brokers install, or set TOWER_MQ_LIBZMQ_PYTHON to a python3 that has pyzmq"
-        ),
-    }
-    let script = format!("{}/tests/zeromq/peer.py", env!("CARGO_MANIFEST_DIR"));
-    tokio::process::Command::new(&python)
-        .arg(script)
-        .args([mode, endpoint, &count.to_string()])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {python} failed: {e}"))
-}
-
-async fn lines(
-    child: &mut tokio::process::Child,
-) -> tokio::io::Lines<BufReader<tokio::process::ChildStdout>> {
-    BufReader::new(child.stdout.take().expect("piped stdout")).lines()
-}
-
-async fn line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
-    tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("the libzmq peer said nothing in time")
-        .expect("reading the peer")
-        .expect("the libzmq peer exited early")
-}
-
-async fn finished(mut child: tokio::process::Child) {
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("the libzmq peer did not finish")
-        .expect("waiting for the peer");
-    assert!(status.success(), "the libzmq peer failed: {status}");
-}
-
-#[tokio::test]
-async fn libzmq_push_to_tower_mq_pull() {
-    let mut puller = Consumer::pull(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("PULL");
-    let endpoint = puller.endpoints()[0].clone();
-    let child = peer("push", &endpoint, 5);
-    for i in 0..5 {
-        let delivery = next(&mut puller, "a message from libzmq").await;
-        let message = delivery.message();
-        assert_eq!(message.destination(), "from-libzmq");
-        assert_eq!(text(&delivery), format!("py-{i}"));
-        assert_eq!(message.message_id(), Some(format!("py-id-{i}").as_str()));
-        assert_eq!(message.headers().get_str("lang"), Some("python"));
-        assert!(message
-            .headers()
-            .get_str("zmq")
-            .is_some_and(|v| v.starts_with('4')));
-        assert!(message.is_persistent());
-    }
-    finished(child).await;
-}
-
-#[tokio::test]
-async fn tower_mq_push_to_libzmq_pull() {
-    let mut child = peer("pull", "tcp://127.0.0.1", 3);
-    let mut out = lines(&mut child).await;
-    let port = line(&mut out).await;
-    let mut publisher = Publisher::push(&Config::new().connect(format!("tcp://127.0.0.1:{port}")))
-        .await
-        .expect("PUSH")
-        .carry_unenforced_properties(true);
-    for i in 0..3 {
-        let message = Message::new("to-libzmq", format!("rust-{i}"))
-            .with_key("k")
-            .with_header("tenant", "acme")
-            .with_header("unicode", "grüße ✓")
-            .with_priority(4)
-            .with_ttl(Duration::from_millis(1500))
-            .with_correlation_id(format!("c-{i}"))
-            .with_content_type("text/plain");
-        publish(&mut publisher, message).await;
-    }
-    for i in 0..3 {
-        let seen: serde_json::Value = serde_json::from_str(&line(&mut out).await).expect("JSON");
-        assert_eq!(seen["topic"], "to-libzmq");
-        assert_eq!(seen["payload"], format!("rust-{i}"));
-        assert_eq!(seen["key"], "k");
-        assert_eq!(seen["headers"]["tenant"], "acme");
-        assert_eq!(seen["headers"]["unicode"], "grüße ✓");
-        assert_eq!(seen["priority"], 4);
-        assert_eq!(seen["ttl_ms"], 1500);
-        assert_eq!(seen["correlation_id"], format!("c-{i}"));
-        assert_eq!(seen["content_type"], "text/plain");
-        assert_eq!(seen["persistent"], true);
-    }
-    finished(child).await;
-}
-
-#[tokio::test]
-async fn tower_mq_requester_to_libzmq_rep() {
-    let mut child = peer("rep", "tcp://127.0.0.1", 3);
-    let mut out = lines(&mut child).await;
-    let port = line(&mut out).await;
-    let mut requester =
-        Requester::connect(&Config::new().connect(format!("tcp://127.0.0.1:{port}")))
-            .await
-            .expect("DEALER")
-            .with_timeout(WAIT);
-    for i in 0..3 {
-        let reply = requester
-            .ready()
-            .await
-            .expect("ready")
-            .call(Message::new("rpc", format!("hello-{i}")).with_header("n", i.to_string()))
-            .await
-            .expect("libzmq REP answers");
-        assert_eq!(
-            String::from_utf8_lossy(reply.payload()),
-            format!("HELLO-{i}")
-        );
-        assert_eq!(reply.headers().get_str("n"), Some(i.to_string().as_str()));
-    }
-    finished(child).await;
-}
-
-#[tokio::test]
-async fn libzmq_req_to_tower_mq_router() {
-    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
-    let echo = service_fn(|request: Delivery| async move {
-        let body = String::from_utf8_lossy(request.message().payload()).to_uppercase();
-        Ok::<_, BoxError>(Message::new("", body).with_header("served-by", "tower-mq"))
-    });
-    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
-    let mut child = peer("req", &endpoint, 3);
-    let mut out = lines(&mut child).await;
-    for i in 0..3 {
-        let seen: serde_json::Value = serde_json::from_str(&line(&mut out).await).expect("JSON");
-        assert_eq!(seen["payload"], format!("REQ-{i}"));
-        assert_eq!(seen["headers"]["served-by"], "tower-mq");
-        assert_eq!(seen["correlation_id"], format!("corr-{i}"), "{seen}");
-    }
-    finished(child).await;
 }

@@ -15,13 +15,16 @@ use crate::{Delivery, Error};
 /// A SUB, PULL or ROUTER socket as a `Stream` of [`Delivery`]s.
 ///
 /// Deliveries are [untracked](Delivery::unacknowledged): ZeroMQ has no acknowledgements,
-/// so settling one tells no peer. A message that does not parse
-/// ([`frame`](super::frame)) is an `Err` item with a permanent error, and the stream
-/// continues with the next message. See the [module docs](super).
+/// so settling one tells no peer. Every message from any peer is a delivery, read as
+/// the [`frame`](super::frame) docs say: plain frames, or the envelope where the
+/// [`Config`] enables it. The one thing that can fail is an envelope that does not
+/// parse: an `Err` item with a transient error (so that `serve` goes on), and the
+/// stream continues with the next message. See the [module docs](super).
 pub struct Consumer {
     handle: Handle,
     incoming: Incoming,
     routed: bool,
+    topic: bool,
 }
 
 impl Consumer {
@@ -48,16 +51,17 @@ impl Consumer {
     pub async fn router(config: &Config) -> Result<(Self, Replies), Error> {
         let (handle, incoming) = socket::open(Kind::Router, config).await?;
         let replies = Replies::new(handle.clone());
-        let consumer = Consumer::new(handle, incoming, true);
+        let consumer = Consumer::new(handle, incoming, true, false);
         Ok((consumer, replies))
     }
 
     async fn open(kind: Kind, config: &Config) -> Result<Self, Error> {
+        let topic = matches!(kind, Kind::Sub(_));
         let (handle, incoming) = socket::open(kind, config).await?;
-        Ok(Consumer::new(handle, incoming, false))
+        Ok(Consumer::new(handle, incoming, false, topic))
     }
 
-    fn new(handle: Handle, incoming: Option<Incoming>, routed: bool) -> Self {
+    fn new(handle: Handle, incoming: Option<Incoming>, routed: bool, topic: bool) -> Self {
         let incoming = incoming.unwrap_or_else(|| {
             // Only receiving socket kinds are opened here, and those always have a queue.
             let (_, rx) = tokio::sync::mpsc::channel(1);
@@ -67,6 +71,7 @@ impl Consumer {
             handle,
             incoming,
             routed,
+            topic,
         }
     }
 
@@ -88,24 +93,27 @@ impl Consumer {
     }
 
     fn parse(&self, frames: Vec<Bytes>) -> Result<Delivery, Error> {
+        let framing = self.handle.framing;
         if !self.routed {
-            return frame::decode(&frames, &self.handle.name).map(Delivery::unacknowledged);
+            return frame::decode_any(&frames, self.topic, framing, &self.handle.name)
+                .map(Delivery::unacknowledged);
         }
-        // The envelope is everything before the three frames of the message.
-        if frames.len() < 4 {
-            return Err(frame::malformed(
-                &self.handle.name,
-                format!(
-                    "expected a routing envelope and 3 frames, got {}",
-                    frames.len()
-                ),
-            ));
-        }
-        let (envelope, body) = frames.split_at(frames.len() - 3);
-        let mut message = frame::decode(body, &self.handle.name)?;
-        message.set_reply_to(Some(encode_route(envelope)));
+        let (route, body) = split_route(&frames);
+        let mut message = frame::decode_any(body, false, framing, &self.handle.name)?;
+        message.set_reply_to(Some(encode_route(route)));
         Ok(Delivery::unacknowledged(message))
     }
+}
+
+/// Splits what a ROUTER received into the route back to the peer and the message: the
+/// peer's identity and, when an empty delimiter frame follows, every frame up to and
+/// including it (ZeroMQ's request-reply envelope, as REQ and REP sockets write it).
+pub(crate) fn split_route(frames: &[Bytes]) -> (&[Bytes], &[Bytes]) {
+    let end = match frames.iter().skip(1).position(|f| f.is_empty()) {
+        Some(delimiter) => delimiter + 2,
+        None => frames.len().min(1),
+    };
+    frames.split_at(end)
 }
 
 impl Stream for Consumer {
@@ -128,5 +136,30 @@ impl fmt::Debug for Consumer {
             .field("socket", &self.handle.name)
             .field("peers", &self.peers())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&'static [u8]]) -> Vec<Bytes> {
+        parts.iter().map(|p| Bytes::from_static(p)).collect()
+    }
+
+    #[test]
+    fn the_route_is_the_identity_and_the_frames_up_to_the_delimiter() {
+        // A REQ peer: identity, delimiter, body.
+        let req = frames(&[b"id", b"", b"body"]);
+        assert_eq!(split_route(&req), (&req[..2], &req[2..]));
+        // A correlating requester: identity, request id, delimiter, body.
+        let dealer = frames(&[b"id", b"\x00\x01", b"", b"a", b"body"]);
+        assert_eq!(split_route(&dealer), (&dealer[..3], &dealer[3..]));
+        // A DEALER without a delimiter: the identity alone.
+        let bare = frames(&[b"id", b"a", b"body"]);
+        assert_eq!(split_route(&bare), (&bare[..1], &bare[1..]));
+        // Nothing after the delimiter: an empty body.
+        let empty = frames(&[b"id", b""]);
+        assert_eq!(split_route(&empty), (&empty[..], &empty[2..]));
     }
 }

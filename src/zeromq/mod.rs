@@ -31,36 +31,85 @@
 //! handled, and what was queued for it or in flight on the old connection, is lost:
 //! ZeroMQ is at most once across peer restarts.
 //!
-//! Messages travel in the framing described in [`frame`]: destination (prefix-matched
-//! by SUB sockets), a versioned header block (properties and headers), payload. A
-//! message that does not parse is a permanent error item on the consumer stream; the
-//! stream goes on with the next message.
+//! # On the wire
+//!
+//! By default messages travel as **plain frames**, what every libzmq peer sends and
+//! reads: a PUB sends `[topic, payload]`, a PUSH or DEALER `[payload]`, and a
+//! receiver takes the last frame as the payload and a SUB's first frame as the
+//! destination, whoever sent them. Nothing is lost on receipt: other frames before
+//! the payload become [`FRAME_HEADER`] headers, in order, and go back out as the same
+//! frames when the message is republished (the table is in [`frame`]). ZeroMQ frames
+//! have no place for anything else, so a publish that sets headers or properties
+//! fails with a permanent error naming each of them; [`Publisher::ignore_unsupported`]
+//! leaves them out instead.
+//!
+//! Between tower-mq peers, [`Config::with_framing`]`(`[`Framing::Envelope`]`)` sends
+//! the project's versioned envelope, `[topic, header block, payload]`, which carries
+//! every field of the message, header types included; its receivers still take plain
+//! frames from other peers. The layers that add headers or properties (trace context
+//! headers, compression's content encoding) need the envelope on both ends: with
+//! plain frames their publishes fail with an error naming what they added, never
+//! silently.
+//!
+//! | field | plain frames | envelope |
+//! | ----- | ------------ | -------- |
+//! | destination | PUB: first frame (the topic; none when empty); PUSH, DEALER: not sent | frame 0 |
+//! | payload | last frame | frame 2 |
+//! | key, headers, timestamp, message id, correlation id, reply-to, content type, content encoding, message type, app id, user id | refused (no place in a frame); `zmq-frame` headers are frames | header block |
+//! | priority, time to live | refused (nothing enforces them) | refused; carried unenforced with `ignore_unsupported` |
+//! | persistent | not sent (ZeroMQ stores nothing); plain deliveries are not persistent | header block flag |
+//!
+//! Request/reply uses ZeroMQ's own request-reply envelope: a [`Requester`] sends a
+//! request id frame and an empty delimiter before the message, as a REQ socket with
+//! request correlation does, and a ROUTER [`Consumer`] answers through whatever
+//! envelope the requesting peer sent (identity, frames up to the delimiter), so plain
+//! REQ, REP, DEALER and ROUTER peers interoperate both ways.
+//!
+//! A malformed message (only an envelope can be: the receiver enabled it and the
+//! frames are marked as one, but do not parse) is an `Err` item on the consumer
+//! stream with a transient error, so `serve` logs it and goes on; the stream continues
+//! with the next message.
 //!
 //! Errors name the broker `zeromq`, the operation and the endpoint or destination;
-//! failed binds and sends are transient, invalid endpoints and malformed messages
-//! permanent.
+//! failed binds and sends are transient, invalid endpoints and messages a framing
+//! cannot carry permanent.
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use futures_util::StreamExt;
 //! use tower::ServiceExt;
-//! use tower_mq::zeromq::{Config, Consumer, Publisher};
+//! use tower_mq::zeromq::{Config, Consumer, Framing, Publisher};
 //! use tower_mq::Message;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_mq::BoxError> {
 //! // A PULL worker binds; a PUSH publisher connects (and redials if the worker restarts).
-//! let mut worker = Consumer::pull(&Config::new().bind("tcp://127.0.0.1:5557")).await?;
-//! let publisher = Publisher::push(&Config::new().connect("tcp://127.0.0.1:5557")).await?;
-//! let receipt = publisher
-//!     .oneshot(Message::new("jobs", "resize 42").with_header("tenant", "acme"))
-//!     .await?;
+//! // Plain frames: any libzmq PUSH or PULL peer could stand on either side.
+//! let mut worker = Consumer::pull(&Config::new().bind("tcp://127.0.0.1:0")).await?;
+//! let endpoint = worker.endpoints()[0].clone();
+//! let publisher = Publisher::push(&Config::new().connect(&endpoint)).await?;
+//! let receipt = publisher.clone().oneshot(Message::new("jobs", "resize 42")).await?;
 //! println!("{receipt}");
-//! if let Some(delivery) = worker.next().await {
-//!     let delivery = delivery?;
-//!     assert_eq!(delivery.message().headers().get_str("tenant"), Some("acme"));
-//! }
+//! let delivery = worker.next().await.expect("the socket is open")?;
+//! assert_eq!(delivery.message().payload(), "resize 42");
+//!
+//! // Headers need the envelope, on both ends.
+//! let err = publisher
+//!     .oneshot(Message::new("jobs", "resize 43").with_header("tenant", "acme"))
+//!     .await
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("header `tenant`"));
+//!
+//! let envelope = Config::new().with_framing(Framing::Envelope);
+//! let mut worker = Consumer::pull(&envelope.clone().bind("tcp://127.0.0.1:0")).await?;
+//! let endpoint = worker.endpoints()[0].clone();
+//! let publisher = Publisher::push(&envelope.connect(&endpoint)).await?;
+//! publisher
+//!     .oneshot(Message::new("jobs", "resize 44").with_header("tenant", "acme"))
+//!     .await?;
+//! let delivery = worker.next().await.expect("the socket is open")?;
+//! assert_eq!(delivery.message().headers().get_str("tenant"), Some("acme"));
 //! # Ok(())
 //! # }
 //! ```
@@ -74,24 +123,28 @@ mod request;
 mod socket;
 
 pub use consumer::Consumer;
+pub use frame::{Framing, FRAME_HEADER};
 pub use publisher::{Publisher, ResponseFuture};
 pub use request::{Replies, Requester, ROUTE_PREFIX};
 
 /// The broker name in errors.
 pub const BROKER: &str = "zeromq";
 
-/// Where a socket binds and connects, and how it queues and redials.
+/// Where a socket binds and connects, how it queues and redials, and how its messages
+/// travel.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_mq::zeromq::Config;
+/// use tower_mq::zeromq::{Config, Framing};
 ///
 /// let config = Config::new()
 ///     .bind("tcp://127.0.0.1:0")
 ///     .connect("tcp://127.0.0.1:5555")
 ///     .with_send_queue(256)
-///     .with_redial(Duration::from_millis(20), Duration::from_secs(2));
+///     .with_redial(Duration::from_millis(20), Duration::from_secs(2))
+///     .with_framing(Framing::Envelope);
 /// assert_eq!(config.binds(), ["tcp://127.0.0.1:0"]);
+/// assert_eq!(config.framing(), Framing::Envelope);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -102,6 +155,7 @@ pub struct Config {
     redial_min: Duration,
     redial_max: Duration,
     connect_timeout: Duration,
+    framing: Framing,
 }
 
 impl Default for Config {
@@ -114,12 +168,14 @@ impl Default for Config {
             redial_min: Duration::from_millis(10),
             redial_max: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(250),
+            framing: Framing::Plain,
         }
     }
 }
 
 impl Config {
-    /// No endpoints; 1024-message send and receive queues; redial between 10 ms and 1 s.
+    /// No endpoints; 1024-message send and receive queues; redial between 10 ms and 1 s;
+    /// plain frames.
     pub fn new() -> Self {
         Config::default()
     }
@@ -161,6 +217,19 @@ impl Config {
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// How messages travel: [`Framing::Plain`] frames (the default), which any libzmq
+    /// peer sends and reads, or the project's [`Framing::Envelope`], which carries
+    /// headers and properties between tower-mq peers. See [`frame`].
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// The framing set by [`Config::with_framing`].
+    pub fn framing(&self) -> Framing {
+        self.framing
     }
 
     /// The endpoints to bind.

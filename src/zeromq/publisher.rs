@@ -21,15 +21,17 @@ use crate::{Error, Message, Operation, Receipt};
 /// full; the [`Receipt::ZeroMq`] names the message's destination (topic) and means the
 /// socket took the message. Clones share the socket. See the [module docs](super).
 ///
-/// ZeroMQ cannot honour a message's priority or time to live (there is no queue to
-/// order or expire), so publishing either fails with a permanent error unless
-/// [`Publisher::carry_unenforced_properties`] says to carry them in the header block
-/// for the receiver to act on.
+/// Messages go out in the socket's [framing](super::frame): plain frames unless the
+/// [`Config`] enables the envelope. What the framing cannot carry fails the publish
+/// with a permanent error naming it (headers and properties in plain frames; priority
+/// and time to live, which nothing in ZeroMQ enforces, in either), unless
+/// [`Publisher::ignore_unsupported`] says otherwise.
 pub struct Publisher {
     handle: Handle,
     sender: PollSender<Command>,
     peer_wait: PeerWait,
-    carry_unenforced: bool,
+    ignore_unsupported: bool,
+    topic: bool,
 }
 
 impl Publisher {
@@ -45,23 +47,27 @@ impl Publisher {
     }
 
     async fn open(kind: Kind, config: &Config) -> Result<Self, Error> {
+        let topic = kind == Kind::Pub;
         let (handle, _) = socket::open(kind, config).await?;
-        Ok(Publisher::from_handle(handle))
+        Ok(Publisher::from_handle(handle, topic))
     }
 
-    fn from_handle(handle: Handle) -> Self {
+    fn from_handle(handle: Handle, topic: bool) -> Self {
         Publisher {
             sender: PollSender::new(handle.commands.clone()),
             handle,
             peer_wait: None,
-            carry_unenforced: false,
+            ignore_unsupported: false,
+            topic,
         }
     }
 
-    /// Carries priority and time to live in the header block instead of refusing
-    /// them; nothing on the way enforces them.
-    pub fn carry_unenforced_properties(mut self, carry: bool) -> Self {
-        self.carry_unenforced = carry;
+    /// Publishes what the framing cannot carry instead of refusing it: plain frames
+    /// leave out the headers and properties they have no place for, and the envelope
+    /// carries priority and time to live for the receiver to act on (nothing on the
+    /// way enforces them). Off by default.
+    pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
+        self.ignore_unsupported = ignore;
         self
     }
 
@@ -175,40 +181,32 @@ impl Service<Message> for Publisher {
     }
 
     fn call(&mut self, message: Message) -> ResponseFuture {
-        if message.destination().is_empty() {
-            // An empty topic would match every subscriber's prefix.
-            self.sender.abort_send();
-            return ResponseFuture::failed(
-                Error::permanent(BROKER, Operation::Publish)
-                    .with_destination("")
-                    .with_reason("the destination (topic frame) must not be empty"),
-            );
-        }
-        let destination = message.destination().to_owned();
-        if !self.carry_unenforced && (message.priority().is_some() || message.ttl().is_some()) {
-            self.sender.abort_send();
-            return ResponseFuture::failed(
-                Error::permanent(BROKER, Operation::Publish)
-                    .with_destination(destination)
-                    .with_reason(
-                        "ZeroMQ cannot honour priority or time to live \
-                         (see Publisher::carry_unenforced_properties)",
-                    ),
-            );
-        }
+        let frames = frame::encode_any(
+            &message,
+            self.topic,
+            self.handle.framing,
+            self.ignore_unsupported,
+        );
+        let frames = match frames {
+            Ok(frames) => frames,
+            Err(error) => {
+                self.sender.abort_send();
+                return ResponseFuture::failed(error);
+            }
+        };
         queue(
             &self.handle,
             &mut self.sender,
-            frame::encode(&message).to_vec(),
-            destination,
+            frames,
+            message.destination().to_owned(),
         )
     }
 }
 
 impl Clone for Publisher {
     fn clone(&self) -> Self {
-        Publisher::from_handle(self.handle.clone())
-            .carry_unenforced_properties(self.carry_unenforced)
+        Publisher::from_handle(self.handle.clone(), self.topic)
+            .ignore_unsupported(self.ignore_unsupported)
     }
 }
 
@@ -217,6 +215,8 @@ impl fmt::Debug for Publisher {
         f.debug_struct("Publisher")
             .field("socket", &self.handle.name)
             .field("peers", &self.peers())
+            .field("framing", &self.handle.framing)
+            .field("ignore_unsupported", &self.ignore_unsupported)
             .finish()
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_core::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio_util::sync::PollSender;
@@ -15,7 +15,7 @@ use tower::Service;
 
 use super::publisher::{poll_send_ready, queue, PeerWait, ResponseFuture};
 use super::socket::{self, Command, Handle, Incoming, Kind};
-use super::{frame, Config, BROKER};
+use super::{frame, Config, Framing, BROKER};
 use crate::{Error, Message, Operation, Receipt};
 
 /// How a ROUTER consumer writes the route back to a requesting peer into a delivery's
@@ -58,9 +58,13 @@ fn decode_route(route: &str) -> Option<Vec<Bytes>> {
 ///
 /// A ROUTER sends to one peer by identity, so readiness does not wait for peers; a
 /// reply whose peer is gone fails with a transient error.
+///
+/// Replies go out in the socket's [framing](super::frame) after the route; what the
+/// framing cannot carry fails the reply unless [`Replies::ignore_unsupported`].
 pub struct Replies {
     handle: Handle,
     sender: PollSender<Command>,
+    ignore_unsupported: bool,
 }
 
 impl Replies {
@@ -68,7 +72,14 @@ impl Replies {
         Replies {
             sender: PollSender::new(handle.commands.clone()),
             handle,
+            ignore_unsupported: false,
         }
+    }
+
+    /// As [`Publisher::ignore_unsupported`](super::Publisher::ignore_unsupported).
+    pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
+        self.ignore_unsupported = ignore;
+        self
     }
 }
 
@@ -95,7 +106,18 @@ impl Service<Message> for Replies {
                 "a reply's destination must be a route from a request's reply_to",
             );
         };
-        frames.extend(frame::encode(&message));
+        match frame::encode_any(
+            &message,
+            false,
+            self.handle.framing,
+            self.ignore_unsupported,
+        ) {
+            Ok(body) => frames.extend(body),
+            Err(error) => {
+                self.sender.abort_send();
+                return ResponseFuture::from_error(error);
+            }
+        }
         queue(&self.handle, &mut self.sender, frames, destination)
     }
 }
@@ -110,7 +132,7 @@ fn queue_error(destination: String, reason: &'static str) -> ResponseFuture {
 
 impl Clone for Replies {
     fn clone(&self) -> Self {
-        Replies::new(self.handle.clone())
+        Replies::new(self.handle.clone()).ignore_unsupported(self.ignore_unsupported)
     }
 }
 
@@ -122,29 +144,33 @@ impl fmt::Debug for Replies {
     }
 }
 
-type Waiters = Mutex<HashMap<String, oneshot::Sender<Result<Message, Error>>>>;
+type Waiters = Mutex<HashMap<Bytes, oneshot::Sender<Result<Message, Error>>>>;
 
 struct Shared {
     waiters: Waiters,
-    prefix: String,
+    prefix: u64,
     counter: AtomicU64,
 }
 
 /// A DEALER socket as a `Service<Message, Response = Message>`: sends each request to
-/// one connected REP or ROUTER peer (round robin) and waits for the reply with the
-/// same correlation id, at most [`Requester::with_timeout`].
+/// one connected REP or ROUTER peer (round robin) and waits for its reply, at most
+/// [`Requester::with_timeout`].
 ///
-/// Requests carry an empty delimiter frame before the three message frames, as a REQ
-/// socket's do, so REP peers (libzmq's included) can answer them; many requests may
-/// be in flight at once. `poll_ready` is `Pending` until a peer is connected. A
-/// request that times out fails with a transient error (operation `request`, the
-/// request's destination); its late reply is dropped.
+/// Each request goes out as ZeroMQ's request-reply envelope: a request id frame (16
+/// bytes, unique to this requester) and an empty delimiter, then the message in the
+/// socket's [framing](super::frame). REP and ROUTER peers (libzmq's included) send the
+/// envelope back with the reply, which is how replies find their request: many
+/// requests may be in flight at once, and the messages' own correlation ids are left
+/// alone. `poll_ready` is `Pending` until a peer is connected. A request that times
+/// out fails with a transient error (operation `request`, the request's destination);
+/// its late reply is dropped. A reply that does not parse fails its request.
 pub struct Requester {
     handle: Handle,
     sender: PollSender<Command>,
     peer_wait: PeerWait,
     shared: Arc<Shared>,
     timeout: Duration,
+    ignore_unsupported: bool,
 }
 
 impl Requester {
@@ -153,7 +179,7 @@ impl Requester {
         let (handle, incoming) = socket::open(Kind::Dealer, config).await?;
         let shared = Arc::new(Shared {
             waiters: Mutex::new(HashMap::new()),
-            prefix: format!("{:016x}", fastrand::u64(..)),
+            prefix: fastrand::u64(..),
             counter: AtomicU64::new(0),
         });
         if let Some(incoming) = incoming {
@@ -161,6 +187,7 @@ impl Requester {
                 incoming,
                 Arc::downgrade(&shared),
                 handle.name.to_string(),
+                handle.framing,
             ));
         }
         Ok(Requester {
@@ -169,7 +196,15 @@ impl Requester {
             peer_wait: None,
             shared,
             timeout: Duration::from_secs(30),
+            ignore_unsupported: false,
         })
+    }
+
+    /// As [`Publisher::ignore_unsupported`](super::Publisher::ignore_unsupported), for
+    /// requests.
+    pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
+        self.ignore_unsupported = ignore;
+        self
     }
 
     /// How long a request waits for its reply (30 seconds unless set).
@@ -189,7 +224,12 @@ impl Requester {
     }
 }
 
-async fn route_replies(mut incoming: Incoming, shared: std::sync::Weak<Shared>, name: String) {
+async fn route_replies(
+    mut incoming: Incoming,
+    shared: std::sync::Weak<Shared>,
+    name: String,
+    framing: Framing,
+) {
     while let Some(item) = incoming.recv().await {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -201,32 +241,26 @@ async fn route_replies(mut incoming: Incoming, shared: std::sync::Weak<Shared>, 
                 continue;
             }
         };
-        // Drop the empty delimiter(s) a REP or ROUTER puts before the message.
-        let start = frames.len().saturating_sub(3);
-        if frames[..start].iter().any(|f| !f.is_empty()) {
-            tracing::warn!(socket = %name, frames = frames.len(), "reply with an unexpected envelope dropped");
+        // The request id, the empty delimiter, then the reply.
+        let [id, delimiter, body @ ..] = &frames[..] else {
+            tracing::warn!(socket = %name, frames = frames.len(), "reply without a request id dropped");
             continue;
-        }
-        let reply = match frame::decode(&frames[start..], &name) {
-            Ok(reply) => reply,
-            Err(error) => {
-                tracing::warn!(socket = %name, %error, "malformed reply dropped");
-                continue;
-            }
         };
-        let waiter = reply.correlation_id().and_then(|id| {
+        let waiter = if delimiter.is_empty() {
             shared
                 .waiters
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(id)
-        });
-        match waiter {
-            Some(waiter) => {
-                let _ = waiter.send(Ok(reply));
-            }
-            None => tracing::debug!(socket = %name, "reply for no waiting request dropped"),
-        }
+        } else {
+            None
+        };
+        let Some(waiter) = waiter else {
+            tracing::debug!(socket = %name, "reply for no waiting request dropped");
+            continue;
+        };
+        let reply = frame::decode_any(body, false, framing, &name);
+        let _ = waiter.send(reply);
     }
     // The socket stopped: fail whoever still waits.
     if let Some(shared) = shared.upgrade() {
@@ -260,22 +294,37 @@ impl Service<Message> for Requester {
         })
     }
 
-    fn call(&mut self, mut request: Message) -> Self::Future {
+    fn call(&mut self, request: Message) -> Self::Future {
         let destination = request.destination().to_owned();
-        let id = format!(
-            "{}-{}",
-            self.shared.prefix,
-            self.shared.counter.fetch_add(1, Ordering::Relaxed)
+        let body = frame::encode_any(
+            &request,
+            false,
+            self.handle.framing,
+            self.ignore_unsupported,
         );
-        request.set_correlation_id(Some(id.clone()));
+        let body = match body {
+            Ok(body) => body,
+            Err(error) => {
+                self.sender.abort_send();
+                let reason = error.reason().unwrap_or("the request cannot be framed");
+                let error = Error::permanent(BROKER, Operation::Request)
+                    .with_destination(destination)
+                    .with_reason(reason.to_owned());
+                return Box::pin(std::future::ready(Err(error)));
+            }
+        };
+        let mut id = BytesMut::with_capacity(16);
+        id.put_u64(self.shared.prefix);
+        id.put_u64(self.shared.counter.fetch_add(1, Ordering::Relaxed));
+        let id = id.freeze();
         let (tx, rx) = oneshot::channel();
         self.shared
             .waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), tx);
-        let mut frames = vec![Bytes::new()];
-        frames.extend(frame::encode(&request));
+        let mut frames = vec![id.clone(), Bytes::new()];
+        frames.extend(body);
         let sent = queue(&self.handle, &mut self.sender, frames, destination.clone());
         let shared = self.shared.clone();
         let timeout = self.timeout;
@@ -319,7 +368,7 @@ impl Service<Message> for Requester {
 /// Removes a request's waiter however its future ends.
 struct Waiting {
     shared: Arc<Shared>,
-    id: String,
+    id: Bytes,
 }
 
 impl Drop for Waiting {
@@ -340,6 +389,7 @@ impl Clone for Requester {
             peer_wait: None,
             shared: self.shared.clone(),
             timeout: self.timeout,
+            ignore_unsupported: self.ignore_unsupported,
         }
     }
 }

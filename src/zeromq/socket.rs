@@ -15,7 +15,7 @@ use zeromq::prelude::*;
 use zeromq::util::PeerIdentity;
 use zeromq::{SocketEvent, SocketOptions, ZmqError, ZmqMessage};
 
-use super::{Config, BROKER};
+use super::{Config, Framing, BROKER};
 use crate::{Error, Operation};
 
 /// The ZeroMQ socket types tower-mq drives.
@@ -134,6 +134,8 @@ pub(crate) struct Handle {
     pub(crate) peers: watch::Receiver<usize>,
     pub(crate) endpoints: Arc<[String]>,
     pub(crate) name: Arc<str>,
+    /// How the socket's messages travel ([`Config::with_framing`]).
+    pub(crate) framing: Framing,
     _alive: Arc<oneshot::Sender<()>>,
 }
 
@@ -232,6 +234,7 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
         peers,
         endpoints: endpoints.into(),
         name,
+        framing: config.framing,
         _alive: Arc::new(alive),
     };
     Ok((handle, incoming))

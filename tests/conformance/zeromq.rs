@@ -25,6 +25,8 @@
 //! queues and what publishers had written to the old connections before noticing they
 //! were gone: ZeroMQ keeps nothing across a peer's restart. Nothing is duplicated.
 //!
+//! Every socket uses the envelope framing: the cases round-trip headers and properties.
+//!
 //! SUB subscriptions match prefixes while the suite's topics are exact names, so the
 //! fixture's subscribers drop messages of longer topics that share the prefix.
 
@@ -37,10 +39,16 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
-use tower_mq::zeromq::{Config, Consumer, Publisher};
+use tower_mq::zeromq::{Config, Consumer, Framing, Publisher};
 use tower_mq::{Delivery, Error, Message};
 
 use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture, WAIT};
+
+/// Every socket of the suite: the cases publish headers and properties, which only the
+/// envelope carries (plain frames refuse them; the interop suite covers those).
+fn envelope_config() -> Config {
+    Config::new().with_framing(Framing::Envelope)
+}
 
 /// Marks the fixture's own probe messages.
 const PROBE: &str = "x-tmq-conformance-probe";
@@ -106,7 +114,7 @@ impl Hub {
             let ports = self.ports.lock().unwrap();
             (ports.ingress, ports.egress)
         };
-        let config = Config::new().bind(endpoint(egress_port));
+        let config = envelope_config().bind(endpoint(egress_port));
         let egress = bind_retrying("the hub PUB", || Publisher::publish(&config)).await;
         let egress_port = port_of(&egress.endpoints()[0]);
         *self.egress.lock().unwrap() = Some(egress.clone());
@@ -114,7 +122,7 @@ impl Hub {
         let keys: Vec<_> = self.groups.lock().unwrap().keys().cloned().collect();
         for key in keys {
             let port = self.groups.lock().unwrap()[&key].port;
-            let config = Config::new().bind(endpoint(port));
+            let config = envelope_config().bind(endpoint(port));
             let publisher = bind_retrying("a hub group PUSH", || Publisher::push(&config)).await;
             let live = self.groups.lock().unwrap()[&key].live.clone();
             let waited = tokio::time::timeout(WAIT, async {
@@ -131,7 +139,7 @@ impl Hub {
                 group.publisher = Some(publisher);
             }
         }
-        let config = Config::new().bind(endpoint(ingress_port));
+        let config = envelope_config().bind(endpoint(ingress_port));
         let mut ingress = bind_retrying("the hub PULL", || Consumer::pull(&config)).await;
         let ingress_port = port_of(&ingress.endpoints()[0]);
         *self.ports.lock().unwrap() = Ports {
@@ -190,7 +198,7 @@ impl Hub {
                 return (publisher.clone(), existing.live.clone());
             }
         }
-        let publisher = Publisher::push(&Config::new().bind("tcp://127.0.0.1:0"))
+        let publisher = Publisher::push(&envelope_config().bind("tcp://127.0.0.1:0"))
             .await
             .unwrap_or_else(|e| panic!("zeromq: binding a group PUSH failed: {e}"));
         let live = Arc::new(AtomicUsize::new(0));
@@ -324,7 +332,7 @@ impl Fixture for ZeromqFixture {
         };
         hub.start().await;
         let ingress = endpoint(hub.ports.lock().unwrap().ingress);
-        let prober = Publisher::push(&Config::new().connect(&ingress))
+        let prober = Publisher::push(&envelope_config().connect(&ingress))
             .await
             .unwrap_or_else(|e| panic!("zeromq: connecting to the hub at {ingress} failed: {e}"));
         ZeromqFixture { hub, prober }
@@ -332,7 +340,7 @@ impl Fixture for ZeromqFixture {
 
     async fn publisher(&self, _topic: &str) -> BoxPublisher {
         let ingress = self.ingress();
-        match Publisher::push(&Config::new().connect(&ingress)).await {
+        match Publisher::push(&envelope_config().connect(&ingress)).await {
             Ok(publisher) => BoxCloneService::new(publisher),
             Err(e) => panic!("zeromq: publisher to {ingress} failed: {e}"),
         }
@@ -340,7 +348,7 @@ impl Fixture for ZeromqFixture {
 
     async fn subscriber(&self, topic: &str) -> BoxConsumer {
         let egress = endpoint(self.hub.ports.lock().unwrap().egress);
-        let mut consumer = Consumer::subscribe(&Config::new().connect(&egress), [topic])
+        let mut consumer = Consumer::subscribe(&envelope_config().connect(&egress), [topic])
             .await
             .unwrap_or_else(|e| panic!("zeromq: subscribing to {topic} failed: {e}"));
         self.until_probed(
@@ -367,7 +375,7 @@ impl Fixture for ZeromqFixture {
     async fn group_consumer(&self, topic: &str, group: &str) -> BoxConsumer {
         let (output, live) = self.hub.group(topic, group).await;
         let address = output.endpoints()[0].clone();
-        let mut consumer = Consumer::pull(&Config::new().connect(&address))
+        let mut consumer = Consumer::pull(&envelope_config().connect(&address))
             .await
             .unwrap_or_else(|e| panic!("zeromq: joining group {group} at {address} failed: {e}"));
         live.fetch_add(1, Ordering::SeqCst);

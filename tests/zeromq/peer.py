@@ -1,86 +1,82 @@
-"""A libzmq peer (pyzmq) for tests/zeromq.rs: speaks tower-mq's ZeroMQ framing.
+"""A plain libzmq peer (pyzmq) for the ZeroMQ tests: it sends and reads plain frames,
+exactly as given, and knows nothing of tower-mq.
 
-Usage: peer.py MODE ENDPOINT COUNT
-  pull  bind a PULL on ENDPOINT's host (random port, printed), receive COUNT messages,
-        print each decoded as one JSON line
-  push  connect a PUSH to ENDPOINT, send COUNT framed messages
-  rep   bind a REP (random port, printed), answer COUNT requests with the payload
-        upper-cased, echoing the header block (so the correlation id)
-  req   connect a REQ to ENDPOINT, send COUNT requests, print each reply as JSON
-Frames: [destination, header block (b"TMQ\\x01", flags, tag/u32 length/value fields), payload].
+Usage: peer.py MODE ARGS...
+Messages are JSON: a list of messages, each a list of frames, each frame hex-encoded.
+Every message a peer receives is printed as one JSON line: its frames, hex-encoded.
+
+  push ENDPOINT MESSAGES      connect a PUSH to ENDPOINT and send MESSAGES
+  pub HOST MESSAGES           bind an XPUB on HOST (random port, printed), wait for the
+                              first subscription, then send MESSAGES
+  pull HOST COUNT             bind a PULL on HOST (random port, printed), print COUNT messages
+  sub ENDPOINT PREFIX COUNT   connect a SUB to ENDPOINT subscribed to PREFIX (hex), print
+                              every message until COUNT of them did not end in the frame
+                              b"probe"
+  rep HOST COUNT              bind a REP on HOST (random port, printed), print COUNT
+                              requests, answering each with its frames, the last one
+                              upper-cased
+  req ENDPOINT MESSAGES       connect a REQ to ENDPOINT, send each of MESSAGES and print
+                              its reply
+  dealer ENDPOINT MESSAGES    connect a DEALER to ENDPOINT, send each of MESSAGES as is
+                              (no delimiter added) and print its reply
 """
 import json
-import struct
 import sys
 
 import zmq
 
-MAGIC = b"TMQ\x01"
-NAMES = {1: "key", 4: "message_id", 5: "correlation_id", 6: "reply_to", 7: "content_type", 8: "content_encoding"}
+
+def frames_of(text):
+    return [[bytes.fromhex(frame) for frame in message] for message in json.loads(text)]
 
 
-def decode(frames):
-    assert len(frames) == 3, f"expected 3 frames, got {len(frames)}"
-    topic, block, payload = frames
-    assert block[:4] == MAGIC, f"bad magic {block[:4]!r}"
-    out = {"topic": topic.decode(), "payload": payload.decode(), "persistent": bool(block[4] & 1), "headers": {}}
-    rest = block[5:]
-    while rest:
-        tag, length = struct.unpack(">BI", rest[:5])
-        value, rest = rest[5:5 + length], rest[5 + length:]
-        assert len(value) == length, "truncated field"
-        if tag == 0x10:
-            (name_len,) = struct.unpack(">I", value[:4])
-            out["headers"][value[4:4 + name_len].decode()] = value[4 + name_len:].decode()
-        elif tag == 2:
-            out["priority"] = value[0]
-        elif tag == 3:
-            out["ttl_ms"] = struct.unpack(">Q", value)[0]
-        else:
-            out[NAMES[tag]] = value.decode()
-    return out
-
-
-def field(tag, value):
-    return struct.pack(">BI", tag, len(value)) + value
-
-
-def encode(topic, payload, message_id, headers, correlation_id=None):
-    block = MAGIC + b"\x01" + field(4, message_id.encode())
-    if correlation_id is not None:
-        block += field(5, correlation_id.encode())
-    for name, value in headers.items():
-        n = name.encode()
-        block += field(0x10, struct.pack(">I", len(n)) + n + value.encode())
-    return [topic.encode(), block, payload.encode()]
+def show(frames):
+    print(json.dumps([frame.hex() for frame in frames]), flush=True)
 
 
 def main():
-    mode, endpoint, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mode, args = sys.argv[1], sys.argv[2:]
     ctx = zmq.Context()
-    if mode == "pull":
-        sock = ctx.socket(zmq.PULL)
-        print(sock.bind_to_random_port(endpoint), flush=True)
-        for _ in range(count):
-            print(json.dumps(decode(sock.recv_multipart())), flush=True)
-    elif mode == "push":
+    if mode == "push":
         sock = ctx.socket(zmq.PUSH)
-        sock.connect(endpoint)
-        for i in range(count):
-            sock.send_multipart(encode("from-libzmq", f"py-{i}", f"py-id-{i}", {"lang": "python", "zmq": zmq.zmq_version()}))
+        sock.connect(args[0])
+        for message in frames_of(args[1]):
+            sock.send_multipart(message)
+    elif mode == "pub":
+        sock = ctx.socket(zmq.XPUB)
+        print(sock.bind_to_random_port(args[0]), flush=True)
+        subscription = sock.recv()
+        assert subscription[:1] == b"\x01", f"not a subscription: {subscription!r}"
+        for message in frames_of(args[1]):
+            sock.send_multipart(message)
+    elif mode == "pull":
+        sock = ctx.socket(zmq.PULL)
+        print(sock.bind_to_random_port(args[0]), flush=True)
+        for _ in range(int(args[1])):
+            show(sock.recv_multipart())
+    elif mode == "sub":
+        sock = ctx.socket(zmq.SUB)
+        sock.connect(args[0])
+        sock.setsockopt(zmq.SUBSCRIBE, bytes.fromhex(args[1]))
+        count = 0
+        while count < int(args[2]):
+            frames = sock.recv_multipart()
+            show(frames)
+            if frames[-1] != b"probe":
+                count += 1
     elif mode == "rep":
         sock = ctx.socket(zmq.REP)
-        print(sock.bind_to_random_port(endpoint), flush=True)
-        for _ in range(count):
-            topic, block, payload = sock.recv_multipart()
-            decode([topic, block, payload])
-            sock.send_multipart([topic, block, payload.upper()])
-    elif mode == "req":
-        sock = ctx.socket(zmq.REQ)
-        sock.connect(endpoint)
-        for i in range(count):
-            sock.send_multipart(encode("rpc", f"req-{i}", f"req-id-{i}", {"lang": "python"}, f"corr-{i}"))
-            print(json.dumps(decode(sock.recv_multipart())), flush=True)
+        print(sock.bind_to_random_port(args[0]), flush=True)
+        for _ in range(int(args[1])):
+            frames = sock.recv_multipart()
+            show(frames)
+            sock.send_multipart(frames[:-1] + [frames[-1].upper()])
+    elif mode in ("req", "dealer"):
+        sock = ctx.socket(zmq.REQ if mode == "req" else zmq.DEALER)
+        sock.connect(args[0])
+        for message in frames_of(args[1]):
+            sock.send_multipart(message)
+            show(sock.recv_multipart())
     else:
         raise SystemExit(f"unknown mode {mode}")
     sock.close(linger=5000)
