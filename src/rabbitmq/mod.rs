@@ -65,11 +65,12 @@ mod confirms;
 mod connection;
 mod consumer;
 mod error;
+mod mapping;
 mod publisher;
 mod request;
 mod topology;
 
-pub use config::{Config, Routing};
+pub use config::{Config, Routing, TIMESTAMP_MILLIS_HEADER};
 pub use connection::Connection;
 pub use consumer::{Consumer, DEATH_QUEUE_HEADER, DEATH_REASON_HEADER};
 pub use publisher::{BatchPublisher, Publisher, ResponseFuture};
