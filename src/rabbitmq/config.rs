@@ -39,7 +39,11 @@ pub const TIMESTAMP_MILLIS_HEADER: &str = "timestamp_in_ms";
 ///     .channel_pool_size(8)
 ///     .prefetch(100)
 ///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2))
-///     .routing(Routing::DefaultExchange);
+///     .routing(Routing::DefaultExchange)
+///     // A message key has no place with DefaultExchange routing: leave it out
+///     // instead of failing the publish.
+///     .ignore_unsupported_properties(true)
+///     .timestamp_millis_header("sent_at_ms");
 /// assert_eq!(config.prefetch_count(), 100);
 /// ```
 #[derive(Debug, Clone)]

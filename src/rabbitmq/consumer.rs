@@ -45,6 +45,11 @@ use crate::error::{Error, ErrorKind, Operation};
 ///   there, crashes included. On classic queues a redelivery after a crash or a lost
 ///   connection is only flagged, so it adds 1 however often it happens: a lower
 ///   bound.
+/// - **Foreign messages.** Every property and typed header arrives as sent (see the
+///   [module docs](super#the-wire)). A delivery the model cannot hold (a `timestamp`
+///   past what the system clock holds) is rejected like [`Delivery::reject`] would,
+///   so it reaches the queue's dead-letter exchange, and yields a *transient*
+///   [`Operation::Receive`] error naming the reason; the stream goes on.
 /// - **Reconnects.** When the connection is lost the stream waits (no item) and
 ///   subscribes again once the connection is back; unacknowledged deliveries are
 ///   redelivered by the broker, and acking a delivery from the lost channel fails with
