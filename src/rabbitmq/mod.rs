@@ -97,8 +97,9 @@
 //! deprecated `cluster_id` property, which the model has no field for, is not kept.
 //! A delivery the model cannot hold (a `timestamp` past what the system clock holds;
 //! an `expiration` that is not a whole number of milliseconds, which RabbitMQ itself
-//! refuses) is rejected, so it goes to the queue's dead-letter exchange, and is
-//! reported as a transient error: the consumer, and `serve`, go on.
+//! refuses) is rejected, so it goes to the queue's dead-letter exchange (RabbitMQ
+//! drops it when the queue has none), and is reported as a transient error naming
+//! why: the consumer, and `serve`, go on.
 //!
 //! ```no_run
 //! use std::time::SystemTime;

@@ -673,3 +673,58 @@ async fn a_delivery_tower_mq_cannot_hold_is_dead_lettered_and_the_consumer_goes_
         "{reason:?}"
     );
 }
+
+#[tokio::test]
+async fn serve_goes_on_past_a_delivery_tower_mq_cannot_hold() {
+    use std::future::IntoFuture;
+
+    let plain = Plain::connect().await;
+    let queue = unique("malformed-serve");
+    plain.queue(&queue, None).await;
+    let connection = tower_mq(Config::new(url())).await;
+    let consumer = connection.consumer(&queue).await.expect("consume");
+    let (seen, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let handler = tower::service_fn(move |delivery: Delivery| {
+        let seen = seen.clone();
+        async move {
+            let _ = seen.send(delivery.message().payload().clone());
+            Ok::<_, tower_mq::BoxError>(())
+        }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tower_mq::serve(consumer, handler)
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+    plain
+        .publish(
+            "",
+            &queue,
+            b"odd",
+            BasicProperties::default().with_timestamp(u64::MAX),
+        )
+        .await;
+    plain
+        .publish("", &queue, b"fine", BasicProperties::default())
+        .await;
+    let got = tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .expect("serve handled nothing within 10 s")
+        .expect("the handler is gone");
+    assert_eq!(got.as_ref(), b"fine");
+    stop.send(()).ok();
+    let summary = server
+        .await
+        .expect("serve panicked")
+        .expect("serve stopped with an error");
+    assert_eq!(summary.acked, 1, "{summary:?}");
+    // The queue has no dead-letter exchange: the odd message is dropped by the broker
+    // as a rejected message, not delivered to the handler and not left to loop.
+    assert!(
+        plain.get(&queue).await.is_none(),
+        "the odd message came back"
+    );
+}
