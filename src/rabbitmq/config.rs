@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use super::topology::Topology;
 
+/// The default [`Config::timestamp_millis_header`]: RabbitMQ's own name for a time in
+/// milliseconds.
+pub const TIMESTAMP_MILLIS_HEADER: &str = "timestamp_in_ms";
+
 /// Everything a RabbitMQ [`Connection`](super::Connection) needs: where to connect,
 /// how to keep the connection alive, how messages map to exchanges, and the topology
 /// to declare on every (re)connect.
@@ -22,6 +26,8 @@ use super::topology::Topology;
 /// | [`request_timeout`](Config::request_timeout) | 30 s |
 /// | [`requeue_by_republish`](Config::requeue_by_republish) | `true` |
 /// | [`reject_with_reason`](Config::reject_with_reason) | `true` |
+/// | [`ignore_unsupported_properties`](Config::ignore_unsupported_properties) | `false`: what AMQP cannot carry fails the publish |
+/// | [`timestamp_millis_header`](Config::timestamp_millis_header) | `timestamp_in_ms` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -33,7 +39,11 @@ use super::topology::Topology;
 ///     .channel_pool_size(8)
 ///     .prefetch(100)
 ///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2))
-///     .routing(Routing::DefaultExchange);
+///     .routing(Routing::DefaultExchange)
+///     // A message key has no place with DefaultExchange routing: leave it out
+///     // instead of failing the publish.
+///     .ignore_unsupported_properties(true)
+///     .timestamp_millis_header("sent_at_ms");
 /// assert_eq!(config.prefetch_count(), 100);
 /// ```
 #[derive(Debug, Clone)]
@@ -50,6 +60,8 @@ pub struct Config {
     pub(crate) request_timeout: Duration,
     pub(crate) requeue_by_republish: bool,
     pub(crate) reject_with_reason: bool,
+    pub(crate) ignore_unsupported: bool,
+    pub(crate) timestamp_millis_header: Option<String>,
     pub(crate) topology: Topology,
 }
 
@@ -59,22 +71,28 @@ pub struct Config {
 /// Whatever the mode, a destination starting with `amq.rabbitmq.reply-to` (a direct
 /// reply-to address taken from a request's `reply_to`) is published to the default
 /// exchange with that routing key, so replies work in every mode.
+///
+/// A routing key is text: a message key that is not UTF-8 fails the publish. In the
+/// modes where the destination is the routing key, a message key has no place on the
+/// wire and fails the publish too, unless
+/// [`Config::ignore_unsupported_properties`](Config::ignore_unsupported_properties) is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Routing {
     /// The destination is the exchange, the key the routing key (empty when unset).
     /// An empty destination is the default exchange. A delivery's destination is the
-    /// exchange it was published to (its routing key when that was the default exchange)
-    /// and its key the routing key.
+    /// exchange it was published to (empty for the default exchange) and its key the
+    /// routing key (none when empty), so a delivery published again goes where it went
+    /// the first time.
     #[default]
     Exchange,
     /// The destination is a queue name: messages go to the default exchange (`""`) with
     /// the destination as routing key, which RabbitMQ delivers straight to that queue.
-    /// The message key is not sent. A delivery's destination is its routing key.
+    /// A message key is refused. A delivery's destination is its routing key.
     DefaultExchange,
     /// Every message goes to this one exchange with the destination as routing key
     /// (e.g. a topic exchange where destinations are topics such as `orders.eu.created`).
-    /// The message key is not sent. A delivery's destination is its routing key.
+    /// A message key is refused. A delivery's destination is its routing key.
     FixedExchange(String),
 }
 
@@ -86,7 +104,7 @@ impl Routing {
         destination: &'a str,
         key: Option<&'a str>,
     ) -> (&'a str, &'a str) {
-        if destination.starts_with("amq.rabbitmq.reply-to") {
+        if is_direct_reply(destination) {
             return ("", destination);
         }
         match self {
@@ -96,6 +114,11 @@ impl Routing {
         }
     }
 
+    /// Whether a message key to `destination` becomes the routing key.
+    pub(crate) fn uses_key(&self, destination: &str) -> bool {
+        matches!(self, Routing::Exchange) && !is_direct_reply(destination)
+    }
+
     /// The destination and key a delivery from `exchange` with `routing_key` gets.
     pub fn destination_and_key(
         &self,
@@ -103,13 +126,17 @@ impl Routing {
         routing_key: &str,
     ) -> (String, Option<String>) {
         match self {
-            Routing::Exchange if !exchange.is_empty() => {
+            Routing::Exchange => {
                 let key = (!routing_key.is_empty()).then(|| routing_key.to_owned());
                 (exchange.to_owned(), key)
             }
             _ => (routing_key.to_owned(), None),
         }
     }
+}
+
+fn is_direct_reply(destination: &str) -> bool {
+    destination.starts_with("amq.rabbitmq.reply-to")
 }
 
 impl Config {
@@ -130,6 +157,8 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             requeue_by_republish: true,
             reject_with_reason: true,
+            ignore_unsupported: false,
+            timestamp_millis_header: Some(TIMESTAMP_MILLIS_HEADER.to_owned()),
             topology: Topology::new(),
         }
     }
@@ -225,6 +254,39 @@ impl Config {
         self
     }
 
+    /// Whether a message property AMQP has no place for is left out of the publish
+    /// instead of failing it (default `false`: the publish fails with a permanent error
+    /// naming the property). It concerns the message key when the [`Routing`] mode
+    /// sends the destination as the routing key (the key is then not sent), a TTL with a
+    /// sub-millisecond part (rounded up to the millisecond), and a timestamp before 1970
+    /// (not sent) or with milliseconds while
+    /// [`timestamp_millis_header`](Config::timestamp_millis_header) is off (truncated to
+    /// the second). Headers AMQP cannot carry (a name repeated or over 255 bytes) always
+    /// fail the publish: leaving them out would change the message.
+    pub fn ignore_unsupported_properties(mut self, ignore: bool) -> Self {
+        self.ignore_unsupported = ignore;
+        self
+    }
+
+    /// The header that carries a timestamp's milliseconds, as a long (`l`) beside the
+    /// `timestamp` property's whole seconds: by default `timestamp_in_ms`, the name
+    /// RabbitMQ itself uses for millisecond times (its AMQP 1.0 conversion, the event
+    /// exchange). Written only when the timestamp is not on a whole second; read back
+    /// into [`Message::timestamp`](crate::Message::timestamp) only when it agrees with the
+    /// `timestamp` property and is not on the second, otherwise it stays a header.
+    pub fn timestamp_millis_header(mut self, name: impl Into<String>) -> Self {
+        self.timestamp_millis_header = Some(name.into());
+        self
+    }
+
+    /// Sends timestamps in whole seconds only: a timestamp with milliseconds then fails
+    /// the publish, unless [`ignore_unsupported_properties`](Config::ignore_unsupported_properties)
+    /// truncates it to the second.
+    pub fn no_timestamp_millis_header(mut self) -> Self {
+        self.timestamp_millis_header = None;
+        self
+    }
+
     /// Exchanges, queues and bindings declared on connect and again after every
     /// reconnect. More can be added later with
     /// [`Connection::declare`](super::Connection::declare).
@@ -271,8 +333,16 @@ mod tests {
             r.destination_and_key("orders", "eu"),
             ("orders".into(), Some("eu".into()))
         );
-        assert_eq!(r.destination_and_key("", "q1"), ("q1".into(), None));
+        // Published again, a delivery from the default exchange goes where it went.
+        assert_eq!(
+            r.destination_and_key("", "q1"),
+            ("".into(), Some("q1".into()))
+        );
+        assert_eq!(r.exchange_and_key("", Some("q1")), ("", "q1"));
+        assert!(r.uses_key("orders"));
+        assert!(!r.uses_key("amq.rabbitmq.reply-to.abc"));
         let r = Routing::DefaultExchange;
+        assert!(!r.uses_key("q1"));
         assert_eq!(r.exchange_and_key("q1", Some("ignored")), ("", "q1"));
         assert_eq!(r.destination_and_key("", "q1"), ("q1".into(), None));
         let r = Routing::FixedExchange("events".into());

@@ -494,6 +494,12 @@ impl Supervisor {
                             tracing::info!(endpoint = %self.endpoint, "rabbitmq unblocked the connection");
                             self.status.send_modify(|s| s.blocked = false);
                         }
+                        // lapin reports a channel the broker closed (NOT_FOUND, a refused
+                        // user id) here too; that channel's users get the error, and the
+                        // connection stays: only a closed connection is lost.
+                        Some(Event::Error(error)) if live.is_connected() => {
+                            tracing::debug!(endpoint = %self.endpoint, %error, "rabbitmq closed a channel");
+                        }
                         Some(Event::Error(error)) => break error.to_string(),
                         Some(_) => {}
                         None => break "connection events ended".to_owned(),

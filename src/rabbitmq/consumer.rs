@@ -14,13 +14,12 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::config::Routing;
 use super::confirms::{Outcome, Unconfirmed};
 use super::connection::Connection;
 use super::error::{amqp_error, short_string, BROKER};
+use super::mapping::{incoming, DELIVERIES_HEADER};
 use crate::delivery::{Acker, Acknowledge, Delivery};
 use crate::error::{Error, ErrorKind, Operation};
-use crate::message::{Headers, Message};
 
 /// A queue's deliveries as a `Stream<Item = Result<Delivery, tower_mq::Error>>`.
 ///
@@ -46,6 +45,11 @@ use crate::message::{Headers, Message};
 ///   there, crashes included. On classic queues a redelivery after a crash or a lost
 ///   connection is only flagged, so it adds 1 however often it happens: a lower
 ///   bound.
+/// - **Foreign messages.** Every property and typed header arrives as sent (see the
+///   [module docs](super#the-wire)). A delivery the model cannot hold (a `timestamp`
+///   past what the system clock holds) is rejected like [`Delivery::reject`] would,
+///   so it reaches the queue's dead-letter exchange, and yields a *transient*
+///   [`Operation::Receive`] error naming the reason; the stream goes on.
 /// - **Reconnects.** When the connection is lost the stream waits (no item) and
 ///   subscribes again once the connection is back; unacknowledged deliveries are
 ///   redelivered by the broker, and acking a delivery from the lost channel fails with
@@ -214,7 +218,7 @@ impl State {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    return Some(Ok(to_delivery(delivery, &self.connection, &self.queue)));
+                    return Some(to_delivery(delivery, &self.connection, &self.queue).await);
                 }
                 Some(Err(error)) => {
                     tracing::warn!(queue = %self.queue, %error, "rabbitmq consumer lost its channel; re-subscribing");
@@ -228,26 +232,6 @@ impl State {
             self.connection.nudge();
         }
     }
-}
-
-fn header_value(value: &AMQPValue) -> Option<String> {
-    Some(match value {
-        AMQPValue::Boolean(v) => v.to_string(),
-        AMQPValue::ShortShortInt(v) => v.to_string(),
-        AMQPValue::ShortShortUInt(v) => v.to_string(),
-        AMQPValue::ShortInt(v) => v.to_string(),
-        AMQPValue::ShortUInt(v) => v.to_string(),
-        AMQPValue::LongInt(v) => v.to_string(),
-        AMQPValue::LongUInt(v) => v.to_string(),
-        AMQPValue::LongLongInt(v) => v.to_string(),
-        AMQPValue::Float(v) => v.to_string(),
-        AMQPValue::Double(v) => v.to_string(),
-        AMQPValue::Timestamp(v) => v.to_string(),
-        AMQPValue::ShortString(v) => v.as_str().to_owned(),
-        AMQPValue::LongString(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        AMQPValue::ByteArray(v) => String::from_utf8_lossy(v.as_slice()).into_owned(),
-        _ => return None,
-    })
 }
 
 fn as_count(value: &AMQPValue) -> Option<u64> {
@@ -264,49 +248,6 @@ fn as_count(value: &AMQPValue) -> Option<u64> {
     }
 }
 
-/// A tower-mq message from an AMQP delivery's properties and body. Header values that
-/// are not scalars (`x-death`'s tables) are left out.
-pub(crate) fn to_message(
-    exchange: &str,
-    routing_key: &str,
-    properties: &lapin::BasicProperties,
-    data: Vec<u8>,
-    routing: &Routing,
-) -> Message {
-    let (destination, key) = routing.destination_and_key(exchange, routing_key);
-    let mut message = Message::new(destination, data)
-        .with_persistent(properties.delivery_mode().is_some_and(|mode| mode == 2));
-    message.set_key(key.map(bytes::Bytes::from));
-    if let Some(headers) = properties.headers() {
-        let headers: Headers = headers
-            .inner()
-            .iter()
-            .filter(|(k, _)| k.as_str() != DELIVERIES_HEADER)
-            .filter_map(|(k, v)| header_value(v).map(|v| (k.as_str().to_owned(), v)))
-            .collect();
-        message = message.with_headers(headers);
-    }
-    message.set_priority(*properties.priority());
-    message.set_ttl(
-        properties
-            .expiration()
-            .as_ref()
-            .and_then(|ms| ms.as_str().parse::<u64>().ok())
-            .map(Duration::from_millis),
-    );
-    let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-    message.set_message_id(text(properties.message_id()));
-    message.set_correlation_id(text(properties.correlation_id()));
-    message.set_reply_to(text(properties.reply_to()));
-    message.set_content_type(text(properties.content_type()));
-    message.set_content_encoding(text(properties.content_encoding()));
-    message
-}
-
-/// The header in which a requeue by republishing records how many times the message
-/// was delivered before.
-pub(crate) const DELIVERIES_HEADER: &str = "x-tower-mq-deliveries";
-
 /// The header carrying the reason given to `reject` on a dead letter.
 pub const DEATH_REASON_HEADER: &str = "x-tower-mq-death-reason";
 
@@ -315,14 +256,21 @@ pub const DEATH_QUEUE_HEADER: &str = "x-tower-mq-death-queue";
 
 fn count_header(properties: &lapin::BasicProperties, name: &str) -> Option<u64> {
     let value = properties.headers().as_ref()?.inner().get(name)?;
-    as_count(value).or_else(|| header_value(value)?.parse().ok())
+    as_count(value).or_else(|| match value {
+        AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok()?.parse().ok(),
+        _ => None,
+    })
 }
 
-fn to_delivery(
+/// The delivery as a tower-mq [`Delivery`]; one that is not a valid message (a
+/// timestamp past what the clock holds, say) is rejected, so it goes to the queue's
+/// dead-letter exchange if it has one, and comes out as a transient error that leaves
+/// the stream going.
+async fn to_delivery(
     delivery: lapin::message::Delivery,
     connection: &Connection,
     queue: &str,
-) -> Delivery {
+) -> Result<Delivery, Error> {
     // Deliveries before this one: those recorded by requeues-by-republish, plus the
     // broker's own count (quorum queues) or, failing that, its redelivered flag.
     let republished = count_header(&delivery.properties, DELIVERIES_HEADER).unwrap_or(0);
@@ -330,29 +278,45 @@ fn to_delivery(
         .unwrap_or(u64::from(delivery.redelivered));
     let count =
         u32::try_from(republished.saturating_add(broker).saturating_add(1)).unwrap_or(u32::MAX);
-    let message = to_message(
+    let config = connection.config();
+    let payload = bytes::Bytes::from(delivery.data);
+    let message = incoming(
         delivery.exchange.as_str(),
         delivery.routing_key.as_str(),
         &delivery.properties,
-        delivery.data,
-        &connection.config().routing,
+        payload.clone(),
+        config,
     );
-    let config = connection.config();
     let copy = (config.requeue_by_republish || config.reject_with_reason).then(|| {
         Arc::new(Copy {
             connection: connection.clone(),
             properties: delivery.properties,
             routing_key: delivery.routing_key.as_str().to_owned(),
-            payload: message.payload().clone(),
+            payload,
             count,
         })
     });
-    let acker = Acker::new(RabbitAcker {
+    let acker = RabbitAcker {
         acker: delivery.acker,
         queue: queue.to_owned(),
         copy,
-    });
-    Delivery::new(message, acker).with_delivery_count(count)
+    };
+    match message {
+        Ok(message) => Ok(Delivery::new(message, Acker::new(acker)).with_delivery_count(count)),
+        Err(why) => {
+            let reason = format!("not a valid message: {why}");
+            let settled = acker.reject(&reason).await;
+            let mut error = Error::transient(BROKER, Operation::Receive)
+                .with_destination(queue)
+                .with_reason(format!(
+                    "a delivery is {reason}; rejected to the queue's dead-letter exchange"
+                ));
+            if let Err(settling) = settled {
+                error = error.with_source(settling);
+            }
+            Err(error)
+        }
+    }
 }
 
 /// A delivery as it arrived, for settling by publishing a copy (a requeue that counts,

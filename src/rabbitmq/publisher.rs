@@ -6,14 +6,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::BasicProperties;
 use tower::Service;
 
 use super::config::Config;
 use super::confirms::{ConfirmChannel, InFlight};
 use super::connection::{Connection, Live, Readiness};
-use super::error::{amqp_error, short_string};
+use super::error::amqp_error;
+use super::mapping::{outgoing, Outgoing};
 use crate::error::{Error, Operation};
 use crate::message::Message;
 use crate::receipt::Receipt;
@@ -55,11 +54,11 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 ///   channel, which fails every message still unconfirmed on it with the same
 ///   NOT_FOUND; the channel is re-opened on next use.
 ///
-/// The message maps to AMQP as follows: destination and key to exchange and routing
-/// key per [`Routing`](super::Routing); persistent to delivery mode 2 (1 otherwise);
-/// priority, TTL (`expiration`, in milliseconds), message id, correlation id,
-/// reply-to, content type and content encoding to the AMQP properties of the same
-/// name; headers to the `headers` field table as long strings.
+/// The message maps to AMQP as the [module docs](super#the-wire) describe: destination
+/// and key to exchange and routing key per [`Routing`](super::Routing), every property
+/// to its AMQP property, headers to the `headers` field table with their types. What
+/// AMQP cannot carry fails the publish with a permanent error naming it (see
+/// [`Config::ignore_unsupported_properties`]).
 ///
 /// Cloning is cheap and shares the connection; a clone starts unreserved.
 pub struct Publisher {
@@ -230,14 +229,14 @@ async fn send(
     message: &Message,
     channel: Option<ConfirmChannel>,
 ) -> Result<Pending, Error> {
-    let (exchange, routing_key) = config
-        .routing
-        .exchange_and_key(message.destination(), message.key_str());
-    let destination = exchange.to_owned();
-    let properties = properties(message, &destination)?;
-    let exchange_name = short_string(exchange, Operation::Publish, &destination)?;
-    let key = short_string(routing_key, Operation::Publish, &destination)?;
-    live.check_exchange(exchange).await?;
+    let Outgoing {
+        exchange: exchange_name,
+        routing_key: key,
+        properties,
+    } = outgoing(message, config, Operation::Publish)?;
+    let destination = exchange_name.as_str().to_owned();
+    let routing_key = key.as_str().to_owned();
+    live.check_exchange(&destination).await?;
     let channel = match channel {
         Some(channel) => channel,
         None => live
@@ -247,7 +246,7 @@ async fn send(
     };
     // RabbitMQ counts a direct reply (to `amq.rabbitmq.reply-to.*`) as unrouted, so a
     // mandatory reply would always come back: replies are never mandatory.
-    let reply = routing_key.starts_with(super::request::DIRECT_REPLY_TO) && exchange.is_empty();
+    let reply = routing_key.starts_with(super::request::DIRECT_REPLY_TO) && destination.is_empty();
     let in_flight = channel
         .send(
             exchange_name,
@@ -261,7 +260,7 @@ async fn send(
     Ok(Pending {
         in_flight,
         exchange: destination,
-        routing_key: routing_key.to_owned(),
+        routing_key,
     })
 }
 
@@ -288,45 +287,4 @@ impl Pending {
             routing_key,
         })
     }
-}
-
-/// The AMQP properties for `message`.
-pub(crate) fn properties(message: &Message, destination: &str) -> Result<BasicProperties, Error> {
-    let short = |value: &str| short_string(value, Operation::Publish, destination);
-    let mut props =
-        BasicProperties::default().with_delivery_mode(if message.is_persistent() { 2 } else { 1 });
-    if let Some(priority) = message.priority() {
-        props = props.with_priority(priority);
-    }
-    if let Some(ttl) = message.ttl() {
-        props = props.with_expiration(short(&ttl.as_millis().to_string())?);
-    }
-    if !message.headers().is_empty() {
-        let mut table = FieldTable::default();
-        for (name, value) in message.headers() {
-            table.insert(
-                short(name)?,
-                AMQPValue::LongString(LongString::from(
-                    value.as_bytes().unwrap_or_default().to_vec(),
-                )),
-            );
-        }
-        props = props.with_headers(table);
-    }
-    if let Some(id) = message.message_id() {
-        props = props.with_message_id(short(id)?);
-    }
-    if let Some(id) = message.correlation_id() {
-        props = props.with_correlation_id(short(id)?);
-    }
-    if let Some(reply_to) = message.reply_to() {
-        props = props.with_reply_to(short(reply_to)?);
-    }
-    if let Some(content_type) = message.content_type() {
-        props = props.with_content_type(short(content_type)?);
-    }
-    if let Some(encoding) = message.content_encoding() {
-        props = props.with_content_encoding(short(encoding)?);
-    }
-    Ok(props)
 }

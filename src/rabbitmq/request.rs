@@ -17,16 +17,18 @@ use tower::Service;
 
 use super::confirms::ConfirmChannel;
 use super::connection::{Connection, Live, Readiness};
-use super::consumer::to_message;
-use super::error::{amqp_error, short_string, BROKER};
-use super::publisher::{properties, ResponseFuture};
+use super::error::{amqp_error, BROKER};
+use super::mapping::{incoming, outgoing, Outgoing};
+use super::publisher::ResponseFuture;
 use crate::error::{Error, Operation};
 use crate::message::Message;
 
 /// The pseudo-queue RabbitMQ routes direct replies through.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
+/// Reply waiters by correlation id; a reply that is not a valid message arrives as the
+/// reason why.
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Message, String>>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -129,7 +131,7 @@ fn correlation_id() -> String {
 async fn reply_channel(
     slot: &tokio::sync::Mutex<Option<Arc<ReplyChannel>>>,
     live: &Live,
-    routing: &super::Routing,
+    config: &super::Config,
 ) -> Result<Arc<ReplyChannel>, lapin::Error> {
     let mut slot = slot.lock().await;
     if let Some(reply) = slot.as_ref() {
@@ -155,7 +157,7 @@ async fn reply_channel(
         .await?;
     let waiters: Waiters = Arc::default();
     let dispatch = waiters.clone();
-    let routing = routing.clone();
+    let config = config.clone();
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let Some(id) = delivery.properties.correlation_id().as_ref() else {
@@ -163,12 +165,12 @@ async fn reply_channel(
             };
             let waiter = lock(&dispatch).remove(id.as_str());
             if let Some(waiter) = waiter {
-                let message = to_message(
+                let message = incoming(
                     delivery.exchange.as_str(),
                     delivery.routing_key.as_str(),
                     &delivery.properties,
-                    delivery.data,
-                    &routing,
+                    delivery.data.into(),
+                    &config,
                 );
                 let _ = waiter.send(message);
             }
@@ -214,23 +216,23 @@ impl Service<Message> for Requester {
         let mandatory = self.mandatory;
         Box::pin(async move {
             let config = connection.config();
-            let (exchange, routing_key) = config
-                .routing
-                .exchange_and_key(request.destination(), request.key_str());
-            let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
-            let fail = |e: lapin::Error| {
-                connection.nudge();
-                amqp_error(Operation::Request, &exchange, e)
-            };
             let id = match request.correlation_id() {
                 Some(id) => id.to_owned(),
                 None => correlation_id(),
             };
             request.set_correlation_id(Some(id.clone()));
             request.set_reply_to(Some(DIRECT_REPLY_TO.to_owned()));
-            let props = properties(&request, &exchange)?;
-            let exchange_name = short_string(&exchange, Operation::Request, &exchange)?;
-            let key = short_string(&routing_key, Operation::Request, &exchange)?;
+            let Outgoing {
+                exchange: exchange_name,
+                routing_key: key,
+                properties: props,
+            } = outgoing(&request, config, Operation::Request)?;
+            let exchange = exchange_name.as_str().to_owned();
+            let routing_key = key.as_str().to_owned();
+            let fail = |e: lapin::Error| {
+                connection.nudge();
+                amqp_error(Operation::Request, &exchange, e)
+            };
             live.check_exchange(&exchange).await?;
 
             let lost = || {
@@ -239,7 +241,7 @@ impl Service<Message> for Requester {
                     .with_reason("the connection closed before the reply arrived")
             };
             let reply = tokio::select! {
-                reply = reply_channel(&slot, &live, &config.routing) => reply.map_err(fail)?,
+                reply = reply_channel(&slot, &live, config) => reply.map_err(fail)?,
                 _ = connection.lost(live.generation) => return Err(lost()),
             };
             let (tx, rx) = oneshot::channel();
@@ -279,7 +281,10 @@ impl Service<Message> for Requester {
                 _ = connection.lost(live.generation) => return Err(lost()),
             };
             match waited {
-                Ok(Ok(reply)) => Ok(reply),
+                Ok(Ok(Ok(reply))) => Ok(reply),
+                Ok(Ok(Err(why))) => Err(Error::permanent(BROKER, Operation::Request)
+                    .with_destination(exchange)
+                    .with_reason(format!("the reply is not a valid message: {why}"))),
                 Ok(Err(_)) => {
                     connection.nudge();
                     Err(lost())
