@@ -113,7 +113,8 @@ pub mod pubsub;
 pub mod streams;
 
 pub use config::Config;
-pub use pubsub::{Consumer as PubSubConsumer, Publisher as PubSubPublisher, Subscription};
+pub use layout::StreamLayout;
+pub use pubsub::{Consumer as PubSubConsumer, Framing, Publisher as PubSubPublisher, Subscription};
 pub use streams::{
     BatchPublisher as StreamBatchPublisher, Consumer as StreamConsumer,
     ConsumerConfig as StreamConsumerConfig, NackMode, Publisher as StreamPublisher,

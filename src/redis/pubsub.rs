@@ -8,14 +8,29 @@
 //! published until it is back are lost to it), reconnects with backoff and subscribes
 //! to the same channels and patterns again, by itself.
 //!
-//! A message with only a payload is published as the raw payload, so any Redis client
-//! can read it. One with headers or properties is published as an envelope: the bytes
-//! `\0tmq1`, then each field of the [stream layout](crate::redis#the-stream-entry-layout)
-//! as its name and value, each preceded by its length as a big-endian `u32`. The
-//! consumer unpacks envelopes and takes anything else as a raw payload. A TTL is
-//! honoured (an expired message is not delivered), a priority is a permanent error
-//! unless the publisher ignores unsupported properties, and persistence does not
-//! apply (nothing is stored, as the receipt says).
+//! # Framing
+//!
+//! Redis Pub/Sub carries a channel and a payload, nothing else. By default
+//! ([`Framing::Plain`]) a message is published as its bare payload, so any Redis client
+//! reads it, and every payload received, from any client, is delivered as it is (even
+//! one that happens to start with the envelope's marker). A message that carries more
+//! than a payload (headers, a key, a property, a timestamp, a TTL, a priority) fails to
+//! publish with a permanent error naming what it carries, unless the publisher ignores
+//! unsupported properties (then only the payload is sent). A non-persistent message is
+//! plain: nothing is stored either way, as the receipt says.
+//!
+//! [`Framing::Envelope`] (set with [`Config::with_pubsub_framing`] on both sides) is
+//! tower-mq's own framing for peers that are all tower-mq: a message with more than a
+//! payload, or whose payload starts with the marker, is sent as the bytes `\0tmq1`
+//! followed by fields (`payload`, `h:<header>`, `p:<property>`), each name and value
+//! preceded by its length as a big-endian `u32`; other messages are sent bare. The
+//! consumer unpacks a payload that is a well-formed envelope and delivers anything else
+//! as a plain payload. Headers must hold bytes (typed values are refused), names may
+//! repeat, a TTL is honoured (an expired message is not delivered) and a priority is
+//! refused unless the publisher ignores unsupported properties.
+//!
+//! The layers that add headers (trace context, compression's content encoding) need the
+//! envelope on Pub/Sub: with plain framing their messages fail to publish, loudly.
 //!
 //! # Example
 //!
@@ -39,6 +54,7 @@
 //! ```
 //!
 //! [`Receipt::RedisPubSub`]: crate::Receipt::RedisPubSub
+//! [`Config::with_pubsub_framing`]: super::Config::with_pubsub_framing
 //! [`Delivery::unacknowledged`]: crate::Delivery::unacknowledged
 
 use std::fmt;
@@ -56,9 +72,23 @@ use tower::Service;
 use super::config::Config;
 use super::connection::{Connection, Reconnected};
 use super::future::ResponseFuture;
-use super::layout::{check_destination, decode, encode, is_plain, pack_envelope, unpack_envelope};
+use super::layout::{
+    beyond_payload, check_destination, decode, encode, pack_envelope, unpack_envelope,
+    StreamLayout, ENVELOPE_MAGIC,
+};
 use super::{redis_error, BROKER};
 use crate::{Delivery, Error, Message, Operation, Receipt};
+
+/// How Pub/Sub messages are framed; see the [module docs](self#framing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// The bare payload, what every Redis client sends and reads. The default.
+    #[default]
+    Plain,
+    /// tower-mq's envelope for messages with headers or properties; bare payloads
+    /// otherwise.
+    Envelope,
+}
 
 /// Publishes messages on Redis Pub/Sub channels with `PUBLISH`: a
 /// `Service<Message, Response = Receipt, Error = Error>`.
@@ -66,6 +96,7 @@ use crate::{Delivery, Error, Message, Operation, Receipt};
 /// The message's destination names the channel. See the [module docs](self).
 pub struct Publisher {
     conn: Connection,
+    framing: Framing,
     ignore_unsupported: bool,
     waiter: Option<Reconnected>,
 }
@@ -73,9 +104,10 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to the server `config` names.
     pub async fn connect(config: &Config) -> Result<Self, Error> {
-        Ok(Publisher::from_connection(
-            Connection::connect(config).await?,
-        ))
+        Ok(
+            Publisher::from_connection(Connection::connect(config).await?)
+                .with_framing(config.pubsub_framing()),
+        )
     }
 
     /// A publisher on an existing connection manager (its own settings apply).
@@ -86,13 +118,22 @@ impl Publisher {
     fn from_connection(conn: Connection) -> Self {
         Publisher {
             conn,
+            framing: Framing::Plain,
             ignore_unsupported: false,
             waiter: None,
         }
     }
 
-    /// Whether properties Redis cannot honour (priority) are carried unhonoured instead
-    /// of failing the publish. Off by default.
+    /// Frames messages this way (default: the config's, [`Framing::Plain`] for a
+    /// publisher built from a connection manager).
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// Whether what the framing cannot carry is left out instead of failing the
+    /// publish: with plain framing, everything but the payload; with the envelope, a
+    /// priority is carried unhonoured. Off by default.
     pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
         self.ignore_unsupported = ignore;
         self
@@ -103,6 +144,7 @@ impl Clone for Publisher {
     fn clone(&self) -> Self {
         Publisher {
             conn: self.conn.clone(),
+            framing: self.framing,
             ignore_unsupported: self.ignore_unsupported,
             waiter: None,
         }
@@ -113,6 +155,7 @@ impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
             .field("connected", &self.conn.is_up())
+            .field("framing", &self.framing)
             .field("ignore_unsupported", &self.ignore_unsupported)
             .finish()
     }
@@ -129,15 +172,12 @@ impl Service<Message> for Publisher {
 
     fn call(&mut self, message: Message) -> Self::Future {
         let conn = self.conn.clone();
+        let message_channel = message.destination().to_owned();
         let ignore_unsupported = self.ignore_unsupported;
+        let framing = self.framing;
         ResponseFuture::new(async move {
-            check_destination(&message)?;
-            let channel = message.destination().to_owned();
-            let payload = if is_plain(&message) {
-                message.into_payload()
-            } else {
-                pack_envelope(&encode(&message, ignore_unsupported)?)
-            };
+            let payload = frame(framing, message, ignore_unsupported)?;
+            let channel = message_channel;
             let mut manager = conn.manager();
             let result: RedisResult<u64> = redis::cmd("PUBLISH")
                 .arg(&channel)
@@ -150,6 +190,34 @@ impl Service<Message> for Publisher {
                 Err(err) => Err(redis_error(Operation::Publish, &channel, err)),
             }
         })
+    }
+}
+
+/// The payload to publish for `message` with `framing`.
+fn frame(framing: Framing, message: Message, ignore_unsupported: bool) -> Result<Bytes, Error> {
+    check_destination(&message)?;
+    let beyond = beyond_payload(&message);
+    match framing {
+        Framing::Envelope
+            if !beyond.is_empty() || message.payload().starts_with(ENVELOPE_MAGIC) =>
+        {
+            Ok(pack_envelope(&encode(
+                &StreamLayout::envelope(),
+                &message,
+                ignore_unsupported,
+            )?))
+        }
+        Framing::Plain if !beyond.is_empty() && !ignore_unsupported => {
+            Err(Error::permanent(BROKER, Operation::Publish)
+                .with_destination(message.destination().to_owned())
+                .with_reason(format!(
+                    "Redis Pub/Sub carries only the payload, and the message also has {} \
+                     (enable the envelope framing to carry them, or ignore unsupported \
+                     properties to send the payload alone)",
+                    beyond.join(", ")
+                )))
+        }
+        _ => Ok(message.into_payload()),
     }
 }
 
@@ -201,6 +269,7 @@ impl Consumer {
         }
         let mut receiver = Receiver {
             client: config.client()?,
+            framing: config.pubsub_framing(),
             subscriptions: subscriptions.clone(),
             connection_timeout: config.connection_timeout(),
             response_timeout: config.response_timeout(),
@@ -243,6 +312,7 @@ impl fmt::Debug for Consumer {
 
 struct Receiver {
     client: Client,
+    framing: Framing,
     subscriptions: Vec<Subscription>,
     connection_timeout: Duration,
     response_timeout: Duration,
@@ -291,7 +361,7 @@ impl Receiver {
         loop {
             if let Some(messages) = &mut self.messages {
                 while let Some(msg) = messages.next().await {
-                    if let Some(delivery) = delivery_of(&msg) {
+                    if let Some(delivery) = delivery_of(self.framing, &msg) {
                         return Ok(delivery);
                     }
                 }
@@ -322,15 +392,16 @@ impl Receiver {
 }
 
 /// The delivery for one Pub/Sub message, or `None` if its TTL has passed.
-fn delivery_of(msg: &Msg) -> Option<Delivery> {
+fn delivery_of(framing: Framing, msg: &Msg) -> Option<Delivery> {
     let channel = msg.get_channel_name();
     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-    let message = match unpack_envelope(&payload) {
-        Some(fields) => {
-            let decoded = decode(
-                channel,
-                fields.iter().map(|(name, value)| (name.as_str(), value)),
-            );
+    let unpacked = match framing {
+        Framing::Plain => None,
+        Framing::Envelope => unpack_envelope(&payload)
+            .and_then(|fields| decode(&StreamLayout::envelope(), channel, &fields, None).ok()),
+    };
+    let message = match unpacked {
+        Some(decoded) => {
             if decoded.is_expired() {
                 tracing::debug!(channel, "dropping an expired Pub/Sub message");
                 return None;
