@@ -361,8 +361,17 @@ impl Receiver {
         loop {
             if let Some(messages) = &mut self.messages {
                 while let Some(msg) = messages.next().await {
-                    if let Some(delivery) = delivery_of(self.framing, &msg) {
-                        return Ok(delivery);
+                    match delivery_of(self.framing, &msg) {
+                        Ok(Some(delivery)) => return Ok(delivery),
+                        Ok(None) => {}
+                        Err(channel) => {
+                            return Err(Error::transient(BROKER, Operation::Receive)
+                                .with_destination(self.label())
+                                .with_reason(format!(
+                                    "dropped a message on channel {channel:?}: its name is \
+                                     not UTF-8, and a destination is text"
+                                )))
+                        }
                     }
                 }
                 self.messages = None;
@@ -391,9 +400,13 @@ impl Receiver {
     }
 }
 
-/// The delivery for one Pub/Sub message, or `None` if its TTL has passed.
-fn delivery_of(framing: Framing, msg: &Msg) -> Option<Delivery> {
-    let channel = msg.get_channel_name();
+/// The delivery for one Pub/Sub message, or `None` if its TTL has passed; the channel
+/// name, escaped, when it is not UTF-8 (only a pattern subscription can see one).
+fn delivery_of(framing: Framing, msg: &Msg) -> Result<Option<Delivery>, String> {
+    let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
+    let Ok(channel) = std::str::from_utf8(&channel) else {
+        return Err(channel.escape_ascii().to_string());
+    };
     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
     let unpacked = match framing {
         Framing::Plain => None,
@@ -404,11 +417,11 @@ fn delivery_of(framing: Framing, msg: &Msg) -> Option<Delivery> {
         Some(decoded) => {
             if decoded.is_expired() {
                 tracing::debug!(channel, "dropping an expired Pub/Sub message");
-                return None;
+                return Ok(None);
             }
             decoded.message
         }
         None => Message::new(channel, payload),
     };
-    Some(Delivery::unacknowledged(message))
+    Ok(Some(Delivery::unacknowledged(message)))
 }

@@ -739,3 +739,35 @@ async fn pubsub_envelope_framing_carries_everything_and_leaves_foreign_payloads_
     assert_eq!(err.kind(), ErrorKind::Permanent);
     assert!(err.to_string().contains("header `n` is a u8"), "{err}");
 }
+
+#[tokio::test]
+async fn pubsub_message_on_a_binary_channel_name_is_a_transient_error_and_the_next_arrives() {
+    let config = config().await;
+    let (_, mut conn) = plain().await;
+    let prefix = unique("pubsub-binary-channel");
+    let mut consumer =
+        PubSubConsumer::subscribe(&config, [Subscription::pattern(format!("{prefix}.*"))])
+            .await
+            .expect("subscribe");
+    let mut binary_channel = format!("{prefix}.").into_bytes();
+    binary_channel.extend_from_slice(b"\xff");
+    let good_channel = format!("{prefix}.ok");
+    for channel in [&binary_channel[..], good_channel.as_bytes()] {
+        let receivers: u64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .expect("PUBLISH");
+        assert_eq!(receivers, 1);
+    }
+    let err = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("no item within the wait")
+        .expect("consumer ended")
+        .expect_err("a destination cannot hold a binary channel name");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message(), &Message::new(&good_channel, "x"));
+}
