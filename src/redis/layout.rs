@@ -102,7 +102,9 @@ impl StreamLayout {
     /// as a header (binary-safe, in entry order) and the payload is empty. Publishing a
     /// message with a non-empty payload is refused. Add
     /// `with_property_fields(PropertyHeaders::none())` to deliver literally every
-    /// field as a header.
+    /// field as a header; a consumed message then has its entry's time as timestamp
+    /// and no field to write it to, so publishing it again needs `ignore_unsupported`
+    /// (which leaves the timestamp out and writes the same fields).
     pub fn without_payload_field(mut self) -> Self {
         self.payload = None;
         self
@@ -230,7 +232,8 @@ pub(crate) fn encode(
             return Err(refusal(
                 message,
                 format!(
-                    "header `{name}` is a {} value; Redis fields hold bytes only",
+                    "header `{name}` is a {} value; Redis fields hold plain bytes only, so it \
+                     could not be read back as it is",
                     value.type_name()
                 ),
             ));

@@ -505,7 +505,7 @@ async fn streams_refusals_are_permanent_errors_naming_the_field() {
     let cases = [
         (
             Message::new(&stream, "x").with_header("attempt", 3i64),
-            "header `attempt` is a i64 value; Redis fields hold bytes only",
+            "header `attempt` is a i64 value; Redis fields hold plain bytes only",
         ),
         (
             Message::new(&stream, "x").with_header("flag", HeaderValue::Null),
