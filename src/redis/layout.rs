@@ -330,9 +330,19 @@ pub(crate) fn check_destination(message: &Message) -> Result<(), Error> {
     Ok(())
 }
 
-/// What `message` carries besides its payload that a plain Pub/Sub payload cannot:
-/// empty when it can be sent as it is. A non-persistent message is plain (Pub/Sub
-/// stores nothing anyway).
+/// Whether a plain Pub/Sub payload carries all of `message`. A non-persistent message
+/// is plain (Pub/Sub stores nothing anyway).
+pub(crate) fn is_plain(message: &Message) -> bool {
+    message.headers().is_empty()
+        && message.priority().is_none()
+        && message.ttl().is_none()
+        && Property::ALL
+            .into_iter()
+            .all(|property| property.encode(message).is_none())
+}
+
+/// What `message` carries besides its payload that a plain Pub/Sub payload cannot, for
+/// an error message.
 pub(crate) fn beyond_payload(message: &Message) -> Vec<String> {
     let mut what: Vec<String> = Vec::new();
     for (name, _) in message.headers() {

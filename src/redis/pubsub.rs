@@ -21,7 +21,8 @@
 //!
 //! [`Framing::Envelope`] (set with [`Config::with_pubsub_framing`] on both sides) is
 //! tower-mq's own framing for peers that are all tower-mq: a message with more than a
-//! payload, or whose payload starts with the marker, is sent as the bytes `\0tmq1`
+//! payload (a non-persistent one included, so that the flag round-trips), or whose
+//! payload starts with the marker, is sent as the bytes `\0tmq1`
 //! followed by fields (`payload`, `h:<header>`, `p:<property>`), each name and value
 //! preceded by its length as a big-endian `u32`; other messages are sent bare. The
 //! consumer unpacks a payload that is a well-formed envelope and delivers anything else
@@ -73,7 +74,7 @@ use super::config::Config;
 use super::connection::{Connection, Reconnected};
 use super::future::ResponseFuture;
 use super::layout::{
-    beyond_payload, check_destination, decode, encode, pack_envelope, unpack_envelope,
+    beyond_payload, check_destination, decode, encode, is_plain, pack_envelope, unpack_envelope,
     StreamLayout, ENVELOPE_MAGIC,
 };
 use super::{redis_error, BROKER};
@@ -196,10 +197,12 @@ impl Service<Message> for Publisher {
 /// The payload to publish for `message` with `framing`.
 fn frame(framing: Framing, message: Message, ignore_unsupported: bool) -> Result<Bytes, Error> {
     check_destination(&message)?;
-    let beyond = beyond_payload(&message);
+    let plain = is_plain(&message);
     match framing {
         Framing::Envelope
-            if !beyond.is_empty() || message.payload().starts_with(ENVELOPE_MAGIC) =>
+            if !plain
+                || !message.is_persistent()
+                || message.payload().starts_with(ENVELOPE_MAGIC) =>
         {
             Ok(pack_envelope(&encode(
                 &StreamLayout::envelope(),
@@ -207,14 +210,14 @@ fn frame(framing: Framing, message: Message, ignore_unsupported: bool) -> Result
                 ignore_unsupported,
             )?))
         }
-        Framing::Plain if !beyond.is_empty() && !ignore_unsupported => {
+        Framing::Plain if !plain && !ignore_unsupported => {
             Err(Error::permanent(BROKER, Operation::Publish)
                 .with_destination(message.destination().to_owned())
                 .with_reason(format!(
                     "Redis Pub/Sub carries only the payload, and the message also has {} \
                      (enable the envelope framing to carry them, or ignore unsupported \
                      properties to send the payload alone)",
-                    beyond.join(", ")
+                    beyond_payload(&message).join(", ")
                 )))
         }
         _ => Ok(message.into_payload()),

@@ -717,6 +717,9 @@ async fn pubsub_envelope_framing_carries_everything_and_leaves_foreign_payloads_
     let marked = Message::new(&channel, &b"\0tmq1\0\0\0\x07payload\0\0\0\x01x"[..]);
     publish(&mut publisher, marked.clone()).await;
     assert_eq!(next(&mut consumer).await.message(), &marked);
+    let transient = Message::new(&channel, "t").with_persistent(false);
+    publish(&mut publisher, transient.clone()).await;
+    assert_eq!(next(&mut consumer).await.message(), &transient);
     // A foreign payload that starts with the marker but is no envelope stays plain.
     let foreign = b"\0tmq1 not an envelope".to_vec();
     let _: u64 = redis::cmd("PUBLISH")
