@@ -416,6 +416,52 @@ async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_g
 }
 
 #[tokio::test]
+async fn streams_claimed_entry_with_a_binary_field_name_is_dead_lettered_and_the_claim_goes_on() {
+    let config = config().await;
+    let (_, mut conn) = plain().await;
+    let stream = unique("claim-binary-name");
+    let settings = StreamConsumerConfig::new(&stream, "g")
+        .with_claim_idle(Duration::from_millis(1))
+        .with_claim_interval(Duration::from_millis(50))
+        .with_block(Duration::from_millis(100));
+    let dead_letter = settings.dead_letter().expect("default").to_owned();
+    xadd(&mut conn, &stream, &[(b"payload", b"bad"), (b"\xff", b"v")]).await;
+    xadd(&mut conn, &stream, &[(b"payload", b"good")]).await;
+    // Another program's consumer reads both and dies holding them: only XAUTOCLAIM
+    // brings them back.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .expect("XGROUP CREATE");
+    let read: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("died")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP");
+    assert!(matches!(read, Value::Array(_)), "{read:?}");
+
+    let mut consumer = StreamConsumer::subscribe(&config, settings)
+        .await
+        .expect("subscribe");
+    let good = next(&mut consumer).await;
+    assert_eq!(good.message().payload().as_ref(), b"good");
+    assert_eq!(good.delivery_count(), 2);
+    good.ack().await.expect("ack");
+    let letters = xrange(&mut conn, &dead_letter).await;
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].1.contains(&(b"\xff".to_vec(), b"v".to_vec())));
+}
+
+#[tokio::test]
 async fn streams_layout_without_payload_field_delivers_every_field_and_republishes_it() {
     let layout = StreamLayout::new()
         .without_payload_field()
