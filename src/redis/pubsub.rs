@@ -30,6 +30,10 @@
 //! repeat, a TTL is honoured (an expired message is not delivered) and a priority is
 //! refused unless the publisher ignores unsupported properties.
 //!
+//! A message on a channel whose name is not UTF-8 (only a pattern subscription can
+//! receive one) cannot be given a destination; the consumer yields a transient error
+//! naming the channel for it and goes on.
+//!
 //! The layers that add headers (trace context, compression's content encoding) need the
 //! envelope on Pub/Sub: with plain framing their messages fail to publish, loudly.
 //!
@@ -38,7 +42,7 @@
 //! ```no_run
 //! use futures_util::StreamExt;
 //! use tower::{Service, ServiceExt};
-//! use tower_mq::redis::{Config, PubSubConsumer, PubSubPublisher, Subscription};
+//! use tower_mq::redis::{Config, Framing, PubSubConsumer, PubSubPublisher, Subscription};
 //! use tower_mq::{Message, Receipt};
 //!
 //! # async fn run() -> Result<(), tower_mq::Error> {
@@ -50,6 +54,20 @@
 //! assert!(matches!(receipt, Receipt::RedisPubSub { receivers: 1, .. }));
 //! let delivery = consumer.next().await.expect("subscribed")?;
 //! assert_eq!(delivery.message().destination(), "prices.eur");
+//!
+//! // A header cannot travel in a bare payload: refused, not dropped.
+//! let traced = Message::new("prices.eur", "1.09").with_header("traceparent", "00-...");
+//! let refused = publisher.ready().await?.call(traced.clone()).await.unwrap_err();
+//! assert!(!refused.is_transient());
+//!
+//! // Between tower-mq peers, the envelope carries it.
+//! let config = config.with_pubsub_framing(Framing::Envelope);
+//! let mut consumer =
+//!     PubSubConsumer::subscribe(&config, [Subscription::channel("prices.eur")]).await?;
+//! let mut publisher = PubSubPublisher::connect(&config).await?;
+//! publisher.ready().await?.call(traced).await?;
+//! let delivery = consumer.next().await.expect("subscribed")?;
+//! assert_eq!(delivery.message().headers().get_str("traceparent"), Some("00-..."));
 //! # Ok(())
 //! # }
 //! ```
