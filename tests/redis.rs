@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
 use tower_mq::redis::{
-    streams, Config, NackMode, PubSubConsumer, PubSubPublisher, StreamConsumer,
+    streams, Config, Framing, NackMode, PubSubConsumer, PubSubPublisher, StreamConsumer,
     StreamConsumerConfig, StreamPublisher, Subscription,
 };
 use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
@@ -117,7 +117,11 @@ async fn stream_round_trip_of_every_field_in_the_documented_layout() {
     let message = Message::new(&stream, vec![0u8, 159, 146, 150, 255])
         .with_key("user-42")
         .with_header("tenant", "acme")
-        .with_header("payload", "a header, not the payload")
+        .with_header("origin", "eu")
+        .with_timestamp(std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        .with_message_type("order.created")
+        .with_app_id("shop")
+        .with_user_id("alice")
         .with_ttl(Duration::from_secs(600))
         .with_persistent(false)
         .with_message_id("m-1")
@@ -151,24 +155,26 @@ async fn stream_round_trip_of_every_field_in_the_documented_layout() {
         fields.get::<Vec<u8>>("payload"),
         Some(vec![0u8, 159, 146, 150, 255])
     );
-    assert_eq!(text("h:tenant").as_deref(), Some("acme"));
+    assert_eq!(text("tenant").as_deref(), Some("acme"));
+    assert_eq!(text("origin").as_deref(), Some("eu"));
+    assert_eq!(text("key").as_deref(), Some("user-42"));
+    assert_eq!(text("message-id").as_deref(), Some("m-1"));
+    assert_eq!(text("correlation-id").as_deref(), Some("c-1"));
+    assert_eq!(text("reply-to").as_deref(), Some("replies"));
     assert_eq!(
-        text("h:payload").as_deref(),
-        Some("a header, not the payload")
-    );
-    assert_eq!(text("p:key").as_deref(), Some("user-42"));
-    assert_eq!(text("p:message-id").as_deref(), Some("m-1"));
-    assert_eq!(text("p:correlation-id").as_deref(), Some("c-1"));
-    assert_eq!(text("p:reply-to").as_deref(), Some("replies"));
-    assert_eq!(
-        text("p:content-type").as_deref(),
+        text("content-type").as_deref(),
         Some("application/octet-stream")
     );
-    assert_eq!(text("p:content-encoding").as_deref(), Some("identity"));
-    assert_eq!(text("p:persistent").as_deref(), Some("false"));
-    assert_eq!(text("p:ttl-ms").as_deref(), Some("600000"));
-    assert!(fields.contains_key("p:expires-at-ms"));
-    assert!(!fields.contains_key("p:priority"));
+    assert_eq!(text("content-encoding").as_deref(), Some("identity"));
+    assert_eq!(text("message-type").as_deref(), Some("order.created"));
+    assert_eq!(text("app-id").as_deref(), Some("shop"));
+    assert_eq!(text("user-id").as_deref(), Some("alice"));
+    assert_eq!(text("timestamp").as_deref(), Some("1700000000123"));
+    assert_eq!(text("tmq-persistent").as_deref(), Some("false"));
+    assert_eq!(text("tmq-ttl-ms").as_deref(), Some("600000"));
+    assert!(fields.contains_key("tmq-expires-at-ms"));
+    assert!(!fields.contains_key("tmq-priority"));
+    assert_eq!(fields.map.len(), 16);
 
     // Nothing is left pending after the ack.
     let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
@@ -516,7 +522,7 @@ async fn nack_with_a_delay_waits_and_readd_mode_appends_a_copy() {
 #[tokio::test]
 async fn pubsub_raw_and_enveloped_messages_and_patterns() {
     let _shared = BROKER.read().await;
-    let config = config().await;
+    let config = config().await.with_pubsub_framing(Framing::Envelope);
     let prefix = unique("prices");
     let channel = format!("{prefix}.eur");
     let mut by_name = PubSubConsumer::subscribe(&config, [Subscription::channel(&channel)])

@@ -5,10 +5,13 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Client;
 
+use super::layout::StreamLayout;
+use super::pubsub::Framing;
 use super::{redis_error, BROKER};
 use crate::{Error, Operation};
 
-/// Where Redis is and how to talk to it: the URL, timeouts and reconnect backoff.
+/// Where Redis is and how to talk to it: the URL, timeouts, reconnect backoff, the
+/// stream entry layout and the Pub/Sub framing.
 ///
 /// Every publisher and consumer opens its own [`ConnectionManager`] from a `Config`
 /// (a multiplexed connection that reconnects by itself); a Streams consumer opens a
@@ -22,6 +25,8 @@ pub struct Config {
     reconnect_retries: usize,
     reconnect_min_delay: Duration,
     reconnect_max_delay: Duration,
+    stream_layout: StreamLayout,
+    pubsub_framing: Framing,
 }
 
 impl Config {
@@ -38,6 +43,8 @@ impl Config {
             reconnect_retries: 4,
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_secs(1),
+            stream_layout: StreamLayout::new(),
+            pubsub_framing: Framing::Plain,
         }
     }
 
@@ -66,6 +73,31 @@ impl Config {
         self.reconnect_min_delay = min;
         self.reconnect_max_delay = max.max(min);
         self
+    }
+
+    /// Which stream fields carry the payload and the properties (default
+    /// [`StreamLayout::new`]); stream publishers and consumers built from this config
+    /// use it, so they agree.
+    pub fn with_stream_layout(mut self, layout: StreamLayout) -> Self {
+        self.stream_layout = layout;
+        self
+    }
+
+    /// How Pub/Sub messages are framed (default [`Framing::Plain`]); Pub/Sub
+    /// publishers and consumers built from this config use it.
+    pub fn with_pubsub_framing(mut self, framing: Framing) -> Self {
+        self.pubsub_framing = framing;
+        self
+    }
+
+    /// The stream layout.
+    pub fn stream_layout(&self) -> &StreamLayout {
+        &self.stream_layout
+    }
+
+    /// The Pub/Sub framing.
+    pub fn pubsub_framing(&self) -> Framing {
+        self.pubsub_framing
     }
 
     /// The server URL.

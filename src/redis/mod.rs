@@ -35,39 +35,73 @@
 //!
 //! # The stream entry layout
 //!
-//! A message is stored as the fields of one stream entry, so it round-trips through
-//! Redis and other programs can read it:
+//! A message is stored as the fields of one stream entry, under the names other
+//! programs on the same Redis use, so that what tower-mq writes is what they read and
+//! what they write arrives intact. [`StreamLayout`] names the fields (set it with
+//! [`Config::with_stream_layout`]); the default:
 //!
-//! | field | holds |
-//! |---|---|
-//! | `payload` | the payload bytes |
-//! | `h:<name>` | header `<name>` |
-//! | `p:key` | the key |
-//! | `p:message-id`, `p:correlation-id`, `p:reply-to` | those properties |
-//! | `p:content-type`, `p:content-encoding` | those properties |
-//! | `p:persistent` | `false` for a non-persistent message (absent otherwise) |
-//! | `p:ttl-ms`, `p:expires-at-ms` | the TTL and the wall-clock deadline it gives (ms since the Unix epoch) |
-//! | `p:priority` | the priority, only when publishing with `ignore_unsupported` |
-//! | `p:redeliveries` | re-adds by a nack in [`NackMode::Readd`] |
+//! | model | stream field (default name) | Pub/Sub, plain framing (default) | Pub/Sub, envelope framing |
+//! |---|---|---|---|
+//! | destination | the stream key | the channel | the channel |
+//! | payload | `payload` (configurable, or none) | the message | `payload` |
+//! | key | `key` (bytes) | refused | `p:key` |
+//! | headers | one field each, under its own name, in order (bytes; a name may repeat) | refused | `h:<name>` |
+//! | timestamp | `timestamp` (decimal ms); received: the field, else the entry id's time | refused | `p:timestamp` |
+//! | message id, correlation id, reply-to | `message-id`, `correlation-id`, `reply-to` | refused | `p:message-id`, ... |
+//! | content type, content encoding | `content-type`, `content-encoding` | refused | `p:content-type`, ... |
+//! | message type, app id, user id | `message-type`, `app-id`, `user-id` | refused | `p:message-type`, ... |
+//! | priority | refused (carried in `tmq-priority` with `ignore_unsupported`) | refused | refused (`p:priority` with `ignore_unsupported`) |
+//! | TTL | `tmq-ttl-ms` and `tmq-expires-at-ms`, honoured by the consumer | refused | `p:ttl-ms`, `p:expires-at-ms`, honoured |
+//! | persistent | the server's choice; `false` carried in `tmq-persistent` | not stored either way | `p:persistent` |
+//! | re-adds by nack | `tmq-redeliveries` | - | - |
 //!
-//! Fields outside this layout (entries written by other programs) are read back as
-//! headers under their own names. Pub/Sub sends a message that has only a payload as
-//! the raw payload; one with headers or properties goes in an envelope of the same
-//! fields (see [`pubsub`]).
+//! The property fields are a [`PropertyHeaders`] table
+//! ([`StreamLayout::default_property_fields`]: the kebab-case names, plus `key` and
+//! `timestamp`), so each name can be changed or removed. Redis has no convention for
+//! TTL, persistence, priority or a re-add count, so those few fields carry a prefix,
+//! `tmq-` by default ([`StreamLayout::with_control_prefix`]).
+//!
+//! **Publishing** refuses, with a permanent [`Error`] naming the stream and the field:
+//! a header whose value is not bytes ([`HeaderValue::Bytes`]: Redis fields hold bytes,
+//! so an AMQP-typed value or a null cannot be stored without changing it); a header
+//! named like the payload field or a control field, or like the field of a property the
+//! message also sets (the entry would hold two meanings under one name); a property the
+//! layout gives no field; a priority. `ignore_unsupported(true)` on the publisher
+//! carries a priority in `tmq-priority`, unhonoured, and leaves out a property without
+//! a field. A header name may repeat: Redis keeps every field of an entry, in order
+//! (readers that collect an entry into a map see one value per name).
+//!
+//! **Receiving** is binary-safe: replies are read as bytes, every value arrives as
+//! [`HeaderValue::Bytes`] as stored, in entry order, repeated names included. A property
+//! field whose value does not parse (a `timestamp` that is not decimal milliseconds, a
+//! `content-type` that is not UTF-8) stays a header, so nothing is lost; an entry whose
+//! `timestamp` field does not parse then has no timestamp. Consumed and published again,
+//! a message gives the same fields (the payload, then the headers in order, then the
+//! properties); an entry that had no `timestamp` field gains one holding its original
+//! entry's time, since the copy gets an id of its own.
+//!
+//! An entry that cannot be delivered intact is never delivered altered: an entry
+//! without the payload field, or with a field name that is not UTF-8 (header names
+//! are text), is moved to the dead-letter stream with the reason (such as
+//! ``malformed entry: the entry has no `payload` field``) and acknowledged, and the rest
+//! of its batch is delivered. For streams whose entries are records of named fields
+//! rather than a payload, [`StreamLayout::without_payload_field`] delivers every field
+//! (but the property fields, unless those are turned off too) as a header, in order,
+//! with an empty payload, and writes messages back the same way.
 //!
 //! What Redis honours:
 //! - **TTL**: honoured at delivery time. A consumer that reads an entry after its
-//!   `p:expires-at-ms` does not deliver it: the entry is moved to the dead-letter stream
-//!   with reason `expired` (or acknowledged and dropped when there is none). Clocks of
-//!   publisher and consumer hosts are assumed in sync.
+//!   `tmq-expires-at-ms` does not deliver it: the entry is moved to the dead-letter
+//!   stream with reason `expired` (or acknowledged and dropped when there is none).
+//!   Clocks of publisher and consumer hosts are assumed in sync.
 //! - **Priority**: cannot be honoured (a stream is a log and Pub/Sub has no queue).
-//!   Publishing a message with a priority is a permanent error unless the publisher
-//!   is built with `ignore_unsupported(true)`, which carries it in `p:priority`
-//!   without honouring it.
 //! - **Persistence** is the server's configuration (AOF / RDB), not a per-message
-//!   choice; the flag is carried so it round-trips.
+//!   choice; `false` is carried so it round-trips.
 //! - **Key**: a stream is totally ordered, so per-key ordering holds; the key is
 //!   carried.
+//!
+//! Pub/Sub carries nothing but a channel and a payload: see [`pubsub`] for the
+//! framings, and for how the layers that add headers (trace, compression) work there.
 //!
 //! # Example
 //!
@@ -104,6 +138,8 @@
 //! [`Receipt::RedisPubSub`]: crate::Receipt::RedisPubSub
 //! [`Delivery::unacknowledged`]: crate::Delivery::unacknowledged
 //! [`Error`]: crate::Error
+//! [`HeaderValue::Bytes`]: crate::HeaderValue::Bytes
+//! [`PropertyHeaders`]: crate::wire::PropertyHeaders
 
 mod config;
 mod connection;
@@ -113,7 +149,8 @@ pub mod pubsub;
 pub mod streams;
 
 pub use config::Config;
-pub use pubsub::{Consumer as PubSubConsumer, Publisher as PubSubPublisher, Subscription};
+pub use layout::StreamLayout;
+pub use pubsub::{Consumer as PubSubConsumer, Framing, Publisher as PubSubPublisher, Subscription};
 pub use streams::{
     BatchPublisher as StreamBatchPublisher, Consumer as StreamConsumer,
     ConsumerConfig as StreamConsumerConfig, NackMode, Publisher as StreamPublisher,

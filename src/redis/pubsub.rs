@@ -8,21 +8,41 @@
 //! published until it is back are lost to it), reconnects with backoff and subscribes
 //! to the same channels and patterns again, by itself.
 //!
-//! A message with only a payload is published as the raw payload, so any Redis client
-//! can read it. One with headers or properties is published as an envelope: the bytes
-//! `\0tmq1`, then each field of the [stream layout](crate::redis#the-stream-entry-layout)
-//! as its name and value, each preceded by its length as a big-endian `u32`. The
-//! consumer unpacks envelopes and takes anything else as a raw payload. A TTL is
-//! honoured (an expired message is not delivered), a priority is a permanent error
-//! unless the publisher ignores unsupported properties, and persistence does not
-//! apply (nothing is stored, as the receipt says).
+//! # Framing
+//!
+//! Redis Pub/Sub carries a channel and a payload, nothing else. By default
+//! ([`Framing::Plain`]) a message is published as its bare payload, so any Redis client
+//! reads it, and every payload received, from any client, is delivered as it is (even
+//! one that happens to start with the envelope's marker). A message that carries more
+//! than a payload (headers, a key, a property, a timestamp, a TTL, a priority) fails to
+//! publish with a permanent error naming what it carries, unless the publisher ignores
+//! unsupported properties (then only the payload is sent). A non-persistent message is
+//! plain: nothing is stored either way, as the receipt says.
+//!
+//! [`Framing::Envelope`] (set with [`Config::with_pubsub_framing`] on both sides) is
+//! tower-mq's own framing for peers that are all tower-mq: a message with more than a
+//! payload (a non-persistent one included, so that the flag round-trips), or whose
+//! payload starts with the marker, is sent as the bytes `\0tmq1`
+//! followed by fields (`payload`, `h:<header>`, `p:<property>`), each name and value
+//! preceded by its length as a big-endian `u32`; other messages are sent bare. The
+//! consumer unpacks a payload that is a well-formed envelope and delivers anything else
+//! as a plain payload. Headers must hold bytes (typed values are refused), names may
+//! repeat, a TTL is honoured (an expired message is not delivered) and a priority is
+//! refused unless the publisher ignores unsupported properties.
+//!
+//! A message on a channel whose name is not UTF-8 (only a pattern subscription can
+//! receive one) cannot be given a destination; the consumer yields a transient error
+//! naming the channel for it and goes on.
+//!
+//! The layers that add headers (trace context, compression's content encoding) need the
+//! envelope on Pub/Sub: with plain framing their messages fail to publish, loudly.
 //!
 //! # Example
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
 //! use tower::{Service, ServiceExt};
-//! use tower_mq::redis::{Config, PubSubConsumer, PubSubPublisher, Subscription};
+//! use tower_mq::redis::{Config, Framing, PubSubConsumer, PubSubPublisher, Subscription};
 //! use tower_mq::{Message, Receipt};
 //!
 //! # async fn run() -> Result<(), tower_mq::Error> {
@@ -34,11 +54,26 @@
 //! assert!(matches!(receipt, Receipt::RedisPubSub { receivers: 1, .. }));
 //! let delivery = consumer.next().await.expect("subscribed")?;
 //! assert_eq!(delivery.message().destination(), "prices.eur");
+//!
+//! // A header cannot travel in a bare payload: refused, not dropped.
+//! let traced = Message::new("prices.eur", "1.09").with_header("traceparent", "00-...");
+//! let refused = publisher.ready().await?.call(traced.clone()).await.unwrap_err();
+//! assert!(!refused.is_transient());
+//!
+//! // Between tower-mq peers, the envelope carries it.
+//! let config = config.with_pubsub_framing(Framing::Envelope);
+//! let mut consumer =
+//!     PubSubConsumer::subscribe(&config, [Subscription::channel("prices.eur")]).await?;
+//! let mut publisher = PubSubPublisher::connect(&config).await?;
+//! publisher.ready().await?.call(traced).await?;
+//! let delivery = consumer.next().await.expect("subscribed")?;
+//! assert_eq!(delivery.message().headers().get_str("traceparent"), Some("00-..."));
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! [`Receipt::RedisPubSub`]: crate::Receipt::RedisPubSub
+//! [`Config::with_pubsub_framing`]: super::Config::with_pubsub_framing
 //! [`Delivery::unacknowledged`]: crate::Delivery::unacknowledged
 
 use std::fmt;
@@ -56,9 +91,23 @@ use tower::Service;
 use super::config::Config;
 use super::connection::{Connection, Reconnected};
 use super::future::ResponseFuture;
-use super::layout::{check_destination, decode, encode, is_plain, pack_envelope, unpack_envelope};
+use super::layout::{
+    beyond_payload, check_destination, decode, encode, is_plain, pack_envelope, unpack_envelope,
+    StreamLayout, ENVELOPE_MAGIC,
+};
 use super::{redis_error, BROKER};
 use crate::{Delivery, Error, Message, Operation, Receipt};
+
+/// How Pub/Sub messages are framed; see the [module docs](self#framing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// The bare payload, what every Redis client sends and reads. The default.
+    #[default]
+    Plain,
+    /// tower-mq's envelope for messages with headers or properties; bare payloads
+    /// otherwise.
+    Envelope,
+}
 
 /// Publishes messages on Redis Pub/Sub channels with `PUBLISH`: a
 /// `Service<Message, Response = Receipt, Error = Error>`.
@@ -66,6 +115,7 @@ use crate::{Delivery, Error, Message, Operation, Receipt};
 /// The message's destination names the channel. See the [module docs](self).
 pub struct Publisher {
     conn: Connection,
+    framing: Framing,
     ignore_unsupported: bool,
     waiter: Option<Reconnected>,
 }
@@ -73,9 +123,10 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to the server `config` names.
     pub async fn connect(config: &Config) -> Result<Self, Error> {
-        Ok(Publisher::from_connection(
-            Connection::connect(config).await?,
-        ))
+        Ok(
+            Publisher::from_connection(Connection::connect(config).await?)
+                .with_framing(config.pubsub_framing()),
+        )
     }
 
     /// A publisher on an existing connection manager (its own settings apply).
@@ -86,13 +137,22 @@ impl Publisher {
     fn from_connection(conn: Connection) -> Self {
         Publisher {
             conn,
+            framing: Framing::Plain,
             ignore_unsupported: false,
             waiter: None,
         }
     }
 
-    /// Whether properties Redis cannot honour (priority) are carried unhonoured instead
-    /// of failing the publish. Off by default.
+    /// Frames messages this way (default: the config's, [`Framing::Plain`] for a
+    /// publisher built from a connection manager).
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// Whether what the framing cannot carry is left out instead of failing the
+    /// publish: with plain framing, everything but the payload; with the envelope, a
+    /// priority is carried unhonoured. Off by default.
     pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
         self.ignore_unsupported = ignore;
         self
@@ -103,6 +163,7 @@ impl Clone for Publisher {
     fn clone(&self) -> Self {
         Publisher {
             conn: self.conn.clone(),
+            framing: self.framing,
             ignore_unsupported: self.ignore_unsupported,
             waiter: None,
         }
@@ -113,6 +174,7 @@ impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
             .field("connected", &self.conn.is_up())
+            .field("framing", &self.framing)
             .field("ignore_unsupported", &self.ignore_unsupported)
             .finish()
     }
@@ -129,15 +191,12 @@ impl Service<Message> for Publisher {
 
     fn call(&mut self, message: Message) -> Self::Future {
         let conn = self.conn.clone();
+        let message_channel = message.destination().to_owned();
         let ignore_unsupported = self.ignore_unsupported;
+        let framing = self.framing;
         ResponseFuture::new(async move {
-            check_destination(&message)?;
-            let channel = message.destination().to_owned();
-            let payload = if is_plain(&message) {
-                message.into_payload()
-            } else {
-                pack_envelope(&encode(&message, ignore_unsupported)?)
-            };
+            let payload = frame(framing, message, ignore_unsupported)?;
+            let channel = message_channel;
             let mut manager = conn.manager();
             let result: RedisResult<u64> = redis::cmd("PUBLISH")
                 .arg(&channel)
@@ -150,6 +209,36 @@ impl Service<Message> for Publisher {
                 Err(err) => Err(redis_error(Operation::Publish, &channel, err)),
             }
         })
+    }
+}
+
+/// The payload to publish for `message` with `framing`.
+fn frame(framing: Framing, message: Message, ignore_unsupported: bool) -> Result<Bytes, Error> {
+    check_destination(&message)?;
+    let plain = is_plain(&message);
+    match framing {
+        Framing::Envelope
+            if !plain
+                || !message.is_persistent()
+                || message.payload().starts_with(ENVELOPE_MAGIC) =>
+        {
+            Ok(pack_envelope(&encode(
+                &StreamLayout::envelope(),
+                &message,
+                ignore_unsupported,
+            )?))
+        }
+        Framing::Plain if !plain && !ignore_unsupported => {
+            Err(Error::permanent(BROKER, Operation::Publish)
+                .with_destination(message.destination().to_owned())
+                .with_reason(format!(
+                    "Redis Pub/Sub carries only the payload, and the message also has {} \
+                     (enable the envelope framing to carry them, or ignore unsupported \
+                     properties to send the payload alone)",
+                    beyond_payload(&message).join(", ")
+                )))
+        }
+        _ => Ok(message.into_payload()),
     }
 }
 
@@ -201,6 +290,7 @@ impl Consumer {
         }
         let mut receiver = Receiver {
             client: config.client()?,
+            framing: config.pubsub_framing(),
             subscriptions: subscriptions.clone(),
             connection_timeout: config.connection_timeout(),
             response_timeout: config.response_timeout(),
@@ -243,6 +333,7 @@ impl fmt::Debug for Consumer {
 
 struct Receiver {
     client: Client,
+    framing: Framing,
     subscriptions: Vec<Subscription>,
     connection_timeout: Duration,
     response_timeout: Duration,
@@ -291,8 +382,17 @@ impl Receiver {
         loop {
             if let Some(messages) = &mut self.messages {
                 while let Some(msg) = messages.next().await {
-                    if let Some(delivery) = delivery_of(&msg) {
-                        return Ok(delivery);
+                    match delivery_of(self.framing, &msg) {
+                        Ok(Some(delivery)) => return Ok(delivery),
+                        Ok(None) => {}
+                        Err(channel) => {
+                            return Err(Error::transient(BROKER, Operation::Receive)
+                                .with_destination(self.label())
+                                .with_reason(format!(
+                                    "dropped a message on channel {channel:?}: its name is \
+                                     not UTF-8, and a destination is text"
+                                )))
+                        }
                     }
                 }
                 self.messages = None;
@@ -321,23 +421,28 @@ impl Receiver {
     }
 }
 
-/// The delivery for one Pub/Sub message, or `None` if its TTL has passed.
-fn delivery_of(msg: &Msg) -> Option<Delivery> {
-    let channel = msg.get_channel_name();
+/// The delivery for one Pub/Sub message, or `None` if its TTL has passed; the channel
+/// name, escaped, when it is not UTF-8 (only a pattern subscription can see one).
+fn delivery_of(framing: Framing, msg: &Msg) -> Result<Option<Delivery>, String> {
+    let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
+    let Ok(channel) = std::str::from_utf8(&channel) else {
+        return Err(channel.escape_ascii().to_string());
+    };
     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-    let message = match unpack_envelope(&payload) {
-        Some(fields) => {
-            let decoded = decode(
-                channel,
-                fields.iter().map(|(name, value)| (name.as_str(), value)),
-            );
+    let unpacked = match framing {
+        Framing::Plain => None,
+        Framing::Envelope => unpack_envelope(&payload)
+            .and_then(|fields| decode(&StreamLayout::envelope(), channel, &fields, None).ok()),
+    };
+    let message = match unpacked {
+        Some(decoded) => {
             if decoded.is_expired() {
                 tracing::debug!(channel, "dropping an expired Pub/Sub message");
-                return None;
+                return Ok(None);
             }
             decoded.message
         }
         None => Message::new(channel, payload),
     };
-    Some(Delivery::unacknowledged(message))
+    Ok(Some(Delivery::unacknowledged(message)))
 }

@@ -12,13 +12,13 @@ use bytes::Bytes;
 use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::StreamPendingCountReply;
 use redis::{RedisError, RedisResult, Value};
 use tokio::time::Instant;
 
 use crate::redis::config::Config;
 use crate::redis::connection::Connection;
-use crate::redis::layout::{decode, Fields, EXPIRES_AT_MS, HEADER_PREFIX, REDELIVERIES};
+use crate::redis::layout::{decode, entry_time, Control, Fields, StreamLayout};
 use crate::redis::{is_connection_error, redis_error, BROKER};
 use crate::{Acker, Acknowledge, Delivery, Error, Operation};
 
@@ -47,7 +47,8 @@ pub enum NackMode {
     /// Append a copy of the message to the end of the stream and acknowledge the
     /// original, atomically (`MULTI` / `XADD` / `XACK` / `EXEC`): redelivered as soon as
     /// the consumers reach it, behind what is already queued. The delay is not
-    /// honoured; the delivery count is carried in the copy's `p:redeliveries` field.
+    /// honoured; the delivery count is carried in the copy's `tmq-redeliveries` control
+    /// field.
     Readd,
 }
 
@@ -227,6 +228,7 @@ impl Consumer {
             dead_letter: consumer.dead_letter.clone(),
             nack: consumer.nack,
             claim_idle: consumer.claim_idle,
+            layout: config.stream_layout().clone(),
         });
         shared.create_group(&consumer.start).await?;
         let (stream, group) = (consumer.stream.clone(), consumer.group.clone());
@@ -267,6 +269,7 @@ impl Consumer {
             dead_letter: None,
             nack: consumer.nack,
             claim_idle: consumer.claim_idle,
+            layout: config.stream_layout().clone(),
         };
         shared.create_group(&consumer.start).await
     }
@@ -328,9 +331,14 @@ struct Shared {
     dead_letter: Option<String>,
     nack: NackMode,
     claim_idle: Duration,
+    layout: StreamLayout,
 }
 
 impl Shared {
+    fn control(&self, control: Control) -> Bytes {
+        Bytes::from(self.layout.control(control))
+    }
+
     fn error(&self, operation: Operation, err: RedisError) -> Error {
         self.conn.record_error(&err);
         redis_error(operation, &self.stream, err)
@@ -395,12 +403,13 @@ impl Shared {
                     .map_err(|err| self.error(Operation::Nack, err))
             }
             NackMode::Readd => {
+                let redeliveries = self.control(Control::Redeliveries);
                 let mut copy: Fields = fields
                     .iter()
-                    .filter(|(name, _)| name != REDELIVERIES)
+                    .filter(|(name, _)| *name != redeliveries)
                     .cloned()
                     .collect();
-                copy.push((REDELIVERIES.to_owned(), Bytes::from(count.to_string())));
+                copy.push((redeliveries, Bytes::from(count.to_string())));
                 let mut pipe = redis::pipe();
                 pipe.atomic()
                     .add_command(xadd(&self.stream, &copy))
@@ -439,12 +448,14 @@ impl Shared {
             (DEAD_LETTER_ID, id.to_owned()),
             (DEAD_LETTER_DELIVERIES, count.to_string()),
         ]
-        .map(|(name, value)| (format!("{HEADER_PREFIX}{name}"), Bytes::from(value)));
+        .map(|(name, value)| (Bytes::from_static(name.as_bytes()), Bytes::from(value)));
         // A dead letter starts afresh: no deadline (an expired message must stay
         // readable in the dead-letter stream) and no redelivery count.
+        let expires_at = self.control(Control::ExpiresAtMs);
+        let redeliveries = self.control(Control::Redeliveries);
         let mut letter: Fields = fields
             .iter()
-            .filter(|(name, _)| name != EXPIRES_AT_MS && name != REDELIVERIES)
+            .filter(|(name, _)| *name != expires_at && *name != redeliveries)
             .filter(|(name, _)| !added.iter().any(|(n, _)| n == name))
             .cloned()
             .collect();
@@ -479,7 +490,7 @@ fn xadd(stream: &str, fields: &Fields) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(stream).arg("*");
     for (name, value) in fields {
-        cmd.arg(name.as_str()).arg(value.as_ref());
+        cmd.arg(name.as_ref()).arg(value.as_ref());
     }
     cmd
 }
@@ -593,7 +604,7 @@ impl Reader {
             .block
             .min(until_claim)
             .max(Duration::from_millis(1));
-        let result: RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+        let result: RedisResult<Value> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.shared.group)
             .arg(&self.shared.consumer)
@@ -610,19 +621,18 @@ impl Reader {
             Ok(reply) => reply,
             Err(err) => return self.failed(Operation::Receive, err).await,
         };
-        let entries: Vec<StreamId> = reply
+        let entries = read_reply(reply).map_err(|what| self.unexpected("XREADGROUP", what))?;
+        let counted = entries
             .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
+            .filter_map(|entry| Some((entry.id, entry.fields?, 1)))
             .collect();
-        let counted = entries.into_iter().map(|entry| (entry, 1)).collect();
         self.admit(counted).await
     }
 
     /// Reads this consumer's own pending entries again (after a lost reply).
     async fn read_history(&mut self) -> Result<(), Error> {
         let from = self.history.clone().unwrap_or_else(|| "0".to_owned());
-        let result: RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+        let result: RedisResult<Value> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.shared.group)
             .arg(&self.shared.consumer)
@@ -637,14 +647,13 @@ impl Reader {
             Ok(reply) => reply,
             Err(err) => return self.failed(Operation::Receive, err).await,
         };
-        let entries: Vec<StreamId> = reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            // An entry deleted while pending comes back without fields.
-            .filter(|entry| !entry.map.is_empty())
-            .collect();
+        let entries = read_reply(reply).map_err(|what| self.unexpected("XREADGROUP", what))?;
         self.history = entries.last().map(|entry| entry.id.clone());
+        // An entry deleted while pending comes back without fields.
+        let entries: Vec<(String, Fields)> = entries
+            .into_iter()
+            .filter_map(|entry| Some((entry.id, entry.fields?)))
+            .collect();
         if entries.is_empty() {
             return Ok(());
         }
@@ -654,7 +663,7 @@ impl Reader {
 
     async fn claim(&mut self) -> Result<(), Error> {
         let mut manager = self.shared.conn.manager();
-        let result: RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+        let result: RedisResult<Value> = redis::cmd("XAUTOCLAIM")
             .arg(&self.shared.stream)
             .arg(&self.shared.group)
             .arg(&self.shared.consumer)
@@ -672,39 +681,45 @@ impl Reader {
                 return self.failed(Operation::Receive, err).await;
             }
         };
-        if !reply.deleted_ids.is_empty() {
+        let reply = autoclaim_reply(reply).map_err(|what| self.unexpected("XAUTOCLAIM", what))?;
+        if reply.deleted > 0 {
             tracing::warn!(
                 stream = %self.shared.stream,
-                count = reply.deleted_ids.len(),
+                count = reply.deleted,
                 "pending entries were deleted from the stream before being acknowledged (trimmed?)"
             );
         }
         // A finished scan waits for the next interval; an unfinished one goes on.
-        self.next_claim = if reply.next_stream_id == "0-0" {
+        self.next_claim = if reply.cursor == "0-0" {
             Instant::now() + self.config.claim_interval
         } else {
             Instant::now()
         };
-        self.cursor = reply.next_stream_id;
-        if reply.claimed.is_empty() {
+        self.cursor = reply.cursor;
+        let claimed: Vec<(String, Fields)> = reply
+            .entries
+            .into_iter()
+            .filter_map(|entry| Some((entry.id, entry.fields?)))
+            .collect();
+        if claimed.is_empty() {
             return Ok(());
         }
-        let counted = self.with_pending_counts(reply.claimed).await?;
+        let counted = self.with_pending_counts(claimed).await?;
         self.admit(counted).await
     }
 
     /// Pairs entries with their delivery counters from the pending entries list.
     async fn with_pending_counts(
         &mut self,
-        entries: Vec<StreamId>,
-    ) -> Result<Vec<(StreamId, u32)>, Error> {
+        entries: Vec<(String, Fields)>,
+    ) -> Result<Vec<(String, Fields, u32)>, Error> {
         let mut pipe = redis::pipe();
-        for entry in &entries {
+        for (id, _) in &entries {
             pipe.cmd("XPENDING")
                 .arg(&self.shared.stream)
                 .arg(&self.shared.group)
-                .arg(&entry.id)
-                .arg(&entry.id)
+                .arg(id)
+                .arg(id)
                 .arg(1);
         }
         let mut manager = self.shared.conn.manager();
@@ -723,46 +738,67 @@ impl Reader {
         Ok(entries
             .into_iter()
             .zip(replies)
-            .map(|(entry, pending)| {
+            .map(|((id, fields), pending)| {
                 let count = pending
                     .ids
                     .first()
                     .map_or(1, |p| u32::try_from(p.times_delivered).unwrap_or(u32::MAX));
-                (entry, count)
+                (id, fields, count)
             })
             .collect())
     }
 
-    /// Turns entries into deliveries, dead-lettering the expired and the over-delivered.
-    async fn admit(&mut self, entries: Vec<(StreamId, u32)>) -> Result<(), Error> {
+    /// An error for a reply whose shape is not the one Redis documents.
+    fn unexpected(&self, command: &str, what: String) -> Error {
+        Error::transient(BROKER, Operation::Receive)
+            .with_destination(self.shared.stream.clone())
+            .with_reason(format!("unexpected {command} reply: {what}"))
+    }
+
+    /// Turns entries into deliveries, dead-lettering the expired, the over-delivered and
+    /// those that cannot be delivered intact (with the reason).
+    async fn admit(&mut self, entries: Vec<(String, Fields, u32)>) -> Result<(), Error> {
         let mut first_error = None;
-        for (entry, pending_count) in entries {
-            let fields = Arc::new(fields_of(entry.map));
+        for (id, fields, pending_count) in entries {
+            let fields = Arc::new(fields);
             let decoded = decode(
+                &self.shared.layout,
                 &self.shared.stream,
-                fields.iter().map(|(name, value)| (name.as_str(), value)),
+                &fields,
+                entry_time(&id),
             );
-            let count = pending_count.max(1).saturating_add(decoded.redeliveries);
-            let dead = if decoded.is_expired() {
-                Some("expired")
-            } else if self.config.max_deliveries.is_some_and(|max| count > max) {
-                Some("max deliveries exceeded")
-            } else {
-                None
+            let (decoded, count, dead) = match decoded {
+                Ok(decoded) => {
+                    let count = pending_count.max(1).saturating_add(decoded.redeliveries);
+                    let dead = if decoded.is_expired() {
+                        Some("expired".to_owned())
+                    } else if self.config.max_deliveries.is_some_and(|max| count > max) {
+                        Some("max deliveries exceeded".to_owned())
+                    } else {
+                        None
+                    };
+                    (Some(decoded), count, dead)
+                }
+                Err(reason) => {
+                    tracing::warn!(stream = %self.shared.stream, id, reason, "dead-lettering an entry that cannot be delivered intact");
+                    let count = pending_count.max(1);
+                    (None, count, Some(format!("malformed entry: {reason}")))
+                }
             };
             if let Some(reason) = dead {
                 if let Err(err) = self
                     .shared
-                    .dead_letter(&entry.id, &fields, count - 1, reason)
+                    .dead_letter(&id, &fields, count - 1, &reason)
                     .await
                 {
                     first_error.get_or_insert(err);
                 }
                 continue;
             }
+            let Some(decoded) = decoded else { continue };
             let acker = Acker::new(StreamAcker {
                 shared: self.shared.clone(),
-                id: entry.id,
+                id,
                 fields,
                 count,
             });
@@ -773,21 +809,179 @@ impl Reader {
     }
 }
 
-/// An entry's fields as bytes, from whatever type the server sent them as.
-fn fields_of(map: std::collections::HashMap<String, Value>) -> Fields {
-    let mut fields: Fields = map
-        .into_iter()
-        .filter_map(|(name, value)| {
-            let bytes = match value {
-                Value::BulkString(bytes) => Bytes::from(bytes),
-                Value::SimpleString(text) => Bytes::from(text),
-                Value::VerbatimString { text, .. } => Bytes::from(text),
-                Value::Int(n) => Bytes::from(n.to_string()),
-                _ => return None,
-            };
-            Some((name, bytes))
-        })
-        .collect();
-    fields.sort_by(|a, b| a.0.cmp(&b.0));
-    fields
+/// One entry of a stream reply, names and values as bytes; no fields for an entry
+/// deleted while pending.
+#[derive(Debug)]
+struct Entry {
+    id: String,
+    fields: Option<Fields>,
+}
+
+/// The bytes of a string reply.
+fn bytes_of(value: Value) -> Result<Bytes, String> {
+    match value {
+        Value::BulkString(bytes) => Ok(Bytes::from(bytes)),
+        Value::SimpleString(text) => Ok(Bytes::from(text)),
+        Value::VerbatimString { text, .. } => Ok(Bytes::from(text)),
+        Value::Int(n) => Ok(Bytes::from(n.to_string())),
+        other => Err(format!("expected a string, got {other:?}")),
+    }
+}
+
+fn text_of(value: Value) -> Result<String, String> {
+    let bytes = bytes_of(value)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| "an entry id is not UTF-8".to_owned())
+}
+
+/// Entries as Redis sends them: `[[id, [name, value, ...]], ...]`, read binary-safe so
+/// that one odd entry cannot fail a whole reply.
+fn entries_of(value: Value) -> Result<Vec<Entry>, String> {
+    let items = match value {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        other => return Err(format!("expected a list of entries, got {other:?}")),
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let pair = match item {
+            // An entry deleted while pending, as Redis 6.2's XAUTOCLAIM reports it.
+            Value::Nil => continue,
+            Value::Array(pair) if pair.len() == 2 => pair,
+            other => return Err(format!("expected an entry, got {other:?}")),
+        };
+        let mut pair = pair.into_iter();
+        let (Some(id), Some(fields)) = (pair.next(), pair.next()) else {
+            return Err("an entry without an id and fields".to_owned());
+        };
+        let id = text_of(id)?;
+        let fields = match fields {
+            Value::Nil => None,
+            Value::Array(flat) if flat.is_empty() => None,
+            Value::Array(flat) => {
+                if flat.len() % 2 != 0 {
+                    return Err(format!("entry {id} has an odd number of field items"));
+                }
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut flat = flat.into_iter();
+                while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                    fields.push((bytes_of(name)?, bytes_of(value)?));
+                }
+                Some(fields)
+            }
+            Value::Map(map) if map.is_empty() => None,
+            Value::Map(map) => Some(
+                map.into_iter()
+                    .map(|(name, value)| Ok((bytes_of(name)?, bytes_of(value)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => return Err(format!("expected the fields of entry {id}, got {other:?}")),
+        };
+        entries.push(Entry { id, fields });
+    }
+    Ok(entries)
+}
+
+/// The entries of an `XREADGROUP` reply on one stream: nil, `[[stream, entries]]`, or
+/// a map from stream to entries (RESP3).
+fn read_reply(value: Value) -> Result<Vec<Entry>, String> {
+    let streams: Vec<Value> = match value {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(mut pair) if pair.len() == 2 => Ok(pair.swap_remove(1)),
+                other => Err(format!("expected [stream, entries], got {other:?}")),
+            })
+            .collect::<Result<_, _>>()?,
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        other => return Err(format!("expected streams, got {other:?}")),
+    };
+    let mut entries = Vec::new();
+    for stream in streams {
+        entries.extend(entries_of(stream)?);
+    }
+    Ok(entries)
+}
+
+/// An `XAUTOCLAIM` reply: the cursor to resume from, the claimed entries and how many
+/// pending entries had been deleted from the stream.
+struct AutoClaim {
+    cursor: String,
+    entries: Vec<Entry>,
+    deleted: usize,
+}
+
+fn autoclaim_reply(value: Value) -> Result<AutoClaim, String> {
+    let Value::Array(parts) = value else {
+        return Err(format!(
+            "expected [cursor, entries, deleted], got {value:?}"
+        ));
+    };
+    let mut parts = parts.into_iter();
+    let cursor = text_of(parts.next().ok_or("no cursor")?)?;
+    let entries = entries_of(parts.next().ok_or("no entries")?)?;
+    let deleted = match parts.next() {
+        Some(Value::Array(ids)) => ids.len(),
+        _ => 0,
+    };
+    Ok(AutoClaim {
+        cursor,
+        entries,
+        deleted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(bytes: &[u8]) -> Value {
+        Value::BulkString(bytes.to_vec())
+    }
+
+    #[test]
+    fn replies_are_read_binary_safe_and_in_order() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk(b"s"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk(b"1-0"),
+                    Value::Array(vec![bulk(b"\xff"), bulk(b"v"), bulk(b"a"), bulk(b"\x00")]),
+                ]),
+                Value::Array(vec![bulk(b"2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = read_reply(reply).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "1-0");
+        let fields = entries[0].fields.as_ref().unwrap();
+        assert_eq!(fields[0].0.as_ref(), b"\xff");
+        assert_eq!(
+            fields[1],
+            (Bytes::from_static(b"a"), Bytes::from_static(b"\x00"))
+        );
+        assert!(entries[1].fields.is_none());
+        assert!(read_reply(Value::Nil).unwrap().is_empty());
+        assert!(read_reply(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn autoclaim_replies_of_redis_6_and_7() {
+        let seven = Value::Array(vec![
+            bulk(b"0-0"),
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"1-0"),
+                Value::Array(vec![bulk(b"payload"), bulk(b"x")]),
+            ])]),
+            Value::Array(vec![bulk(b"0-1")]),
+        ]);
+        let reply = autoclaim_reply(seven).unwrap();
+        assert_eq!(reply.cursor, "0-0");
+        assert_eq!(reply.entries.len(), 1);
+        assert_eq!(reply.deleted, 1);
+        let six = Value::Array(vec![bulk(b"5-0"), Value::Array(vec![Value::Nil])]);
+        let reply = autoclaim_reply(six).unwrap();
+        assert_eq!(reply.cursor, "5-0");
+        assert!(reply.entries.is_empty());
+    }
 }

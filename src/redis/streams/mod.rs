@@ -15,6 +15,9 @@
 //!   comes from the pending entries list, and past the maximum they are dead-lettered
 //!   with reason `max deliveries exceeded`.
 //! - **TTL**: an entry read after its deadline is dead-lettered with reason `expired`.
+//! - **malformed entries**: an entry that cannot be delivered intact (no payload field,
+//!   a field name that is not UTF-8) is dead-lettered with reason
+//!   `malformed entry: <why>`; the entries read with it are delivered.
 //!
 //! See the [parent module](crate::redis) for the entry layout and an example.
 

@@ -10,7 +10,9 @@ use tower::Service;
 use crate::redis::config::Config;
 use crate::redis::connection::{Connection, Reconnected};
 use crate::redis::future::ResponseFuture;
-use crate::redis::layout::{encode, Fields};
+use std::sync::Arc;
+
+use crate::redis::layout::{encode, Fields, StreamLayout};
 use crate::redis::redis_error;
 use crate::{Error, Message, Operation, Receipt};
 
@@ -22,10 +24,11 @@ struct Trim {
 }
 
 /// Options shared by [`Publisher`] and [`BatchPublisher`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Options {
     trim: Option<Trim>,
     ignore_unsupported: bool,
+    layout: Arc<StreamLayout>,
 }
 
 /// Appends messages to Redis streams with `XADD`: a
@@ -34,7 +37,7 @@ struct Options {
 /// The message's destination names the stream; the stream is created by the first
 /// append. The receipt is [`Receipt::RedisStream`] with the id Redis assigned. Clones
 /// share one multiplexed connection. See the [module docs](crate::redis) for the
-/// field layout and an example.
+/// field layout, what is refused, and an example.
 pub struct Publisher {
     conn: Connection,
     options: Options,
@@ -44,9 +47,10 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to the server `config` names.
     pub async fn connect(config: &Config) -> Result<Self, Error> {
-        Ok(Publisher::from_connection(
-            Connection::connect(config).await?,
-        ))
+        Ok(
+            Publisher::from_connection(Connection::connect(config).await?)
+                .with_layout(config.stream_layout().clone()),
+        )
     }
 
     /// A publisher on an existing connection manager (its own settings apply).
@@ -85,8 +89,17 @@ impl Publisher {
         self
     }
 
-    /// Whether properties Redis cannot honour (priority) are carried unhonoured instead
-    /// of failing the publish. Off by default.
+    /// Lays entries out this way (default: the config's, [`StreamLayout::new`] for a
+    /// publisher built from a connection manager).
+    pub fn with_layout(mut self, layout: StreamLayout) -> Self {
+        self.options.layout = Arc::new(layout);
+        self
+    }
+
+    /// Whether what Redis cannot honour or the layout has no field for is carried or
+    /// left out instead of failing the publish: a priority is carried in the
+    /// `<prefix>priority` control field, unhonoured; a property without a field is
+    /// left out. Off by default.
     pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
         self.options.ignore_unsupported = ignore;
         self
@@ -96,7 +109,7 @@ impl Publisher {
     pub fn batch(&self) -> BatchPublisher {
         BatchPublisher {
             conn: self.conn.clone(),
-            options: self.options,
+            options: self.options.clone(),
             waiter: None,
         }
     }
@@ -106,7 +119,7 @@ impl Clone for Publisher {
     fn clone(&self) -> Self {
         Publisher {
             conn: self.conn.clone(),
-            options: self.options,
+            options: self.options.clone(),
             waiter: None,
         }
     }
@@ -131,7 +144,7 @@ fn xadd(stream: &str, trim: Option<Trim>, fields: &Fields) -> Cmd {
     }
     cmd.arg("*");
     for (name, value) in fields {
-        cmd.arg(name.as_str()).arg(value.as_ref());
+        cmd.arg(name.as_ref()).arg(value.as_ref());
     }
     cmd
 }
@@ -147,10 +160,10 @@ impl Service<Message> for Publisher {
 
     fn call(&mut self, message: Message) -> Self::Future {
         let conn = self.conn.clone();
-        let options = self.options;
+        let options = self.options.clone();
         ResponseFuture::new(async move {
             let stream = message.destination().to_owned();
-            let fields = encode(&message, options.ignore_unsupported)?;
+            let fields = encode(&options.layout, &message, options.ignore_unsupported)?;
             let mut manager = conn.manager();
             let result: RedisResult<String> = xadd(&stream, options.trim, &fields)
                 .query_async(&mut manager)
@@ -168,8 +181,8 @@ impl Service<Message> for Publisher {
 /// `Service<Vec<Message>, Response = Vec<Result<Receipt, Error>>, Error = Error>`, the
 /// shape the batch layer feeds.
 ///
-/// Each message gets its own result, in order: a message that cannot be encoded (a
-/// priority without `ignore_unsupported`) or that the server refuses fails alone. The
+/// Each message gets its own result, in order: a message that cannot be encoded (see
+/// [`Publisher`]) or that the server refuses fails alone. The
 /// pipeline is not a transaction; when the connection fails under it the whole call
 /// fails with a transient error, and some of its messages may have been appended
 /// (retrying can then duplicate them). Built with [`Publisher::batch`] or
@@ -192,7 +205,7 @@ impl Clone for BatchPublisher {
     fn clone(&self) -> Self {
         BatchPublisher {
             conn: self.conn.clone(),
-            options: self.options,
+            options: self.options.clone(),
             waiter: None,
         }
     }
@@ -218,7 +231,7 @@ impl Service<Vec<Message>> for BatchPublisher {
 
     fn call(&mut self, messages: Vec<Message>) -> Self::Future {
         let conn = self.conn.clone();
-        let options = self.options;
+        let options = self.options.clone();
         ResponseFuture::new(async move {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
@@ -227,7 +240,7 @@ impl Service<Vec<Message>> for BatchPublisher {
                 .iter()
                 .map(|message| {
                     let stream = message.destination().to_owned();
-                    let fields = encode(message, options.ignore_unsupported)?;
+                    let fields = encode(&options.layout, message, options.ignore_unsupported)?;
                     pipe.add_command(xadd(&stream, options.trim, &fields));
                     sent += 1;
                     Ok(stream)
