@@ -26,7 +26,7 @@ pub const TIMESTAMP_MILLIS_HEADER: &str = "timestamp_in_ms";
 /// | [`request_timeout`](Config::request_timeout) | 30 s |
 /// | [`requeue_by_republish`](Config::requeue_by_republish) | `true` |
 /// | [`reject_with_reason`](Config::reject_with_reason) | `true` |
-/// | [`ignore_unsupported_properties`](Config::ignore_unsupported_properties) | `false`: what AMQP cannot carry fails the publish |
+/// | [`ignore_unsupported`](Config::ignore_unsupported) | `false`: what AMQP cannot carry fails the publish |
 /// | [`timestamp_millis_header`](Config::timestamp_millis_header) | `timestamp_in_ms` |
 ///
 /// ```
@@ -42,7 +42,7 @@ pub const TIMESTAMP_MILLIS_HEADER: &str = "timestamp_in_ms";
 ///     .routing(Routing::DefaultExchange)
 ///     // A message key has no place with DefaultExchange routing: leave it out
 ///     // instead of failing the publish.
-///     .ignore_unsupported_properties(true)
+///     .ignore_unsupported(true)
 ///     .timestamp_millis_header("sent_at_ms");
 /// assert_eq!(config.prefetch_count(), 100);
 /// ```
@@ -75,7 +75,7 @@ pub struct Config {
 /// A routing key is text: a message key that is not UTF-8 fails the publish. In the
 /// modes where the destination is the routing key, a message key has no place on the
 /// wire and fails the publish too, unless
-/// [`Config::ignore_unsupported_properties`](Config::ignore_unsupported_properties) is set.
+/// [`Config::ignore_unsupported`](Config::ignore_unsupported) is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Routing {
@@ -263,7 +263,7 @@ impl Config {
     /// [`timestamp_millis_header`](Config::timestamp_millis_header) is off (truncated to
     /// the second). Headers AMQP cannot carry (a name repeated or over 255 bytes) always
     /// fail the publish: leaving them out would change the message.
-    pub fn ignore_unsupported_properties(mut self, ignore: bool) -> Self {
+    pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
         self.ignore_unsupported = ignore;
         self
     }
@@ -280,7 +280,7 @@ impl Config {
     }
 
     /// Sends timestamps in whole seconds only: a timestamp with milliseconds then fails
-    /// the publish, unless [`ignore_unsupported_properties`](Config::ignore_unsupported_properties)
+    /// the publish, unless [`ignore_unsupported`](Config::ignore_unsupported)
     /// truncates it to the second.
     pub fn no_timestamp_millis_header(mut self) -> Self {
         self.timestamp_millis_header = None;

@@ -47,7 +47,7 @@ pub(crate) fn outgoing(
             .with_reason(reason)
     };
     let ignore = config.ignore_unsupported;
-    let opt_out = "set Config::ignore_unsupported_properties to publish without it";
+    let opt_out = "set Config::ignore_unsupported to publish without it";
     let short = |what: &str, value: &str| {
         ShortString::try_new(value).map_err(|_| {
             refuse(format!(
@@ -552,7 +552,7 @@ mod tests {
     fn ignoring_unsupported_properties_publishes_without_them() {
         let config = config()
             .routing(Routing::DefaultExchange)
-            .ignore_unsupported_properties(true)
+            .ignore_unsupported(true)
             .no_timestamp_millis_header();
         let message = Message::new("q", "")
             .with_key("dropped")

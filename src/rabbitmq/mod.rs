@@ -84,7 +84,7 @@
 //! never a silent drop or conversion: a header name repeated (a field table holds one
 //! value per name) or longer than 255 bytes, a property longer than 255 bytes, a key
 //! that is not UTF-8. Three more are refused unless
-//! [`Config::ignore_unsupported_properties`] leaves them out: a key the [`Routing`]
+//! [`Config::ignore_unsupported`] leaves them out: a key the [`Routing`]
 //! mode has no place for, a TTL with a sub-millisecond part, a timestamp before 1970
 //! (or with milliseconds while the milliseconds header is off). Timestamps travel to the
 //! millisecond, as on every broker: a finer part is not sent.

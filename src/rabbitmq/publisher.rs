@@ -58,7 +58,7 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 /// and key to exchange and routing key per [`Routing`](super::Routing), every property
 /// to its AMQP property, headers to the `headers` field table with their types. What
 /// AMQP cannot carry fails the publish with a permanent error naming it (see
-/// [`Config::ignore_unsupported_properties`]).
+/// [`Config::ignore_unsupported`]).
 ///
 /// Cloning is cheap and shares the connection; a clone starts unreserved.
 pub struct Publisher {

@@ -590,7 +590,7 @@ async fn a_key_the_routing_mode_cannot_send_is_refused_unless_ignored() {
     .expect_err("a key with DefaultExchange routing");
     assert_refused(&err, &queue, "key");
     assert!(
-        err.to_string().contains("ignore_unsupported_properties"),
+        err.to_string().contains("ignore_unsupported"),
         "{err}"
     );
     assert!(
@@ -601,7 +601,7 @@ async fn a_key_the_routing_mode_cannot_send_is_refused_unless_ignored() {
     let lenient = tower_mq(
         Config::new(url())
             .routing(Routing::DefaultExchange)
-            .ignore_unsupported_properties(true),
+            .ignore_unsupported(true),
     )
     .await;
     publish(
