@@ -7,6 +7,12 @@
 //! every broker. The in-process [`memory`] broker needs nothing running and is the
 //! reference every other broker is tested against.
 //!
+//! On the wire, every broker module speaks the broker's own conventions (AMQP
+//! properties and typed headers, Kafka record keys, timestamps and headers, NATS
+//! headers, plain Redis and ZeroMQ payloads), so tower-mq interoperates both ways with
+//! the broker's ordinary clients; [`wire`] has the table of where each field of a
+//! [`Message`] goes on each broker, and what is refused.
+//!
 //! # Example
 //!
 //! ```

@@ -11,28 +11,42 @@
 //!
 //! # The mapping
 //!
-//! | field | RabbitMQ | Kafka | NATS (core / JetStream) | Redis Streams | Redis Pub/Sub, ZeroMQ |
-//! |---|---|---|---|---|---|
-//! | destination | exchange | topic | subject | stream key | channel / socket topic frame (PUB) |
-//! | payload | body | record value | payload | field `payload` (configurable) | the message / the last frame |
-//! | key | routing key (text) | record key (bytes) | header `Message-Key` | field `key` | envelope only |
-//! | headers | `headers` table, AMQP types kept | record headers (bytes, repeated, null) | headers (text, repeated) | fields (bytes) | envelope only |
-//! | timestamp | `timestamp` (seconds) | record timestamp (ms) | JetStream stored time; header `Timestamp` when set | entry id time; field `timestamp` when set | envelope only |
-//! | message id | `message_id` | header `message-id` | header `Nats-Msg-Id` | field `message-id` | envelope only |
-//! | correlation id | `correlation_id` | header `correlation-id` | header `Correlation-Id` | field `correlation-id` | envelope only |
-//! | reply-to | `reply_to` | header `reply-to` | reply subject (core), header `Reply-To` | field `reply-to` | envelope only |
-//! | content type | `content_type` | header `content-type` | header `Content-Type` | field `content-type` | envelope only |
-//! | content encoding | `content_encoding` | header `content-encoding` | header `Content-Encoding` | field `content-encoding` | envelope only |
-//! | message type | `type` | header `message-type` | header `Message-Type` | field `message-type` | envelope only |
-//! | app id | `app_id` | header `app-id` | header `App-Id` | field `app-id` | envelope only |
-//! | user id | `user_id` | header `user-id` | header `User-Id` | field `user-id` | envelope only |
-//! | priority | `priority` | error | error | error | error |
-//! | TTL | `expiration` (ms) | error | error | error | error |
-//! | persistent | `delivery_mode` 2 / 1 | always stored | JetStream stores; core refuses `false`... | always stored | error for `true` |
+//! Defaults shown; every header or field name marked *(conf.)* is configurable. "refused"
+//! means the publish fails with a permanent error naming the broker, the destination
+//! and the field, unless the publisher is told to `ignore_unsupported` (then the field
+//! is left out, or carried where noted).
 //!
-//! Each broker module documents its column in detail, including what is refused and
-//! why. "error" means the publish fails with a permanent error naming the property
-//! unless the publisher is told to ignore unsupported properties.
+//! | field | RabbitMQ | Kafka | NATS core / JetStream | Redis Streams | Redis Pub/Sub | ZeroMQ |
+//! |---|---|---|---|---|---|---|
+//! | destination | exchange (`Routing`: or the routing key on the default exchange) | topic | subject | stream key | channel | PUB: topic frame (SUB filters on it); PUSH, DEALER: not on the wire |
+//! | payload | body | record value | payload | field `payload` *(conf.)*, or none | the message | last frame |
+//! | key | routing key (text; a non-UTF-8 key is refused; refused with `DefaultExchange` routing) | record key (bytes) | header `Message-Key` *(conf.)*, text | field `key` *(conf.)*, bytes | refused | refused |
+//! | headers | `headers` table, every AMQP type kept; names sorted (AMQP tables are maps); a repeated name is refused | record headers: bytes, in order, repeated names and null values kept; typed values refused | headers: text (binary or typed values refused), repeated names kept in order, names sorted | one field each, bytes, in order, repeats kept; typed values refused | refused | refused (except `zmq-frame`: one frame each before the payload) |
+//! | timestamp | `timestamp` (seconds) and header `timestamp_in_ms` *(conf.)* when it has milliseconds | record timestamp (ms) | JetStream: stored time; header `Timestamp` *(conf.)* when set, which wins | entry id time; field `timestamp` *(conf.)* when set, which wins | refused | refused |
+//! | message id | `message_id` | header `message-id` *(conf.)* | header `Nats-Msg-Id` (JetStream deduplicates on it) | field `message-id` *(conf.)* | refused | refused |
+//! | correlation id | `correlation_id` | header `correlation-id` *(conf.)* | header `Correlation-Id` *(conf.)* | field `correlation-id` *(conf.)* | refused | refused |
+//! | reply-to | `reply_to` | header `reply-to` *(conf.)* | core: the reply subject; JetStream: header `Reply-To` *(conf.)* | field `reply-to` *(conf.)* | refused | refused |
+//! | content type | `content_type` | header `content-type` *(conf.)* (CloudEvents' Kafka binding) | header `Content-Type` *(conf.)* | field `content-type` *(conf.)* | refused | refused |
+//! | content encoding | `content_encoding` | header `content-encoding` *(conf.)* | header `Content-Encoding` *(conf.)* | field `content-encoding` *(conf.)* | refused | refused |
+//! | message type | `type` | header `message-type` *(conf.)* | header `Message-Type` *(conf.)* | field `message-type` *(conf.)* | refused | refused |
+//! | app id | `app_id` | header `app-id` *(conf.)* | header `App-Id` *(conf.)* | field `app-id` *(conf.)* | refused | refused |
+//! | user id | `user_id` (RabbitMQ checks it is the connection's user) | header `user-id` *(conf.)* | header `User-Id` *(conf.)* | field `user-id` *(conf.)* | refused | refused |
+//! | priority | `priority` | refused | refused | refused | refused | refused |
+//! | TTL | `expiration` (ms) | refused | refused (a stream's `max_age` expires messages) | fields `tmq-ttl-ms`, `tmq-expires-at-ms`, honoured by the consumer | refused | refused |
+//! | persistent | `delivery_mode` 2, or absent | always stored | not on the wire: core stores nothing, JetStream per the stream | per the server's persistence; `false` in field `tmq-persistent` | not on the wire (nothing is stored) | not on the wire (nothing is stored) |
+//!
+//! Redis Pub/Sub and ZeroMQ also offer the project's envelope framing
+//! (`Framing::Envelope`, unambiguously marked, off by default): it carries every field
+//! and header between tower-mq peers, and receivers with it on still take plain
+//! payloads. The layers that add headers (trace, compression) need it on those two
+//! brokers; with plain framing their publishes fail with an error naming the header.
+//!
+//! What a consume-and-republish through tower-mq keeps, per broker: everything the
+//! table lists travels back as it came, with these exceptions, each documented in the
+//! broker's module: AMQP and NATS header order is by name (both keep headers in maps),
+//! a message without a timestamp field or header gains one holding the time the broker
+//! gave it (Redis entry id, JetStream stored time), and a property header in another
+//! case (NATS) is written back under the configured name.
 //!
 //! # Property headers
 //!
