@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_core::future::BoxFuture;
 use bytes::Bytes;
+use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
@@ -173,7 +173,13 @@ impl Consumer {
         // runtime workers, which several consumers rebalancing at once could otherwise
         // all occupy.
         let names = kafka_names(config.property_headers());
-        let pumping = pump(inner.clone(), sender, tracker.clone(), topics.clone(), names);
+        let pumping = pump(
+            inner.clone(),
+            sender,
+            tracker.clone(),
+            topics.clone(),
+            names,
+        );
         let spawned = std::thread::Builder::new()
             .name("tower-mq-kafka-consumer".into())
             .spawn(move || {
@@ -393,10 +399,7 @@ fn read(record: &BorrowedMessage<'_>, names: &PropertyHeaders) -> Content {
     let headers = match record.headers() {
         None => Ok(Vec::new()),
         Some(headers) => catch_unwind(AssertUnwindSafe(|| {
-            headers
-                .iter()
-                .map(|h| (h.key, h.value))
-                .collect::<Vec<_>>()
+            headers.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>()
         }))
         .map_err(|_| headers.detach()),
     };

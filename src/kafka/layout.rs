@@ -60,11 +60,15 @@ pub(crate) fn to_record(
         if ignore_unsupported {
             Ok(())
         } else {
-            Err(format!("{reason}; Config::ignore_unsupported leaves it out"))
+            Err(format!(
+                "{reason}; Config::ignore_unsupported leaves it out"
+            ))
         }
     };
     if let Some(priority) = message.priority() {
-        unsupported(format!("Kafka has no message priority (priority {priority})"))?;
+        unsupported(format!(
+            "Kafka has no message priority (priority {priority})"
+        ))?;
     }
     if let Some(ttl) = message.ttl() {
         unsupported(format!(
@@ -181,7 +185,10 @@ pub(crate) struct RecordParts<'a> {
 pub(crate) fn from_record(record: &RecordParts<'_>, names: &PropertyHeaders) -> (Message, u32) {
     let mut message = Message::new(
         record.topic,
-        record.payload.map(Bytes::copy_from_slice).unwrap_or_default(),
+        record
+            .payload
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default(),
     );
     message.set_key(record.key.map(Bytes::copy_from_slice));
     message.set_timestamp(
@@ -222,13 +229,15 @@ pub(crate) fn from_record(record: &RecordParts<'_>, names: &PropertyHeaders) -> 
                 .all(|((n, v), (rn, rv))| n == rn && v.as_deref() == *rv)
     });
     if !exact {
-        message.headers_mut().extend(record.headers.iter().map(|&(name, value)| {
-            let value = match value {
-                None => HeaderValue::Null,
-                Some(v) => HeaderValue::Bytes(Bytes::copy_from_slice(v)),
-            };
-            (name, value)
-        }));
+        message
+            .headers_mut()
+            .extend(record.headers.iter().map(|&(name, value)| {
+                let value = match value {
+                    None => HeaderValue::Null,
+                    Some(v) => HeaderValue::Bytes(Bytes::copy_from_slice(v)),
+                };
+                (name, value)
+            }));
         decoded = message;
     }
     (decoded, delivery_count.unwrap_or(1))
@@ -274,7 +283,10 @@ mod tests {
     }
 
     fn header(name: &str, value: Option<&str>) -> RecordHeader {
-        (name.to_owned(), value.map(|v| Bytes::copy_from_slice(v.as_bytes())))
+        (
+            name.to_owned(),
+            value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        )
     }
 
     #[test]
@@ -411,7 +423,13 @@ mod tests {
             let error = to_record(&message, &names(), None, false).unwrap_err();
             assert!(error.contains(reason), "{error}");
             let record = to_record(&message, &names(), None, true).unwrap();
-            assert_eq!(record, Record { timestamp: None, headers: vec![] });
+            assert_eq!(
+                record,
+                Record {
+                    timestamp: None,
+                    headers: vec![]
+                }
+            );
         }
     }
 
