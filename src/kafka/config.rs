@@ -85,6 +85,7 @@ pub struct Config {
     ignore_unsupported: bool,
     operation_timeout: Duration,
     property_headers: PropertyHeaders,
+    empty_payloads_as_tombstones: bool,
 }
 
 impl Config {
@@ -98,6 +99,7 @@ impl Config {
             ignore_unsupported: false,
             operation_timeout: Duration::from_secs(10),
             property_headers: PropertyHeaders::kebab_case(),
+            empty_payloads_as_tombstones: false,
         }
     }
 
@@ -196,6 +198,24 @@ impl Config {
     /// See [`Config::with_property_headers`].
     pub fn property_headers(&self) -> &PropertyHeaders {
         &self.property_headers
+    }
+
+    /// Publishes an empty payload as a null record value, a tombstone (which deletes
+    /// its key from a compacted topic), instead of an empty value. Off by default.
+    ///
+    /// A consumer delivers a null value as an empty payload (a [`Message`] has no null
+    /// payload), so a service that forwards a compacted topic turns this on to keep
+    /// tombstones tombstones; an empty, non-null value then becomes a null one.
+    ///
+    /// [`Message`]: crate::Message
+    pub fn with_empty_payloads_as_tombstones(mut self, tombstones: bool) -> Self {
+        self.empty_payloads_as_tombstones = tombstones;
+        self
+    }
+
+    /// See [`Config::with_empty_payloads_as_tombstones`].
+    pub fn empty_payloads_as_tombstones(&self) -> bool {
+        self.empty_payloads_as_tombstones
     }
 
     /// The bound on blocking cluster requests tower-mq makes itself (metadata, admin

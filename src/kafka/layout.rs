@@ -89,6 +89,24 @@ pub(crate) fn to_record(
         },
     };
 
+    let headers = record_headers(message, names, delivery_count, ignore_unsupported)?;
+    Ok(Record { timestamp, headers })
+}
+
+/// The record headers of `message`; see [`to_record`].
+fn record_headers(
+    message: &Message,
+    names: &PropertyHeaders,
+    delivery_count: Option<u32>,
+    ignore_unsupported: bool,
+) -> Result<Vec<RecordHeader>, String> {
+    let unsupported = |reason: String| {
+        if ignore_unsupported {
+            Ok(())
+        } else {
+            Err(format!("{reason}; Config::ignore_unsupported leaves it out"))
+        }
+    };
     let count = delivery_count.filter(|n| *n > 1);
     let mut headers = Vec::with_capacity(message.headers().len() + 2);
     let mut count_written = false;
@@ -154,7 +172,7 @@ pub(crate) fn to_record(
         }
         headers.push((name.to_owned(), Some(value)));
     }
-    Ok(Record { timestamp, headers })
+    Ok(headers)
 }
 
 /// Milliseconds after the epoch (finer precision truncated); `None` at or before the
@@ -220,10 +238,9 @@ pub(crate) fn from_record(record: &RecordParts<'_>, names: &PropertyHeaders) -> 
     }
     let mut decoded = message.clone();
     decoded.headers_mut().extend(plain);
-    let exact = to_record(&decoded, names, None, false).is_ok_and(|again| {
-        again.headers.len() == record.headers.len()
+    let exact = record_headers(&decoded, names, None, false).is_ok_and(|again| {
+        again.len() == record.headers.len()
             && again
-                .headers
                 .iter()
                 .zip(record.headers)
                 .all(|((n, v), (rn, rv))| n == rn && v.as_deref() == *rv)
@@ -354,6 +371,18 @@ mod tests {
         assert_eq!(message.key(), Some(&b"\x00\xff"[..]));
         assert_eq!(message.headers().len(), 6);
         assert_eq!(to_record(&message, &names(), None, false).unwrap(), record);
+    }
+
+    #[test]
+    fn a_record_at_the_epoch_still_reads_its_properties() {
+        let record = Record {
+            timestamp: Some(0),
+            headers: vec![header("message-id", Some("m"))],
+        };
+        let (message, _) = read("t", &record, None, b"");
+        assert_eq!(message.timestamp(), Some(UNIX_EPOCH));
+        assert_eq!(message.message_id(), Some("m"));
+        assert!(message.headers().is_empty());
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //! | message | record |
 //! |---|---|
 //! | destination | topic |
-//! | payload | value (an empty payload is an empty value; a null value reads as an empty payload) |
+//! | payload | value (an empty payload is an empty value, or a null one with [`Config::with_empty_payloads_as_tombstones`]; a null value reads as an empty payload) |
 //! | key | key, raw bytes (an empty key stays empty, no key stays null) |
 //! | headers | headers, in order, names repeated, [`HeaderValue::Null`] ⇄ a header without a value, bytes exact |
 //! | timestamp | timestamp, milliseconds (create time; unset, librdkafka stamps the send time; read whatever its type) |
@@ -130,6 +130,8 @@
 //!   point waits meanwhile), and then marks the original finished;
 //! - **reject** publishes it to the dead-letter topic (`<topic>.dlq` unless configured)
 //!   with the reason headers, then marks the original finished.
+//!
+//! Either copy keeps the record's key, timestamp and headers as they came.
 //!
 //! The delivery count is the `x-delivery-count` header, plus one when the record is a
 //! redelivery after a rebalance or restart.

@@ -53,6 +53,7 @@ struct Shared {
     operation_timeout: Duration,
     /// The property header names, without the key and the timestamp.
     names: PropertyHeaders,
+    empty_payloads_as_tombstones: bool,
 }
 
 impl Publisher {
@@ -71,6 +72,7 @@ impl Publisher {
                 ignore_unsupported: config.ignores_unsupported(),
                 operation_timeout: config.operation_timeout(),
                 names: kafka_names(config.property_headers()),
+                empty_payloads_as_tombstones: config.empty_payloads_as_tombstones(),
             }),
             waiting: None,
         })
@@ -140,7 +142,8 @@ impl Publisher {
         Ok(OwnedRecord {
             topic: topic.to_owned(),
             key: message.key().map(Bytes::copy_from_slice),
-            payload: Some(message.payload().clone()),
+            payload: (!(message.payload().is_empty() && self.shared.empty_payloads_as_tombstones))
+                .then(|| message.payload().clone()),
             timestamp: record.timestamp,
             headers: owned_headers(&record.headers),
         })

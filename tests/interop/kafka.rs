@@ -342,25 +342,33 @@ async fn records_from_a_plain_producer_arrive_exactly() {
 }
 
 /// A null record value (a tombstone) is delivered as an empty payload, the one thing
-/// the model cannot tell apart.
+/// the model cannot tell apart; a forwarder configured with
+/// `with_empty_payloads_as_tombstones` writes it back as a null value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_null_value_arrives_as_an_empty_payload() {
+async fn a_tombstone_arrives_as_an_empty_payload_and_can_be_forwarded_as_one() {
     let config = config().await;
-    let topic = unique("tombstone");
-    topics(&config, &[&topic]).await;
+    let (from, to) = (unique("tombstone-from"), unique("tombstone-to"));
+    topics(&config, &[&from, &to]).await;
     let tombstone = PlainRecord {
         key: Some(b"deleted".to_vec()),
         payload: None,
-        headers: Vec::new(),
+        headers: vec![("why".into(), text("gdpr"))],
         timestamp: Some(1_700_000_000_000),
     };
-    tombstone.produce(&plain_producer(), &topic).await;
-    let plain = read_plain(&plain_consumer(&topic), 1).await;
-    assert_eq!(plain, [tombstone], "the broker keeps the null value");
-    let mut consumer = consumer(&config, &topic).await;
+    tombstone.produce(&plain_producer(), &from).await;
+    let plain = read_plain(&plain_consumer(&from), 1).await;
+    assert_eq!(plain, [tombstone.clone()], "the broker keeps the null value");
+    let mut consumer = consumer(&config, &from).await;
     let delivery = next(&mut consumer, "the tombstone").await;
     assert_eq!(delivery.message().payload(), &Bytes::new());
     assert_eq!(delivery.message().key(), Some(&b"deleted"[..]));
+
+    let forwarder = Publisher::new(&config.clone().with_empty_payloads_as_tombstones(true))
+        .expect("publisher");
+    let mut message = delivery.message().clone();
+    message.set_destination(to.clone());
+    publish(&forwarder, message).await;
+    assert_eq!(read_plain(&plain_consumer(&to), 1).await, [tombstone]);
 }
 
 /// (b) What tower-mq publishes, rdkafka's consumer reads exactly: the raw key, the
