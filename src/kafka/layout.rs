@@ -104,7 +104,9 @@ fn record_headers(
         if ignore_unsupported {
             Ok(())
         } else {
-            Err(format!("{reason}; Config::ignore_unsupported leaves it out"))
+            Err(format!(
+                "{reason}; Config::ignore_unsupported leaves it out"
+            ))
         }
     };
     let count = delivery_count.filter(|n| *n > 1);
