@@ -125,8 +125,6 @@ pub struct Consumer {
     assignment: watch::Receiver<BTreeSet<(String, i32)>>,
     settle: Arc<Settle>,
     operation_timeout: Duration,
-    /// An unreadable record on its way to the dead-letter topic.
-    dead_lettering: Option<BoxFuture<'static, Result<(), Error>>>,
 }
 
 /// What every acker of a consumer shares.
@@ -172,14 +170,19 @@ impl Consumer {
         // assignment). Polling on a thread of its own keeps them off the application's
         // runtime workers, which several consumers rebalancing at once could otherwise
         // all occupy.
-        let names = kafka_names(config.property_headers());
-        let pumping = pump(
-            inner.clone(),
+        let settle = Arc::new(Settle {
+            publisher,
+            config: consumer,
+        });
+        let pumping = Pump {
+            inner: inner.clone(),
             sender,
-            tracker.clone(),
-            topics.clone(),
-            names,
-        );
+            tracker: tracker.clone(),
+            settle: settle.clone(),
+            topics: topics.clone(),
+            names: kafka_names(config.property_headers()),
+        }
+        .run();
         let spawned = std::thread::Builder::new()
             .name("tower-mq-kafka-consumer".into())
             .spawn(move || {
@@ -204,12 +207,8 @@ impl Consumer {
             records,
             tracker,
             assignment,
-            settle: Arc::new(Settle {
-                publisher,
-                config: consumer,
-            }),
+            settle,
             operation_timeout: config.operation_timeout(),
-            dead_lettering: None,
         })
     }
 
@@ -304,17 +303,6 @@ impl Stream for Consumer {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            if let Some(dead_lettering) = self.dead_lettering.as_mut() {
-                let result = match dead_lettering.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(result) => result,
-                };
-                self.dead_lettering = None;
-                if let Err(error) = result {
-                    return Poll::Ready(Some(Err(error)));
-                }
-                continue;
-            }
             let received = match self.records.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(None),
@@ -331,34 +319,21 @@ impl Stream for Consumer {
             ) else {
                 continue;
             };
-            let ack = KafkaAck {
+            let count = received
+                .delivery_count
+                .saturating_add(u32::from(redelivered));
+            let acker = Acker::new(KafkaAck {
                 consumer: Arc::downgrade(&self.inner),
                 tracker: self.tracker.clone(),
                 settle: self.settle.clone(),
-                message: Message::new(received.topic, Bytes::new()),
-                delivery_count: 1,
+                message: received.message.clone(),
+                delivery_count: count,
                 partition: received.partition,
                 offset: received.offset,
                 epoch: received.epoch,
-            };
-            let (message, delivery_count) = match received.content {
-                Content::Message {
-                    message,
-                    delivery_count,
-                } => (message, delivery_count),
-                Content::Unreadable(record) => {
-                    self.dead_lettering = Some(ack.dead_letter_unreadable(record));
-                    continue;
-                }
-            };
-            let count = delivery_count.saturating_add(u32::from(redelivered));
-            let acker = Acker::new(KafkaAck {
-                message: message.clone(),
-                delivery_count: count,
-                ..ack
             });
             return Poll::Ready(Some(Ok(
-                Delivery::new(message, acker).with_delivery_count(count)
+                Delivery::new(received.message, acker).with_delivery_count(count)
             )));
         }
     }
@@ -370,7 +345,8 @@ struct Received {
     partition: i32,
     offset: i64,
     epoch: u64,
-    content: Content,
+    message: Message,
+    delivery_count: u32,
 }
 
 enum Content {
@@ -433,42 +409,104 @@ fn read(record: &BorrowedMessage<'_>, names: &PropertyHeaders) -> Content {
 /// How long the poll thread waits on librdkafka before polling again.
 const REPOLL: Duration = Duration::from_millis(100);
 
-/// Polls librdkafka until the consumer is dropped, handing records over one by one.
-async fn pump(
+/// The background task: polls librdkafka until the consumer is dropped, handing
+/// records over one by one and dead-lettering those that cannot be read.
+struct Pump {
     inner: Arc<Inner>,
     sender: mpsc::Sender<Result<Received, Error>>,
     tracker: Arc<Tracker>,
+    settle: Arc<Settle>,
     topics: String,
     names: PropertyHeaders,
-) {
-    loop {
-        let item = tokio::select! {
-            _ = sender.closed() => break,
-            // librdkafka wakes a waiting `recv` only when its queue goes from empty to
-            // non-empty; a poll that serves an event itself (a rebalance) can leave
-            // another queued with no wake-up to come, and the consumer then never takes
-            // its assignment. Polling again every so often serves whatever is queued.
-            record = tokio::time::timeout(REPOLL, inner.recv()) => match record {
-                Err(_) => continue,
-                Ok(record) => match record {
-                Ok(record) => {
-                    let content = read(&record, &names);
-                    let epoch = tracker.epoch_of(record.topic(), record.partition());
-                    Ok(Received {
-                        topic: record.topic().to_owned(),
-                        partition: record.partition(),
-                        offset: record.offset(),
-                        epoch,
-                        content,
-                    })
-                }
-                Err(error) => Err(from_kafka(Operation::Receive, Some(&topics), error)),
+}
+
+impl Pump {
+    async fn run(self) {
+        loop {
+            let item = tokio::select! {
+                _ = self.sender.closed() => break,
+                // librdkafka wakes a waiting `recv` only when its queue goes from empty
+                // to non-empty; a poll that serves an event itself (a rebalance) can
+                // leave another queued with no wake-up to come, and the consumer then
+                // never takes its assignment. Polling again every so often serves
+                // whatever is queued.
+                record = tokio::time::timeout(REPOLL, self.inner.recv()) => match record {
+                    Err(_) => continue,
+                    Ok(Err(error)) => Err(from_kafka(Operation::Receive, Some(&self.topics), error)),
+                    Ok(Ok(record)) => {
+                        let epoch = self.tracker.epoch_of(record.topic(), record.partition());
+                        let (topic, partition, offset) =
+                            (record.topic().to_owned(), record.partition(), record.offset());
+                        match read(&record, &self.names) {
+                            Content::Message {
+                                message,
+                                delivery_count,
+                            } => Ok(Received {
+                                topic,
+                                partition,
+                                offset,
+                                epoch,
+                                message,
+                                delivery_count,
+                            }),
+                            Content::Unreadable(unreadable) => {
+                                self.dead_letter(topic, partition, offset, epoch, unreadable);
+                                continue;
+                            }
+                        }
+                    }
                 },
-            },
-        };
-        if sender.send(item).await.is_err() {
-            break;
+            };
+            if self.sender.send(item).await.is_err() {
+                break;
+            }
         }
+    }
+
+    /// Dead-letters an unreadable record on a task of its own, so that a slow publish
+    /// holds up neither the records behind it nor rebalances. A failed publish is
+    /// reported on the stream as a transient error, and the record stays unfinished
+    /// (nothing commits past it; the group reads it again after a restart).
+    fn dead_letter(
+        &self,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        epoch: u64,
+        unreadable: UnreadableRecord,
+    ) {
+        if self
+            .tracker
+            .hand_out(&topic, partition, offset, epoch)
+            .is_none()
+        {
+            return;
+        }
+        let ack = KafkaAck {
+            consumer: Arc::downgrade(&self.inner),
+            tracker: self.tracker.clone(),
+            settle: self.settle.clone(),
+            message: Message::new(topic, Bytes::new()),
+            delivery_count: 1,
+            partition,
+            offset,
+            epoch,
+        };
+        let sender = self.sender.clone();
+        let topics = self.topics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = ack.dead_letter_unreadable(unreadable).await {
+                let error = Error::transient(BROKER, Operation::Receive)
+                    .with_destination(topics)
+                    .with_reason(
+                        "dead-lettering a record that cannot be read as a message failed; \
+                         it stays uncommitted",
+                    )
+                    .with_source(error);
+                // A closed stream has no one to tell.
+                let _ = sender.send(Err(error)).await;
+            }
+        });
     }
 }
 
@@ -577,45 +615,40 @@ impl KafkaAck {
     /// Publishes an unreadable record to the dead-letter topic as it is, with the
     /// reason headers, then marks it finished. A failed publish leaves it unfinished
     /// (no commit passes it; the group reads it again after a restart).
-    fn dead_letter_unreadable(
-        self,
-        record: UnreadableRecord,
-    ) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(async move {
-            let topic = self.message.destination().to_owned();
-            let reason = "a header name is not UTF-8: the record cannot be read as a message";
-            tracing::warn!(
-                topic,
-                partition = self.partition,
-                offset = self.offset,
-                "kafka: {reason}; dead-lettering it as it is"
-            );
-            let (partition, offset) = (self.partition.to_string(), self.offset.to_string());
-            let mut headers = record.headers.unwrap_or_default();
-            for (name, value) in [
-                (DEATH_REASON, reason),
-                (ORIGINAL_DESTINATION, &topic),
-                (ORIGINAL_PARTITION, &partition),
-                (ORIGINAL_OFFSET, &offset),
-            ] {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
-            }
-            self.settle
-                .publisher
-                .publish_raw(
-                    self.settle.config.dead_letter_topic_of(&topic),
-                    record.key,
-                    record.payload,
-                    record.timestamp,
-                    Some(headers),
-                )
-                .await
-                .map_err(|e| renamed(e, Operation::Reject))?;
-            self.finish(Operation::Reject)
-        })
+    async fn dead_letter_unreadable(self, record: UnreadableRecord) -> Result<(), Error> {
+        let topic = self.message.destination().to_owned();
+        let reason = "a header name is not UTF-8: the record cannot be read as a message";
+        tracing::warn!(
+            topic,
+            partition = self.partition,
+            offset = self.offset,
+            "kafka: {reason}; dead-lettering it as it is"
+        );
+        let (partition, offset) = (self.partition.to_string(), self.offset.to_string());
+        let mut headers = record.headers.unwrap_or_default();
+        for (name, value) in [
+            (DEATH_REASON, reason),
+            (ORIGINAL_DESTINATION, &topic),
+            (ORIGINAL_PARTITION, &partition),
+            (ORIGINAL_OFFSET, &offset),
+        ] {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        self.settle
+            .publisher
+            .publish_raw(
+                self.settle.config.dead_letter_topic_of(&topic),
+                record.key,
+                record.payload,
+                record.timestamp,
+                Some(headers),
+            )
+            .await
+            .map_err(|e| renamed(e, Operation::Reject))?;
+        self.finish(Operation::Reject)
     }
 
     fn snapshot(&self) -> KafkaAck {
@@ -859,6 +892,12 @@ impl ConsumerContext for GroupContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumer_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Consumer>();
+    }
 
     impl Tracker {
         fn hand_out_at(&self, offset: i64, epoch: u64) -> Option<bool> {

@@ -77,7 +77,9 @@
 //!
 //! A record rdkafka cannot read, because a header name is not UTF-8, does not stop the
 //! consumer: it is published as it is, headers included, to the dead-letter topic with
-//! the reason headers, logged, and its offset committed like a settled delivery.
+//! the reason headers, logged, and its offset committed like a settled delivery. If
+//! that publish fails, the consumer yields a transient error and goes on; the record
+//! stays uncommitted, so the group reads it again after a restart.
 //!
 //! ```no_run
 //! use std::time::{Duration, UNIX_EPOCH};

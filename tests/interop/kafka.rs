@@ -638,28 +638,24 @@ async fn what_a_record_cannot_carry_is_a_permanent_publish_error() {
     }
 }
 
-/// A header name rdkafka cannot read (not UTF-8) written by a raw librdkafka
-/// producer: the record goes whole to the dead-letter topic with the reason headers,
-/// and the consumer goes on with the next record.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_whole() {
-    let config = config().await;
-    let topic = unique("bad-name");
-    let dead_letters = ConsumerConfig::new(&topic, "").dead_letter_topic_of(&topic);
-    topics(&config, &[&topic, &dead_letters]).await;
+/// A header name that is not UTF-8 (Latin-1 "café").
+const UNREADABLE_NAME: &[u8] = b"caf\xe9";
+
+/// Writes, with a raw librdkafka header list, a record whose second header name is
+/// [`UNREADABLE_NAME`], then a plain record with payload `next`.
+async fn produce_unreadable_then_next(topic: &str) {
     let producer = plain_producer();
     let headers = OwnedHeaders::new().insert(Header {
         key: "before",
         value: Some("b"),
     });
-    let name = b"caf\xe9";
     // SAFETY: `headers` is a live librdkafka header list, borrowed for this call, and
     // the name and value pointers are valid for the lengths given.
     let added = unsafe {
         rdkafka::bindings::rd_kafka_header_add(
             headers.as_borrowed() as *const _ as *mut rdkafka::bindings::rd_kafka_headers_t,
-            name.as_ptr().cast(),
-            name.len() as isize,
+            UNREADABLE_NAME.as_ptr().cast(),
+            UNREADABLE_NAME.len() as isize,
             b"latin-1".as_ptr().cast(),
             7,
         )
@@ -668,7 +664,7 @@ async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_whole() {
         added,
         rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
     );
-    let record = FutureRecord::<[u8], [u8]>::to(&topic)
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
         .key(&b"\x00k"[..])
         .payload(&b"\xffbody"[..])
         .timestamp(1_700_000_000_000)
@@ -682,8 +678,20 @@ async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_whole() {
         headers: Vec::new(),
         timestamp: Some(1_700_000_000_001),
     }
-    .produce(&producer, &topic)
+    .produce(&producer, topic)
     .await;
+}
+
+/// A header name rdkafka cannot read (not UTF-8) written by a raw librdkafka
+/// producer: the record goes whole to the dead-letter topic with the reason headers,
+/// and the consumer goes on with the next record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_whole() {
+    let config = config().await;
+    let topic = unique("bad-name");
+    let dead_letters = ConsumerConfig::new(&topic, "").dead_letter_topic_of(&topic);
+    topics(&config, &[&topic, &dead_letters]).await;
+    produce_unreadable_then_next(&topic).await;
 
     let mut consumer = consumer(&config, &topic).await;
     let delivery = next(&mut consumer, "the record after the unreadable one").await;
@@ -718,7 +726,7 @@ async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_whole() {
     }
     let expected: Vec<&[u8]> = vec![
         b"before",
-        name,
+        UNREADABLE_NAME,
         DEATH_REASON.as_bytes(),
         ORIGINAL_DESTINATION.as_bytes(),
         ORIGINAL_PARTITION.as_bytes(),
@@ -738,4 +746,30 @@ async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_whole() {
     .await
     .expect("the commit passes both records");
     assert_eq!(committed.len(), 1);
+}
+
+/// When the unreadable record cannot be dead-lettered (here: no dead-letter topic, and
+/// a producer that gives up after 2 s), the consumer still delivers the records behind
+/// it, reports a transient error, and commits nothing past the unreadable record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_that_cannot_be_dead_lettered_stays_uncommitted() {
+    let config = config().await.set_producer("message.timeout.ms", "2000");
+    let topic = unique("bad-name-no-dlq");
+    topics(&config, &[&topic]).await;
+    produce_unreadable_then_next(&topic).await;
+
+    let mut consumer = consumer(&config, &topic).await;
+    let delivery = next(&mut consumer, "the record after the unreadable one").await;
+    assert_eq!(delivery.message().payload(), &Bytes::from_static(b"next"));
+    delivery.ack().await.expect("ack");
+    let error = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("the failed dead-lettering reported within the wait")
+        .expect("the consumer goes on")
+        .expect_err("dead-lettering without a dead-letter topic fails");
+    assert_eq!(error.kind(), ErrorKind::Transient, "{error}");
+    assert_eq!(error.operation(), Operation::Receive, "{error}");
+    consumer.commit().await.expect("commit");
+    let committed = consumer.committed().await.expect("committed offsets");
+    assert_eq!(committed, [(topic.clone(), 0, Some(0))]);
 }
