@@ -75,7 +75,9 @@
 //! intact (an `x-delivery-count` that is not a positive number counts as 1), and a
 //! message consumed after a nack and published elsewhere carries its count along.
 //!
-//! A record rdkafka cannot read, because a header name is not UTF-8, does not stop the
+//! A record rdkafka cannot read, because a header name is not UTF-8 (rdkafka panics
+//! reading it; the consumer catches that panic on its poll thread, though a panic hook
+//! still sees it, and a `panic = "abort"` build would abort), does not stop the
 //! consumer: it is published as it is, headers included, to the dead-letter topic with
 //! the reason headers, logged, and its offset committed like a settled delivery. If
 //! that publish fails, the consumer yields a transient error and goes on; the record
