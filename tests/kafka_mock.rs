@@ -148,8 +148,10 @@ mod kafka_mock {
         );
     }
 
+    /// Kafka has no priority and no per-message TTL: publishing either is a permanent
+    /// error, or, with `ignore_unsupported`, the record is published without them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn unsupported_properties_are_refused_or_carried_when_the_config_says_so() {
+    async fn unsupported_properties_are_refused_or_left_out_when_the_config_says_so() {
         let cluster = MockKafka::start(1);
         let topic = unique("unsupported");
         cluster.create_topic(&topic, 1);
@@ -172,23 +174,25 @@ mod kafka_mock {
 
         let lenient = strict.clone().ignore_unsupported(true);
         let mut publisher = Publisher::new(&lenient).expect("publisher");
-        let sent = Message::new(&topic, "carried")
+        let sent = Message::new(&topic, "published without them")
             .with_priority(7)
             .with_ttl(Duration::from_secs(9))
             .with_persistent(false)
             .with_header("tenant", "acme");
         publish(&mut publisher, sent).await;
         let mut consumer = joined(&lenient, &topic, &unique("readers")).await;
-        let got = recv(&mut consumer, "the carried message").await;
+        let got = recv(&mut consumer, "the message").await;
         let got = got.message();
-        assert_eq!(got.priority(), Some(7));
-        assert_eq!(got.ttl(), Some(Duration::from_secs(9)));
-        assert!(!got.is_persistent());
+        assert_eq!(got.payload().as_ref(), b"published without them");
+        assert_eq!(got.priority(), None);
+        assert_eq!(got.ttl(), None);
+        // Kafka stores every record: a non-persistent message is stored too.
+        assert!(got.is_persistent());
         assert_eq!(got.headers().get_str("tenant"), Some("acme"));
         assert_eq!(
             got.headers().len(),
             1,
-            "properties are not user headers: {got:?}"
+            "nothing but the user's header is written: {got:?}"
         );
     }
 

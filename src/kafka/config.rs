@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
+use crate::wire::PropertyHeaders;
+
 /// The producer defaults: idempotent (no duplicates or reordering from librdkafka's
 /// own retries), acknowledged by all in-sync replicas, and Java-compatible key hashing
 /// so a key lands on the same partition whichever client wrote it.
@@ -82,6 +84,8 @@ pub struct Config {
     consumer: BTreeMap<String, String>,
     ignore_unsupported: bool,
     operation_timeout: Duration,
+    property_headers: PropertyHeaders,
+    empty_payloads_as_tombstones: bool,
 }
 
 impl Config {
@@ -94,6 +98,8 @@ impl Config {
             consumer: BTreeMap::new(),
             ignore_unsupported: false,
             operation_timeout: Duration::from_secs(10),
+            property_headers: PropertyHeaders::kebab_case(),
+            empty_payloads_as_tombstones: false,
         }
     }
 
@@ -152,16 +158,64 @@ impl Config {
         self.set_producer("queue.buffering.max.messages", messages.to_string())
     }
 
-    /// Publishing a priority or a TTL, which Kafka cannot honour, carries them as
-    /// headers instead of failing (see the [module docs](super)). Off by default.
+    /// Publishing what a Kafka record cannot carry (a priority, a time to live, a
+    /// typed header value, a header name with a NUL, a timestamp not after the epoch)
+    /// leaves it out instead of failing (see the [module docs](super#the-record-layout)).
+    /// Off by default.
     pub fn ignore_unsupported(mut self, ignore: bool) -> Self {
         self.ignore_unsupported = ignore;
         self
     }
 
-    /// Whether unsupported properties are carried instead of refused.
+    /// Whether what a record cannot carry is left out instead of refused.
     pub fn ignores_unsupported(&self) -> bool {
         self.ignore_unsupported
+    }
+
+    /// The header each property travels in, on publishers and consumers:
+    /// [`PropertyHeaders::kebab_case`] (`message-id`, `content-type`, ...) unless set.
+    /// Names given to the key and the timestamp are not used: they travel in the
+    /// record's own key and timestamp.
+    ///
+    /// ```
+    /// use tower_mq::kafka::Config;
+    /// use tower_mq::wire::{Property, PropertyHeaders};
+    ///
+    /// // Read and write the correlation id where Spring Kafka keeps it.
+    /// let config = Config::new("127.0.0.1:9092").with_property_headers(
+    ///     PropertyHeaders::kebab_case().with_name(Property::CorrelationId, "kafka_correlationId"),
+    /// );
+    /// assert_eq!(
+    ///     config.property_headers().name(Property::CorrelationId),
+    ///     Some("kafka_correlationId")
+    /// );
+    /// ```
+    pub fn with_property_headers(mut self, names: PropertyHeaders) -> Self {
+        self.property_headers = names;
+        self
+    }
+
+    /// See [`Config::with_property_headers`].
+    pub fn property_headers(&self) -> &PropertyHeaders {
+        &self.property_headers
+    }
+
+    /// Publishes an empty payload as a null record value, a tombstone (which deletes
+    /// its key from a compacted topic), instead of an empty value. Off by default.
+    ///
+    /// A consumer delivers a null value as an empty payload (a [`Message`] has no null
+    /// payload), so a service that forwards a compacted topic turns this on to keep
+    /// tombstones tombstones; an empty, non-null value then becomes a null one.
+    ///
+    /// [`Message`]: crate::Message
+    pub fn with_empty_payloads_as_tombstones(mut self, tombstones: bool) -> Self {
+        self.empty_payloads_as_tombstones = tombstones;
+        self
+    }
+
+    /// See [`Config::with_empty_payloads_as_tombstones`].
+    pub fn empty_payloads_as_tombstones(&self) -> bool {
+        self.empty_payloads_as_tombstones
     }
 
     /// The bound on blocking cluster requests tower-mq makes itself (metadata, admin

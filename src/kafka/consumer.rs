@@ -3,17 +3,20 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tower_mq_core::{Acker, Acknowledge, Delivery, Error, Message, Operation};
@@ -21,10 +24,12 @@ use tower_mq_core::{Acker, Acknowledge, Delivery, Error, Message, Operation};
 use super::config::Config;
 use super::error::from_kafka;
 use super::layout::{
-    from_record, DEATH_REASON, ORIGINAL_DESTINATION, ORIGINAL_OFFSET, ORIGINAL_PARTITION,
+    from_record, kafka_names, RecordParts, DEATH_REASON, ORIGINAL_DESTINATION, ORIGINAL_OFFSET,
+    ORIGINAL_PARTITION,
 };
 use super::producer::Publisher;
 use super::BROKER;
+use crate::wire::PropertyHeaders;
 
 /// The dead-letter topic of `topic` unless configured: `<topic>.dlq`.
 pub const DEFAULT_DEAD_LETTER_SUFFIX: &str = ".dlq";
@@ -165,7 +170,19 @@ impl Consumer {
         // assignment). Polling on a thread of its own keeps them off the application's
         // runtime workers, which several consumers rebalancing at once could otherwise
         // all occupy.
-        let pumping = pump(inner.clone(), sender, tracker.clone(), topics.clone());
+        let settle = Arc::new(Settle {
+            publisher,
+            config: consumer,
+        });
+        let pumping = Pump {
+            inner: inner.clone(),
+            sender,
+            tracker: tracker.clone(),
+            settle: settle.clone(),
+            topics: topics.clone(),
+            names: kafka_names(config.property_headers()),
+        }
+        .run();
         let spawned = std::thread::Builder::new()
             .name("tower-mq-kafka-consumer".into())
             .spawn(move || {
@@ -190,10 +207,7 @@ impl Consumer {
             records,
             tracker,
             assignment,
-            settle: Arc::new(Settle {
-                publisher,
-                config: consumer,
-            }),
+            settle,
             operation_timeout: config.operation_timeout(),
         })
     }
@@ -297,10 +311,17 @@ impl Stream for Consumer {
             };
             // A record of a partition revoked since it was read belongs to its new
             // owner now: drop it.
-            let Some(redelivered) = self.tracker.hand_out(&received) else {
+            let Some(redelivered) = self.tracker.hand_out(
+                &received.topic,
+                received.partition,
+                received.offset,
+                received.epoch,
+            ) else {
                 continue;
             };
-            let count = received.delivery_count + u32::from(redelivered);
+            let count = received
+                .delivery_count
+                .saturating_add(u32::from(redelivered));
             let acker = Acker::new(KafkaAck {
                 consumer: Arc::downgrade(&self.inner),
                 tracker: self.tracker.clone(),
@@ -320,51 +341,172 @@ impl Stream for Consumer {
 
 /// A record read by the background task.
 struct Received {
-    message: Message,
-    delivery_count: u32,
+    topic: String,
     partition: i32,
     offset: i64,
     epoch: u64,
+    message: Message,
+    delivery_count: u32,
+}
+
+enum Content {
+    Message {
+        message: Message,
+        delivery_count: u32,
+    },
+    /// A record that cannot be read as a message: it goes to the dead-letter topic as
+    /// it is.
+    Unreadable(UnreadableRecord),
+}
+
+/// A record whose headers rdkafka cannot read (a header name that is not UTF-8),
+/// kept whole.
+struct UnreadableRecord {
+    key: Option<Bytes>,
+    payload: Option<Bytes>,
+    timestamp: Option<i64>,
+    headers: Option<OwnedHeaders>,
+}
+
+/// Reads `record`: a message and its delivery count, or the record kept whole when a
+/// header name is not UTF-8 (rdkafka panics reading such a name; the panic is caught
+/// here and never leaves the poll thread).
+fn read(record: &BorrowedMessage<'_>, names: &PropertyHeaders) -> Content {
+    let headers = match record.headers() {
+        None => Ok(Vec::new()),
+        Some(headers) => catch_unwind(AssertUnwindSafe(|| {
+            headers.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>()
+        }))
+        .map_err(|_| headers.detach()),
+    };
+    let timestamp = record.timestamp().to_millis();
+    match headers {
+        Ok(headers) => {
+            let (message, delivery_count) = from_record(
+                &RecordParts {
+                    topic: record.topic(),
+                    key: record.key(),
+                    payload: record.payload(),
+                    timestamp,
+                    headers: &headers,
+                },
+                names,
+            );
+            Content::Message {
+                message,
+                delivery_count,
+            }
+        }
+        Err(headers) => Content::Unreadable(UnreadableRecord {
+            key: record.key().map(Bytes::copy_from_slice),
+            payload: record.payload().map(Bytes::copy_from_slice),
+            timestamp,
+            headers: Some(headers),
+        }),
+    }
 }
 
 /// How long the poll thread waits on librdkafka before polling again.
 const REPOLL: Duration = Duration::from_millis(100);
 
-/// Polls librdkafka until the consumer is dropped, handing records over one by one.
-async fn pump(
+/// The background task: polls librdkafka until the consumer is dropped, handing
+/// records over one by one and dead-lettering those that cannot be read.
+struct Pump {
     inner: Arc<Inner>,
     sender: mpsc::Sender<Result<Received, Error>>,
     tracker: Arc<Tracker>,
+    settle: Arc<Settle>,
     topics: String,
-) {
-    loop {
-        let item = tokio::select! {
-            _ = sender.closed() => break,
-            // librdkafka wakes a waiting `recv` only when its queue goes from empty to
-            // non-empty; a poll that serves an event itself (a rebalance) can leave
-            // another queued with no wake-up to come, and the consumer then never takes
-            // its assignment. Polling again every so often serves whatever is queued.
-            record = tokio::time::timeout(REPOLL, inner.recv()) => match record {
-                Err(_) => continue,
-                Ok(record) => match record {
-                Ok(record) => {
-                    let (message, delivery_count) = from_record(&record);
-                    let epoch = tracker.epoch_of(record.topic(), record.partition());
-                    Ok(Received {
-                        message,
-                        delivery_count,
-                        partition: record.partition(),
-                        offset: record.offset(),
-                        epoch,
-                    })
-                }
-                Err(error) => Err(from_kafka(Operation::Receive, Some(&topics), error)),
+    names: PropertyHeaders,
+}
+
+impl Pump {
+    async fn run(self) {
+        loop {
+            let item = tokio::select! {
+                _ = self.sender.closed() => break,
+                // librdkafka wakes a waiting `recv` only when its queue goes from empty
+                // to non-empty; a poll that serves an event itself (a rebalance) can
+                // leave another queued with no wake-up to come, and the consumer then
+                // never takes its assignment. Polling again every so often serves
+                // whatever is queued.
+                record = tokio::time::timeout(REPOLL, self.inner.recv()) => match record {
+                    Err(_) => continue,
+                    Ok(Err(error)) => Err(from_kafka(Operation::Receive, Some(&self.topics), error)),
+                    Ok(Ok(record)) => {
+                        let epoch = self.tracker.epoch_of(record.topic(), record.partition());
+                        let (topic, partition, offset) =
+                            (record.topic().to_owned(), record.partition(), record.offset());
+                        match read(&record, &self.names) {
+                            Content::Message {
+                                message,
+                                delivery_count,
+                            } => Ok(Received {
+                                topic,
+                                partition,
+                                offset,
+                                epoch,
+                                message,
+                                delivery_count,
+                            }),
+                            Content::Unreadable(unreadable) => {
+                                self.dead_letter(topic, partition, offset, epoch, unreadable);
+                                continue;
+                            }
+                        }
+                    }
                 },
-            },
-        };
-        if sender.send(item).await.is_err() {
-            break;
+            };
+            if self.sender.send(item).await.is_err() {
+                break;
+            }
         }
+    }
+
+    /// Dead-letters an unreadable record on a task of its own, so that a slow publish
+    /// holds up neither the records behind it nor rebalances. A failed publish is
+    /// reported on the stream as a transient error, and the record stays unfinished
+    /// (nothing commits past it; the group reads it again after a restart).
+    fn dead_letter(
+        &self,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        epoch: u64,
+        unreadable: UnreadableRecord,
+    ) {
+        if self
+            .tracker
+            .hand_out(&topic, partition, offset, epoch)
+            .is_none()
+        {
+            return;
+        }
+        let ack = KafkaAck {
+            consumer: Arc::downgrade(&self.inner),
+            tracker: self.tracker.clone(),
+            settle: self.settle.clone(),
+            message: Message::new(topic, Bytes::new()),
+            delivery_count: 1,
+            partition,
+            offset,
+            epoch,
+        };
+        let sender = self.sender.clone();
+        let topics = self.topics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = ack.dead_letter_unreadable(unreadable).await {
+                let error = Error::transient(BROKER, Operation::Receive)
+                    .with_destination(topics)
+                    .with_reason(
+                        "dead-lettering a record that cannot be read as a message failed; \
+                         it stays uncommitted",
+                    )
+                    .with_source(error);
+                // A closed stream has no one to tell.
+                let _ = sender.send(Err(error)).await;
+            }
+        });
     }
 }
 
@@ -470,6 +612,45 @@ impl Acknowledge for KafkaAck {
 }
 
 impl KafkaAck {
+    /// Publishes an unreadable record to the dead-letter topic as it is, with the
+    /// reason headers, then marks it finished. A failed publish leaves it unfinished
+    /// (no commit passes it; the group reads it again after a restart).
+    async fn dead_letter_unreadable(self, record: UnreadableRecord) -> Result<(), Error> {
+        let topic = self.message.destination().to_owned();
+        let reason = "a header name is not UTF-8: the record cannot be read as a message";
+        tracing::warn!(
+            topic,
+            partition = self.partition,
+            offset = self.offset,
+            "kafka: {reason}; dead-lettering it as it is"
+        );
+        let (partition, offset) = (self.partition.to_string(), self.offset.to_string());
+        let mut headers = record.headers.unwrap_or_default();
+        for (name, value) in [
+            (DEATH_REASON, reason),
+            (ORIGINAL_DESTINATION, &topic),
+            (ORIGINAL_PARTITION, &partition),
+            (ORIGINAL_OFFSET, &offset),
+        ] {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        self.settle
+            .publisher
+            .publish_raw(
+                self.settle.config.dead_letter_topic_of(&topic),
+                record.key,
+                record.payload,
+                record.timestamp,
+                Some(headers),
+            )
+            .await
+            .map_err(|e| renamed(e, Operation::Reject))?;
+        self.finish(Operation::Reject)
+    }
+
     fn snapshot(&self) -> KafkaAck {
         KafkaAck {
             consumer: self.consumer.clone(),
@@ -596,19 +777,15 @@ impl Tracker {
 
     /// Registers a record as handed out; `None` if its partition was revoked since it
     /// was read, else whether an earlier owner handed it out already.
-    fn hand_out(&self, received: &Received) -> Option<bool> {
+    fn hand_out(&self, topic: &str, partition: i32, offset: i64, epoch: u64) -> Option<bool> {
         let mut state = self.lock();
-        let key = (
-            received.message.destination().to_owned(),
-            received.partition,
-        );
-        let p = state.partitions.get_mut(&key)?;
-        if p.epoch != received.epoch {
+        let p = state.partitions.get_mut(&(topic.to_owned(), partition))?;
+        if p.epoch != epoch {
             return None;
         }
-        p.in_flight.insert(received.offset);
-        p.delivered = p.delivered.max(Some(received.offset));
-        Some(p.redelivered_up_to.is_some_and(|r| received.offset <= r))
+        p.in_flight.insert(offset);
+        p.delivered = p.delivered.max(Some(offset));
+        Some(p.redelivered_up_to.is_some_and(|r| offset <= r))
     }
 
     /// Marks a delivery finished; the new commit point and metadata to store if it
@@ -716,13 +893,15 @@ impl ConsumerContext for GroupContext {
 mod tests {
     use super::*;
 
-    fn received(offset: i64, epoch: u64) -> Received {
-        Received {
-            message: Message::new("t", ""),
-            delivery_count: 1,
-            partition: 0,
-            offset,
-            epoch,
+    #[test]
+    fn consumer_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Consumer>();
+    }
+
+    impl Tracker {
+        fn hand_out_at(&self, offset: i64, epoch: u64) -> Option<bool> {
+            self.hand_out("t", 0, offset, epoch)
         }
     }
 
@@ -732,7 +911,7 @@ mod tests {
         tracker.assign(vec![("t".into(), 0, None)]);
         let epoch = tracker.epoch_of("t", 0);
         for offset in 0..5 {
-            assert_eq!(tracker.hand_out(&received(offset, epoch)), Some(false));
+            assert_eq!(tracker.hand_out_at(offset, epoch), Some(false));
         }
         // 0 finished: commit 1. 2 and 3 finished: 1 still holds the point.
         assert_eq!(tracker.finish("t", 0, 0, epoch).map(|s| s.0), Some(1));
@@ -751,7 +930,7 @@ mod tests {
         tracker.assign(vec![("t".into(), 0, None)]);
         let epoch = tracker.epoch_of("t", 0);
         for offset in 10..13 {
-            tracker.hand_out(&received(offset, epoch));
+            tracker.hand_out_at(offset, epoch);
         }
         tracker.finish("t", 0, 10, epoch);
         let commits = tracker.revoke(&[("t".into(), 0)]);
@@ -759,9 +938,9 @@ mod tests {
         // Settling after revocation is a no-op; a stale record is not handed out.
         assert_eq!(tracker.finish("t", 0, 11, epoch), None);
         tracker.assign(vec![("t".into(), 0, Some(12))]);
-        assert_eq!(tracker.hand_out(&received(11, epoch)), None);
+        assert_eq!(tracker.hand_out_at(11, epoch), None);
         let epoch = tracker.epoch_of("t", 0);
-        assert_eq!(tracker.hand_out(&received(11, epoch)), Some(true));
-        assert_eq!(tracker.hand_out(&received(13, epoch)), Some(false));
+        assert_eq!(tracker.hand_out_at(11, epoch), Some(true));
+        assert_eq!(tracker.hand_out_at(13, epoch), Some(false));
     }
 }

@@ -26,23 +26,89 @@
 //!
 //! # The record layout
 //!
-//! The payload is the record value, the key the record key, and [`Headers`] are record
-//! headers under their own names. Properties travel as headers too:
+//! A message is a Kafka record the way any Kafka client writes one, and any record
+//! reads as a message, losslessly:
 //!
-//! | header | holds |
+//! | message | record |
 //! |---|---|
-//! | `tmq-message-id`, `tmq-correlation-id`, `tmq-reply-to` | those properties |
-//! | `tmq-content-type`, `tmq-content-encoding` | those properties |
-//! | `tmq-persistent` | `false` for a non-persistent message (absent otherwise; Kafka stores every record) |
-//! | `x-delivery-count` | deliveries so far, written when a nack publishes the message again (absent means 1) |
-//! | `x-death-reason`, `x-original-destination`, `x-original-partition`, `x-original-offset` | on dead letters |
-//! | `tmq-priority`, `tmq-ttl-ms` | only with [`Config::ignore_unsupported`] |
+//! | destination | topic |
+//! | payload | value (an empty payload is an empty value, or a null one with [`Config::with_empty_payloads_as_tombstones`]; a null value reads as an empty payload) |
+//! | key | key, raw bytes (an empty key stays empty, no key stays null) |
+//! | headers | headers, in order, names repeated, [`HeaderValue::Null`] ⇄ a header without a value, bytes exact |
+//! | timestamp | timestamp, milliseconds (create time; unset, librdkafka stamps the send time; read whatever its type) |
+//! | message id, correlation id, reply-to | headers `message-id`, `correlation-id`, `reply-to` |
+//! | content type, content encoding | headers `content-type` (as in the CloudEvents Kafka binding), `content-encoding` |
+//! | message type, app id, user id | headers `message-type`, `app-id`, `user-id` |
+//! | priority, TTL | refused (Kafka has neither) |
+//! | persistent | nothing: Kafka stores every record (`false` is accepted and stored anyway) |
+//! | delivery count | header `x-delivery-count` (see below) |
 //!
-//! Kafka has no message priority and no per-message time to live: publishing a message
-//! with either fails with a permanent error, unless the config says
-//! [`ignore_unsupported`](Config::ignore_unsupported), which carries them in the headers
-//! above without honouring them. Header values and keys that other producers wrote as
-//! non-UTF-8 bytes are read lossily.
+//! Property headers follow the message's own headers. Their names are
+//! [`PropertyHeaders::kebab_case`] unless [`Config::with_property_headers`] says
+//! otherwise; the key and the timestamp always travel in the record's own fields.
+//! A received header named for a property becomes that property when its value is
+//! UTF-8 text. When a record's property headers are not where tower-mq would write
+//! them (before other headers, a name twice, a value that is not text), every header
+//! also stays among the message's headers, in place; publishing the message writes
+//! them as they are and does not repeat a property a header already carries, so a
+//! consumed message published again is the same record.
+//!
+//! Publishing fails with a permanent error naming the header or property when the
+//! record cannot carry the message:
+//! - a header value other than [`HeaderValue::Bytes`] or [`HeaderValue::Null`]
+//!   (Kafka header values are bytes: an integer or a boolean would come back as bytes);
+//! - a header name with a NUL (librdkafka readers cut the name there);
+//! - a priority or a time to live (Kafka has neither; retention is per topic);
+//! - a timestamp at or before the Unix epoch (librdkafka replaces 0 with the current
+//!   time); finer precision than a millisecond is truncated;
+//! - a property set while a header of the message has the property's name and another
+//!   value (the two would collide on the wire).
+//!
+//! With [`Config::ignore_unsupported`] all but the last are left out instead, and the
+//! rest of the message is published.
+//!
+//! The project's own bookkeeping travels in headers too, documented in [`layout`]:
+//! `x-delivery-count` counts deliveries (absent means 1; a nack publishes the message
+//! again with it replaced), and a dead letter carries `x-death-reason`,
+//! `x-original-destination`, `x-original-partition` and `x-original-offset`. These are
+//! read, never removed: a record from another client that has them arrives with them
+//! intact (an `x-delivery-count` that is not a positive number counts as 1), and a
+//! message consumed after a nack and published elsewhere carries its count along.
+//!
+//! A record rdkafka cannot read, because a header name is not UTF-8 (rdkafka panics
+//! reading it; the consumer catches that panic on its poll thread, though a panic hook
+//! still sees it, and a `panic = "abort"` build would abort), does not stop the
+//! consumer: it is published as it is, headers included, to the dead-letter topic with
+//! the reason headers, logged, and its offset committed like a settled delivery. If
+//! that publish fails, the consumer yields a transient error and goes on; the record
+//! stays uncommitted, so the group reads it again after a restart.
+//!
+//! ```no_run
+//! use std::time::{Duration, UNIX_EPOCH};
+//!
+//! use tower::ServiceExt;
+//! use tower_mq::kafka::{Config, Publisher};
+//! use tower_mq::wire::{Property, PropertyHeaders};
+//! use tower_mq::{HeaderValue, Message};
+//!
+//! # async fn run() -> Result<(), tower_mq::Error> {
+//! // Correlation ids in the header Spring Kafka uses; the other names stay kebab-case.
+//! let config = Config::new("127.0.0.1:9092").with_property_headers(
+//!     PropertyHeaders::kebab_case().with_name(Property::CorrelationId, "kafka_correlationId"),
+//! );
+//! let publisher = Publisher::connect(&config).await?;
+//! let mut message = Message::new("orders", &b"\x00\x01binary"[..])
+//!     .with_key([0x00, 0x01, 0xff, 0xfe]) // record key, as is
+//!     .with_timestamp(UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)) // record timestamp
+//!     .with_content_type("application/octet-stream") // header content-type
+//!     .with_correlation_id("req-7"); // header kafka_correlationId
+//! message.headers_mut().append("hop", "edge"); // record headers, in order,
+//! message.headers_mut().append("hop", "core"); // a name repeated,
+//! message.headers_mut().append("deleted-at", HeaderValue::Null); // a header without a value
+//! publisher.oneshot(message).await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Consuming
 //!
@@ -69,8 +135,14 @@
 //! - **reject** publishes it to the dead-letter topic (`<topic>.dlq` unless configured)
 //!   with the reason headers, then marks the original finished.
 //!
+//! Either copy keeps the record's key, timestamp and headers as they came.
+//!
 //! The delivery count is the `x-delivery-count` header, plus one when the record is a
 //! redelivery after a rebalance or restart.
+//!
+//! Kafka keeps no per-message state, so neither redeliveries nor dead letters can be
+//! told apart from other records without these headers; they are the same names the
+//! [in-memory broker](crate::memory) uses.
 //!
 //! # Request/reply and administration
 //!
@@ -111,7 +183,9 @@
 //! ```
 //!
 //! [`Receipt::Kafka`]: crate::Receipt::Kafka
-//! [`Headers`]: crate::Headers
+//! [`HeaderValue::Bytes`]: crate::HeaderValue::Bytes
+//! [`HeaderValue::Null`]: crate::HeaderValue::Null
+//! [`PropertyHeaders::kebab_case`]: crate::wire::PropertyHeaders::kebab_case
 
 pub mod admin;
 mod config;

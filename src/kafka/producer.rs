@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::time::{sleep, Sleep};
 use tower::Service;
@@ -19,8 +19,9 @@ use tower_mq_core::{Error, Message, Operation, Receipt};
 
 use super::config::Config;
 use super::error::from_kafka;
-use super::layout::{is_valid_topic, to_headers};
+use super::layout::{is_valid_topic, kafka_names, to_record, RecordHeader};
 use super::BROKER;
+use crate::wire::PropertyHeaders;
 
 /// The first wait before looking again at a full producer queue; doubles up to
 /// [`MAX_FULL_WAIT`].
@@ -50,6 +51,9 @@ struct Shared {
     capacity: usize,
     ignore_unsupported: bool,
     operation_timeout: Duration,
+    /// The property header names, without the key and the timestamp.
+    names: PropertyHeaders,
+    empty_payloads_as_tombstones: bool,
 }
 
 impl Publisher {
@@ -67,6 +71,8 @@ impl Publisher {
                 capacity: config.queue_capacity().max(1),
                 ignore_unsupported: config.ignores_unsupported(),
                 operation_timeout: config.operation_timeout(),
+                names: kafka_names(config.property_headers()),
+                empty_payloads_as_tombstones: config.empty_payloads_as_tombstones(),
             }),
             waiting: None,
         })
@@ -112,34 +118,35 @@ impl Publisher {
         !self.shared.full.load(Ordering::Acquire) && self.in_flight() < self.shared.capacity
     }
 
-    /// Checks what Kafka cannot do before anything is queued.
-    fn check(&self, message: &Message) -> Result<(), Error> {
+    /// Lays `message` out as a record, refusing what Kafka cannot carry before
+    /// anything is queued.
+    fn record(&self, message: &Message, delivery_count: Option<u32>) -> Result<OwnedRecord, Error> {
         let topic = message.destination();
         let refuse = |reason: String| {
-            Err(Error::permanent(BROKER, Operation::Publish)
+            Error::permanent(BROKER, Operation::Publish)
                 .with_destination(topic)
-                .with_reason(reason))
+                .with_reason(reason)
         };
         if !is_valid_topic(topic) {
-            return refuse(
+            return Err(refuse(
                 "not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not . or ..)".into(),
-            );
+            ));
         }
-        if !self.shared.ignore_unsupported {
-            if let Some(priority) = message.priority() {
-                return refuse(format!(
-                    "Kafka has no message priority (priority {priority}); \
-                     Config::ignore_unsupported carries it as a header instead"
-                ));
-            }
-            if let Some(ttl) = message.ttl() {
-                return refuse(format!(
-                    "Kafka has no per-message time to live (ttl {ttl:?}); \
-                     Config::ignore_unsupported carries it as a header instead"
-                ));
-            }
-        }
-        Ok(())
+        let record = to_record(
+            message,
+            &self.shared.names,
+            delivery_count,
+            self.shared.ignore_unsupported,
+        )
+        .map_err(refuse)?;
+        Ok(OwnedRecord {
+            topic: topic.to_owned(),
+            key: message.key().map(Bytes::copy_from_slice),
+            payload: (!(message.payload().is_empty() && self.shared.empty_payloads_as_tombstones))
+                .then(|| message.payload().clone()),
+            timestamp: record.timestamp,
+            headers: owned_headers(&record.headers),
+        })
     }
 
     /// Publishes `message` with its delivery count header set to `delivery_count`
@@ -148,15 +155,22 @@ impl Publisher {
         self.start(message, Some(delivery_count))
     }
 
-    fn start(&self, message: &Message, delivery_count: Option<u32>) -> ResponseFuture {
-        if let Err(error) = self.check(message) {
-            return ResponseFuture::failed(error);
-        }
+    /// Publishes a record as it is, headers included (dead-lettering a record that
+    /// could not be read as a message).
+    pub(crate) fn publish_raw(
+        &self,
+        topic: String,
+        key: Option<Bytes>,
+        payload: Option<Bytes>,
+        timestamp: Option<i64>,
+        headers: Option<OwnedHeaders>,
+    ) -> ResponseFuture {
         let record = OwnedRecord {
-            topic: message.destination().to_owned(),
-            key: message.key().map(Bytes::copy_from_slice),
-            payload: message.payload().clone(),
-            headers: Some(to_headers(message, delivery_count)),
+            topic,
+            key,
+            payload,
+            timestamp,
+            headers,
         };
         ResponseFuture {
             state: enqueue(
@@ -167,6 +181,35 @@ impl Publisher {
             ),
         }
     }
+
+    fn start(&self, message: &Message, delivery_count: Option<u32>) -> ResponseFuture {
+        match self.record(message, delivery_count) {
+            Ok(record) => ResponseFuture {
+                state: enqueue(
+                    self.producer.clone(),
+                    self.shared.clone(),
+                    record,
+                    FIRST_FULL_WAIT,
+                ),
+            },
+            Err(error) => ResponseFuture::failed(error),
+        }
+    }
+}
+
+/// librdkafka's headers for `headers`; `None` when there are none.
+pub(crate) fn owned_headers(headers: &[RecordHeader]) -> Option<OwnedHeaders> {
+    if headers.is_empty() {
+        return None;
+    }
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+    for (name, value) in headers {
+        owned = owned.insert(Header {
+            key: name,
+            value: value.as_deref(),
+        });
+    }
+    Some(owned)
 }
 
 impl Clone for Publisher {
@@ -239,7 +282,9 @@ impl Service<Message> for Publisher {
 struct OwnedRecord {
     topic: String,
     key: Option<Bytes>,
-    payload: Bytes,
+    /// `None` for a null value.
+    payload: Option<Bytes>,
+    timestamp: Option<i64>,
     headers: Option<OwnedHeaders>,
 }
 
@@ -284,10 +329,15 @@ fn enqueue(
     mut record: OwnedRecord,
     wait: Duration,
 ) -> State {
-    let mut future_record: FutureRecord<'_, [u8], [u8]> =
-        FutureRecord::to(&record.topic).payload(record.payload.as_ref());
+    let mut future_record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
+    if let Some(payload) = record.payload.as_deref() {
+        future_record = future_record.payload(payload);
+    }
     if let Some(key) = record.key.as_deref() {
         future_record = future_record.key(key);
+    }
+    if let Some(timestamp) = record.timestamp {
+        future_record = future_record.timestamp(timestamp);
     }
     if let Some(headers) = record.headers.take() {
         future_record = future_record.headers(headers);
