@@ -589,10 +589,7 @@ async fn a_key_the_routing_mode_cannot_send_is_refused_unless_ignored() {
     .await
     .expect_err("a key with DefaultExchange routing");
     assert_refused(&err, &queue, "key");
-    assert!(
-        err.to_string().contains("ignore_unsupported"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("ignore_unsupported"), "{err}");
     assert!(
         plain.get(&queue).await.is_none(),
         "the refused message was sent"
