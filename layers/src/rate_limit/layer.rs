@@ -6,7 +6,9 @@ use std::time::Duration;
 use governor::Quota;
 use tower::Layer;
 
-use super::{DirectLimiter, KeyedLimiter, KeyedRateLimit, RateLimit, Reservation, TokioClock};
+use super::{
+    DirectLimiter, KeyedLimiter, KeyedRateLimit, Pruning, RateLimit, Reservation, TokioClock,
+};
 
 /// Builds [`RateLimit`] services sharing one limit. See the [module docs](super).
 ///
@@ -74,6 +76,7 @@ impl RateLimitLayer {
             key_of,
             reject: self.reject,
             limiter: Arc::new(KeyedLimiter::dashmap_with_clock(self.quota, TokioClock)),
+            pruning: Arc::new(Pruning::new()),
         }
     }
 }
@@ -98,6 +101,7 @@ pub struct KeyedRateLimitLayer<F, K: Hash + Eq + Clone> {
     key_of: F,
     reject: bool,
     limiter: Arc<KeyedLimiter<K>>,
+    pruning: Arc<Pruning>,
 }
 
 impl<F, K: Hash + Eq + Clone> std::fmt::Debug for KeyedRateLimitLayer<F, K> {
@@ -114,6 +118,7 @@ impl<F: Clone, K: Hash + Eq + Clone> Clone for KeyedRateLimitLayer<F, K> {
             key_of: self.key_of.clone(),
             reject: self.reject,
             limiter: self.limiter.clone(),
+            pruning: self.pruning.clone(),
         }
     }
 }
@@ -139,6 +144,7 @@ impl<S, F: Clone, K: Hash + Eq + Clone> Layer<S> for KeyedRateLimitLayer<F, K> {
             inner,
             key_of: self.key_of.clone(),
             limiter: self.limiter.clone(),
+            pruning: self.pruning.clone(),
             reject: self.reject,
         }
     }

@@ -141,3 +141,33 @@ async fn keyed_wait_delays_only_the_call_over_its_key_limit() {
     assert_eq!(assert_ready_ok!(calls[2].poll()), "late");
     assert_eq!(assert_ready_ok!(calls[0].poll()), "ok");
 }
+
+#[tokio::test(start_paused = true)]
+async fn recovered_keys_are_forgotten_as_calls_go_on() {
+    let layer = RateLimitLayer::per_second(1).reject().per_key(|r: &u32| *r);
+    let (inner, mut handle) = mock::pair::<u32, ()>();
+    handle.allow(u64::MAX);
+    let mut service = layer.layer(inner);
+    let mut call = |key: u32| {
+        let ready = std::future::poll_fn(|cx| service.poll_ready(cx));
+        assert!(tokio_test::task::spawn(ready).poll().is_ready());
+        drop(service.call(key));
+    };
+    // Keys that come and go, each used once.
+    for key in 0..5_000 {
+        call(key);
+    }
+    let grown = layer.keys();
+    assert!(grown >= 4_000, "{grown}");
+    // Once their limits have recovered, further calls prune them.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for key in 5_000..10_000 {
+        call(key);
+    }
+    // Without pruning 10,000; the first 5,000 have recovered and are gone.
+    assert!(
+        layer.keys() <= 5_000,
+        "recovered keys were kept: {} keys",
+        layer.keys()
+    );
+}
