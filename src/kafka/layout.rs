@@ -56,15 +56,7 @@ pub(crate) fn to_record(
     delivery_count: Option<u32>,
     ignore_unsupported: bool,
 ) -> Result<Record, String> {
-    let unsupported = |reason: String| {
-        if ignore_unsupported {
-            Ok(())
-        } else {
-            Err(format!(
-                "{reason}; Config::ignore_unsupported leaves it out"
-            ))
-        }
-    };
+    let unsupported = |reason: String| refuse_unless(ignore_unsupported, reason);
     if let Some(priority) = message.priority() {
         unsupported(format!(
             "Kafka has no message priority (priority {priority})"
@@ -100,15 +92,7 @@ fn record_headers(
     delivery_count: Option<u32>,
     ignore_unsupported: bool,
 ) -> Result<Vec<RecordHeader>, String> {
-    let unsupported = |reason: String| {
-        if ignore_unsupported {
-            Ok(())
-        } else {
-            Err(format!(
-                "{reason}; Config::ignore_unsupported leaves it out"
-            ))
-        }
-    };
+    let unsupported = |reason: String| refuse_unless(ignore_unsupported, reason);
     let count = delivery_count.filter(|n| *n > 1);
     let mut headers = Vec::with_capacity(message.headers().len() + 2);
     let mut count_written = false;
@@ -272,6 +256,17 @@ pub(crate) fn is_valid_topic(topic: &str) -> bool {
         && topic
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// `Ok` when what Kafka cannot carry is to be left out, else the refusal's reason.
+fn refuse_unless(ignore_unsupported: bool, reason: String) -> Result<(), String> {
+    if ignore_unsupported {
+        Ok(())
+    } else {
+        Err(format!(
+            "{reason}; Config::ignore_unsupported leaves it out"
+        ))
+    }
 }
 
 #[cfg(test)]
