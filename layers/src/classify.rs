@@ -160,9 +160,50 @@ pub fn http_response<B>(response: &http::Response<B>) -> Option<ErrorKind> {
 }
 
 /// The classifier every layer uses unless told otherwise. See the [module docs](self).
-#[derive(Debug, Clone, Copy)]
+///
+/// Besides the errors it knows, it learns the application's own error types that
+/// implement [`Classify`] with [`DefaultClassifier::knowing`], wherever they sit in a
+/// `source()` chain:
+///
+/// ```
+/// use std::fmt;
+/// use tower_mq_core::{BoxError, Classify, ErrorKind};
+/// use tower_mq_layers::classify::{Classifier, DefaultClassifier};
+///
+/// #[derive(Debug)]
+/// struct PaymentDeclined;
+/// impl fmt::Display for PaymentDeclined {
+///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+///         f.write_str("payment declined")
+///     }
+/// }
+/// impl std::error::Error for PaymentDeclined {}
+/// impl Classify for PaymentDeclined {
+///     fn error_kind(&self) -> ErrorKind {
+///         ErrorKind::Permanent
+///     }
+/// }
+///
+/// let classifier = DefaultClassifier::new().knowing::<PaymentDeclined>();
+/// let error: BoxError = PaymentDeclined.into();
+/// assert_eq!(classifier.classify(&error), ErrorKind::Permanent);
+/// // Without it, the error is unknown: transient by default.
+/// assert_eq!(DefaultClassifier::new().classify(&error), ErrorKind::Transient);
+/// ```
+#[derive(Debug, Clone)]
 pub struct DefaultClassifier {
     unknown: ErrorKind,
+    /// The application's error types, by their downcasting classifiers.
+    known: Option<std::sync::Arc<[KnownType]>>,
+}
+
+/// Downcasts to one application error type and asks its [`Classify`].
+type KnownType = fn(&(dyn StdError + 'static)) -> Option<ErrorKind>;
+
+fn classify_as<E: Classify + StdError + 'static>(
+    error: &(dyn StdError + 'static),
+) -> Option<ErrorKind> {
+    error.downcast_ref::<E>().map(Classify::error_kind)
 }
 
 impl Default for DefaultClassifier {
@@ -176,7 +217,17 @@ impl DefaultClassifier {
     pub const fn new() -> Self {
         DefaultClassifier {
             unknown: ErrorKind::Transient,
+            known: None,
         }
+    }
+
+    /// Also recognises the application's error type `E` by its [`Classify`]
+    /// implementation, anywhere in an error's `source()` chain.
+    pub fn knowing<E: Classify + StdError + 'static>(mut self) -> Self {
+        let mut known: Vec<KnownType> = self.known.as_deref().unwrap_or_default().to_vec();
+        known.push(classify_as::<E>);
+        self.known = Some(known.into());
+        self
     }
 
     /// Sets the kind given to errors that carry no classification.
@@ -193,6 +244,16 @@ impl DefaultClassifier {
 
     /// Classifies a borrowed error (the entry point for any error type).
     pub fn classify_dyn(&self, error: &(dyn StdError + 'static)) -> ErrorKind {
+        if let Some(known) = self.known.as_deref() {
+            let mut current = Some(error);
+            while let Some(err) = current {
+                if let Some(kind) = kind_of_one(err).or_else(|| known.iter().find_map(|k| k(err))) {
+                    return kind;
+                }
+                current = err.source();
+            }
+            return self.unknown;
+        }
         known_kind(error).unwrap_or(self.unknown)
     }
 }
