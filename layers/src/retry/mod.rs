@@ -62,6 +62,7 @@ mod backoff;
 mod budget;
 pub mod future;
 mod layer;
+mod tower_policy;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -72,6 +73,7 @@ use tower::Service;
 pub use self::backoff::{Backoff, FastRng, Jitter};
 pub use self::budget::RetryBudget;
 pub use self::layer::RetryLayer;
+pub use self::tower_policy::TowerPolicy;
 
 use crate::classify::{ClassifyOutcome, DefaultClassifier};
 
