@@ -29,9 +29,11 @@
 //!   handler failed cannot be redelivered or dead-lettered: it is logged and counted
 //!   as [dropped](Summary::dropped), never as nacked.
 //! - A delivery the handler settled itself is left as the handler settled it.
-//! - A transient consumer error is logged and consumption goes on after a short pause
-//!   (10 ms, doubling with each error in a row, at most 1 s); a permanent one
-//!   stops `serve`, which drains and returns that error. A handler whose `poll_ready`
+//! - A consumer error about one unreadable message ([`Code::Malformed`], e.g. a
+//!   foreign peer's malformed frames) is logged, counted in [`Summary::malformed`] and
+//!   skipped at once. Another transient consumer error is logged and consumption goes
+//!   on after a short pause (10 ms, doubling with each error in a row, at most 1 s); a
+//!   permanent one stops `serve`, which drains and returns that error. A handler whose `poll_ready`
 //!   fails stops it the same way.
 //! - Stopping (shutdown signal, end of the stream, fatal error) takes no further
 //!   deliveries, waits for those in flight and settles them, then returns a
@@ -41,6 +43,8 @@
 //!   without delay; counted as [released](Summary::released)), not lost. Dropping the
 //!   `serve` future instead abandons the deliveries in flight unsettled: the broker
 //!   redelivers them after its own timeout.
+//!
+//! [`Code::Malformed`]: crate::Code::Malformed
 //!
 //! # Example
 //!
@@ -278,6 +282,11 @@ pub struct Summary {
     /// Deliveries whose handler call was still running at the shutdown timeout,
     /// cancelled and handed back to the broker for redelivery.
     pub released: u64,
+    /// Messages the consumer could not read ([`Code::Malformed`] errors): reported
+    /// and skipped; the consumer went on.
+    ///
+    /// [`Code::Malformed`]: crate::Code::Malformed
+    pub malformed: u64,
     /// Handler calls that panicked (also counted as nacked, rejected or dropped).
     pub panicked: u64,
     /// Handler calls cancelled by the handler timeout (also counted as nacked,
@@ -459,6 +468,11 @@ where
                     Ok(None) => {
                         tracing::debug!(in_flight = tasks.len(), "consumer ended: draining");
                         stopping = true;
+                    }
+                    Ok(Some(Err(error))) if error.is_about_one_message() => {
+                        // One unreadable message: the consumer is healthy, so no pause.
+                        summary.malformed += 1;
+                        tracing::warn!(%error, "unreadable message skipped: continuing");
                     }
                     Ok(Some(Err(error))) if error.kind() == ErrorKind::Transient => {
                         errors_in_a_row += 1;

@@ -112,6 +112,68 @@ impl fmt::Display for Operation {
     }
 }
 
+/// What went wrong, as a code a caller can match without downcasting into a broker's
+/// client crate. Set by the broker modules where they know it ([`Error::code`]);
+/// `None` where nothing more precise than the kind is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Code {
+    /// The destination does not exist (a queue, stream, topic, exchange).
+    NotFound,
+    /// The broker accepted the message but could not route it anywhere (an unroutable
+    /// mandatory AMQP message).
+    Unroutable,
+    /// Nobody listens: a NATS request with no responders.
+    NoResponders,
+    /// The message is larger than the broker or the configuration allows.
+    TooLarge,
+    /// The broker did not answer in time.
+    Timeout,
+    /// The connection was lost, or is being re-established.
+    ConnectionLost,
+    /// The broker refused the credentials or the permission.
+    Unauthorized,
+    /// The message carries something the broker cannot carry (a property, a header
+    /// type, a key).
+    Unsupported,
+    /// The request is invalid: a destination name, an argument, a configuration.
+    Invalid,
+    /// A received message cannot be read (a foreign peer's malformed frames, an
+    /// unreadable header block). It concerns that message only: the consumer is
+    /// healthy and goes on.
+    Malformed,
+    /// The broker is full or pushing back (a full producer queue, a blocked connection).
+    Full,
+    /// The publisher or consumer was closed.
+    Closed,
+}
+
+impl Code {
+    /// The code in snake case, as used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::NotFound => "not_found",
+            Code::Unroutable => "unroutable",
+            Code::NoResponders => "no_responders",
+            Code::TooLarge => "too_large",
+            Code::Timeout => "timeout",
+            Code::ConnectionLost => "connection_lost",
+            Code::Unauthorized => "unauthorized",
+            Code::Unsupported => "unsupported",
+            Code::Invalid => "invalid",
+            Code::Malformed => "malformed",
+            Code::Full => "full",
+            Code::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A broker error: which broker, which operation, which destination, transient or
 /// permanent, and the underlying cause.
 ///
@@ -120,6 +182,7 @@ pub struct Error {
     broker: &'static str,
     operation: Operation,
     kind: ErrorKind,
+    code: Option<Code>,
     destination: Option<String>,
     reason: Option<Cow<'static, str>>,
     source: Option<BoxError>,
@@ -132,10 +195,28 @@ impl Error {
             broker,
             operation,
             kind,
+            code: None,
             destination: None,
             reason: None,
             source: None,
         }
+    }
+
+    /// Says what went wrong as a [`Code`] callers can match.
+    pub fn with_code(mut self, code: Code) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// What went wrong, as a code, where the broker module knows it.
+    pub fn code(&self) -> Option<Code> {
+        self.code
+    }
+
+    /// Whether the error concerns one received message only ([`Code::Malformed`]):
+    /// the consumer that yielded it is healthy and goes on.
+    pub fn is_about_one_message(&self) -> bool {
+        self.code == Some(Code::Malformed)
     }
 
     /// A transient error: a retry may succeed.
@@ -203,6 +284,7 @@ impl fmt::Debug for Error {
             .field("broker", &self.broker)
             .field("operation", &self.operation)
             .field("kind", &self.kind)
+            .field("code", &self.code)
             .field("destination", &self.destination)
             .field("reason", &self.reason)
             .field("source", &self.source)

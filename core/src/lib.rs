@@ -32,7 +32,7 @@ pub mod message;
 pub mod receipt;
 
 pub use delivery::{Acker, Acknowledge, Delivery, Settlement};
-pub use error::{BoxError, Classify, Error, ErrorKind, Operation, Permanent, Transient};
+pub use error::{BoxError, Classify, Code, Error, ErrorKind, Operation, Permanent, Transient};
 pub use header::{HeaderValue, Headers};
 pub use message::Message;
 pub use receipt::Receipt;

@@ -124,13 +124,17 @@ impl Publisher {
         let topic = message.destination();
         let refuse = |reason: String| {
             Error::permanent(BROKER, Operation::Publish)
+                .with_code(tower_mq_core::Code::Unsupported)
                 .with_destination(topic)
                 .with_reason(reason)
         };
         if !is_valid_topic(topic) {
-            return Err(refuse(
-                "not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not . or ..)".into(),
-            ));
+            return Err(Error::permanent(BROKER, Operation::Publish)
+                .with_code(tower_mq_core::Code::Invalid)
+                .with_destination(topic)
+                .with_reason(
+                    "not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not . or ..)",
+                ));
         }
         let record = to_record(
             message,

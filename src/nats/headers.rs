@@ -198,6 +198,7 @@ pub(crate) fn check_publish_subject(subject: &str, operation: Operation) -> Resu
     };
     match problem {
         Some(reason) => Err(Error::permanent(BROKER, operation)
+            .with_code(tower_mq_core::Code::Invalid)
             .with_destination(subject)
             .with_reason(reason)),
         None => Ok(()),
@@ -229,6 +230,7 @@ pub(crate) fn check_supported(
     };
     match unsupported {
         Some(reason) => Err(Error::permanent(BROKER, operation)
+            .with_code(tower_mq_core::Code::Unsupported)
             .with_destination(message.destination())
             .with_reason(format!("{reason}; {IGNORE_HINT}"))),
         None => Ok(()),
@@ -274,6 +276,7 @@ pub(crate) fn encode(
     let ignore = config.ignore_unsupported;
     let refuse = |what: String| {
         Error::permanent(BROKER, operation)
+            .with_code(tower_mq_core::Code::Unsupported)
             .with_destination(message.destination())
             .with_reason(what)
     };

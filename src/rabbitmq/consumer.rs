@@ -307,6 +307,7 @@ async fn to_delivery(
             let reason = format!("not a valid message: {why}");
             let settled = acker.reject(&reason).await;
             let mut error = Error::transient(BROKER, Operation::Receive)
+                .with_code(tower_mq_core::Code::Malformed)
                 .with_destination(queue)
                 .with_reason(format!(
                     "a delivery is {reason}; rejected to the queue's dead-letter exchange"

@@ -43,6 +43,7 @@ pub(crate) fn outgoing(
     let destination = message.destination();
     let refuse = |reason: String| {
         Error::permanent(BROKER, operation)
+            .with_code(tower_mq_core::Code::Unsupported)
             .with_destination(destination)
             .with_reason(reason)
     };

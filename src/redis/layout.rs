@@ -193,6 +193,7 @@ impl Control {
 
 fn refusal(message: &Message, reason: String) -> Error {
     Error::permanent(BROKER, Operation::Publish)
+        .with_code(tower_mq_core::Code::Unsupported)
         .with_destination(message.destination().to_owned())
         .with_reason(reason)
 }

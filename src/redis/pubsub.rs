@@ -230,6 +230,7 @@ fn frame(framing: Framing, message: Message, ignore_unsupported: bool) -> Result
         }
         Framing::Plain if !plain && !ignore_unsupported => {
             Err(Error::permanent(BROKER, Operation::Publish)
+                .with_code(tower_mq_core::Code::Unsupported)
                 .with_destination(message.destination().to_owned())
                 .with_reason(format!(
                     "Redis Pub/Sub carries only the payload, and the message also has {} \
@@ -387,6 +388,7 @@ impl Receiver {
                         Ok(None) => {}
                         Err(channel) => {
                             return Err(Error::transient(BROKER, Operation::Receive)
+                                .with_code(tower_mq_core::Code::Malformed)
                                 .with_destination(self.label())
                                 .with_reason(format!(
                                     "dropped a message on channel {channel:?}: its name is \
@@ -397,6 +399,7 @@ impl Receiver {
                 }
                 self.messages = None;
                 return Err(Error::transient(BROKER, Operation::Receive)
+                    .with_code(tower_mq_core::Code::ConnectionLost)
                     .with_destination(self.label())
                     .with_reason("connection lost; resubscribing (messages published meanwhile are not delivered)"));
             }

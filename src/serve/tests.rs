@@ -410,3 +410,29 @@ async fn consumer_errors_in_a_row_pause_consumption_increasingly() {
     assert_eq!(waited, Duration::from_millis(10 + 20 + 40));
     assert_eq!(consumer_error_pause(100), Duration::from_secs(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn unreadable_messages_are_skipped_at_once_and_never_stop_serve() {
+    use crate::Code;
+    let after = Delivery::unacknowledged(Message::new("t", "fine"));
+    // A flood of malformed messages, some marked permanent by their consumer.
+    let mut items: Vec<Result<Delivery, Error>> = (0..1_000)
+        .map(|i| {
+            let error = if i % 2 == 0 {
+                Error::transient("zeromq", Operation::Receive)
+            } else {
+                Error::permanent("zeromq", Operation::Receive)
+            };
+            Err(error
+                .with_code(Code::Malformed)
+                .with_reason("expected an envelope"))
+        })
+        .collect();
+    items.push(Ok(after.clone()));
+    let started = Instant::now();
+    let handler = service_fn(|_: Delivery| async { Ok::<(), BoxError>(()) });
+    let summary = serve(stream::iter(items), handler).await.unwrap();
+    assert_eq!(Instant::now(), started, "no pause for unreadable messages");
+    assert_eq!((summary.malformed, summary.acked), (1_000, 1));
+    assert_eq!(after.settlement(), Some(Settlement::Acked));
+}

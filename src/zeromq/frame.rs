@@ -124,6 +124,7 @@ const MAX_DEPTH: usize = 32;
 /// A permanent publish error for `message`.
 fn refused(message: &Message, reason: String) -> Error {
     Error::permanent(BROKER, Operation::Publish)
+        .with_code(tower_mq_core::Code::Unsupported)
         .with_destination(message.destination().to_owned())
         .with_reason(reason)
 }
@@ -468,6 +469,7 @@ fn from_nanos(nanos: i128) -> Option<SystemTime> {
 /// `serve` logs it and goes on: it belongs to that message, not to the socket.
 pub(crate) fn malformed(endpoint: &str, reason: impl Into<String>) -> Error {
     Error::transient(BROKER, Operation::Receive)
+        .with_code(tower_mq_core::Code::Malformed)
         .with_destination(endpoint.to_owned())
         .with_reason(format!(
             "malformed envelope: {}; the message is skipped",

@@ -601,6 +601,7 @@ async fn what_a_record_cannot_carry_is_a_permanent_publish_error() {
             .await
             .expect_err("a message Kafka cannot carry must be refused");
         assert_eq!(error.kind(), ErrorKind::Permanent, "{error}");
+        assert_eq!(error.code(), Some(tower_mq::Code::Unsupported), "{error}");
         assert_eq!(error.broker(), "kafka");
         assert_eq!(error.operation(), Operation::Publish);
         assert_eq!(error.destination(), Some(topic.as_str()));
@@ -616,6 +617,7 @@ async fn what_a_record_cannot_carry_is_a_permanent_publish_error() {
         .await
         .expect_err("a header colliding with a property must be refused");
     assert_eq!(error.kind(), ErrorKind::Permanent, "{error}");
+    assert_eq!(error.code(), Some(tower_mq::Code::Unsupported), "{error}");
     assert!(
         error.reason().unwrap_or_default().contains("content type"),
         "{error}"

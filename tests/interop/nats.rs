@@ -271,6 +271,7 @@ async fn delete_streams(context: &jetstream::Context, names: &[&str]) {
 
 fn assert_permanent_publish_error(err: &Error, subject: &str, names: &str) {
     assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.code(), Some(tower_mq::Code::Unsupported), "{err}");
     assert_eq!(err.broker(), "nats", "{err}");
     assert_eq!(err.operation(), Operation::Publish, "{err}");
     assert_eq!(err.destination(), Some(subject), "{err}");

@@ -505,6 +505,7 @@ async fn a_default_exchange_message_republished_goes_back_to_its_queue() {
 
 fn assert_refused(err: &Error, destination: &str, needle: &str) {
     assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.code(), Some(tower_mq::Code::Unsupported), "{err}");
     assert_eq!(err.broker(), "rabbitmq", "{err}");
     assert_eq!(err.operation(), Operation::Publish, "{err}");
     assert_eq!(err.destination(), Some(destination), "{err}");

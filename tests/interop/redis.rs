@@ -581,6 +581,7 @@ async fn streams_refusals_are_permanent_errors_naming_the_field() {
             .await
             .expect_err(reason);
         assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert_eq!(err.code(), Some(tower_mq::Code::Unsupported), "{err}");
         assert_eq!(err.broker(), "redis");
         assert_eq!(err.operation(), Operation::Publish);
         assert_eq!(err.destination(), Some(stream.as_str()));
@@ -722,6 +723,7 @@ async fn pubsub_plain_framing_refuses_what_a_bare_payload_cannot_carry() {
         .await
         .expect_err("headers cannot travel in a bare payload");
     assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.code(), Some(tower_mq::Code::Unsupported), "{err}");
     assert_eq!(err.broker(), "redis");
     assert_eq!(err.operation(), Operation::Publish);
     assert_eq!(err.destination(), Some(channel.as_str()));

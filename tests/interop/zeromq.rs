@@ -444,6 +444,7 @@ async fn plain_frames_refuse_headers_and_properties_with_a_permanent_error_namin
             .await
             .expect_err("plain frames cannot carry it");
         assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert_eq!(err.code(), Some(tower_mq::Code::Unsupported), "{err}");
         assert_eq!(err.broker(), "zeromq");
         assert_eq!(err.operation(), Operation::Publish);
         assert_eq!(err.destination(), Some("jobs"));
@@ -485,6 +486,7 @@ async fn the_envelope_refuses_priority_and_ttl_unless_ignore_unsupported_carries
             .await
             .expect_err("nothing in ZeroMQ enforces them");
         assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert_eq!(err.code(), Some(tower_mq::Code::Unsupported), "{err}");
         assert!(
             err.to_string().contains("priority or time to live"),
             "{err}"
