@@ -862,3 +862,134 @@ async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() 
     delivery.ack().await.unwrap();
     assert_quiet(&mut consumer, "stored once").await;
 }
+
+/// Publishes `payloads` to `subject` on a JetStream stream, each acked by the stream.
+async fn publish_all(js: &JetStream, subject: &str, payloads: &[&str]) {
+    let mut publisher = js.publisher();
+    for payload in payloads {
+        publisher
+            .ready()
+            .await
+            .expect("publisher ready")
+            .call(Message::new(subject, payload.to_string()))
+            .await
+            .expect("publish");
+    }
+}
+
+/// Receives `count` deliveries, each within `within`.
+async fn next_n<S>(stream: &mut S, count: usize, within: Duration, what: &str) -> Vec<Delivery>
+where
+    S: Stream<Item = Result<Delivery, Error>> + Unpin,
+{
+    let mut got = Vec::new();
+    while got.len() < count {
+        match tokio::time::timeout(within, stream.next()).await {
+            Ok(Some(Ok(delivery))) => got.push(delivery),
+            Ok(Some(Err(err))) => panic!("receiving {what} failed: {err}"),
+            Ok(None) => panic!("the stream ended before {what}"),
+            Err(_) => panic!(
+                "only {} of {count} {what} arrived within {within:?} each",
+                got.len()
+            ),
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn jetstream_dropping_a_consumer_releases_what_its_pull_brought_at_once() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("release-on-drop");
+    let (stream, _) = streams(&js, &name).await;
+    // A long ack wait: anything back within a few seconds was released, not timed out.
+    let config = ConsumerConfig::new("deployed")
+        .ack_wait(Duration::from_secs(30))
+        .batch(5);
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let subject = format!("{name}.jobs");
+    publish_all(&js, &subject, &["1", "2", "3", "4", "5"]).await;
+
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let taken = next(&mut consumer, "the first of the batch").await;
+    assert_eq!(text(&taken), "1");
+    taken.ack().await.unwrap();
+    // The pull brought all five; four were never yielded.
+    drop(consumer);
+
+    let started = tokio::time::Instant::now();
+    let mut next_consumer = js.consumer(&stream, &config).await.unwrap();
+    let again = next_n(
+        &mut next_consumer,
+        4,
+        Duration::from_secs(5),
+        "released messages",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let payloads: HashSet<String> = again.iter().map(text).collect();
+    assert_eq!(
+        payloads,
+        HashSet::from(["2", "3", "4", "5"].map(String::from))
+    );
+    for delivery in &again {
+        // JetStream counts the delivery to the dropped consumer: the nak cannot undo it.
+        assert_eq!(delivery.delivery_count(), 2, "{}", text(delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_quiet(&mut next_consumer, "every message was acked once").await;
+}
+
+#[tokio::test]
+async fn jetstream_close_releases_messages_of_an_open_pull_request() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("release-on-close");
+    let (stream, _) = streams(&js, &name).await;
+    let config = ConsumerConfig::new("deployed")
+        .ack_wait(Duration::from_secs(30))
+        .batch(10);
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let subject = format!("{name}.jobs");
+    publish_all(&js, &subject, &["a", "b", "c"]).await;
+
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let taken = next(&mut consumer, "the first of the batch").await;
+    assert_eq!(text(&taken), "a");
+    // The pull request asked for 10 and is still open: close waits for its end (its
+    // 2 s expiry), then naks the two it brought.
+    let closing = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), consumer.close())
+        .await
+        .expect("close is bounded by the pull request's expiry")
+        .expect("close");
+    assert!(
+        closing.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        closing.elapsed()
+    );
+    taken.ack().await.unwrap();
+
+    let mut next_consumer = js.consumer(&stream, &config).await.unwrap();
+    let again = next_n(
+        &mut next_consumer,
+        2,
+        Duration::from_secs(5),
+        "released messages",
+    )
+    .await;
+    let payloads: HashSet<String> = again.iter().map(text).collect();
+    assert_eq!(payloads, HashSet::from(["b", "c"].map(String::from)));
+    for delivery in &again {
+        assert_eq!(delivery.delivery_count(), 2, "{}", text(delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_quiet(&mut next_consumer, "every message was acked once").await;
+}

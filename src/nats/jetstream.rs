@@ -37,7 +37,10 @@
 //!   the same way (the server would otherwise drop it silently).
 //!
 //! A delivery nobody settles within the ack wait is delivered again (up to
-//! `max_deliver`, following the consumer's `backoff`).
+//! `max_deliver`, following the consumer's `backoff`). Messages a pull request
+//! brought that the consumer had not yielded yet when it was dropped or
+//! [closed](Consumer::close) are handed back at once (naked) instead of waiting for
+//! the ack wait; JetStream counts them as delivered once more.
 //!
 //! # Example
 //!
@@ -606,6 +609,118 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// Stops consuming, and hands the messages the open pull request brought but this
+    /// stream did not yield back to the server (a nak without delay), so they are
+    /// delivered again at once, here or to another member of the group, instead of
+    /// after the ack wait. Resolves once the server has the naks.
+    ///
+    /// A nak is only sent once the pull request ended (at once when the batch was
+    /// complete, after at most the pull request's 2 s expiry otherwise): a message
+    /// naked while it is open would come straight back to it. JetStream counts every
+    /// delivery it sends, so a released message comes back with its delivery count one
+    /// higher, and `max_deliver` must allow for that. Deliveries already yielded are
+    /// their holder's to settle.
+    ///
+    /// Dropping the consumer does the same in a task of its own (if a tokio runtime is
+    /// there to run it); `close` lets a process that is about to exit wait for it.
+    pub async fn close(mut self) -> Result<(), Error> {
+        match self.release() {
+            Some(release) => release.await,
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the stream and returns what releases its pull request's messages.
+    fn release(&mut self) -> Option<BoxFuture<'static, Result<(), Error>>> {
+        let client = self.connection.client().clone();
+        let settle = self.settle.clone();
+        let timeout = self.connection.config().request_timeout;
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Done => None,
+            State::Pulling { batch, deadline } => {
+                let until = deadline.deadline();
+                Some(Box::pin(release(*batch, until, client, settle)))
+            }
+            // Abandoned, the pull request would stay open on the server with nobody
+            // listening: see it through and release what it brings.
+            State::Opening(opening) => Some(Box::pin(async move {
+                let batch = match tokio::time::timeout(timeout, opening).await {
+                    Ok(Ok(batch)) => batch,
+                    Ok(Err(_)) | Err(_) => return Ok(()),
+                };
+                let until = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GRACE;
+                release(batch, until, client, settle).await
+            })),
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let Some(release) = self.release() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let stream = self.settle.stream.clone();
+            runtime.spawn(async move {
+                if let Err(err) = release.await {
+                    tracing::warn!(
+                        target: "tower_mq::nats",
+                        stream = %stream,
+                        error = %err,
+                        "releasing undelivered messages failed; they come back after the ack wait"
+                    );
+                }
+            });
+        }
+    }
+}
+
+/// Collects what `batch` brings until its pull request ends (or `until`), then naks
+/// it all without delay and flushes, so the server redelivers it at once.
+async fn release(
+    mut batch: pull::Batch,
+    until: tokio::time::Instant,
+    client: async_nats::Client,
+    settle: Arc<ConsumerShared>,
+) -> Result<(), Error> {
+    use futures_util::StreamExt;
+
+    let mut held = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, batch.next()).await {
+        held.push(message);
+    }
+    // The pull request is over: none of its messages can come back to it.
+    drop(batch);
+    if held.is_empty() {
+        return Ok(());
+    }
+    let failed = |err: Box<dyn std::error::Error + Send + Sync>| {
+        error(ErrorKind::Transient, Operation::Nack, &settle.stream)
+            .with_reason(format!(
+                "releasing undelivered messages of consumer `{}` failed",
+                settle.consumer
+            ))
+            .with_source(err)
+    };
+    for message in &held {
+        message
+            .ack_with(AckKind::Nak(None))
+            .await
+            .map_err(&failed)?;
+    }
+    client.flush().await.map_err(|err| failed(Box::new(err)))?;
+    tracing::debug!(
+        target: "tower_mq::nats",
+        stream = %settle.stream,
+        consumer = %settle.consumer,
+        released = held.len(),
+        "released undelivered messages"
+    );
+    Ok(())
+}
+
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
@@ -658,7 +773,7 @@ impl Stream for Consumer {
                                 message,
                                 this.settle.clone(),
                                 &this.connection.config().property_headers,
-                            ))))
+                            ))));
                         }
                         Poll::Ready(Some(Err(err))) => {
                             // A status the server answered the pull request with (no
