@@ -42,6 +42,21 @@
 //! [closed](Consumer::close) are handed back at once (naked) instead of waiting for
 //! the ack wait; JetStream counts them as delivered once more.
 //!
+//! # Poison messages
+//!
+//! async-nats cannot parse every header block another client may publish (one that
+//! is not UTF-8, say): it drops the connection the message arrived on, and the
+//! message never reaches the stream of deliveries, nor its dead-letter subject. This
+//! is a limitation of async-nats (it fails the whole connection rather than the one
+//! message). Two things contain it: each [`Consumer`] has a connection of its own,
+//! so publishers and other consumers stay connected while it reconnects and pulls
+//! again (its other messages go on being delivered); and a consumer declared with a
+//! [`max_deliver`](super::config::ConsumerConfig::max_deliver) makes the server give
+//! up on such a message after that many deliveries and publish its
+//! `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>` advisory, naming
+//! its stream sequence. Without `max_deliver` it is delivered (and drops the
+//! consumer's connection) once per ack wait, forever.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -210,8 +225,14 @@ impl JetStream {
     /// Deliveries from the durable consumer `config.durable()` on `stream` (declared
     /// before with [`declare_consumer`](Self::declare_consumer)); the dead-letter
     /// subject and batch size come from `config`, the delivery limit from the server.
+    ///
+    /// The consumer has a NATS connection of its own (made with this connection's
+    /// [`Config`]): a delivery async-nats cannot parse (a header block
+    /// that is not UTF-8, say) drops the connection it arrives on, and only the
+    /// consumer's then. See [the module docs](self#poison-messages).
     pub async fn consumer(&self, stream: &str, config: &ConsumerConfig) -> Result<Consumer, Error> {
-        let consumer: PullConsumer = self
+        let own = Connection::connect(self.connection.config()).await?;
+        let consumer: PullConsumer = JetStream::new(&own)
             .context
             .get_consumer_from_stream(config.durable.clone(), stream)
             .await
@@ -221,11 +242,12 @@ impl JetStream {
             .filter(|n| *n > 0);
         let first = open_pull(consumer.clone(), config.batch, stream.to_owned(), None).await?;
         Ok(Consumer {
-            connects: self.connection.connects(),
-            link: self.connection.link_changes(),
-            connection: self.connection.clone(),
+            connects: own.connects(),
+            link: own.link_changes(),
+            connection: own,
             consumer,
             batch: config.batch,
+            cautious: 0,
             state: State::Pulling {
                 batch: Box::new(first),
                 deadline: Box::pin(tokio::time::sleep(PULL_EXPIRES + PULL_GRACE)),
@@ -527,6 +549,9 @@ fn publish_error(err: async_nats::jetstream::context::PublishError, subject: &st
 /// Messages come from one pull request at a time for up to the configured batch; a
 /// pull request expires after 2 s, and one lost with a connection or a server restart
 /// is replaced at once after a reconnect, or 1 s after its expiry at the latest.
+/// After its connection was lost, the consumer pulls the next `batch` messages one at
+/// a time, so that a message that drops the connection (see
+/// [poison messages](self#poison-messages)) takes no other message down with it.
 /// Errors in the stream (a pull request the server could not take while restarting,
 /// say) are transient, and the stream goes on after them; a consumer that no longer
 /// exists ends it with a permanent error.
@@ -537,6 +562,8 @@ pub struct Consumer {
     connects: u64,
     consumer: PullConsumer,
     batch: usize,
+    /// How many more messages to pull one at a time after a connection loss.
+    cautious: usize,
     state: State,
     settle: Arc<ConsumerShared>,
 }
@@ -600,9 +627,10 @@ fn open_pull(
 
 impl Consumer {
     fn pull(&mut self, delay: Option<Duration>) {
+        let batch = if self.cautious > 0 { 1 } else { self.batch };
         self.state = State::Opening(open_pull(
             self.consumer.clone(),
-            self.batch,
+            batch,
             self.settle.stream.clone(),
             delay,
         ));
@@ -742,6 +770,11 @@ impl Stream for Consumer {
             let connects = this.connection.connects();
             if connects != this.connects {
                 this.connects = connects;
+                // Whatever dropped the connection may come again: one at a time, it
+                // only takes itself down.
+                if this.batch > 1 {
+                    this.cautious = this.batch;
+                }
                 if !matches!(this.state, State::Done) {
                     this.pull(None);
                 }
@@ -769,6 +802,7 @@ impl Stream for Consumer {
                 State::Pulling { batch, deadline } => {
                     match Pin::new(&mut **batch).poll_next(cx) {
                         Poll::Ready(Some(Ok(message))) => {
+                            this.cautious = this.cautious.saturating_sub(1);
                             return Poll::Ready(Some(Ok(delivery(
                                 message,
                                 this.settle.clone(),
