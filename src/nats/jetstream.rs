@@ -583,6 +583,10 @@ enum State {
 /// How long one pull request stays open on the server. A pull request lost with a
 /// connection or a server restart is replaced once it would have expired (plus
 /// [`PULL_GRACE`]), so keep it short; an idle consumer sends one request per period.
+/// (nats-server 2.9 can mishandle a redelivery that falls due at the instant the only
+/// waiting pull request expires: the message comes again as a first delivery. An ack
+/// wait equal to this period, with a pull request opened right after a delivery,
+/// lines the two up.)
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// How long after its expiry a pull request's end (the server's 408) may take.
 const PULL_GRACE: Duration = Duration::from_secs(1);
