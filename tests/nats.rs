@@ -862,3 +862,277 @@ async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() 
     delivery.ack().await.unwrap();
     assert_quiet(&mut consumer, "stored once").await;
 }
+
+/// Publishes `payloads` to `subject` on a JetStream stream, each acked by the stream.
+async fn publish_all(js: &JetStream, subject: &str, payloads: &[&str]) {
+    let mut publisher = js.publisher();
+    for payload in payloads {
+        publisher
+            .ready()
+            .await
+            .expect("publisher ready")
+            .call(Message::new(subject, payload.to_string()))
+            .await
+            .expect("publish");
+    }
+}
+
+/// Receives `count` deliveries, each within `within`.
+async fn next_n<S>(stream: &mut S, count: usize, within: Duration, what: &str) -> Vec<Delivery>
+where
+    S: Stream<Item = Result<Delivery, Error>> + Unpin,
+{
+    let mut got = Vec::new();
+    while got.len() < count {
+        match tokio::time::timeout(within, stream.next()).await {
+            Ok(Some(Ok(delivery))) => got.push(delivery),
+            Ok(Some(Err(err))) => panic!("receiving {what} failed: {err}"),
+            Ok(None) => panic!("the stream ended before {what}"),
+            Err(_) => panic!(
+                "only {} of {count} {what} arrived within {within:?} each",
+                got.len()
+            ),
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn jetstream_dropping_a_consumer_releases_what_its_pull_brought_at_once() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("release-on-drop");
+    let (stream, _) = streams(&js, &name).await;
+    // A long ack wait: anything back within a few seconds was released, not timed out.
+    let config = ConsumerConfig::new("deployed")
+        .ack_wait(Duration::from_secs(30))
+        .batch(5);
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let subject = format!("{name}.jobs");
+    publish_all(&js, &subject, &["1", "2", "3", "4", "5"]).await;
+
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let taken = next(&mut consumer, "the first of the batch").await;
+    assert_eq!(text(&taken), "1");
+    taken.ack().await.unwrap();
+    // The pull brought all five; four were never yielded.
+    drop(consumer);
+
+    let started = tokio::time::Instant::now();
+    let mut next_consumer = js.consumer(&stream, &config).await.unwrap();
+    let again = next_n(
+        &mut next_consumer,
+        4,
+        Duration::from_secs(5),
+        "released messages",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let payloads: HashSet<String> = again.iter().map(text).collect();
+    assert_eq!(
+        payloads,
+        HashSet::from(["2", "3", "4", "5"].map(String::from))
+    );
+    for delivery in &again {
+        // JetStream counts the delivery to the dropped consumer: the nak cannot undo it.
+        assert_eq!(delivery.delivery_count(), 2, "{}", text(delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_quiet(&mut next_consumer, "every message was acked once").await;
+}
+
+#[tokio::test]
+async fn jetstream_close_releases_messages_of_an_open_pull_request() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("release-on-close");
+    let (stream, _) = streams(&js, &name).await;
+    let config = ConsumerConfig::new("deployed")
+        .ack_wait(Duration::from_secs(30))
+        .batch(10);
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let subject = format!("{name}.jobs");
+    publish_all(&js, &subject, &["a", "b", "c"]).await;
+
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let taken = next(&mut consumer, "the first of the batch").await;
+    assert_eq!(text(&taken), "a");
+    // The pull request asked for 10 and is still open: close waits for its end (its
+    // 2 s expiry), then naks the two it brought.
+    let closing = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), consumer.close())
+        .await
+        .expect("close is bounded by the pull request's expiry")
+        .expect("close");
+    assert!(
+        closing.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        closing.elapsed()
+    );
+    taken.ack().await.unwrap();
+
+    let mut next_consumer = js.consumer(&stream, &config).await.unwrap();
+    let again = next_n(
+        &mut next_consumer,
+        2,
+        Duration::from_secs(5),
+        "released messages",
+    )
+    .await;
+    let payloads: HashSet<String> = again.iter().map(text).collect();
+    assert_eq!(payloads, HashSet::from(["b", "c"].map(String::from)));
+    for delivery in &again {
+        assert_eq!(delivery.delivery_count(), 2, "{}", text(delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_quiet(&mut next_consumer, "every message was acked once").await;
+}
+
+/// Publishes on a raw NATS connection: `HPUB` with `headers` as the header block, as
+/// any client may send it, then waits for the server to have processed it.
+async fn raw_hpub(subject: &str, headers: &[u8], payload: &[u8]) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let address = url();
+    let address = address
+        .trim_start_matches("nats://")
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let socket = tokio::net::TcpStream::connect(&address)
+        .await
+        .unwrap_or_else(|e| panic!("NATS is not reachable at {address}: {e}"));
+    let (read, mut write) = socket.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let info = lines.next_line().await.expect("INFO").unwrap_or_default();
+    assert!(info.starts_with("INFO"), "{info}");
+    let mut frame =
+        br#"CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}"#.to_vec();
+    frame.extend_from_slice(b"\r\n");
+    frame.extend_from_slice(
+        format!(
+            "HPUB {subject} {} {}\r\n",
+            headers.len(),
+            headers.len() + payload.len()
+        )
+        .as_bytes(),
+    );
+    frame.extend_from_slice(headers);
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\nPING\r\n");
+    write.write_all(&frame).await.expect("write HPUB");
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the server answers the PING")
+            .expect("read")
+            .expect("the server closed the raw connection");
+        assert!(
+            !line.starts_with("-ERR"),
+            "the server refused the HPUB: {line}"
+        );
+        if line == "PONG" {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn jetstream_a_header_block_async_nats_cannot_parse_costs_no_other_message_or_connection() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("poison");
+    let (stream, _) = streams(&js, &name).await;
+    // The default batch (100): the poison message arrives in the same pull as the
+    // good ones.
+    let config = ConsumerConfig::new("careful")
+        .ack_wait(Duration::from_secs(1))
+        .max_deliver(3);
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let mut advisories = connection
+        .client()
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.careful"
+        ))
+        .await
+        .unwrap();
+    connection.client().flush().await.unwrap();
+    let connects = || {
+        connection
+            .client()
+            .statistics()
+            .connects
+            .load(Ordering::Acquire)
+    };
+    let connected_before = connects();
+
+    let subject = format!("{name}.jobs");
+    publish_all(&js, &subject, &["before"]).await;
+    // A header block that is not UTF-8: async-nats drops the connection it arrives on.
+    raw_hpub(
+        &subject,
+        b"NATS/1.0\r\nX-Poison: \xff\xfe\r\n\r\n",
+        b"poison",
+    )
+    .await;
+    publish_all(&js, &subject, &["after"]).await;
+
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut publisher = js.publisher();
+    let mut handled = Vec::new();
+    let mut advisory = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while handled.len() < 2 || advisory.is_none() {
+        tokio::select! {
+            item = consumer.next() => match item {
+                Some(Ok(delivery)) => {
+                    handled.push((text(&delivery), delivery.delivery_count()));
+                    delivery.ack().await.unwrap();
+                }
+                Some(Err(err)) => assert!(err.is_transient(), "{err}"),
+                None => panic!("the consumer ended"),
+            },
+            event = advisories.next(), if advisory.is_none() => {
+                let event = event.expect("advisory subscription");
+                let event: serde_json::Value =
+                    serde_json::from_slice(&event.payload).expect("advisory JSON");
+                advisory = Some(event);
+            }
+            _ = tokio::time::sleep_until(deadline) => panic!(
+                "handled {handled:?}, advisory {advisory:?} within 30 s"
+            ),
+        }
+    }
+    let texts: Vec<&str> = handled.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(texts, ["before", "after"], "{handled:?}");
+    // The server gave up on the poison message (stream sequence 2) after max_deliver.
+    let advisory = advisory.unwrap_or_default();
+    assert_eq!(advisory["stream_seq"], 2, "{advisory}");
+    assert_eq!(advisory["deliveries"], 3, "{advisory}");
+    // The shared connection never dropped, and publishing on it works.
+    assert_eq!(
+        connects(),
+        connected_before,
+        "the shared connection reconnected"
+    );
+    assert!(connection.is_connected());
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&subject, "still publishing"))
+        .await
+        .unwrap();
+    let last = next(&mut consumer, "a message after the poison was given up").await;
+    assert_eq!(text(&last), "still publishing");
+    last.ack().await.unwrap();
+    assert_quiet(&mut consumer, "the poison message is not delivered again").await;
+}

@@ -573,3 +573,56 @@ async fn invalid_endpoints_and_destinations_are_permanent() {
         "still usable"
     );
 }
+
+#[tokio::test]
+async fn a_pub_without_subscribers_is_ready_at_once_and_drops_what_it_sends() {
+    let mut publisher = Publisher::publish(&Config::new().bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind PUB");
+    assert_eq!(publisher.peers(), 0);
+    // No subscriber: PUB's contract is to drop the message, not to wait for one.
+    let mut ready = tokio_test::task::spawn(publisher.ready());
+    let ready = match ready.poll() {
+        std::task::Poll::Ready(ready) => ready.expect("a PUB without subscribers is ready"),
+        std::task::Poll::Pending => panic!("a PUB without subscribers must be ready at once"),
+    };
+    let receipt = tokio::time::timeout(WAIT, ready.call(Message::new("orders.lost", "nobody")))
+        .await
+        .expect("a send without subscribers must not wait for one")
+        .expect("a send without subscribers is not an error");
+    assert_eq!(
+        receipt,
+        Receipt::ZeroMq {
+            socket: "orders.lost".into()
+        }
+    );
+
+    // A subscriber that joins later gets what is published from then on, and not
+    // what was dropped before it.
+    let endpoint = publisher.endpoints()[0].clone();
+    let mut orders = Consumer::subscribe(&Config::new().connect(&endpoint), ["orders."])
+        .await
+        .expect("SUB");
+    let probing = async {
+        loop {
+            publish(&mut publisher, Message::new("orders.probe", "probe")).await;
+            if let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_millis(50), orders.next()).await
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, probing)
+        .await
+        .expect("the subscription never became active");
+    publish(&mut publisher, Message::new("orders.kept", "after")).await;
+    loop {
+        let delivery = next(&mut orders, "the message after the subscriber joined").await;
+        assert_ne!(text(&delivery), "nobody", "a dropped message came back");
+        if delivery.message().destination() == "orders.kept" {
+            assert_eq!(text(&delivery), "after");
+            break;
+        }
+    }
+}

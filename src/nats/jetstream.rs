@@ -37,7 +37,25 @@
 //!   the same way (the server would otherwise drop it silently).
 //!
 //! A delivery nobody settles within the ack wait is delivered again (up to
-//! `max_deliver`, following the consumer's `backoff`).
+//! `max_deliver`, following the consumer's `backoff`). Messages a pull request
+//! brought that the consumer had not yielded yet when it was dropped or
+//! [closed](Consumer::close) are handed back at once (naked) instead of waiting for
+//! the ack wait; JetStream counts them as delivered once more.
+//!
+//! # Poison messages
+//!
+//! async-nats cannot parse every header block another client may publish (one that
+//! is not UTF-8, say): it drops the connection the message arrived on, and the
+//! message never reaches the stream of deliveries, nor its dead-letter subject. This
+//! is a limitation of async-nats (it fails the whole connection rather than the one
+//! message). Two things contain it: each [`Consumer`] has a connection of its own,
+//! so publishers and other consumers stay connected while it reconnects and pulls
+//! again (its other messages go on being delivered); and a consumer declared with a
+//! [`max_deliver`](super::config::ConsumerConfig::max_deliver) makes the server give
+//! up on such a message after that many deliveries and publish its
+//! `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>` advisory, naming
+//! its stream sequence. Without `max_deliver` it is delivered (and drops the
+//! consumer's connection) once per ack wait, forever.
 //!
 //! # Example
 //!
@@ -207,8 +225,14 @@ impl JetStream {
     /// Deliveries from the durable consumer `config.durable()` on `stream` (declared
     /// before with [`declare_consumer`](Self::declare_consumer)); the dead-letter
     /// subject and batch size come from `config`, the delivery limit from the server.
+    ///
+    /// The consumer has a NATS connection of its own (made with this connection's
+    /// [`Config`]): a delivery async-nats cannot parse (a header block
+    /// that is not UTF-8, say) drops the connection it arrives on, and only the
+    /// consumer's then. See [the module docs](self#poison-messages).
     pub async fn consumer(&self, stream: &str, config: &ConsumerConfig) -> Result<Consumer, Error> {
-        let consumer: PullConsumer = self
+        let own = Connection::connect(self.connection.config()).await?;
+        let consumer: PullConsumer = JetStream::new(&own)
             .context
             .get_consumer_from_stream(config.durable.clone(), stream)
             .await
@@ -218,11 +242,12 @@ impl JetStream {
             .filter(|n| *n > 0);
         let first = open_pull(consumer.clone(), config.batch, stream.to_owned(), None).await?;
         Ok(Consumer {
-            connects: self.connection.connects(),
-            link: self.connection.link_changes(),
-            connection: self.connection.clone(),
+            connects: own.connects(),
+            link: own.link_changes(),
+            connection: own,
             consumer,
             batch: config.batch,
+            cautious: 0,
             state: State::Pulling {
                 batch: Box::new(first),
                 deadline: Box::pin(tokio::time::sleep(PULL_EXPIRES + PULL_GRACE)),
@@ -524,6 +549,9 @@ fn publish_error(err: async_nats::jetstream::context::PublishError, subject: &st
 /// Messages come from one pull request at a time for up to the configured batch; a
 /// pull request expires after 2 s, and one lost with a connection or a server restart
 /// is replaced at once after a reconnect, or 1 s after its expiry at the latest.
+/// After its connection was lost, the consumer pulls the next `batch` messages one at
+/// a time, so that a message that drops the connection (see
+/// [poison messages](self#poison-messages)) takes no other message down with it.
 /// Errors in the stream (a pull request the server could not take while restarting,
 /// say) are transient, and the stream goes on after them; a consumer that no longer
 /// exists ends it with a permanent error.
@@ -534,6 +562,8 @@ pub struct Consumer {
     connects: u64,
     consumer: PullConsumer,
     batch: usize,
+    /// How many more messages to pull one at a time after a connection loss.
+    cautious: usize,
     state: State,
     settle: Arc<ConsumerShared>,
 }
@@ -553,6 +583,10 @@ enum State {
 /// How long one pull request stays open on the server. A pull request lost with a
 /// connection or a server restart is replaced once it would have expired (plus
 /// [`PULL_GRACE`]), so keep it short; an idle consumer sends one request per period.
+/// (nats-server 2.9 can mishandle a redelivery that falls due at the instant the only
+/// waiting pull request expires: the message comes again as a first delivery. An ack
+/// wait equal to this period, with a pull request opened right after a delivery,
+/// lines the two up.)
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// How long after its expiry a pull request's end (the server's 408) may take.
 const PULL_GRACE: Duration = Duration::from_secs(1);
@@ -597,13 +631,126 @@ fn open_pull(
 
 impl Consumer {
     fn pull(&mut self, delay: Option<Duration>) {
+        let batch = if self.cautious > 0 { 1 } else { self.batch };
         self.state = State::Opening(open_pull(
             self.consumer.clone(),
-            self.batch,
+            batch,
             self.settle.stream.clone(),
             delay,
         ));
     }
+}
+
+impl Consumer {
+    /// Stops consuming, and hands the messages the open pull request brought but this
+    /// stream did not yield back to the server (a nak without delay), so they are
+    /// delivered again at once, here or to another member of the group, instead of
+    /// after the ack wait. Resolves once the server has the naks.
+    ///
+    /// A nak is only sent once the pull request ended (at once when the batch was
+    /// complete, after at most the pull request's 2 s expiry otherwise): a message
+    /// naked while it is open would come straight back to it. JetStream counts every
+    /// delivery it sends, so a released message comes back with its delivery count one
+    /// higher, and `max_deliver` must allow for that. Deliveries already yielded are
+    /// their holder's to settle.
+    ///
+    /// Dropping the consumer does the same in a task of its own (if a tokio runtime is
+    /// there to run it); `close` lets a process that is about to exit wait for it.
+    pub async fn close(mut self) -> Result<(), Error> {
+        match self.release() {
+            Some(release) => release.await,
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the stream and returns what releases its pull request's messages.
+    fn release(&mut self) -> Option<BoxFuture<'static, Result<(), Error>>> {
+        let client = self.connection.client().clone();
+        let settle = self.settle.clone();
+        let timeout = self.connection.config().request_timeout;
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Done => None,
+            State::Pulling { batch, deadline } => {
+                let until = deadline.deadline();
+                Some(Box::pin(release(*batch, until, client, settle)))
+            }
+            // Abandoned, the pull request would stay open on the server with nobody
+            // listening: see it through and release what it brings.
+            State::Opening(opening) => Some(Box::pin(async move {
+                let batch = match tokio::time::timeout(timeout, opening).await {
+                    Ok(Ok(batch)) => batch,
+                    Ok(Err(_)) | Err(_) => return Ok(()),
+                };
+                let until = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GRACE;
+                release(batch, until, client, settle).await
+            })),
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let Some(release) = self.release() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let stream = self.settle.stream.clone();
+            runtime.spawn(async move {
+                if let Err(err) = release.await {
+                    tracing::warn!(
+                        target: "tower_mq::nats",
+                        stream = %stream,
+                        error = %err,
+                        "releasing undelivered messages failed; they come back after the ack wait"
+                    );
+                }
+            });
+        }
+    }
+}
+
+/// Collects what `batch` brings until its pull request ends (or `until`), then naks
+/// it all without delay and flushes, so the server redelivers it at once.
+async fn release(
+    mut batch: pull::Batch,
+    until: tokio::time::Instant,
+    client: async_nats::Client,
+    settle: Arc<ConsumerShared>,
+) -> Result<(), Error> {
+    use futures_util::StreamExt;
+
+    let mut held = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, batch.next()).await {
+        held.push(message);
+    }
+    // The pull request is over: none of its messages can come back to it.
+    drop(batch);
+    if held.is_empty() {
+        return Ok(());
+    }
+    let failed = |err: Box<dyn std::error::Error + Send + Sync>| {
+        error(ErrorKind::Transient, Operation::Nack, &settle.stream)
+            .with_reason(format!(
+                "releasing undelivered messages of consumer `{}` failed",
+                settle.consumer
+            ))
+            .with_source(err)
+    };
+    for message in &held {
+        message
+            .ack_with(AckKind::Nak(None))
+            .await
+            .map_err(&failed)?;
+    }
+    client.flush().await.map_err(|err| failed(Box::new(err)))?;
+    tracing::debug!(
+        target: "tower_mq::nats",
+        stream = %settle.stream,
+        consumer = %settle.consumer,
+        released = held.len(),
+        "released undelivered messages"
+    );
+    Ok(())
 }
 
 impl fmt::Debug for Consumer {
@@ -627,6 +774,11 @@ impl Stream for Consumer {
             let connects = this.connection.connects();
             if connects != this.connects {
                 this.connects = connects;
+                // Whatever dropped the connection may come again: one at a time, it
+                // only takes itself down.
+                if this.batch > 1 {
+                    this.cautious = this.batch;
+                }
                 if !matches!(this.state, State::Done) {
                     this.pull(None);
                 }
@@ -654,11 +806,12 @@ impl Stream for Consumer {
                 State::Pulling { batch, deadline } => {
                     match Pin::new(&mut **batch).poll_next(cx) {
                         Poll::Ready(Some(Ok(message))) => {
+                            this.cautious = this.cautious.saturating_sub(1);
                             return Poll::Ready(Some(Ok(delivery(
                                 message,
                                 this.settle.clone(),
                                 &this.connection.config().property_headers,
-                            ))))
+                            ))));
                         }
                         Poll::Ready(Some(Err(err))) => {
                             // A status the server answered the pull request with (no

@@ -9,19 +9,21 @@
 //!   that went away; tower-mq redials every connected endpoint, with backoff between
 //!   [`Config::with_redial`]'s bounds, until its peer is back (a peer restarted on the
 //!   same port gets messages again). SUB sockets are reconnected by zeromq itself.
-//! - **waits for a peer**: a PUSH, PUB or DEALER with no connected peer would lose (PUB)
-//!   or refuse (PUSH, DEALER) what it sends, so the [`Publisher`]'s and the
+//! - **waits for a peer** where a send needs one: a PUSH or DEALER with no connected
+//!   peer would refuse what it sends, so the [`Publisher`]'s (PUSH) and the
 //!   [`Requester`]'s `poll_ready` is `Pending` until a peer is connected, as reported
 //!   by the socket monitor. A message whose peer vanished between readiness and the
-//!   send is kept and sent once a peer is back.
+//!   send is kept and sent once a peer is back. A PUB does not wait: it is ready
+//!   without a subscriber and drops what nobody subscribed to, as PUB does in libzmq
+//!   ([`Publisher::wait_for_peers`] waits for subscribers when that matters).
 //! - **pushes back**: sends go through a bounded queue ([`Config::with_send_queue`]);
 //!   when the socket's own per-peer queue is full, the task waits, the queue fills and
 //!   `poll_ready` is `Pending`: backpressure, not loss. zeromq's per-peer queue holds
 //!   100,000 messages (not configurable in zeromq 0.7) on top of the TCP buffers, so
 //!   a stalled PULL peer is felt only after that many messages.
 //!
-//! A PUB is ready once a SUB is connected, but the SUB's subscription reaches it a
-//! moment later, and until then the PUB drops what it sends: ZeroMQ's "slow joiner",
+//! Even once a SUB is connected, its subscription reaches the PUB a moment later, and
+//! until then the PUB drops what it sends: ZeroMQ's "slow joiner",
 //! as in libzmq. Publish a probe until the subscriber sees it, or use PUSH/PULL when
 //! the first messages matter.
 //!

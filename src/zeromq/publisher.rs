@@ -17,9 +17,12 @@ use crate::{Error, Message, Operation, Receipt};
 
 /// A PUB or PUSH socket as a `Service<Message, Response = Receipt>`.
 ///
-/// `poll_ready` is `Pending` until a peer is connected and while the send queue is
-/// full; the [`Receipt::ZeroMq`] names the message's destination (topic) and means the
-/// socket took the message. Clones share the socket. See the [module docs](super).
+/// A PUSH's `poll_ready` is `Pending` until a peer is connected; a PUB's is ready
+/// without one, and what it sends while no subscriber wants it is dropped (PUB's
+/// contract, as in libzmq: use [`wait_for_peers`](Self::wait_for_peers) first when
+/// the first messages matter). Either is `Pending` while the send queue is full. The
+/// [`Receipt::ZeroMq`] names the message's destination (topic) and means the socket
+/// took the message. Clones share the socket. See the [module docs](super).
 ///
 /// Messages go out in the socket's [framing](super::frame): plain frames unless the
 /// [`Config`] enables the envelope. What the framing cannot carry fails the publish
@@ -32,11 +35,14 @@ pub struct Publisher {
     peer_wait: PeerWait,
     ignore_unsupported: bool,
     topic: bool,
+    /// Whether readiness waits for a peer (PUSH) or not (PUB).
+    need_peer: bool,
 }
 
 impl Publisher {
     /// A PUB socket: every connected SUB whose subscription prefixes the destination
-    /// gets a copy.
+    /// gets a copy, and a message no SUB subscribed to is dropped. Ready without a
+    /// subscriber (it never waits for one).
     pub async fn publish(config: &Config) -> Result<Self, Error> {
         Self::open(Kind::Pub, config).await
     }
@@ -48,17 +54,19 @@ impl Publisher {
 
     async fn open(kind: Kind, config: &Config) -> Result<Self, Error> {
         let topic = kind == Kind::Pub;
+        let need_peer = kind.sends_need_peer();
         let (handle, _) = socket::open(kind, config).await?;
-        Ok(Publisher::from_handle(handle, topic))
+        Ok(Publisher::from_handle(handle, topic, need_peer))
     }
 
-    fn from_handle(handle: Handle, topic: bool) -> Self {
+    fn from_handle(handle: Handle, topic: bool, need_peer: bool) -> Self {
         Publisher {
             sender: PollSender::new(handle.commands.clone()),
             handle,
             peer_wait: None,
             ignore_unsupported: false,
             topic,
+            need_peer,
         }
     }
 
@@ -174,7 +182,7 @@ impl Service<Message> for Publisher {
             &self.handle,
             &mut self.sender,
             &mut self.peer_wait,
-            true,
+            self.need_peer,
             cx,
         )
         .map_err(|()| self.closed())
@@ -205,7 +213,7 @@ impl Service<Message> for Publisher {
 
 impl Clone for Publisher {
     fn clone(&self) -> Self {
-        Publisher::from_handle(self.handle.clone(), self.topic)
+        Publisher::from_handle(self.handle.clone(), self.topic, self.need_peer)
             .ignore_unsupported(self.ignore_unsupported)
     }
 }

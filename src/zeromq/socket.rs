@@ -49,9 +49,10 @@ impl Kind {
     }
 
     /// Whether sends wait for a connected peer. A ROUTER addresses one peer by identity,
-    /// so a missing peer is that send's failure, not the socket's readiness.
-    fn sends_need_peer(&self) -> bool {
-        matches!(self, Kind::Pub | Kind::Push | Kind::Dealer)
+    /// so a missing peer is that send's failure, not the socket's readiness; a PUB drops
+    /// what no subscriber wants, peers or not, so it never waits.
+    pub(crate) fn sends_need_peer(&self) -> bool {
+        matches!(self, Kind::Push | Kind::Dealer)
     }
 
     /// Whether tower-mq redials a connection whose peer went away. zeromq's SUB socket

@@ -141,8 +141,16 @@ pub mod jetstream {
     use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture};
 
     /// How long an unsettled delivery waits before it is delivered again: short, so
-    /// that a consumer that closes hands its messages on quickly.
-    const ACK_WAIT: Duration = Duration::from_secs(2);
+    /// that a consumer that closes hands its messages on quickly, and shorter than the
+    /// consumer's pull requests live (2 s). At 2 s, a message taken by a consumer that
+    /// closed fell due again at the instant the pull request of the consumer opened
+    /// right after it expired. nats-server 2.9 can then find no pull request to
+    /// deliver the redelivery to after it took it off its redelivery queue, and puts
+    /// its stream position back one message instead (as it would for a new message):
+    /// the message came again as a first delivery (delivery count 1), under load.
+    /// Shorter than a pull request's life, the redelivery falls due while the next
+    /// consumer's first pull request is still open, or before it arrives.
+    const ACK_WAIT: Duration = Duration::from_secs(1);
 
     pub struct JetStreamFixture {
         js: JetStream,
