@@ -424,6 +424,12 @@ impl Connection {
         let _ = self.shared.shutdown.send(true);
     }
 
+    /// Whether [`close`](Connection::close) was called: from then on nothing new
+    /// starts on the connection, even before the supervisor has closed it.
+    fn closing(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+
     pub(crate) fn status(&self) -> watch::Receiver<Status> {
         self.shared.status.clone()
     }
@@ -442,7 +448,7 @@ impl Connection {
             {
                 let status = rx.borrow_and_update();
                 let current = status.live.as_ref().map(|live| live.generation);
-                if status.closed || current != Some(generation) {
+                if status.closed || self.closing() || current != Some(generation) {
                     return;
                 }
             }
@@ -463,7 +469,7 @@ impl Connection {
         let mut rx = self.shared.status.clone();
         loop {
             let status = rx.borrow_and_update().clone();
-            if status.closed {
+            if status.closed || self.closing() {
                 return None;
             }
             if let Some(live) = status.live {
@@ -747,7 +753,7 @@ impl Readiness {
                 return Poll::Ready(Err(closed(operation, &self.connection.shared.endpoint)));
             }
             let status = self.rx.borrow_and_update().clone();
-            if status.closed {
+            if status.closed || self.connection.closing() {
                 return Poll::Ready(Err(closed(operation, &self.connection.shared.endpoint)));
             }
             match status.live {
