@@ -1329,3 +1329,188 @@ async fn a_declare_refused_at_reconnect_is_dropped_and_the_connection_comes_back
     let mut consumer = connection.consumer(&keep).await.unwrap();
     assert_eq!(next(&mut consumer).await.message().payload().as_ref(), b"after");
 }
+
+#[tokio::test]
+async fn a_malformed_amqp_url_is_a_permanent_connect_error_that_keeps_the_password_out() {
+    for bad in [
+        "amqp://guest:s3cret@127.0.0.1:not-a-port/%2f",
+        "amqpx://guest:s3cret@127.0.0.1:15673/%2f",
+    ] {
+        let err = Connection::connect(Config::new(bad)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{bad}: {err}");
+        assert_eq!(err.broker(), "rabbitmq");
+        assert_eq!(err.operation(), Operation::Connect);
+        let text = err.to_string();
+        assert!(text.contains("invalid AMQP URI"), "{bad}: {text}");
+        assert!(!text.contains("s3cret"), "{bad}: the password leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn publishing_after_close_is_a_permanent_error_and_nothing_confirmed_is_lost() {
+    let _shared = BROKER.read().await;
+    let q = unique("closed");
+    let config = Config::new(url())
+        .routing(Routing::DefaultExchange)
+        .topology(Topology::new().queue(queue(&q)));
+    let connection = connect(config.clone()).await;
+    let mut publisher = connection.publisher();
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "before close"))
+        .await
+        .unwrap();
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    // Not settled before the close: the broker must deliver it again.
+    let held = next(&mut consumer).await;
+    connection.close();
+
+    let err = publisher.ready().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert!(err.to_string().contains("closed"), "{err}");
+    let err = connection.consumer(&q).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Subscribe);
+    let err = connection
+        .declare(&Topology::new().queue(queue(&unique("late"))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    // The consumer ends instead of waiting for a connection that will not come back.
+    let end = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the consumer did not end within 10 s of the close");
+    assert!(end.is_none(), "{end:?}");
+    assert!(held.ack().await.is_err());
+
+    let again = connect(config).await;
+    let mut consumer = again.consumer(&q).await.unwrap();
+    let d = next(&mut consumer).await;
+    assert_eq!(d.message().payload().as_ref(), b"before close");
+    d.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_binding_to_a_missing_exchange_is_not_found_naming_the_binding() {
+    let _shared = BROKER.read().await;
+    let q = unique("unbound");
+    let missing = unique("no-such-exchange");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let err = connection
+        .declare(&Topology::new().binding(Binding::queue(&q, &missing, "#")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+    let binding = format!("{missing} -> {q}");
+    assert_eq!(err.destination(), Some(binding.as_str()));
+    assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+    assert!(connection.topology().bindings().is_empty());
+    // The connection goes on.
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "still here"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_argument_of_the_wrong_type_is_refused_naming_the_argument() {
+    let _shared = BROKER.read().await;
+    let q = unique("bad-argument");
+    let connection = connect(Config::new(url())).await;
+    let err = connection
+        .declare(&Topology::new().queue(queue(&q).argument("x-max-priority", "ten")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+    assert_eq!(err.destination(), Some(q.as_str()));
+    assert!(err.to_string().contains("x-max-priority"), "{err}");
+    assert!(connection.topology().queues().is_empty());
+    // Nothing else lost: the same queue declares with a valid argument.
+    connection
+        .declare(&Topology::new().queue(queue(&q).max_priority(5)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_exchange_with_the_reserved_amq_prefix_is_access_refused() {
+    let _shared = BROKER.read().await;
+    let reserved = format!("amq.{}", unique("mine"));
+    let q = unique("after-403");
+    let connection = connect(Config::new(url())).await;
+    let err = connection
+        .declare(&Topology::new().exchange(Exchange::direct(&reserved)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+    assert_eq!(err.destination(), Some(reserved.as_str()));
+    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
+    assert!(connection.topology().exchanges().is_empty());
+    connection
+        .declare(&Topology::new().queue(queue(&q)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn names_over_255_bytes_are_refused_before_anything_is_sent() {
+    let _shared = BROKER.read().await;
+    let exchange = unique("long-key");
+    let q = unique("long-key-q");
+    let connection = connect(
+        Config::new(url()).topology(
+            Topology::new()
+                .exchange(Exchange::topic(&exchange).auto_delete(true))
+                .queue(queue(&q))
+                .binding(Binding::queue(&q, &exchange, "#")),
+        ),
+    )
+    .await;
+    let mut publisher = connection.publisher();
+    let err = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&exchange, "x").with_key("k".repeat(256)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some(exchange.as_str()));
+    assert!(err.to_string().contains("the routing key is 256 bytes"), "{err}");
+
+    let long_queue = "q".repeat(256);
+    let err = connection.consumer(&long_queue).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Subscribe);
+    assert!(err.to_string().contains("short string"), "{err}");
+
+    // Only the valid message arrives.
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&exchange, "fine").with_key("ok"))
+        .await
+        .unwrap();
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    assert_eq!(next(&mut consumer).await.message().payload().as_ref(), b"fine");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "a refused message was sent"
+    );
+}
