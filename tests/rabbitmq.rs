@@ -1108,7 +1108,11 @@ async fn a_burst_of_delayed_nacks_beyond_the_prefetch_does_not_stall_the_consume
         let at = nacked_at
             .remove(&payload)
             .unwrap_or_else(|| panic!("{payload} came back twice"));
-        assert!(at.elapsed() >= delay, "{payload} back after {:?}", at.elapsed());
+        assert!(
+            at.elapsed() >= delay,
+            "{payload} back after {:?}",
+            at.elapsed()
+        );
         assert_eq!(d.delivery_count(), 2, "{payload}");
         d.ack().await.unwrap();
     }
@@ -1327,7 +1331,10 @@ async fn a_declare_refused_at_reconnect_is_dropped_and_the_connection_comes_back
     assert_eq!(names, [keep.as_str(), taken.as_str()], "{recorded:?}");
     // The non-durable queue was declared again, and carries messages.
     let mut consumer = connection.consumer(&keep).await.unwrap();
-    assert_eq!(next(&mut consumer).await.message().payload().as_ref(), b"after");
+    assert_eq!(
+        next(&mut consumer).await.message().payload().as_ref(),
+        b"after"
+    );
 }
 
 #[tokio::test]
@@ -1342,7 +1349,10 @@ async fn a_malformed_amqp_url_is_a_permanent_connect_error_that_keeps_the_passwo
         assert_eq!(err.operation(), Operation::Connect);
         let text = err.to_string();
         assert!(text.contains("invalid AMQP URI"), "{bad}: {text}");
-        assert!(!text.contains("s3cret"), "{bad}: the password leaked: {text}");
+        assert!(
+            !text.contains("s3cret"),
+            "{bad}: the password leaked: {text}"
+        );
     }
 }
 
@@ -1489,7 +1499,10 @@ async fn names_over_255_bytes_are_refused_before_anything_is_sent() {
     assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
     assert_eq!(err.operation(), Operation::Publish);
     assert_eq!(err.destination(), Some(exchange.as_str()));
-    assert!(err.to_string().contains("the routing key is 256 bytes"), "{err}");
+    assert!(
+        err.to_string().contains("the routing key is 256 bytes"),
+        "{err}"
+    );
 
     let long_queue = "q".repeat(256);
     let err = connection.consumer(&long_queue).await.unwrap_err();
@@ -1506,7 +1519,10 @@ async fn names_over_255_bytes_are_refused_before_anything_is_sent() {
         .await
         .unwrap();
     let mut consumer = connection.consumer(&q).await.unwrap();
-    assert_eq!(next(&mut consumer).await.message().payload().as_ref(), b"fine");
+    assert_eq!(
+        next(&mut consumer).await.message().payload().as_ref(),
+        b"fine"
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(300), consumer.next())
             .await
