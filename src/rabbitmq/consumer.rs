@@ -628,3 +628,42 @@ impl Acknowledge for RabbitAcker {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_are_whole_milliseconds_within_what_rabbitmq_holds() {
+        assert_eq!(delay_millis(Duration::from_micros(1)), Some(1));
+        assert_eq!(delay_millis(Duration::from_micros(1500)), Some(2));
+        assert_eq!(delay_millis(Duration::from_secs(2)), Some(2000));
+        let longest = Duration::from_millis(MAX_DELAY_MS.into());
+        assert_eq!(delay_millis(longest), Some(MAX_DELAY_MS));
+        assert_eq!(delay_millis(longest + Duration::from_millis(1)), None);
+        assert_eq!(delay_millis(Duration::MAX), None);
+    }
+
+    #[test]
+    fn delay_queue_names_fit_an_amqp_short_string_and_stay_distinct() {
+        let q = delay_queue("orders", 1500);
+        assert_eq!(q.name(), "tower-mq.delay.1500ms.orders");
+        assert_eq!(
+            q.get_argument("x-dead-letter-routing-key"),
+            Some(&"orders".into())
+        );
+        assert_eq!(q.get_argument("x-message-ttl"), Some(&1500i64.into()));
+        assert_eq!(q.get_argument("x-expires"), Some(&61_500i64.into()));
+        let longest = delay_queue("q", MAX_DELAY_MS);
+        assert_eq!(
+            longest.get_argument("x-expires"),
+            Some(&(2 * i64::from(MAX_DELAY_MS)).into())
+        );
+        // Multi-byte characters at the cut, and two long names sharing a prefix.
+        let a = "é".repeat(200) + "a";
+        let b = "é".repeat(200) + "b";
+        let (qa, qb) = (delay_queue(&a, MAX_DELAY_MS), delay_queue(&b, MAX_DELAY_MS));
+        assert!(qa.name().len() <= 255 && qb.name().len() <= 255);
+        assert_ne!(qa.name(), qb.name());
+    }
+}

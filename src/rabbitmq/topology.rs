@@ -642,3 +642,56 @@ impl Binding {
         result.map_err(|e| amqp_error(Operation::Declare, &what, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transient_queue_leaves_the_record_with_its_bindings_a_durable_one_stays() {
+        let mut topology = Topology::new()
+            .exchange(Exchange::topic("events"))
+            .queue(Queue::classic("durable"))
+            .queue(Queue::classic("mine").exclusive(true))
+            .queue(Queue::classic("gone").auto_delete(true))
+            .binding(Binding::queue("durable", "events", "#"))
+            .binding(Binding::queue("mine", "events", "#"))
+            .binding(Binding::queue("gone", "events", "#"))
+            .binding(Binding::exchange("mine", "events", "#"));
+        topology.forget_transient_queue("durable");
+        assert_eq!(topology.queues().len(), 3);
+        topology.forget_transient_queue("mine");
+        topology.forget_transient_queue("gone");
+        assert_eq!(topology.queues(), &[Queue::classic("durable")]);
+        // Bindings to the queues go with them; an exchange of the same name keeps its.
+        assert_eq!(
+            topology.bindings(),
+            &[
+                Binding::queue("durable", "events", "#"),
+                Binding::exchange("mine", "events", "#"),
+            ]
+        );
+    }
+
+    #[test]
+    fn parts_come_in_declaration_order_and_add_remove_round_trip() {
+        let topology = Topology::new()
+            .binding(Binding::queue("q", "x", ""))
+            .queue(Queue::classic("q"))
+            .exchange(Exchange::direct("x"));
+        let parts: Vec<Part> = topology.parts().collect();
+        assert!(matches!(
+            parts.as_slice(),
+            [Part::Exchange(_), Part::Queue(_), Part::Binding(_)]
+        ));
+        let mut copy = Topology::new();
+        for part in parts.iter().cloned().chain(parts.iter().cloned()) {
+            copy.add(part);
+        }
+        assert_eq!(copy, topology);
+        for part in &parts {
+            copy.remove(part);
+        }
+        assert_eq!(copy, Topology::new());
+    }
+}
