@@ -69,9 +69,10 @@ use crate::error::{Error, ErrorKind, Operation};
 /// back to the end of the queue when the delay has passed, and with `x-expires`
 /// (the delay plus at least a minute, renewed while it is used) so it goes away once
 /// unused. One delay queue per delay keeps every message in it expiring in order.
-/// Delays are whole milliseconds (rounded up), at most 2<sup>31</sup> − 1 ms
-/// (about 24.8 days); a longer delay is a permanent error and the delivery stays
-/// unsettled. Like any dead-lettering, the move back adds an `x-death` entry
+/// Delays are whole milliseconds, rounded up to two significant digits (1234 ms
+/// waits 1300 ms) so that jittered delays share a few delay queues, at most
+/// 2.1 × 10<sup>9</sup> ms (about 24 days); a longer delay is a permanent error and
+/// the delivery stays unsettled. Like any dead-lettering, the move back adds an `x-death` entry
 /// (reason `expired`) and drops the message's own `expiration`; a message whose own
 /// TTL is shorter than the delay comes back when that TTL ends.
 pub struct Consumer {
@@ -492,9 +493,16 @@ impl Copy {
 /// to twice that, stay within what RabbitMQ's timers take (2^32 - 1 ms).
 const MAX_DELAY_MS: u32 = i32::MAX as u32;
 
-/// `delay` in whole milliseconds, rounded up; `None` past [`MAX_DELAY_MS`].
+/// `delay` in whole milliseconds, rounded up to two significant digits (so jittered
+/// delays share a few delay queues instead of making one each); `None` past
+/// [`MAX_DELAY_MS`].
 fn delay_millis(delay: Duration) -> Option<u32> {
     let ms = delay.as_nanos().div_ceil(1_000_000).max(1);
+    let mut step = 1;
+    while ms / step >= 100 {
+        step *= 10;
+    }
+    let ms = ms.div_ceil(step) * step;
     u32::try_from(ms).ok().filter(|ms| *ms <= MAX_DELAY_MS)
 }
 
@@ -638,9 +646,13 @@ mod tests {
         assert_eq!(delay_millis(Duration::from_micros(1)), Some(1));
         assert_eq!(delay_millis(Duration::from_micros(1500)), Some(2));
         assert_eq!(delay_millis(Duration::from_secs(2)), Some(2000));
-        let longest = Duration::from_millis(MAX_DELAY_MS.into());
-        assert_eq!(delay_millis(longest), Some(MAX_DELAY_MS));
-        assert_eq!(delay_millis(longest + Duration::from_millis(1)), None);
+        assert_eq!(delay_millis(Duration::from_millis(99)), Some(99));
+        assert_eq!(delay_millis(Duration::from_millis(101)), Some(110));
+        assert_eq!(delay_millis(Duration::from_millis(1234)), Some(1300));
+        assert_eq!(delay_millis(Duration::from_millis(9_999)), Some(10_000));
+        let longest = Duration::from_millis(2_100_000_000);
+        assert_eq!(delay_millis(longest), Some(2_100_000_000));
+        assert_eq!(delay_millis(Duration::from_millis(2_147_000_000)), None);
         assert_eq!(delay_millis(Duration::MAX), None);
     }
 
@@ -654,10 +666,10 @@ mod tests {
         );
         assert_eq!(q.get_argument("x-message-ttl"), Some(&1500i64.into()));
         assert_eq!(q.get_argument("x-expires"), Some(&61_500i64.into()));
-        let longest = delay_queue("q", MAX_DELAY_MS);
+        let longest = delay_queue("q", 2_100_000_000);
         assert_eq!(
             longest.get_argument("x-expires"),
-            Some(&(2 * i64::from(MAX_DELAY_MS)).into())
+            Some(&4_200_000_000i64.into())
         );
         // Multi-byte characters at the cut, and two long names sharing a prefix.
         let a = "é".repeat(200) + "a";
