@@ -1083,7 +1083,7 @@ async fn a_burst_of_delayed_nacks_beyond_the_prefetch_does_not_stall_the_consume
             .await
             .unwrap();
     }
-    let delay = Duration::from_millis(1500);
+    let delay = Duration::from_millis(2500);
     let mut consumer = connection.consumer(&q).await.unwrap();
     // Three times the prefetch window fails, each nacked with a delay: every first
     // delivery arrives before the first delay is over, so no delivery holds a slot.
