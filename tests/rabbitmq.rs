@@ -1035,3 +1035,498 @@ async fn batch_layer_feeds_batched_confirms() {
     assert_eq!(got.len(), 199);
     assert!(!got.contains("7"));
 }
+
+/// A plain lapin channel, for what tower-mq itself does not do (deleting a queue,
+/// looking at a queue's message count).
+async fn plain_channel() -> (lapin::Connection, lapin::Channel) {
+    let address = url();
+    let connection = lapin::Connection::connect(&address, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("lapin cannot connect to {address}: {e}"));
+    let channel = connection.create_channel().await.expect("lapin channel");
+    (connection, channel)
+}
+
+/// How many ready messages queue `name` holds (a passive declare).
+async fn message_count(channel: &lapin::Channel, name: &str) -> u32 {
+    channel
+        .queue_declare(
+            name.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("passive declare of {name}: {e}"))
+        .message_count()
+}
+
+#[tokio::test]
+async fn a_burst_of_delayed_nacks_beyond_the_prefetch_does_not_stall_the_consumer() {
+    let _shared = BROKER.read().await;
+    let q = unique("delay-burst");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .prefetch(4)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let publisher = connection.publisher();
+    let burst = 12;
+    for i in 0..burst {
+        publisher
+            .clone()
+            .oneshot(Message::new(&q, format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let delay = Duration::from_millis(2500);
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    // Three times the prefetch window fails, each nacked with a delay: every first
+    // delivery arrives before the first delay is over, so no delivery holds a slot.
+    let mut nacked_at = std::collections::HashMap::new();
+    tokio::time::timeout(delay, async {
+        for _ in 0..burst {
+            let d = next(&mut consumer).await;
+            assert_eq!(d.delivery_count(), 1);
+            let payload = String::from_utf8(d.message().payload().to_vec()).unwrap();
+            nacked_at.insert(payload, tokio::time::Instant::now());
+            // Returns once the broker holds the message again.
+            d.nack(Some(delay)).await.unwrap();
+        }
+    })
+    .await
+    .expect("the consumer stalled: the burst did not arrive within one delay");
+    assert_eq!(nacked_at.len(), burst);
+    // Each comes back once, after its delay, with its count.
+    for _ in 0..burst {
+        let d = next(&mut consumer).await;
+        let payload = String::from_utf8(d.message().payload().to_vec()).unwrap();
+        let at = nacked_at
+            .remove(&payload)
+            .unwrap_or_else(|| panic!("{payload} came back twice"));
+        assert!(
+            at.elapsed() >= delay,
+            "{payload} back after {:?}",
+            at.elapsed()
+        );
+        assert_eq!(d.delivery_count(), 2, "{payload}");
+        d.ack().await.unwrap();
+    }
+    assert!(nacked_at.is_empty());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), consumer.next())
+            .await
+            .is_err(),
+        "a message came back more than once"
+    );
+}
+
+#[tokio::test]
+async fn a_delayed_nack_is_held_by_the_broker_not_by_the_dropped_consumer() {
+    let _shared = BROKER.read().await;
+    let q = unique("delay-drop");
+    let topology = Topology::new().queue(queue(&q));
+    let delay = Duration::from_millis(1500);
+    let nacked_at = {
+        let connection = connect(
+            Config::new(url())
+                .routing(Routing::DefaultExchange)
+                .topology(topology.clone()),
+        )
+        .await;
+        connection
+            .publisher()
+            .oneshot(Message::new(&q, "later"))
+            .await
+            .unwrap();
+        let mut consumer = connection.consumer(&q).await.unwrap();
+        let d = next(&mut consumer).await;
+        let nacked_at = tokio::time::Instant::now();
+        d.nack(Some(delay)).await.unwrap();
+        // The broker has it: in the delay queue, not unacknowledged in this process.
+        let (_plain, channel) = plain_channel().await;
+        let delay_queue = format!("tower-mq.delay.1500ms.{q}");
+        assert_eq!(message_count(&channel, &delay_queue).await, 1);
+        nacked_at
+        // The consumer, its deliveries and the connection go here.
+    };
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(topology),
+    )
+    .await;
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let d = next(&mut consumer).await;
+    assert!(
+        nacked_at.elapsed() >= delay,
+        "back after {:?}, before its delay",
+        nacked_at.elapsed()
+    );
+    assert_eq!(d.message().payload().as_ref(), b"later");
+    assert_eq!(d.delivery_count(), 2);
+    d.ack().await.unwrap();
+    // Exactly once: nothing left behind requeues it again.
+    assert!(
+        tokio::time::timeout(delay + Duration::from_millis(500), consumer.next())
+            .await
+            .is_err(),
+        "the message came back twice"
+    );
+}
+
+#[tokio::test]
+async fn a_nack_delay_longer_than_rabbitmq_can_hold_is_refused_and_the_delivery_stays_unsettled() {
+    let _shared = BROKER.read().await;
+    let q = unique("delay-too-long");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "kept"))
+        .await
+        .unwrap();
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let d = next(&mut consumer).await;
+    let err = d
+        .nack(Some(Duration::from_secs(30 * 24 * 3600)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Nack);
+    assert_eq!(err.destination(), Some(q.as_str()));
+    assert!(err.to_string().contains("nack delay of"), "{err}");
+    // Nothing lost: the delivery is still unsettled and settles normally.
+    assert_eq!(d.settlement(), None);
+    d.nack(None).await.unwrap();
+    let again = next(&mut consumer).await;
+    assert_eq!(again.message().payload().as_ref(), b"kept");
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_declare_is_not_recorded_and_exclusive_queues_leave_the_record_with_their_consumer(
+) {
+    let _shared = BROKER.read().await;
+    let q = unique("recorded");
+    let after = unique("after-refusal");
+    let connection = connect(Config::new(url()).topology(Topology::new().queue(queue(&q)))).await;
+    let err = connection
+        .declare(
+            &Topology::new()
+                .queue(queue(&q).max_priority(3))
+                .queue(queue(&after)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.destination(), Some(q.as_str()));
+    let recorded = connection.topology();
+    assert_eq!(recorded.queues(), &[queue(&q)], "{recorded:?}");
+
+    // A subscriber's own queue: recorded while it has consumers, gone with the last.
+    let own = unique("subscriber");
+    let subscriber = Topology::new()
+        .queue(
+            Queue::classic(&own)
+                .durable(false)
+                .exclusive(true)
+                .auto_delete(true),
+        )
+        .binding(Binding::queue(&own, "amq.topic", "#"));
+    connection.declare(&subscriber).await.unwrap();
+    let first = connection.consumer(&own).await.unwrap();
+    let second = connection.consumer(&own).await.unwrap();
+    assert_eq!(connection.topology().queues().len(), 2);
+    assert_eq!(connection.topology().bindings().len(), 1);
+    drop(first);
+    assert_eq!(connection.topology().queues().len(), 2);
+    drop(second);
+    let recorded = connection.topology();
+    assert_eq!(recorded.queues(), &[queue(&q)], "{recorded:?}");
+    assert!(recorded.bindings().is_empty(), "{recorded:?}");
+    // A durable queue stays recorded without consumers.
+    drop(connection.consumer(&q).await.unwrap());
+    assert_eq!(connection.topology().queues(), &[queue(&q)]);
+}
+
+#[tokio::test]
+async fn a_declare_refused_at_reconnect_is_dropped_and_the_connection_comes_back() {
+    let _exclusive = BROKER.write().await;
+    let keep = unique("reconnect-keep");
+    let taken = unique("reconnect-taken");
+    let refused = unique("reconnect-refused");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .heartbeat(Duration::from_secs(2))
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1))
+            .topology(
+                Topology::new()
+                    // Not durable: only the re-declaration brings it back.
+                    .queue(Queue::classic(&keep).durable(false))
+                    .queue(queue(&taken)),
+            ),
+    )
+    .await;
+    // A declare the broker refuses now is not re-declared at the reconnect.
+    connection
+        .declare(&Topology::new().queue(queue(&taken).max_priority(3)))
+        .await
+        .unwrap_err();
+    connection
+        .declare(&Topology::new().queue(queue(&refused)))
+        .await
+        .unwrap();
+    // Someone else re-creates `refused` with other arguments: the broker will refuse
+    // this connection's declaration of it after the restart.
+    let (_plain, channel) = plain_channel().await;
+    channel
+        .queue_delete(refused.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(60_000));
+    arguments.insert("x-max-priority".into(), lapin::types::AMQPValue::LongInt(5));
+    channel
+        .queue_declare(
+            refused.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    drop((channel, _plain));
+
+    brokers("restart").await;
+
+    let mut publisher = connection.publisher();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match publisher.ready().await {
+                Ok(p) => match p.call(Message::new(&keep, "after")).await {
+                    Ok(_) => return,
+                    Err(e) => assert!(e.is_transient(), "{e}"),
+                },
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the connection did not come back within 30 s of the restart");
+    assert!(connection.generation() >= 2);
+    let recorded = connection.topology();
+    let names: Vec<&str> = recorded.queues().iter().map(|q| q.name()).collect();
+    assert_eq!(names, [keep.as_str(), taken.as_str()], "{recorded:?}");
+    // The non-durable queue was declared again, and carries messages.
+    let mut consumer = connection.consumer(&keep).await.unwrap();
+    assert_eq!(
+        next(&mut consumer).await.message().payload().as_ref(),
+        b"after"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_amqp_url_is_a_permanent_connect_error_that_keeps_the_password_out() {
+    for bad in [
+        "amqp://guest:s3cret@127.0.0.1:not-a-port/%2f",
+        "amqpx://guest:s3cret@127.0.0.1:15673/%2f",
+    ] {
+        let err = Connection::connect(Config::new(bad)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{bad}: {err}");
+        assert_eq!(err.broker(), "rabbitmq");
+        assert_eq!(err.operation(), Operation::Connect);
+        let text = err.to_string();
+        assert!(text.contains("invalid AMQP URI"), "{bad}: {text}");
+        assert!(
+            !text.contains("s3cret"),
+            "{bad}: the password leaked: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn publishing_after_close_is_a_permanent_error_and_nothing_confirmed_is_lost() {
+    let _shared = BROKER.read().await;
+    let q = unique("closed");
+    let config = Config::new(url())
+        .routing(Routing::DefaultExchange)
+        .topology(Topology::new().queue(queue(&q)));
+    let connection = connect(config.clone()).await;
+    let mut publisher = connection.publisher();
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&q, "before close"))
+        .await
+        .unwrap();
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    // Not settled before the close: the broker must deliver it again.
+    let held = next(&mut consumer).await;
+    connection.close();
+
+    let err = publisher.ready().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert!(err.to_string().contains("closed"), "{err}");
+    let err = connection.consumer(&q).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Subscribe);
+    let err = connection
+        .declare(&Topology::new().queue(queue(&unique("late"))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    // The consumer ends instead of waiting for a connection that will not come back.
+    let end = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the consumer did not end within 10 s of the close");
+    assert!(end.is_none(), "{end:?}");
+    assert!(held.ack().await.is_err());
+
+    let again = connect(config).await;
+    let mut consumer = again.consumer(&q).await.unwrap();
+    let d = next(&mut consumer).await;
+    assert_eq!(d.message().payload().as_ref(), b"before close");
+    d.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_binding_to_a_missing_exchange_is_not_found_naming_the_binding() {
+    let _shared = BROKER.read().await;
+    let q = unique("unbound");
+    let missing = unique("no-such-exchange");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let err = connection
+        .declare(&Topology::new().binding(Binding::queue(&q, &missing, "#")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+    let binding = format!("{missing} -> {q}");
+    assert_eq!(err.destination(), Some(binding.as_str()));
+    assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+    assert!(connection.topology().bindings().is_empty());
+    // The connection goes on.
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "still here"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_argument_of_the_wrong_type_is_refused_naming_the_argument() {
+    let _shared = BROKER.read().await;
+    let q = unique("bad-argument");
+    let connection = connect(Config::new(url())).await;
+    let err = connection
+        .declare(&Topology::new().queue(queue(&q).argument("x-max-priority", "ten")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+    assert_eq!(err.destination(), Some(q.as_str()));
+    assert!(err.to_string().contains("x-max-priority"), "{err}");
+    assert!(connection.topology().queues().is_empty());
+    // Nothing else lost: the same queue declares with a valid argument.
+    connection
+        .declare(&Topology::new().queue(queue(&q).max_priority(5)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_exchange_with_the_reserved_amq_prefix_is_access_refused() {
+    let _shared = BROKER.read().await;
+    let reserved = format!("amq.{}", unique("mine"));
+    let q = unique("after-403");
+    let connection = connect(Config::new(url())).await;
+    let err = connection
+        .declare(&Topology::new().exchange(Exchange::direct(&reserved)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Declare);
+    assert_eq!(err.destination(), Some(reserved.as_str()));
+    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
+    assert!(connection.topology().exchanges().is_empty());
+    connection
+        .declare(&Topology::new().queue(queue(&q)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn names_over_255_bytes_are_refused_before_anything_is_sent() {
+    let _shared = BROKER.read().await;
+    let exchange = unique("long-key");
+    let q = unique("long-key-q");
+    let connection = connect(
+        Config::new(url()).topology(
+            Topology::new()
+                .exchange(Exchange::topic(&exchange).auto_delete(true))
+                .queue(queue(&q))
+                .binding(Binding::queue(&q, &exchange, "#")),
+        ),
+    )
+    .await;
+    let mut publisher = connection.publisher();
+    let err = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&exchange, "x").with_key("k".repeat(256)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some(exchange.as_str()));
+    assert!(
+        err.to_string().contains("the routing key is 256 bytes"),
+        "{err}"
+    );
+
+    let long_queue = "q".repeat(256);
+    let err = connection.consumer(&long_queue).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Subscribe);
+    assert!(err.to_string().contains("short string"), "{err}");
+
+    // Only the valid message arrives.
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new(&exchange, "fine").with_key("ok"))
+        .await
+        .unwrap();
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    assert_eq!(
+        next(&mut consumer).await.message().payload().as_ref(),
+        b"fine"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "a refused message was sent"
+    );
+}

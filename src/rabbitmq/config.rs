@@ -232,6 +232,9 @@ impl Config {
     /// `false`: `basic.nack` with requeue. The message keeps its place in the queue, but
     /// classic queues only flag it as redelivered (the count stays at 2 however often it
     /// comes back); quorum queues count it exactly (`x-delivery-count`).
+    ///
+    /// A nack with a delay always republishes, to a delay queue that hands the message
+    /// back when the delay has passed (see [`Consumer`](super::Consumer#delayed-nacks)).
     pub fn requeue_by_republish(mut self, republish: bool) -> Self {
         self.requeue_by_republish = republish;
         self

@@ -1,7 +1,7 @@
 //! One supervised AMQP connection: a pool of confirm-mode channels, the declared
 //! topology, blocked/unblocked tracking and reconnect with backoff.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,12 +24,16 @@ use super::consumer::Consumer;
 use super::error::{amqp_error, closed, short_string, BROKER};
 use super::publisher::Publisher;
 use super::request::Requester;
-use super::topology::Topology;
+use super::topology::{Part, Topology};
 use crate::error::{Error, Operation};
 
 /// How often the supervisor double-checks the connection state, in case the broker
 /// closed it without an error event (a graceful `connection.close`).
 const STATUS_CHECK: Duration = Duration::from_millis(250);
+
+/// How long a declared delay queue is trusted to exist before it is declared again;
+/// well inside the minute of slack in its `x-expires`.
+pub(crate) const DELAY_QUEUE_RENEWAL: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -42,6 +46,9 @@ pub(crate) struct Live {
     slots: Vec<Mutex<ConfirmChannel>>,
     next: AtomicUsize,
     known_exchanges: Mutex<HashSet<String>>,
+    /// Delay queues declared on this connection, with when they were last declared
+    /// (declaring again renews their `x-expires` lease).
+    delay_queues: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 impl Live {
@@ -96,6 +103,33 @@ impl Live {
         Ok(())
     }
 
+    /// Declares `queue`, a delay queue, unless this connection declared it within
+    /// [`DELAY_QUEUE_RENEWAL`]: a delay queue expires when unused for its TTL plus a
+    /// minute or more, and declaring it renews that lease, so a message published into
+    /// it right after this always expires (and moves on) before the queue does.
+    pub(crate) async fn declare_delay_queue(
+        &self,
+        queue: &super::topology::Queue,
+        operation: Operation,
+        destination: &str,
+    ) -> Result<(), Error> {
+        let now = tokio::time::Instant::now();
+        let fresh = lock(&self.delay_queues)
+            .get(queue.name())
+            .is_some_and(|at| now.duration_since(*at) < DELAY_QUEUE_RENEWAL);
+        if fresh {
+            return Ok(());
+        }
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| amqp_error(operation, destination, e))?;
+        queue.declare(&channel).await?;
+        lock(&self.delay_queues).insert(queue.name().to_owned(), now);
+        Ok(())
+    }
+
     fn remember_exchanges(&self, topology: &Topology) {
         let mut known = lock(&self.known_exchanges);
         for exchange in topology.exchanges() {
@@ -141,6 +175,8 @@ struct Shared {
     nudge: Arc<Notify>,
     shutdown: watch::Sender<bool>,
     endpoint: String,
+    /// How many consumers of each queue this connection has.
+    consumers: Mutex<HashMap<String, usize>>,
 }
 
 /// A supervised connection to RabbitMQ, shared by the publishers, consumers and
@@ -255,6 +291,7 @@ impl Connection {
                 nudge,
                 shutdown: shutdown_tx,
                 endpoint,
+                consumers: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -276,20 +313,54 @@ impl Connection {
     }
 
     /// Declares `topology` now and after every future reconnect.
+    ///
+    /// Only what the broker accepted is recorded for the reconnects: on a failure
+    /// (a queue that exists with other arguments, a binding to a missing exchange) the
+    /// parts declared before it are recorded, the failing part and those after it are
+    /// not, and the error names the part.
     pub async fn declare(&self, topology: &Topology) -> Result<(), Error> {
-        lock(&self.shared.topology).merge(topology);
-        let live = self
-            .wait_connected()
-            .await
-            .ok_or_else(|| closed(Operation::Declare, &self.shared.endpoint))?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| amqp_error(Operation::Declare, &self.shared.endpoint, e))?;
-        topology.declare(&channel).await?;
-        live.remember_exchanges(topology);
-        Ok(())
+        loop {
+            let live = self
+                .wait_connected()
+                .await
+                .ok_or_else(|| closed(Operation::Declare, &self.shared.endpoint))?;
+            let channel = live
+                .connection
+                .create_channel()
+                .await
+                .map_err(|e| amqp_error(Operation::Declare, &self.shared.endpoint, e))?;
+            let mut declared = Topology::new();
+            let result = topology.declare_into(&channel, &mut declared).await;
+            lock(&self.shared.topology).merge(&declared);
+            live.remember_exchanges(&declared);
+            result?;
+            // A reconnect in between may have re-declared the record without this
+            // topology: declare it on the new connection too.
+            if self.generation() == live.generation {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The topology declared now and again after every reconnect: the
+    /// [`Config::topology`](super::Config::topology) and every
+    /// [`declare`](Connection::declare)d part the broker accepted, less the parts the
+    /// broker refused for good on a re-declaration, and less the exclusive and
+    /// auto-deleted queues (with their bindings) whose consumers on this connection
+    /// are all gone.
+    pub fn topology(&self) -> Topology {
+        lock(&self.shared.topology).clone()
+    }
+
+    /// Counts a consumer of `queue` until the returned guard is dropped.
+    pub(crate) fn consuming(&self, queue: &str) -> Consuming {
+        *lock(&self.shared.consumers)
+            .entry(queue.to_owned())
+            .or_default() += 1;
+        Consuming {
+            shared: self.shared.clone(),
+            queue: queue.to_owned(),
+        }
     }
 
     /// The dead-letter exchange and routing key of `queue`, if it was declared through
@@ -353,6 +424,12 @@ impl Connection {
         let _ = self.shared.shutdown.send(true);
     }
 
+    /// Whether [`close`](Connection::close) was called: from then on nothing new
+    /// starts on the connection, even before the supervisor has closed it.
+    fn closing(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+
     pub(crate) fn status(&self) -> watch::Receiver<Status> {
         self.shared.status.clone()
     }
@@ -371,7 +448,7 @@ impl Connection {
             {
                 let status = rx.borrow_and_update();
                 let current = status.live.as_ref().map(|live| live.generation);
-                if status.closed || current != Some(generation) {
+                if status.closed || self.closing() || current != Some(generation) {
                     return;
                 }
             }
@@ -392,7 +469,7 @@ impl Connection {
         let mut rx = self.shared.status.clone();
         loop {
             let status = rx.borrow_and_update().clone();
-            if status.closed {
+            if status.closed || self.closing() {
                 return None;
             }
             if let Some(live) = status.live {
@@ -407,6 +484,36 @@ impl Connection {
                 return None;
             }
         }
+    }
+}
+
+/// A consumer of a queue, counted while it lives: when the last consumer of an
+/// exclusive or auto-deleted queue goes, the queue leaves the recorded topology.
+pub(crate) struct Consuming {
+    shared: Arc<Shared>,
+    queue: String,
+}
+
+impl Drop for Consuming {
+    fn drop(&mut self) {
+        let mut consumers = lock(&self.shared.consumers);
+        let Some(count) = consumers.get_mut(&self.queue) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            consumers.remove(&self.queue);
+            drop(consumers);
+            lock(&self.shared.topology).forget_transient_queue(&self.queue);
+        }
+    }
+}
+
+impl fmt::Debug for Consuming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consuming")
+            .field("queue", &self.queue)
+            .finish()
     }
 }
 
@@ -426,13 +533,23 @@ async fn establish(
             .await
             .map_err(|e| amqp_error(Operation::Connect, endpoint, e))?;
         let events: Events = Box::pin(connection.events_listener());
-        let declare = lock(topology).clone();
-        let channel = connection
-            .create_channel()
+        let recorded = lock(topology).clone();
+        let report = recorded
+            .redeclare(&connection)
             .await
             .map_err(|e| amqp_error(Operation::Connect, endpoint, e))?;
-        declare.declare(&channel).await?;
-        drop(channel);
+        if generation == 1 {
+            // The first connect reports a refused declare to the caller.
+            if let Some((_, error)) = report.failures.into_iter().next() {
+                return Err(error);
+            }
+        } else {
+            // A reconnect goes on without the refused part: one bad declare must not
+            // keep the whole connection down.
+            for (part, error) in report.failures {
+                forget_refused(topology, endpoint, generation, part, &error);
+            }
+        }
         let mut slots = Vec::with_capacity(config.channel_pool_size);
         for _ in 0..config.channel_pool_size {
             let channel = open_confirm_channel(&connection)
@@ -446,8 +563,9 @@ async fn establish(
             slots,
             next: AtomicUsize::new(0),
             known_exchanges: Mutex::new(HashSet::new()),
+            delay_queues: Mutex::new(HashMap::new()),
         });
-        live.remember_exchanges(&declare);
+        live.remember_exchanges(&report.declared);
         Ok((live, events))
     };
     // A broker that accepts TCP but never finishes the handshake (still starting)
@@ -458,6 +576,23 @@ async fn establish(
         Err(_) => Err(Error::transient(BROKER, Operation::Connect)
             .with_destination(endpoint)
             .with_reason(format!("no connection within {limit:?}"))),
+    }
+}
+
+/// Reports a part of the recorded topology that failed to declare again after a
+/// reconnect, and drops it from the record if the broker refused it for good.
+fn forget_refused(
+    topology: &Mutex<Topology>,
+    endpoint: &str,
+    generation: u64,
+    part: Part,
+    error: &Error,
+) {
+    if error.is_transient() {
+        tracing::warn!(endpoint, generation, %error, "rabbitmq could not declare again after reconnecting; will try at the next reconnect");
+    } else {
+        tracing::error!(endpoint, generation, %error, "rabbitmq refused to declare again after reconnecting; no longer declared");
+        lock(topology).remove(&part);
     }
 }
 
@@ -618,7 +753,7 @@ impl Readiness {
                 return Poll::Ready(Err(closed(operation, &self.connection.shared.endpoint)));
             }
             let status = self.rx.borrow_and_update().clone();
-            if status.closed {
+            if status.closed || self.connection.closing() {
                 return Poll::Ready(Err(closed(operation, &self.connection.shared.endpoint)));
             }
             match status.live {

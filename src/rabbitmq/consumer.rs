@@ -30,9 +30,12 @@ use crate::error::{Error, ErrorKind, Operation};
 ///   `basic.ack`; `nack` requeues the message, by default as a confirmed copy at the
 ///   back of the queue that carries its delivery count, then acks the original (see
 ///   [`Config::requeue_by_republish`](super::Config::requeue_by_republish); otherwise
-///   `basic.nack` with requeue). With a delay, the requeue happens after the delay,
-///   the delivery staying unacknowledged meanwhile: RabbitMQ cannot delay a requeue
-///   itself. `reject` dead-letters the message through the queue's dead-letter
+///   `basic.nack` with requeue). With a delay, the broker holds the message for the
+///   delay: a confirmed copy goes to a delay queue whose TTL is the delay and which
+///   dead-letters back to the queue (see [delayed nacks](#delayed-nacks)), then the
+///   original is acknowledged, so the `nack` future returns once the broker has the
+///   message, its prefetch slot is free at once, and nothing waits in this process.
+///   `reject` dead-letters the message through the queue's dead-letter
 ///   exchange: for a queue declared through the connection's topology with one, as a
 ///   confirmed copy carrying the reason ([`DEATH_REASON_HEADER`]) and the queue
 ///   ([`DEATH_QUEUE_HEADER`]) (see [`Config::reject_with_reason`](super::Config::reject_with_reason));
@@ -55,9 +58,27 @@ use crate::error::{Error, ErrorKind, Operation};
 ///   redelivered by the broker, and acking a delivery from the lost channel fails with
 ///   a transient error. A permanent failure to subscribe (the queue was deleted,
 ///   access refused) is yielded as an error and ends the stream.
+///
+/// # Delayed nacks
+///
+/// `nack(Some(delay))` republishes the delivery (with its delivery count) to the
+/// durable classic queue `tower-mq.delay.<ms>ms.<queue>` through the default exchange,
+/// and acknowledges the original once the broker confirmed the copy. That queue is
+/// declared on first use with `x-message-ttl` = the delay, `x-dead-letter-exchange`
+/// = `""` and `x-dead-letter-routing-key` = the queue, so RabbitMQ moves the message
+/// back to the end of the queue when the delay has passed, and with `x-expires`
+/// (the delay plus at least a minute, renewed while it is used) so it goes away once
+/// unused. One delay queue per delay keeps every message in it expiring in order.
+/// Delays are whole milliseconds, rounded up to two significant digits (1234 ms
+/// waits 1300 ms) so that jittered delays share a few delay queues, at most
+/// 2.1 × 10<sup>9</sup> ms (about 24 days); a longer delay is a permanent error and
+/// the delivery stays unsettled. Like any dead-lettering, the move back adds an `x-death` entry
+/// (reason `expired`) and drops the message's own `expiration`; a message whose own
+/// TTL is shorter than the delay comes back when that TTL ends.
 pub struct Consumer {
     inner: Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send>>,
     queue: String,
+    _consuming: super::connection::Consuming,
 }
 
 impl fmt::Debug for Consumer {
@@ -89,6 +110,7 @@ impl Consumer {
             .await
             .ok_or_else(|| super::error::closed(Operation::Subscribe, &queue))?;
         let subscription = subscribe(&connection, &live.connection, &queue).await?;
+        let consuming = connection.consuming(&queue);
         let state = State {
             connection,
             queue: queue.clone(),
@@ -104,6 +126,7 @@ impl Consumer {
         Ok(Consumer {
             inner: Box::pin(inner),
             queue,
+            _consuming: consuming,
         })
     }
 
@@ -287,14 +310,12 @@ async fn to_delivery(
         payload.clone(),
         config,
     );
-    let copy = (config.requeue_by_republish || config.reject_with_reason).then(|| {
-        Arc::new(Copy {
-            connection: connection.clone(),
-            properties: delivery.properties,
-            routing_key: delivery.routing_key.as_str().to_owned(),
-            payload,
-            count,
-        })
+    let copy = Arc::new(Copy {
+        connection: connection.clone(),
+        properties: delivery.properties,
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        payload,
+        count,
     });
     let acker = RabbitAcker {
         acker: delivery.acker,
@@ -401,6 +422,42 @@ impl Copy {
             .await
     }
 
+    /// A copy into the delay queue for `delay`, which moves it back to the end of
+    /// `queue` once `delay` has passed (see [delayed nacks](Consumer#delayed-nacks)).
+    async fn requeue_after(
+        &self,
+        acker: &lapin::Acker,
+        queue: &str,
+        delay: Duration,
+    ) -> Result<(), Error> {
+        let ms = delay_millis(delay).ok_or_else(|| {
+            Error::permanent(BROKER, Operation::Nack)
+                .with_destination(queue)
+                .with_reason(format!(
+                    "a nack delay of {delay:?} is longer than the longest RabbitMQ can hold \
+                     a message for ({MAX_DELAY_MS} ms); the delivery is not settled"
+                ))
+        })?;
+        let delay_queue = delay_queue(queue, ms);
+        let live = self
+            .connection
+            .wait_connected()
+            .await
+            .ok_or_else(|| super::error::closed(Operation::Nack, queue))?;
+        live.declare_delay_queue(&delay_queue, Operation::Nack, queue)
+            .await?;
+        let count = [(DELIVERIES_HEADER, AMQPValue::LongLongInt(self.count.into()))];
+        self.publish_then_ack(
+            acker,
+            queue,
+            Operation::Nack,
+            "",
+            delay_queue.name(),
+            &count,
+        )
+        .await
+    }
+
     /// A copy to the queue's dead-letter exchange that carries `reason`, if the queue
     /// was declared through this connection with one; `None` otherwise.
     async fn dead_letter(
@@ -433,11 +490,53 @@ impl Copy {
     }
 }
 
+/// The longest nack delay: a delay queue's `x-message-ttl`, and its `x-expires` of up
+/// to twice that, stay within what RabbitMQ's timers take (2^32 - 1 ms).
+const MAX_DELAY_MS: u32 = i32::MAX as u32;
+
+/// `delay` in whole milliseconds, rounded up to two significant digits (so jittered
+/// delays share a few delay queues instead of making one each); `None` past
+/// [`MAX_DELAY_MS`].
+fn delay_millis(delay: Duration) -> Option<u32> {
+    let ms = delay.as_nanos().div_ceil(1_000_000).max(1);
+    let mut step = 1;
+    while ms / step >= 100 {
+        step *= 10;
+    }
+    let ms = ms.div_ceil(step) * step;
+    u32::try_from(ms).ok().filter(|ms| *ms <= MAX_DELAY_MS)
+}
+
+/// The delay queue that holds messages nacked from `queue` for `ms` milliseconds.
+fn delay_queue(queue: &str, ms: u32) -> super::topology::Queue {
+    let mut name = format!("tower-mq.delay.{ms}ms.{queue}");
+    if name.len() > 255 {
+        // Too long for an AMQP name: keep a readable prefix of the queue's name and make
+        // it unique with a hash of the whole name (FNV-1a: stable across builds).
+        let hash = queue.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        name = format!("tower-mq.delay.{ms}ms.{hash:016x}.");
+        let room = 255 - name.len();
+        let mut end = room.min(queue.len());
+        while !queue.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.push_str(&queue[..end]);
+    }
+    let slack = ms.max(60_000);
+    super::topology::Queue::classic(name)
+        .message_ttl(Duration::from_millis(ms.into()))
+        .dead_letter_exchange("")
+        .dead_letter_routing_key(queue)
+        .expires(Duration::from_millis(u64::from(ms) + u64::from(slack)))
+}
+
 /// Settles a RabbitMQ delivery on the channel it arrived on.
 struct RabbitAcker {
     acker: lapin::Acker,
     queue: String,
-    copy: Option<Arc<Copy>>,
+    copy: Arc<Copy>,
 }
 
 fn settled(
@@ -456,19 +555,19 @@ fn settled(
     }
 }
 
-/// A settling handle that can move into a spawned task.
+/// A settling handle that the returned future owns.
 struct Settle {
     acker: lapin::Acker,
     queue: String,
-    copy: Option<Arc<Copy>>,
+    copy: Arc<Copy>,
     republish: bool,
 }
 
 impl Settle {
     async fn requeue(&self) -> Result<(), Error> {
-        match self.copy.as_ref().filter(|_| self.republish) {
-            Some(copy) => copy.requeue(&self.acker, &self.queue).await,
-            None => {
+        match self.republish {
+            true => self.copy.requeue(&self.acker, &self.queue).await,
+            false => {
                 let options = BasicNackOptions {
                     multiple: false,
                     requeue: true,
@@ -489,10 +588,7 @@ impl RabbitAcker {
             acker: self.acker.clone(),
             queue: self.queue.clone(),
             copy: self.copy.clone(),
-            republish: self
-                .copy
-                .as_ref()
-                .is_some_and(|c| c.connection.config().requeue_by_republish),
+            republish: self.copy.connection.config().requeue_by_republish,
         }
     }
 }
@@ -514,27 +610,18 @@ impl Acknowledge for RabbitAcker {
         let this = self.clone_for_settling();
         match delay.filter(|d| !d.is_zero()) {
             None => Box::pin(async move { this.requeue().await }),
-            Some(delay) => {
-                // Hold the delivery for `delay`, then requeue it. If the channel dies
-                // meanwhile the broker requeues it anyway.
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if let Err(error) = this.requeue().await {
-                        tracing::warn!(%error, "delayed rabbitmq nack failed");
-                    }
-                });
-                Box::pin(async { Ok(()) })
-            }
+            Some(delay) => Box::pin(async move {
+                this.copy
+                    .requeue_after(&this.acker, &this.queue, delay)
+                    .await
+            }),
         }
     }
 
     fn reject(&self, reason: &str) -> BoxFuture<'static, Result<(), Error>> {
         let acker = self.acker.clone();
         let queue = self.queue.clone();
-        let copy = self
-            .copy
-            .clone()
-            .filter(|c| c.connection.config().reject_with_reason);
+        let copy = Some(self.copy.clone()).filter(|c| c.connection.config().reject_with_reason);
         let reason = reason.to_owned();
         Box::pin(async move {
             if let Some(copy) = copy {
@@ -548,5 +635,48 @@ impl Acknowledge for RabbitAcker {
                 acker.reject(BasicRejectOptions { requeue: false }).await,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_are_whole_milliseconds_within_what_rabbitmq_holds() {
+        assert_eq!(delay_millis(Duration::from_micros(1)), Some(1));
+        assert_eq!(delay_millis(Duration::from_micros(1500)), Some(2));
+        assert_eq!(delay_millis(Duration::from_secs(2)), Some(2000));
+        assert_eq!(delay_millis(Duration::from_millis(99)), Some(99));
+        assert_eq!(delay_millis(Duration::from_millis(101)), Some(110));
+        assert_eq!(delay_millis(Duration::from_millis(1234)), Some(1300));
+        assert_eq!(delay_millis(Duration::from_millis(9_999)), Some(10_000));
+        let longest = Duration::from_millis(2_100_000_000);
+        assert_eq!(delay_millis(longest), Some(2_100_000_000));
+        assert_eq!(delay_millis(Duration::from_millis(2_147_000_000)), None);
+        assert_eq!(delay_millis(Duration::MAX), None);
+    }
+
+    #[test]
+    fn delay_queue_names_fit_an_amqp_short_string_and_stay_distinct() {
+        let q = delay_queue("orders", 1500);
+        assert_eq!(q.name(), "tower-mq.delay.1500ms.orders");
+        assert_eq!(
+            q.get_argument("x-dead-letter-routing-key"),
+            Some(&"orders".into())
+        );
+        assert_eq!(q.get_argument("x-message-ttl"), Some(&1500i64.into()));
+        assert_eq!(q.get_argument("x-expires"), Some(&61_500i64.into()));
+        let longest = delay_queue("q", 2_100_000_000);
+        assert_eq!(
+            longest.get_argument("x-expires"),
+            Some(&4_200_000_000i64.into())
+        );
+        // Multi-byte characters at the cut, and two long names sharing a prefix.
+        let a = "é".repeat(200) + "a";
+        let b = "é".repeat(200) + "b";
+        let (qa, qb) = (delay_queue(&a, MAX_DELAY_MS), delay_queue(&b, MAX_DELAY_MS));
+        assert!(qa.name().len() <= 255 && qb.name().len() <= 255);
+        assert_ne!(qa.name(), qb.name());
     }
 }

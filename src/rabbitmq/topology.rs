@@ -17,6 +17,14 @@ use crate::error::{Error, Operation};
 ///
 /// Exchanges are declared first, then queues, then bindings.
 ///
+/// A [`Connection`](super::Connection) records what the broker accepted (see
+/// [`Connection::topology`](super::Connection::topology)). After a reconnect, a part
+/// the broker refuses for good (a queue someone re-declared with other arguments, a
+/// binding to a deleted exchange) is logged as an error and dropped from the record,
+/// and the connection comes up without it; a part that fails for a passing reason
+/// (an exclusive queue still locked by the old connection) is logged and tried again
+/// at the next reconnect.
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_mq::rabbitmq::{Binding, Exchange, Queue, Topology};
@@ -100,19 +108,110 @@ impl Topology {
         }
     }
 
-    /// Declares everything on `channel`, stopping at the first failure.
-    pub(crate) async fn declare(&self, channel: &lapin::Channel) -> Result<(), Error> {
-        for exchange in &self.exchanges {
-            exchange.declare(channel).await?;
-        }
-        for queue in &self.queues {
-            queue.declare(channel).await?;
-        }
-        for binding in &self.bindings {
-            binding.declare(channel).await?;
+    /// Declares everything on `channel`, stopping at the first failure; what was
+    /// declared before it is added to `declared`.
+    pub(crate) async fn declare_into(
+        &self,
+        channel: &lapin::Channel,
+        declared: &mut Topology,
+    ) -> Result<(), Error> {
+        for part in self.parts() {
+            part.declare(channel).await?;
+            declared.add(part);
         }
         Ok(())
     }
+
+    /// Declares every part on a channel of `connection`, going on past failures (a
+    /// refused declare closes its channel, so the next part gets a fresh one). Fails
+    /// only when no channel can be opened: the connection itself is gone.
+    pub(crate) async fn redeclare(
+        &self,
+        connection: &lapin::Connection,
+    ) -> Result<Redeclared, lapin::Error> {
+        let mut report = Redeclared::default();
+        let mut channel = connection.create_channel().await?;
+        for part in self.parts() {
+            match part.declare(&channel).await {
+                Ok(()) => report.declared.add(part),
+                Err(error) => {
+                    report.failures.push((part, error));
+                    channel = connection.create_channel().await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Every exchange, then every queue, then every binding: the order they must be
+    /// declared in.
+    pub(crate) fn parts(&self) -> impl Iterator<Item = Part> + '_ {
+        let exchanges = self.exchanges.iter().cloned().map(Part::Exchange);
+        let queues = self.queues.iter().cloned().map(Part::Queue);
+        let bindings = self.bindings.iter().cloned().map(Part::Binding);
+        exchanges.chain(queues).chain(bindings)
+    }
+
+    /// Adds `part` unless it is already present.
+    pub(crate) fn add(&mut self, part: Part) {
+        match part {
+            Part::Exchange(e) if !self.exchanges.contains(&e) => self.exchanges.push(e),
+            Part::Queue(q) if !self.queues.contains(&q) => self.queues.push(q),
+            Part::Binding(b) if !self.bindings.contains(&b) => self.bindings.push(b),
+            _ => {}
+        }
+    }
+
+    /// Removes `part`.
+    pub(crate) fn remove(&mut self, part: &Part) {
+        match part {
+            Part::Exchange(e) => self.exchanges.retain(|x| x != e),
+            Part::Queue(q) => self.queues.retain(|x| x != q),
+            Part::Binding(b) => self.bindings.retain(|x| x != b),
+        }
+    }
+
+    /// Removes queue `name` and the bindings to it if it was declared exclusive or
+    /// auto-deleted: once its consumer is gone the broker deletes it (at once, or with
+    /// the connection), so declaring it again after a reconnect would only bring back
+    /// a queue nobody reads.
+    pub(crate) fn forget_transient_queue(&mut self, name: &str) {
+        let transient = |q: &Queue| q.name == name && (q.exclusive || q.auto_delete);
+        if !self.queues.iter().any(transient) {
+            return;
+        }
+        self.queues.retain(|q| !transient(q));
+        if !self.queues.iter().any(|q| q.name == name) {
+            self.bindings
+                .retain(|b| b.to_exchange || b.destination != name);
+        }
+    }
+}
+
+/// One exchange, queue or binding of a [`Topology`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Part {
+    Exchange(Exchange),
+    Queue(Queue),
+    Binding(Binding),
+}
+
+impl Part {
+    async fn declare(&self, channel: &lapin::Channel) -> Result<(), Error> {
+        match self {
+            Part::Exchange(e) => e.declare(channel).await,
+            Part::Queue(q) => q.declare(channel).await,
+            Part::Binding(b) => b.declare(channel).await,
+        }
+    }
+}
+
+/// What a re-declaration after a reconnect did: the parts declared, and each part
+/// that failed with its error.
+#[derive(Debug, Default)]
+pub(crate) struct Redeclared {
+    pub(crate) declared: Topology,
+    pub(crate) failures: Vec<(Part, Error)>,
 }
 
 /// An exchange's routing algorithm.
@@ -450,7 +549,7 @@ impl Queue {
             .map(|(_, v)| v)
     }
 
-    async fn declare(&self, channel: &lapin::Channel) -> Result<(), Error> {
+    pub(crate) async fn declare(&self, channel: &lapin::Channel) -> Result<(), Error> {
         let name = short_string(&self.name, Operation::Declare, &self.name)?;
         let arguments = field_table(&self.arguments, Operation::Declare, &self.name)?;
         let options = QueueDeclareOptions {
@@ -541,5 +640,58 @@ impl Binding {
                 .await
         };
         result.map_err(|e| amqp_error(Operation::Declare, &what, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transient_queue_leaves_the_record_with_its_bindings_a_durable_one_stays() {
+        let mut topology = Topology::new()
+            .exchange(Exchange::topic("events"))
+            .queue(Queue::classic("durable"))
+            .queue(Queue::classic("mine").exclusive(true))
+            .queue(Queue::classic("gone").auto_delete(true))
+            .binding(Binding::queue("durable", "events", "#"))
+            .binding(Binding::queue("mine", "events", "#"))
+            .binding(Binding::queue("gone", "events", "#"))
+            .binding(Binding::exchange("mine", "events", "#"));
+        topology.forget_transient_queue("durable");
+        assert_eq!(topology.queues().len(), 3);
+        topology.forget_transient_queue("mine");
+        topology.forget_transient_queue("gone");
+        assert_eq!(topology.queues(), &[Queue::classic("durable")]);
+        // Bindings to the queues go with them; an exchange of the same name keeps its.
+        assert_eq!(
+            topology.bindings(),
+            &[
+                Binding::queue("durable", "events", "#"),
+                Binding::exchange("mine", "events", "#"),
+            ]
+        );
+    }
+
+    #[test]
+    fn parts_come_in_declaration_order_and_add_remove_round_trip() {
+        let topology = Topology::new()
+            .binding(Binding::queue("q", "x", ""))
+            .queue(Queue::classic("q"))
+            .exchange(Exchange::direct("x"));
+        let parts: Vec<Part> = topology.parts().collect();
+        assert!(matches!(
+            parts.as_slice(),
+            [Part::Exchange(_), Part::Queue(_), Part::Binding(_)]
+        ));
+        let mut copy = Topology::new();
+        for part in parts.iter().cloned().chain(parts.iter().cloned()) {
+            copy.add(part);
+        }
+        assert_eq!(copy, topology);
+        for part in &parts {
+            copy.remove(part);
+        }
+        assert_eq!(copy, Topology::new());
     }
 }
