@@ -20,7 +20,7 @@
 //! - A `serve` loop consumes the orders (in a queue group, so several instances share
 //!   the work) and keeps them in memory; `GET /orders/{id}` shows one.
 //! - `GET /metrics` serves the Prometheus text of the publisher's and the handler's
-//!   metrics; `GET /health` reports the NATS connection and each circuit as
+//!   metrics, and of `serve`'s settlements; `GET /health` reports the NATS connection and each circuit as
 //!   `ready`, `degraded` or `down`.
 //!
 //! The same layer types guard both sides: the publisher gets retry, a circuit breaker
@@ -384,11 +384,11 @@ mod tests {
     async fn an_order_posted_over_http_is_published_consumed_and_counted() {
         let url =
             std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into());
-        let metrics = prometheus_builder()
+        let recorder = prometheus_builder()
             .and_then(|builder| Ok(builder.install_recorder()?))
             .unwrap_or_else(|error| panic!("installing the Prometheus recorder: {error}"));
         let subject = format!("tmq-axum-{}-{}.created", std::process::id(), nuid_ish());
-        let app = App::connect(&url, &subject, metrics)
+        let app = App::connect(&url, &subject, recorder.clone())
             .await
             .unwrap_or_else(|error| {
                 panic!(
@@ -466,6 +466,17 @@ mod tests {
             summary.dropped + summary.nacked + summary.rejected,
             0,
             "{summary:?}"
+        );
+        // Once `serve` returned, its settlement is counted too.
+        let metrics = recorder.render();
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line.starts_with("messaging_settlements_total{")
+                    && line.contains(&format!(r#"destination="{subject}""#))
+                    && line.contains(r#"settlement="acked""#)
+                    && line.ends_with(" 1")),
+            "no settlement counter in /metrics:\n{metrics}"
         );
     }
 
