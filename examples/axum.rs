@@ -385,7 +385,7 @@ mod tests {
         let url =
             std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into());
         let recorder = prometheus_builder()
-            .and_then(|builder| Ok(builder.install_recorder()?))
+            .and_then(|builder| builder.install_recorder())
             .unwrap_or_else(|error| panic!("installing the Prometheus recorder: {error}"));
         let subject = format!("tmq-axum-{}-{}.created", std::process::id(), nuid_ish());
         let app = App::connect(&url, &subject, recorder.clone())
