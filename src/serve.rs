@@ -34,7 +34,7 @@
 //!   stops `serve`, which drains and returns that error. A handler whose `poll_ready`
 //!   fails stops it the same way.
 //! - Every settlement is counted in the `messaging_settlements_total` counter
-//!   ([`SETTLEMENTS_TOTAL`]) of the [`metrics`](::metrics) crate, by `destination` and
+//!   ([`SETTLEMENTS_TOTAL`]) of the `metrics` crate, by `destination` and
 //!   `settlement`: `acked`, `nacked`, `rejected` (dead-lettered), `dropped` (an
 //!   at-most-once delivery whose handler failed), `released` (handed back at the
 //!   shutdown timeout) or `failed` (the broker did not take the settlement). Nothing
