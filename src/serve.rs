@@ -35,6 +35,12 @@
 //!   on after a short pause (10 ms, doubling with each error in a row, at most 1 s); a
 //!   permanent one stops `serve`, which drains and returns that error. A handler whose `poll_ready`
 //!   fails stops it the same way.
+//! - Every settlement is counted in the `messaging_settlements_total` counter
+//!   ([`SETTLEMENTS_TOTAL`]) of the `metrics` crate, by `destination` and
+//!   `settlement`: `acked`, `nacked`, `rejected` (dead-lettered), `dropped` (an
+//!   at-most-once delivery whose handler failed), `released` (handed back at the
+//!   shutdown timeout) or `failed` (the broker did not take the settlement). Nothing
+//!   is recorded until a recorder is installed (the Prometheus exporter, say).
 //! - Stopping (shutdown signal, end of the stream, fatal error) takes no further
 //!   deliveries, waits for those in flight and settles them, then returns a
 //!   [`Summary`]. Draining waits at most the [shutdown timeout](Serve::shutdown_timeout)
@@ -111,6 +117,7 @@ use tokio::task::{JoinError, JoinSet};
 use tower::Service;
 use tower_mq_core::{BoxError, Delivery, Error, ErrorKind, Settlement};
 use tower_mq_layers::classify::{Classifier, DefaultClassifier};
+use tower_mq_layers::metrics::names::labels;
 
 /// The default [`Serve::concurrency`]: 16 deliveries in flight.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -124,6 +131,10 @@ pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The default [`Serve::shutdown_timeout`]: draining waits at most 30 seconds.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counter: deliveries [`serve`] settled, by `destination` and `settlement` (`acked`,
+/// `nacked`, `rejected`, `dropped`, `released`, `failed`). See the [module docs](self).
+pub const SETTLEMENTS_TOTAL: &str = "messaging_settlements_total";
 
 /// How long releasing the deliveries of cancelled handler calls may take in all.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -529,7 +540,13 @@ async fn release(
                             tracing::warn!(%error, "releasing a cancelled delivery failed");
                         }
                     }
-                    delivery.settlement()
+                    let settlement = delivery.settlement();
+                    let name = match settlement {
+                        Some(Settlement::Nacked) => "released",
+                        other => settlement_name(other),
+                    };
+                    count_settlement(delivery.message().destination(), name);
+                    settlement
                 });
             }
         }
@@ -635,11 +652,36 @@ where
             tracing::error!(%error, "settling a delivery failed; the broker will redeliver it");
         }
     }
+    let settlement = delivery.settlement();
+    count_settlement(
+        delivery.message().destination(),
+        settlement_name(settlement),
+    );
     Outcome {
-        settlement: delivery.settlement(),
+        settlement,
         panicked,
         timed_out,
     }
+}
+
+/// The `settlement` label of [`SETTLEMENTS_TOTAL`] (`None`: the broker did not take it).
+fn settlement_name(settlement: Option<Settlement>) -> &'static str {
+    match settlement {
+        Some(Settlement::Acked) => "acked",
+        Some(Settlement::Nacked) => "nacked",
+        Some(Settlement::Rejected) => "rejected",
+        Some(_) => "dropped",
+        None => "failed",
+    }
+}
+
+fn count_settlement(destination: &str, settlement: &'static str) {
+    ::metrics::counter!(
+        SETTLEMENTS_TOTAL,
+        labels::DESTINATION => destination.to_owned(),
+        "settlement" => settlement,
+    )
+    .increment(1);
 }
 
 async fn settle_failure<C: Classifier<BoxError>>(

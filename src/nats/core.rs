@@ -54,7 +54,8 @@ use crate::wire::PropertyHeaders;
 ///
 /// The receipt is [`Receipt::Nats`]: delivered at most once (see the
 /// [module docs](self)). `poll_ready` is `Pending` while the connection is down.
-/// Cloning is cheap; clones share the connection.
+/// Cloning is cheap; clones share the connection. The publisher is
+/// `Send + Sync + Clone`: keep one in axum state or a `BoxCloneSyncService`.
 pub struct Publisher {
     connection: Connection,
     readiness: Readiness,

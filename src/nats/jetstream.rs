@@ -289,7 +289,9 @@ fn consumer_error(
 /// answering [`Receipt::JetStream`].
 ///
 /// See the [module docs](self) for deduplication and the ack-timeout pitfall.
-/// `poll_ready` is `Pending` while the connection is down.
+/// `poll_ready` is `Pending` while the connection is down. Clones share the
+/// connection; the publisher is `Send + Sync + Clone`: keep one in axum state or a
+/// `BoxCloneSyncService`.
 pub struct Publisher {
     connection: Connection,
     context: async_nats::jetstream::Context,

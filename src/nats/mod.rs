@@ -280,7 +280,8 @@ fn on_event(state: &watch::Sender<Link>, event: &async_nats::Event) {
     }
 }
 
-type WaitConnected = Pin<Box<dyn Future<Output = bool> + Send>>;
+// `Sync` so that the services holding it are (axum state, `BoxCloneSyncService`).
+type WaitConnected = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
 
 /// `poll_ready` for services on a [`Connection`]: pending while disconnected.
 pub(crate) struct Readiness {

@@ -56,6 +56,8 @@ use super::{error, Connection, Readiness};
 ///
 /// See the [module docs](self). The request's own reply-to is not sent (the reply goes
 /// to the requester's inbox). The reply's destination is the inbox it arrived on.
+/// Clones share the connection; the requester is `Send + Sync + Clone`: keep one in
+/// axum state or a `BoxCloneSyncService`.
 pub struct Requester {
     connection: Connection,
     readiness: Readiness,

@@ -718,7 +718,8 @@ impl Supervisor {
 pub(crate) struct Readiness {
     connection: Connection,
     rx: watch::Receiver<Status>,
-    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    // `Sync` so that the publishers holding it are (axum state, `BoxCloneSyncService`).
+    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
     reserved: Option<Arc<Live>>,
 }
 

@@ -60,7 +60,8 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 /// AMQP cannot carry fails the publish with a permanent error naming it (see
 /// [`Config::ignore_unsupported`]).
 ///
-/// Cloning is cheap and shares the connection; a clone starts unreserved.
+/// Cloning is cheap and shares the connection; a clone starts unreserved. The
+/// publisher is `Send + Sync + Clone`: keep one in axum state or a `BoxCloneSyncService`.
 pub struct Publisher {
     readiness: Readiness,
 }

@@ -57,7 +57,8 @@ struct ReplyChannel {
 /// is permanent (unless [`Requester::with_mandatory`] turns that off). `poll_ready` is
 /// `Pending` while reconnecting or blocked.
 ///
-/// Clones share the reply channel.
+/// Clones share the reply channel; the requester is `Send + Sync + Clone`: keep one in
+/// axum state or a `BoxCloneSyncService`.
 pub struct Requester {
     readiness: Readiness,
     reply: Arc<tokio::sync::Mutex<Option<Arc<ReplyChannel>>>>,

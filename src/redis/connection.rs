@@ -34,8 +34,9 @@ struct Health {
     max_backoff: Duration,
 }
 
-/// A future that resolves once the connection is up again.
-pub(crate) type Reconnected = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A future that resolves once the connection is up again. `Sync` so that the
+/// publishers keeping one between polls are `Sync` (axum state, `BoxCloneSyncService`).
+pub(crate) type Reconnected = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 impl Connection {
     pub(crate) async fn connect(config: &Config) -> Result<Self, Error> {

@@ -112,7 +112,9 @@ pub enum Framing {
 /// Publishes messages on Redis Pub/Sub channels with `PUBLISH`: a
 /// `Service<Message, Response = Receipt, Error = Error>`.
 ///
-/// The message's destination names the channel. See the [module docs](self).
+/// The message's destination names the channel. Clones share one connection; the
+/// publisher is `Send + Sync + Clone`: keep one in axum state or a
+/// `BoxCloneSyncService`. See the [module docs](self).
 pub struct Publisher {
     conn: Connection,
     framing: Framing,

@@ -435,4 +435,111 @@ async fn unreadable_messages_are_skipped_at_once_and_never_stop_serve() {
     assert_eq!(Instant::now(), started, "no pause for unreadable messages");
     assert_eq!((summary.malformed, summary.acked), (1_000, 1));
     assert_eq!(after.settlement(), Some(Settlement::Acked));
+
+/// `messaging_settlements_total` as recorded: (destination, settlement, count), sorted.
+fn counted_settlements(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+) -> Vec<(String, String, u64)> {
+    use metrics_util::debugging::DebugValue;
+    let mut counted: Vec<(String, String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == SETTLEMENTS_TOTAL)
+        .map(|(key, _, _, value)| {
+            let label = |name: &str| {
+                key.key()
+                    .labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            let DebugValue::Counter(n) = value else {
+                panic!("{SETTLEMENTS_TOTAL} is a counter");
+            };
+            (label("destination"), label("settlement"), n)
+        })
+        .collect();
+    counted.sort();
+    counted
+}
+
+#[tokio::test(start_paused = true)]
+async fn settlements_are_counted_by_destination_and_settlement() {
+    use metrics_util::debugging::DebuggingRecorder;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+
+    let on = |destination: &str, payload: &'static str| {
+        let message = Message::new(destination, payload);
+        Delivery::new(message, tracked(payload).acker().clone())
+    };
+    let deliveries = vec![
+        Ok(on("orders", "ok")),
+        Ok(on("orders", "ok")),
+        Ok(on("orders", "transient")),
+        Ok(on("orders", "permanent")),
+        Ok(on("invoices", "ok")),
+        Ok(Delivery::unacknowledged(Message::new("ticks", "transient"))),
+    ];
+    let handler = service_fn(|d: Delivery| async move {
+        match d.message().payload().as_ref() {
+            b"ok" => Ok(()),
+            b"permanent" => Err(BoxError::from(Permanent::new("refused"))),
+            _ => Err(BoxError::from("try again")),
+        }
+    });
+    let summary = serve(stream::iter(deliveries), handler).await.unwrap();
+    assert_eq!(
+        (
+            summary.acked,
+            summary.nacked,
+            summary.rejected,
+            summary.dropped
+        ),
+        (3, 1, 1, 1)
+    );
+
+    let counted = counted_settlements(&snapshotter);
+    let expected = [
+        ("invoices", "acked", 1),
+        ("orders", "acked", 2),
+        ("orders", "nacked", 1),
+        ("orders", "rejected", 1),
+        ("ticks", "dropped", 1),
+    ]
+    .map(|(d, s, n)| (d.to_owned(), s.to_owned(), n));
+    assert_eq!(counted, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_handed_back_at_the_shutdown_timeout_are_counted_released() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+
+    let (entered_tx, entered) = oneshot::channel::<()>();
+    let entered_tx = Mutex::new(Some(entered_tx));
+    let handler = service_fn(move |_: Delivery| {
+        if let Some(tx) = entered_tx.lock().unwrap().take() {
+            tx.send(()).ok();
+        }
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    let consumer = stream::iter([Ok(tracked("hangs"))]).chain(stream::pending());
+    let summary = serve(consumer, handler)
+        .handler_timeout(None)
+        .shutdown_timeout(Duration::from_secs(3))
+        .with_graceful_shutdown(async move {
+            entered.await.ok();
+        })
+        .await
+        .unwrap();
+    assert_eq!(summary.released, 1);
+    assert_eq!(
+        counted_settlements(&snapshotter),
+        [("t".to_owned(), "released".to_owned(), 1)]
+    );
 }

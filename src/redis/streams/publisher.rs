@@ -36,8 +36,9 @@ struct Options {
 ///
 /// The message's destination names the stream; the stream is created by the first
 /// append. The receipt is [`Receipt::RedisStream`] with the id Redis assigned. Clones
-/// share one multiplexed connection. See the [module docs](crate::redis) for the
-/// field layout, what is refused, and an example.
+/// share one multiplexed connection; the publisher is `Send + Sync + Clone`: keep one
+/// in axum state or a `BoxCloneSyncService`. See the [module docs](crate::redis) for
+/// the field layout, what is refused, and an example.
 pub struct Publisher {
     conn: Connection,
     options: Options,
