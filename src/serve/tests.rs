@@ -435,6 +435,7 @@ async fn unreadable_messages_are_skipped_at_once_and_never_stop_serve() {
     assert_eq!(Instant::now(), started, "no pause for unreadable messages");
     assert_eq!((summary.malformed, summary.acked), (1_000, 1));
     assert_eq!(after.settlement(), Some(Settlement::Acked));
+}
 
 /// `messaging_settlements_total` as recorded: (destination, settlement, count), sorted.
 fn counted_settlements(
