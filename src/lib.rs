@@ -74,6 +74,8 @@ pub mod memory;
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "redis", feature = "nats", feature = "rabbitmq", feature = "kafka"))]
+mod redact;
 pub mod serve;
 pub mod wire;
 #[cfg(feature = "zeromq")]

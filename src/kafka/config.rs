@@ -2,9 +2,12 @@
 //! librdkafka property on top.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+
+use crate::redact;
 
 use crate::wire::PropertyHeaders;
 
@@ -76,7 +79,11 @@ impl Compression {
 ///     .set_consumer("session.timeout.ms", "10000");
 /// assert_eq!(config.get("compression.type"), Some("zstd"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` shows the value of a secret property (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, any whose name speaks of a
+/// password, token or secret) as `***`, and so do errors about one.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     bootstrap_servers: String,
     common: BTreeMap<String, String>,
@@ -276,6 +283,51 @@ impl Config {
             .get("queue.buffering.max.messages")
             .and_then(|v| v.parse().ok())
             .unwrap_or(100_000)
+    }
+}
+
+/// Whether the librdkafka property `key` holds a secret.
+pub(crate) fn is_secret_property(key: &str) -> bool {
+    redact::is_secret_name(key)
+        || matches!(
+            key,
+            "ssl.key.pem" | "ssl_key" | "sasl.oauthbearer.config" | "sasl.jaas.config"
+        )
+}
+
+/// Properties with the values of secret ones masked.
+struct Masked<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(key, value)| {
+                let value = if is_secret_property(key) {
+                    redact::MASK
+                } else {
+                    value.as_str()
+                };
+                (key, value)
+            }))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("common", &Masked(&self.common))
+            .field("producer", &Masked(&self.producer))
+            .field("consumer", &Masked(&self.consumer))
+            .field("ignore_unsupported", &self.ignore_unsupported)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("property_headers", &self.property_headers)
+            .field(
+                "empty_payloads_as_tombstones",
+                &self.empty_payloads_as_tombstones,
+            )
+            .finish()
     }
 }
 

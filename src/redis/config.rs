@@ -1,5 +1,6 @@
 //! Connection settings shared by every Redis publisher and consumer.
 
+use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -8,6 +9,7 @@ use redis::Client;
 use super::layout::StreamLayout;
 use super::pubsub::Framing;
 use super::{redis_error, BROKER};
+use crate::redact::{self, LoneUser};
 use crate::{Error, Operation};
 
 /// Where Redis is and how to talk to it: the URL, timeouts, reconnect backoff, the
@@ -17,7 +19,10 @@ use crate::{Error, Operation};
 /// (a multiplexed connection that reconnects by itself); a Streams consumer opens a
 /// second, dedicated one for its blocking reads. See the [module docs](super) for an
 /// example.
-#[derive(Debug, Clone)]
+///
+/// `Debug` and every error show the URL with its password masked
+/// (`redis://app:***@host:6379/0`).
+#[derive(Clone)]
 pub struct Config {
     url: String,
     response_timeout: Duration,
@@ -100,9 +105,14 @@ impl Config {
         self.pubsub_framing
     }
 
-    /// The server URL.
+    /// The server URL, credentials included: print [`Config::redacted_url`] instead.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The server URL with its password masked as `***`: what `Debug` and errors show.
+    pub fn redacted_url(&self) -> String {
+        redact::url(&self.url, LoneUser::Name).into_owned()
     }
 
     /// The response timeout of commands.
@@ -114,7 +124,7 @@ impl Config {
     pub fn client(&self) -> Result<Client, Error> {
         Client::open(self.url.as_str()).map_err(|err| {
             Error::permanent(BROKER, Operation::Connect)
-                .with_destination(self.url.clone())
+                .with_destination(self.redacted_url())
                 .with_reason("invalid Redis URL")
                 .with_source(err)
         })
@@ -139,7 +149,7 @@ impl Config {
             .set_max_delay(self.reconnect_max_delay);
         ConnectionManager::new_with_config(client, manager_config)
             .await
-            .map_err(|err| redis_error(Operation::Connect, &self.url, err))
+            .map_err(|err| redis_error(Operation::Connect, &self.redacted_url(), err))
     }
 
     /// The connection timeout.
@@ -149,5 +159,20 @@ impl Config {
 
     pub(crate) fn reconnect_max_delay(&self) -> Duration {
         self.reconnect_max_delay
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &self.redacted_url())
+            .field("response_timeout", &self.response_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("reconnect_retries", &self.reconnect_retries)
+            .field("reconnect_min_delay", &self.reconnect_min_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("stream_layout", &self.stream_layout)
+            .field("pubsub_framing", &self.pubsub_framing)
+            .finish()
     }
 }
