@@ -72,10 +72,15 @@ pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "kafka"
+))]
+mod redact;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(any(feature = "redis", feature = "nats", feature = "rabbitmq", feature = "kafka"))]
-mod redact;
 pub mod serve;
 pub mod wire;
 #[cfg(feature = "zeromq")]

@@ -191,14 +191,17 @@ mod tests {
             "redis://:***@127.0.0.1:6390/2"
         );
         assert_eq!(
-            url("amqp://guest:s3cret@host:5672/%2f?heartbeat=5", LoneUser::Name),
+            url(
+                "amqp://guest:s3cret@host:5672/%2f?heartbeat=5",
+                LoneUser::Name
+            ),
             "amqp://guest:***@host:5672/%2f?heartbeat=5"
         );
+        assert_eq!(url("redis://app@host", LoneUser::Name), "redis://app@host");
         assert_eq!(
-            url("redis://app@host", LoneUser::Name),
-            "redis://app@host"
+            url("nats://t0ken@host:4222", LoneUser::Token),
+            "nats://***@host:4222"
         );
-        assert_eq!(url("nats://t0ken@host:4222", LoneUser::Token), "nats://***@host:4222");
         assert_eq!(url("nats://host:4222", LoneUser::Token), "nats://host:4222");
         // An unencoded `@` or `/` in a password does not leak its end.
         assert_eq!(
@@ -209,7 +212,10 @@ mod tests {
             url("unix:///run/redis.sock?db=1&pass=s3cret", LoneUser::Name),
             "unix:///run/redis.sock?db=1&pass=***"
         );
-        assert_eq!(url("u:s3cret@host:4222", LoneUser::Token), "u:***@host:4222");
+        assert_eq!(
+            url("u:s3cret@host:4222", LoneUser::Token),
+            "u:***@host:4222"
+        );
     }
 
     #[cfg(feature = "nats")]

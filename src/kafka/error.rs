@@ -1,7 +1,7 @@
 //! Classifying librdkafka's errors as transient or permanent.
 
-use rdkafka::types::RDKafkaConfRes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaConfRes;
 use tower_mq_core::{Error, ErrorKind, Operation};
 
 use super::config::is_secret_property;
@@ -112,8 +112,7 @@ fn without_secrets(error: KafkaError) -> KafkaError {
     match error {
         KafkaError::ClientConfig(code, description, key, value)
             if !value.is_empty()
-                && (code == RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN
-                    || is_secret_property(&key)) =>
+                && (code == RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN || is_secret_property(&key)) =>
         {
             KafkaError::ClientConfig(code, description, key, MASK.to_owned())
         }

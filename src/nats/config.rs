@@ -95,7 +95,11 @@ impl Config {
     }
 
     /// Authenticates with a user name and password (instead of any in the URL).
-    pub fn user_and_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn user_and_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
         self.auth = Auth::UserAndPassword {
             user: user.into(),
             password: password.into(),
@@ -235,7 +239,10 @@ impl fmt::Debug for Config {
 pub(crate) enum Auth {
     /// None set: the URL's, if any.
     None,
-    UserAndPassword { user: String, password: String },
+    UserAndPassword {
+        user: String,
+        password: String,
+    },
     Token(String),
     Nkey(String),
     CredentialsFile(PathBuf),

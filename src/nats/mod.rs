@@ -193,8 +193,8 @@ impl Connection {
                 | async_nats::ConnectErrorKind::Dns => ErrorKind::Transient,
                 _ => ErrorKind::Permanent,
             };
-            let error = Error::new(BROKER, Operation::Connect, kind)
-                .with_destination(redacted_url.clone());
+            let error =
+                Error::new(BROKER, Operation::Connect, kind).with_destination(redacted_url.clone());
             let error = match err.kind() {
                 async_nats::ConnectErrorKind::AuthorizationViolation
                 | async_nats::ConnectErrorKind::Authentication => {
