@@ -352,4 +352,32 @@ mod tests {
         assert_eq!(config.queue_capacity(), 100_000);
         assert_eq!(config.with_queue_capacity(7).queue_capacity(), 7);
     }
+
+    #[test]
+    fn secret_properties_are_masked_in_debug_and_errors() {
+        let config = Config::new("127.0.0.1:9092")
+            .set("sasl.password", "s3cret-pass")
+            .set_producer("ssl.key.password", "s3cret-key")
+            .set_consumer("sasl.oauthbearer.client.secret", "s3cret-oauth")
+            .set("ssl.key.pem", "s3cret-pem")
+            .set("client.id", "billing");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("sasl.password") && shown.contains("billing"));
+
+        // librdkafka refuses a misspelt property quoting its value: masked.
+        let misspelt = Config::new("127.0.0.1:9092").set("sasl.pasword", "s3cret-pass");
+        let Err(err) = super::super::Publisher::new(&misspelt) else {
+            panic!("librdkafka accepted an unknown property");
+        };
+        let mut shown = format!("{err}\n{err:?}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(inner) = source {
+            shown.push_str(&format!("\n{inner}\n{inner:?}"));
+            source = inner.source();
+        }
+        assert!(shown.contains("sasl.pasword"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!err.is_transient());
+    }
 }
