@@ -122,6 +122,25 @@ pub(crate) fn in_text<'a>(text: &'a str, url: &str, lone_user: LoneUser) -> Cow<
     text
 }
 
+/// The value of the environment variable `name`, which holds a connection URL, or a
+/// permanent `broker` connect error naming the variable (never quoting its value: it
+/// may hold credentials).
+pub(crate) fn url_from_env(
+    broker: &'static str,
+    name: &'static str,
+) -> Result<String, tower_mq_core::Error> {
+    let refuse = |why: &str| {
+        tower_mq_core::Error::permanent(broker, tower_mq_core::Operation::Connect)
+            .with_reason(format!("the environment variable `{name}` {why}"))
+    };
+    match std::env::var(name) {
+        Ok(url) if url.trim().is_empty() => Err(refuse("is empty")),
+        Ok(url) => Ok(url),
+        Err(std::env::VarError::NotPresent) => Err(refuse("is not set")),
+        Err(std::env::VarError::NotUnicode(_)) => Err(refuse("is not valid Unicode")),
+    }
+}
+
 /// Whether a configuration or query parameter named `name` holds a secret.
 pub(crate) fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
@@ -236,6 +255,17 @@ mod tests {
                 LoneUser::Name
             ),
             "Invalid URL: 'amqp://u:***@:x'"
+        );
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_and_permanent() {
+        let err = url_from_env("redis", "TOWER_MQ_TEST_NEVER_SET_8F3A").unwrap_err();
+        assert!(!err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            "redis connect failed (permanent): the environment variable \
+             `TOWER_MQ_TEST_NEVER_SET_8F3A` is not set"
         );
     }
 

@@ -1167,3 +1167,17 @@ async fn credentials_never_appear_in_debug_errors_or_logs() {
     assert!(logged.contains("connected"), "nothing was logged: {logged}");
     assert!(!logged.contains("s3cret"), "a secret was logged: {logged}");
 }
+
+#[tokio::test]
+async fn config_from_env_reads_the_url_variable_and_connects() {
+    let _server = SERVER.read().await;
+    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
+            Config::URL_ENV
+        )
+    });
+    let config = Config::from_env().unwrap();
+    assert_eq!(config.url(), expected);
+    assert_round_trip(&connect_with(config).await).await;
+}

@@ -1107,3 +1107,18 @@ async fn a_wrong_password_is_permanent_and_masked() {
     assert_eq!(err.operation(), Operation::Connect);
     assert!(!shown.contains("wr0ng"), "{shown}");
 }
+
+#[tokio::test]
+async fn config_from_env_reads_the_url_variable_and_connects() {
+    let _shared = BROKER.read().await;
+    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
+            Config::URL_ENV
+        )
+    });
+    let config = Config::from_env().unwrap();
+    assert_eq!(config.uri(), expected);
+    assert!(!format!("{config:?}").contains(":guest@"));
+    connect(config).await.close();
+}

@@ -934,3 +934,17 @@ async fn a_wrong_password_is_permanent_and_masked_and_the_right_one_works() {
     assert_eq!(delivery.message().payload().as_ref(), b"authenticated");
     delivery.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn config_from_env_reads_the_url_variable_and_connects() {
+    let _shared = BROKER.read().await;
+    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
+            Config::URL_ENV
+        )
+    });
+    let config = Config::from_env().unwrap();
+    assert_eq!(config.url(), expected);
+    config.connect().await.unwrap();
+}

@@ -94,6 +94,28 @@ impl Config {
         }
     }
 
+    /// The environment variable [`Config::from_env`] reads the URL(s) from.
+    pub const URL_ENV: &'static str = "TOWER_MQ_NATS_URL";
+
+    /// Connects to the server(s) whose URL is in the environment variable
+    /// [`URL_ENV`](Self::URL_ENV) (`TOWER_MQ_NATS_URL`, credentials allowed in it),
+    /// every other setting at its default. Fails with a permanent error naming the
+    /// variable when it is not set (never quoting the value: it may hold credentials).
+    ///
+    /// ```no_run
+    /// use tower_mq::nats::{Config, Connection};
+    ///
+    /// # async fn run() -> Result<(), tower_mq::Error> {
+    /// // TOWER_MQ_NATS_URL=nats://orders:s3cret@127.0.0.1:4222
+    /// let connection = Connection::connect(&Config::from_env()?.name("orders")).await?;
+    /// # let _ = connection;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self, tower_mq_core::Error> {
+        redact::url_from_env(super::BROKER, Self::URL_ENV).map(Config::new)
+    }
+
     /// Authenticates with a user name and password (instead of any in the URL).
     pub fn user_and_password(
         mut self,

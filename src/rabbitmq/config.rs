@@ -168,6 +168,28 @@ impl Config {
         }
     }
 
+    /// The environment variable [`Config::from_env`] reads the URI from.
+    pub const URL_ENV: &'static str = "TOWER_MQ_AMQP_URL";
+
+    /// Settings for the broker whose URI is in the environment variable
+    /// [`URL_ENV`](Self::URL_ENV) (`TOWER_MQ_AMQP_URL`), every other setting at its
+    /// default. Fails with a permanent error naming the variable when it is not set
+    /// (never quoting the value: it holds the password).
+    ///
+    /// ```no_run
+    /// use tower_mq::rabbitmq::{Config, Connection};
+    ///
+    /// # async fn run() -> Result<(), tower_mq::Error> {
+    /// // TOWER_MQ_AMQP_URL=amqp://orders:s3cret@127.0.0.1:5672/%2f
+    /// let connection = Connection::connect(Config::from_env()?.prefetch(64)).await?;
+    /// # let _ = connection;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self, crate::Error> {
+        redact::url_from_env(super::error::BROKER, Self::URL_ENV).map(Config::new)
+    }
+
     /// The heartbeat interval asked of the broker (rounded to whole seconds, at least
     /// one). A connection silent for two intervals counts as lost and is re-opened.
     /// `Duration::ZERO` disables heartbeats.

@@ -35,6 +35,9 @@ pub struct Config {
 }
 
 impl Config {
+    /// The environment variable [`Config::from_env`] reads the URL from.
+    pub const URL_ENV: &'static str = "TOWER_MQ_REDIS_URL";
+
     /// Settings for the server at `url` (`redis://host:port/db`, `rediss://` for TLS
     /// when redis-rs is built with a TLS feature, `unix:///path`).
     ///
@@ -51,6 +54,27 @@ impl Config {
             stream_layout: StreamLayout::new(),
             pubsub_framing: Framing::Plain,
         }
+    }
+
+    /// Settings for the server whose URL is in the environment variable
+    /// [`URL_ENV`](Self::URL_ENV) (`TOWER_MQ_REDIS_URL`), every other setting at its
+    /// default. Fails with a permanent error naming the variable when it is not set
+    /// (the error never quotes the value: it may hold a password).
+    ///
+    /// ```no_run
+    /// use tower_mq::redis::{Config, StreamPublisher};
+    ///
+    /// # async fn run() -> Result<(), tower_mq::Error> {
+    /// // TOWER_MQ_REDIS_URL=redis://app:s3cret@127.0.0.1:6379/0
+    /// let config = Config::from_env()?;
+    /// println!("{config:?}"); // redis://app:***@127.0.0.1:6379/0
+    /// let publisher = StreamPublisher::connect(&config).await?;
+    /// # let _ = publisher;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self, Error> {
+        redact::url_from_env(BROKER, Self::URL_ENV).map(Config::new)
     }
 
     /// How long a command may wait for its answer before failing with a transient
