@@ -22,6 +22,7 @@ pub(crate) const MASK: &str = "***";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LoneUser {
     /// A user name: shown.
+    #[cfg_attr(not(any(feature = "redis", feature = "rabbitmq")), allow(dead_code))]
     Name,
     /// A token: masked.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
@@ -95,6 +96,7 @@ pub(crate) fn url_list(urls: &str, lone_user: LoneUser) -> String {
 
 /// `text` (an error message, say) with every secret `url` holds masked wherever it
 /// appears, e.g. a parser error that quotes the URL it refused.
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 pub(crate) fn in_text<'a>(text: &'a str, url: &str, lone_user: LoneUser) -> Cow<'a, str> {
     let mut secrets: Vec<&str> = Vec::new();
     if let Some((_, info, _)) = split(url) {

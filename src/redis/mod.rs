@@ -30,8 +30,10 @@
 //!
 //! Errors are classified with redis-rs's own judgement ([`error_kind`]): a dropped
 //! connection, an I/O error, a timeout or anything redis-rs would retry is transient;
-//! what it would not retry (a wrong type, a syntax error, a missing group) is permanent.
-//! Every error names the broker (`"redis"`), the operation and the stream or channel.
+//! what it would not retry (a wrong type, a syntax error, a missing group) is permanent,
+//! and so is a refused login (a wrong password retried fails the same way).
+//! Every error names the broker (`"redis"`), the operation and the stream or channel;
+//! connect errors name the server by its URL with the password masked as `***`.
 //!
 //! # The stream entry layout
 //!
