@@ -1181,3 +1181,20 @@ async fn config_from_env_reads_the_url_variable_and_connects() {
     assert_eq!(config.url(), expected);
     assert_round_trip(&connect_with(config).await).await;
 }
+
+#[tokio::test]
+async fn an_unreadable_credentials_file_is_permanent_and_named() {
+    let path = std::env::temp_dir()
+        .join(unique("missing"))
+        .join("user.creds");
+    let config = Config::new(url()).credentials_file(&path);
+    let err = Connection::connect(&config)
+        .await
+        .expect_err("the credentials file does not exist");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Connect);
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
