@@ -73,6 +73,13 @@ pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "kafka"
+))]
+mod redact;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod serve;

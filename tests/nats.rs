@@ -1136,3 +1136,339 @@ async fn jetstream_a_header_block_async_nats_cannot_parse_costs_no_other_message
     last.ack().await.unwrap();
     assert_quiet(&mut consumer, "the poison message is not delivered again").await;
 }
+
+// ---------------------------------------------------------------------------
+// Credentials: authentication against a server of the test's own, and no secret in
+// what is printed or logged.
+
+/// A free loopback port (the listener is closed again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// A `nats-server` of the test's own, stopped (by its PID) when dropped.
+struct OwnServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnServer {
+    /// Starts `nats-server` on a free port with `args` and waits for "Server is ready".
+    async fn start(args: &[&str]) -> OwnServer {
+        use std::io::BufRead;
+        let port = free_port();
+        let mut child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start nats-server (apt-get install nats-server): {e}")
+            });
+        let stderr = child.stderr.take().expect("piped stderr");
+        let server = OwnServer { child, port };
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut seen = String::new();
+            let mut lines = std::io::BufReader::new(stderr).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if line.contains("Server is ready") {
+                    // Keep reading: a Go program dies writing to a closed stderr.
+                    std::thread::spawn(move || lines.for_each(drop));
+                    return Ok(());
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(seen)
+        });
+        match tokio::time::timeout(WAIT, ready).await {
+            Ok(Ok(Ok(()))) => server,
+            Ok(Ok(Err(log))) => panic!("nats-server {args:?} exited:\n{log}"),
+            Ok(Err(e)) => panic!("watching nats-server failed: {e}"),
+            Err(_) => panic!("nats-server {args:?} not ready within {WAIT:?}"),
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A message published on `connection` arrives on a subscription of the same
+/// connection: the connection is authenticated and usable.
+async fn assert_round_trip(connection: &Connection) {
+    let subject = unique("auth");
+    let mut subscriber = Subscriber::subscribe(connection, &subject).await.unwrap();
+    Publisher::new(connection)
+        .oneshot(Message::new(&subject, "authenticated"))
+        .await
+        .unwrap();
+    let delivery = next(&mut subscriber, "the message").await;
+    assert_eq!(text(&delivery), "authenticated");
+}
+
+/// The error, its `Debug`, and every error of its source chain, as text.
+fn everything_shown(err: &Error) -> String {
+    let mut shown = format!("{err}\n{err:?}");
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        shown.push_str(&format!("\n{inner}\n{inner:?}"));
+        source = inner.source();
+    }
+    shown
+}
+
+/// A connect that must be refused: permanent, by NATS, at connect, naming the server
+/// and never showing `secret`.
+async fn assert_refused(config: Config, secret: &str) {
+    let err = Connection::connect(&config)
+        .await
+        .expect_err("the server must refuse these credentials");
+    let shown = everything_shown(&err);
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{shown}");
+    assert_eq!(err.broker(), "nats");
+    assert_eq!(err.operation(), Operation::Connect);
+    assert!(
+        err.destination().is_some_and(|d| d.contains("127.0.0.1")),
+        "{shown}"
+    );
+    assert!(!shown.contains(secret), "the secret leaked: {shown}");
+}
+
+#[tokio::test]
+async fn user_and_password_from_the_url_or_the_config_authenticate() {
+    let password = "n4ts-p@ss/word";
+    let server = OwnServer::start(&["--user", "orders", "--pass", password]).await;
+    let address = server.address();
+
+    // In the URL, percent-encoded as URLs require.
+    let from_url = Config::new(format!("nats://orders:n4ts-p%40ss%2Fword@{address}"));
+    assert_round_trip(&Connection::connect(&from_url).await.unwrap()).await;
+    let from_config =
+        Config::new(format!("nats://{address}")).user_and_password("orders", password);
+    let connection = Connection::connect(&from_config).await.unwrap();
+    assert_round_trip(&connection).await;
+    assert!(!format!("{connection:?}").contains(password));
+
+    assert_refused(
+        Config::new(format!("nats://orders:wr0ng-secret@{address}")),
+        "wr0ng-secret",
+    )
+    .await;
+    assert_refused(
+        Config::new(format!("nats://{address}")).user_and_password("orders", "wr0ng-secret"),
+        "wr0ng-secret",
+    )
+    .await;
+    // The config's credentials win over the URL's.
+    assert_refused(
+        Config::new(format!("nats://orders:n4ts-p%40ss%2Fword@{address}"))
+            .user_and_password("orders", "wr0ng-secret"),
+        "wr0ng-secret",
+    )
+    .await;
+    // No credentials at all.
+    let err = Connection::connect(&Config::new(format!("nats://{address}")))
+        .await
+        .expect_err("the server requires credentials");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+}
+
+#[tokio::test]
+async fn a_token_from_the_url_or_the_config_authenticates() {
+    let token = "t0ken-s3cret";
+    let server = OwnServer::start(&["--auth", token]).await;
+    let address = server.address();
+
+    let from_url = Config::new(format!("nats://{token}@{address}"));
+    assert_eq!(from_url.redacted_url(), format!("nats://***@{address}"));
+    assert_round_trip(&Connection::connect(&from_url).await.unwrap()).await;
+    let from_config = Config::new(format!("nats://{address}")).token(token);
+    assert_round_trip(&Connection::connect(&from_config).await.unwrap()).await;
+
+    assert_refused(
+        Config::new(format!("nats://wr0ng-t0ken@{address}")),
+        "wr0ng-t0ken",
+    )
+    .await;
+    assert_refused(
+        Config::new(format!("nats://{address}")).token("wr0ng-t0ken"),
+        "wr0ng-t0ken",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_nkey_seed_authenticates() {
+    // The documented example pair of NATS' nkey authentication.
+    let seed = "SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY";
+    let public = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4";
+    let dir = std::env::temp_dir().join(unique("nkey"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("server.conf");
+    std::fs::write(
+        &file,
+        format!("authorization {{ users = [ {{ nkey: \"{public}\" }} ] }}\n"),
+    )
+    .unwrap();
+    let server = OwnServer::start(&["-c", file.to_str().unwrap()]).await;
+    let address = server.address();
+
+    let config = Config::new(format!("nats://{address}")).nkey(seed);
+    assert!(!format!("{config:?}").contains(seed));
+    assert_round_trip(&Connection::connect(&config).await.unwrap()).await;
+
+    // Text that is no seed cannot sign the server's nonce.
+    assert_refused(
+        Config::new(format!("nats://{address}")).nkey("not-a-seed-s3cret"),
+        "not-a-seed-s3cret",
+    )
+    .await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every event logged while it is installed, fields included.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl tracing::field::Visit for CapturedLogs {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if let Ok(mut text) = self.0.lock() {
+            text.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
+
+impl tracing::Subscriber for CapturedLogs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        span.record(&mut self.clone());
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut self.clone());
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        event.record(&mut self.clone());
+        if let Ok(mut text) = self.0.lock() {
+            text.push('\n');
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn credentials_never_appear_in_debug_errors_or_logs() {
+    // Global, not per thread: tracing caches whether a log site is wanted from the
+    // first thread that reaches it, which may be another test's.
+    static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+    let logs = LOGS
+        .get_or_init(|| {
+            let logs = CapturedLogs::default();
+            tracing::subscriber::set_global_default(logs.clone())
+                .expect("no other test installs a subscriber");
+            logs
+        })
+        .clone();
+    let closed = free_port();
+
+    // Debug of configs with credentials in the URL (one or several) and in options.
+    let configs = [
+        Config::new(format!("nats://orders:s3cret-pass@127.0.0.1:{closed}")),
+        Config::new(format!("nats://s3cret-token@127.0.0.1:{closed}")),
+        Config::new(format!(
+            "nats://a:s3cret-pass@127.0.0.1:{closed},nats://s3cret-token@127.0.0.1:{closed}"
+        )),
+        Config::new(format!("nats://127.0.0.1:{closed}"))
+            .user_and_password("orders", "s3cret-pass"),
+        Config::new(format!("nats://127.0.0.1:{closed}")).token("s3cret-token"),
+    ];
+    for config in &configs {
+        let shown = format!("{config:?} {}", config.redacted_url());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
+    }
+    assert_eq!(
+        configs[0].redacted_url(),
+        format!("nats://orders:***@127.0.0.1:{closed}")
+    );
+
+    // Connecting to a closed port: transient, naming the server, not the secret.
+    for config in &configs {
+        let err = Connection::connect(config)
+            .await
+            .expect_err("nothing listens on the port");
+        let shown = everything_shown(&err);
+        assert_eq!(err.kind(), ErrorKind::Transient, "{shown}");
+        assert_eq!(err.operation(), Operation::Connect);
+        assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    // A successful connect logs the URL: masked.
+    let server = OwnServer::start(&["--user", "orders", "--pass", "s3cret-pass"]).await;
+    let config = Config::new(format!("nats://orders:s3cret-pass@{}", server.address()));
+    let connection = Connection::connect(&config).await.unwrap();
+    assert_round_trip(&connection).await;
+    assert!(!format!("{connection:?}").contains("s3cret"));
+    drop(connection);
+    drop(server);
+
+    let logged = logs.text();
+    assert!(logged.contains("connected"), "nothing was logged: {logged}");
+    assert!(!logged.contains("s3cret"), "a secret was logged: {logged}");
+}
+
+#[tokio::test]
+async fn config_from_env_reads_the_url_variable_and_connects() {
+    let _server = SERVER.read().await;
+    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
+            Config::URL_ENV
+        )
+    });
+    let config = Config::from_env().unwrap();
+    assert_eq!(config.url(), expected);
+    assert_round_trip(&connect_with(config).await).await;
+}
+
+#[tokio::test]
+async fn an_unreadable_credentials_file_is_permanent_and_named() {
+    let path = std::env::temp_dir()
+        .join(unique("missing"))
+        .join("user.creds");
+    let config = Config::new(url()).credentials_file(&path);
+    let err = Connection::connect(&config)
+        .await
+        .expect_err("the credentials file does not exist");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Connect);
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}

@@ -1356,6 +1356,60 @@ async fn a_malformed_amqp_url_is_a_permanent_connect_error_that_keeps_the_passwo
     }
 }
 
+// ---------------------------------------------------------------------------
+// Credentials: no password in what is printed.
+
+/// The error, its `Debug`, and every error of its source chain, as text.
+fn everything_shown(err: &tower_mq::Error) -> String {
+    let mut shown = format!("{err}\n{err:?}");
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        shown.push_str(&format!("\n{inner}\n{inner:?}"));
+        source = inner.source();
+    }
+    shown
+}
+
+#[tokio::test]
+async fn the_password_never_appears_in_debug_or_connect_errors() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port");
+    let config = Config::new(format!("amqp://orders:s3cret-pass@127.0.0.1:{closed}/%2f"));
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
+    assert_eq!(
+        config.redacted_uri(),
+        format!("amqp://orders:***@127.0.0.1:{closed}/%2f")
+    );
+
+    // Nothing listens: transient, naming the broker's address, not the password.
+    let err = Connection::connect(config)
+        .await
+        .expect_err("nothing listens on the port");
+    let shown = everything_shown(&err);
+    assert_eq!(err.kind(), ErrorKind::Transient, "{shown}");
+    assert_eq!(err.operation(), Operation::Connect);
+    assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+
+    // URIs that do not parse (the parser quotes what it refused): permanent, masked.
+    for invalid in [
+        "amqp://orders:s3cret-pass@127.0.0.1:notaport/%2f",
+        "http://orders:s3cret-pass@127.0.0.1/%2f",
+        "amqp://orders:s3cret-pass@",
+    ] {
+        let err = Connection::connect(Config::new(invalid))
+            .await
+            .expect_err("not an AMQP URI");
+        let shown = everything_shown(&err);
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{invalid}: {shown}");
+        assert!(!shown.contains("s3cret"), "{invalid}: {shown}");
+    }
+}
+
 #[tokio::test]
 async fn publishing_after_close_is_a_permanent_error_and_nothing_confirmed_is_lost() {
     let _shared = BROKER.read().await;
@@ -1529,4 +1583,37 @@ async fn names_over_255_bytes_are_refused_before_anything_is_sent() {
             .is_err(),
         "a refused message was sent"
     );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_permanent_and_masked() {
+    let _shared = BROKER.read().await;
+    // The project's broker must be there, or this test proves nothing.
+    connect(Config::new(url())).await.close();
+    let address = url();
+    let host = address.rsplit('@').next().unwrap_or(&address).to_owned();
+    let wrong = format!("amqp://guest:wr0ng-pass@{host}");
+    let err = Connection::connect(Config::new(wrong))
+        .await
+        .expect_err("a wrong password must be refused");
+    let shown = everything_shown(&err);
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{shown}");
+    assert_eq!(err.broker(), "rabbitmq");
+    assert_eq!(err.operation(), Operation::Connect);
+    assert!(!shown.contains("wr0ng"), "{shown}");
+}
+
+#[tokio::test]
+async fn config_from_env_reads_the_url_variable_and_connects() {
+    let _shared = BROKER.read().await;
+    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
+            Config::URL_ENV
+        )
+    });
+    let config = Config::from_env().unwrap();
+    assert_eq!(config.uri(), expected);
+    assert!(!format!("{config:?}").contains(":guest@"));
+    connect(config).await.close();
 }

@@ -753,3 +753,198 @@ async fn a_hung_redis_times_out_as_transient_and_recovers() {
     .expect("the publisher did not recover");
     assert!(matches!(receipt, Receipt::RedisStream { .. }));
 }
+
+// ---------------------------------------------------------------------------
+// Credentials: a Redis of the test's own with a password, and no secret in what is
+// printed.
+
+/// A free loopback port (the listener is closed again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// A `redis-server` of the test's own, stopped (by its PID) when dropped.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on a free port with `args`, keeping nothing on disk, and
+    /// waits until it says it accepts connections.
+    async fn start(args: &[&str]) -> OwnRedis {
+        use std::io::BufRead;
+        let port = free_port();
+        let mut child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server (apt-get install redis-server): {e}")
+            });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let server = OwnRedis { child, port };
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut seen = String::new();
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if line.contains("Ready to accept connections") {
+                    // Keep reading so the server never blocks on a full pipe.
+                    std::thread::spawn(move || lines.for_each(drop));
+                    return Ok(());
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(seen)
+        });
+        match tokio::time::timeout(WAIT, ready).await {
+            Ok(Ok(Ok(()))) => server,
+            Ok(Ok(Err(log))) => panic!("redis-server {args:?} exited:\n{log}"),
+            Ok(Err(e)) => panic!("watching redis-server failed: {e}"),
+            Err(_) => panic!("redis-server {args:?} not ready within {WAIT:?}"),
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The error, its `Debug`, and every error of its source chain, as text.
+fn everything_shown(err: &tower_mq::Error) -> String {
+    let mut shown = format!("{err}\n{err:?}");
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        shown.push_str(&format!("\n{inner}\n{inner:?}"));
+        source = inner.source();
+    }
+    shown
+}
+
+/// A config that gives up quickly on a server that is not there.
+fn quick(url: String) -> Config {
+    Config::new(url)
+        .with_connection_timeout(Duration::from_millis(500))
+        .with_reconnect_retries(1)
+        .with_reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
+}
+
+#[tokio::test]
+async fn the_password_never_appears_in_debug_or_connect_errors() {
+    let closed = free_port();
+    let config = quick(format!("redis://app:s3cret-pass@127.0.0.1:{closed}/2"));
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains(&format!("127.0.0.1:{closed}/2")), "{shown}");
+    assert_eq!(
+        config.redacted_url(),
+        format!("redis://app:***@127.0.0.1:{closed}/2")
+    );
+
+    // Nothing listens: transient, naming the server, not the password.
+    for config in [
+        config,
+        quick(format!("redis://:s3cret-pass@127.0.0.1:{closed}")),
+    ] {
+        let err = config
+            .connect()
+            .await
+            .expect_err("nothing listens on the port");
+        let shown = everything_shown(&err);
+        assert_eq!(err.kind(), ErrorKind::Transient, "{shown}");
+        assert_eq!(err.broker(), "redis");
+        assert_eq!(err.operation(), Operation::Connect);
+        assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let err = StreamPublisher::connect(&config)
+            .await
+            .expect_err("nothing listens on the port");
+        assert!(!everything_shown(&err).contains("s3cret"));
+    }
+
+    // A URL that does not parse: permanent, and still masked.
+    let err = Config::new("redis://:s3cret-pass@127.0.0.1:notaport")
+        .connect()
+        .await
+        .expect_err("not a URL");
+    let shown = everything_shown(&err);
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_permanent_and_masked_and_the_right_one_works() {
+    let server = OwnRedis::start(&["--requirepass", "r1ght-pass"]).await;
+    let port = server.port;
+
+    for wrong in [
+        format!("redis://:wr0ng-pass@127.0.0.1:{port}"),
+        format!("redis://default:wr0ng-pass@127.0.0.1:{port}"),
+        format!("redis://nobody:wr0ng-pass@127.0.0.1:{port}"),
+    ] {
+        let err = quick(wrong.clone())
+            .connect()
+            .await
+            .expect_err("a wrong password must be refused");
+        let shown = everything_shown(&err);
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{wrong}: {shown}");
+        assert_eq!(err.operation(), Operation::Connect);
+        assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+        assert!(!shown.contains("wr0ng"), "{shown}");
+        let err = StreamPublisher::connect(&quick(wrong))
+            .await
+            .expect_err("a wrong password must be refused");
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    }
+
+    // Without a password, the first command is refused (NOAUTH): permanent too.
+    let anonymous = quick(format!("redis://127.0.0.1:{port}"));
+    let refused = match StreamPublisher::connect(&anonymous).await {
+        Err(err) => err,
+        Ok(mut publisher) => publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(Message::new(unique("noauth"), "x"))
+            .await
+            .expect_err("an anonymous publish must be refused"),
+    };
+    assert_eq!(refused.kind(), ErrorKind::Permanent, "{refused}");
+
+    let config = quick(format!("redis://:r1ght-pass@127.0.0.1:{port}"));
+    let stream = unique("auth");
+    let mut consumer = StreamConsumer::subscribe(&config, StreamConsumerConfig::new(&stream, "g"))
+        .await
+        .unwrap();
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    let receipt = publish(&mut publisher, Message::new(&stream, "authenticated")).await;
+    assert!(matches!(receipt, Receipt::RedisStream { .. }));
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().payload().as_ref(), b"authenticated");
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn config_from_env_reads_the_url_variable_and_connects() {
+    let _shared = BROKER.read().await;
+    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
+            Config::URL_ENV
+        )
+    });
+    let config = Config::from_env().unwrap();
+    assert_eq!(config.url(), expected);
+    config.connect().await.unwrap();
+}

@@ -2,9 +2,12 @@
 //! librdkafka property on top.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+
+use crate::redact;
 
 use crate::wire::PropertyHeaders;
 
@@ -76,7 +79,11 @@ impl Compression {
 ///     .set_consumer("session.timeout.ms", "10000");
 /// assert_eq!(config.get("compression.type"), Some("zstd"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` shows the value of a secret property (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, any whose name speaks of a
+/// password, token or secret) as `***`, and so do errors about one.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     bootstrap_servers: String,
     common: BTreeMap<String, String>,
@@ -279,6 +286,51 @@ impl Config {
     }
 }
 
+/// Whether the librdkafka property `key` holds a secret.
+pub(crate) fn is_secret_property(key: &str) -> bool {
+    redact::is_secret_name(key)
+        || matches!(
+            key,
+            "ssl.key.pem" | "ssl_key" | "sasl.oauthbearer.config" | "sasl.jaas.config"
+        )
+}
+
+/// Properties with the values of secret ones masked.
+struct Masked<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(key, value)| {
+                let value = if is_secret_property(key) {
+                    redact::MASK
+                } else {
+                    value.as_str()
+                };
+                (key, value)
+            }))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("common", &Masked(&self.common))
+            .field("producer", &Masked(&self.producer))
+            .field("consumer", &Masked(&self.consumer))
+            .field("ignore_unsupported", &self.ignore_unsupported)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("property_headers", &self.property_headers)
+            .field(
+                "empty_payloads_as_tombstones",
+                &self.empty_payloads_as_tombstones,
+            )
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +351,33 @@ mod tests {
         assert_eq!(consumer.get("bootstrap.servers"), Some("b:9092"));
         assert_eq!(config.queue_capacity(), 100_000);
         assert_eq!(config.with_queue_capacity(7).queue_capacity(), 7);
+    }
+
+    #[test]
+    fn secret_properties_are_masked_in_debug_and_errors() {
+        let config = Config::new("127.0.0.1:9092")
+            .set("sasl.password", "s3cret-pass")
+            .set_producer("ssl.key.password", "s3cret-key")
+            .set_consumer("sasl.oauthbearer.client.secret", "s3cret-oauth")
+            .set("ssl.key.pem", "s3cret-pem")
+            .set("client.id", "billing");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("sasl.password") && shown.contains("billing"));
+
+        // librdkafka refuses a misspelt property quoting its value: masked.
+        let misspelt = Config::new("127.0.0.1:9092").set("sasl.pasword", "s3cret-pass");
+        let Err(err) = super::super::Publisher::new(&misspelt) else {
+            panic!("librdkafka accepted an unknown property");
+        };
+        let mut shown = format!("{err}\n{err:?}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(inner) = source {
+            shown.push_str(&format!("\n{inner}\n{inner:?}"));
+            source = inner.source();
+        }
+        assert!(shown.contains("sasl.pasword"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!err.is_transient());
     }
 }

@@ -1,9 +1,12 @@
 //! Classifying librdkafka's errors as transient or permanent.
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaConfRes;
 use tower_mq_core::{Error, ErrorKind, Operation};
 
+use super::config::is_secret_property;
 use super::BROKER;
+use crate::redact::MASK;
 
 /// Whether a retry may help with a librdkafka error code.
 ///
@@ -100,7 +103,21 @@ pub(crate) fn from_kafka(
     if let Some(destination) = destination {
         err = err.with_destination(destination);
     }
-    err.with_source(error)
+    err.with_source(without_secrets(error))
+}
+
+/// librdkafka's refusal of a property quotes its value: masked when the property is
+/// a secret, or unknown (a misspelt `sasl.password` is still a password).
+fn without_secrets(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, description, key, value)
+            if !value.is_empty()
+                && (code == RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN || is_secret_property(&key)) =>
+        {
+            KafkaError::ClientConfig(code, description, key, MASK.to_owned())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -23,15 +23,41 @@
 //! # let _ = (config, stream, consumer);
 //! ```
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::redact::{self, LoneUser};
 use crate::wire::PropertyHeaders;
 
 /// How to connect to NATS, shared by every core and JetStream service built on the
 /// connection. See the [module docs](self).
-#[derive(Debug, Clone)]
+///
+/// # Authentication
+///
+/// Credentials come from the URL, as other NATS clients read it
+/// (`nats://user:password@host:4222`, or `nats://token@host:4222`; percent-encode a
+/// `@`, `:` or `/` in them), or from one of [`user_and_password`](Self::user_and_password),
+/// [`token`](Self::token), [`nkey`](Self::nkey) and
+/// [`credentials_file`](Self::credentials_file), which take precedence over the URL's.
+/// The credentials are sent in the `CONNECT` handshake, never left in the URL the
+/// client logs; `Debug`, errors and tracing fields show the URL with its password or
+/// token masked as `***` (see [`redacted_url`](Self::redacted_url)). A server that
+/// refuses them fails [`Connection::connect`](super::Connection::connect) with a
+/// permanent error.
+///
+/// ```
+/// use tower_mq::nats::Config;
+///
+/// let config = Config::new("nats://127.0.0.1:4222").user_and_password("orders", "s3cret");
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// let config = Config::new("nats://orders:s3cret@127.0.0.1:4222");
+/// assert_eq!(config.redacted_url(), "nats://orders:***@127.0.0.1:4222");
+/// ```
+#[derive(Clone)]
 pub struct Config {
     pub(crate) url: String,
+    pub(crate) auth: Auth,
     pub(crate) name: Option<String>,
     pub(crate) client_capacity: usize,
     pub(crate) subscription_capacity: usize,
@@ -54,6 +80,7 @@ impl Config {
     pub fn new(url: impl Into<String>) -> Self {
         Config {
             url: url.into(),
+            auth: Auth::None,
             name: None,
             client_capacity: 2048,
             subscription_capacity: 64 * 1024,
@@ -65,6 +92,72 @@ impl Config {
             ignore_unsupported: false,
             property_headers: PropertyHeaders::http_style(),
         }
+    }
+
+    /// The environment variable [`Config::from_env`] reads the URL(s) from.
+    pub const URL_ENV: &'static str = "TOWER_MQ_NATS_URL";
+
+    /// Connects to the server(s) whose URL is in the environment variable
+    /// [`URL_ENV`](Self::URL_ENV) (`TOWER_MQ_NATS_URL`, credentials allowed in it),
+    /// every other setting at its default. Fails with a permanent error naming the
+    /// variable when it is not set (never quoting the value: it may hold credentials).
+    ///
+    /// ```no_run
+    /// use tower_mq::nats::{Config, Connection};
+    ///
+    /// # async fn run() -> Result<(), tower_mq::Error> {
+    /// // TOWER_MQ_NATS_URL=nats://orders:s3cret@127.0.0.1:4222
+    /// let connection = Connection::connect(&Config::from_env()?.name("orders")).await?;
+    /// # let _ = connection;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self, tower_mq_core::Error> {
+        redact::url_from_env(super::BROKER, Self::URL_ENV).map(Config::new)
+    }
+
+    /// Authenticates with a user name and password (instead of any in the URL).
+    pub fn user_and_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.auth = Auth::UserAndPassword {
+            user: user.into(),
+            password: password.into(),
+        };
+        self
+    }
+
+    /// Authenticates with a token (instead of any in the URL).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth = Auth::Token(token.into());
+        self
+    }
+
+    /// Authenticates with an nkey: `seed` is the user's secret seed (`SU...`); the
+    /// server knows its public key.
+    pub fn nkey(mut self, seed: impl Into<String>) -> Self {
+        self.auth = Auth::Nkey(seed.into());
+        self
+    }
+
+    /// Authenticates with a credentials file (a user JWT and its nkey seed, as `nsc`
+    /// writes them), read at each [`Connection::connect`](super::Connection::connect).
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.auth = Auth::CredentialsFile(path.into());
+        self
+    }
+
+    /// The server URL(s), credentials included: print [`Config::redacted_url`] instead.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The server URL(s) with a password or token masked as `***`: what `Debug`,
+    /// errors and logs show.
+    pub fn redacted_url(&self) -> String {
+        redact::url_list(&self.url, LoneUser::Token)
     }
 
     /// The client name the server shows in its connection list.
@@ -141,6 +234,55 @@ impl Config {
     pub fn property_headers(mut self, names: PropertyHeaders) -> Self {
         self.property_headers = names;
         self
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &self.redacted_url())
+            .field("auth", &self.auth)
+            .field("name", &self.name)
+            .field("client_capacity", &self.client_capacity)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("max_reconnects", &self.max_reconnects)
+            .field("ping_interval", &self.ping_interval)
+            .field("ignore_unsupported", &self.ignore_unsupported)
+            .field("property_headers", &self.property_headers)
+            .finish()
+    }
+}
+
+/// Credentials set on a [`Config`]; `Debug` masks the secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// None set: the URL's, if any.
+    None,
+    UserAndPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+    Nkey(String),
+    CredentialsFile(PathBuf),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::UserAndPassword { user, .. } => f
+                .debug_struct("UserAndPassword")
+                .field("user", user)
+                .field("password", &redact::MASK)
+                .finish(),
+            Auth::Token(_) => f.debug_tuple("Token").field(&redact::MASK).finish(),
+            Auth::Nkey(_) => f.debug_tuple("Nkey").field(&redact::MASK).finish(),
+            Auth::CredentialsFile(path) => f.debug_tuple("CredentialsFile").field(path).finish(),
+        }
     }
 }
 

@@ -121,6 +121,9 @@ pub mod headers;
 pub mod jetstream;
 pub mod request;
 
+use self::config::Auth;
+use crate::redact;
+
 pub use self::config::Config;
 pub use self::core::{BatchPublisher, Publisher, Subscriber};
 pub use self::request::Requester;
@@ -174,21 +177,37 @@ impl Connection {
         if let Some(name) = &config.name {
             options = options.name(name);
         }
-        let client = options.connect(config.url.as_str()).await.map_err(|err| {
+        let redacted_url = config.redacted_url();
+        // The client is given the URLs without credentials, so it cannot log them;
+        // the credentials travel in the options.
+        let (servers, url_auth) = servers_and_credentials(&config.url);
+        let auth = match &config.auth {
+            Auth::None => url_auth,
+            set => set.clone(),
+        };
+        let options = authenticate(options, auth, &redacted_url).await?;
+        let client = options.connect(servers).await.map_err(|err| {
             let kind = match err.kind() {
                 async_nats::ConnectErrorKind::TimedOut
                 | async_nats::ConnectErrorKind::Io
                 | async_nats::ConnectErrorKind::Dns => ErrorKind::Transient,
                 _ => ErrorKind::Permanent,
             };
-            Error::new(BROKER, Operation::Connect, kind)
-                .with_destination(config.url.clone())
-                .with_source(err)
+            let error =
+                Error::new(BROKER, Operation::Connect, kind).with_destination(redacted_url.clone());
+            let error = match err.kind() {
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                | async_nats::ConnectErrorKind::Authentication => {
+                    error.with_reason("the server refused the credentials")
+                }
+                _ => error,
+            };
+            error.with_source(err)
         })?;
         if client.connection_state() == async_nats::connection::State::Connected {
             state_tx.send_replace(Link::Up);
         }
-        tracing::debug!(target: "tower_mq::nats", url = %config.url, "connected");
+        tracing::debug!(target: "tower_mq::nats", url = %redacted_url, "connected");
         Ok(Connection {
             client,
             connected,
@@ -235,10 +254,66 @@ impl Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("url", &self.config.url)
+            .field("url", &self.config.redacted_url())
             .field("connected", &self.is_connected())
             .finish()
     }
+}
+
+/// The server URLs of a comma-separated list, without credentials, and the
+/// credentials the first URL holding any carries (`user:password@`, or a lone
+/// `token@`), percent-decoded.
+fn servers_and_credentials(urls: &str) -> (Vec<String>, Auth) {
+    let mut auth = Auth::None;
+    let servers = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| match redact::split(url) {
+            Some((head, info, tail)) => {
+                if auth == Auth::None {
+                    let user = redact::percent_decode(info.user);
+                    auth = match info.password {
+                        Some(password) => Auth::UserAndPassword {
+                            user,
+                            password: redact::percent_decode(password),
+                        },
+                        None if !user.is_empty() => Auth::Token(user),
+                        None => Auth::None,
+                    };
+                }
+                format!("{head}{tail}")
+            }
+            None => url.to_owned(),
+        })
+        .collect();
+    (servers, auth)
+}
+
+/// `options` with the credentials of `auth`.
+async fn authenticate(
+    options: async_nats::ConnectOptions,
+    auth: Auth,
+    redacted_url: &str,
+) -> Result<async_nats::ConnectOptions, Error> {
+    Ok(match auth {
+        Auth::None => options,
+        Auth::UserAndPassword { user, password } => options.user_and_password(user, password),
+        Auth::Token(token) => options.token(token),
+        Auth::Nkey(seed) => options.nkey(seed),
+        Auth::CredentialsFile(path) => {
+            options.credentials_file(&path).await.map_err(|err| {
+                // The file's contents are secret; its path is not.
+                Error::permanent(BROKER, Operation::Connect)
+                    .with_destination(redacted_url.to_owned())
+                    .with_reason(format!(
+                        "cannot use the credentials file `{}`: {}",
+                        path.display(),
+                        err.kind()
+                    ))
+            })?
+        }
+    })
 }
 
 fn reconnect_delay(attempts: usize, max: std::time::Duration) -> std::time::Duration {

@@ -1,8 +1,10 @@
 //! Connection, publishing and consuming settings for RabbitMQ.
 
+use std::fmt;
 use std::time::Duration;
 
 use super::topology::Topology;
+use crate::redact::{self, LoneUser};
 
 /// The default [`Config::timestamp_millis_header`]: RabbitMQ's own name for a time in
 /// milliseconds.
@@ -46,7 +48,10 @@ pub const TIMESTAMP_MILLIS_HEADER: &str = "timestamp_in_ms";
 ///     .timestamp_millis_header("sent_at_ms");
 /// assert_eq!(config.prefetch_count(), 100);
 /// ```
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows the URI with its password masked (`amqp://guest:***@host:5672/%2f`);
+/// errors name the broker by `host:port/vhost` only.
+#[derive(Clone)]
 pub struct Config {
     pub(crate) uri: String,
     pub(crate) heartbeat: Duration,
@@ -161,6 +166,28 @@ impl Config {
             timestamp_millis_header: Some(TIMESTAMP_MILLIS_HEADER.to_owned()),
             topology: Topology::new(),
         }
+    }
+
+    /// The environment variable [`Config::from_env`] reads the URI from.
+    pub const URL_ENV: &'static str = "TOWER_MQ_AMQP_URL";
+
+    /// Settings for the broker whose URI is in the environment variable
+    /// [`URL_ENV`](Self::URL_ENV) (`TOWER_MQ_AMQP_URL`), every other setting at its
+    /// default. Fails with a permanent error naming the variable when it is not set
+    /// (never quoting the value: it holds the password).
+    ///
+    /// ```no_run
+    /// use tower_mq::rabbitmq::{Config, Connection};
+    ///
+    /// # async fn run() -> Result<(), tower_mq::Error> {
+    /// // TOWER_MQ_AMQP_URL=amqp://orders:s3cret@127.0.0.1:5672/%2f
+    /// let connection = Connection::connect(Config::from_env()?.prefetch(64)).await?;
+    /// # let _ = connection;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self, crate::Error> {
+        redact::url_from_env(super::error::BROKER, Self::URL_ENV).map(Config::new)
     }
 
     /// The heartbeat interval asked of the broker (rounded to whole seconds, at least
@@ -298,9 +325,14 @@ impl Config {
         self
     }
 
-    /// The broker URI.
+    /// The broker URI, credentials included: print [`Config::redacted_uri`] instead.
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The broker URI with its password masked as `***`: what `Debug` shows.
+    pub fn redacted_uri(&self) -> String {
+        redact::url(&self.uri, LoneUser::Name).into_owned()
     }
 
     /// The heartbeat interval.
@@ -321,6 +353,28 @@ impl Config {
     /// The topology declared on every connect.
     pub fn declared_topology(&self) -> &Topology {
         &self.topology
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("uri", &self.redacted_uri())
+            .field("heartbeat", &self.heartbeat)
+            .field("connection_name", &self.connection_name)
+            .field("channel_pool_size", &self.channel_pool_size)
+            .field("prefetch", &self.prefetch)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("routing", &self.routing)
+            .field("mandatory", &self.mandatory)
+            .field("request_timeout", &self.request_timeout)
+            .field("requeue_by_republish", &self.requeue_by_republish)
+            .field("reject_with_reason", &self.reject_with_reason)
+            .field("ignore_unsupported", &self.ignore_unsupported)
+            .field("timestamp_millis_header", &self.timestamp_millis_header)
+            .field("topology", &self.topology)
+            .finish()
     }
 }
 

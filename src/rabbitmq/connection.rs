@@ -26,6 +26,7 @@ use super::publisher::Publisher;
 use super::request::Requester;
 use super::topology::{Part, Topology};
 use crate::error::{Error, Operation};
+use crate::redact::{self, LoneUser};
 
 /// How often the supervisor double-checks the connection state, in case the broker
 /// closed it without an error event (a graceful `connection.close`).
@@ -246,15 +247,10 @@ impl Connection {
     /// automatic.
     pub async fn connect(config: Config) -> Result<Connection, Error> {
         let mut uri: AMQPUri = config.uri.parse().map_err(|reason: String| {
+            // The parser quotes the URI it refused, password included.
+            let reason = redact::in_text(&reason, &config.uri, LoneUser::Name);
             Error::permanent(BROKER, Operation::Connect)
-                .with_destination(
-                    config
-                        .uri
-                        .split('@')
-                        .next_back()
-                        .unwrap_or_default()
-                        .to_owned(),
-                )
+                .with_destination(config.redacted_uri())
                 .with_reason(format!("invalid AMQP URI: {reason}"))
         })?;
         let heartbeat = config.heartbeat.as_secs().clamp(0, u64::from(u16::MAX)) as u16;

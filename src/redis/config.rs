@@ -1,5 +1,6 @@
 //! Connection settings shared by every Redis publisher and consumer.
 
+use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -8,6 +9,7 @@ use redis::Client;
 use super::layout::StreamLayout;
 use super::pubsub::Framing;
 use super::{redis_error, BROKER};
+use crate::redact::{self, LoneUser};
 use crate::{Error, Operation};
 
 /// Where Redis is and how to talk to it: the URL, timeouts, reconnect backoff, the
@@ -17,7 +19,10 @@ use crate::{Error, Operation};
 /// (a multiplexed connection that reconnects by itself); a Streams consumer opens a
 /// second, dedicated one for its blocking reads. See the [module docs](super) for an
 /// example.
-#[derive(Debug, Clone)]
+///
+/// `Debug` and every error show the URL with its password masked
+/// (`redis://app:***@host:6379/0`).
+#[derive(Clone)]
 pub struct Config {
     url: String,
     response_timeout: Duration,
@@ -30,6 +35,9 @@ pub struct Config {
 }
 
 impl Config {
+    /// The environment variable [`Config::from_env`] reads the URL from.
+    pub const URL_ENV: &'static str = "TOWER_MQ_REDIS_URL";
+
     /// Settings for the server at `url` (`redis://host:port/db`, `rediss://` for TLS
     /// when redis-rs is built with a TLS feature, `unix:///path`).
     ///
@@ -46,6 +54,27 @@ impl Config {
             stream_layout: StreamLayout::new(),
             pubsub_framing: Framing::Plain,
         }
+    }
+
+    /// Settings for the server whose URL is in the environment variable
+    /// [`URL_ENV`](Self::URL_ENV) (`TOWER_MQ_REDIS_URL`), every other setting at its
+    /// default. Fails with a permanent error naming the variable when it is not set
+    /// (the error never quotes the value: it may hold a password).
+    ///
+    /// ```no_run
+    /// use tower_mq::redis::{Config, StreamPublisher};
+    ///
+    /// # async fn run() -> Result<(), tower_mq::Error> {
+    /// // TOWER_MQ_REDIS_URL=redis://app:s3cret@127.0.0.1:6379/0
+    /// let config = Config::from_env()?;
+    /// println!("{config:?}"); // redis://app:***@127.0.0.1:6379/0
+    /// let publisher = StreamPublisher::connect(&config).await?;
+    /// # let _ = publisher;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self, Error> {
+        redact::url_from_env(BROKER, Self::URL_ENV).map(Config::new)
     }
 
     /// How long a command may wait for its answer before failing with a transient
@@ -100,9 +129,14 @@ impl Config {
         self.pubsub_framing
     }
 
-    /// The server URL.
+    /// The server URL, credentials included: print [`Config::redacted_url`] instead.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The server URL with its password masked as `***`: what `Debug` and errors show.
+    pub fn redacted_url(&self) -> String {
+        redact::url(&self.url, LoneUser::Name).into_owned()
     }
 
     /// The response timeout of commands.
@@ -114,7 +148,7 @@ impl Config {
     pub fn client(&self) -> Result<Client, Error> {
         Client::open(self.url.as_str()).map_err(|err| {
             Error::permanent(BROKER, Operation::Connect)
-                .with_destination(self.url.clone())
+                .with_destination(self.redacted_url())
                 .with_reason("invalid Redis URL")
                 .with_source(err)
         })
@@ -139,7 +173,7 @@ impl Config {
             .set_max_delay(self.reconnect_max_delay);
         ConnectionManager::new_with_config(client, manager_config)
             .await
-            .map_err(|err| redis_error(Operation::Connect, &self.url, err))
+            .map_err(|err| redis_error(Operation::Connect, &self.redacted_url(), err))
     }
 
     /// The connection timeout.
@@ -149,5 +183,20 @@ impl Config {
 
     pub(crate) fn reconnect_max_delay(&self) -> Duration {
         self.reconnect_max_delay
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &self.redacted_url())
+            .field("response_timeout", &self.response_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("reconnect_retries", &self.reconnect_retries)
+            .field("reconnect_min_delay", &self.reconnect_min_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("stream_layout", &self.stream_layout)
+            .field("pubsub_framing", &self.pubsub_framing)
+            .finish()
     }
 }

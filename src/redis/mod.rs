@@ -30,8 +30,10 @@
 //!
 //! Errors are classified with redis-rs's own judgement ([`error_kind`]): a dropped
 //! connection, an I/O error, a timeout or anything redis-rs would retry is transient;
-//! what it would not retry (a wrong type, a syntax error, a missing group) is permanent.
-//! Every error names the broker (`"redis"`), the operation and the stream or channel.
+//! what it would not retry (a wrong type, a syntax error, a missing group) is permanent,
+//! and so is a refused login (a wrong password retried fails the same way).
+//! Every error names the broker (`"redis"`), the operation and the stream or channel;
+//! connect errors name the server by its URL with the password masked as `***`.
 //!
 //! # The stream entry layout
 //!
@@ -169,7 +171,9 @@ pub(crate) const BROKER: &str = "redis";
 /// error redis-rs's [`RetryMethod`] would retry (reconnect, wait and retry, retry at
 /// once, cluster redirects), plus the server's `OOM` and `BUSY` answers (memory fills
 /// and empties as consumers trim; a busy script ends). Permanent: what redis-rs would
-/// not retry, such as a wrong type, a syntax error or a missing consumer group.
+/// not retry, such as a wrong type, a syntax error or a missing consumer group, and a
+/// refused login (a wrong password or user, `NOAUTH`, `WRONGPASS`): redis-rs would
+/// reconnect, but the same credentials fail the same way.
 ///
 /// ```
 /// use tower_mq::redis::error_kind;
@@ -179,8 +183,15 @@ pub(crate) const BROKER: &str = "redis";
 /// assert_eq!(error_kind(&dropped), ErrorKind::Transient);
 /// let config = redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad url"));
 /// assert_eq!(error_kind(&config), ErrorKind::Permanent);
+/// let login = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "refused"));
+/// assert_eq!(error_kind(&login), ErrorKind::Permanent);
 /// ```
 pub fn error_kind(err: &RedisError) -> ErrorKind {
+    if err.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+    {
+        return ErrorKind::Permanent;
+    }
     if err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
         return ErrorKind::Transient;
     }
