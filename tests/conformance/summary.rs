@@ -1,0 +1,161 @@
+//! The suite's summary: what each case checked, per fixture, printed once the last
+//! case of the run has finished.
+//!
+//! Every test records its result here (passed, not applicable with its reason, or
+//! failed). The run's size is known from the test names the `conformance!` macro
+//! generates and the filters libtest was given, so the test that finishes last prints
+//! the summary, straight to the process's stderr (libtest captures only what tests
+//! print with `print!`/`eprint!`), before libtest's closing `test result:` line.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Mutex, PoisonError};
+
+use crate::fixture::Outcome;
+
+/// One finished test.
+struct Finished {
+    case: String,
+    result: Result<Outcome, ()>,
+}
+
+struct Run {
+    expected: Option<usize>,
+    finished: BTreeMap<&'static str, Vec<Finished>>,
+    printed: bool,
+}
+
+static RUN: Mutex<Run> = Mutex::new(Run {
+    expected: None,
+    finished: BTreeMap::new(),
+    printed: false,
+});
+
+/// A test in progress: [`Record::finish`] records its outcome; dropped without it (the
+/// case panicked), it records a failure.
+pub struct Record {
+    fixture: &'static str,
+    case: String,
+    outcome: Option<Outcome>,
+}
+
+impl Record {
+    /// Starts recording test `<module>::<case>` of `fixture`.
+    pub fn start(fixture: &'static str, case: &str) -> Record {
+        Record {
+            fixture,
+            case: case.to_owned(),
+            outcome: None,
+        }
+    }
+
+    /// The case returned `outcome`.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let result = self.outcome.take().ok_or(());
+        let mut run = RUN.lock().unwrap_or_else(PoisonError::into_inner);
+        let expected = *run
+            .expected
+            .get_or_insert_with(|| selected(&crate::test_names()));
+        run.finished
+            .entry(self.fixture)
+            .or_default()
+            .push(Finished {
+                case: std::mem::take(&mut self.case),
+                result,
+            });
+        let done: usize = run.finished.values().map(Vec::len).sum();
+        if done >= expected && !run.printed {
+            run.printed = true;
+            let text = render(&run.finished);
+            let mut stderr = std::io::stderr().lock();
+            let _ = stderr.write_all(text.as_bytes());
+            let _ = stderr.flush();
+        }
+    }
+}
+
+/// The summary: per fixture, how many passed (and which parts were not checked, why),
+/// which cases were not applicable and why, which failed.
+fn render(finished: &BTreeMap<&'static str, Vec<Finished>>) -> String {
+    let mut out = String::from("\nconformance summary\n");
+    let (mut passed, mut not_applicable, mut failed) = (0, 0, 0);
+    for (fixture, tests) in finished {
+        let mut tests: Vec<&Finished> = tests.iter().collect();
+        tests.sort_by(|a, b| a.case.cmp(&b.case));
+        let count = |f: fn(&Finished) -> bool| tests.iter().filter(|t| f(t)).count();
+        let p = count(|t| matches!(t.result, Ok(Outcome::Passed { .. })));
+        let n = count(|t| matches!(t.result, Ok(Outcome::NotApplicable { .. })));
+        let f = count(|t| t.result.is_err());
+        passed += p;
+        not_applicable += n;
+        failed += f;
+        out.push_str(&format!(
+            "{fixture}: {p} passed, {n} not applicable, {f} failed\n"
+        ));
+        for test in &tests {
+            match &test.result {
+                Ok(Outcome::Passed { unchecked }) => {
+                    for (part, reason) in unchecked {
+                        out.push_str(&format!(
+                            "  passed without {part}: {}: {reason}\n",
+                            test.case
+                        ));
+                    }
+                }
+                Ok(Outcome::NotApplicable { reason, instead }) => {
+                    out.push_str(&format!("  not applicable: {}: {reason}", test.case));
+                    if let Some(instead) = instead {
+                        out.push_str(&format!(" (checked instead: {instead})"));
+                    }
+                    out.push('\n');
+                }
+                Err(()) => out.push_str(&format!("  FAILED: {}\n", test.case)),
+            }
+        }
+    }
+    out.push_str(&format!(
+        "conformance: {passed} passed, {not_applicable} not applicable, {failed} failed\n\n"
+    ));
+    out
+}
+
+/// How many of `names` this run executes, by libtest's filters: positional filters
+/// (substrings, or whole names with `--exact`; any one must match) and `--skip`.
+/// With `--ignored` nothing of the suite runs (no case is ignored).
+fn selected(names: &[String]) -> usize {
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let mut exact = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--exact" => exact = true,
+            "--ignored" => return 0,
+            "--skip" => skips.extend(args.next()),
+            _ if arg.starts_with("--skip=") => skips.push(arg["--skip=".len()..].to_owned()),
+            "--test-threads" | "--format" | "--color" | "--logfile" | "-Z" | "--shuffle-seed" => {
+                args.next();
+            }
+            _ if arg.starts_with('-') => {}
+            _ => filters.push(arg),
+        }
+    }
+    let matches = |name: &str, pattern: &str| {
+        if exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    };
+    names
+        .iter()
+        .filter(|name| filters.is_empty() || filters.iter().any(|f| matches(name, f)))
+        .filter(|name| !skips.iter().any(|s| matches(name, s)))
+        .count()
+}
