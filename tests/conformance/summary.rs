@@ -99,23 +99,21 @@ fn render(finished: &BTreeMap<&'static str, Vec<Finished>>) -> String {
             "{fixture}: {p} passed, {n} not applicable, {f} failed\n"
         ));
         for test in &tests {
+            let case = &test.case;
             match &test.result {
                 Ok(Outcome::Passed { unchecked }) => {
                     for (part, reason) in unchecked {
-                        out.push_str(&format!(
-                            "  passed without {part}: {}: {reason}\n",
-                            test.case
-                        ));
+                        out.push_str(&format!("  {case}: passed without {part}: {reason}\n"));
                     }
                 }
                 Ok(Outcome::NotApplicable { reason, instead }) => {
-                    out.push_str(&format!("  not applicable: {}: {reason}", test.case));
+                    out.push_str(&format!("  {case}: not applicable: {reason}"));
                     if let Some(instead) = instead {
                         out.push_str(&format!(" (checked instead: {instead})"));
                     }
                     out.push('\n');
                 }
-                Err(()) => out.push_str(&format!("  FAILED: {}\n", test.case)),
+                Err(()) => out.push_str(&format!("  {case}: FAILED\n")),
             }
         }
     }
