@@ -1,15 +1,17 @@
 //! The conformance suite: one set of cases, run against every broker.
 //!
-//! Test names are `<broker>::<case>`, so `cargo test --test conformance -- redis::`
-//! runs one broker and `-- ::priority_order` one case everywhere. See README.md for
-//! how to add a broker or a case.
+//! Test names are `<fixture module>::<case>`, so `cargo test --test conformance --
+//! redis::` runs one fixture and `-- ::priority_order` one case everywhere. See
+//! README.md for how to add a broker or a case.
 //!
 //! Every case reports what it checked ([`fixture::Outcome`]): passed, or not applicable
 //! to the broker with the reason. Once the run's last case has finished, a summary per
 //! fixture (passed, not applicable with reasons, failed) is printed; see `summary.rs`.
 
-/// Generates one `#[test]` per case, run on a multi-thread tokio runtime, for a [`fixture::Fixture`] type, in the
-/// module where it is invoked (the broker's fixture file): `conformance!(MemoryFixture);`.
+/// Generates one `#[test]` per case for a [`fixture::Fixture`] type, in the module where
+/// it is invoked (the broker's fixture file): `conformance!(MemoryFixture);`. Each test
+/// runs its case on a multi-thread tokio runtime and records the case's
+/// [`fixture::Outcome`] (or its failure) for the summary.
 ///
 /// This is the one list of cases. A new case is a generic `async fn` in a file under
 /// `cases/` plus one line here.
