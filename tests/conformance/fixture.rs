@@ -52,6 +52,15 @@ impl Support {
     }
 }
 
+/// How large a payload the broker carries in the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxPayload {
+    /// The full 16 MiB of the large payload case.
+    Full,
+    /// At most this many bytes, and why.
+    AtMost(usize, &'static str),
+}
+
 /// What a broker supports. A case whose feature is missing is reported as not
 /// applicable, with the flag's reason; where the broker has an honest answer instead
 /// (it refuses the property at publish time, say), the case checks that answer and the
@@ -97,9 +106,9 @@ pub struct Capabilities {
     /// published after a member (re)joins, and the reconnect case reports what a
     /// broker restart lost instead of failing on it.
     pub durable_groups: Support,
-    /// The largest payload the broker is set up to carry in the suite; the large
-    /// payload case sends min(16 MiB, this).
-    pub max_payload: usize,
+    /// The largest payload the broker is set up to carry in the suite, and why, when
+    /// it is under the 16 MiB the large payload case sends otherwise.
+    pub max_payload: MaxPayload,
     /// [`Fixture::stop_broker`] / [`Fixture::start_broker`] work (reconnect cases).
     pub restart: Support,
 }
@@ -116,7 +125,7 @@ impl Capabilities {
         ttl_dead_letters: Support::Yes,
         groups: Support::Yes,
         durable_groups: Support::Yes,
-        max_payload: 16 * 1024 * 1024,
+        max_payload: MaxPayload::Full,
         restart: Support::Yes,
     };
 }

@@ -23,7 +23,8 @@ use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicS
 use tower_mq::Delivery;
 
 use crate::fixture::{
-    unique_name, BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, Support, WAIT,
+    unique_name, BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, MaxPayload,
+    Support, WAIT,
 };
 
 const DEFAULT_BROKERS: &str = "127.0.0.1:19092";
@@ -48,8 +49,10 @@ pub const KAFKA_CAPABILITIES: Capabilities = Capabilities {
     // Publishing a TTL is refused with a permanent error (checked by the case).
     ttl: Support::No("Kafka has no per-message time to live (retention is per topic)"),
     ttl_dead_letters: Support::No("Kafka has no per-message time to live"),
-    // Brokers refuse records over `message.max.bytes`, about 1 MB by default.
-    max_payload: 512 * 1024,
+    max_payload: MaxPayload::AtMost(
+        990_000,
+        "librdkafka and Kafka brokers refuse records over message.max.bytes, about 1 MB by default",
+    ),
     ..Capabilities::ALL
 };
 

@@ -10,7 +10,9 @@ use futures_util::StreamExt;
 use tower::util::BoxCloneService;
 use tower_mq::nats::{Config, Connection, Publisher, Requester, Subscriber};
 
-use crate::fixture::{BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, Support};
+use crate::fixture::{
+    BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, MaxPayload, Support,
+};
 
 fn url() -> String {
     std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
@@ -71,8 +73,10 @@ impl Fixture for NatsFixture {
             "a core NATS queue group exists only while members are subscribed: messages \
              published while none is, or held by a member that closes, are not kept",
         ),
-        // The server's default max_payload is 1 MiB, headers included.
-        max_payload: 1_000_000,
+        max_payload: MaxPayload::AtMost(
+            1_000_000,
+            "the NATS server's default max_payload is 1 MiB, headers included",
+        ),
         ..Capabilities::ALL
     };
 
@@ -141,7 +145,9 @@ pub mod jetstream {
     use tower_mq::Delivery;
 
     use super::{brokers, connect};
-    use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture, Support};
+    use crate::fixture::{
+        unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture, MaxPayload, Support,
+    };
 
     /// How long an unsettled delivery waits before it is delivered again: short, so
     /// that a consumer that closes hands its messages on quickly.
@@ -240,8 +246,10 @@ pub mod jetstream {
                  streams expire messages by max_age",
             ),
             ttl_dead_letters: Support::No("JetStream messages carry no TTL here"),
-            // The server's default max_payload is 1 MiB, headers included.
-            max_payload: 1_000_000,
+            max_payload: MaxPayload::AtMost(
+                1_000_000,
+                "the NATS server's default max_payload is 1 MiB, headers included",
+            ),
             ..Capabilities::ALL
         };
 
