@@ -61,7 +61,7 @@ impl Drop for Record {
         let mut run = RUN.lock().unwrap_or_else(PoisonError::into_inner);
         let expected = *run
             .expected
-            .get_or_insert_with(|| selected(&crate::test_names()));
+            .get_or_insert_with(|| selected(&crate::test_names(), std::env::args().skip(1)));
         run.finished
             .entry(self.fixture)
             .or_default()
@@ -126,11 +126,11 @@ fn render(finished: &BTreeMap<&'static str, Vec<Finished>>) -> String {
 /// How many of `names` this run executes, by libtest's filters: positional filters
 /// (substrings, or whole names with `--exact`; any one must match) and `--skip`.
 /// With `--ignored` nothing of the suite runs (no case is ignored).
-fn selected(names: &[String]) -> usize {
+fn selected(names: &[String], args: impl IntoIterator<Item = String>) -> usize {
     let mut filters = Vec::new();
     let mut skips = Vec::new();
     let mut exact = false;
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--exact" => exact = true,
@@ -156,4 +156,34 @@ fn selected(names: &[String]) -> usize {
         .filter(|name| filters.is_empty() || filters.iter().any(|f| matches(name, f)))
         .filter(|name| !skips.iter().any(|s| matches(name, s)))
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selected;
+
+    fn count(args: &[&str]) -> usize {
+        let names: Vec<String> = [
+            "redis::ttl_expiry",
+            "redis::request_reply",
+            "redis_pubsub::ttl_expiry",
+            "nats::jetstream::ttl_expiry",
+        ]
+        .map(String::from)
+        .into();
+        selected(&names, args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn the_summary_counts_the_tests_libtest_selects() {
+        assert_eq!(count(&[]), 4);
+        assert_eq!(count(&["redis::"]), 2);
+        assert_eq!(count(&["redis"]), 3);
+        assert_eq!(count(&["::ttl_expiry", "--test-threads", "2"]), 3);
+        assert_eq!(count(&["--test-threads=1", "redis", "nats"]), 4);
+        assert_eq!(count(&["--exact", "redis::ttl_expiry"]), 1);
+        assert_eq!(count(&["ttl", "--skip", "pubsub"]), 2);
+        assert_eq!(count(&["--skip=jetstream", "--nocapture"]), 3);
+        assert_eq!(count(&["--ignored"]), 0);
+    }
 }
