@@ -34,16 +34,44 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// a while.
 pub const QUIET: Duration = Duration::from_millis(500);
 
-/// What a broker supports. A case whose feature is missing checks what the broker does
-/// instead (rejects the property at publish time, say) where that is defined.
+/// Whether a broker supports something the suite checks: [`Support::Yes`], or
+/// [`Support::No`] with the reason, which the suite's summary prints wherever a case
+/// or a part of one does not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Supported: the cases check it.
+    Yes,
+    /// Not supported, and why (one sentence about the broker, shown in the summary).
+    No(&'static str),
+}
+
+impl Support {
+    /// Whether it is supported.
+    pub const fn is_yes(self) -> bool {
+        matches!(self, Support::Yes)
+    }
+}
+
+/// How large a payload the broker carries in the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxPayload {
+    /// The full 16 MiB of the large payload case.
+    Full,
+    /// At most this many bytes, and why.
+    AtMost(usize, &'static str),
+}
+
+/// What a broker supports. A case whose feature is missing is reported as not
+/// applicable, with the flag's reason; where the broker has an honest answer instead
+/// (it refuses the property at publish time, say), the case checks that answer and the
+/// summary says what it checked in place of the case.
 ///
 /// Fixtures start from [`Capabilities::ALL`] and turn flags off with struct update
-/// syntax, each with a comment saying why the broker cannot do it:
+/// syntax, each with the reason the broker cannot do it:
 ///
 /// ```ignore
 /// const CAPABILITIES: Capabilities = Capabilities {
-///     // Core NATS has no per-message priority.
-///     priority: false,
+///     priority: Support::No("NATS has no message priorities"),
 ///     ..Capabilities::ALL
 /// };
 /// ```
@@ -51,50 +79,140 @@ pub const QUIET: Duration = Duration::from_millis(500);
 pub struct Capabilities {
     /// Settlement reaches the broker: nack redelivers, unsettled deliveries come back
     /// after their consumer closes. Off for at-most-once transports.
-    pub redelivery: bool,
+    pub redelivery: Support,
     /// `Delivery::delivery_count` counts deliveries exactly (not just "redelivered").
-    pub exact_delivery_count: bool,
+    pub exact_delivery_count: Support,
     /// A delivery that comes again because its consumer closed without settling it
     /// is counted as a redelivery (the broker remembers it was delivered).
-    pub counts_redelivery_after_close: bool,
+    pub counts_redelivery_after_close: Support,
     /// Rejected deliveries reach [`Fixture::dead_letters`].
-    pub dead_letters: bool,
+    pub dead_letters: Support,
     /// Higher priorities are delivered first. Without it, publishing a message with a
     /// priority must fail with a permanent error.
-    pub priority: bool,
+    pub priority: Support,
     /// A message whose time to live passed is not delivered. Without it, publishing a
     /// message with a TTL must fail with a permanent error.
-    pub ttl: bool,
+    pub ttl: Support,
     /// An expired message reaches [`Fixture::dead_letters`] with the reason `expired`.
-    pub ttl_dead_letters: bool,
+    pub ttl_dead_letters: Support,
+    /// Work-queue groups exist: [`Fixture::group_consumer`] and
+    /// [`Fixture::declare_group`] work. Without them the work-queue cases do not apply,
+    /// and cases that only need a consumer use [`Fixture::subscriber`].
+    pub groups: Support,
     /// A declared group keeps messages while none of its consumers is connected, and a
     /// consumer that closes leaves what it had not settled to the group. Off for
     /// at-most-once groups (core NATS queue groups), which exist only while a member
     /// is subscribed: the cases then check that the group resumes with what is
     /// published after a member (re)joins, and the reconnect case reports what a
     /// broker restart lost instead of failing on it.
-    pub durable_groups: bool,
-    /// The largest payload the broker is set up to carry in the suite; the large
-    /// payload case sends min(16 MiB, this).
-    pub max_payload: usize,
+    pub durable_groups: Support,
+    /// The largest payload the broker is set up to carry in the suite, and why, when
+    /// it is under the 16 MiB the large payload case sends otherwise.
+    pub max_payload: MaxPayload,
     /// [`Fixture::stop_broker`] / [`Fixture::start_broker`] work (reconnect cases).
-    pub restart: bool,
+    pub restart: Support,
 }
 
 impl Capabilities {
     /// Everything supported, 16 MiB payloads.
     pub const ALL: Capabilities = Capabilities {
-        redelivery: true,
-        exact_delivery_count: true,
-        counts_redelivery_after_close: true,
-        dead_letters: true,
-        priority: true,
-        ttl: true,
-        ttl_dead_letters: true,
-        durable_groups: true,
-        max_payload: 16 * 1024 * 1024,
-        restart: true,
+        redelivery: Support::Yes,
+        exact_delivery_count: Support::Yes,
+        counts_redelivery_after_close: Support::Yes,
+        dead_letters: Support::Yes,
+        priority: Support::Yes,
+        ttl: Support::Yes,
+        ttl_dead_letters: Support::Yes,
+        groups: Support::Yes,
+        durable_groups: Support::Yes,
+        max_payload: MaxPayload::Full,
+        restart: Support::Yes,
     };
+}
+
+/// What a case checked, for the suite's summary. A case that returns has passed what
+/// it reports; a failed check panics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything the case claims was checked and holds. `unchecked` lists the parts
+    /// of the claim that do not apply to the broker, each with its reason.
+    Passed {
+        /// `(part, reason)` for each part not checked.
+        unchecked: Vec<(&'static str, &'static str)>,
+    },
+    /// The case's claim does not apply to the broker, for `reason`; `instead` says what
+    /// the case checked in its place (the broker's honest answer), if anything.
+    NotApplicable {
+        /// Why (the capability flag's reason).
+        reason: &'static str,
+        /// What was checked instead, if anything.
+        instead: Option<&'static str>,
+    },
+}
+
+impl Outcome {
+    /// Passed, every part checked.
+    pub fn passed() -> Outcome {
+        Outcome::Passed {
+            unchecked: Vec::new(),
+        }
+    }
+
+    /// Not applicable, nothing checked instead.
+    pub fn not_applicable(reason: &'static str) -> Outcome {
+        Outcome::NotApplicable {
+            reason,
+            instead: None,
+        }
+    }
+
+    /// Not applicable; `instead` was checked in its place.
+    pub fn checked_instead(reason: &'static str, instead: &'static str) -> Outcome {
+        Outcome::NotApplicable {
+            reason,
+            instead: Some(instead),
+        }
+    }
+}
+
+/// Collects the parts of a case that do not apply, so that a case passing with a part
+/// left out says so.
+#[derive(Debug, Default)]
+pub struct Checks {
+    unchecked: Vec<(&'static str, &'static str)>,
+}
+
+impl Checks {
+    /// Whether `part` applies (`support` is [`Support::Yes`]); records it as unchecked
+    /// otherwise. Use as `if checks.apply("...", caps.x) { assert!(...) }`.
+    pub fn apply(&mut self, part: &'static str, support: Support) -> bool {
+        match support {
+            Support::Yes => true,
+            Support::No(reason) => {
+                if !self.unchecked.iter().any(|(p, _)| *p == part) {
+                    self.unchecked.push((part, reason));
+                }
+                false
+            }
+        }
+    }
+
+    /// The case passed, less the parts recorded as unchecked.
+    pub fn passed(self) -> Outcome {
+        Outcome::Passed {
+            unchecked: self.unchecked,
+        }
+    }
+}
+
+/// A consumer of `topic` for a case that needs only one consumer: a member of `group`
+/// where the broker has groups, a subscriber where it has none.
+pub async fn consumer<F: Fixture>(fx: &F, topic: &str, group: &str) -> BoxConsumer {
+    if F::CAPABILITIES.groups.is_yes() {
+        fx.group_consumer(topic, group).await
+    } else {
+        fx.subscriber(topic).await
+    }
 }
 
 /// A broker under test. One value per test: `connect` runs at the start of every case.
@@ -158,6 +276,24 @@ pub trait Fixture: Sized + Send + Sync + 'static {
         }
     }
 
+    /// The serving side of request/reply on `topic`: a consumer of the requests and the
+    /// publisher a [`tower_mq::request::Replier`] answers them through (to each
+    /// request's `reply_to`). Returns once requests sent from now on reach the consumer.
+    ///
+    /// The default is [`Fixture::subscriber`] of `topic` and [`Fixture::publisher`] of
+    /// `reply_to`. Brokers whose native request/reply needs a serving socket of its own
+    /// (a ZeroMQ ROUTER) override this together with [`Fixture::requester`].
+    fn request_server(
+        &self,
+        topic: &str,
+        reply_to: &str,
+    ) -> impl Future<Output = (BoxConsumer, BoxPublisher)> + Send {
+        async move {
+            let requests = self.subscriber(topic).await;
+            (requests, self.publisher(reply_to).await)
+        }
+    }
+
     /// Why a dead letter was dead-lettered (the reason given to `reject`, or
     /// `expired`), as the broker records it.
     fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
@@ -174,22 +310,22 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     }
 
     /// Stops the broker; returns once it no longer accepts connections. Only called
-    /// when [`Capabilities::restart`] is set.
+    /// where [`Capabilities::restart`] is supported.
     fn stop_broker(&self) -> impl Future<Output = ()> + Send {
         async {
             panic!(
-                "{} cannot stop its broker: unset Capabilities::restart",
+                "{} cannot stop its broker: Capabilities::restart says so",
                 Self::NAME
             )
         }
     }
 
-    /// Starts the broker again; returns once it accepts connections. Only called when
-    /// [`Capabilities::restart`] is set.
+    /// Starts the broker again; returns once it accepts connections. Only called where
+    /// [`Capabilities::restart`] is supported.
     fn start_broker(&self) -> impl Future<Output = ()> + Send {
         async {
             panic!(
-                "{} cannot start its broker: unset Capabilities::restart",
+                "{} cannot start its broker: Capabilities::restart says so",
                 Self::NAME
             )
         }

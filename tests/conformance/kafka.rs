@@ -23,7 +23,8 @@ use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicS
 use tower_mq::Delivery;
 
 use crate::fixture::{
-    unique_name, BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, WAIT,
+    unique_name, BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, MaxPayload,
+    Support, WAIT,
 };
 
 const DEFAULT_BROKERS: &str = "127.0.0.1:19092";
@@ -43,28 +44,31 @@ pub fn kafka_brokers() -> String {
 
 /// What Kafka can do, for both Kafka fixtures.
 pub const KAFKA_CAPABILITIES: Capabilities = Capabilities {
-    // A partition is a log read in order; Kafka has no message priority. Publishing
-    // one is refused with a permanent error (checked by the case).
-    priority: false,
-    // Kafka has no per-message time to live (retention is per topic). Publishing one
-    // is refused with a permanent error (checked by the case).
-    ttl: false,
-    ttl_dead_letters: false,
-    // Brokers refuse records over `message.max.bytes`, about 1 MB by default.
-    max_payload: 512 * 1024,
+    // Publishing a priority is refused with a permanent error (checked by the case).
+    priority: Support::No("a partition is a log read in order; Kafka has no message priority"),
+    // Publishing a TTL is refused with a permanent error (checked by the case).
+    ttl: Support::No("Kafka has no per-message time to live (retention is per topic)"),
+    ttl_dead_letters: Support::No("Kafka has no per-message time to live"),
+    max_payload: MaxPayload::AtMost(
+        990_000,
+        "librdkafka and Kafka brokers refuse records over message.max.bytes, about 1 MB by default",
+    ),
     ..Capabilities::ALL
 };
 
 /// What tansu 0.6.0 can do: less than Kafka.
 const TANSU_CAPABILITIES: Capabilities = Capabilities {
     // Kafka remembers nothing per message: the consumer counts redeliveries from the
-    // offset-commit metadata it writes (the highest offset handed out). tansu 0.6.0
-    // drops commit metadata, so on tansu a message read again after its consumer
-    // closed looks like a first delivery. The mock cluster fixture checks it.
-    counts_redelivery_after_close: false,
-    // tansu keeps everything in memory: a restart loses topics and records, so the
-    // reconnect case runs on the mock cluster fixture instead.
-    restart: false,
+    // offset-commit metadata it writes (the highest offset handed out). The mock
+    // cluster fixture checks it.
+    counts_redelivery_after_close: Support::No(
+        "tansu 0.6.0 drops offset-commit metadata, so a message read again after its \
+         consumer closed looks like a first delivery (kafka-mock checks it)",
+    ),
+    restart: Support::No(
+        "tansu keeps everything in memory: a restart loses topics and records \
+         (kafka-mock runs the reconnect case)",
+    ),
     ..KAFKA_CAPABILITIES
 };
 

@@ -1,11 +1,17 @@
 //! The conformance suite: one set of cases, run against every broker.
 //!
-//! Test names are `<broker>::<case>`, so `cargo test --test conformance -- redis::`
-//! runs one broker and `-- ::priority_order` one case everywhere. See README.md for
-//! how to add a broker or a case.
+//! Test names are `<fixture module>::<case>`, so `cargo test --test conformance --
+//! redis::` runs one fixture and `-- ::priority_order` one case everywhere. See
+//! README.md for how to add a broker or a case.
+//!
+//! Every case reports what it checked ([`fixture::Outcome`]): passed, or not applicable
+//! to the broker with the reason. Once the run's last case has finished, a summary per
+//! fixture (passed, not applicable with reasons, failed) is printed; see `summary.rs`.
 
-/// Generates one `#[tokio::test]` per case for a [`fixture::Fixture`] type, in the
-/// module where it is invoked (the broker's fixture file): `conformance!(MemoryFixture);`.
+/// Generates one `#[test]` per case for a [`fixture::Fixture`] type, in the module where
+/// it is invoked (the broker's fixture file): `conformance!(MemoryFixture);`. Each test
+/// runs its case on a multi-thread tokio runtime and records the case's
+/// [`fixture::Outcome`] (or its failure) for the summary.
 ///
 /// This is the one list of cases. A new case is a generic `async fn` in a file under
 /// `cases/` plus one line here.
@@ -25,6 +31,7 @@ macro_rules! conformance {
             work_queue::group_keeps_messages_published_before_its_first_consumer,
             work_queue::closing_and_reopening_a_group_consumer_continues,
             work_queue::order_per_key,
+            work_queue::publish_and_consume_through_the_reliability_stack,
             // cases/redelivery.rs
             redelivery::nack_redelivers_with_incremented_count,
             redelivery::unacked_messages_are_redelivered_after_close,
@@ -43,17 +50,36 @@ macro_rules! conformance {
         );
     };
     (@cases $fixture:ty; $($theme:ident :: $case:ident),* $(,)?) => {
+        /// The names libtest gives this module's tests, for the summary's count.
+        pub fn test_names() -> Vec<String> {
+            let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+            vec![$(format!("{module}::{}", stringify!($case))),*]
+        }
+
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                // Reconnect cases stop the broker: no other case may run meanwhile.
-                if stringify!($theme) == "reconnect" {
-                    let _exclusive = crate::fixture::BROKER_LOCK.write().await;
-                    crate::cases::$theme::$case::<$fixture>().await
-                } else {
-                    let _shared = crate::fixture::BROKER_LOCK.read().await;
-                    crate::cases::$theme::$case::<$fixture>().await
-                }
+            #[test]
+            fn $case() {
+                let record = crate::summary::Record::start(
+                    <$fixture as crate::fixture::Fixture>::NAME,
+                    concat!(stringify!($theme), "::", stringify!($case)),
+                );
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime for the case");
+                let outcome = runtime.block_on(async {
+                    // Reconnect cases stop the broker: no other case may run meanwhile.
+                    if stringify!($theme) == "reconnect" {
+                        let _exclusive = crate::fixture::BROKER_LOCK.write().await;
+                        crate::cases::$theme::$case::<$fixture>().await
+                    } else {
+                        let _shared = crate::fixture::BROKER_LOCK.read().await;
+                        crate::cases::$theme::$case::<$fixture>().await
+                    }
+                });
+                drop(runtime);
+                record.finish(outcome);
             }
         )*
     };
@@ -61,6 +87,7 @@ macro_rules! conformance {
 
 mod cases;
 mod fixture;
+mod summary;
 
 // Brokers: one module per fixture, each ending with `conformance!(TheFixture);`.
 #[cfg(feature = "kafka")]
@@ -74,5 +101,30 @@ mod nats;
 mod rabbitmq;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_pubsub;
 #[cfg(feature = "zeromq")]
 mod zeromq;
+
+/// Every test of the suite by libtest's name (`<module>::<case>`): one line per fixture
+/// module, gated as its `mod` line is.
+fn test_names() -> Vec<String> {
+    let mut names = memory::test_names();
+    #[cfg(feature = "kafka")]
+    names.extend(kafka::test_names());
+    #[cfg(feature = "kafka")]
+    names.extend(kafka_mock::test_names());
+    #[cfg(feature = "nats")]
+    names.extend(nats::test_names());
+    #[cfg(feature = "nats")]
+    names.extend(nats::jetstream::test_names());
+    #[cfg(feature = "rabbitmq")]
+    names.extend(rabbitmq::test_names());
+    #[cfg(feature = "redis")]
+    names.extend(redis::test_names());
+    #[cfg(feature = "redis")]
+    names.extend(redis_pubsub::test_names());
+    #[cfg(feature = "zeromq")]
+    names.extend(zeromq::test_names());
+    names
+}

@@ -1,11 +1,12 @@
 //! The in-process broker. Supports every capability but restart: it lives inside the
-//! test process, so there is no broker process to stop.
+//! test process, so there is no broker process to stop (the reconnect case is not
+//! applicable; the same load without restarts runs as its own case).
 
 use futures_util::StreamExt;
 use tower::util::BoxCloneService;
 use tower_mq::memory::Broker;
 
-use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture};
+use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture, Support};
 
 pub struct MemoryFixture {
     broker: Broker,
@@ -18,9 +19,10 @@ impl Fixture for MemoryFixture {
     const NAME: &'static str = "memory";
     const BROKER: &'static str = "memory";
     const CAPABILITIES: Capabilities = Capabilities {
-        // The broker lives in the test process: there is nothing to stop and restart,
-        // and no connection to lose.
-        restart: false,
+        restart: Support::No(
+            "the broker lives in the test process: there is no broker process to stop \
+             and restart, and no connection to lose",
+        ),
         ..Capabilities::ALL
     };
 

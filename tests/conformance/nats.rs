@@ -10,7 +10,9 @@ use futures_util::StreamExt;
 use tower::util::BoxCloneService;
 use tower_mq::nats::{Config, Connection, Publisher, Requester, Subscriber};
 
-use crate::fixture::{BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture};
+use crate::fixture::{
+    BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, MaxPayload, Support,
+};
 
 fn url() -> String {
     std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
@@ -54,22 +56,27 @@ impl Fixture for NatsFixture {
     const NAME: &'static str = "nats";
     const BROKER: &'static str = "nats";
     const CAPABILITIES: Capabilities = Capabilities {
-        // Core NATS keeps nothing and has no acks: deliveries are untracked, a nack
-        // cannot bring a message back, and a closed subscriber's messages are gone.
-        redelivery: false,
-        exact_delivery_count: false,
-        // No acks, so nothing can be rejected to a dead-letter destination.
-        dead_letters: false,
-        // NATS has no message priorities (the publish fails instead).
-        priority: false,
-        // Core NATS stores nothing, so a TTL has nothing to expire (the publish fails).
-        ttl: false,
-        ttl_dead_letters: false,
-        // A queue group exists only while members are subscribed: messages published
-        // while none is, or held by a member that closes, are not kept.
-        durable_groups: false,
-        // The server's default max_payload is 1 MiB, headers included.
-        max_payload: 1_000_000,
+        redelivery: Support::No(
+            "core NATS keeps nothing and has no acks: deliveries are untracked, a nack \
+             cannot bring a message back, and a closed subscriber's messages are gone",
+        ),
+        exact_delivery_count: Support::No("core NATS has no acks, so nothing is redelivered"),
+        dead_letters: Support::No(
+            "core NATS has no acks, so nothing can be rejected to a dead-letter destination",
+        ),
+        // The publish fails instead (checked by the case).
+        priority: Support::No("NATS has no message priorities"),
+        // The publish fails instead (checked by the case).
+        ttl: Support::No("core NATS stores nothing, so a TTL has nothing to expire"),
+        ttl_dead_letters: Support::No("core NATS stores nothing, so nothing expires"),
+        durable_groups: Support::No(
+            "a core NATS queue group exists only while members are subscribed: messages \
+             published while none is, or held by a member that closes, are not kept",
+        ),
+        max_payload: MaxPayload::AtMost(
+            1_000_000,
+            "the NATS server's default max_payload is 1 MiB, headers included",
+        ),
         ..Capabilities::ALL
     };
 
@@ -138,7 +145,9 @@ pub mod jetstream {
     use tower_mq::Delivery;
 
     use super::{brokers, connect};
-    use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture};
+    use crate::fixture::{
+        unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture, MaxPayload, Support,
+    };
 
     /// How long an unsettled delivery waits before it is delivered again: short, so
     /// that a consumer that closes hands its messages on quickly, and shorter than the
@@ -237,15 +246,18 @@ pub mod jetstream {
         const NAME: &'static str = "jetstream";
         const BROKER: &'static str = "nats";
         const CAPABILITIES: Capabilities = Capabilities {
-            // NATS has no message priorities (the publish fails instead).
-            priority: false,
-            // Per-message TTLs need nats-server 2.11 and a stream that allows them;
-            // the publish fails instead of dropping the TTL (streams expire messages
-            // by max_age).
-            ttl: false,
-            ttl_dead_letters: false,
-            // The server's default max_payload is 1 MiB, headers included.
-            max_payload: 1_000_000,
+            // The publish fails instead (checked by the case).
+            priority: Support::No("NATS has no message priorities"),
+            // The publish fails instead of dropping the TTL (checked by the case).
+            ttl: Support::No(
+                "per-message TTLs need nats-server 2.11 and a stream that allows them; \
+                 streams expire messages by max_age",
+            ),
+            ttl_dead_letters: Support::No("JetStream messages carry no TTL here"),
+            max_payload: MaxPayload::AtMost(
+                1_000_000,
+                "the NATS server's default max_payload is 1 MiB, headers included",
+            ),
             ..Capabilities::ALL
         };
 

@@ -2,11 +2,7 @@
 //! is a consumer in a group of its own created at the end of the stream, and dead
 //! letters go to the stream `<topic>:dead-letter`.
 //!
-//! Redis Pub/Sub has no fixture here: it has no consumer groups at all (every
-//! subscriber of a channel receives every message), so the work-queue cases, which
-//! need a group whose members share messages, cannot hold for it, even with
-//! `durable_groups` off. Its behaviour (raw and enveloped messages, patterns,
-//! untracked deliveries, resubscription after a restart) is tested in tests/redis.rs.
+//! Redis Pub/Sub has a fixture of its own, `redis_pubsub.rs`.
 
 use std::time::Duration;
 
@@ -15,7 +11,7 @@ use tower::util::BoxCloneService;
 use tower_mq::redis::{streams, Config, StreamConsumer, StreamConsumerConfig, StreamPublisher};
 use tower_mq::Delivery;
 
-use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture};
+use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture, Support};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
 
@@ -72,9 +68,10 @@ impl Fixture for RedisFixture {
     const NAME: &'static str = "redis-streams";
     const BROKER: &'static str = "redis";
     const CAPABILITIES: Capabilities = Capabilities {
-        // A stream is an append-only log read in order; Redis has no priority queue.
         // Publishing a priority is refused with a permanent error (checked by the case).
-        priority: false,
+        priority: Support::No(
+            "a stream is an append-only log read in order; Redis has no priority queue",
+        ),
         ..Capabilities::ALL
     };
 

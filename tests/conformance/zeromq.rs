@@ -25,6 +25,12 @@
 //! queues and what publishers had written to the old connections before noticing they
 //! were gone: ZeroMQ keeps nothing across a peer's restart. Nothing is duplicated.
 //!
+//! Request/reply does not go through the hub: it is ZeroMQ's own DEALER/ROUTER pair.
+//! The request server is a ROUTER bound on a loopback port, answering through its
+//! `Replies`; the requester is a DEALER connected to it. A request nobody answers
+//! goes to a ROUTER that never replies (a DEALER with no peer at all waits in
+//! `poll_ready`, which is backpressure, not a timeout).
+//!
 //! Every socket uses the envelope framing: the cases round-trip headers and properties.
 //!
 //! SUB subscriptions match prefixes while the suite's topics are exact names, so the
@@ -39,10 +45,12 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
-use tower_mq::zeromq::{Config, Consumer, Framing, Publisher};
+use tower_mq::zeromq::{Config, Consumer, Framing, Publisher, Requester};
 use tower_mq::{Delivery, Error, Message};
 
-use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture, WAIT};
+use crate::fixture::{
+    BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, Support, WAIT,
+};
 
 /// Every socket of the suite: the cases publish headers and properties, which only the
 /// envelope carries (plain frames refuse them; the interop suite covers those).
@@ -227,6 +235,10 @@ async fn forward(output: &mut Publisher, message: &Message) {
 pub struct ZeromqFixture {
     hub: Hub,
     prober: Publisher,
+    /// The ROUTER endpoint serving requests on each topic.
+    routers: Mutex<HashMap<String, String>>,
+    /// ROUTERs that never reply, kept open for the fixture's life.
+    silent: Mutex<Vec<Consumer>>,
 }
 
 impl ZeromqFixture {
@@ -306,20 +318,20 @@ impl Fixture for ZeromqFixture {
     const NAME: &'static str = "zeromq";
     const BROKER: &'static str = "zeromq";
     const CAPABILITIES: Capabilities = Capabilities {
-        // No acknowledgements exist in ZeroMQ: deliveries are untracked, nothing is
-        // redelivered (the cases check deliveries say so).
-        redelivery: false,
-        exact_delivery_count: false,
-        // No broker keeps a dead-letter destination.
-        dead_letters: false,
-        // No queue to order by priority or to expire from: the publisher refuses both
-        // with a permanent error (checked by the cases).
-        priority: false,
-        ttl: false,
-        ttl_dead_letters: false,
-        // A group is the PUSH's currently connected PULLs: nothing is kept while none
-        // is connected, and what was queued for a member that leaves goes with it.
-        durable_groups: false,
+        // The cases check deliveries say they are untracked.
+        redelivery: Support::No(
+            "ZeroMQ has no acknowledgements: deliveries are untracked, nothing is redelivered",
+        ),
+        exact_delivery_count: Support::No("ZeroMQ redelivers nothing"),
+        dead_letters: Support::No("ZeroMQ has no broker to keep a dead-letter destination"),
+        // The publisher refuses both with a permanent error (checked by the cases).
+        priority: Support::No("ZeroMQ has no queue to order by priority"),
+        ttl: Support::No("ZeroMQ has no queue to expire messages from"),
+        ttl_dead_letters: Support::No("ZeroMQ has no queue to expire messages from"),
+        durable_groups: Support::No(
+            "a ZeroMQ group is the PUSH's currently connected PULLs: nothing is kept while \
+             none is connected, and what was queued for a member that leaves goes with it",
+        ),
         ..Capabilities::ALL
     };
 
@@ -335,7 +347,12 @@ impl Fixture for ZeromqFixture {
         let prober = Publisher::push(&envelope_config().connect(&ingress))
             .await
             .unwrap_or_else(|e| panic!("zeromq: connecting to the hub at {ingress} failed: {e}"));
-        ZeromqFixture { hub, prober }
+        ZeromqFixture {
+            hub,
+            prober,
+            routers: Mutex::default(),
+            silent: Mutex::default(),
+        }
     }
 
     async fn publisher(&self, _topic: &str) -> BoxPublisher {
@@ -409,6 +426,41 @@ impl Fixture for ZeromqFixture {
         panic!(
             "zeromq has no dead-letter destination for {topic}: Capabilities::dead_letters is off"
         )
+    }
+
+    /// A ROUTER bound on a free loopback port, and its `Replies`: ZeroMQ's native
+    /// serving side; `reply_to` is not used (each request carries its route back).
+    async fn request_server(&self, topic: &str, _reply_to: &str) -> (BoxConsumer, BoxPublisher) {
+        let (consumer, replies) = Consumer::router(&envelope_config().bind("tcp://127.0.0.1:0"))
+            .await
+            .unwrap_or_else(|e| panic!("zeromq: binding a ROUTER for {topic} failed: {e}"));
+        let endpoint = consumer.endpoints()[0].clone();
+        self.routers
+            .lock()
+            .unwrap()
+            .insert(topic.to_owned(), endpoint);
+        (consumer.boxed(), BoxCloneService::new(replies))
+    }
+
+    /// A DEALER connected to the topic's ROUTER (one that never replies if nobody
+    /// serves the topic); `reply_to` is not used.
+    async fn requester(&self, topic: &str, _reply_to: &str, timeout: Duration) -> BoxRequester {
+        let served = self.routers.lock().unwrap().get(topic).cloned();
+        let endpoint = match served {
+            Some(endpoint) => endpoint,
+            None => {
+                let (silent, _) = Consumer::router(&envelope_config().bind("tcp://127.0.0.1:0"))
+                    .await
+                    .unwrap_or_else(|e| panic!("zeromq: binding a silent ROUTER failed: {e}"));
+                let endpoint = silent.endpoints()[0].clone();
+                self.silent.lock().unwrap().push(silent);
+                endpoint
+            }
+        };
+        match Requester::connect(&envelope_config().connect(&endpoint)).await {
+            Ok(requester) => BoxCloneService::new(requester.with_timeout(timeout)),
+            Err(e) => panic!("zeromq: a DEALER to {endpoint} failed: {e}"),
+        }
     }
 
     fn invalid_destinations(&self) -> Vec<String> {

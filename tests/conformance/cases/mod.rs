@@ -1,4 +1,4 @@
-//! The cases, by theme. Each case is `pub async fn name<F: Fixture>()`, listed once in
+//! The cases, by theme. Each case is `pub async fn name<F: Fixture>() -> Outcome`, listed once in
 //! the `conformance!` macro in main.rs.
 
 pub mod patterns;

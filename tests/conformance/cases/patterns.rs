@@ -16,17 +16,17 @@ use crate::fixture::*;
 /// Concurrent requests each get their own reply: the fixture's requester sends them,
 /// a `Replier` on a subscriber of the request topic answers on each request's
 /// `reply_to`.
-pub async fn request_reply<F: Fixture>() {
+pub async fn request_reply<F: Fixture>() -> Outcome {
     const REQUESTS: u64 = 10;
     let fx = F::connect().await;
     let topic = fx.unique("request-reply");
     let reply_to = fx.unique("request-reply-replies");
-    let mut requests = fx.subscriber(&topic).await;
+    let (mut requests, replies) = fx.request_server(&topic, &reply_to).await;
     let square = service_fn(|request: Delivery| async move {
         let n: u64 = payload_text(&request).parse().map_err(Permanent::new)?;
         Ok::<_, BoxError>(Message::new("", (n * n).to_string()).with_header("served-by", "square"))
     });
-    let mut replier = Replier::new(square, fx.publisher(&reply_to).await);
+    let mut replier = Replier::new(square, replies);
     let server = tokio::spawn(async move {
         let mut reply_addresses = Vec::new();
         for _ in 0..REQUESTS {
@@ -73,11 +73,12 @@ pub async fn request_reply<F: Fixture>() {
         "{}: every request carries a reply address: {reply_addresses:?}",
         F::NAME
     );
+    Outcome::passed()
 }
 
 /// A request nobody answers fails within its timeout with a transient `Request` error
 /// naming the request topic, and leaves the requester usable.
-pub async fn request_timeout<F: Fixture>() {
+pub async fn request_timeout<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("request-timeout");
     let reply_to = fx.unique("request-timeout-replies");
@@ -104,6 +105,7 @@ pub async fn request_timeout<F: Fixture>() {
             F::NAME
         );
     }
+    Outcome::passed()
 }
 
 /// `publisher` with every message redirected to `topic`.
@@ -117,7 +119,7 @@ fn publishing_to(topic: &str, publisher: BoxPublisher) -> BoxPublisher {
 
 /// A fan-out to two publishers, each bound to its own topic, delivers one copy to each
 /// topic and returns both receipts, in publisher order.
-pub async fn fan_out<F: Fixture>() {
+pub async fn fan_out<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let first = fx.unique("fan-out-first");
     let second = fx.unique("fan-out-second");
@@ -169,6 +171,7 @@ pub async fn fan_out<F: Fixture>() {
         }
         assert_quiet::<F>(subscriber, "each topic gets one copy of each message").await;
     }
+    Outcome::passed()
 }
 
 /// The publisher failures a fan-out or fallback error lists.
@@ -181,7 +184,7 @@ fn failures(err: &Error) -> &PublisherFailures {
 /// A publisher that fails permanently (publishing to a destination the broker refuses)
 /// fails an `All` fan-out, naming it and keeping the broker's error; `Any` tolerates
 /// it; a fallback chain stops at it. The healthy publisher still delivers.
-pub async fn fan_out_partial_failure<F: Fixture>() {
+pub async fn fan_out_partial_failure<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("fan-out-partial");
     let invalid = fx
@@ -254,4 +257,5 @@ pub async fn fan_out_partial_failure<F: Fixture>() {
     assert_eq!(err.kind(), ErrorKind::Permanent, "{}: {err}", F::NAME);
     assert!(failures(&err).get("bad").is_some(), "{}: {err}", F::NAME);
     assert_quiet::<F>(&mut subscriber, "the fallback stopped at the bad publisher").await;
+    Outcome::passed()
 }

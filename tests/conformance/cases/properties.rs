@@ -7,16 +7,22 @@ use tower_mq::{ErrorKind, Message};
 use crate::fixture::*;
 
 /// Higher priorities first, publication order within a priority.
-pub async fn priority_order<F: Fixture>() {
+pub async fn priority_order<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("priority");
     let mut publisher = fx.publisher(&topic).await;
-    if !F::CAPABILITIES.priority {
+    if let Support::No(reason) = F::CAPABILITIES.priority {
         let err = try_publish(&mut publisher, Message::new(&topic, "x").with_priority(5))
             .await
             .expect_err("a broker without priorities must refuse one, not drop it");
         assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
-        return;
+        return Outcome::checked_instead(
+            reason,
+            "publishing a priority fails with a permanent error",
+        );
+    }
+    if let Support::No(reason) = F::CAPABILITIES.groups {
+        return Outcome::not_applicable(reason);
     }
     let group = fx.unique("prioritised");
     fx.declare_group(&topic, &group).await;
@@ -44,23 +50,33 @@ pub async fn priority_order<F: Fixture>() {
         "{}",
         F::NAME
     );
+    Outcome::passed()
 }
 
 /// A message whose time to live passes before anyone takes it is not delivered (and is
 /// dead-lettered as `expired` where the broker does that).
-pub async fn ttl_expiry<F: Fixture>() {
+pub async fn ttl_expiry<F: Fixture>() -> Outcome {
     const TTL: Duration = Duration::from_millis(200);
     let fx = F::connect().await;
     let topic = fx.unique("ttl");
     let mut publisher = fx.publisher(&topic).await;
-    if !F::CAPABILITIES.ttl {
+    if let Support::No(reason) = F::CAPABILITIES.ttl {
         let err = try_publish(&mut publisher, Message::new(&topic, "x").with_ttl(TTL))
             .await
             .expect_err("a broker without TTL must refuse one, not ignore it");
         assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
-        return;
+        return Outcome::checked_instead(reason, "publishing a TTL fails with a permanent error");
     }
-    let mut dead = if F::CAPABILITIES.ttl_dead_letters {
+    // The case needs a message to wait unread past its TTL, which takes a group that
+    // keeps it.
+    if let Support::No(reason) = F::CAPABILITIES.groups {
+        return Outcome::not_applicable(reason);
+    }
+    let mut checks = Checks::default();
+    let mut dead = if checks.apply(
+        "the expired message as a dead letter",
+        F::CAPABILITIES.ttl_dead_letters,
+    ) {
         Some(fx.dead_letters(&topic).await)
     } else {
         None
@@ -94,7 +110,9 @@ pub async fn ttl_expiry<F: Fixture>() {
     }
     assert_quiet::<F>(&mut consumer, "the expired message must not be delivered").await;
 
-    let Some(dead) = dead.as_mut() else { return };
+    let Some(dead) = dead.as_mut() else {
+        return checks.passed();
+    };
     let letter = recv::<F>(dead, "the expired message as a dead letter").await;
     assert_eq!(payload_text(&letter), "expires", "{}", F::NAME);
     assert_eq!(
@@ -104,4 +122,5 @@ pub async fn ttl_expiry<F: Fixture>() {
         F::NAME
     );
     ack::<F>(&letter).await;
+    checks.passed()
 }

@@ -12,7 +12,7 @@ use tower_mq::{ErrorKind, Message, Operation};
 use crate::fixture::*;
 
 /// Every subscriber of a topic receives what is published to it, in order.
-pub async fn publish_subscribe<F: Fixture>() {
+pub async fn publish_subscribe<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("publish-subscribe");
     let mut first = fx.subscriber(&topic).await;
@@ -36,11 +36,12 @@ pub async fn publish_subscribe<F: Fixture>() {
         }
         assert_quiet::<F>(subscriber, "three messages were published").await;
     }
+    Outcome::passed()
 }
 
 /// Several publishers on several topics at once: each subscriber receives exactly its
 /// topic's messages, none twice.
-pub async fn concurrent_publishers_and_subscribers_across_topics<F: Fixture>() {
+pub async fn concurrent_publishers_and_subscribers_across_topics<F: Fixture>() -> Outcome {
     const TOPICS: usize = 6;
     const PUBLISHERS: usize = 4;
     const PER_PUBLISHER: usize = 25;
@@ -98,10 +99,11 @@ pub async fn concurrent_publishers_and_subscribers_across_topics<F: Fixture>() {
             .collect();
         assert_eq!(got, expected, "{}: messages on {topic}", F::NAME);
     }
+    Outcome::passed()
 }
 
 /// An empty payload is delivered as an empty payload.
-pub async fn empty_payload<F: Fixture>() {
+pub async fn empty_payload<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("empty-payload");
     let mut subscriber = fx.subscriber(&topic).await;
@@ -124,13 +126,19 @@ pub async fn empty_payload<F: Fixture>() {
         F::NAME
     );
     ack::<F>(&delivery).await;
+    Outcome::passed()
 }
 
-/// A 16 MiB payload (or the broker's configured maximum, if smaller) arrives intact.
-pub async fn large_payload<F: Fixture>() {
+/// A 16 MiB payload (or the broker's maximum, if smaller, reported as such) arrives
+/// intact.
+pub async fn large_payload<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("large-payload");
-    let size = F::CAPABILITIES.max_payload.min(16 * 1024 * 1024);
+    const FULL: usize = 16 * 1024 * 1024;
+    let (size, full) = match F::CAPABILITIES.max_payload {
+        MaxPayload::Full => (FULL, Support::Yes),
+        MaxPayload::AtMost(bytes, why) => (bytes.min(FULL), Support::No(why)),
+    };
     // Not a repeated byte, so a truncated or shuffled payload shows.
     let payload: Bytes = (0..size)
         .map(|i| (i % 251) as u8)
@@ -152,10 +160,13 @@ pub async fn large_payload<F: Fixture>() {
         F::NAME
     );
     ack::<F>(&delivery).await;
+    let mut checks = Checks::default();
+    checks.apply("the full 16 MiB", full);
+    checks.passed()
 }
 
 /// Headers and every property the broker supports arrive as published.
-pub async fn headers_and_properties_round_trip<F: Fixture>() {
+pub async fn headers_and_properties_round_trip<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("round-trip");
     let mut subscriber = fx.subscriber(&topic).await;
@@ -173,10 +184,13 @@ pub async fn headers_and_properties_round_trip<F: Fixture>() {
         .with_reply_to(format!("{topic}-replies"))
         .with_content_type("application/json")
         .with_content_encoding("identity");
-    if F::CAPABILITIES.priority {
+    let mut checks = Checks::default();
+    let priority = checks.apply("priority", F::CAPABILITIES.priority);
+    let with_ttl = checks.apply("time to live", F::CAPABILITIES.ttl);
+    if priority {
         message = message.with_priority(3);
     }
-    if F::CAPABILITIES.ttl {
+    if with_ttl {
         message = message.with_ttl(ttl);
     }
     publish::<F>(&mut publisher, message.clone()).await;
@@ -211,20 +225,21 @@ pub async fn headers_and_properties_round_trip<F: Fixture>() {
         Some("identity"),
         "{name}: content encoding"
     );
-    if F::CAPABILITIES.priority {
+    if priority {
         assert_eq!(got.priority(), Some(3), "{name}: priority");
     }
-    if F::CAPABILITIES.ttl {
+    if with_ttl {
         // A broker may report the time left rather than the time given.
         let left = got.ttl().unwrap_or_else(|| panic!("{name}: ttl missing"));
         assert!(left <= ttl && left > ttl / 2, "{name}: ttl {left:?}");
     }
     ack::<F>(&delivery).await;
+    checks.passed()
 }
 
 /// Publishing to an invalid destination fails at once with a permanent error that
 /// names the broker, the operation and the destination.
-pub async fn invalid_destination_is_a_clear_permanent_error<F: Fixture>() {
+pub async fn invalid_destination_is_a_clear_permanent_error<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("invalid-destination");
     let mut publisher = fx.publisher(&topic).await;
@@ -249,11 +264,12 @@ pub async fn invalid_destination_is_a_clear_permanent_error<F: Fixture>() {
     publish::<F>(&mut publisher, Message::new(&topic, "valid")).await;
     let delivery = recv::<F>(&mut subscriber, "the valid message").await;
     assert_eq!(payload_text(&delivery), "valid");
+    Outcome::passed()
 }
 
 /// Publishes started before the publisher is dropped all complete, and every message
 /// arrives.
-pub async fn publisher_close_with_pending_work_loses_nothing<F: Fixture>() {
+pub async fn publisher_close_with_pending_work_loses_nothing<F: Fixture>() -> Outcome {
     const COUNT: usize = 20;
     let fx = F::connect().await;
     let topic = fx.unique("publisher-close");
@@ -283,4 +299,5 @@ pub async fn publisher_close_with_pending_work_loses_nothing<F: Fixture>() {
     let got = no_duplicates(&got, F::NAME);
     let expected: HashSet<String> = (0..COUNT).map(|i| i.to_string()).collect();
     assert_eq!(got, expected, "{}", F::NAME);
+    Outcome::passed()
 }

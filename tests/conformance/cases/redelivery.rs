@@ -11,11 +11,11 @@ use tower_mq::{serve, BoxError, Delivery, Message};
 use crate::fixture::*;
 
 /// A nacked delivery comes again, counted as a redelivery.
-pub async fn nack_redelivers_with_incremented_count<F: Fixture>() {
+pub async fn nack_redelivers_with_incremented_count<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("nack");
     let group = fx.unique("nackers");
-    let mut consumer = fx.group_consumer(&topic, &group).await;
+    let mut consumer = consumer(&fx, &topic, &group).await;
     let mut publisher = fx.publisher(&topic).await;
     publish::<F>(
         &mut publisher,
@@ -24,14 +24,31 @@ pub async fn nack_redelivers_with_incremented_count<F: Fixture>() {
     .await;
 
     let first = recv::<F>(&mut consumer, "the first delivery").await;
-    if !F::CAPABILITIES.redelivery {
+    if let Support::No(reason) = F::CAPABILITIES.redelivery {
         assert!(
             !first.acker().is_tracked(),
             "{}: redelivery is off, so deliveries must say they are not tracked",
             F::NAME
         );
-        return;
+        let error = first
+            .nack(None)
+            .await
+            .expect_err("nacking an at-most-once delivery must fail, not pretend");
+        assert!(!error.is_transient(), "{}: {error}", F::NAME);
+        assert_eq!(
+            first.settlement(),
+            Some(tower_mq::Settlement::Dropped),
+            "{}",
+            F::NAME
+        );
+        assert_quiet::<F>(&mut consumer, "the nacked message was dropped").await;
+        return Outcome::checked_instead(
+            reason,
+            "deliveries say they are untracked; a nack fails with a permanent error, \
+             settles Dropped and nothing comes again",
+        );
     }
+    let mut checks = Checks::default();
     assert_eq!(
         first.delivery_count(),
         1,
@@ -52,21 +69,27 @@ pub async fn nack_redelivers_with_incremented_count<F: Fixture>() {
         "{}: not marked as a redelivery",
         F::NAME
     );
-    if F::CAPABILITIES.exact_delivery_count {
+    if checks.apply(
+        "the exact delivery count",
+        F::CAPABILITIES.exact_delivery_count,
+    ) {
         assert_eq!(second.delivery_count(), 2, "{}: delivery count", F::NAME);
     }
     ack::<F>(&second).await;
     assert_quiet::<F>(&mut consumer, "the redelivery was acknowledged").await;
+    checks.passed()
 }
 
 /// What a consumer received and did not settle before closing goes to another
 /// consumer of its group.
-pub async fn unacked_messages_are_redelivered_after_close<F: Fixture>() {
-    if !F::CAPABILITIES.redelivery {
-        // Checked by `nack_redelivers_with_incremented_count`: such deliveries say
-        // they are not tracked.
-        return nack_redelivers_with_incremented_count::<F>().await;
+pub async fn unacked_messages_are_redelivered_after_close<F: Fixture>() -> Outcome {
+    if let Support::No(reason) = F::CAPABILITIES.redelivery {
+        return Outcome::not_applicable(reason);
     }
+    if let Support::No(reason) = F::CAPABILITIES.groups {
+        return Outcome::not_applicable(reason);
+    }
+    let mut checks = Checks::default();
     let fx = F::connect().await;
     let topic = fx.unique("unacked");
     let group = fx.unique("closers");
@@ -84,39 +107,52 @@ pub async fn unacked_messages_are_redelivered_after_close<F: Fixture>() {
     )
     .await;
     assert_eq!(payload_text(&again), "unfinished", "{}", F::NAME);
-    if F::CAPABILITIES.counts_redelivery_after_close {
+    if checks.apply(
+        "counting it as a redelivery",
+        F::CAPABILITIES.counts_redelivery_after_close,
+    ) {
         assert!(
             again.is_redelivery(),
             "{}: not marked as a redelivery",
             F::NAME
         );
-        if F::CAPABILITIES.exact_delivery_count {
+        if checks.apply(
+            "the exact delivery count",
+            F::CAPABILITIES.exact_delivery_count,
+        ) {
             assert_eq!(again.delivery_count(), 2, "{}: delivery count", F::NAME);
         }
     }
     ack::<F>(&again).await;
     assert_quiet::<F>(&mut second, "the message was acknowledged").await;
+    checks.passed()
 }
 
 /// A rejected delivery is not delivered again; it reaches the dead-letter destination
 /// with its payload, headers and the reason.
-pub async fn reject_dead_letters<F: Fixture>() {
+pub async fn reject_dead_letters<F: Fixture>() -> Outcome {
     let fx = F::connect().await;
     let topic = fx.unique("reject");
     let group = fx.unique("rejecters");
-    let mut dead = if F::CAPABILITIES.dead_letters {
+    let mut checks = Checks::default();
+    let mut dead = if F::CAPABILITIES.dead_letters.is_yes() {
         Some(fx.dead_letters(&topic).await)
     } else {
         None
     };
-    let mut consumer = fx.group_consumer(&topic, &group).await;
+    let mut consumer = consumer(&fx, &topic, &group).await;
     let mut publisher = fx.publisher(&topic).await;
     let message = Message::new(&topic, "poison").with_header("tenant", "acme");
     publish::<F>(&mut publisher, message).await;
     let delivery = recv::<F>(&mut consumer, "the message").await;
-    if !delivery.acker().is_tracked() {
+    if let Support::No(reason) = F::CAPABILITIES.redelivery {
         // At most once: the broker can neither dead-letter nor redeliver, and the
         // reject must say so instead of pretending.
+        assert!(
+            !delivery.acker().is_tracked(),
+            "{}: redelivery is off, so deliveries must say they are not tracked",
+            F::NAME
+        );
         let error = delivery
             .reject("cannot parse")
             .await
@@ -129,7 +165,10 @@ pub async fn reject_dead_letters<F: Fixture>() {
             F::NAME
         );
         assert_quiet::<F>(&mut consumer, "the message was dropped").await;
-        return;
+        return Outcome::checked_instead(
+            reason,
+            "a reject fails with a permanent error, settles Dropped and nothing comes again",
+        );
     }
     delivery
         .reject("cannot parse")
@@ -137,7 +176,10 @@ pub async fn reject_dead_letters<F: Fixture>() {
         .unwrap_or_else(|e| panic!("{}: reject failed: {e}", F::NAME));
     assert_quiet::<F>(&mut consumer, "the message was rejected").await;
 
-    let Some(dead) = dead.as_mut() else { return };
+    checks.apply("the dead letter", F::CAPABILITIES.dead_letters);
+    let Some(dead) = dead.as_mut() else {
+        return checks.passed();
+    };
     let letter = recv::<F>(dead, "the dead letter").await;
     assert_eq!(payload_text(&letter), "poison", "{}", F::NAME);
     assert_eq!(
@@ -153,22 +195,25 @@ pub async fn reject_dead_letters<F: Fixture>() {
         F::NAME
     );
     ack::<F>(&letter).await;
+    checks.passed()
 }
 
 /// `serve` with a handler that always fails on one message: that message is retried
 /// until `max_deliveries` and then dead-lettered; the other messages are handled.
-pub async fn serve_dead_letters_after_repeated_failures<F: Fixture>() {
+pub async fn serve_dead_letters_after_repeated_failures<F: Fixture>() -> Outcome {
     const MAX_DELIVERIES: u32 = 3;
     let fx = F::connect().await;
     let topic = fx.unique("serve-dead-letters");
     let group = fx.unique("servers");
     let caps = F::CAPABILITIES;
-    let mut dead = if caps.dead_letters {
+    let redelivery = caps.redelivery.is_yes();
+    let mut checks = Checks::default();
+    let mut dead = if checks.apply("the dead letter", caps.dead_letters) {
         Some(fx.dead_letters(&topic).await)
     } else {
         None
     };
-    let consumer = fx.group_consumer(&topic, &group).await;
+    let consumer = consumer(&fx, &topic, &group).await;
     let (events, mut seen) = mpsc::unbounded_channel::<String>();
     let handler = service_fn(move |delivery: Delivery| {
         let events = events.clone();
@@ -196,7 +241,7 @@ pub async fn serve_dead_letters_after_repeated_failures<F: Fixture>() {
     for body in ["ok-1", "poison", "ok-2"] {
         publish::<F>(&mut publisher, Message::new(&topic, body)).await;
     }
-    let attempts = if caps.redelivery {
+    let attempts = if redelivery {
         MAX_DELIVERIES as usize
     } else {
         1
@@ -233,7 +278,7 @@ pub async fn serve_dead_letters_after_repeated_failures<F: Fixture>() {
         "{}: poison attempts {got:?}",
         F::NAME
     );
-    if caps.redelivery && caps.exact_delivery_count {
+    if redelivery && checks.apply("the exact delivery count", caps.exact_delivery_count) {
         assert_eq!(poison, ["poison#1", "poison#2", "poison#3"], "{}", F::NAME);
     }
     for ok in ["ok-1#1", "ok-2#1"] {
@@ -246,7 +291,7 @@ pub async fn serve_dead_letters_after_repeated_failures<F: Fixture>() {
     assert_eq!(summary.acked, 2, "{}: {summary:?}", F::NAME);
     assert_eq!(
         summary.rejected,
-        u64::from(caps.redelivery),
+        u64::from(redelivery),
         "{}: {summary:?}",
         F::NAME
     );
@@ -259,11 +304,19 @@ pub async fn serve_dead_letters_after_repeated_failures<F: Fixture>() {
     // At most once, the failed message is gone, and `serve` says so.
     assert_eq!(
         summary.dropped,
-        u64::from(!caps.redelivery),
+        u64::from(!redelivery),
         "{}: {summary:?}",
         F::NAME
     );
     assert_quiet_events::<F>(&mut seen).await;
+    match caps.redelivery {
+        Support::Yes => checks.passed(),
+        Support::No(reason) => Outcome::checked_instead(
+            reason,
+            "serve hands the failing message to the handler once, then counts it as \
+             dropped; the other messages are handled",
+        ),
+    }
 }
 
 async fn assert_quiet_events<F: Fixture>(seen: &mut mpsc::UnboundedReceiver<String>) {

@@ -1,4 +1,5 @@
-//! Consumer groups as work queues: sharing, durability, resuming, ordering.
+//! Consumer groups as work queues: sharing, durability, resuming, ordering, and a
+//! sustained load through the project's reliability layers.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -10,8 +11,11 @@ use crate::fixture::*;
 /// Two consumers of one group split the group's messages: each message goes to one of
 /// them, none is lost or duplicated, and a message one consumer holds unsettled does
 /// not stop the other from getting work.
-pub async fn consumer_group_shares_work_without_duplicates<F: Fixture>() {
+pub async fn consumer_group_shares_work_without_duplicates<F: Fixture>() -> Outcome {
     const COUNT: usize = 20;
+    if let Support::No(reason) = F::CAPABILITIES.groups {
+        return Outcome::not_applicable(reason);
+    }
     let fx = F::connect().await;
     let topic = fx.unique("shares-work");
     let group = fx.unique("workers");
@@ -62,10 +66,14 @@ pub async fn consumer_group_shares_work_without_duplicates<F: Fixture>() {
     let got = no_duplicates(&got, F::NAME);
     let expected: HashSet<String> = (0..COUNT).map(|i| i.to_string()).collect();
     assert_eq!(got, expected, "{}", F::NAME);
+    Outcome::passed()
 }
 
 /// A declared group keeps what is published before its first consumer joins.
-pub async fn group_keeps_messages_published_before_its_first_consumer<F: Fixture>() {
+pub async fn group_keeps_messages_published_before_its_first_consumer<F: Fixture>() -> Outcome {
+    if let Support::No(reason) = F::CAPABILITIES.groups {
+        return Outcome::not_applicable(reason);
+    }
     let fx = F::connect().await;
     let topic = fx.unique("declared-group");
     let group = fx.unique("late");
@@ -75,7 +83,7 @@ pub async fn group_keeps_messages_published_before_its_first_consumer<F: Fixture
         publish::<F>(&mut publisher, Message::new(&topic, format!("early-{i}"))).await;
     }
     let mut consumer = fx.group_consumer(&topic, &group).await;
-    if !F::CAPABILITIES.durable_groups {
+    if let Support::No(reason) = F::CAPABILITIES.durable_groups {
         // The group did not exist while nobody was subscribed: the early messages are
         // gone, and the group gets what is published once a member joined.
         publish::<F>(&mut publisher, Message::new(&topic, "late")).await;
@@ -88,18 +96,26 @@ pub async fn group_keeps_messages_published_before_its_first_consumer<F: Fixture
         );
         ack::<F>(&delivery).await;
         assert_quiet::<F>(&mut consumer, "one message was published after joining").await;
-        return;
+        return Outcome::checked_instead(
+            reason,
+            "the group gets what is published once a member joined, and nothing earlier",
+        );
     }
     for i in 0..3 {
         let delivery = recv::<F>(&mut consumer, &format!("early-{i}")).await;
         assert_eq!(payload_text(&delivery), format!("early-{i}"), "{}", F::NAME);
         ack::<F>(&delivery).await;
     }
+    Outcome::passed()
 }
 
 /// A group consumer that closes and comes back resumes after what it acknowledged:
 /// nothing acknowledged comes again, nothing unacknowledged is lost.
-pub async fn closing_and_reopening_a_group_consumer_continues<F: Fixture>() {
+pub async fn closing_and_reopening_a_group_consumer_continues<F: Fixture>() -> Outcome {
+    if let Support::No(reason) = F::CAPABILITIES.groups {
+        return Outcome::not_applicable(reason);
+    }
+    let mut checks = Checks::default();
     let fx = F::connect().await;
     let topic = fx.unique("reopen");
     let group = fx.unique("resuming");
@@ -116,7 +132,10 @@ pub async fn closing_and_reopening_a_group_consumer_continues<F: Fixture>() {
     drop(consumer);
 
     let mut consumer = fx.group_consumer(&topic, &group).await;
-    if !F::CAPABILITIES.durable_groups {
+    if !checks.apply(
+        "keeping what was published before the member rejoined",
+        F::CAPABILITIES.durable_groups,
+    ) {
         // What the closed member had not taken went with it; the group resumes with
         // what is published after the new member joined, and nothing acknowledged
         // comes again.
@@ -129,7 +148,7 @@ pub async fn closing_and_reopening_a_group_consumer_continues<F: Fixture>() {
             ack::<F>(&delivery).await;
         }
         assert_quiet::<F>(&mut consumer, "messages 0..3 were acknowledged").await;
-        return;
+        return checks.passed();
     }
     for i in 3..6 {
         let delivery = recv::<F>(&mut consumer, &format!("message {i} after reopening")).await;
@@ -146,16 +165,17 @@ pub async fn closing_and_reopening_a_group_consumer_continues<F: Fixture>() {
         "messages 0..3 were acknowledged before closing",
     )
     .await;
+    checks.passed()
 }
 
 /// Messages with the same key arrive in publication order.
-pub async fn order_per_key<F: Fixture>() {
+pub async fn order_per_key<F: Fixture>() -> Outcome {
     const KEYS: usize = 4;
     const PER_KEY: usize = 25;
     let fx = F::connect().await;
     let topic = fx.unique("order-per-key");
     let group = fx.unique("ordered");
-    let mut consumer = fx.group_consumer(&topic, &group).await;
+    let mut consumer = consumer(&fx, &topic, &group).await;
     let mut publisher = fx.publisher(&topic).await;
     for i in 0..PER_KEY {
         for k in 0..KEYS {
@@ -183,4 +203,14 @@ pub async fn order_per_key<F: Fixture>() {
             F::NAME
         );
     }
+    Outcome::passed()
+}
+
+/// 1,000 messages published through a retry + circuit breaker + timeout stack (the
+/// project's own layers) and consumed, with the broker up throughout: every publish
+/// completes, and every message arrives, on every broker (at-most-once ones
+/// included: nothing here excuses a loss). The same load across broker restarts is
+/// `reconnect::publish_and_consume_across_broker_restarts`.
+pub async fn publish_and_consume_through_the_reliability_stack<F: Fixture>() -> Outcome {
+    crate::cases::reconnect::load::<F>(false).await
 }
