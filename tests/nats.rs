@@ -8,6 +8,11 @@
 
 #![cfg(feature = "nats")]
 
+#[path = "support/own_server.rs"]
+mod own_server;
+
+use own_server::{everything_shown, free_port, Log, OwnServer};
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -1141,69 +1146,25 @@ async fn jetstream_a_header_block_async_nats_cannot_parse_costs_no_other_message
 // Credentials: authentication against a server of the test's own, and no secret in
 // what is printed or logged.
 
-/// A free loopback port (the listener is closed again at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
-}
-
-/// A `nats-server` of the test's own, stopped (by its PID) when dropped.
-struct OwnServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl OwnServer {
-    /// Starts `nats-server` on a free port with `args` and waits for "Server is ready".
-    async fn start(args: &[&str]) -> OwnServer {
-        use std::io::BufRead;
-        let port = free_port();
-        let mut child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start nats-server (apt-get install nats-server): {e}")
-            });
-        let stderr = child.stderr.take().expect("piped stderr");
-        let server = OwnServer { child, port };
-        let ready = tokio::task::spawn_blocking(move || {
-            let mut seen = String::new();
-            let mut lines = std::io::BufReader::new(stderr).lines();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                if line.contains("Server is ready") {
-                    // Keep reading: a Go program dies writing to a closed stderr.
-                    std::thread::spawn(move || lines.for_each(drop));
-                    return Ok(());
-                }
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-            Err(seen)
-        });
-        match tokio::time::timeout(WAIT, ready).await {
-            Ok(Ok(Ok(()))) => server,
-            Ok(Ok(Err(log))) => panic!("nats-server {args:?} exited:\n{log}"),
-            Ok(Err(e)) => panic!("watching nats-server failed: {e}"),
-            Err(_) => panic!("nats-server {args:?} not ready within {WAIT:?}"),
-        }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `nats-server` of the test's own with `args`.
+async fn own_nats(args: &[&str]) -> OwnServer {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    OwnServer::start(
+        "nats-server",
+        "nats-server",
+        move |port| {
+            let mut all: Vec<String> = ["-a", "127.0.0.1", "-p", &port.to_string()]
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            all.extend(args);
+            all
+        },
+        Log::Stderr,
+        "Server is ready",
+        WAIT,
+    )
+    .await
 }
 
 /// A message published on `connection` arrives on a subscription of the same
@@ -1217,17 +1178,6 @@ async fn assert_round_trip(connection: &Connection) {
         .unwrap();
     let delivery = next(&mut subscriber, "the message").await;
     assert_eq!(text(&delivery), "authenticated");
-}
-
-/// The error, its `Debug`, and every error of its source chain, as text.
-fn everything_shown(err: &Error) -> String {
-    let mut shown = format!("{err}\n{err:?}");
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        shown.push_str(&format!("\n{inner}\n{inner:?}"));
-        source = inner.source();
-    }
-    shown
 }
 
 /// A connect that must be refused: permanent, by NATS, at connect, naming the server
@@ -1250,7 +1200,7 @@ async fn assert_refused(config: Config, secret: &str) {
 #[tokio::test]
 async fn user_and_password_from_the_url_or_the_config_authenticate() {
     let password = "n4ts-p@ss/word";
-    let server = OwnServer::start(&["--user", "orders", "--pass", password]).await;
+    let server = own_nats(&["--user", "orders", "--pass", password]).await;
     let address = server.address();
 
     // In the URL, percent-encoded as URLs require.
@@ -1289,7 +1239,7 @@ async fn user_and_password_from_the_url_or_the_config_authenticate() {
 #[tokio::test]
 async fn a_token_from_the_url_or_the_config_authenticates() {
     let token = "t0ken-s3cret";
-    let server = OwnServer::start(&["--auth", token]).await;
+    let server = own_nats(&["--auth", token]).await;
     let address = server.address();
 
     let from_url = Config::new(format!("nats://{token}@{address}"));
@@ -1323,7 +1273,7 @@ async fn an_nkey_seed_authenticates() {
         format!("authorization {{ users = [ {{ nkey: \"{public}\" }} ] }}\n"),
     )
     .unwrap();
-    let server = OwnServer::start(&["-c", file.to_str().unwrap()]).await;
+    let server = own_nats(&["-c", file.to_str().unwrap()]).await;
     let address = server.address();
 
     let config = Config::new(format!("nats://{address}")).nkey(seed);
@@ -1429,7 +1379,7 @@ async fn credentials_never_appear_in_debug_errors_or_logs() {
     }
 
     // A successful connect logs the URL: masked.
-    let server = OwnServer::start(&["--user", "orders", "--pass", "s3cret-pass"]).await;
+    let server = own_nats(&["--user", "orders", "--pass", "s3cret-pass"]).await;
     let config = Config::new(format!("nats://orders:s3cret-pass@{}", server.address()));
     let connection = Connection::connect(&config).await.unwrap();
     assert_round_trip(&connection).await;

@@ -6,6 +6,11 @@
 
 #![cfg(feature = "rabbitmq")]
 
+#[path = "support/own_server.rs"]
+mod own_server;
+
+use own_server::everything_shown;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -1358,17 +1363,6 @@ async fn a_malformed_amqp_url_is_a_permanent_connect_error_that_keeps_the_passwo
 
 // ---------------------------------------------------------------------------
 // Credentials: no password in what is printed.
-
-/// The error, its `Debug`, and every error of its source chain, as text.
-fn everything_shown(err: &tower_mq::Error) -> String {
-    let mut shown = format!("{err}\n{err:?}");
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        shown.push_str(&format!("\n{inner}\n{inner:?}"));
-        source = inner.source();
-    }
-    shown
-}
 
 #[tokio::test]
 async fn the_password_never_appears_in_debug_or_connect_errors() {

@@ -6,6 +6,11 @@
 
 #![cfg(feature = "redis")]
 
+#[path = "support/own_server.rs"]
+mod own_server;
+
+use own_server::{everything_shown, free_port, Log, OwnServer};
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -758,78 +763,26 @@ async fn a_hung_redis_times_out_as_transient_and_recovers() {
 // Credentials: a Redis of the test's own with a password, and no secret in what is
 // printed.
 
-/// A free loopback port (the listener is closed again at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
-}
-
-/// A `redis-server` of the test's own, stopped (by its PID) when dropped.
-struct OwnRedis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl OwnRedis {
-    /// Starts `redis-server` on a free port with `args`, keeping nothing on disk, and
-    /// waits until it says it accepts connections.
-    async fn start(args: &[&str]) -> OwnRedis {
-        use std::io::BufRead;
-        let port = free_port();
-        let mut child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server (apt-get install redis-server): {e}")
-            });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let server = OwnRedis { child, port };
-        let ready = tokio::task::spawn_blocking(move || {
-            let mut seen = String::new();
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                if line.contains("Ready to accept connections") {
-                    // Keep reading so the server never blocks on a full pipe.
-                    std::thread::spawn(move || lines.for_each(drop));
-                    return Ok(());
-                }
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-            Err(seen)
-        });
-        match tokio::time::timeout(WAIT, ready).await {
-            Ok(Ok(Ok(()))) => server,
-            Ok(Ok(Err(log))) => panic!("redis-server {args:?} exited:\n{log}"),
-            Ok(Err(e)) => panic!("watching redis-server failed: {e}"),
-            Err(_) => panic!("redis-server {args:?} not ready within {WAIT:?}"),
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The error, its `Debug`, and every error of its source chain, as text.
-fn everything_shown(err: &tower_mq::Error) -> String {
-    let mut shown = format!("{err}\n{err:?}");
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        shown.push_str(&format!("\n{inner}\n{inner:?}"));
-        source = inner.source();
-    }
-    shown
+/// A `redis-server` of the test's own with `args`, keeping nothing on disk.
+async fn own_redis(args: &[&str]) -> OwnServer {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    OwnServer::start(
+        "redis-server",
+        "redis-server",
+        move |port| {
+            let mut all: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+                .into_iter()
+                .chain(["--save", "", "--appendonly", "no"])
+                .map(str::to_owned)
+                .collect();
+            all.extend(args);
+            all
+        },
+        Log::Stdout,
+        "Ready to accept connections",
+        WAIT,
+    )
+    .await
 }
 
 /// A config that gives up quickly on a server that is not there.
@@ -885,8 +838,8 @@ async fn the_password_never_appears_in_debug_or_connect_errors() {
 
 #[tokio::test]
 async fn a_wrong_password_is_permanent_and_masked_and_the_right_one_works() {
-    let server = OwnRedis::start(&["--requirepass", "r1ght-pass"]).await;
-    let port = server.port;
+    let server = own_redis(&["--requirepass", "r1ght-pass"]).await;
+    let port = server.port();
 
     for wrong in [
         format!("redis://:wr0ng-pass@127.0.0.1:{port}"),
