@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_mq_layers::circuit_breaker::{error::CircuitOpen, CircuitState};
 use tower_mq_layers::classify::http_response;
 use tower_mq_layers::retry::{Backoff, HttpRequests};
@@ -114,4 +114,57 @@ async fn retry_gives_the_last_response_when_attempts_run_out() {
     let response = service.oneshot(request()).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn metrics_label_an_http_service_per_route() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tower_mq_core::Operation;
+    use tower_mq_layers::metrics::{HttpPath, MetricsLayer};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let (inner, _) = answering(&[200]);
+            let mut service = MetricsLayer::new("http", Operation::Handle)
+                .labeller(HttpPath)
+                .layer(inner);
+            for path in ["/orders", "/orders", "/health"] {
+                let request = Request::builder()
+                    .uri(path)
+                    .body(String::new())
+                    .expect("a valid request");
+                let response = service.ready().await.unwrap().call(request).await;
+                assert_eq!(response.unwrap().status(), StatusCode::OK);
+            }
+        })
+    });
+    let mut counted: Vec<(String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "messaging_messages_total")
+        .filter_map(|(key, _, _, value)| {
+            let destination = key
+                .key()
+                .labels()
+                .find(|l| l.key() == "destination")?
+                .value()
+                .to_owned();
+            match value {
+                DebugValue::Counter(n) => Some((destination, n)),
+                _ => None,
+            }
+        })
+        .collect();
+    counted.sort();
+    assert_eq!(
+        counted,
+        [("/health".to_owned(), 1), ("/orders".to_owned(), 2)]
+    );
 }

@@ -1,15 +1,16 @@
 use tower::Layer;
 use tower_mq_core::Operation;
 
-use super::Metrics;
+use super::{ByMessage, LabelFn, Metrics};
 use crate::classify::DefaultClassifier;
 
 /// Builds [`Metrics`]. See the [module docs](super).
 #[derive(Debug, Clone)]
-pub struct MetricsLayer<C = DefaultClassifier> {
+pub struct MetricsLayer<C = DefaultClassifier, L = ByMessage> {
     broker: &'static str,
     operation: Operation,
     classifier: C,
+    labeller: L,
     destination_label: bool,
 }
 
@@ -20,6 +21,7 @@ impl MetricsLayer {
             broker,
             operation,
             classifier: DefaultClassifier::new(),
+            labeller: ByMessage,
             destination_label: true,
         }
     }
@@ -35,15 +37,37 @@ impl MetricsLayer {
     }
 }
 
-impl<C> MetricsLayer<C> {
+impl<C, L> MetricsLayer<C, L> {
     /// Classifies failures (the `outcome` label) with `classifier`.
-    pub fn classifier<C2>(self, classifier: C2) -> MetricsLayer<C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> MetricsLayer<C2, L> {
         MetricsLayer {
             broker: self.broker,
             operation: self.operation,
             classifier,
+            labeller: self.labeller,
             destination_label: self.destination_label,
         }
+    }
+
+    /// Takes the `destination` label from requests with `labeller` (see
+    /// [`Labeller`](super::Labeller); [`HttpPath`](super) for HTTP services).
+    pub fn labeller<L2>(self, labeller: L2) -> MetricsLayer<C, L2> {
+        MetricsLayer {
+            broker: self.broker,
+            operation: self.operation,
+            classifier: self.classifier,
+            labeller,
+            destination_label: self.destination_label,
+        }
+    }
+
+    /// Takes the `destination` label from `destination(&request)`: any request type,
+    /// e.g. an HTTP route or a gRPC method.
+    pub fn destination_from<Req, F>(self, destination: F) -> MetricsLayer<C, LabelFn<F>>
+    where
+        F: Fn(&Req) -> Option<String>,
+    {
+        self.labeller(LabelFn(destination))
     }
 
     /// Whether to label by destination (default `true`); see
@@ -54,12 +78,13 @@ impl<C> MetricsLayer<C> {
     }
 }
 
-impl<S, C: Clone> Layer<S> for MetricsLayer<C> {
-    type Service = Metrics<S, C>;
+impl<S, C: Clone, L: Clone> Layer<S> for MetricsLayer<C, L> {
+    type Service = Metrics<S, C, L>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Metrics::new(inner, self.broker, self.operation)
             .with_classifier(self.classifier.clone())
+            .with_labeller(self.labeller.clone())
             .with_destination_label(self.destination_label)
     }
 }

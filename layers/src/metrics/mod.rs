@@ -1,8 +1,10 @@
 //! Prometheus-style metrics for publishers and handlers, through the `metrics` crate.
 //!
-//! [`Metrics`] wraps any `Service<Req>` whose requests are [`MessageLike`] (a
-//! publisher's `Message`, a handler's `Delivery`, or your own type) and records, per
-//! call:
+//! [`Metrics`] wraps any `Service<Req>` and records, per call (the `destination` label
+//! comes from a [`Labeller`]: the message of a [`MessageLike`] request, a publisher's
+//! `Message` or a handler's `Delivery`, by default; any function of the request with
+//! [`MetricsLayer::destination_from`]; the path of an `http::Request` with
+//! [`HttpPath`], feature `http`):
 //!
 //! - `messaging_operation_duration_seconds` (histogram): the time from `call` to the
 //!   response, on tokio's clock. One histogram for every operation, told apart by
@@ -56,6 +58,7 @@ mod prometheus;
 pub mod future;
 pub mod names;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -80,11 +83,12 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 /// Records duration, outcome and in-flight count of every call. See the
 /// [module docs](self).
 #[derive(Clone)]
-pub struct Metrics<S, C = DefaultClassifier> {
+pub struct Metrics<S, C = DefaultClassifier, L = ByMessage> {
     inner: S,
     broker: &'static str,
     operation: Operation,
     classifier: C,
+    labeller: L,
     destination_label: bool,
     /// Handles per destination, shared by clones.
     cache: Arc<Cache>,
@@ -100,6 +104,7 @@ impl<S> Metrics<S> {
             broker,
             operation,
             classifier: DefaultClassifier::new(),
+            labeller: ByMessage,
             destination_label: true,
             cache: Arc::new(Cache::new(broker, operation)),
             last: None,
@@ -107,14 +112,29 @@ impl<S> Metrics<S> {
     }
 }
 
-impl<S, C> Metrics<S, C> {
+impl<S, C, L> Metrics<S, C, L> {
     /// Classifies failures with `classifier`.
-    pub fn with_classifier<C2>(self, classifier: C2) -> Metrics<S, C2> {
+    pub fn with_classifier<C2>(self, classifier: C2) -> Metrics<S, C2, L> {
         Metrics {
             inner: self.inner,
             broker: self.broker,
             operation: self.operation,
             classifier,
+            labeller: self.labeller,
+            destination_label: self.destination_label,
+            cache: self.cache,
+            last: self.last,
+        }
+    }
+
+    /// Takes the `destination` label from requests with `labeller`.
+    pub fn with_labeller<L2>(self, labeller: L2) -> Metrics<S, C, L2> {
+        Metrics {
+            inner: self.inner,
+            broker: self.broker,
+            operation: self.operation,
+            classifier: self.classifier,
+            labeller,
             destination_label: self.destination_label,
             cache: self.cache,
             last: self.last,
@@ -145,7 +165,7 @@ impl<S, C> Metrics<S, C> {
     }
 }
 
-impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Metrics<S, C> {
+impl<S: fmt::Debug, C: fmt::Debug, L> fmt::Debug for Metrics<S, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics")
             .field("inner", &self.inner)
@@ -157,11 +177,11 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Metrics<S, C> {
     }
 }
 
-impl<S, C, Req> Service<Req> for Metrics<S, C>
+impl<S, C, L, Req> Service<Req> for Metrics<S, C, L>
 where
     S: Service<Req>,
     C: Classifier<S::Error> + Clone,
-    Req: MessageLike,
+    L: Labeller<Req>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -172,11 +192,12 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let destination = if self.destination_label {
-            req.destination().unwrap_or_default()
+        let label = if self.destination_label {
+            self.labeller.destination(&req)
         } else {
-            ""
+            None
         };
+        let destination = label.as_deref().unwrap_or_default();
         let handles = match &self.last {
             Some(last) if last.is_for(destination) => last.clone(),
             _ => {
@@ -189,6 +210,68 @@ where
         let start = crate::call_time::now();
         let inner = &mut self.inner;
         ResponseFuture::call(start, handles, self.classifier.clone(), || inner.call(req))
+    }
+}
+
+/// Where [`Metrics`] takes a request's `destination` label from.
+///
+/// Implemented by [`ByMessage`] (the default: the message of a [`MessageLike`]
+/// request), by [`HttpPath`] (feature `http`), and by any
+/// `Fn(&Req) -> Option<String>` (see [`MetricsLayer::destination_from`]).
+#[diagnostic::on_unimplemented(
+    message = "the metrics layer cannot tell the destination of a `{Req}`",
+    label = "this labeller does not know `{Req}`",
+    note = "requests that carry a `Message` implement `MessageLike`; for any other request give the layer a function: `MetricsLayer::destination_from(|req: &{Req}| ...)`, or `HttpPath` for an `http::Request` (feature `http`)"
+)]
+pub trait Labeller<Req> {
+    /// The request's destination label, if it has one.
+    fn destination<'r>(&self, request: &'r Req) -> Option<Cow<'r, str>>;
+}
+
+/// The destination of the message a [`MessageLike`] request carries: the default
+/// [`Labeller`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByMessage;
+
+impl<Req: MessageLike> Labeller<Req> for ByMessage {
+    #[inline]
+    fn destination<'r>(&self, request: &'r Req) -> Option<Cow<'r, str>> {
+        request.destination().map(Cow::Borrowed)
+    }
+}
+
+/// A function of the request, from [`MetricsLayer::destination_from`].
+#[derive(Clone, Copy)]
+pub struct LabelFn<F>(pub(crate) F);
+
+impl<F> fmt::Debug for LabelFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LabelFn")
+    }
+}
+
+impl<Req, F> Labeller<Req> for LabelFn<F>
+where
+    F: Fn(&Req) -> Option<String>,
+{
+    fn destination<'r>(&self, request: &'r Req) -> Option<Cow<'r, str>> {
+        (self.0)(request).map(Cow::Owned)
+    }
+}
+
+/// The path of an `http::Request` as its destination label (`/orders`): per route,
+/// for the layer guarding an HTTP service.
+///
+/// Paths that carry ids (`/orders/42`) make one series per id: label such routes with
+/// a function that maps them to their route (`/orders/{id}`) instead.
+#[cfg(feature = "http")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpPath;
+
+#[cfg(feature = "http")]
+impl<B> Labeller<http::Request<B>> for HttpPath {
+    fn destination<'r>(&self, request: &'r http::Request<B>) -> Option<Cow<'r, str>> {
+        Some(Cow::Borrowed(request.uri().path()))
     }
 }
 
