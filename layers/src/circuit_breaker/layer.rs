@@ -38,10 +38,15 @@ impl Default for CircuitBreakerLayer {
 }
 
 impl CircuitBreakerLayer {
-    /// A breaker with the default configuration.
+    /// A breaker with the default configuration, its metrics labelled
+    /// `circuit="circuit-<n>"` (a number per breaker made in this process) until
+    /// [`name`](Self::name) names it, so that several breakers' series never merge.
     pub fn new() -> Self {
+        static BREAKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = BREAKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let config = Config {
             minimum_calls: 20,
+            labels: vec![Label::new(CIRCUIT_LABEL, format!("circuit-{n}"))],
             ..Config::default()
         };
         let window = WindowKind::Count(100);
@@ -53,6 +58,9 @@ impl CircuitBreakerLayer {
         }
     }
 }
+
+/// The label naming a breaker in its metrics.
+const CIRCUIT_LABEL: &str = "circuit";
 
 fn build_window(kind: WindowKind) -> Window {
     match kind {
@@ -130,6 +138,16 @@ impl<C> CircuitBreakerLayer<C> {
     /// permanent, rejected). Off by default: it costs a metrics lookup per call.
     pub fn count_calls(self, enabled: bool) -> Self {
         self.with_config(|c| c.count_calls = enabled)
+    }
+
+    /// Names the breaker: the `circuit` label of its metrics (e.g. the destination it
+    /// guards, or the route), instead of a number.
+    pub fn name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.with_config(|c| {
+            c.labels.retain(|l| l.key() != CIRCUIT_LABEL);
+            c.labels.insert(0, Label::new(CIRCUIT_LABEL, name));
+        })
     }
 
     /// Adds a label to the breaker's metrics.

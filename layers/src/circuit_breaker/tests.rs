@@ -436,3 +436,31 @@ async fn a_minimum_above_the_window_size_is_capped_at_the_window() {
     }
     assert_eq!(layer.handle().state(), CircuitState::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_breakers_have_series_of_their_own() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let publisher = small().name("orders-publisher");
+    let route = small().name("post-orders");
+    let (mut svc, mut mock) = service(&publisher);
+    let _route = service(&route);
+    for _ in 0..4 {
+        call(&mut svc, &mut mock, Outcome::Transient)
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(publisher.handle().state(), CircuitState::Open);
+    let recorded = recorded::Recorded::take(&snapshotter);
+    let state = |name| recorded.gauge("messaging_circuit_state", &[("circuit", name)]);
+    assert_eq!(state("orders-publisher"), Some(1.0));
+    assert_eq!(
+        state("post-orders"),
+        Some(0.0),
+        "the other circuit's own series"
+    );
+    // Unnamed breakers get a number each.
+    let (a, b) = (CircuitBreakerLayer::new(), CircuitBreakerLayer::new());
+    assert_ne!(format!("{a:?}"), format!("{b:?}"));
+}

@@ -20,17 +20,24 @@ pub struct RetryLayer<C = DefaultClassifier, K = ByClone, J = FastRng> {
     labels: Vec<Label>,
 }
 
+/// The label naming a retry layer in its counter.
+const RETRY_LABEL: &str = "retry";
+
 impl RetryLayer {
     /// Retries transient failures (per [`DefaultClassifier`]) with `backoff`, cloning
-    /// requests with `Clone`, under a default [`RetryBudget`].
+    /// requests with `Clone`, under a default [`RetryBudget`]. Its counter is labelled
+    /// `retry="retry-<n>"` (a number per layer made in this process) until
+    /// [`name`](Self::name) names it, so that several layers' series never merge.
     pub fn new(backoff: Backoff) -> Self {
+        static LAYERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = LAYERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RetryLayer {
             backoff,
             budget: Some(RetryBudget::default()),
             classifier: DefaultClassifier::new(),
             cloner: ByClone,
             jitter: FastRng::new(),
-            labels: Vec::new(),
+            labels: vec![Label::new(RETRY_LABEL, format!("retry-{n}"))],
         }
     }
 }
@@ -99,6 +106,14 @@ impl<C, K, J> RetryLayer<C, K, J> {
     /// Retries without a budget: only attempts and elapsed time limit them.
     pub fn without_budget(mut self) -> Self {
         self.budget = None;
+        self
+    }
+
+    /// Names the layer: the `retry` label of `messaging_retries_total` (e.g. the
+    /// destination it retries), instead of a number.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.labels.retain(|l| l.key() != RETRY_LABEL);
+        self.labels.insert(0, Label::new(RETRY_LABEL, name.into()));
         self
     }
 
