@@ -20,12 +20,12 @@ pub struct Record {
     pub max_us: Option<u64>,
 }
 
-/// `target/bench` (under `CARGO_TARGET_DIR` when it is set).
+/// `target/bench` of this workspace (`TOWER_MQ_BENCH_OUT` to put it elsewhere): not
+/// under a shared `CARGO_TARGET_DIR`, where runs from other checkouts would overwrite it.
 fn out_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    std::env::var_os("TOWER_MQ_BENCH_OUT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("bench")
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"))
 }
 
 pub fn write(records: &[Record]) -> std::io::Result<()> {
