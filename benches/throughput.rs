@@ -157,7 +157,7 @@ impl Settings {
                 .iter()
                 .filter(|f| names.contains(&f.as_str()))
                 .collect();
-            named.is_empty() || named.iter().any(|f| *f == value)
+            named.is_empty() || named.contains(&value)
         })
     }
 
@@ -343,7 +343,9 @@ async fn measure(
     };
 
     let start = Instant::now();
-    let published: Result<(), BoxError> = async {
+    // A publish that never completes fails the measurement instead of hanging the run.
+    let limit = Duration::from_secs(60) + Duration::from_millis(20) * messages as u32;
+    let publishing = async {
         match mode {
             Mode::PublishSeq => {
                 for id in 0..messages {
@@ -391,8 +393,10 @@ async fn measure(
                 Ok(())
             }
         }
-    }
-    .await;
+    };
+    let published: Result<(), BoxError> = tokio::time::timeout(limit, publishing)
+        .await
+        .unwrap_or_else(|_| Err(format!("publishing took more than {}s", limit.as_secs()).into()));
     let published_at = start.elapsed();
     if let Err(error) = published {
         if let Some(task) = receiving {

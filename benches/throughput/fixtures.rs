@@ -581,7 +581,8 @@ impl Fixture for RedisPubSub {
 
 /// Kafka on librdkafka's mock cluster (in process, both sides): tower-mq's producer
 /// configuration (idempotent, acks=all, linger 5 ms) for the bare producer too, a
-/// consumer group whose offsets are stored after each message was handled.
+/// consumer group per destination (a group that outlived its last run would wait for
+/// its old members to time out) whose offsets are stored after each message was handled.
 pub struct Kafka {
     cluster: crate::kafka_mock_cluster::MockKafka,
 }
@@ -619,12 +620,14 @@ impl Fixture for Kafka {
 
         let topic = unique("bench");
         self.cluster.create_topic(&topic, 1);
-        let config =
-            Config::new(self.cluster.bootstrap_servers()).set("reconnect.backoff.max.ms", "100");
+        // Fetches answer within 10 ms: librdkafka's 500 ms default would be the latency.
+        let config = Config::new(self.cluster.bootstrap_servers())
+            .set("reconnect.backoff.max.ms", "100")
+            .set_consumer("fetch.wait.max.ms", "10");
         Box::pin(async move {
             let receive = match consumer {
                 Client::Bare => {
-                    let plain: StreamConsumer = config.consumer_config("bench").create()?;
+                    let plain: StreamConsumer = config.consumer_config(&topic).create()?;
                     plain.subscribe(&[topic.as_str()])?;
                     for _ in 0..100 {
                         let _ =
@@ -644,7 +647,7 @@ impl Fixture for Kafka {
                 }
                 _ => {
                     let mut subscribed =
-                        Consumer::subscribe(&config, ConsumerConfig::new(&topic, "bench")).await?;
+                        Consumer::subscribe(&config, ConsumerConfig::new(&topic, &topic)).await?;
                     subscribed
                         .wait_for_assignment(Duration::from_secs(10))
                         .await?;
