@@ -96,7 +96,7 @@ fn escape(s: &str) -> String {
 }
 
 /// One panel per mode and payload (throughput modes only): a group of bars per broker,
-/// one bar per client, heights in msgs/s on the panel's own linear scale.
+/// one bar per client, heights in msgs/s on a log scale.
 pub fn svg(records: &[Record]) -> String {
     let mut panels: Vec<(String, usize)> = Vec::new();
     for r in records {
@@ -136,33 +136,35 @@ pub fn svg(records: &[Record]) -> String {
             .iter()
             .filter(|r| &r.mode == mode && r.payload_bytes == *payload)
             .collect();
-        let max = in_panel
+        // Log scale: the brokers span four orders of magnitude.
+        let decades = in_panel
             .iter()
             .map(|r| r.msgs_per_sec)
-            .fold(0.0f64, f64::max)
-            .max(1.0);
+            .fold(10.0f64, f64::max)
+            .log10()
+            .ceil();
+        let height_of = |v: f64| plot_height * v.max(1.0).log10() / decades;
         let _ = writeln!(
             out,
-            r#"<text x="{left:.0}" y="{:.0}" font-weight="bold">{} — {} B payload (msgs/s; top of scale {:.0})</text>"#,
+            r#"<text x="{left:.0}" y="{:.0}" font-weight="bold">{} — {} B payload (msgs/s, log scale)</text>"#,
             top + 14.0,
             escape(mode),
-            payload,
-            max
+            payload
         );
         let _ = writeln!(
             out,
             r##"<line x1="{left:.0}" y1="{base:.0}" x2="{:.0}" y2="{base:.0}" stroke="#333"/>"##,
             width - 10.0
         );
-        for tick in [0.5, 1.0] {
-            let y = base - plot_height * tick;
+        for decade in 1..=decades as i32 {
+            let value = 10f64.powi(decade);
+            let y = base - height_of(value);
             let _ = writeln!(
                 out,
-                r##"<line x1="{left:.0}" y1="{y:.1}" x2="{:.0}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{:.0}</text>"##,
+                r##"<line x1="{left:.0}" y1="{y:.1}" x2="{:.0}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{value:.0}</text>"##,
                 width - 10.0,
                 left - 4.0,
-                y + 4.0,
-                max * tick
+                y + 4.0
             );
         }
         for (b, broker) in brokers.iter().enumerate() {
@@ -174,7 +176,7 @@ pub fn svg(records: &[Record]) -> String {
                 else {
                     continue;
                 };
-                let h = plot_height * r.msgs_per_sec / max;
+                let h = height_of(r.msgs_per_sec);
                 let _ = writeln!(
                     out,
                     r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{color}"><title>{broker} {client}: {:.0} msgs/s</title></rect>"#,
