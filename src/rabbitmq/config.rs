@@ -415,6 +415,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn two_connections_reconnect_after_different_delays() {
+        let config = Config::new("amqp://127.0.0.1")
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5));
+        let (mut a, mut b) = (config.reconnect_delays(), config.reconnect_delays());
+        let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
+        let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert_ne!(a, b, "two connections reconnect in lockstep");
+        assert!(a.iter().chain(&b).all(|d| *d <= Duration::from_secs(5)));
+        assert!(a[0] <= Duration::from_millis(100) && b[0] <= Duration::from_millis(100));
+    }
+
+    #[test]
     fn routing_modes_map_both_ways() {
         let r = Routing::Exchange;
         assert_eq!(r.exchange_and_key("orders", Some("eu")), ("orders", "eu"));

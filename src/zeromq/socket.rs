@@ -213,7 +213,7 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
             .map(|endpoint| Dial {
                 endpoint: endpoint.clone(),
                 state: DialState::Due(now),
-                delays: Delays::new(config.redial_min, config.redial_max),
+                delays: redial_delays(config),
             })
             .collect(),
         kind,
@@ -237,6 +237,11 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
         _alive: Arc::new(alive),
     };
     Ok((handle, incoming))
+}
+
+/// The jittered delays between dials of one endpoint.
+fn redial_delays(config: &Config) -> Delays {
+    Delays::new(config.redial_min, config.redial_max)
 }
 
 enum DialState {
@@ -488,5 +493,21 @@ async fn reserve(
     match incoming {
         Some(sender) => sender.reserve_owned().await.ok(),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn two_endpoints_redial_after_different_delays() {
+        let config = Config::new().with_redial(Duration::from_millis(20), Duration::from_secs(2));
+        let (mut a, mut b) = (redial_delays(&config), redial_delays(&config));
+        let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
+        let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert_ne!(a, b, "two endpoints redial in lockstep");
+        assert!(a.iter().chain(&b).all(|d| *d <= Duration::from_secs(2)));
     }
 }
