@@ -87,6 +87,7 @@ impl Delays {
     }
 
     /// Starts again from the smallest delay (after a success).
+    #[cfg_attr(not(feature = "zeromq"), allow(dead_code))]
     pub(crate) fn reset(&mut self) {
         self.retry = 0;
     }

@@ -1525,3 +1525,21 @@ async fn connect_retry_does_not_retry_refused_credentials() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the_same_port() {
+    let port = free_port();
+    let server = own_nats_on(port).await;
+    let config = Config::new(format!("nats://127.0.0.1:{port}"))
+        .max_reconnect_delay(Duration::from_millis(200));
+    let connection = Connection::connect(&config).await.unwrap();
+    assert_round_trip(&connection).await;
+    drop(server);
+    until("the client to see its server gone", || {
+        !connection.is_connected()
+    })
+    .await;
+    let _server = own_nats_on(port).await;
+    until("the client to reconnect", || connection.is_connected()).await;
+    assert_round_trip(&connection).await;
+}

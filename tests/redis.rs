@@ -1020,3 +1020,35 @@ async fn connect_retry_does_not_retry_a_wrong_password() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_publisher_is_ready_again_through_the_jittered_probe_once_its_own_server_restarted() {
+    let port = free_port();
+    let server = own_redis_on(port, &[]).await;
+    let config = quick(format!("redis://127.0.0.1:{port}"));
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    let stream = unique("probe");
+    publish(&mut publisher, Message::new(&stream, "before")).await;
+    drop(server);
+    // The publish that finds the server gone fails (transient) and starts the probe.
+    let err = publisher
+        .ready()
+        .await
+        .expect("ready while the connection is believed up")
+        .call(Message::new(&stream, "lost"))
+        .await
+        .expect_err("the server is gone");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    let _server = own_redis_on(port, &[]).await;
+    // Readiness waits for the probe to find the server back.
+    let receipt = tokio::time::timeout(
+        WAIT,
+        publish(&mut publisher, Message::new(&stream, "after")),
+    )
+    .await
+    .expect("the publisher is ready again once the server is back");
+    assert!(
+        matches!(receipt, Receipt::RedisStream { .. }),
+        "{receipt:?}"
+    );
+}
