@@ -1640,8 +1640,9 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// Forwards every connection to `port` to the project's broker, until aborted.
-async fn forward(port: u16) -> tokio::task::JoinHandle<()> {
+/// Forwards every connection to `port` to the project's broker, until aborted; a
+/// message on `cut` closes the connections forwarded so far.
+async fn forward(port: u16, cut: tokio::sync::watch::Receiver<()>) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("the port the connect waits on is still free");
@@ -1649,9 +1650,14 @@ async fn forward(port: u16) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
             let upstream = upstream.clone();
+            let mut cut = cut.clone();
+            cut.mark_unchanged();
             tokio::spawn(async move {
                 if let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                        _ = cut.changed() => {}
+                    }
                 }
             });
         }
@@ -1676,7 +1682,8 @@ async fn connect_retry_waits_for_a_broker_that_appears_later_then_publishes() {
             .is_err(),
         "the connect ended while no broker was there"
     );
-    let forwarder = forward(port).await;
+    let (_cut, cuts) = tokio::sync::watch::channel(());
+    let forwarder = forward(port, cuts).await;
     let connection = tokio::time::timeout(Duration::from_secs(15), connecting)
         .await
         .expect("no connection within 15 s once the broker was there")
@@ -1754,4 +1761,44 @@ async fn connect_retry_does_not_retry_a_wrong_password() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn reconnects_through_the_jittered_loop_when_its_connection_is_cut() {
+    let _shared = BROKER.read().await;
+    let port = free_port();
+    let (cut, cuts) = tokio::sync::watch::channel(());
+    let forwarder = forward(port, cuts).await;
+    let q = unique("cut");
+    let connection = connect(
+        Config::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .routing(Routing::DefaultExchange)
+            .heartbeat(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    assert_eq!(connection.generation(), 1);
+    cut.send_replace(());
+    let mut publisher = connection.publisher();
+    let receipt = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            // A publish racing the cut may fail (transient); readiness then waits for
+            // the new connection.
+            match publisher.ready().await {
+                Ok(ready) => match ready.call(Message::new(&q, "after the cut")).await {
+                    Ok(receipt) if connection.generation() > 1 => break receipt,
+                    Ok(_) => {}
+                    Err(err) => assert!(err.is_transient(), "{err}"),
+                },
+                Err(err) => panic!("the publisher gave up: {err}"),
+            }
+        }
+    })
+    .await
+    .expect("no reconnect within 15 s");
+    assert!(matches!(receipt, Receipt::RabbitMq { .. }), "{receipt:?}");
+    assert!(connection.generation() >= 2);
+    connection.close();
+    forwarder.abort();
 }
