@@ -1052,3 +1052,31 @@ async fn a_publisher_is_ready_again_through_the_jittered_probe_once_its_own_serv
         "{receipt:?}"
     );
 }
+
+#[tokio::test]
+async fn connect_retry_lets_a_pubsub_consumer_wait_for_a_server_that_starts_later() {
+    let port = free_port();
+    let config = quick(format!("redis://127.0.0.1:{port}"))
+        .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
+    let channel = unique("late-pubsub");
+    let mut subscribing = tokio::spawn({
+        let (config, channel) = (config.clone(), channel.clone());
+        async move { PubSubConsumer::subscribe(&config, [Subscription::channel(channel)]).await }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut subscribing)
+            .await
+            .is_err(),
+        "the subscribe ended while no server was there"
+    );
+    let _server = own_redis_on(port, &[]).await;
+    let mut consumer = tokio::time::timeout(WAIT, subscribing)
+        .await
+        .expect("no subscription within the wait once the server was up")
+        .expect("the subscribing task")
+        .expect("the subscribe succeeds once the server is up");
+    let mut publisher = PubSubPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&channel, "after the wait")).await;
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().payload().as_ref(), b"after the wait");
+}

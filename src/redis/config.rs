@@ -195,15 +195,26 @@ impl Config {
             .set_min_delay(self.reconnect_min_delay)
             .set_max_delay(self.reconnect_max_delay);
         let redacted_url = self.redacted_url();
+        self.retry_connect(|| async {
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+                .await
+                .map_err(|err| redis_error(Operation::Connect, &redacted_url, err))
+        })
+        .await
+    }
+
+    /// Runs `attempt`, a connect to this server, again after a transient failure as
+    /// [`connect_retry`](Self::connect_retry) allows.
+    pub(crate) async fn retry_connect<T, F, Fut>(&self, attempt: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         connect_retry::connect(
             self.connect_retry,
             self.reconnect_delays(),
-            &redacted_url,
-            || async {
-                ConnectionManager::new_with_config(client.clone(), manager_config.clone())
-                    .await
-                    .map_err(|err| redis_error(Operation::Connect, &redacted_url, err))
-            },
+            &self.redacted_url(),
+            attempt,
         )
         .await
     }
