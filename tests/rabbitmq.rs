@@ -1779,6 +1779,7 @@ async fn reconnects_through_the_jittered_loop_when_its_connection_is_cut() {
     )
     .await;
     assert_eq!(connection.generation(), 1);
+    let mut consumer = connection.consumer(&q).await.unwrap();
     cut.send_replace(());
     let mut publisher = connection.publisher();
     let receipt = tokio::time::timeout(Duration::from_secs(15), async {
@@ -1799,6 +1800,11 @@ async fn reconnects_through_the_jittered_loop_when_its_connection_is_cut() {
     .expect("no reconnect within 15 s");
     assert!(matches!(receipt, Receipt::RabbitMq { .. }), "{receipt:?}");
     assert!(connection.generation() >= 2);
+    // The consumer subscribed again (through its own jittered loop) and settles on the
+    // new connection.
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().payload().as_ref(), b"after the cut");
+    delivery.ack().await.unwrap();
     connection.close();
     forwarder.abort();
 }
