@@ -32,9 +32,10 @@
 //!
 //! # Reconnecting
 //!
-//! The client reconnects by itself with a capped backoff
+//! The client reconnects by itself with a capped, jittered backoff
 //! ([`Config::max_reconnect_delay`]), and connection events are logged with
-//! `tracing` (target `tower_mq::nats`). While it is disconnected:
+//! `tracing` (target `tower_mq::nats`); [`Config::connect_retry`] makes the first
+//! connect wait for a server the same way. While it is disconnected:
 //! - every publisher's and requester's `poll_ready` is `Pending`, so tower's
 //!   `Buffer`, `ConcurrencyLimit` and `LoadShed` see the outage as backpressure
 //!   (put a `LoadShed` or a readiness timeout in front if callers must not wait);

@@ -184,8 +184,8 @@ struct Shared {
 /// requesters made from it. Cloning shares the connection.
 ///
 /// A background task watches the connection (heartbeats, error events, the
-/// connection state). When the connection is lost it reconnects with exponential
-/// backoff, declares the topology again and hands the new connection to every
+/// connection state). When the connection is lost it reconnects with jittered
+/// exponential backoff, declares the topology again and hands the new connection to every
 /// publisher and consumer; meanwhile publishers' `poll_ready` is `Pending`. The
 /// connection closes when [`Connection::close`] is called or the last handle (including
 /// publishers and consumers) is dropped. It needs a Tokio runtime (the supervisor is a
