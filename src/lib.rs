@@ -68,6 +68,16 @@ pub use tower_mq_core::{
 };
 pub use tower_mq_layers as layers;
 
+#[cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "zeromq"
+))]
+mod connect_retry;
+#[cfg(any(feature = "redis", feature = "nats", feature = "rabbitmq"))]
+pub use connect_retry::ConnectRetry;
+
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;

@@ -1422,3 +1422,124 @@ async fn an_unreadable_credentials_file_is_permanent_and_named() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Retrying the first connect (`Config::connect_retry`).
+
+use tower_mq::ConnectRetry;
+
+/// A `nats-server` of the test's own on `port`, which a connect may already be
+/// waiting for.
+async fn own_nats_on(port: u16) -> OwnServer {
+    OwnServer::start(
+        "nats-server",
+        "nats-server",
+        // The harness picked a free port of its own; this one is where the connect waits.
+        move |_| {
+            ["-a", "127.0.0.1", "-p", &port.to_string()]
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        },
+        Log::Stderr,
+        "Server is ready",
+        WAIT,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
+    let port = free_port();
+    let config = Config::new(format!("nats://127.0.0.1:{port}"))
+        .max_reconnect_delay(Duration::from_millis(100))
+        .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
+    let mut connecting = tokio::spawn(async move { Connection::connect(&config).await });
+    // Nothing listens yet: without the option this fails within milliseconds.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut connecting)
+            .await
+            .is_err(),
+        "the connect ended while no server was there"
+    );
+    let _server = own_nats_on(port).await;
+    let connection = tokio::time::timeout(WAIT, connecting)
+        .await
+        .expect("no connection within the wait once the server was up")
+        .expect("the connecting task")
+        .expect("the connect succeeds once the server is up");
+    assert!(connection.is_connected());
+    assert_round_trip(&connection).await;
+}
+
+#[tokio::test]
+async fn without_connect_retry_an_absent_server_fails_at_once_and_with_it_within_the_limit() {
+    let closed = free_port();
+    let config = Config::new(format!("nats://127.0.0.1:{closed}"))
+        .max_reconnect_delay(Duration::from_millis(100));
+
+    let started = std::time::Instant::now();
+    let err = Connection::connect(&config)
+        .await
+        .expect_err("nothing listens on the port");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the default (off) took {:?}",
+        started.elapsed()
+    );
+
+    let limit = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let err = Connection::connect(&config.connect_retry(ConnectRetry::Within(limit)))
+        .await
+        .expect_err("nothing listens on the port");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.operation(), Operation::Connect);
+    // It gives up once the next delay (at most 100 ms here) would pass the limit.
+    assert!(
+        took >= limit - Duration::from_millis(200),
+        "gave up after {took:?}"
+    );
+    assert!(
+        took < limit + Duration::from_secs(2),
+        "gave up after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_retry_does_not_retry_refused_credentials() {
+    let server = own_nats(&["--user", "orders", "--pass", "r1ght-pass"]).await;
+    let config = Config::new(format!("nats://orders:wr0ng-pass@{}", server.address()))
+        .connect_retry(ConnectRetry::Forever);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(WAIT, Connection::connect(&config))
+        .await
+        .expect("refused credentials must not be retried forever")
+        .expect_err("the server must refuse these credentials");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the_same_port() {
+    let port = free_port();
+    let server = own_nats_on(port).await;
+    let config = Config::new(format!("nats://127.0.0.1:{port}"))
+        .max_reconnect_delay(Duration::from_millis(200));
+    let connection = Connection::connect(&config).await.unwrap();
+    assert_round_trip(&connection).await;
+    drop(server);
+    until("the client to see its server gone", || {
+        !connection.is_connected()
+    })
+    .await;
+    let _server = own_nats_on(port).await;
+    until("the client to reconnect", || connection.is_connected()).await;
+    assert_round_trip(&connection).await;
+}

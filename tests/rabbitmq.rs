@@ -1611,3 +1611,200 @@ async fn config_from_env_reads_the_url_variable_and_connects() {
     assert!(!format!("{config:?}").contains(":guest@"));
     connect(config).await.close();
 }
+
+// ---------------------------------------------------------------------------
+// Retrying the first connect (`Config::connect_retry`).
+//
+// Starting a RabbitMQ of the test's own takes about 6 s, so the broker that "starts
+// later" is the project's broker behind a TCP forwarder the test opens on a port the
+// connect is already knocking on: to the client, nothing listens, then a broker does.
+
+use tower_mq::ConnectRetry;
+
+/// `host:port` of the project's broker.
+fn broker_address() -> String {
+    let url = url();
+    let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let authority = after_scheme.split('/').next().unwrap_or(after_scheme);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, address)| address)
+        .to_owned()
+}
+
+/// A free loopback port (the listener is closed again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// Forwards every connection to `port` to the project's broker, until aborted; a
+/// message on `cut` closes the connections forwarded so far.
+async fn forward(port: u16, cut: tokio::sync::watch::Receiver<()>) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port the connect waits on is still free");
+    let upstream = broker_address();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let mut cut = cut.clone();
+            cut.mark_unchanged();
+            tokio::spawn(async move {
+                if let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                        _ = cut.changed() => {}
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn connect_retry_waits_for_a_broker_that_appears_later_then_publishes() {
+    let _shared = BROKER.read().await;
+    let port = free_port();
+    let q = unique("late");
+    let config = Config::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+        .routing(Routing::DefaultExchange)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .topology(Topology::new().queue(queue(&q)))
+        .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
+    let mut connecting = tokio::spawn(async move { Connection::connect(config).await });
+    // Nothing listens yet: without the option this fails within milliseconds.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut connecting)
+            .await
+            .is_err(),
+        "the connect ended while no broker was there"
+    );
+    let (_cut, cuts) = tokio::sync::watch::channel(());
+    let forwarder = forward(port, cuts).await;
+    let connection = tokio::time::timeout(Duration::from_secs(15), connecting)
+        .await
+        .expect("no connection within 15 s once the broker was there")
+        .expect("the connecting task")
+        .expect("the connect succeeds once the broker is there");
+    let receipt = connection
+        .publisher()
+        .oneshot(Message::new(&q, "after the wait"))
+        .await
+        .expect("publish");
+    assert!(matches!(receipt, Receipt::RabbitMq { .. }), "{receipt:?}");
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().payload().as_ref(), b"after the wait");
+    delivery.ack().await.unwrap();
+    connection.close();
+    forwarder.abort();
+}
+
+#[tokio::test]
+async fn without_connect_retry_an_absent_broker_fails_at_once_and_with_it_within_the_limit() {
+    let closed = free_port();
+    let config = Config::new(format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100));
+
+    let started = std::time::Instant::now();
+    let err = Connection::connect(config.clone())
+        .await
+        .expect_err("nothing listens on the port");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the default (off) took {:?}",
+        started.elapsed()
+    );
+
+    let limit = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let err = Connection::connect(config.connect_retry(ConnectRetry::Within(limit)))
+        .await
+        .expect_err("nothing listens on the port");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.operation(), Operation::Connect);
+    // It gives up once the next delay (at most 100 ms here) would pass the limit.
+    assert!(
+        took >= limit - Duration::from_millis(200),
+        "gave up after {took:?}"
+    );
+    assert!(
+        took < limit + Duration::from_secs(2),
+        "gave up after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_retry_does_not_retry_a_wrong_password() {
+    let _shared = BROKER.read().await;
+    let config = Config::new(format!("amqp://guest:wr0ng-pass@{}/%2f", broker_address()))
+        .connect_retry(ConnectRetry::Forever);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(15), Connection::connect(config))
+        .await
+        .expect("a refused password must not be retried forever")
+        .expect_err("the broker must refuse the password");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.operation(), Operation::Connect);
+    assert!(
+        !everything_shown(&err).contains("wr0ng"),
+        "{}",
+        everything_shown(&err)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn reconnects_through_the_jittered_loop_when_its_connection_is_cut() {
+    let _shared = BROKER.read().await;
+    let port = free_port();
+    let (cut, cuts) = tokio::sync::watch::channel(());
+    let forwarder = forward(port, cuts).await;
+    let q = unique("cut");
+    let connection = connect(
+        Config::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .routing(Routing::DefaultExchange)
+            .heartbeat(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    assert_eq!(connection.generation(), 1);
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    cut.send_replace(());
+    let mut publisher = connection.publisher();
+    let receipt = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            // A publish racing the cut may fail (transient); readiness then waits for
+            // the new connection.
+            match publisher.ready().await {
+                Ok(ready) => match ready.call(Message::new(&q, "after the cut")).await {
+                    Ok(receipt) if connection.generation() > 1 => break receipt,
+                    Ok(_) => {}
+                    Err(err) => assert!(err.is_transient(), "{err}"),
+                },
+                Err(err) => panic!("the publisher gave up: {err}"),
+            }
+        }
+    })
+    .await
+    .expect("no reconnect within 15 s");
+    assert!(matches!(receipt, Receipt::RabbitMq { .. }), "{receipt:?}");
+    assert!(connection.generation() >= 2);
+    // The consumer subscribed again (through its own jittered loop) and settles on the
+    // new connection.
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().payload().as_ref(), b"after the cut");
+    delivery.ack().await.unwrap();
+    connection.close();
+    forwarder.abort();
+}

@@ -901,3 +901,182 @@ async fn config_from_env_reads_the_url_variable_and_connects() {
     assert_eq!(config.url(), expected);
     config.connect().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Retrying the first connect (`Config::connect_retry`).
+
+use tower_mq::ConnectRetry;
+
+/// A `redis-server` of the test's own on `port`, which a connect may already be
+/// waiting for.
+async fn own_redis_on(port: u16, args: &[&'static str]) -> OwnServer {
+    OwnServer::start(
+        "redis-server",
+        "redis-server",
+        // The harness picked a free port of its own; this one is where the connect waits.
+        move |_| {
+            let mut all: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+                .into_iter()
+                .chain(["--save", "", "--appendonly", "no"])
+                .map(str::to_owned)
+                .collect();
+            all.extend(args.iter().map(|a| a.to_string()));
+            all
+        },
+        Log::Stdout,
+        "Ready to accept connections",
+        WAIT,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
+    let port = free_port();
+    let config = quick(format!("redis://127.0.0.1:{port}"))
+        .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
+    let mut connecting = tokio::spawn({
+        let config = config.clone();
+        async move { StreamPublisher::connect(&config).await }
+    });
+    // Nothing listens yet: without the option this fails within milliseconds.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut connecting)
+            .await
+            .is_err(),
+        "the connect ended while no server was there"
+    );
+    let _server = own_redis_on(port, &[]).await;
+    let mut publisher = tokio::time::timeout(WAIT, connecting)
+        .await
+        .expect("no connection within the wait once the server was up")
+        .expect("the connecting task")
+        .expect("the connect succeeds once the server is up");
+    let stream = unique("late");
+    let receipt = publish(&mut publisher, Message::new(&stream, "after the wait")).await;
+    assert!(
+        matches!(receipt, Receipt::RedisStream { .. }),
+        "{receipt:?}"
+    );
+    // A consumer's connect goes through the same option; its group reads the stream
+    // from the start.
+    let mut consumer = StreamConsumer::subscribe(&config, StreamConsumerConfig::new(&stream, "g"))
+        .await
+        .unwrap();
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().payload().as_ref(), b"after the wait");
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_connect_retry_an_absent_server_fails_at_once_and_with_it_within_the_limit() {
+    let closed = free_port();
+    let url = format!("redis://127.0.0.1:{closed}");
+
+    let started = std::time::Instant::now();
+    let err = StreamPublisher::connect(&quick(url.clone()))
+        .await
+        .expect_err("nothing listens on the port");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the default (off) took {:?}",
+        started.elapsed()
+    );
+
+    let limit = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let err = StreamPublisher::connect(&quick(url).connect_retry(ConnectRetry::Within(limit)))
+        .await
+        .expect_err("nothing listens on the port");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.operation(), Operation::Connect);
+    // It gives up once the next delay (at most 20 ms here) would pass the limit.
+    assert!(
+        took >= limit - Duration::from_millis(100),
+        "gave up after {took:?}"
+    );
+    assert!(
+        took < limit + Duration::from_secs(2),
+        "gave up after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_retry_does_not_retry_a_wrong_password() {
+    let server = own_redis(&["--requirepass", "r1ght-pass"]).await;
+    let config = quick(format!("redis://:wr0ng-pass@127.0.0.1:{}", server.port()))
+        .connect_retry(ConnectRetry::Forever);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(WAIT, StreamPublisher::connect(&config))
+        .await
+        .expect("a refused password must not be retried forever")
+        .expect_err("a wrong password must be refused");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_publisher_is_ready_again_through_the_jittered_probe_once_its_own_server_restarted() {
+    let port = free_port();
+    let server = own_redis_on(port, &[]).await;
+    let config = quick(format!("redis://127.0.0.1:{port}"));
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    let stream = unique("probe");
+    publish(&mut publisher, Message::new(&stream, "before")).await;
+    drop(server);
+    // The publish that finds the server gone fails (transient) and starts the probe.
+    let err = publisher
+        .ready()
+        .await
+        .expect("ready while the connection is believed up")
+        .call(Message::new(&stream, "lost"))
+        .await
+        .expect_err("the server is gone");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    let _server = own_redis_on(port, &[]).await;
+    // Readiness waits for the probe to find the server back.
+    let receipt = tokio::time::timeout(
+        WAIT,
+        publish(&mut publisher, Message::new(&stream, "after")),
+    )
+    .await
+    .expect("the publisher is ready again once the server is back");
+    assert!(
+        matches!(receipt, Receipt::RedisStream { .. }),
+        "{receipt:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_retry_lets_a_pubsub_consumer_wait_for_a_server_that_starts_later() {
+    let port = free_port();
+    let config = quick(format!("redis://127.0.0.1:{port}"))
+        .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
+    let channel = unique("late-pubsub");
+    let mut subscribing = tokio::spawn({
+        let (config, channel) = (config.clone(), channel.clone());
+        async move { PubSubConsumer::subscribe(&config, [Subscription::channel(channel)]).await }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut subscribing)
+            .await
+            .is_err(),
+        "the subscribe ended while no server was there"
+    );
+    let _server = own_redis_on(port, &[]).await;
+    let mut consumer = tokio::time::timeout(WAIT, subscribing)
+        .await
+        .expect("no subscription within the wait once the server was up")
+        .expect("the subscribing task")
+        .expect("the subscribe succeeds once the server is up");
+    let mut publisher = PubSubPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&channel, "after the wait")).await;
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.message().payload().as_ref(), b"after the wait");
+}

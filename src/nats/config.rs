@@ -27,8 +27,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::connect_retry::Delays;
 use crate::redact::{self, LoneUser};
 use crate::wire::PropertyHeaders;
+use crate::ConnectRetry;
 
 /// How to connect to NATS, shared by every core and JetStream service built on the
 /// connection. See the [module docs](self).
@@ -68,6 +70,7 @@ pub struct Config {
     pub(crate) ping_interval: Duration,
     pub(crate) ignore_unsupported: bool,
     pub(crate) property_headers: PropertyHeaders,
+    pub(crate) connect_retry: ConnectRetry,
 }
 
 impl Config {
@@ -75,8 +78,9 @@ impl Config {
     ///
     /// Defaults: a command buffer of 2048 (see [`Config::client_capacity`]), 5 s
     /// connection timeout, 5 s request and JetStream ack timeout, reconnect backoff
-    /// capped at 2 s, reconnecting forever, what NATS cannot carry rejected, property
-    /// headers named [`PropertyHeaders::http_style`].
+    /// capped at 2 s, reconnecting forever, the first connect not retried
+    /// ([`ConnectRetry::Off`]), what NATS cannot carry rejected, property headers
+    /// named [`PropertyHeaders::http_style`].
     pub fn new(url: impl Into<String>) -> Self {
         Config {
             url: url.into(),
@@ -91,6 +95,7 @@ impl Config {
             ping_interval: Duration::from_secs(20),
             ignore_unsupported: false,
             property_headers: PropertyHeaders::http_style(),
+            connect_retry: ConnectRetry::Off,
         }
     }
 
@@ -200,6 +205,34 @@ impl Config {
         self
     }
 
+    /// Whether [`Connection::connect`](super::Connection::connect) retries while no
+    /// server can be reached, with the jittered reconnect backoff (capped at
+    /// [`max_reconnect_delay`](Self::max_reconnect_delay)) between attempts. Default
+    /// [`ConnectRetry::Off`]: an unreachable server fails at once. Refused
+    /// credentials or an invalid URL are never retried.
+    ///
+    /// Unlike async-nats' `retry_on_initial_connect`, `connect` still returns only once
+    /// connected (or given up), so what it returns is usable at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_mq::{nats::Config, ConnectRetry};
+    ///
+    /// let config = Config::new("nats://127.0.0.1:4222")
+    ///     .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
+    /// # let _ = config;
+    /// ```
+    pub fn connect_retry(mut self, retry: ConnectRetry) -> Self {
+        self.connect_retry = retry;
+        self
+    }
+
+    /// The jittered delays between connect attempts: 20 ms doubling up to
+    /// [`max_reconnect_delay`](Self::max_reconnect_delay), as the client's reconnects.
+    pub(crate) fn reconnect_delays(&self) -> Delays {
+        Delays::new(super::FIRST_RECONNECT_CEILING, self.max_reconnect_delay)
+    }
+
     /// Gives up after `attempts` consecutive failed reconnects (`None`, the default,
     /// reconnects forever). Once given up, every operation fails (permanently).
     pub fn max_reconnects(mut self, attempts: Option<usize>) -> Self {
@@ -252,6 +285,7 @@ impl fmt::Debug for Config {
             .field("ping_interval", &self.ping_interval)
             .field("ignore_unsupported", &self.ignore_unsupported)
             .field("property_headers", &self.property_headers)
+            .field("connect_retry", &self.connect_retry)
             .finish()
     }
 }

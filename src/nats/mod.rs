@@ -32,9 +32,10 @@
 //!
 //! # Reconnecting
 //!
-//! The client reconnects by itself with a capped backoff
+//! The client reconnects by itself with a capped, jittered backoff
 //! ([`Config::max_reconnect_delay`]), and connection events are logged with
-//! `tracing` (target `tower_mq::nats`). While it is disconnected:
+//! `tracing` (target `tower_mq::nats`); [`Config::connect_retry`] makes the first
+//! connect wait for a server the same way. While it is disconnected:
 //! - every publisher's and requester's `poll_ready` is `Pending`, so tower's
 //!   `Buffer`, `ConcurrencyLimit` and `LoadShed` see the outage as backpressure
 //!   (put a `LoadShed` or a readiness timeout in front if callers must not wait);
@@ -111,9 +112,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tower_mq_core::{Error, ErrorKind, Operation};
+use tower_mq_layers::retry::{Backoff, FastRng};
 
 pub mod config;
 pub mod core;
@@ -152,61 +155,18 @@ pub(crate) enum Link {
 impl Connection {
     /// Connects to the server(s) in `config`.
     ///
-    /// Fails if no server can be reached now (a transient error), or if the address
-    /// or credentials are wrong (permanent). Once connected, the client reconnects by
-    /// itself.
+    /// Fails if no server can be reached now (a transient error; see
+    /// [`Config::connect_retry`] to wait for one), or if the address or credentials are
+    /// wrong (permanent). Once connected, the client reconnects by itself.
     pub async fn connect(config: &Config) -> Result<Self, Error> {
-        let (state_tx, connected) = watch::channel(Link::Down);
-        let state_tx = Arc::new(state_tx);
-        let max_delay = config.max_reconnect_delay;
-        let mut options = async_nats::ConnectOptions::new()
-            .client_capacity(config.client_capacity)
-            .subscription_capacity(config.subscription_capacity)
-            .connection_timeout(config.connection_timeout)
-            .request_timeout(Some(config.request_timeout))
-            .ping_interval(config.ping_interval)
-            .max_reconnects(config.max_reconnects)
-            .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, max_delay))
-            .event_callback({
-                let state_tx = state_tx.clone();
-                move |event| {
-                    on_event(&state_tx, &event);
-                    async {}
-                }
-            });
-        if let Some(name) = &config.name {
-            options = options.name(name);
-        }
         let redacted_url = config.redacted_url();
-        // The client is given the URLs without credentials, so it cannot log them;
-        // the credentials travel in the options.
-        let (servers, url_auth) = servers_and_credentials(&config.url);
-        let auth = match &config.auth {
-            Auth::None => url_auth,
-            set => set.clone(),
-        };
-        let options = authenticate(options, auth, &redacted_url).await?;
-        let client = options.connect(servers).await.map_err(|err| {
-            let kind = match err.kind() {
-                async_nats::ConnectErrorKind::TimedOut
-                | async_nats::ConnectErrorKind::Io
-                | async_nats::ConnectErrorKind::Dns => ErrorKind::Transient,
-                _ => ErrorKind::Permanent,
-            };
-            let error =
-                Error::new(BROKER, Operation::Connect, kind).with_destination(redacted_url.clone());
-            let error = match err.kind() {
-                async_nats::ConnectErrorKind::AuthorizationViolation
-                | async_nats::ConnectErrorKind::Authentication => {
-                    error.with_reason("the server refused the credentials")
-                }
-                _ => error,
-            };
-            error.with_source(err)
-        })?;
-        if client.connection_state() == async_nats::connection::State::Connected {
-            state_tx.send_replace(Link::Up);
-        }
+        let (client, connected) = crate::connect_retry::connect(
+            config.connect_retry,
+            config.reconnect_delays(),
+            &redacted_url,
+            || connect_once(config, &redacted_url),
+        )
+        .await?;
         tracing::debug!(target: "tower_mq::nats", url = %redacted_url, "connected");
         Ok(Connection {
             client,
@@ -258,6 +218,67 @@ impl fmt::Debug for Connection {
             .field("connected", &self.is_connected())
             .finish()
     }
+}
+
+/// One attempt at connecting: the client and its connection state.
+async fn connect_once(
+    config: &Config,
+    redacted_url: &str,
+) -> Result<(async_nats::Client, watch::Receiver<Link>), Error> {
+    let (state_tx, connected) = watch::channel(Link::Down);
+    let state_tx = Arc::new(state_tx);
+    let max_delay = config.max_reconnect_delay;
+    let mut options = async_nats::ConnectOptions::new()
+        .client_capacity(config.client_capacity)
+        .subscription_capacity(config.subscription_capacity)
+        .connection_timeout(config.connection_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .ping_interval(config.ping_interval)
+        .max_reconnects(config.max_reconnects)
+        .reconnect_delay_callback({
+            let rng = FastRng::new();
+            move |attempts| reconnect_delay(attempts, max_delay, &rng)
+        })
+        .event_callback({
+            let state_tx = state_tx.clone();
+            move |event| {
+                on_event(&state_tx, &event);
+                async {}
+            }
+        });
+    if let Some(name) = &config.name {
+        options = options.name(name);
+    }
+    // The client is given the URLs without credentials, so it cannot log them;
+    // the credentials travel in the options.
+    let (servers, url_auth) = servers_and_credentials(&config.url);
+    let auth = match &config.auth {
+        Auth::None => url_auth,
+        set => set.clone(),
+    };
+    let options = authenticate(options, auth, redacted_url).await?;
+    let client = options.connect(servers).await.map_err(|err| {
+        let kind = match err.kind() {
+            async_nats::ConnectErrorKind::TimedOut
+            | async_nats::ConnectErrorKind::Io
+            | async_nats::ConnectErrorKind::Dns => ErrorKind::Transient,
+            _ => ErrorKind::Permanent,
+        };
+        let error =
+            Error::new(BROKER, Operation::Connect, kind).with_destination(redacted_url.to_owned());
+        let error = match err.kind() {
+            async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication => {
+                error.with_reason("the server refused the credentials")
+            }
+            _ => error,
+        };
+        error.with_source(err)
+    })?;
+    if client.connection_state() == async_nats::connection::State::Connected {
+        state_tx.send_replace(Link::Up);
+    }
+    Ok((client, connected))
 }
 
 /// The server URLs of a comma-separated list, without credentials, and the
@@ -316,12 +337,19 @@ async fn authenticate(
     })
 }
 
-fn reconnect_delay(attempts: usize, max: std::time::Duration) -> std::time::Duration {
+/// The ceiling of the delay before the second reconnect attempt (the first is
+/// immediate); it doubles up to [`Config::max_reconnect_delay`].
+pub(crate) const FIRST_RECONNECT_CEILING: Duration = Duration::from_millis(20);
+
+/// The delay before reconnect attempt number `attempts`: none before the first, then a
+/// jittered exponential backoff, so that clients that lost one server do not all come
+/// back at the same instant.
+fn reconnect_delay(attempts: usize, max: Duration, rng: &FastRng) -> Duration {
     if attempts <= 1 {
-        return std::time::Duration::ZERO;
+        return Duration::ZERO;
     }
-    let exponent = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(20);
-    std::time::Duration::from_millis(10u64 << exponent).min(max)
+    let retry = u32::try_from(attempts - 2).unwrap_or(u32::MAX);
+    Backoff::exponential(FIRST_RECONNECT_CEILING, max).delay(retry, &mut rng.clone())
 }
 
 fn on_event(state: &watch::Sender<Link>, event: &async_nats::Event) {
@@ -416,4 +444,21 @@ impl fmt::Debug for Readiness {
 /// An error during `operation` on `destination`.
 pub(crate) fn error(kind: ErrorKind, operation: Operation, destination: &str) -> Error {
     Error::new(BROKER, operation, kind).with_destination(destination)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_clients_reconnect_after_different_delays() {
+        let max = Duration::from_secs(2);
+        let (a, b) = (FastRng::new(), FastRng::new());
+        assert_eq!(reconnect_delay(1, max, &a), Duration::ZERO);
+        let a: Vec<_> = (2..10).map(|n| reconnect_delay(n, max, &a)).collect();
+        let b: Vec<_> = (2..10).map(|n| reconnect_delay(n, max, &b)).collect();
+        assert_ne!(a, b, "two clients reconnect in lockstep");
+        assert!(a.iter().chain(&b).all(|d| *d <= max));
+        assert!(a[0] <= FIRST_RECONNECT_CEILING && b[0] <= FIRST_RECONNECT_CEILING);
+    }
 }

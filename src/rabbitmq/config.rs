@@ -4,7 +4,9 @@ use std::fmt;
 use std::time::Duration;
 
 use super::topology::Topology;
+use crate::connect_retry::Delays;
 use crate::redact::{self, LoneUser};
+use crate::ConnectRetry;
 
 /// The default [`Config::timestamp_millis_header`]: RabbitMQ's own name for a time in
 /// milliseconds.
@@ -22,7 +24,8 @@ pub const TIMESTAMP_MILLIS_HEADER: &str = "timestamp_in_ms";
 /// | [`connection_name`](Config::connection_name) | `"tower-mq"` |
 /// | [`channel_pool_size`](Config::channel_pool_size) | 4 confirm-mode channels |
 /// | [`prefetch`](Config::prefetch) | 32 unacknowledged deliveries per consumer |
-/// | [`reconnect_backoff`](Config::reconnect_backoff) | 100 ms doubling up to 5 s |
+/// | [`reconnect_backoff`](Config::reconnect_backoff) | 100 ms doubling up to 5 s, jittered |
+/// | [`connect_retry`](Config::connect_retry) | [`ConnectRetry::Off`]: an unreachable broker fails `connect` at once |
 /// | [`routing`](Config::routing) | [`Routing::Exchange`] |
 /// | [`mandatory`](Config::mandatory) | `true` |
 /// | [`request_timeout`](Config::request_timeout) | 30 s |
@@ -68,6 +71,7 @@ pub struct Config {
     pub(crate) ignore_unsupported: bool,
     pub(crate) timestamp_millis_header: Option<String>,
     pub(crate) topology: Topology,
+    pub(crate) connect_retry: ConnectRetry,
 }
 
 /// How a [`Message`](crate::Message)'s destination and key become an AMQP exchange and
@@ -165,6 +169,7 @@ impl Config {
             ignore_unsupported: false,
             timestamp_millis_header: Some(TIMESTAMP_MILLIS_HEADER.to_owned()),
             topology: Topology::new(),
+            connect_retry: ConnectRetry::Off,
         }
     }
 
@@ -218,12 +223,38 @@ impl Config {
         self
     }
 
-    /// The delay before the first reconnect attempt, doubled after each failure up to
-    /// `max`.
+    /// The ceiling of the delay before the first reconnect attempt, doubled after each
+    /// failure up to `max`; each delay is drawn at random below its ceiling (full
+    /// jitter), so that connections lost together do not reconnect together.
     pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
         self.backoff_max = max.max(initial);
         self
+    }
+
+    /// Whether [`Connection::connect`](super::Connection::connect) retries while the
+    /// broker cannot be reached, with the jittered
+    /// [reconnect backoff](Self::reconnect_backoff) between attempts. Default
+    /// [`ConnectRetry::Off`]: an unreachable broker fails at once. Refused credentials,
+    /// an invalid URI or a refused declaration of the configured topology are never
+    /// retried.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_mq::{rabbitmq::Config, ConnectRetry};
+    ///
+    /// let config = Config::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
+    /// # let _ = config;
+    /// ```
+    pub fn connect_retry(mut self, retry: ConnectRetry) -> Self {
+        self.connect_retry = retry;
+        self
+    }
+
+    /// The jittered delays between (re)connect attempts.
+    pub(crate) fn reconnect_delays(&self) -> Delays {
+        Delays::new(self.backoff_initial, self.backoff_max)
     }
 
     /// How destinations map to exchanges and routing keys. See [`Routing`].
@@ -374,6 +405,7 @@ impl fmt::Debug for Config {
             .field("ignore_unsupported", &self.ignore_unsupported)
             .field("timestamp_millis_header", &self.timestamp_millis_header)
             .field("topology", &self.topology)
+            .field("connect_retry", &self.connect_retry)
             .finish()
     }
 }
@@ -381,6 +413,18 @@ impl fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_connections_reconnect_after_different_delays() {
+        let config = Config::new("amqp://127.0.0.1")
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5));
+        let (mut a, mut b) = (config.reconnect_delays(), config.reconnect_delays());
+        let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
+        let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert_ne!(a, b, "two connections reconnect in lockstep");
+        assert!(a.iter().chain(&b).all(|d| *d <= Duration::from_secs(5)));
+        assert!(a[0] <= Duration::from_millis(100) && b[0] <= Duration::from_millis(100));
+    }
 
     #[test]
     fn routing_modes_map_both_ways() {

@@ -184,8 +184,8 @@ struct Shared {
 /// requesters made from it. Cloning shares the connection.
 ///
 /// A background task watches the connection (heartbeats, error events, the
-/// connection state). When the connection is lost it reconnects with exponential
-/// backoff, declares the topology again and hands the new connection to every
+/// connection state). When the connection is lost it reconnects with jittered
+/// exponential backoff, declares the topology again and hands the new connection to every
 /// publisher and consumer; meanwhile publishers' `poll_ready` is `Pending`. The
 /// connection closes when [`Connection::close`] is called or the last handle (including
 /// publishers and consumers) is dropped. It needs a Tokio runtime (the supervisor is a
@@ -243,8 +243,9 @@ fn endpoint(uri: &AMQPUri) -> String {
 impl Connection {
     /// Connects to the broker, opens the channel pool and declares the configured
     /// topology. Fails if the first attempt fails (a bad URI or credentials is
-    /// permanent, an unreachable broker transient); reconnects after that are
-    /// automatic.
+    /// permanent, an unreachable broker transient), unless
+    /// [`Config::connect_retry`](super::Config::connect_retry) says to retry a
+    /// transient failure; reconnects after that are automatic.
     pub async fn connect(config: Config) -> Result<Connection, Error> {
         let mut uri: AMQPUri = config.uri.parse().map_err(|reason: String| {
             // The parser quotes the URI it refused, password included.
@@ -261,7 +262,13 @@ impl Connection {
         });
         let endpoint = endpoint(&uri);
         let topology = Arc::new(Mutex::new(config.topology.clone()));
-        let (live, events) = establish(&config, &uri, &endpoint, &topology, 1).await?;
+        let (live, events) = crate::connect_retry::connect(
+            config.connect_retry,
+            config.reconnect_delays(),
+            &endpoint,
+            || establish(&config, &uri, &endpoint, &topology, 1),
+        )
+        .await?;
         let (status_tx, status_rx) = watch::channel(Status {
             live: Some(live.clone()),
             blocked: live.connection.status().blocked(),
@@ -652,9 +659,10 @@ impl Supervisor {
             self.status.send_replace(Status::default());
             drop(live);
 
-            // Reconnecting: retry with exponential backoff.
-            let mut delay = self.config.backoff_initial;
+            // Reconnecting: retry with jittered exponential backoff.
+            let mut delays = self.config.reconnect_delays();
             live = loop {
+                let delay = delays.next_delay();
                 let attempt = establish(
                     &self.config,
                     &self.uri,
@@ -682,7 +690,6 @@ impl Supervisor {
                         return;
                     }
                 }
-                delay = (delay * 2).min(self.config.backoff_max);
             };
             tracing::info!(endpoint = %self.endpoint, generation, "rabbitmq connection re-established");
             let blocked = live.connection.status().blocked();

@@ -18,6 +18,7 @@ use super::confirms::{Outcome, Unconfirmed};
 use super::connection::Connection;
 use super::error::{amqp_error, short_string, BROKER};
 use super::mapping::{incoming, DELIVERIES_HEADER};
+use crate::connect_retry::Delays;
 use crate::delivery::{Acker, Acknowledge, Delivery};
 use crate::error::{Error, ErrorKind, Operation};
 
@@ -112,6 +113,7 @@ impl Consumer {
         let subscription = subscribe(&connection, &live.connection, &queue).await?;
         let consuming = connection.consuming(&queue);
         let state = State {
+            delays: connection.config().reconnect_delays(),
             connection,
             queue: queue.clone(),
             current: Some((subscription, live.generation)),
@@ -185,6 +187,8 @@ struct State {
     lost: Option<u64>,
     done: bool,
     backoff: Option<Duration>,
+    /// Jittered, so that consumers that lost one connection do not resubscribe together.
+    delays: Delays,
 }
 
 impl State {
@@ -210,6 +214,7 @@ impl State {
                         tracing::info!(queue = %self.queue, generation = live.generation, "rabbitmq consumer subscribed again");
                         self.current = Some((subscription, live.generation));
                         self.backoff = None;
+                        self.delays.reset();
                     }
                     Err(error) if error.kind() == ErrorKind::Permanent => {
                         self.done = true;
@@ -219,11 +224,7 @@ impl State {
                         tracing::warn!(queue = %self.queue, %error, "rabbitmq consumer could not subscribe; retrying");
                         self.lost = Some(live.generation);
                         self.connection.nudge();
-                        let config = self.connection.config();
-                        self.backoff = Some(match self.backoff {
-                            None => config.backoff_initial,
-                            Some(d) => (d * 2).min(config.backoff_max),
-                        });
+                        self.backoff = Some(self.delays.next_delay());
                     }
                 }
                 continue;

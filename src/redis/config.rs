@@ -9,8 +9,9 @@ use redis::Client;
 use super::layout::StreamLayout;
 use super::pubsub::Framing;
 use super::{redis_error, BROKER};
+use crate::connect_retry::{self, Delays};
 use crate::redact::{self, LoneUser};
-use crate::{Error, Operation};
+use crate::{ConnectRetry, Error, Operation};
 
 /// Where Redis is and how to talk to it: the URL, timeouts, reconnect backoff, the
 /// stream entry layout and the Pub/Sub framing.
@@ -32,6 +33,7 @@ pub struct Config {
     reconnect_max_delay: Duration,
     stream_layout: StreamLayout,
     pubsub_framing: Framing,
+    connect_retry: ConnectRetry,
 }
 
 impl Config {
@@ -42,7 +44,8 @@ impl Config {
     /// when redis-rs is built with a TLS feature, `unix:///path`).
     ///
     /// Defaults: 2 s response timeout, 1 s connection timeout, reconnect retried 4 times
-    /// per failed command with exponential backoff from 50 ms up to 1 s.
+    /// per failed command with exponential backoff from 50 ms up to 1 s, the first
+    /// connect not retried ([`ConnectRetry::Off`]).
     pub fn new(url: impl Into<String>) -> Self {
         Config {
             url: url.into(),
@@ -53,6 +56,7 @@ impl Config {
             reconnect_max_delay: Duration::from_secs(1),
             stream_layout: StreamLayout::new(),
             pubsub_framing: Framing::Plain,
+            connect_retry: ConnectRetry::Off,
         }
     }
 
@@ -101,6 +105,25 @@ impl Config {
     pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min_delay = min;
         self.reconnect_max_delay = max.max(min);
+        self
+    }
+
+    /// Whether opening a connection (every publisher's and consumer's `connect` or
+    /// `subscribe`) is retried while the server cannot be reached, with the jittered
+    /// [reconnect backoff](Self::with_reconnect_backoff) between attempts. Default
+    /// [`ConnectRetry::Off`]: an unreachable server fails at once. A refused password
+    /// or an invalid URL is never retried.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_mq::{redis::Config, ConnectRetry};
+    ///
+    /// let config = Config::new("redis://127.0.0.1:6379")
+    ///     .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
+    /// # let _ = config;
+    /// ```
+    pub fn connect_retry(mut self, retry: ConnectRetry) -> Self {
+        self.connect_retry = retry;
         self
     }
 
@@ -171,9 +194,34 @@ impl Config {
             .set_number_of_retries(self.reconnect_retries)
             .set_min_delay(self.reconnect_min_delay)
             .set_max_delay(self.reconnect_max_delay);
-        ConnectionManager::new_with_config(client, manager_config)
-            .await
-            .map_err(|err| redis_error(Operation::Connect, &self.redacted_url(), err))
+        let redacted_url = self.redacted_url();
+        self.retry_connect(|| async {
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+                .await
+                .map_err(|err| redis_error(Operation::Connect, &redacted_url, err))
+        })
+        .await
+    }
+
+    /// Runs `attempt`, a connect to this server, again after a transient failure as
+    /// [`connect_retry`](Self::connect_retry) allows.
+    pub(crate) async fn retry_connect<T, F, Fut>(&self, attempt: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        connect_retry::connect(
+            self.connect_retry,
+            self.reconnect_delays(),
+            &self.redacted_url(),
+            attempt,
+        )
+        .await
+    }
+
+    /// The jittered delays between reconnect attempts.
+    pub(crate) fn reconnect_delays(&self) -> Delays {
+        Delays::new(self.reconnect_min_delay, self.reconnect_max_delay)
     }
 
     /// The connection timeout.
@@ -197,6 +245,7 @@ impl fmt::Debug for Config {
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("stream_layout", &self.stream_layout)
             .field("pubsub_framing", &self.pubsub_framing)
+            .field("connect_retry", &self.connect_retry)
             .finish()
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::config::Config;
 use super::is_connection_error;
+use crate::connect_retry::Delays;
 use crate::Error;
 
 /// A [`ConnectionManager`] plus a cheap "is the connection up" flag.
@@ -132,11 +133,10 @@ impl Health {
 /// Pings until the server answers, then raises the flag. Stops when every handle on
 /// the connection is gone.
 async fn probe(health: Weak<Health>, mut manager: ConnectionManager) {
-    let mut delay = Duration::from_millis(20);
+    let Some(mut delays) = health.upgrade().map(|h| probe_delays(h.max_backoff)) else {
+        return;
+    };
     loop {
-        let Some(max_backoff) = health.upgrade().map(|h| h.max_backoff) else {
-            return;
-        };
         let pong: RedisResult<String> = redis::cmd("PING").query_async(&mut manager).await;
         let Some(health) = health.upgrade() else {
             return;
@@ -147,7 +147,29 @@ async fn probe(health: Weak<Health>, mut manager: ConnectionManager) {
             return;
         }
         drop(health);
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(max_backoff.max(Duration::from_millis(20)));
+        tokio::time::sleep(delays.next_delay()).await;
+    }
+}
+
+/// The probe's delays: from 20 ms up to `max_backoff`, jittered so that the probes of
+/// many connections to a restarted server do not ping in lockstep.
+fn probe_delays(max_backoff: Duration) -> Delays {
+    Delays::new(Duration::from_millis(20), max_backoff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_probes_wait_different_delays() {
+        let (mut a, mut b) = (
+            probe_delays(Duration::from_secs(1)),
+            probe_delays(Duration::from_secs(1)),
+        );
+        let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
+        let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert_ne!(a, b, "two probes back off in lockstep");
+        assert!(a.iter().chain(&b).all(|d| *d <= Duration::from_secs(1)));
     }
 }

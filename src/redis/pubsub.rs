@@ -87,6 +87,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubStream};
 use redis::{Client, Msg, RedisResult};
 use tower::Service;
+use tower_mq_layers::retry::{Backoff, FastRng};
 
 use super::config::Config;
 use super::connection::{Connection, Reconnected};
@@ -299,9 +300,10 @@ impl Consumer {
             response_timeout: config.response_timeout(),
             max_backoff: config.reconnect_max_delay().max(Duration::from_millis(100)),
             messages: None,
+            jitter: FastRng::new(),
             failures: 0,
         };
-        receiver.messages = Some(receiver.connect().await?);
+        receiver.messages = Some(config.retry_connect(|| receiver.connect()).await?);
         let inner = futures_util::stream::unfold(receiver, |mut receiver| async move {
             let item = receiver.next().await;
             Some((item, receiver))
@@ -341,6 +343,7 @@ struct Receiver {
     connection_timeout: Duration,
     response_timeout: Duration,
     max_backoff: Duration,
+    jitter: FastRng,
     messages: Option<PubSubStream>,
     failures: u32,
 }
@@ -406,9 +409,9 @@ impl Receiver {
                     .with_reason("connection lost; resubscribing (messages published meanwhile are not delivered)"));
             }
             if self.failures > 0 {
-                let exponent = (self.failures - 1).min(16);
-                let backoff =
-                    (Duration::from_millis(50) * 2u32.pow(exponent)).min(self.max_backoff);
+                // Jittered, so that consumers that lost one server do not come back together.
+                let backoff = Backoff::exponential(Duration::from_millis(50), self.max_backoff)
+                    .delay(self.failures - 1, &mut self.jitter);
                 tokio::time::sleep(backoff).await;
             }
             match self.connect().await {

@@ -208,7 +208,9 @@ impl Config {
         self
     }
 
-    /// The first and the longest wait between dials of an endpoint whose peer is gone.
+    /// The first and the longest wait between dials of an endpoint whose peer is gone:
+    /// ceilings, each wait being drawn at random below its ceiling (full jitter), so
+    /// that sockets that lost one peer together do not redial it together.
     pub fn with_redial(mut self, min: Duration, max: Duration) -> Self {
         self.redial_min = min;
         self.redial_max = max.max(min);

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -16,6 +15,7 @@ use zeromq::util::PeerIdentity;
 use zeromq::{SocketEvent, SocketOptions, ZmqError, ZmqMessage};
 
 use super::{Config, Framing, BROKER};
+use crate::connect_retry::Delays;
 use crate::{Error, Operation};
 
 /// The ZeroMQ socket types tower-mq drives.
@@ -213,7 +213,7 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
             .map(|endpoint| Dial {
                 endpoint: endpoint.clone(),
                 state: DialState::Due(now),
-                backoff: config.redial_min,
+                delays: redial_delays(config),
             })
             .collect(),
         kind,
@@ -225,8 +225,6 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
         pending: None,
         peers: HashSet::new(),
         peers_tx,
-        redial_min: config.redial_min,
-        redial_max: config.redial_max,
         name: name.clone(),
     };
     tokio::spawn(driver.run(alive_rx));
@@ -241,6 +239,11 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
     Ok((handle, incoming))
 }
 
+/// The jittered delays between dials of one endpoint.
+fn redial_delays(config: &Config) -> Delays {
+    Delays::new(config.redial_min, config.redial_max)
+}
+
 enum DialState {
     /// Dial at this instant.
     Due(Instant),
@@ -251,7 +254,8 @@ enum DialState {
 struct Dial {
     endpoint: String,
     state: DialState,
-    backoff: Duration,
+    /// Jittered, so that sockets that lost one peer together do not redial together.
+    delays: Delays,
 }
 
 struct Driver {
@@ -267,8 +271,6 @@ struct Driver {
     dials: Vec<Dial>,
     peers: HashSet<PeerIdentity>,
     peers_tx: watch::Sender<usize>,
-    redial_min: Duration,
-    redial_max: Duration,
     name: Arc<str>,
 }
 
@@ -392,8 +394,8 @@ impl Driver {
                     for dial in &mut self.dials {
                         if matches!(&dial.state, DialState::Connected(Some(p)) if *p == peer) {
                             tracing::debug!(socket = %self.name, endpoint = %dial.endpoint, "peer went away; redialling");
-                            dial.backoff = self.redial_min;
-                            dial.state = DialState::Due(now + self.redial_min);
+                            dial.delays.reset();
+                            dial.state = DialState::Due(now + dial.delays.next_delay());
                         }
                     }
                 }
@@ -417,13 +419,12 @@ impl Driver {
             let dial = &mut self.dials[i];
             match result {
                 Ok(()) => {
-                    dial.backoff = self.redial_min;
+                    dial.delays.reset();
                     dial.state = DialState::Connected(None);
                 }
                 Err(err) => {
                     tracing::debug!(socket = %self.name, %endpoint, %err, "dial failed");
-                    dial.state = DialState::Due(Instant::now() + dial.backoff);
-                    dial.backoff = (dial.backoff * 2).min(self.redial_max);
+                    dial.state = DialState::Due(Instant::now() + dial.delays.next_delay());
                 }
             }
         }
@@ -492,5 +493,21 @@ async fn reserve(
     match incoming {
         Some(sender) => sender.reserve_owned().await.ok(),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn two_endpoints_redial_after_different_delays() {
+        let config = Config::new().with_redial(Duration::from_millis(20), Duration::from_secs(2));
+        let (mut a, mut b) = (redial_delays(&config), redial_delays(&config));
+        let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
+        let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert_ne!(a, b, "two endpoints redial in lockstep");
+        assert!(a.iter().chain(&b).all(|d| *d <= Duration::from_secs(2)));
     }
 }

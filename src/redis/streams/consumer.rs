@@ -15,6 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamPendingCountReply;
 use redis::{RedisError, RedisResult, Value};
 use tokio::time::Instant;
+use tower_mq_layers::retry::{Backoff, FastRng};
 
 use crate::redis::config::Config;
 use crate::redis::connection::Connection;
@@ -242,6 +243,7 @@ impl Consumer {
             failures: 0,
             ended: false,
             max_backoff: config.reconnect_max_delay().max(Duration::from_millis(100)),
+            jitter: FastRng::new(),
             config: consumer,
         };
         let inner = futures_util::stream::unfold(reader, |mut reader| async move {
@@ -547,6 +549,7 @@ struct Reader {
     failures: u32,
     ended: bool,
     max_backoff: Duration,
+    jitter: FastRng,
 }
 
 impl Reader {
@@ -559,9 +562,9 @@ impl Reader {
                 return None;
             }
             if self.failures > 0 {
-                let exponent = (self.failures - 1).min(16);
-                let backoff =
-                    (Duration::from_millis(50) * 2u32.pow(exponent)).min(self.max_backoff);
+                // Jittered, so that consumers that lost one server do not come back together.
+                let backoff = Backoff::exponential(Duration::from_millis(50), self.max_backoff)
+                    .delay(self.failures - 1, &mut self.jitter);
                 tokio::time::sleep(backoff).await;
             }
             let step = if self.history.is_some() {
