@@ -75,7 +75,12 @@ pub use tower_mq_layers as layers;
     feature = "zeromq"
 ))]
 mod connect_retry;
-#[cfg(any(feature = "redis", feature = "nats", feature = "rabbitmq"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "zeromq"
+))]
 pub use connect_retry::ConnectRetry;
 
 #[cfg(feature = "kafka")]
