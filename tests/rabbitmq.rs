@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
+use tower_mq::dead_letter;
 use tower_mq::rabbitmq::{
-    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology, DEATH_QUEUE_HEADER,
-    DEATH_REASON_HEADER,
+    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology,
 };
 use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
 
@@ -387,11 +387,11 @@ async fn reject_dead_letters_through_the_dlx() {
         if with_reason {
             // A confirmed copy through the queue's DLX, with the reason.
             assert_eq!(
-                message.headers().get_str(DEATH_REASON_HEADER),
+                message.headers().get_str(dead_letter::REASON),
                 Some("cannot parse")
             );
             assert_eq!(
-                message.headers().get_str(DEATH_QUEUE_HEADER),
+                message.headers().get_str(dead_letter::ORIGINAL_DESTINATION),
                 Some(q.as_str())
             );
         } else {
