@@ -3,8 +3,10 @@
 //! A dead letter is a copy of a message that could not be handled, published to a
 //! dead-letter destination with headers saying why. Every broker module (and the
 //! dead-letter layer) names that destination by one rule, [`destination_for`]
-//! (`<destination>.dlq`, overridable in each broker's consumer configuration with an
-//! option named `dead_letter`), and writes the headers below, so a tool that reads
+//! (`<destination>.dlq`, overridable with an option named `with_dead_letter` on the
+//! Kafka, Redis and NATS consumer configurations and on a RabbitMQ `Queue`; the
+//! in-memory broker's is a broker-wide suffix), and writes the headers below, so a
+//! tool that reads
 //! dead letters from one broker reads them from all. A header a broker has nothing
 //! for (a partition on RabbitMQ) is absent, never empty. What a broker writes itself
 //! (RabbitMQ's `x-death`) is kept as the broker writes it.
@@ -51,7 +53,8 @@ pub const CONSUMER: &str = "x-dead-letter-consumer";
 pub const PARTITION: &str = "x-dead-letter-partition";
 /// Kafka: its offset in that partition.
 pub const OFFSET: &str = "x-dead-letter-offset";
-/// Redis Streams, NATS JetStream: the stream it came from.
+/// NATS JetStream: the stream it came from (on Redis the stream is the
+/// [`ORIGINAL_DESTINATION`]).
 pub const STREAM: &str = "x-dead-letter-stream";
 /// NATS JetStream: its sequence number in that stream.
 pub const SEQUENCE: &str = "x-dead-letter-sequence";
