@@ -6,8 +6,7 @@
 //! (`<destination>.dlq`, overridable with an option named `with_dead_letter` on the
 //! Kafka, Redis and NATS consumer configurations and on a RabbitMQ `Queue`; the
 //! in-memory broker's is a broker-wide suffix), and writes the headers below, so a
-//! tool that reads
-//! dead letters from one broker reads them from all. A header a broker has nothing
+//! tool that reads dead letters from one broker reads them from all. A header a broker has nothing
 //! for (a partition on RabbitMQ) is absent, never empty. What a broker writes itself
 //! (RabbitMQ's `x-death`) is kept as the broker writes it.
 //!
