@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
-use tower_mq::kafka::{layout, Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
+use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
 use tower_mq::layers::retry::Backoff;
 use tower_mq::layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 use tower_mq::{serve, Delivery, Message, Permanent};
@@ -98,7 +98,10 @@ async fn main() -> Result<(), BoxError> {
         println!(
             "dead letter: {:?} because {:?}",
             String::from_utf8_lossy(letter.message().payload()),
-            letter.message().headers().get_str(layout::DEATH_REASON)
+            letter
+                .message()
+                .headers()
+                .get_str(tower_mq::dead_letter::REASON)
         );
         letter.ack().await?;
     }

@@ -18,7 +18,7 @@ use tower_mq::layers::retry::Backoff;
 use tower_mq::layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 use tower_mq::nats::config::{ConsumerConfig, StreamConfig};
 use tower_mq::nats::jetstream::JetStream;
-use tower_mq::nats::{headers, Config, Connection, Publisher, Requester, Subscriber};
+use tower_mq::nats::{Config, Connection, Publisher, Requester, Subscriber};
 use tower_mq::{serve, BoxError, Delivery, Message, Permanent};
 
 #[tokio::main]
@@ -38,7 +38,7 @@ async fn main() -> Result<(), BoxError> {
     let billing = ConsumerConfig::new("billing")
         .ack_wait(Duration::from_secs(10))
         .max_deliver(3)
-        .dead_letter_subject("example.dead.orders");
+        .with_dead_letter("example.dead.orders");
     js.declare_consumer("EXAMPLE_ORDERS", &billing).await?;
     let ops = ConsumerConfig::new("ops");
     js.declare_consumer("EXAMPLE_DEAD", &ops).await?;
@@ -100,7 +100,9 @@ async fn main() -> Result<(), BoxError> {
         println!(
             "dead letter {:?}: {}",
             String::from_utf8_lossy(letter.message().payload()),
-            headers.get_str(headers::DEAD_LETTER_REASON).unwrap_or("?")
+            headers
+                .get_str(tower_mq::dead_letter::REASON)
+                .unwrap_or("?")
         );
         letter.ack().await?;
     }

@@ -14,9 +14,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_mq::dead_letter;
 use tower_mq::layers::retry::Backoff;
 use tower_mq::layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
-use tower_mq::memory::{Broker, DEATH_REASON_HEADER, DELIVERY_COUNT_HEADER};
+use tower_mq::memory::Broker;
 use tower_mq::{serve, BoxError, Delivery, Message, Permanent, Transient};
 
 #[tokio::main]
@@ -94,8 +95,8 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "dead letter: {} (reason: {}, delivered {} time(s))",
         String::from_utf8_lossy(letter.message().payload()),
-        headers.get_str(DEATH_REASON_HEADER).unwrap_or("?"),
-        headers.get_str(DELIVERY_COUNT_HEADER).unwrap_or("?"),
+        headers.get_str(dead_letter::REASON).unwrap_or("?"),
+        headers.get_str(dead_letter::DELIVERIES).unwrap_or("?"),
     );
     letter.ack().await?;
 

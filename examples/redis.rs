@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_mq::layers::retry::Backoff;
 use tower_mq::layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
-use tower_mq::redis::{streams, Config, StreamConsumer, StreamConsumerConfig, StreamPublisher};
+use tower_mq::redis::{Config, StreamConsumer, StreamConsumerConfig, StreamPublisher};
 use tower_mq::Message;
 
 #[tokio::main]
@@ -34,7 +34,7 @@ async fn main() -> Result<(), BoxError> {
     .await?;
     let mut dead_letters = StreamConsumer::subscribe(
         &config,
-        StreamConsumerConfig::new(format!("{stream}:dead-letter"), "audit"),
+        StreamConsumerConfig::new(tower_mq::dead_letter::destination_for(&stream), "audit"),
     )
     .await?;
 
@@ -86,7 +86,7 @@ async fn main() -> Result<(), BoxError> {
             letter
                 .message()
                 .headers()
-                .get_str(streams::DEAD_LETTER_REASON)
+                .get_str(tower_mq::dead_letter::REASON)
         );
         letter.ack().await?;
     }
@@ -95,7 +95,7 @@ async fn main() -> Result<(), BoxError> {
     let mut conn = config.connect().await?;
     let () = redis::cmd("DEL")
         .arg(&stream)
-        .arg(format!("{stream}:dead-letter"))
+        .arg(tower_mq::dead_letter::destination_for(&stream))
         .query_async(&mut conn)
         .await?;
     Ok(())

@@ -62,9 +62,9 @@
 )]
 
 pub use tower_mq_core::{
-    delivery, error, message, receipt, Acker, Acknowledge, BoxError, Classify, Code, Delivery,
-    Error, ErrorKind, HeaderValue, Headers, Message, Operation, Permanent, Receipt, Settlement,
-    Transient,
+    dead_letter, delivery, error, message, receipt, Acker, Acknowledge, BoxError, Classify, Code,
+    Delivery, Error, ErrorKind, HeaderValue, Headers, Message, Operation, Permanent, Receipt,
+    Settlement, Transient,
 };
 pub use tower_mq_layers as layers;
 

@@ -17,6 +17,9 @@
 //!   count, until the delivery count reaches [`max_deliveries`](Serve::max_deliveries)
 //!   ([`DEFAULT_MAX_DELIVERIES`] by default), when it is rejected to the dead-letter
 //!   destination instead; a permanent failure is rejected at once.
+//! - Dead letters follow the shared [convention](crate::dead_letter): the broker's
+//!   `reject` publishes to `<destination>.dlq` unless configured, with the same
+//!   `x-dead-letter-*` headers on every broker.
 //! - A handler that panics, in `call` or in its future, is caught and counts as a
 //!   transient failure (and in [`Summary::panicked`]).
 //! - A handler call that runs longer than the [handler timeout](Serve::handler_timeout)
@@ -51,6 +54,24 @@
 //!   redelivers them after its own timeout.
 //!
 //! [`Code::Malformed`]: crate::Code::Malformed
+//!
+//! # Who owns the attempt limit
+//!
+//! `serve`'s [`max_deliveries`](Serve::max_deliveries) is the one owner of the
+//! delivery-attempt limit: it decides, for every delivery a handler finished, whether
+//! a transient failure is redelivered or dead-lettered, the same way on every broker.
+//! The other knobs do not compete with it:
+//! - `DeadLetterLayer` (in the layers crate) decides within one delivery: it
+//!   dead-letters a permanent failure through a publisher of its choosing and counts
+//!   no attempts, so a transient failure reaches `serve` unchanged.
+//! - The Redis Streams consumer's
+//!   [`with_max_deliveries`](crate::redis::StreamConsumerConfig::with_max_deliveries)
+//!   is a backstop for an entry that never comes back settled (the process died while
+//!   handling it), which Redis would otherwise reclaim forever; its default is four
+//!   times `serve`'s, and it must stay above `serve`'s limit or it cuts that short.
+//! - Limits a broker enforces itself (JetStream's `max_deliver`, a quorum queue's
+//!   `x-delivery-limit`) play the same backstop role: leave them unset or above
+//!   `serve`'s limit.
 //!
 //! # Example
 //!

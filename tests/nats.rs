@@ -20,11 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::RwLock;
 use tower::{Service, ServiceExt};
+use tower_mq::dead_letter;
 use tower_mq::nats::config::{ConsumerConfig, Storage, StreamConfig};
 use tower_mq::nats::jetstream::JetStream;
-use tower_mq::nats::{
-    headers, BatchPublisher, Config, Connection, Publisher, Requester, Subscriber,
-};
+use tower_mq::nats::{BatchPublisher, Config, Connection, Publisher, Requester, Subscriber};
 use tower_mq::{Delivery, Error, ErrorKind, Message, Operation, Receipt};
 
 /// Upper bound on waiting for something that should happen.
@@ -435,7 +434,7 @@ async fn jetstream_reject_dead_letters_with_reason_then_terminates() {
     let (stream, dead_stream) = streams(&js, &name).await;
     let config = ConsumerConfig::new("rejecters")
         .ack_wait(Duration::from_secs(1))
-        .dead_letter_subject(format!("{name}-dead.jobs"));
+        .with_dead_letter(format!("{name}-dead.jobs"));
     js.declare_consumer(&stream, &config).await.unwrap();
     let dead_config = ConsumerConfig::new("undertaker");
     js.declare_consumer(&dead_stream, &dead_config)
@@ -455,26 +454,14 @@ async fn jetstream_reject_dead_letters_with_reason_then_terminates() {
     let headers = letter.message().headers();
     assert_eq!(text(&letter), "poison");
     assert_eq!(headers.get_str("tenant"), Some("acme"));
+    assert_eq!(headers.get_str(dead_letter::REASON), Some("cannot parse"));
+    assert_eq!(headers.get_str(dead_letter::STREAM), Some(stream.as_str()));
+    assert_eq!(headers.get_str(dead_letter::CONSUMER), Some("rejecters"));
+    assert_eq!(headers.get_str(dead_letter::SEQUENCE), Some("1"));
+    assert_eq!(headers.get_str(dead_letter::DELIVERIES), Some("1"));
+    assert_eq!(headers.get_str(dead_letter::MESSAGE_ID), Some("job-1"));
     assert_eq!(
-        headers.get_str(headers::DEAD_LETTER_REASON),
-        Some("cannot parse")
-    );
-    assert_eq!(
-        headers.get_str(headers::DEAD_LETTER_STREAM),
-        Some(stream.as_str())
-    );
-    assert_eq!(
-        headers.get_str(headers::DEAD_LETTER_CONSUMER),
-        Some("rejecters")
-    );
-    assert_eq!(headers.get_str(headers::DEAD_LETTER_SEQUENCE), Some("1"));
-    assert_eq!(headers.get_str(headers::DEAD_LETTER_DELIVERIES), Some("1"));
-    assert_eq!(
-        headers.get_str(headers::DEAD_LETTER_MESSAGE_ID),
-        Some("job-1")
-    );
-    assert_eq!(
-        headers.get_str(headers::DEAD_LETTER_SUBJECT),
+        headers.get_str(dead_letter::ORIGINAL_DESTINATION),
         Some(format!("{name}.jobs").as_str())
     );
     letter.ack().await.unwrap();
@@ -493,7 +480,7 @@ async fn jetstream_max_deliver_dead_letters_the_last_nack() {
     let (stream, dead_stream) = streams(&js, &name).await;
     let config = ConsumerConfig::new("tries")
         .max_deliver(3)
-        .dead_letter_subject(format!("{name}-dead.jobs"));
+        .with_dead_letter(format!("{name}-dead.jobs"));
     js.declare_consumer(&stream, &config).await.unwrap();
     let dead_config = ConsumerConfig::new("undertaker");
     js.declare_consumer(&dead_stream, &dead_config)
@@ -517,14 +504,11 @@ async fn jetstream_max_deliver_dead_letters_the_last_nack() {
     let reason = letter
         .message()
         .headers()
-        .get_str(headers::DEAD_LETTER_REASON)
+        .get_str(dead_letter::REASON)
         .unwrap_or_default();
     assert!(reason.contains("max_deliver"), "{reason}");
     assert_eq!(
-        letter
-            .message()
-            .headers()
-            .get_str(headers::DEAD_LETTER_DELIVERIES),
+        letter.message().headers().get_str(dead_letter::DELIVERIES),
         Some("3")
     );
     letter.ack().await.unwrap();

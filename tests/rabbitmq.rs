@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
+use tower_mq::dead_letter;
 use tower_mq::rabbitmq::{
-    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology, DEATH_QUEUE_HEADER,
-    DEATH_REASON_HEADER,
+    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology,
 };
 use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
 
@@ -350,6 +350,44 @@ async fn priority_queue_delivers_the_highest_priority_first() {
     assert_eq!(order, ["high", "mid", "low"]);
 }
 
+/// `Queue::with_dead_letter` names the dead-letter queue by the shared rule
+/// (`<queue>.dlq`), and a reject reaches it with the shared headers.
+#[tokio::test]
+async fn reject_dead_letters_to_the_queue_named_by_the_shared_rule() {
+    let _shared = BROKER.read().await;
+    let q = unique("work");
+    let dead = dead_letter::destination_for(&q);
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(
+                Topology::new()
+                    .queue(queue(&q).with_dead_letter(&dead))
+                    .queue(queue(&dead)),
+            ),
+    )
+    .await;
+    connection
+        .publisher()
+        .oneshot(Message::new(&q, "poison"))
+        .await
+        .unwrap();
+    let mut work = connection.consumer(&q).await.unwrap();
+    next(&mut work).await.reject("cannot parse").await.unwrap();
+
+    let mut dead_letters = connection.consumer(&dead).await.unwrap();
+    let letter = next(&mut dead_letters).await;
+    let headers = letter.message().headers();
+    assert_eq!(letter.message().payload().as_ref(), b"poison");
+    assert_eq!(headers.get_str(dead_letter::REASON), Some("cannot parse"));
+    assert_eq!(
+        headers.get_str(dead_letter::ORIGINAL_DESTINATION),
+        Some(q.as_str())
+    );
+    assert_eq!(headers.get_str(dead_letter::DELIVERIES), Some("1"));
+    letter.ack().await.unwrap();
+}
+
 #[tokio::test]
 async fn reject_dead_letters_through_the_dlx() {
     let _shared = BROKER.read().await;
@@ -387,11 +425,11 @@ async fn reject_dead_letters_through_the_dlx() {
         if with_reason {
             // A confirmed copy through the queue's DLX, with the reason.
             assert_eq!(
-                message.headers().get_str(DEATH_REASON_HEADER),
+                message.headers().get_str(dead_letter::REASON),
                 Some("cannot parse")
             );
             assert_eq!(
-                message.headers().get_str(DEATH_QUEUE_HEADER),
+                message.headers().get_str(dead_letter::ORIGINAL_DESTINATION),
                 Some(q.as_str())
             );
         } else {

@@ -16,10 +16,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
 use tower_mq::redis::{
-    streams, Config, Framing, NackMode, PubSubConsumer, PubSubPublisher, StreamConsumer,
+    Config, Framing, NackMode, PubSubConsumer, PubSubPublisher, StreamConsumer,
     StreamConsumerConfig, StreamPublisher, Subscription,
 };
-use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
+use tower_mq::{dead_letter, Delivery, ErrorKind, Message, Operation, Receipt};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
 const WAIT: Duration = Duration::from_secs(15);
@@ -408,6 +408,57 @@ async fn xautoclaim_recovers_a_dead_consumers_entries_with_their_delivery_counts
     assert_eq!(pending.count(), 0);
 }
 
+/// `serve`'s `max_deliveries` owns the attempt limit: set above the Redis consumer's
+/// old limit of 5 (and below its backstop, `streams::DEFAULT_MAX_DELIVERIES`), it decides when the message is
+/// dead-lettered, to `<stream>.dlq` with the shared headers.
+#[tokio::test]
+async fn serve_max_deliveries_decides_not_the_consumer_backstop() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("serve-owns-limit");
+    let settings = fast_claims(&stream, "g");
+    let consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
+    let mut dead = StreamConsumer::subscribe(
+        &config,
+        StreamConsumerConfig::new(dead_letter::destination_for(&stream), "audit"),
+    )
+    .await
+    .unwrap();
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&stream, "flaky")).await;
+
+    let handler = tower::service_fn(|_: Delivery| async {
+        Err::<(), tower_mq::BoxError>(tower_mq::Transient::new("db busy").into())
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(std::future::IntoFuture::into_future(
+        tower_mq::serve(consumer, handler)
+            .max_deliveries(7)
+            .requeue_delay(|_| Duration::ZERO)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
+    ));
+    let letter = tokio::time::timeout(Duration::from_secs(60), dead.next())
+        .await
+        .expect("dead-lettered within a minute")
+        .expect("the dead-letter consumer is open")
+        .expect("no error");
+    let headers = letter.message().headers();
+    assert_eq!(headers.get_str(dead_letter::DELIVERIES), Some("7"));
+    let reason = headers.get_str(dead_letter::REASON).unwrap_or_default();
+    assert!(reason.starts_with("failed 7 times"), "{reason}");
+    assert_eq!(
+        headers.get_str(dead_letter::ORIGINAL_DESTINATION),
+        Some(stream.as_str())
+    );
+    letter.ack().await.unwrap();
+    let _ = stop.send(());
+    let summary = served.await.expect("join").expect("served");
+    assert_eq!(summary.rejected, 1);
+    assert_eq!(summary.nacked, 6);
+}
+
 #[tokio::test]
 async fn dead_letter_stream_after_max_deliveries_with_reason_headers() {
     let _shared = BROKER.read().await;
@@ -415,7 +466,7 @@ async fn dead_letter_stream_after_max_deliveries_with_reason_headers() {
     let stream = unique("max-deliveries");
     let settings = fast_claims(&stream, "g").with_max_deliveries(Some(3));
     let dead_letter_stream = settings.dead_letter().unwrap().to_owned();
-    assert_eq!(dead_letter_stream, format!("{stream}:dead-letter"));
+    assert_eq!(dead_letter_stream, format!("{stream}.dlq"));
     let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
     let mut dead = StreamConsumer::subscribe(
         &config,
@@ -448,16 +499,16 @@ async fn dead_letter_stream_after_max_deliveries_with_reason_headers() {
     assert_eq!(letter.message().destination(), dead_letter_stream);
     assert_eq!(headers.get_str("tenant"), Some("acme"));
     assert_eq!(
-        headers.get_str(streams::DEAD_LETTER_REASON),
+        headers.get_str(dead_letter::REASON),
         Some("max deliveries exceeded")
     );
     assert_eq!(
-        headers.get_str(streams::DEAD_LETTER_STREAM),
+        headers.get_str(dead_letter::ORIGINAL_DESTINATION),
         Some(stream.as_str())
     );
-    assert_eq!(headers.get_str(streams::DEAD_LETTER_GROUP), Some("g"));
-    assert_eq!(headers.get_str(streams::DEAD_LETTER_DELIVERIES), Some("3"));
-    assert!(headers.get_str(streams::DEAD_LETTER_ID).is_some());
+    assert_eq!(headers.get_str(dead_letter::CONSUMER), Some("g"));
+    assert_eq!(headers.get_str(dead_letter::DELIVERIES), Some("3"));
+    assert!(headers.get_str(dead_letter::ENTRY_ID).is_some());
     letter.ack().await.unwrap();
 
     // No longer pending.

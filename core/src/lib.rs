@@ -25,6 +25,7 @@
     unreachable_pub
 )]
 
+pub mod dead_letter;
 pub mod delivery;
 pub mod error;
 pub mod header;

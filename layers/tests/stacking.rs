@@ -77,7 +77,7 @@ async fn a_typed_message_survives_the_round_trip_and_bad_ones_are_dead_lettered(
     let handler = ServiceBuilder::new()
         .layer(MetricsLayer::handle("memory"))
         .layer(TraceLayer::process("memory"))
-        .layer(DeadLetterLayer::new(channel_publisher(dlq_tx)).max_attempts(3))
+        .layer(DeadLetterLayer::new(channel_publisher(dlq_tx)))
         .layer(DedupLayer::new(MemoryStore::new(
             1000,
             Duration::from_secs(600),

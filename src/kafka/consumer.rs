@@ -19,20 +19,14 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
-use tower_mq_core::{Acker, Acknowledge, Delivery, Error, Message, Operation};
+use tower_mq_core::{dead_letter, Acker, Acknowledge, Delivery, Error, Message, Operation};
 
 use super::config::Config;
 use super::error::from_kafka;
-use super::layout::{
-    from_record, kafka_names, RecordParts, DEATH_REASON, ORIGINAL_DESTINATION, ORIGINAL_OFFSET,
-    ORIGINAL_PARTITION,
-};
+use super::layout::{from_record, kafka_names, RecordParts};
 use super::producer::Publisher;
 use super::BROKER;
 use crate::wire::PropertyHeaders;
-
-/// The dead-letter topic of `topic` unless configured: `<topic>.dlq`.
-pub const DEFAULT_DEAD_LETTER_SUFFIX: &str = ".dlq";
 
 /// The prefix of the offset-commit metadata tower-mq writes: the highest offset of
 /// the partition handed to a handler so far, so the next owner can tell redeliveries.
@@ -78,8 +72,9 @@ impl ConsumerConfig {
         self
     }
 
-    /// Rejected messages are published to `topic` (default: `<topic>.dlq`, per topic).
-    pub fn with_dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+    /// Rejected messages are published to `topic` (default: `<topic>.dlq` per topic,
+    /// the shared rule of [`dead_letter::destination_for`]).
+    pub fn with_dead_letter(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = Some(topic.into());
         self
     }
@@ -98,7 +93,7 @@ impl ConsumerConfig {
     pub fn dead_letter_topic_of(&self, topic: &str) -> String {
         self.dead_letter_topic
             .clone()
-            .unwrap_or_else(|| format!("{topic}{DEFAULT_DEAD_LETTER_SUFFIX}"))
+            .unwrap_or_else(|| dead_letter::destination_for(topic))
     }
 }
 
@@ -586,9 +581,9 @@ impl Acknowledge for KafkaAck {
         })
     }
 
-    /// Publishes the message to the dead-letter topic with `x-death-reason`,
-    /// `x-original-destination`, `x-original-partition` and `x-original-offset`;
-    /// then marks it finished.
+    /// Publishes the message to the dead-letter topic with the shared
+    /// [dead-letter headers](dead_letter) (reason, original topic, partition and offset,
+    /// group, delivery count, time); then marks it finished.
     fn reject(&self, reason: &str) -> BoxFuture<'static, Result<(), Error>> {
         let this = self.snapshot();
         let reason = reason.to_owned();
@@ -597,10 +592,13 @@ impl Acknowledge for KafkaAck {
             let mut letter = this.message.clone();
             letter.set_destination(this.settle.config.dead_letter_topic_of(&topic));
             let headers = letter.headers_mut();
-            headers.insert(DEATH_REASON, reason);
-            headers.insert(ORIGINAL_DESTINATION, topic);
-            headers.insert(ORIGINAL_PARTITION, this.partition.to_string());
-            headers.insert(ORIGINAL_OFFSET, this.offset.to_string());
+            headers.insert(dead_letter::REASON, reason);
+            headers.insert(dead_letter::ORIGINAL_DESTINATION, topic);
+            headers.insert(dead_letter::PARTITION, this.partition.to_string());
+            headers.insert(dead_letter::OFFSET, this.offset.to_string());
+            headers.insert(dead_letter::CONSUMER, this.settle.config.group.clone());
+            headers.insert(dead_letter::DELIVERIES, this.delivery_count.to_string());
+            headers.insert(dead_letter::TIME, dead_letter::now_millis().to_string());
             this.settle
                 .publisher
                 .publish_counted(&letter, this.delivery_count)
@@ -625,12 +623,19 @@ impl KafkaAck {
             "kafka: {reason}; dead-lettering it as it is"
         );
         let (partition, offset) = (self.partition.to_string(), self.offset.to_string());
+        let (deliveries, time) = (
+            self.delivery_count.to_string(),
+            dead_letter::now_millis().to_string(),
+        );
         let mut headers = record.headers.unwrap_or_default();
         for (name, value) in [
-            (DEATH_REASON, reason),
-            (ORIGINAL_DESTINATION, &topic),
-            (ORIGINAL_PARTITION, &partition),
-            (ORIGINAL_OFFSET, &offset),
+            (dead_letter::REASON, reason),
+            (dead_letter::ORIGINAL_DESTINATION, &topic),
+            (dead_letter::PARTITION, &partition),
+            (dead_letter::OFFSET, &offset),
+            (dead_letter::CONSUMER, &self.settle.config.group),
+            (dead_letter::DELIVERIES, &deliveries),
+            (dead_letter::TIME, &time),
         ] {
             headers = headers.insert(Header {
                 key: name,

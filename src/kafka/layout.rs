@@ -12,14 +12,7 @@ use crate::wire::{Property, PropertyHeaders};
 /// Header counting deliveries: a nacked message is published again with it
 /// incremented (absent means 1). Read on every record, and kept among its headers.
 pub const DELIVERY_COUNT: &str = "x-delivery-count";
-/// Header on a dead letter: why it was rejected.
-pub const DEATH_REASON: &str = "x-death-reason";
-/// Header on a dead letter: the topic it was consumed from.
-pub const ORIGINAL_DESTINATION: &str = "x-original-destination";
-/// Header on a dead letter: the partition it was consumed from.
-pub const ORIGINAL_PARTITION: &str = "x-original-partition";
-/// Header on a dead letter: its offset in that partition.
-pub const ORIGINAL_OFFSET: &str = "x-original-offset";
+// A dead letter's headers are the shared convention: `tower_mq_core::dead_letter`.
 
 /// One record header: a name and a value, or none (a null header).
 pub(crate) type RecordHeader = (String, Option<Bytes>);

@@ -69,9 +69,10 @@
 //!
 //! The project's own bookkeeping travels in headers too, documented in [`layout`]:
 //! `x-delivery-count` counts deliveries (absent means 1; a nack publishes the message
-//! again with it replaced), and a dead letter carries `x-death-reason`,
-//! `x-original-destination`, `x-original-partition` and `x-original-offset`. These are
-//! read, never removed: a record from another client that has them arrives with them
+//! again with it replaced), and a dead letter carries the shared
+//! [dead-letter headers](crate::dead_letter): `x-dead-letter-reason`,
+//! `-original-destination`, `-partition`, `-offset`, `-consumer` (the group),
+//! `-deliveries` and `-time`. These are read, never removed: a record from another client that has them arrives with them
 //! intact (an `x-delivery-count` that is not a positive number counts as 1), and a
 //! message consumed after a nack and published elsewhere carries its count along.
 //!
@@ -132,7 +133,8 @@
 //!   own topic (same key, so the same partition, behind the messages already there),
 //!   with `x-delivery-count` incremented, after the nack's delay (the partition's commit
 //!   point waits meanwhile), and then marks the original finished;
-//! - **reject** publishes it to the dead-letter topic (`<topic>.dlq` unless configured)
+//! - **reject** publishes it to the dead-letter topic (`<topic>.dlq` unless configured
+//!   with [`ConsumerConfig::with_dead_letter`])
 //!   with the reason headers, then marks the original finished.
 //!
 //! Either copy keeps the record's key, timestamp and headers as they came.

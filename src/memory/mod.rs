@@ -14,15 +14,17 @@
 //! Deliveries are settled through their [`Acker`](crate::Acker): ack removes the
 //! message; nack puts it back (after the given delay, on tokio's clock) and it is
 //! delivered again with its delivery count incremented; reject moves it to the topic's
-//! dead-letter topic (`<topic>.dlq` unless configured otherwise) with the
-//! [`DEATH_REASON_HEADER`], [`ORIGINAL_DESTINATION_HEADER`] and [`DELIVERY_COUNT_HEADER`]
-//! headers. Deliveries a consumer still held when it closed go back to its group.
+//! dead-letter topic (`<topic>.dlq` unless configured otherwise) with the shared
+//! [dead-letter headers](crate::dead_letter): [`REASON`](crate::dead_letter::REASON),
+//! [`ORIGINAL_DESTINATION`](crate::dead_letter::ORIGINAL_DESTINATION),
+//! [`DELIVERIES`](crate::dead_letter::DELIVERIES) (0 if it expired before its first
+//! delivery) and [`TIME`](crate::dead_letter::TIME). Deliveries a consumer still held when it closed go back to its group.
 //!
 //! Higher [priorities](crate::Message::priority) are delivered first, in publication
 //! order within a priority (no priority counts as 0), so a group sees its topic in
 //! total order apart from priority. A message whose [time to live](crate::Message::ttl)
 //! passes before it is delivered is not delivered: it is dead-lettered with the reason
-//! [`EXPIRED_REASON`] when a consumer of its group next looks for work, or when a full
+//! [`EXPIRED`](crate::dead_letter::EXPIRED) when a consumer of its group next looks for work, or when a full
 //! broker needs room.
 //!
 //! The broker holds at most [`Builder::capacity`] messages (a message is held while any
@@ -75,29 +77,15 @@ use self::state::{Config, GroupKey, State};
 /// The broker name errors carry.
 pub(crate) const BROKER: &str = "memory";
 
-/// Header set on a dead letter: why it was dead-lettered (the reason given to
-/// `reject`, or [`EXPIRED_REASON`]).
-pub const DEATH_REASON_HEADER: &str = "x-death-reason";
-
-/// The [`DEATH_REASON_HEADER`] of a message whose time to live passed before it was
-/// delivered.
-pub const EXPIRED_REASON: &str = "expired";
-
-/// Header set on a dead letter: the topic it was published to.
-pub const ORIGINAL_DESTINATION_HEADER: &str = "x-original-destination";
-
-/// Header set on a dead letter: how many times it had been delivered (0 if it expired
-/// before its first delivery).
-pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
-
 /// The default [`Builder::capacity`]: 100 000 messages.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
 /// The default [`Builder::max_payload_size`]: 64 MiB.
 pub const DEFAULT_MAX_PAYLOAD_SIZE: usize = 64 * 1024 * 1024;
 
-/// The default [`Builder::dead_letter_suffix`]: `.dlq`.
-pub const DEFAULT_DEAD_LETTER_SUFFIX: &str = ".dlq";
+/// The default [`Builder::dead_letter_suffix`]: `.dlq`, the shared
+/// [`dead_letter::SUFFIX`](crate::dead_letter::SUFFIX).
+pub const DEFAULT_DEAD_LETTER_SUFFIX: &str = tower_mq_core::dead_letter::SUFFIX;
 
 /// The longest topic or group name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 255;

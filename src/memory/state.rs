@@ -12,11 +12,8 @@ use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tower_mq_core::dead_letter::{self, EXPIRED};
 use tower_mq_core::Message;
-
-use super::{
-    DEATH_REASON_HEADER, DELIVERY_COUNT_HEADER, EXPIRED_REASON, ORIGINAL_DESTINATION_HEADER,
-};
 
 pub(super) struct Config {
     pub(super) capacity: usize,
@@ -276,9 +273,10 @@ impl State {
         // A dead letter is kept until someone looks at it, whatever the original TTL.
         message.set_ttl(None);
         let headers = message.headers_mut();
-        headers.insert(DEATH_REASON_HEADER, reason);
-        headers.insert(ORIGINAL_DESTINATION_HEADER, topic);
-        headers.insert(DELIVERY_COUNT_HEADER, entry.deliveries.to_string());
+        headers.insert(dead_letter::REASON, reason);
+        headers.insert(dead_letter::ORIGINAL_DESTINATION, topic);
+        headers.insert(dead_letter::DELIVERIES, entry.deliveries.to_string());
+        headers.insert(dead_letter::TIME, dead_letter::now_millis().to_string());
         self.publish(message);
     }
 
@@ -335,7 +333,7 @@ impl State {
             }
         };
         for entry in expired {
-            self.dead_letter(config, topic, entry, EXPIRED_REASON);
+            self.dead_letter(config, topic, entry, EXPIRED);
         }
         next
     }
@@ -434,7 +432,7 @@ impl State {
             }
         }
         for (topic, entry) in expired {
-            self.dead_letter(config, &topic, entry, EXPIRED_REASON);
+            self.dead_letter(config, &topic, entry, EXPIRED);
         }
         next_expiry
     }

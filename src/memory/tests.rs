@@ -3,7 +3,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Service, ServiceExt};
-use tower_mq_core::{ErrorKind, Message, Operation, Receipt};
+use tower_mq_core::{dead_letter, ErrorKind, Message, Operation, Receipt};
 
 use super::*;
 
@@ -211,9 +211,15 @@ async fn expired_messages_are_dead_lettered_not_delivered() {
     let letter = next(&mut dead).await;
     assert_eq!(payload(&letter), b"short");
     let headers = letter.message().headers();
-    assert_eq!(headers.get_str(DEATH_REASON_HEADER), Some(EXPIRED_REASON));
-    assert_eq!(headers.get_str(ORIGINAL_DESTINATION_HEADER), Some("t"));
-    assert_eq!(headers.get_str(DELIVERY_COUNT_HEADER), Some("0"));
+    assert_eq!(
+        headers.get_str(dead_letter::REASON),
+        Some(dead_letter::EXPIRED)
+    );
+    assert_eq!(
+        headers.get_str(dead_letter::ORIGINAL_DESTINATION),
+        Some("t")
+    );
+    assert_eq!(headers.get_str(dead_letter::DELIVERIES), Some("0"));
     assert_eq!(letter.message().ttl(), None);
 }
 
@@ -261,8 +267,8 @@ async fn reject_dead_letters_with_reason_and_count() {
         .unwrap();
     let letter = next(&mut dead).await;
     let headers = letter.message().headers();
-    assert_eq!(headers.get_str(DEATH_REASON_HEADER), Some("cannot parse"));
-    assert_eq!(headers.get_str(DELIVERY_COUNT_HEADER), Some("2"));
+    assert_eq!(headers.get_str(dead_letter::REASON), Some("cannot parse"));
+    assert_eq!(headers.get_str(dead_letter::DELIVERIES), Some("2"));
     assert_eq!(headers.get_str("a"), Some("1"));
     assert_eq!(letter.message().destination(), "t-dead");
     letter.ack().await.unwrap();

@@ -19,7 +19,7 @@
 //!     .ack_wait(Duration::from_secs(30))
 //!     .max_deliver(5)
 //!     .backoff([Duration::from_secs(1), Duration::from_secs(10)])
-//!     .dead_letter_subject("dead.orders");
+//!     .with_dead_letter("dead.orders");
 //! # let _ = (config, stream, consumer);
 //! ```
 
@@ -490,8 +490,16 @@ impl ConsumerConfig {
     }
 
     /// Where rejected deliveries are published (a subject some stream captures, so
-    /// dead letters are stored).
-    pub fn dead_letter_subject(mut self, subject: impl Into<String>) -> Self {
+    /// dead letters are stored), with the shared
+    /// [dead-letter headers](crate::dead_letter).
+    ///
+    /// Unlike the other brokers there is no default `<subject>.dlq`: a stream that
+    /// captures `orders.>` would capture `orders.new.dlq` too and deliver the dead
+    /// letter to the consumer that rejected it, and a subject no stream captures
+    /// stores nothing. Name it here, for example
+    /// [`dead_letter::destination_for`](crate::dead_letter::destination_for) of a
+    /// subject outside the stream.
+    pub fn with_dead_letter(mut self, subject: impl Into<String>) -> Self {
         self.dead_letter_subject = Some(subject.into());
         self
     }

@@ -148,21 +148,7 @@ use crate::wire::{Property, PropertyHeaders};
 /// stream's duplicate window.
 pub const MESSAGE_ID: &str = "Nats-Msg-Id";
 
-/// On a dead letter: its original `Nats-Msg-Id` (the dead letter gets its own, so
-/// that dead-lettering one stream message twice stores it once).
-pub const DEAD_LETTER_MESSAGE_ID: &str = "Tower-Mq-Dead-Letter-Message-Id";
-/// On a dead letter: why it was dead-lettered.
-pub const DEAD_LETTER_REASON: &str = "Tower-Mq-Dead-Letter-Reason";
-/// On a dead letter: the subject it was originally published to.
-pub const DEAD_LETTER_SUBJECT: &str = "Tower-Mq-Dead-Letter-Subject";
-/// On a dead letter: the stream it came from.
-pub const DEAD_LETTER_STREAM: &str = "Tower-Mq-Dead-Letter-Stream";
-/// On a dead letter: the consumer that dead-lettered it.
-pub const DEAD_LETTER_CONSUMER: &str = "Tower-Mq-Dead-Letter-Consumer";
-/// On a dead letter: its sequence number in the stream it came from.
-pub const DEAD_LETTER_SEQUENCE: &str = "Tower-Mq-Dead-Letter-Sequence";
-/// On a dead letter: how many times it had been delivered.
-pub const DEAD_LETTER_DELIVERIES: &str = "Tower-Mq-Dead-Letter-Deliveries";
+// A dead letter's headers are the shared convention: `tower_mq_core::dead_letter`.
 
 /// Which flavour of NATS a message goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

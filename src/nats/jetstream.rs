@@ -29,8 +29,10 @@
 //! - `ack` acknowledges and waits for the server to confirm it (a double ack);
 //! - `nack(delay)` asks for redelivery after `delay` (a nak with delay);
 //! - `reject(reason)` dead-letters: JetStream has no dead-letter queue, so the message
-//!   is published to the consumer's dead-letter subject (if configured) with the
-//!   reason and its origin in headers ([`headers::DEAD_LETTER_REASON`] and friends),
+//!   is published to the consumer's dead-letter subject (if configured with
+//!   [`ConsumerConfig::with_dead_letter`](super::ConsumerConfig::with_dead_letter))
+//!   with the shared [dead-letter headers](crate::dead_letter): reason, original
+//!   subject, stream, sequence, consumer, deliveries, original message id and time,
 //!   and then terminated (`+TERM`: never delivered again). Without a dead-letter
 //!   subject it is only terminated.
 //! - a `nack` of the last delivery that `max_deliver` allows dead-letters the message
@@ -77,7 +79,7 @@
 //! let workers = ConsumerConfig::new("workers")
 //!     .ack_wait(Duration::from_secs(30))
 //!     .max_deliver(5)
-//!     .dead_letter_subject("dead.jobs");
+//!     .with_dead_letter("dead.jobs");
 //! js.declare_consumer("JOBS", &workers).await?;
 //!
 //! let receipt = js
@@ -117,7 +119,9 @@ use bytes::Bytes;
 use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use tower::Service;
-use tower_mq_core::{Acker, Acknowledge, Delivery, Error, ErrorKind, Message, Operation, Receipt};
+use tower_mq_core::{
+    dead_letter, Acker, Acknowledge, Delivery, Error, ErrorKind, Message, Operation, Receipt,
+};
 
 use super::config::{Config, ConsumerConfig, Retention, Storage, StreamConfig};
 use super::headers::{self, Flavour};
@@ -940,16 +944,17 @@ impl PendingDelivery {
                 };
                 set(headers::MESSAGE_ID, id);
                 if let Some(original) = original_id {
-                    set(headers::DEAD_LETTER_MESSAGE_ID, original);
+                    set(dead_letter::MESSAGE_ID, original);
                 }
-                set(headers::DEAD_LETTER_REASON, reason.to_owned());
-                set(headers::DEAD_LETTER_SUBJECT, self.subject.clone());
-                set(headers::DEAD_LETTER_STREAM, settle.stream.clone());
-                set(headers::DEAD_LETTER_CONSUMER, settle.consumer.clone());
-                set(headers::DEAD_LETTER_DELIVERIES, self.delivered.to_string());
+                set(dead_letter::REASON, reason.to_owned());
+                set(dead_letter::ORIGINAL_DESTINATION, self.subject.clone());
+                set(dead_letter::STREAM, settle.stream.clone());
+                set(dead_letter::CONSUMER, settle.consumer.clone());
+                set(dead_letter::DELIVERIES, self.delivered.to_string());
                 if let Some(sequence) = self.sequence {
-                    set(headers::DEAD_LETTER_SEQUENCE, sequence.to_string());
+                    set(dead_letter::SEQUENCE, sequence.to_string());
                 }
+                set(dead_letter::TIME, dead_letter::now_millis().to_string());
                 publish_raw(&settle.context, dead_letter, headers, self.payload.clone())
                     .await
                     .map_err(|err| {

@@ -90,7 +90,7 @@
 //! use tower_mq::nats::config::{ConsumerConfig, StreamConfig};
 //! let js = nats::jetstream::JetStream::new(&connection);
 //! js.declare_stream(&StreamConfig::new("ORDERS", ["orders.>"])).await?;
-//! let consumer = ConsumerConfig::new("billing").max_deliver(5).dead_letter_subject("dead.orders");
+//! let consumer = ConsumerConfig::new("billing").max_deliver(5).with_dead_letter("dead.orders");
 //! js.declare_consumer("ORDERS", &consumer).await?;
 //! let receipt = js
 //!     .publisher()

@@ -302,9 +302,10 @@ impl Config {
     /// this connection's [`Topology`] with a dead-letter exchange.
     ///
     /// `true` (the default): a copy goes to that exchange (with the queue's
-    /// dead-letter routing key, or the message's own) carrying the reason in the
-    /// `x-tower-mq-death-reason` header and the queue in `x-tower-mq-death-queue`, and
-    /// the original is acknowledged once the broker confirmed the copy. AMQP's
+    /// dead-letter routing key, or the message's own) carrying the shared
+    /// [dead-letter headers](crate::dead_letter) (the reason in `x-dead-letter-reason`,
+    /// the queue in `x-dead-letter-original-destination`, ...), and the original is
+    /// acknowledged once the broker confirmed the copy. AMQP's
     /// `basic.reject` has no room for a reason.
     ///
     /// `false`, and for queues whose dead-letter exchange this connection does not

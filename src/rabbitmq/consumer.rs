@@ -19,6 +19,7 @@ use super::connection::Connection;
 use super::error::{amqp_error, short_string, BROKER};
 use super::mapping::{incoming, DELIVERIES_HEADER};
 use crate::connect_retry::Delays;
+use crate::dead_letter;
 use crate::delivery::{Acker, Acknowledge, Delivery};
 use crate::error::{Error, ErrorKind, Operation};
 
@@ -38,8 +39,10 @@ use crate::error::{Error, ErrorKind, Operation};
 ///   message, its prefetch slot is free at once, and nothing waits in this process.
 ///   `reject` dead-letters the message through the queue's dead-letter
 ///   exchange: for a queue declared through the connection's topology with one, as a
-///   confirmed copy carrying the reason ([`DEATH_REASON_HEADER`]) and the queue
-///   ([`DEATH_QUEUE_HEADER`]) (see [`Config::reject_with_reason`](super::Config::reject_with_reason));
+///   confirmed copy carrying the shared [dead-letter headers](crate::dead_letter)
+///   (reason, original destination: the queue, deliveries and time, as text) (see
+///   [`Config::reject_with_reason`](super::Config::reject_with_reason)); RabbitMQ's own
+///   `x-death` is left as RabbitMQ writes it;
 ///   otherwise with `basic.reject` without requeue, RabbitMQ recording only `rejected`
 ///   (`x-first-death-reason`), and dropping the message if the queue has no
 ///   dead-letter exchange.
@@ -272,12 +275,6 @@ fn as_count(value: &AMQPValue) -> Option<u64> {
     }
 }
 
-/// The header carrying the reason given to `reject` on a dead letter.
-pub const DEATH_REASON_HEADER: &str = "x-tower-mq-death-reason";
-
-/// The header naming the queue a dead letter was rejected from.
-pub const DEATH_QUEUE_HEADER: &str = "x-tower-mq-death-queue";
-
 fn count_header(properties: &lapin::BasicProperties, name: &str) -> Option<u64> {
     let value = properties.headers().as_ref()?.inner().get(name)?;
     as_count(value).or_else(|| match value {
@@ -470,12 +467,15 @@ impl Copy {
         let (exchange, routing_key) = self.connection.dead_letter_target(queue)?;
         let routing_key = routing_key.unwrap_or_else(|| self.routing_key.clone());
         let reason: String = reason.chars().take(1024).collect();
+        let text = |value: &str| AMQPValue::LongString(value.into());
         let extra = [
+            (dead_letter::REASON, text(&reason)),
+            (dead_letter::ORIGINAL_DESTINATION, text(queue)),
+            (dead_letter::DELIVERIES, text(&self.count.to_string())),
             (
-                DEATH_REASON_HEADER,
-                AMQPValue::LongString(reason.as_str().into()),
+                dead_letter::TIME,
+                text(&dead_letter::now_millis().to_string()),
             ),
-            (DEATH_QUEUE_HEADER, AMQPValue::LongString(queue.into())),
         ];
         Some(
             self.publish_then_ack(

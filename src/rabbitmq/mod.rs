@@ -143,7 +143,7 @@ mod topology;
 
 pub use config::{Config, Routing, TIMESTAMP_MILLIS_HEADER};
 pub use connection::Connection;
-pub use consumer::{Consumer, DEATH_QUEUE_HEADER, DEATH_REASON_HEADER};
+pub use consumer::Consumer;
 pub use publisher::{BatchPublisher, Publisher, ResponseFuture};
 pub use request::{Requester, DIRECT_REPLY_TO};
 pub use topology::{Argument, Binding, Exchange, ExchangeKind, Queue, QueueType, Topology};

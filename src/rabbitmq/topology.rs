@@ -518,6 +518,29 @@ impl Queue {
         self
     }
 
+    /// Dead-letters straight to the queue `queue` through the default exchange: the
+    /// shared naming rule is `Queue::classic(dead_letter::destination_for(name))`
+    /// next to it (`<queue>.dlq`, as on every other broker). Sets
+    /// `x-dead-letter-exchange` to `""` and `x-dead-letter-routing-key` to `queue`;
+    /// declare that queue too.
+    ///
+    /// ```
+    /// use tower_mq::dead_letter;
+    /// use tower_mq::rabbitmq::{Argument, Queue, Topology};
+    ///
+    /// let topology = Topology::new()
+    ///     .queue(Queue::quorum("orders").with_dead_letter(dead_letter::destination_for("orders")))
+    ///     .queue(Queue::classic(dead_letter::destination_for("orders")));
+    /// let orders = &topology.queues()[0];
+    /// assert_eq!(
+    ///     orders.get_argument("x-dead-letter-routing-key"),
+    ///     Some(&Argument::String("orders.dlq".into()))
+    /// );
+    /// ```
+    pub fn with_dead_letter(self, queue: impl Into<String>) -> Self {
+        self.dead_letter_exchange("").dead_letter_routing_key(queue)
+    }
+
     /// Quorum queues: dead-letters (or drops) a message after `limit` deliveries
     /// (`x-delivery-limit`).
     pub fn delivery_limit(mut self, limit: u32) -> Self {

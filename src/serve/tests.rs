@@ -8,7 +8,7 @@ use tower::{service_fn, ServiceExt};
 use tower_mq_core::{Message, Operation, Permanent};
 
 use super::*;
-use crate::memory::{self, Broker};
+use crate::memory::Broker;
 
 /// A delivery whose settlements reach a (trivial) broker, unlike an at-most-once one.
 fn tracked(payload: &'static str) -> Delivery {
@@ -69,8 +69,11 @@ async fn transient_failures_are_requeued_with_backoff_then_dead_lettered() {
 
     let letter = dead.next().await.unwrap().unwrap();
     let headers = letter.message().headers();
-    assert_eq!(headers.get_str(memory::DELIVERY_COUNT_HEADER), Some("5"));
-    let reason = headers.get_str(memory::DEATH_REASON_HEADER).unwrap();
+    assert_eq!(
+        headers.get_str(tower_mq_core::dead_letter::DELIVERIES),
+        Some("5")
+    );
+    let reason = headers.get_str(tower_mq_core::dead_letter::REASON).unwrap();
     assert!(
         reason.contains("failed 5 times") && reason.contains("database down"),
         "{reason}"
@@ -110,7 +113,7 @@ async fn permanent_failures_are_dead_lettered_at_once() {
         letter
             .message()
             .headers()
-            .get_str(memory::DELIVERY_COUNT_HEADER),
+            .get_str(tower_mq_core::dead_letter::DELIVERIES),
         Some("1")
     );
     stop.send(()).unwrap();

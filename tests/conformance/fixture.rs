@@ -295,12 +295,13 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     }
 
     /// Why a dead letter was dead-lettered (the reason given to `reject`, or
-    /// `expired`), as the broker records it.
+    /// `expired`): the shared dead-letter header, the same on every broker. Only a
+    /// reason the broker writes itself (RabbitMQ's `x-death`) needs an override.
     fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
         dead_letter
             .message()
             .headers()
-            .get_str(tower_mq::memory::DEATH_REASON_HEADER)
+            .get_str(tower_mq::dead_letter::REASON)
             .map(str::to_owned)
     }
 

@@ -20,7 +20,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tower::util::BoxCloneService;
 use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
-use tower_mq::Delivery;
 
 use crate::fixture::{
     unique_name, BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, MaxPayload,
@@ -105,15 +104,6 @@ pub fn fixture_config(brokers: &str) -> Config {
         .with_operation_timeout(Duration::from_secs(10))
 }
 
-/// The dead-letter reason header of the Kafka layout.
-pub fn kafka_death_reason(dead_letter: &Delivery) -> Option<String> {
-    dead_letter
-        .message()
-        .headers()
-        .get_str(tower_mq::kafka::layout::DEATH_REASON)
-        .map(str::to_owned)
-}
-
 impl KafkaFixture {
     async fn topic(&self, topic: &str) {
         create_topic(&self.admin, topic, Self::NAME).await;
@@ -166,10 +156,6 @@ impl Fixture for KafkaFixture {
     async fn dead_letters(&self, topic: &str) -> BoxConsumer {
         let dead_letter_topic = ConsumerConfig::new(topic, "").dead_letter_topic_of(topic);
         self.subscriber(&dead_letter_topic).await
-    }
-
-    fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
-        kafka_death_reason(dead_letter)
     }
 
     /// The Kafka module's own requester: it creates the reply topic and joins a group

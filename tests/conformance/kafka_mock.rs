@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use tower::util::BoxCloneService;
 use tower_mq::kafka::{Admin, Config, ConsumerConfig, Publisher};
-use tower_mq::Delivery;
 
 use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture};
-use crate::kafka::{joined_consumer, kafka_death_reason, KAFKA_CAPABILITIES};
+use crate::kafka::{joined_consumer, KAFKA_CAPABILITIES};
 
 #[path = "../support/kafka_mock_cluster.rs"]
 mod kafka_mock_cluster;
@@ -92,10 +91,6 @@ impl Fixture for KafkaMockFixture {
     async fn dead_letters(&self, topic: &str) -> BoxConsumer {
         let dead_letter_topic = ConsumerConfig::new(topic, "").dead_letter_topic_of(topic);
         self.subscriber(&dead_letter_topic).await
-    }
-
-    fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
-        kafka_death_reason(dead_letter)
     }
 
     /// Drops the broker's connections and refuses new ones, then stays down for

@@ -140,9 +140,7 @@ pub mod jetstream {
     use futures_util::StreamExt;
     use tower::util::BoxCloneService;
     use tower_mq::nats::config::{ConsumerConfig, StreamConfig};
-    use tower_mq::nats::headers;
     use tower_mq::nats::jetstream::JetStream;
-    use tower_mq::Delivery;
 
     use super::{brokers, connect};
     use crate::fixture::{
@@ -222,7 +220,7 @@ pub mod jetstream {
             ConsumerConfig::new(group)
                 .batch(1)
                 .ack_wait(ACK_WAIT)
-                .dead_letter_subject(dead_letter_subject(topic))
+                .with_dead_letter(dead_letter_subject(topic))
         }
 
         async fn durable(&self, stream: &str, config: &ConsumerConfig) -> BoxConsumer {
@@ -300,14 +298,6 @@ pub mod jetstream {
             let stream = dead_letter_subject(topic);
             self.durable(&stream, &ConsumerConfig::new("dead-letter-reader"))
                 .await
-        }
-
-        fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
-            dead_letter
-                .message()
-                .headers()
-                .get_str(headers::DEAD_LETTER_REASON)
-                .map(str::to_owned)
         }
 
         async fn stop_broker(&self) {

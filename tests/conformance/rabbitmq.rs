@@ -157,7 +157,7 @@ impl Fixture for RabbitMqFixture {
         dead_letter
             .message()
             .headers()
-            .get_str(tower_mq::rabbitmq::DEATH_REASON_HEADER)
+            .get_str(tower_mq::dead_letter::REASON)
             // Expired messages are dead-lettered by RabbitMQ itself.
             .or_else(|| {
                 dead_letter

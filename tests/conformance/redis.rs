@@ -1,6 +1,6 @@
 //! Redis Streams: topics are streams, groups are consumer groups, a pub/sub subscriber
 //! is a consumer in a group of its own created at the end of the stream, and dead
-//! letters go to the stream `<topic>:dead-letter`.
+//! letters go to the stream `<topic>.dlq`.
 //!
 //! Redis Pub/Sub has a fixture of its own, `redis_pubsub.rs`.
 
@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tower::util::BoxCloneService;
-use tower_mq::redis::{streams, Config, StreamConsumer, StreamConsumerConfig, StreamPublisher};
-use tower_mq::Delivery;
+use tower_mq::redis::{Config, StreamConsumer, StreamConsumerConfig, StreamPublisher};
 
 use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture, Support};
 
@@ -130,14 +129,6 @@ impl Fixture for RedisFixture {
             .expect("dead letters are on by default");
         self.group_consumer(&dead_letter, &unique_name("dead-letters"))
             .await
-    }
-
-    fn death_reason(&self, dead_letter: &Delivery) -> Option<String> {
-        dead_letter
-            .message()
-            .headers()
-            .get_str(streams::DEAD_LETTER_REASON)
-            .map(str::to_owned)
     }
 
     fn invalid_destinations(&self) -> Vec<String> {

@@ -17,9 +17,8 @@ use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, Timestamp, TopicPartitionList};
 use tower::ServiceExt;
-use tower_mq::kafka::layout::{
-    DEATH_REASON, DELIVERY_COUNT, ORIGINAL_DESTINATION, ORIGINAL_OFFSET, ORIGINAL_PARTITION,
-};
+use tower_mq::dead_letter;
+use tower_mq::kafka::layout::DELIVERY_COUNT;
 use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
 use tower_mq::wire::{Property, PropertyHeaders};
 use tower_mq::{Delivery, ErrorKind, HeaderValue, Headers, Message, Operation};
@@ -729,10 +728,13 @@ async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_whole() {
     let expected: Vec<&[u8]> = vec![
         b"before",
         UNREADABLE_NAME,
-        DEATH_REASON.as_bytes(),
-        ORIGINAL_DESTINATION.as_bytes(),
-        ORIGINAL_PARTITION.as_bytes(),
-        ORIGINAL_OFFSET.as_bytes(),
+        dead_letter::REASON.as_bytes(),
+        dead_letter::ORIGINAL_DESTINATION.as_bytes(),
+        dead_letter::PARTITION.as_bytes(),
+        dead_letter::OFFSET.as_bytes(),
+        dead_letter::CONSUMER.as_bytes(),
+        dead_letter::DELIVERIES.as_bytes(),
+        dead_letter::TIME.as_bytes(),
     ];
     assert_eq!(names, expected);
     // The group's commit passed the dead-lettered record.

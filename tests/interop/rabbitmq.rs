@@ -17,7 +17,7 @@ use lapin::types::{
 use lapin::{BasicProperties, Confirmation, ConnectionProperties, ExchangeKind};
 use tower::{Service, ServiceExt};
 use tower_mq::rabbitmq::{
-    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology, DEATH_REASON_HEADER,
+    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology,
 };
 use tower_mq::{Delivery, Error, ErrorKind, HeaderValue, Headers, Message, Operation, Receipt};
 
@@ -665,7 +665,7 @@ async fn a_delivery_tower_mq_cannot_hold_is_dead_lettered_and_the_consumer_goes_
         .properties
         .headers()
         .as_ref()
-        .and_then(|h| h.inner().get(DEATH_REASON_HEADER).cloned());
+        .and_then(|h| h.inner().get(tower_mq::dead_letter::REASON).cloned());
     assert!(
         matches!(&reason, Some(AMQPValue::LongString(r)) if String::from_utf8_lossy(r.as_bytes()).contains("timestamp")),
         "{reason:?}"

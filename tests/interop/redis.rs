@@ -13,8 +13,8 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tower::{Service, ServiceExt};
 use tower_mq::redis::{
-    streams, Config, Framing, PubSubConsumer, PubSubPublisher, StreamConsumer,
-    StreamConsumerConfig, StreamLayout, StreamPublisher, Subscription,
+    Config, Framing, PubSubConsumer, PubSubPublisher, StreamConsumer, StreamConsumerConfig,
+    StreamLayout, StreamPublisher, Subscription,
 };
 use tower_mq::wire::PropertyHeaders;
 use tower_mq::{Delivery, ErrorKind, HeaderValue, Message, Operation, Receipt};
@@ -360,10 +360,13 @@ async fn streams_entry_without_the_payload_field_is_dead_lettered_with_the_reaso
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
     assert_eq!(
-        get(streams::DEAD_LETTER_REASON.as_bytes()).as_deref(),
+        get(tower_mq::dead_letter::REASON.as_bytes()).as_deref(),
         Some("malformed entry: the entry has no `payload` field")
     );
-    assert_eq!(get(streams::DEAD_LETTER_ID.as_bytes()), Some(bad_id));
+    assert_eq!(
+        get(tower_mq::dead_letter::ENTRY_ID.as_bytes()),
+        Some(bad_id)
+    );
     assert_eq!(get(b"temperature").as_deref(), Some("21.5"));
     assert_eq!(get(b"unit").as_deref(), Some("C"));
     // The group is not wedged: nothing is left pending.
@@ -409,7 +412,7 @@ async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_g
     assert!(fields.contains(&(b"\xff\xfe".to_vec(), b"v".to_vec())));
     let reason = fields
         .iter()
-        .find(|(n, _)| n == streams::DEAD_LETTER_REASON.as_bytes())
+        .find(|(n, _)| n == tower_mq::dead_letter::REASON.as_bytes())
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .expect("a reason");
     assert!(reason.contains("is not UTF-8"), "{reason}");

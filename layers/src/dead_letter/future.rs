@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_core::future::BoxFuture;
 use pin_project_lite::pin_project;
@@ -72,21 +71,16 @@ fn dead_letter_message(
     destination: String,
     error: &BoxError,
     kind: ErrorKind,
-    cause: &'static str,
 ) -> Message {
     let original = delivery.message();
     let mut msg = original.clone();
     msg.set_destination(destination);
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
     let h = msg.headers_mut();
     h.insert(headers::REASON, error.to_string());
-    h.insert(headers::ATTEMPTS, delivery.delivery_count().to_string());
+    h.insert(headers::DELIVERIES, delivery.delivery_count().to_string());
     h.insert(headers::ORIGINAL_DESTINATION, original.destination());
     h.insert(headers::ERROR_KIND, kind.as_str());
-    h.insert(headers::CAUSE, cause);
-    h.insert(headers::TIMESTAMP, millis.to_string());
+    h.insert(headers::TIME, headers::now_millis().to_string());
     msg
 }
 
@@ -115,16 +109,14 @@ where
                         return Poll::Ready(Err(error));
                     };
                     let kind = this.classifier.classify(&error);
-                    let cause = if kind == ErrorKind::Permanent {
-                        "permanent_error"
-                    } else if delivery.delivery_count() >= this.config.max_attempts {
-                        "max_attempts"
-                    } else {
+                    if kind != ErrorKind::Permanent {
+                        // The consumer loop owns the attempt limit: it redelivers or
+                        // dead-letters.
                         return Poll::Ready(Err(error));
-                    };
+                    }
+                    let cause = "permanent_error";
                     let destination = (this.config.naming)(delivery.message());
-                    let msg =
-                        dead_letter_message(&delivery, destination.clone(), &error, kind, cause);
+                    let msg = dead_letter_message(&delivery, destination.clone(), &error, kind);
                     let original = delivery.message().destination().to_owned();
                     let mut publisher = this.publisher.clone();
                     let future = Box::pin(async move {

@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use tower::Layer;
-use tower_mq_core::Message;
+use tower_mq_core::{dead_letter, Message};
 
 use super::{Config, DeadLetter};
 use crate::classify::DefaultClassifier;
@@ -16,28 +16,20 @@ pub struct DeadLetterLayer<P, C = DefaultClassifier> {
 }
 
 impl<P> DeadLetterLayer<P> {
-    /// Dead-letters through `publisher`, after 5 deliveries or at the first permanent
-    /// failure, to `<destination>.dlq`.
+    /// Dead-letters through `publisher`, at the first permanent failure, to
+    /// `<destination>.dlq`.
     pub fn new(publisher: P) -> Self {
         DeadLetterLayer {
             publisher,
             classifier: DefaultClassifier::new(),
             config: Config {
-                max_attempts: 5,
-                naming: Arc::new(|msg: &Message| format!("{}.dlq", msg.destination())),
+                naming: Arc::new(|msg: &Message| dead_letter::destination_for(msg.destination())),
             },
         }
     }
 }
 
 impl<P, C> DeadLetterLayer<P, C> {
-    /// Dead-letters a transiently failing delivery once it has been delivered
-    /// `attempts` times (at least 1; the broker's delivery count decides).
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.config.max_attempts = attempts.max(1);
-        self
-    }
-
     /// Names the dead-letter destination of a message.
     pub fn destination<F>(mut self, naming: F) -> Self
     where

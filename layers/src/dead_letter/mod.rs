@@ -2,14 +2,25 @@
 //!
 //! [`DeadLetter`] wraps a handler (`Service<Delivery>`). When the handler fails and
 //! the failure is permanent (per the [`Classifier`], [`DefaultClassifier`] unless
-//! set), or the delivery has reached [`DeadLetterLayer::max_attempts`] deliveries, it
-//! publishes a copy of the message through a dead-letter publisher (any
+//! set), it publishes a copy of the message through a dead-letter publisher (any
 //! `Service<Message, Response = Receipt>`, on any broker), then acks the original
 //! and answers `Ok` (the handler's `Response::default()`): the delivery is dealt with.
-//! The copy goes to `<destination>.dlq` unless [`DeadLetterLayer::destination`] names
-//! it otherwise, and carries the original payload, key, headers and properties, plus
-//! the headers in [`headers`]: the reason (the error's `Display`), the attempt count,
-//! the original destination, the error kind, the cause and a timestamp.
+//! The copy goes to `<destination>.dlq` (the shared rule,
+//! [`tower_mq_core::dead_letter::destination_for`]) unless
+//! [`DeadLetterLayer::destination`] names it otherwise, and carries the original
+//! payload, key, headers and properties, plus the shared dead-letter headers
+//! ([`headers`], the same names every broker writes): the reason (the error's
+//! `Display`), the delivery count, the original destination, the error kind and the
+//! time.
+//!
+//! # Who owns the attempt limit
+//!
+//! This layer decides within one delivery: a permanent failure is dead-lettered now.
+//! It does not count deliveries: a transient failure surfaces unchanged, whatever the
+//! delivery count, and the consumer loop that redelivers decides when a message has
+//! failed too often (`serve`'s `max_deliveries` in `tower-mq`, the one owner of the
+//! attempt limit), rejecting it to the broker's dead-letter destination, named by the
+//! same rule and carrying the same headers.
 //!
 //! Nothing is lost: if the dead-letter publish (or the ack) fails, the original is
 //! not acked and the error surfaces as [`error::DeadLetterFailed`], whose `source()`
@@ -18,7 +29,7 @@
 //! surfaces unchanged for the consumer to redeliver.
 //!
 //! Each dead-lettered delivery counts in `messaging_dead_letters_total{destination,
-//! reason}` (reason: `permanent_error` or `max_attempts`).
+//! reason}` (reason: `permanent_error`).
 //!
 //! # Example
 //!
@@ -40,7 +51,7 @@
 //! let handler = service_fn(|_: Delivery| async {
 //!     Err::<(), BoxError>(Permanent::new("order id missing").into())
 //! });
-//! let handler = DeadLetterLayer::new(dlq).max_attempts(5).layer(handler);
+//! let handler = DeadLetterLayer::new(dlq).layer(handler);
 //!
 //! let delivery = Delivery::unacknowledged(Message::new("orders", "{}"));
 //! handler.oneshot(delivery.clone()).await?;
@@ -67,35 +78,19 @@ use self::future::ResponseFuture;
 pub use self::layer::DeadLetterLayer;
 use crate::classify::{Classifier, DefaultClassifier};
 
-/// Header names written on dead-lettered copies.
-pub mod headers {
-    /// Why handling failed: the error's `Display`.
-    pub const REASON: &str = "x-dead-letter-reason";
-    /// How many times the message was delivered.
-    pub const ATTEMPTS: &str = "x-dead-letter-attempts";
-    /// Where the message was consumed from.
-    pub const ORIGINAL_DESTINATION: &str = "x-dead-letter-original-destination";
-    /// `transient` or `permanent`, as classified.
-    pub const ERROR_KIND: &str = "x-dead-letter-error-kind";
-    /// `permanent_error` or `max_attempts`: which rule sent it here.
-    pub const CAUSE: &str = "x-dead-letter-cause";
-    /// When it was dead-lettered: milliseconds since the Unix epoch.
-    pub const TIMESTAMP: &str = "x-dead-letter-timestamp";
-}
+/// Header names written on dead-lettered copies: the shared convention.
+pub use tower_mq_core::dead_letter as headers;
 
 type Naming = Arc<dyn Fn(&Message) -> String + Send + Sync>;
 
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) max_attempts: u32,
     pub(crate) naming: Naming,
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("max_attempts", &self.max_attempts)
-            .finish_non_exhaustive()
+        f.debug_struct("Config").finish_non_exhaustive()
     }
 }
 

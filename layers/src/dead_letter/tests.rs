@@ -67,7 +67,6 @@ async fn a_permanent_failure_is_dead_lettered_then_acked() {
     let _guard = metrics::set_default_local_recorder(&recorder);
     let (publisher, mut handle) = dlq();
     let svc = DeadLetterLayer::new(publisher)
-        .max_attempts(5)
         .layer(failing(|| Permanent::new("order id missing").into()));
     let d = delivery(1);
     let done = tokio::spawn(svc.oneshot(d.clone()));
@@ -84,12 +83,11 @@ async fn a_permanent_failure_is_dead_lettered_then_acked() {
     assert_eq!(dead.headers().get_str("tenant"), Some("acme"));
     let h = dead.headers();
     assert_eq!(h.get_str(headers::REASON), Some("order id missing"));
-    assert_eq!(h.get_str(headers::ATTEMPTS), Some("1"));
+    assert_eq!(h.get_str(headers::DELIVERIES), Some("1"));
     assert_eq!(h.get_str(headers::ORIGINAL_DESTINATION), Some("orders"));
     assert_eq!(h.get_str(headers::ERROR_KIND), Some("permanent"));
-    assert_eq!(h.get_str(headers::CAUSE), Some("permanent_error"));
     let ts: u128 = h
-        .get_str(headers::TIMESTAMP)
+        .get_str(headers::TIME)
         .and_then(|t| t.parse().ok())
         .expect("numeric timestamp");
     assert!(ts > 1_600_000_000_000, "{ts}");
@@ -109,39 +107,36 @@ async fn a_permanent_failure_is_dead_lettered_then_acked() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_transient_failure_below_the_limit_surfaces_for_redelivery() {
-    let (publisher, mut handle) = dlq();
-    let svc = DeadLetterLayer::new(publisher)
-        .max_attempts(3)
-        .layer(failing(|| Transient::new("db busy").into()));
-    let d = delivery(2);
-    let err = svc.oneshot(d.clone()).await.expect_err("surfaces");
-    assert_eq!(err.to_string(), "db busy");
-    assert_eq!(
-        DefaultClassifier::new().classify(&err),
-        ErrorKind::Transient
-    );
-    assert_eq!(d.settlement(), None);
-    assert!(handle.next_request().await.is_none());
+async fn a_transient_failure_surfaces_whatever_the_delivery_count() {
+    // The consumer loop (`serve`'s `max_deliveries`) owns the attempt limit: the layer
+    // never dead-letters a transient failure, not even on a 100th delivery.
+    for count in [1, 5, 100] {
+        let (publisher, mut handle) = dlq();
+        let svc =
+            DeadLetterLayer::new(publisher).layer(failing(|| Transient::new("db busy").into()));
+        let d = delivery(count);
+        let err = svc.oneshot(d.clone()).await.expect_err("surfaces");
+        assert_eq!(err.to_string(), "db busy");
+        assert_eq!(
+            DefaultClassifier::new().classify(&err),
+            ErrorKind::Transient
+        );
+        assert_eq!(d.settlement(), None, "delivery {count}");
+        assert!(handle.next_request().await.is_none(), "delivery {count}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_last_attempt_is_dead_lettered_even_if_transient() {
+async fn the_destination_can_be_named_otherwise() {
     let (publisher, mut handle) = dlq();
     let svc = DeadLetterLayer::new(publisher)
-        .max_attempts(3)
         .destination(|m| format!("dead.{}", m.destination()))
-        .layer(failing(|| Transient::new("db busy").into()));
+        .layer(failing(|| Permanent::new("bad payload").into()));
     let d = delivery(3);
     let done = tokio::spawn(svc.oneshot(d.clone()));
     let (dead, reply) = handle.next_request().await.expect("dead-lettered");
     assert_eq!(dead.destination(), "dead.orders");
-    assert_eq!(dead.headers().get_str(headers::CAUSE), Some("max_attempts"));
-    assert_eq!(
-        dead.headers().get_str(headers::ERROR_KIND),
-        Some("transient")
-    );
-    assert_eq!(dead.headers().get_str(headers::ATTEMPTS), Some("3"));
+    assert_eq!(dead.headers().get_str(headers::DELIVERIES), Some("3"));
     reply.send_response(Receipt::Memory {
         topic: "dead.orders".into(),
         sequence: 1,

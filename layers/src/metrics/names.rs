@@ -12,7 +12,7 @@
 //! | `messaging_in_flight` | gauge | broker, destination, operation | [`MetricsLayer`](super::MetricsLayer) |
 //! | `messaging_batch_size` | histogram | – | [`BatchLayer`](crate::batch::BatchLayer) |
 //! | `messaging_duplicates_total` | counter | destination | [`DedupLayer`](crate::dedup::DedupLayer) |
-//! | `messaging_dead_letters_total` | counter | destination, reason (`permanent_error`, `max_attempts`) | [`DeadLetterLayer`](crate::dead_letter::DeadLetterLayer) |
+//! | `messaging_dead_letters_total` | counter | destination, reason (`permanent_error`) | [`DeadLetterLayer`](crate::dead_letter::DeadLetterLayer) |
 //! | `messaging_retries_total` | counter | set with the layer's `label` | retry layer |
 //! | `messaging_circuit_state` | gauge (0 closed, 1 open, 2 half-open) | set with the layer's `label` | circuit breaker layer |
 //! | `messaging_circuit_calls_total` | counter | outcome, and those set with `label` | circuit breaker layer (when counting calls) |
@@ -63,7 +63,7 @@ pub mod labels {
     pub const OPERATION: &str = "operation";
     /// `ok`, `transient_error` or `permanent_error`.
     pub const OUTCOME: &str = "outcome";
-    /// Why a delivery was dead-lettered: `permanent_error` or `max_attempts`.
+    /// Why a delivery was dead-lettered: `permanent_error`.
     pub const REASON: &str = "reason";
 }
 

@@ -21,19 +21,12 @@ use crate::redis::config::Config;
 use crate::redis::connection::Connection;
 use crate::redis::layout::{decode, entry_time, Control, Fields, StreamLayout};
 use crate::redis::{is_connection_error, redis_error, BROKER};
-use crate::{Acker, Acknowledge, Delivery, Error, Operation};
+use crate::{dead_letter, Acker, Acknowledge, Delivery, Error, Operation};
 
-/// The header naming why a message was dead-lettered (`expired`,
-/// `max deliveries exceeded`, or the reason given to `reject`).
-pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
-/// The header naming the stream a dead-lettered message came from.
-pub const DEAD_LETTER_STREAM: &str = "x-dead-letter-stream";
-/// The header naming the consumer group that dead-lettered a message.
-pub const DEAD_LETTER_GROUP: &str = "x-dead-letter-group";
-/// The header holding the entry id a dead-lettered message had in its stream.
-pub const DEAD_LETTER_ID: &str = "x-dead-letter-id";
-/// The header holding how many times a dead-lettered message had been delivered.
-pub const DEAD_LETTER_DELIVERIES: &str = "x-delivery-count";
+/// The default [`ConsumerConfig::with_max_deliveries`]: a backstop well above
+/// `serve`'s [`DEFAULT_MAX_DELIVERIES`](crate::serve::DEFAULT_MAX_DELIVERIES), so that
+/// `serve` decides for every delivery a handler finishes.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 4 * crate::serve::DEFAULT_MAX_DELIVERIES;
 
 /// What a nack does with the entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,12 +69,12 @@ impl ConsumerConfig {
     /// Defaults: a unique consumer name; a group created (if missing) at the start of
     /// the stream (`0`, so nothing appended before the group existed is missed); reads
     /// of up to 16 entries blocking at most 1 s; entries idle for 30 s reclaimed by a
-    /// scan every second; at most 5 deliveries; dead letters to `<stream>:dead-letter`;
-    /// [`NackMode::Reclaim`].
+    /// scan every second; at most [`DEFAULT_MAX_DELIVERIES`] deliveries; dead letters
+    /// to `<stream>.dlq` ([`dead_letter::destination_for`]); [`NackMode::Reclaim`].
     pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
         let stream = stream.into();
         ConsumerConfig {
-            dead_letter: Some(format!("{stream}:dead-letter")),
+            dead_letter: Some(dead_letter::destination_for(&stream)),
             stream,
             group: group.into(),
             consumer: None,
@@ -90,7 +83,7 @@ impl ConsumerConfig {
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(1),
-            max_deliveries: Some(5),
+            max_deliveries: Some(DEFAULT_MAX_DELIVERIES),
             nack: NackMode::Reclaim,
         }
     }
@@ -142,14 +135,21 @@ impl ConsumerConfig {
         self
     }
 
-    /// How many deliveries a message gets before it is dead-lettered instead of
-    /// delivered again (`None`: no limit).
+    /// How many deliveries an entry gets before the consumer dead-letters it instead of
+    /// delivering it again (`None`: no limit; [`DEFAULT_MAX_DELIVERIES`] by default).
+    ///
+    /// This is a backstop, not the attempt limit: `serve`'s
+    /// [`max_deliveries`](crate::serve::Serve::max_deliveries) owns that, rejecting a
+    /// delivery its handler failed too often. This one catches the entry that never
+    /// comes back settled (the process dies while handling it, or a consumer without
+    /// `serve` never settles it), which would otherwise be reclaimed forever. Keep it
+    /// above `serve`'s limit, or it cuts that limit short.
     pub fn with_max_deliveries(mut self, max: Option<u32>) -> Self {
         self.max_deliveries = max.map(|m| m.max(1));
         self
     }
 
-    /// Dead-letters to stream `stream`.
+    /// Dead-letters to stream `stream` instead of `<stream>.dlq`.
     pub fn with_dead_letter(mut self, stream: impl Into<String>) -> Self {
         self.dead_letter = Some(stream.into());
         self
@@ -191,8 +191,8 @@ impl ConsumerConfig {
 /// pending longer than the claim idle time (consumers that died, nacked entries), and
 /// reads their delivery counts from the pending entries list (`XPENDING`). A message
 /// delivered more than the maximum number of times, rejected, or expired (its TTL) is
-/// moved to the dead-letter stream with `x-dead-letter-*` headers, atomically with
-/// its acknowledgement.
+/// moved to the dead-letter stream with the shared [dead-letter headers](dead_letter),
+/// atomically with its acknowledgement.
 ///
 /// All of this happens while the stream is polled: a consumer nobody polls neither
 /// reads, nor claims, nor dead-letters (and holds no more than one read's worth of
@@ -444,11 +444,12 @@ impl Shared {
                 .map_err(|err| retag(err, Operation::Reject));
         };
         let added = [
-            (DEAD_LETTER_REASON, reason.to_owned()),
-            (DEAD_LETTER_STREAM, self.stream.clone()),
-            (DEAD_LETTER_GROUP, self.group.clone()),
-            (DEAD_LETTER_ID, id.to_owned()),
-            (DEAD_LETTER_DELIVERIES, count.to_string()),
+            (dead_letter::REASON, reason.to_owned()),
+            (dead_letter::ORIGINAL_DESTINATION, self.stream.clone()),
+            (dead_letter::CONSUMER, self.group.clone()),
+            (dead_letter::ENTRY_ID, id.to_owned()),
+            (dead_letter::DELIVERIES, count.to_string()),
+            (dead_letter::TIME, dead_letter::now_millis().to_string()),
         ]
         .map(|(name, value)| (Bytes::from_static(name.as_bytes()), Bytes::from(value)));
         // A dead letter starts afresh: no deadline (an expired message must stay

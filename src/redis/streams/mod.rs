@@ -6,14 +6,16 @@
 //! - **ack**: `XACK`.
 //! - **nack**: per [`NackMode`]: leave the entry pending to be reclaimed after its delay
 //!   (the default), or re-add a copy at the end of the stream.
-//! - **reject**: move the message to the dead-letter stream (default
-//!   `<stream>:dead-letter`) with headers [`DEAD_LETTER_REASON`], [`DEAD_LETTER_STREAM`],
-//!   [`DEAD_LETTER_GROUP`], [`DEAD_LETTER_ID`] and [`DEAD_LETTER_DELIVERIES`], and
-//!   acknowledge it, in one `MULTI`/`EXEC`.
+//! - **reject**: move the message to the dead-letter stream (default `<stream>.dlq`,
+//!   [`ConsumerConfig::with_dead_letter`] to name another) with the shared
+//!   [dead-letter headers](crate::dead_letter): reason, original destination (the
+//!   stream), consumer (the group), entry id, deliveries and time; and acknowledge it,
+//!   in one `MULTI`/`EXEC`.
 //! - **recovery**: entries pending longer than the claim idle time (their consumer
 //!   died, or they were nacked) are taken over with `XAUTOCLAIM`; their delivery count
-//!   comes from the pending entries list, and past the maximum they are dead-lettered
-//!   with reason `max deliveries exceeded`.
+//!   comes from the pending entries list, and past the consumer's backstop
+//!   ([`ConsumerConfig::with_max_deliveries`], above `serve`'s limit, which owns the
+//!   attempt limit) they are dead-lettered with reason `max deliveries exceeded`.
 //! - **TTL**: an entry read after its deadline is dead-lettered with reason `expired`.
 //! - **malformed entries**: an entry that cannot be delivered intact (no payload field,
 //!   a field name that is not UTF-8) is dead-lettered with reason
@@ -24,8 +26,5 @@
 mod consumer;
 mod publisher;
 
-pub use consumer::{
-    Consumer, ConsumerConfig, NackMode, DEAD_LETTER_DELIVERIES, DEAD_LETTER_GROUP, DEAD_LETTER_ID,
-    DEAD_LETTER_REASON, DEAD_LETTER_STREAM,
-};
+pub use consumer::{Consumer, ConsumerConfig, NackMode, DEFAULT_MAX_DELIVERIES};
 pub use publisher::{BatchPublisher, Publisher};
