@@ -145,6 +145,7 @@ impl<S, F: Clone, K: Hash + Eq + Clone> Layer<S> for KeyedRateLimitLayer<F, K> {
             key_of: self.key_of.clone(),
             limiter: self.limiter.clone(),
             pruning: self.pruning.clone(),
+            calls: 0,
             reject: self.reject,
         }
     }

@@ -22,7 +22,7 @@
 //! (clone-then-swap, so `S: Clone`) and the wait does not hold up calls for other keys.
 //! Keys are kept in a concurrent map; a key's entry is small (one atomic word). Keys
 //! whose limit has fully recovered are forgotten as calls go on (checked every
-//! 1,024 calls, once the map holds at least 1,024 keys and twice as many as after the
+//! 1,024 calls of a service, once the map holds at least 1,024 keys and twice as many as after the
 //! last pruning), so keys that come and go (per tenant, per request id) do not grow
 //! the map without bound; [`KeyedRateLimitLayer::retain_recent`] prunes at once.
 //!
@@ -65,7 +65,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -199,18 +199,21 @@ pub struct KeyedRateLimit<S, F, K: Hash + Eq + Clone> {
     key_of: F,
     limiter: Arc<KeyedLimiter<K>>,
     pruning: Arc<Pruning>,
+    /// This service's calls since it last looked at the map's size: counted per
+    /// service, so that clones on several threads share no counter on every call.
+    calls: u64,
     reject: bool,
 }
 
 /// When to forget recovered keys, shared by a keyed layer's services.
 #[derive(Debug)]
 pub(crate) struct Pruning {
-    calls: AtomicU64,
     /// Prune once the map holds this many keys.
     prune_at: AtomicUsize,
 }
 
-/// Calls between two looks at the map's size (the size sums the map's shards).
+/// A service's calls between two looks at the map's size (the size sums the map's
+/// shards).
 const PRUNE_EVERY: u64 = 1024;
 /// No pruning below this many keys.
 const PRUNE_MIN_KEYS: usize = 1024;
@@ -218,18 +221,13 @@ const PRUNE_MIN_KEYS: usize = 1024;
 impl Pruning {
     pub(crate) fn new() -> Self {
         Pruning {
-            calls: AtomicU64::new(0),
             prune_at: AtomicUsize::new(PRUNE_MIN_KEYS),
         }
     }
 
-    /// Counts a call; every [`PRUNE_EVERY`] calls, forgets recovered keys if the map
-    /// grew past its threshold.
-    #[inline]
-    fn after_call<K: Hash + Eq + Clone>(&self, limiter: &KeyedLimiter<K>) {
-        if self.calls.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY != PRUNE_EVERY - 1 {
-            return;
-        }
+    /// Forgets recovered keys if the map grew past its threshold; called every
+    /// [`PRUNE_EVERY`] calls of a service.
+    fn look<K: Hash + Eq + Clone>(&self, limiter: &KeyedLimiter<K>) {
         if limiter.len() < self.prune_at.load(Ordering::Relaxed) {
             return;
         }
@@ -257,6 +255,7 @@ impl<S: Clone, F: Clone, K: Hash + Eq + Clone> Clone for KeyedRateLimit<S, F, K>
             key_of: self.key_of.clone(),
             limiter: self.limiter.clone(),
             pruning: self.pruning.clone(),
+            calls: 0,
             reject: self.reject,
         }
     }
@@ -296,7 +295,11 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let key = (self.key_of)(&request);
-        self.pruning.after_call(&self.limiter);
+        self.calls += 1;
+        if self.calls == PRUNE_EVERY {
+            self.calls = 0;
+            self.pruning.look(&self.limiter);
+        }
         match self.limiter.check_key(&key) {
             Ok(()) => KeyedResponseFuture::called(self.inner.call(request)),
             Err(not_until) if self.reject => KeyedResponseFuture::rejected(RateLimited::new(
