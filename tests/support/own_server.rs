@@ -113,3 +113,21 @@ pub fn everything_shown(err: &tower_mq::Error) -> String {
     }
     shown
 }
+
+/// A first connect retried `Within(limit)` against nothing gave up as it should: a
+/// transient connect error, no earlier than `early` before the limit (the last delay
+/// may not fit) and not long after it.
+pub fn assert_gave_up_near_the_limit(
+    err: &tower_mq::Error,
+    took: Duration,
+    limit: Duration,
+    early: Duration,
+) {
+    assert_eq!(err.kind(), tower_mq::ErrorKind::Transient, "{err}");
+    assert_eq!(err.operation(), tower_mq::Operation::Connect);
+    assert!(took >= limit - early, "gave up after {took:?}");
+    assert!(
+        took < limit + Duration::from_secs(2),
+        "gave up after {took:?}"
+    );
+}
