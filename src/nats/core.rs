@@ -377,15 +377,18 @@ impl Stream for Subscriber {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let next = std::task::ready!(Pin::new(&mut self.inner).poll_next(cx));
         Poll::Ready(next.map(|message| {
-            Ok(Delivery::unacknowledged(headers::decode(
-                &self.property_headers,
-                Flavour::Core,
-                message.subject.as_str(),
-                message.reply.as_ref().map(|r| r.as_str()),
-                message.headers.as_ref(),
-                message.payload,
-                None,
-            )))
+            Ok(Delivery::at_most_once(
+                headers::decode(
+                    &self.property_headers,
+                    Flavour::Core,
+                    message.subject.as_str(),
+                    message.reply.as_ref().map(|r| r.as_str()),
+                    message.headers.as_ref(),
+                    message.payload,
+                    None,
+                ),
+                super::BROKER,
+            ))
         }))
     }
 }

@@ -452,5 +452,5 @@ fn delivery_of(framing: Framing, msg: &Msg) -> Result<Option<Delivery>, String> 
         }
         None => Message::new(channel, payload),
     };
-    Ok(Some(Delivery::unacknowledged(message)))
+    Ok(Some(Delivery::at_most_once(message, BROKER)))
 }

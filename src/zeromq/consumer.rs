@@ -9,7 +9,7 @@ use futures_core::Stream;
 
 use super::request::{encode_route, Replies};
 use super::socket::{self, Handle, Incoming, Kind};
-use super::{frame, Config};
+use super::{frame, Config, BROKER};
 use crate::{Delivery, Error};
 
 /// A SUB, PULL or ROUTER socket as a `Stream` of [`Delivery`]s.
@@ -101,7 +101,7 @@ impl Consumer {
         let (route, body) = split_route(&frames);
         let mut message = frame::decode_any(body, false, framing, &self.handle.name)?;
         message.set_reply_to(Some(encode_route(route)));
-        Ok(Delivery::unacknowledged(message))
+        Ok(Delivery::at_most_once(message, BROKER))
     }
 }
 
