@@ -221,7 +221,7 @@ mod nats {
         let subject = unique("boxed");
         let receipt = publish_from_another_task(&publisher, Message::new(&subject, "x")).await;
         assert!(
-            matches!(&receipt, Receipt::Nats { subject: s } if *s == subject),
+            matches!(&receipt, Receipt::Nats { subject: s, processed: true } if *s == subject),
             "{receipt:?}"
         );
     }

@@ -133,7 +133,8 @@ async fn core_round_trips_headers_and_properties() {
     assert_eq!(
         receipt,
         Receipt::Nats {
-            subject: subject.clone()
+            subject: subject.clone(),
+            processed: true,
         }
     );
     assert!(!receipt.is_confirmed(), "core NATS is at most once");
@@ -238,13 +239,105 @@ async fn batch_publisher_reports_each_message() {
         .oneshot(batch)
         .await
         .unwrap();
-    assert!(matches!(&results[0], Ok(Receipt::Nats { subject: s }) if *s == subject));
+    assert!(
+        matches!(&results[0], Ok(Receipt::Nats { subject: s, processed: true }) if *s == subject)
+    );
     let err = results[1].as_ref().expect_err("invalid subject");
     assert_eq!(err.kind(), ErrorKind::Permanent);
     assert_eq!(err.destination(), Some("bad subject"));
     assert!(results[2].is_ok());
     assert_eq!(text(&next(&mut subscriber, "first").await), "first");
     assert_eq!(text(&next(&mut subscriber, "second").await), "second");
+}
+
+#[tokio::test]
+async fn publishes_in_flight_share_one_confirmation_round_trip() {
+    let _server = SERVER.read().await;
+    // The confirmations travel on the publishing connection's inbox; count them from
+    // another connection.
+    let prefix = format!("_INBOX.{}", unique("confirms"));
+    let connection = connect_with(Config::new(url()).inbox_prefix(&prefix)).await;
+    let watcher = connect().await;
+    let mut loopbacks = watcher
+        .client()
+        .subscribe(format!("{prefix}.>"))
+        .await
+        .unwrap();
+    watcher.client().flush().await.unwrap();
+    let subject = unique("shared-confirm");
+    let mut subscriber = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let publisher = Publisher::new(&connection);
+    let receipts = futures_util::future::join_all((0..200).map(|i| {
+        publisher
+            .clone()
+            .oneshot(Message::new(&subject, format!("{i}")))
+    }))
+    .await;
+    for receipt in receipts {
+        assert!(matches!(
+            receipt,
+            Ok(Receipt::Nats {
+                processed: true,
+                ..
+            })
+        ));
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        seen.insert(text(&next(&mut subscriber, "every message").await));
+    }
+    assert_eq!(seen, (0..200).map(|i| i.to_string()).collect());
+    // Far fewer round trips than publishes (one each before).
+    // The subscription's confirmation may or may not have been seen: count the rest.
+    let mut rounds = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(QUIET, loopbacks.next()).await {
+        rounds += 1;
+    }
+    assert!(
+        (1..=20).contains(&rounds),
+        "200 publishes in flight took {rounds} confirmation round trips"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_on_every_subject_does_not_hold_up_confirmations() {
+    let _server = SERVER.read().await;
+    // A subscriber on `>` receives every message, so a confirmation sent as a request
+    // to a probe subject would wait for its answer until the request timeout.
+    let everything = connect().await;
+    let _all = everything.client().subscribe(">").await.unwrap();
+    everything.client().flush().await.unwrap();
+    let connection = connect_with(Config::new(url()).request_timeout(Duration::from_secs(2))).await;
+    let subject = unique("under-watch");
+    let mut subscriber = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let receipt = Publisher::new(&connection)
+        .oneshot(Message::new(&subject, "watched"))
+        .await
+        .expect("confirmed although a subscriber on `>` saw the confirmation");
+    assert_eq!(receipt.to_string(), format!("nats {subject} (processed)"));
+    assert_eq!(text(&next(&mut subscriber, "the message").await), "watched");
+}
+
+#[tokio::test]
+async fn fire_and_forget_receipts_say_the_server_was_not_asked() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let subject = unique("fire-and-forget");
+    let mut subscriber = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let receipt = Publisher::new(&connection)
+        .fire_and_forget()
+        .oneshot(Message::new(&subject, "sent"))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt,
+        Receipt::Nats {
+            subject: subject.clone(),
+            processed: false
+        }
+    );
+    assert_eq!(receipt.to_string(), format!("nats {subject} (sent)"));
+    assert_eq!(text(&next(&mut subscriber, "the message").await), "sent");
 }
 
 #[tokio::test]

@@ -66,10 +66,14 @@ pub enum Receipt {
         /// The stream had already stored a message with the same `Nats-Msg-Id`.
         duplicate: bool,
     },
-    /// Flushed to a core NATS server: at most once, to the subscribers present.
+    /// Published on core NATS: at most once, to the subscribers present.
     Nats {
         /// The subject.
         subject: String,
+        /// The server processed the message (it went to the subscribers present then);
+        /// `false` when the publisher did not wait to know (it was handed to the
+        /// client only).
+        processed: bool,
     },
     /// Handed to a ZeroMQ socket's queue: no peer confirms it.
     ZeroMq {
@@ -103,7 +107,7 @@ impl Receipt {
             Receipt::RabbitMq { exchange, .. } => exchange,
             Receipt::RedisStream { stream, .. } | Receipt::JetStream { stream, .. } => stream,
             Receipt::RedisPubSub { channel, .. } => channel,
-            Receipt::Nats { subject } => subject,
+            Receipt::Nats { subject, .. } => subject,
             Receipt::ZeroMq { socket } => socket,
             Receipt::FanOut(all) => all.first().map(Receipt::destination).unwrap_or(""),
         }
@@ -138,7 +142,14 @@ impl fmt::Display for Receipt {
                 }
                 Ok(())
             }
-            Receipt::Nats { subject } => write!(f, "nats {subject} (flushed)"),
+            Receipt::Nats {
+                subject,
+                processed: true,
+            } => write!(f, "nats {subject} (processed)"),
+            Receipt::Nats {
+                subject,
+                processed: false,
+            } => write!(f, "nats {subject} (sent)"),
             Receipt::ZeroMq { socket } => write!(f, "zeromq {socket} (queued)"),
             Receipt::FanOut(all) => {
                 f.write_str("fan-out [")?;

@@ -71,6 +71,7 @@ pub struct Config {
     pub(crate) ignore_unsupported: bool,
     pub(crate) property_headers: PropertyHeaders,
     pub(crate) connect_retry: ConnectRetry,
+    pub(crate) inbox_prefix: Option<String>,
 }
 
 impl Config {
@@ -96,6 +97,7 @@ impl Config {
             ignore_unsupported: false,
             property_headers: PropertyHeaders::http_style(),
             connect_retry: ConnectRetry::Off,
+            inbox_prefix: None,
         }
     }
 
@@ -199,6 +201,15 @@ impl Config {
         self
     }
 
+    /// The prefix of the connection's inbox subjects (default `_INBOX`): where replies to
+    /// its requests and its publish confirmations arrive. Set it where the account's
+    /// permissions only allow subscribing below a prefix of its own, e.g.
+    /// `_INBOX.orders`.
+    pub fn inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inbox_prefix = Some(prefix.into());
+        self
+    }
+
     /// The longest pause between two reconnect attempts (the backoff doubles up to it).
     pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
         self.max_reconnect_delay = delay;
@@ -286,6 +297,7 @@ impl fmt::Debug for Config {
             .field("ignore_unsupported", &self.ignore_unsupported)
             .field("property_headers", &self.property_headers)
             .field("connect_retry", &self.connect_retry)
+            .field("inbox_prefix", &self.inbox_prefix)
             .finish()
     }
 }

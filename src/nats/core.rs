@@ -4,8 +4,13 @@
 //! Core NATS delivers **at most once**: the server forwards a message to the
 //! subscribers connected at that moment and keeps nothing. A [`Receipt::Nats`] says the
 //! server processed the message (a round trip after it, on a connection that stayed up
-//! until the server answered, confirmed it); it does not say anyone received it. Deliveries cannot be
-//! acked, nacked or dead-lettered: they are
+//! until the server answered, confirmed it); it does not say anyone received it. The
+//! round trip is shared: every publish waiting at the same time on a connection is
+//! confirmed by one loopback message on an inbox only that connection subscribes to,
+//! so 100 publishes in flight cost one round trip, and nothing another client does
+//! can hold a confirmation up. [`Publisher::fire_and_forget`] skips it (the receipt
+//! then says `processed: false`). Deliveries cannot be acked, nacked or dead-lettered:
+//! they are
 //! [`Delivery::unacknowledged`](crate::Delivery::unacknowledged), and settling them
 //! only records the outcome locally.
 //!
@@ -43,7 +48,7 @@ use std::task::{Context, Poll};
 use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use tower::Service;
-use tower_mq_core::{Delivery, Error, ErrorKind, Message, Operation, Receipt};
+use tower_mq_core::{Code, Delivery, Error, ErrorKind, Message, Operation, Receipt};
 
 use super::headers::{self, Flavour};
 use super::{error, Connection, Readiness};
@@ -59,15 +64,32 @@ use crate::wire::PropertyHeaders;
 pub struct Publisher {
     connection: Connection,
     readiness: Readiness,
+    wait_processed: bool,
 }
 
 impl Publisher {
-    /// A publisher on `connection`.
+    /// A publisher on `connection` whose receipts wait until the server processed the
+    /// message.
     pub fn new(connection: &Connection) -> Self {
         Publisher {
             connection: connection.clone(),
             readiness: connection.readiness(),
+            wait_processed: true,
         }
+    }
+
+    /// Answers as soon as the client accepted the message, without waiting for the
+    /// server: the receipt's `processed` is `false`, and a message lost with a
+    /// connection that dropped before writing it is not reported. What the bare
+    /// client's `publish` does; for telemetry and other traffic where a lost message
+    /// costs less than a round trip.
+    ///
+    /// By default a receipt waits until the server processed the message; every
+    /// publish waiting at the same time shares one round trip, so many publishes in
+    /// flight cost little more than fire-and-forget.
+    pub fn fire_and_forget(mut self) -> Self {
+        self.wait_processed = false;
+        self
     }
 
     /// The connection.
@@ -81,6 +103,7 @@ impl Clone for Publisher {
         Publisher {
             connection: self.connection.clone(),
             readiness: self.readiness.clone(),
+            wait_processed: self.wait_processed,
         }
     }
 }
@@ -89,6 +112,7 @@ impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
             .field("connection", &self.connection)
+            .field("wait_processed", &self.wait_processed)
             .finish()
     }
 }
@@ -104,12 +128,16 @@ impl Service<Message> for Publisher {
 
     fn call(&mut self, message: Message) -> Self::Future {
         let connection = self.connection.clone();
+        let wait_processed = self.wait_processed;
         Box::pin(async move {
             let connects = connection.connects();
             send(&connection, &message).await?;
-            confirm(&connection, connects, message.destination()).await?;
+            if wait_processed {
+                confirm(&connection, connects, message.destination()).await?;
+            }
             Ok(Receipt::Nats {
                 subject: message.destination().to_owned(),
+                processed: wait_processed,
             })
         })
     }
@@ -172,6 +200,7 @@ impl Service<Vec<Message>> for BatchPublisher {
             for message in &messages {
                 results.push(send(&connection, message).await.map(|()| Receipt::Nats {
                     subject: message.destination().to_owned(),
+                    processed: true,
                 }));
             }
             let destination = messages.first().map(Message::destination).unwrap_or("");
@@ -257,35 +286,28 @@ pub(crate) async fn confirm(
     Ok(())
 }
 
-/// A round trip to the server after everything sent so far: the server handles a
-/// connection's operations in order, so its answer to a request nobody is subscribed
-/// to ("no responders") means it has processed what came before. (A client flush only
-/// writes to the socket.)
+/// Waits until the server processed everything sent so far on `connection` (see
+/// `confirm`: one loopback round trip shared by every caller waiting at once).
 pub(crate) async fn round_trip(
     connection: &Connection,
     operation: Operation,
     destination: &str,
 ) -> Result<(), Error> {
-    let timeout = connection.config().request_timeout;
-    let probe = format!("_TOWER_MQ.ROUND_TRIP.{}", nuid::next());
-    let request = async_nats::Request::new().timeout(Some(timeout));
-    match connection.client().send_request(probe, request).await {
-        Ok(_) => Ok(()),
-        Err(err) => match err.kind() {
-            async_nats::RequestErrorKind::NoResponders => Ok(()),
-            async_nats::RequestErrorKind::TimedOut => {
-                Err(
-                    error(ErrorKind::Transient, operation, destination).with_reason(format!(
-                        "the server did not confirm within {timeout:?}; \
-                     the message may still be delivered once the client reconnects"
-                    )),
-                )
-            }
-            _ => Err(error(ErrorKind::Transient, operation, destination)
-                .with_reason("confirming with the server failed")
-                .with_source(err)),
-        },
-    }
+    use super::confirm::Failure;
+    connection
+        .processed()
+        .await
+        .map_err(|failure| match failure {
+            Failure::TimedOut(timeout) => error(ErrorKind::Transient, operation, destination)
+                .with_code(Code::Timeout)
+                .with_reason(format!(
+                    "the server did not confirm within {timeout:?}; \
+                 the message may still be delivered once the client reconnects"
+                )),
+            Failure::Closed => error(ErrorKind::Permanent, operation, destination)
+                .with_code(Code::Closed)
+                .with_reason("the NATS connection is closed"),
+        })
 }
 
 /// A subscription, plain or in a queue group: a `Stream` of at-most-once

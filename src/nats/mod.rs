@@ -119,6 +119,7 @@ use tower_mq_core::{Error, ErrorKind, Operation};
 use tower_mq_layers::retry::{Backoff, FastRng};
 
 pub mod config;
+mod confirm;
 pub mod core;
 pub mod headers;
 pub mod jetstream;
@@ -142,6 +143,7 @@ pub struct Connection {
     client: async_nats::Client,
     connected: watch::Receiver<Link>,
     config: Arc<Config>,
+    confirmer: Arc<confirm::Confirmer>,
 }
 
 /// The connection's state as the services see it.
@@ -169,6 +171,10 @@ impl Connection {
         .await?;
         tracing::debug!(target: "tower_mq::nats", url = %redacted_url, "connected");
         Ok(Connection {
+            confirmer: Arc::new(confirm::Confirmer::start(
+                client.clone(),
+                config.request_timeout,
+            )),
             client,
             connected,
             config: Arc::new(config.clone()),
@@ -196,6 +202,12 @@ impl Connection {
             .statistics()
             .connects
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until the server processed everything this connection sent so far (one
+    /// round trip shared by every caller waiting at the same time).
+    pub(crate) async fn processed(&self) -> Result<(), confirm::Failure> {
+        self.confirmer.confirm().await
     }
 
     /// Changes of the connection's state, from now on.
@@ -248,6 +260,9 @@ async fn connect_once(
         });
     if let Some(name) = &config.name {
         options = options.name(name);
+    }
+    if let Some(prefix) = &config.inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
     }
     // The client is given the URLs without credentials, so it cannot log them;
     // the credentials travel in the options.
