@@ -127,14 +127,16 @@ use std::fmt;
 use std::future::{poll_fn, Future, IntoFuture, Pending};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use futures_core::Stream;
-use futures_util::FutureExt;
-use tokio::task::{JoinError, JoinSet};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use metrics::Counter;
+use tokio::task::JoinSet;
 use tower::Service;
 use tower_mq_core::{BoxError, Delivery, Error, ErrorKind, Settlement};
 use tower_mq_layers::classify::{Classifier, DefaultClassifier};
@@ -175,6 +177,7 @@ pub fn serve<S, H>(consumer: S, handler: H) -> Serve<S, H> {
         requeue_delay: Arc::new(default_requeue_delay),
         handler_timeout: Some(DEFAULT_HANDLER_TIMEOUT),
         shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        spawn_handlers: false,
     }
 }
 
@@ -200,6 +203,7 @@ pub struct Serve<S, H, C = DefaultClassifier, G = Pending<()>> {
     requeue_delay: RequeueDelay,
     handler_timeout: Option<Duration>,
     shutdown_timeout: Duration,
+    spawn_handlers: bool,
 }
 
 impl<S, H, C: fmt::Debug, G> fmt::Debug for Serve<S, H, C, G> {
@@ -210,6 +214,7 @@ impl<S, H, C: fmt::Debug, G> fmt::Debug for Serve<S, H, C, G> {
             .field("max_deliveries", &self.max_deliveries)
             .field("handler_timeout", &self.handler_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("spawn_handlers", &self.spawn_handlers)
             .finish_non_exhaustive()
     }
 }
@@ -258,6 +263,20 @@ impl<S, H, C, G> Serve<S, H, C, G> {
         self
     }
 
+    /// Runs each handler call, with its settlement, in a task of its own, so that on a
+    /// multi-threaded runtime calls run in parallel on its worker threads (default:
+    /// `false`).
+    ///
+    /// By default the calls in flight run concurrently inside the `serve` future
+    /// itself, as a tower server runs a connection's requests: no task is spawned per
+    /// delivery, which is the cheapest for handlers that wait on I/O. Turn this on for
+    /// handlers that compute for long between their awaits, so that several compute at
+    /// once; either way a handler must not block its thread.
+    pub fn spawn_handlers(mut self, spawn: bool) -> Self {
+        self.spawn_handlers = spawn;
+        self
+    }
+
     /// Decides which handler errors are transient and which permanent.
     pub fn classifier<C2>(self, classifier: C2) -> Serve<S, H, C2, G> {
         Serve {
@@ -270,6 +289,7 @@ impl<S, H, C, G> Serve<S, H, C, G> {
             requeue_delay: self.requeue_delay,
             handler_timeout: self.handler_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            spawn_handlers: self.spawn_handlers,
         }
     }
 
@@ -289,6 +309,7 @@ impl<S, H, C, G> Serve<S, H, C, G> {
             requeue_delay: self.requeue_delay,
             handler_timeout: self.handler_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            spawn_handlers: self.spawn_handlers,
         }
     }
 }
@@ -329,12 +350,12 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn record(&mut self, outcome: Result<Outcome, JoinError>) {
+    fn record(&mut self, outcome: Result<Outcome, String>) {
         let outcome = match outcome {
             Ok(outcome) => outcome,
-            // Settling is written not to panic; a task can only be lost this way.
+            // Settling is written not to panic; a call can only be lost this way.
             Err(error) => {
-                tracing::error!(%error, "a delivery task failed");
+                tracing::error!(%error, "handling a delivery failed");
                 self.panicked += 1;
                 self.settle_failed += 1;
                 return;
@@ -400,6 +421,7 @@ struct Policy<C> {
     max_deliveries: u32,
     requeue_delay: RequeueDelay,
     handler_timeout: Option<Duration>,
+    settlements: SettlementCounters,
 }
 
 /// How one delivery ended.
@@ -435,21 +457,24 @@ where
             requeue_delay,
             handler_timeout,
             shutdown_timeout,
+            spawn_handlers,
         } = self;
         let policy = Arc::new(Policy {
             classifier,
             max_deliveries,
             requeue_delay,
             handler_timeout,
+            settlements: SettlementCounters::default(),
         });
-        // The deliveries whose handler calls run, by task, to release them if the
+        // The deliveries whose handler calls run, by call, to release them if the
         // shutdown timeout cancels their calls.
-        let mut in_flight: HashMap<tokio::task::Id, Delivery> = HashMap::new();
+        let mut in_flight: HashMap<u64, Delivery> = HashMap::new();
+        let mut next_call = 0u64;
         let mut drain_deadline = pin!(tokio::time::sleep(Duration::ZERO));
         let mut draining = false;
         let mut consumer = pin!(consumer);
         let mut signal = pin!(signal);
-        let mut tasks = JoinSet::new();
+        let mut calls = Calls::new(spawn_handlers);
         let mut summary = Summary::default();
         let mut stopping = false;
         let mut fatal: Option<BoxError> = None;
@@ -459,7 +484,7 @@ where
         let mut paused = false;
 
         loop {
-            if stopping && tasks.is_empty() {
+            if stopping && calls.is_empty() {
                 break;
             }
             if stopping && !draining {
@@ -468,27 +493,24 @@ where
                     .as_mut()
                     .reset(tokio::time::Instant::now() + shutdown_timeout);
             }
-            let can_take = !stopping && !paused && tasks.len() < concurrency;
+            let can_take = !stopping && !paused && calls.len() < concurrency;
             tokio::select! {
                 biased;
                 () = &mut signal, if !stopping => {
-                    tracing::debug!(in_flight = tasks.len(), "shutting down: draining");
+                    tracing::debug!(in_flight = calls.len(), "shutting down: draining");
                     stopping = true;
                 }
-                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                    let joined = joined.map(|(id, outcome)| {
-                        in_flight.remove(&id);
-                        outcome
-                    });
-                    summary.record(joined);
+                Some((call, ended)) = calls.next(), if !calls.is_empty() => {
+                    in_flight.remove(&call);
+                    summary.record(ended);
                 }
                 () = &mut drain_deadline, if draining => {
                     tracing::warn!(
-                        in_flight = tasks.len(),
+                        in_flight = calls.len(),
                         timeout = ?shutdown_timeout,
                         "shutdown timeout: cancelling handler calls and releasing their deliveries"
                     );
-                    release(&mut tasks, &mut in_flight, &mut summary).await;
+                    release(&mut calls, &mut in_flight, &mut summary, &policy).await;
                 }
                 () = &mut pause, if paused && !stopping => paused = false,
                 next = next_when_ready(&mut handler, consumer.as_mut()), if can_take => match next {
@@ -498,7 +520,7 @@ where
                         stopping = true;
                     }
                     Ok(None) => {
-                        tracing::debug!(in_flight = tasks.len(), "consumer ended: draining");
+                        tracing::debug!(in_flight = calls.len(), "consumer ended: draining");
                         stopping = true;
                     }
                     Ok(Some(Err(error))) if error.is_about_one_message() => {
@@ -522,8 +544,10 @@ where
                         errors_in_a_row = 0;
                         summary.received += 1;
                         let call = catch_unwind(AssertUnwindSafe(|| handler.call(delivery.clone())));
-                        let task = tasks.spawn(handle(call, delivery.clone(), policy.clone()));
-                        in_flight.insert(task.id(), delivery);
+                        let id = next_call;
+                        next_call += 1;
+                        calls.push(tagged(id, handle(call, delivery.clone(), policy.clone())));
+                        in_flight.insert(id, delivery);
                     }
                 },
             }
@@ -535,42 +559,119 @@ where
     }
 }
 
-/// Cancels every handler call still running and hands its delivery back to the broker
-/// (a nack without delay), within [`RELEASE_TIMEOUT`] in all.
-async fn release(
-    tasks: &mut JoinSet<Outcome>,
-    in_flight: &mut HashMap<tokio::task::Id, Delivery>,
-    summary: &mut Summary,
-) {
-    tasks.abort_all();
-    let mut releases = JoinSet::new();
-    while let Some(joined) = tasks.join_next_with_id().await {
-        match joined {
-            Ok((id, outcome)) => {
-                in_flight.remove(&id);
-                summary.record(Ok(outcome));
+/// The handler calls in flight, each with its number: run inside the `serve` future,
+/// or each in a task.
+struct Calls<T> {
+    inline: FuturesUnordered<T>,
+    spawned: JoinSet<(u64, Result<Outcome, String>)>,
+    spawn: bool,
+}
+
+/// A call that reports its number with its outcome, or with why it was lost (a panic
+/// outside the handler: settling is written not to panic).
+fn tagged<F: Future<Output = Outcome>>(
+    id: u64,
+    call: F,
+) -> impl Future<Output = (u64, Result<Outcome, String>)> {
+    AssertUnwindSafe(call).catch_unwind().map(move |ended| {
+        (
+            id,
+            ended.map_err(|panic| format!("panicked: {}", panic_message(&*panic))),
+        )
+    })
+}
+
+impl<T> Calls<T>
+where
+    T: Future<Output = (u64, Result<Outcome, String>)> + Send + 'static,
+{
+    fn new(spawn: bool) -> Self {
+        Calls {
+            inline: FuturesUnordered::new(),
+            spawned: JoinSet::new(),
+            spawn,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.inline.len() + self.spawned.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, call: T) {
+        if self.spawn {
+            self.spawned.spawn(call);
+        } else {
+            self.inline.push(call);
+        }
+    }
+
+    /// The next call to end. Cancel-safe.
+    async fn next(&mut self) -> Option<(u64, Result<Outcome, String>)> {
+        if self.spawn {
+            loop {
+                match self.spawned.join_next().await? {
+                    Ok(ended) => return Some(ended),
+                    // Only cancelling aborts a task, and `cancel` joins those itself.
+                    Err(error) => tracing::error!(%error, "a delivery task failed"),
+                }
             }
-            Err(error) => {
-                let Some(delivery) = in_flight.remove(&error.id()) else {
-                    summary.record(Err(error));
-                    continue;
-                };
-                releases.spawn(async move {
-                    if delivery.settlement().is_none() {
-                        if let Err(error) = delivery.nack(None).await {
-                            tracing::warn!(%error, "releasing a cancelled delivery failed");
-                        }
-                    }
-                    let settlement = delivery.settlement();
-                    let name = match settlement {
-                        Some(Settlement::Nacked) => "released",
-                        other => settlement_name(other),
-                    };
-                    count_settlement(delivery.message().destination(), name);
-                    settlement
-                });
+        } else {
+            self.inline.next().await
+        }
+    }
+
+    /// Cancels every call still running, and returns those that had ended.
+    async fn cancel(&mut self) -> Vec<(u64, Result<Outcome, String>)> {
+        self.inline.clear();
+        self.spawned.abort_all();
+        let mut ended = Vec::new();
+        while let Some(joined) = self.spawned.join_next().await {
+            if let Ok(output) = joined {
+                ended.push(output);
             }
         }
+        ended
+    }
+}
+
+/// Cancels every handler call still running and hands its delivery back to the broker
+/// (a nack without delay), within [`RELEASE_TIMEOUT`] in all.
+async fn release<T, C>(
+    calls: &mut Calls<T>,
+    in_flight: &mut HashMap<u64, Delivery>,
+    summary: &mut Summary,
+    policy: &Arc<Policy<C>>,
+) where
+    T: Future<Output = (u64, Result<Outcome, String>)> + Send + 'static,
+    C: Send + Sync + 'static,
+{
+    for (call, ended) in calls.cancel().await {
+        in_flight.remove(&call);
+        summary.record(ended);
+    }
+    let mut releases = JoinSet::new();
+    for (_, delivery) in in_flight.drain() {
+        let policy = policy.clone();
+        releases.spawn(async move {
+            if delivery.settlement().is_none() {
+                if let Err(error) = delivery.nack(None).await {
+                    tracing::warn!(%error, "releasing a cancelled delivery failed");
+                }
+            }
+            let settlement = delivery.settlement();
+            let name = match settlement {
+                Some(Settlement::Nacked) => "released",
+                other => settlement_name(other),
+            };
+            policy
+                .settlements
+                .increment(delivery.message().destination(), name);
+            settlement
+        });
     }
     let released = tokio::time::timeout(RELEASE_TIMEOUT, async {
         let mut settlements = Vec::new();
@@ -674,7 +775,7 @@ where
         }
     }
     let settlement = delivery.settlement();
-    count_settlement(
+    policy.settlements.increment(
         delivery.message().destination(),
         settlement_name(settlement),
     );
@@ -696,13 +797,63 @@ fn settlement_name(settlement: Option<Settlement>) -> &'static str {
     }
 }
 
-fn count_settlement(destination: &str, settlement: &'static str) {
-    ::metrics::counter!(
-        SETTLEMENTS_TOTAL,
-        labels::DESTINATION => destination.to_owned(),
-        "settlement" => settlement,
-    )
-    .increment(1);
+/// The settlement names, in the order of [`SettlementCounters`]' slots.
+const SETTLEMENT_NAMES: [&str; 6] = [
+    "acked", "nacked", "rejected", "dropped", "released", "failed",
+];
+
+/// [`SETTLEMENTS_TOTAL`]'s handles, registered once per destination and settlement:
+/// building a metric's key and looking it up in the recorder per delivery costs more
+/// than the rest of settling a delivery on a fast broker. Handles are bound to the
+/// recorder current when they were registered (the first settlement of that kind on
+/// that destination in this run).
+#[derive(Default)]
+struct SettlementCounters {
+    by_destination: RwLock<HashMap<Box<str>, Arc<[OnceLock<Counter>; 6]>>>,
+}
+
+/// Destinations whose counters a run keeps; beyond them each settlement registers
+/// its counter anew (the uncached cost), so unbounded destinations cannot grow it.
+const MAX_CACHED_DESTINATIONS: usize = 1024;
+
+impl SettlementCounters {
+    fn increment(&self, destination: &str, settlement: &'static str) {
+        let slot = SETTLEMENT_NAMES
+            .iter()
+            .position(|name| *name == settlement)
+            .unwrap_or(SETTLEMENT_NAMES.len() - 1);
+        let register = || {
+            ::metrics::counter!(
+                SETTLEMENTS_TOTAL,
+                labels::DESTINATION => destination.to_owned(),
+                "settlement" => settlement,
+            )
+        };
+        // A poisoned lock only means a panic elsewhere while it was held; the map is
+        // whole (inserts are single operations).
+        let cached = self
+            .by_destination
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(destination)
+            .cloned();
+        let counters = match cached {
+            Some(counters) => counters,
+            None => {
+                let mut map = self
+                    .by_destination
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if map.len() >= MAX_CACHED_DESTINATIONS && !map.contains_key(destination) {
+                    drop(map);
+                    register().increment(1);
+                    return;
+                }
+                map.entry(destination.into()).or_default().clone()
+            }
+        };
+        counters[slot].get_or_init(register).increment(1);
+    }
 }
 
 async fn settle_failure<C: Classifier<BoxError>>(

@@ -293,6 +293,7 @@ async fn publishes_in_flight_share_one_confirmation_round_trip() {
     while let Ok(Some(_)) = tokio::time::timeout(QUIET, loopbacks.next()).await {
         rounds += 1;
     }
+    eprintln!("rounds: {rounds}");
     assert!(
         (1..=20).contains(&rounds),
         "200 publishes in flight took {rounds} confirmation round trips"

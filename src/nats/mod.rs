@@ -140,10 +140,15 @@ pub const BROKER: &str = "nats";
 /// See the [module docs](self) for what happens while it reconnects.
 #[derive(Clone)]
 pub struct Connection {
+    // One allocation shared by every clone: services clone the connection per call.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: async_nats::Client,
     connected: watch::Receiver<Link>,
-    config: Arc<Config>,
-    confirmer: Arc<confirm::Confirmer>,
+    config: Config,
+    confirmer: confirm::Confirmer,
 }
 
 /// The connection's state as the services see it.
@@ -171,34 +176,34 @@ impl Connection {
         .await?;
         tracing::debug!(target: "tower_mq::nats", url = %redacted_url, "connected");
         Ok(Connection {
-            confirmer: Arc::new(confirm::Confirmer::start(
-                client.clone(),
-                config.request_timeout,
-            )),
-            client,
-            connected,
-            config: Arc::new(config.clone()),
+            inner: Arc::new(Inner {
+                confirmer: confirm::Confirmer::start(client.clone(), config.request_timeout),
+                client,
+                connected,
+                config: config.clone(),
+            }),
         })
     }
 
     /// The underlying async-nats client, for what this module does not cover.
     pub fn client(&self) -> &async_nats::Client {
-        &self.client
+        &self.inner.client
     }
 
     /// Whether the client is connected right now.
     pub fn is_connected(&self) -> bool {
-        *self.connected.borrow() == Link::Up
+        *self.inner.connected.borrow() == Link::Up
     }
 
     /// The configuration the connection was made with.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.inner.config
     }
 
     /// How many times a connection was established (the first one included).
     pub(crate) fn connects(&self) -> u64 {
-        self.client
+        self.inner
+            .client
             .statistics()
             .connects
             .load(std::sync::atomic::Ordering::Acquire)
@@ -207,17 +212,17 @@ impl Connection {
     /// Waits until the server processed everything this connection sent so far (one
     /// round trip shared by every caller waiting at the same time).
     pub(crate) async fn processed(&self) -> Result<(), confirm::Failure> {
-        self.confirmer.confirm().await
+        self.inner.confirmer.confirm().await
     }
 
     /// Changes of the connection's state, from now on.
     pub(crate) fn link_changes(&self) -> tokio_stream::wrappers::WatchStream<Link> {
-        tokio_stream::wrappers::WatchStream::from_changes(self.connected.clone())
+        tokio_stream::wrappers::WatchStream::from_changes(self.inner.connected.clone())
     }
 
     pub(crate) fn readiness(&self) -> Readiness {
         Readiness {
-            connected: self.connected.clone(),
+            connected: self.inner.connected.clone(),
             wait: None,
         }
     }
@@ -226,7 +231,7 @@ impl Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("url", &self.config.redacted_url())
+            .field("url", &self.inner.config.redacted_url())
             .field("connected", &self.is_connected())
             .finish()
     }

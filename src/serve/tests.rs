@@ -381,6 +381,56 @@ async fn shutdown_releases_deliveries_still_running_at_the_shutdown_timeout() {
     assert_eq!(hung.settlement(), Some(Settlement::Nacked), "handed back");
 }
 
+#[tokio::test(start_paused = true)]
+async fn spawned_handler_calls_settle_panic_and_release_the_same_way() {
+    // Panics, in `call` and in the future.
+    let deliveries: Vec<Delivery> = ["in call", "in future", "fine"]
+        .into_iter()
+        .map(tracked)
+        .collect();
+    let handler = service_fn(|d: Delivery| {
+        if d.message().payload().as_ref() == b"in call" {
+            panic!("boom in call");
+        }
+        async move {
+            if d.message().payload().as_ref() == b"in future" {
+                panic!("boom in future");
+            }
+            Ok::<(), BoxError>(())
+        }
+    });
+    let consumer = stream::iter(deliveries.clone().into_iter().map(Ok));
+    let summary = serve(consumer, handler)
+        .spawn_handlers(true)
+        .max_deliveries(2)
+        .await
+        .unwrap();
+    assert_eq!((summary.panicked, summary.acked, summary.nacked), (2, 1, 2));
+
+    // A call still running at the shutdown timeout is released.
+    let hung = tracked("hangs");
+    let (entered_tx, entered) = oneshot::channel::<()>();
+    let entered_tx = Mutex::new(Some(entered_tx));
+    let handler = service_fn(move |_: Delivery| {
+        if let Some(tx) = entered_tx.lock().unwrap().take() {
+            tx.send(()).ok();
+        }
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    let consumer = stream::iter([Ok(hung.clone())]).chain(stream::pending());
+    let summary = serve(consumer, handler)
+        .spawn_handlers(true)
+        .handler_timeout(None)
+        .shutdown_timeout(Duration::from_secs(3))
+        .with_graceful_shutdown(async move {
+            entered.await.ok();
+        })
+        .await
+        .unwrap();
+    assert_eq!((summary.released, summary.nacked), (1, 0));
+    assert_eq!(hung.settlement(), Some(Settlement::Nacked), "handed back");
+}
+
 #[test]
 fn default_requeue_delay_doubles_up_to_ten_seconds() {
     let ms = Duration::from_millis;
