@@ -809,8 +809,11 @@ const SETTLEMENT_NAMES: [&str; 6] = [
 /// that destination in this run).
 #[derive(Default)]
 struct SettlementCounters {
-    by_destination: RwLock<HashMap<Box<str>, Arc<[OnceLock<Counter>; 6]>>>,
+    by_destination: RwLock<HashMap<Box<str>, Arc<Slots>>>,
 }
+
+/// One destination's counters, one slot per name of [`SETTLEMENT_NAMES`].
+type Slots = [OnceLock<Counter>; 6];
 
 /// Destinations whose counters a run keeps; beyond them each settlement registers
 /// its counter anew (the uncached cost), so unbounded destinations cannot grow it.
