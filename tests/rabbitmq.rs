@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
 use tower_mq::dead_letter;
 use tower_mq::rabbitmq::{
-    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology,
+    Binding, Config, Connection, Consumer, Exchange, Queue, Requester, Routing, Topology,
 };
 use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
 
@@ -566,7 +566,7 @@ async fn direct_reply_to_request_reply() {
         }
     });
 
-    let mut requester = connection.requester().with_timeout(Duration::from_secs(10));
+    let mut requester = Requester::new(&connection).timeout(Duration::from_secs(10));
     let calls = (0..5).map(|i| {
         let mut requester = requester.clone();
         let q = q.clone();
@@ -728,7 +728,7 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
             }
         }
     });
-    let mut requester = connection.requester().with_timeout(Duration::from_secs(5));
+    let mut requester = Requester::new(&connection).timeout(Duration::from_secs(5));
     let reply = requester
         .ready()
         .await
