@@ -125,7 +125,7 @@ use tower::{Layer, Service};
 use tower_mq_core::{BoxError, Delivery, Error, Message, Operation, Receipt};
 
 pub(crate) use self::correlation::{route, Dispatch, Routed, Shared, Waiters};
-pub use self::correlation::{Pending, Published, ResponseFuture};
+pub use self::correlation::{BoxResponseFuture, Pending, Published, ResponseFuture};
 
 /// The broker name on errors the generic requester raises itself, unless set with
 /// [`Requester::broker_name`].

@@ -1,5 +1,25 @@
 //! Request/reply over Kafka: requests go to a topic, replies come back on a reply
-//! topic the requester owns, matched by correlation id.
+//! topic the requester owns, matched by correlation id; the
+//! [generic requester](crate::request) on Kafka's publisher and consumer.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::ServiceExt;
+//! use tower_mq::kafka::{Config, Requester};
+//! use tower_mq::Message;
+//!
+//! # async fn run() -> Result<(), tower_mq::Error> {
+//! let config = Config::new("127.0.0.1:9092");
+//! let requester = Requester::connect(&config, "replies.billing-client")
+//!     .await?
+//!     .timeout(Duration::from_secs(5));
+//! let reply = requester.oneshot(Message::new("rpc.invoice", "42")).await?;
+//! println!("{:?}", reply.payload());
+//! # Ok(())
+//! # }
+//! ```
 
 use tower_mq_core::Error;
 

@@ -51,14 +51,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::StatusCode;
-use futures_core::future::BoxFuture;
 use futures_util::StreamExt;
 use tower::Service;
 use tower_mq_core::{Code, Error, ErrorKind, Message, Operation};
 
 use super::headers::{self, Flavour};
 use super::{error, Connection, Readiness, BROKER};
-use crate::request::{route, Pending, ResponseFuture, Routed, Shared, Waiters};
+use crate::request::{route, BoxResponseFuture, Routed, Shared, Waiters};
 
 /// Sends a request and answers the reply: `Service<Message, Response = Message>`.
 ///
@@ -161,7 +160,7 @@ async fn open_inbox(connection: &Connection) -> Result<Inbox, Error> {
 impl Service<Message> for Requester {
     type Response = Message;
     type Error = Error;
-    type Future = ResponseFuture<BoxFuture<'static, Result<Pending, Error>>>;
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.readiness.poll_ready(cx, Operation::Request)
@@ -171,7 +170,8 @@ impl Service<Message> for Requester {
         let connection = self.connection.clone();
         let inbox = self.inbox.clone();
         let destination = message.destination().to_owned();
-        let send = Box::pin(async move {
+        let timeout = self.timeout;
+        BoxResponseFuture::boxed(BROKER, destination, timeout, async move {
             let subject = message.destination();
             let config = connection.config();
             headers::check_publish_subject(subject, Operation::Request)?;
@@ -224,12 +224,6 @@ impl Service<Message> for Requester {
                     .with_source(err)
             })?;
             Ok(pending)
-        });
-        ResponseFuture::new(
-            send as BoxFuture<'static, _>,
-            BROKER,
-            destination,
-            self.timeout,
-        )
+        })
     }
 }

@@ -1,12 +1,40 @@
 //! Request/reply over RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`), on the
 //! [request/reply core](crate::request).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::future::IntoFuture;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceExt};
+//! use tower_mq::rabbitmq::{Config, Connection, Queue, Requester, Routing, Topology};
+//! use tower_mq::{serve, BoxError, Delivery, Message, Replier};
+//!
+//! # async fn run() -> Result<(), BoxError> {
+//! let config = Config::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+//!     .routing(Routing::DefaultExchange)
+//!     .topology(Topology::new().queue(Queue::classic("rpc.upper")));
+//! let connection = Connection::connect(config).await?;
+//!
+//! // The serving side answers each request at its reply-to.
+//! let upper = service_fn(|request: Delivery| async move {
+//!     Ok::<_, BoxError>(String::from_utf8_lossy(request.message().payload()).to_uppercase())
+//! });
+//! let requests = connection.consumer("rpc.upper").await?;
+//! tokio::spawn(serve(requests, Replier::new(upper, connection.publisher())).into_future());
+//!
+//! let requester = Requester::new(&connection).timeout(Duration::from_secs(5));
+//! let reply = requester.oneshot(Message::new("rpc.upper", "hello")).await?;
+//! assert_eq!(reply.payload().as_ref(), b"HELLO");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::ready;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_core::future::BoxFuture;
 use futures_util::{stream, StreamExt};
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
@@ -19,7 +47,7 @@ use super::error::{amqp_error, BROKER};
 use super::mapping::{incoming, outgoing, Outgoing};
 use crate::error::{Error, Operation};
 use crate::message::Message;
-use crate::request::{route, Dispatch, Pending, ResponseFuture, Routed, Shared, Waiters};
+use crate::request::{route, BoxResponseFuture, Dispatch, Routed, Shared, Waiters};
 
 /// The pseudo-queue RabbitMQ routes direct replies through.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -185,7 +213,7 @@ async fn open_reply_channel(
 impl Service<Message> for Requester {
     type Response = Message;
     type Error = Error;
-    type Future = ResponseFuture<BoxFuture<'static, Result<Pending, Error>>>;
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.readiness.poll_ready(cx, Operation::Request)
@@ -197,7 +225,8 @@ impl Service<Message> for Requester {
         let reply = self.reply.clone();
         let mandatory = self.mandatory;
         let destination = request.destination().to_owned();
-        let send = Box::pin(async move {
+        let timeout = self.timeout;
+        BoxResponseFuture::boxed(BROKER, destination, timeout, async move {
             request.set_reply_to(Some(DIRECT_REPLY_TO.to_owned()));
             let Outgoing {
                 exchange: exchange_name,
@@ -257,12 +286,6 @@ impl Service<Message> for Requester {
                     }
                 })?;
             Ok(pending)
-        });
-        ResponseFuture::new(
-            send as BoxFuture<'static, _>,
-            BROKER,
-            destination,
-            self.timeout,
-        )
+        })
     }
 }

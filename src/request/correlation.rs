@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use pin_project_lite::pin_project;
@@ -370,6 +371,21 @@ impl<F> ResponseFuture<F> {
     }
 }
 
+/// The future of a requester whose send step is an `async` block.
+pub type BoxResponseFuture = ResponseFuture<BoxFuture<'static, Result<Pending, Error>>>;
+
+impl BoxResponseFuture {
+    /// [`ResponseFuture::new`] over the `async` block `send`.
+    pub(crate) fn boxed(
+        broker: &'static str,
+        destination: impl Into<String>,
+        timeout: Duration,
+        send: impl Future<Output = Result<Pending, Error>> + Send + 'static,
+    ) -> Self {
+        ResponseFuture::new(Box::pin(send), broker, destination, timeout)
+    }
+}
+
 /// A transient [`Operation::Request`] error on a request's destination.
 fn request_error(broker: &'static str, destination: &str, code: Code, reason: String) -> Error {
     Error::transient(broker, Operation::Request)
@@ -418,7 +434,10 @@ where
                     Poll::Pending => break,
                 },
                 StateProj::Waiting { pending } => match pending.poll_reply(cx) {
-                    Poll::Ready(Ok(reply)) => return Poll::Ready(Ok(reply)),
+                    Poll::Ready(Ok(reply)) => {
+                        this.state.set(RequestState::Failed { error: None });
+                        return Poll::Ready(Ok(reply));
+                    }
                     Poll::Ready(Err(Closed::Failed(error))) => {
                         error.with_destination(this.destination.as_str())
                     }
