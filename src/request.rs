@@ -4,10 +4,26 @@
 //! # The contract
 //!
 //! A requester is a `Service<Message, Response = Message, Error = tower_mq::Error>`: the
-//! request goes in, the reply comes out. That is the whole contract; brokers with
-//! native request/reply (NATS inboxes, RabbitMQ direct reply-to, ZeroMQ REQ/DEALER)
-//! provide their own requester services, and everything written against the contract
-//! (layers, the conformance suite) takes either.
+//! request goes in, the reply comes out. Every broker's requester is built on one
+//! core, so they behave alike: a correlation id per request (a random prefix per reply
+//! route and a counter), a table of the requests waiting for a reply, one deadline
+//! covering the send and the wait (a transient [`Operation::Request`] error with code
+//! [`Timeout`](tower_mq_core::Code::Timeout) naming the request's destination),
+//! cancellation (a dropped response future leaves nothing behind; its late reply is
+//! dropped and counted), and a closed reply route failing its waiting requests at once
+//! (code [`ConnectionLost`](tower_mq_core::Code::ConnectionLost)). Only the route a
+//! reply takes differs, each broker's native one where it has one:
+//!
+//! | broker | requester | the reply route | the correlation id travels as |
+//! |---|---|---|---|
+//! | any (memory, Redis) | [`Requester`] over a publisher and a consumer | a reply destination the requester owns | the `correlation_id` property |
+//! | Kafka | `kafka::Requester` (this [`Requester`]) | a reply topic and a group of its own | the `correlation_id` property |
+//! | RabbitMQ | `rabbitmq::Requester` | direct reply-to, no queue | the `correlation_id` property |
+//! | NATS | `nats::Requester` | one inbox subscription per requester | the last token of the reply subject |
+//! | ZeroMQ | `zeromq::Requester` (DEALER) | the socket itself | the request id frame of the envelope |
+//!
+//! Everything written against the contract (layers, the conformance suite) takes any
+//! of them.
 //!
 //! # The generic requester
 //!
@@ -25,7 +41,7 @@
 //! ([`Requester::dropped_replies`]). The task ends, dropping the reply stream, once the
 //! requester, all its clones and all the response futures they returned are dropped.
 //!
-//! Every request has a deadline ([`Requester::with_timeout`], 30 seconds unless set),
+//! Every request has a deadline ([`Requester::timeout`], 30 seconds unless set),
 //! measured on tokio's clock from the call and covering both the publish and the wait.
 //! Missing it fails with a transient [`Error`] (operation
 //! [`Request`](Operation::Request), the request's destination). A request that times
@@ -76,13 +92,13 @@
 //!     broker.subscribe("replies.client-1")?,
 //!     "replies.client-1",
 //! )
-//! .with_timeout(Duration::from_secs(5));
+//! .timeout(Duration::from_secs(5));
 //! let reply = requester.clone().oneshot(Message::new("rpc.upper", "hello")).await?;
 //! assert_eq!(reply.payload().as_ref(), b"HELLO");
 //!
 //! // Nobody serves `rpc.lower`: the request times out with a transient error.
 //! let err = requester
-//!     .with_timeout(Duration::from_millis(10))
+//!     .timeout(Duration::from_millis(10))
 //!     .oneshot(Message::new("rpc.lower", "HELLO"))
 //!     .await
 //!     .unwrap_err();
@@ -92,13 +108,12 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+mod correlation;
+
 use std::fmt;
 use std::future::Future;
 use std::mem;
-use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -106,14 +121,14 @@ use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use pin_project_lite::pin_project;
-use tokio::sync::oneshot;
-use tokio::time::{sleep_until, Instant, Sleep};
 use tower::{Layer, Service};
 use tower_mq_core::{BoxError, Delivery, Error, Message, Operation, Receipt};
-use tower_mq_layers::classify::DefaultClassifier;
+
+pub(crate) use self::correlation::{route, Dispatch, Routed, Shared, Waiters};
+pub use self::correlation::{BoxResponseFuture, Pending, Published, ResponseFuture};
 
 /// The broker name on errors the generic requester raises itself, unless set with
-/// [`Requester::with_broker_name`].
+/// [`Requester::broker_name`].
 const REQUESTER: &str = "requester";
 /// The broker name on errors the replier raises itself.
 const REPLIER: &str = "replier";
@@ -124,136 +139,34 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request/reply over a publisher and a reply consumer. See the [module docs](self).
 pub struct Requester<P> {
     publisher: P,
-    handle: Arc<Handle>,
+    waiters: Waiters,
     timeout: Duration,
     broker: &'static str,
 }
 
-/// Keeps the reply task alive: held by every requester clone and response future.
-struct Handle {
-    shared: Arc<Shared>,
-    // Dropped with the last holder, which tells the reply task to stop.
-    _stop: oneshot::Sender<()>,
-}
-
-/// What the requesters and the reply task share.
-struct Shared {
-    reply_to: String,
-    id_prefix: u64,
-    next_id: AtomicU64,
-    dropped_replies: AtomicU64,
-    state: Mutex<State>,
-}
-
-struct State {
-    waiting: HashMap<String, oneshot::Sender<Message>>,
-    /// Why the reply task stopped, once it has.
-    closed: Option<&'static str>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The map stays consistent even if a holder panicked: every critical section
-        // is a single insert or remove.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn next_correlation_id(&self) -> String {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}-{n}", self.id_prefix)
-    }
-
-    /// Registers a waiting request, unless the reply task has stopped.
-    fn wait_for(&self, id: String, reply: oneshot::Sender<Message>) -> Result<(), &'static str> {
-        let mut state = self.lock();
-        if let Some(why) = state.closed {
-            return Err(why);
-        }
-        state.waiting.insert(id, reply);
-        Ok(())
-    }
-
-    fn forget(&self, id: &str) {
-        self.lock().waiting.remove(id);
-    }
-
-    fn closed(&self) -> Option<&'static str> {
-        self.lock().closed
-    }
-
-    /// Stops accepting requests and fails the waiting ones (by dropping their senders).
-    fn close(&self, why: &'static str) {
-        let waiting = {
-            let mut state = self.lock();
-            state.closed.get_or_insert(why);
-            mem::take(&mut state.waiting)
-        };
-        drop(waiting);
-    }
-
-    async fn dispatch(&self, delivery: Delivery) {
-        let (reply, acker) = delivery.into_parts();
-        let waiting = reply
-            .correlation_id()
-            .and_then(|id| self.lock().waiting.remove(id));
-        match waiting {
-            Some(caller) => {
-                if let Err(reply) = caller.send(reply) {
-                    // The caller gave up between our lookup and the send.
-                    self.drop_reply(&reply, "its caller stopped waiting");
-                }
-            }
-            None => self.drop_reply(&reply, "no request is waiting for it"),
-        }
-        // A reply is consumed whether or not anyone wanted it: redelivering it would
-        // not make a caller appear.
-        if acker.is_tracked() {
-            tokio::spawn(async move {
-                if let Err(error) = acker.ack().await {
-                    tracing::warn!(%error, "could not acknowledge a reply");
-                }
-            });
-        } else {
-            // Settles locally and returns at once.
-            let _ = acker.ack().await;
-        }
-    }
-
-    fn drop_reply(&self, reply: &Message, why: &str) {
-        self.dropped_replies.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            reply_to = %self.reply_to,
-            correlation_id = reply.correlation_id().unwrap_or(""),
-            "dropped a reply: {why}"
-        );
-    }
-}
-
-/// Reads replies until every holder of the handle is gone or the stream ends.
-async fn route_replies<St>(shared: Arc<Shared>, replies: St, mut stop: oneshot::Receiver<()>)
-where
-    St: Stream<Item = Result<Delivery, Error>>,
-{
-    let mut replies = pin!(replies);
-    let why = loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut stop => break "the requester was dropped",
-            next = replies.next() => next,
-        };
-        match next {
-            Some(Ok(delivery)) => shared.dispatch(delivery).await,
-            Some(Err(error)) if error.is_transient() => {
-                tracing::warn!(reply_to = %shared.reply_to, %error, "reply consumer failed; continuing");
-            }
-            Some(Err(error)) => {
-                tracing::error!(reply_to = %shared.reply_to, %error, "reply consumer failed permanently");
-                break "the reply consumer failed permanently";
-            }
-            None => break "the reply consumer ended",
+/// A reply delivery as the core routes it, acknowledged first: a reply is consumed
+/// whether or not anyone wants it, as redelivering it would not make a caller appear.
+async fn routed(item: Result<Delivery, Error>) -> Routed {
+    let delivery = match item {
+        Ok(delivery) => delivery,
+        Err(error) if error.is_transient() => return Routed::Failed(error),
+        Err(error) => {
+            tracing::error!(%error, "reply consumer failed permanently");
+            return Routed::Ended("the reply consumer failed permanently");
         }
     };
-    shared.close(why);
+    let (reply, acker) = delivery.into_parts();
+    if acker.is_tracked() {
+        tokio::spawn(async move {
+            if let Err(error) = acker.ack().await {
+                tracing::warn!(%error, "could not acknowledge a reply");
+            }
+        });
+    } else {
+        // Settles locally and returns at once.
+        let _ = acker.ack().await;
+    }
+    Routed::Reply(reply.correlation_id().map(str::to_owned), Ok(reply))
 }
 
 impl<P> Requester<P> {
@@ -285,24 +198,15 @@ impl<P> Requester<P> {
     where
         St: Stream<Item = Result<Delivery, Error>> + Send + 'static,
     {
-        let shared = Arc::new(Shared {
-            reply_to: reply_to.into(),
-            id_prefix: fastrand::u64(..),
-            next_id: AtomicU64::new(1),
-            dropped_replies: AtomicU64::new(0),
-            state: Mutex::new(State {
-                waiting: HashMap::new(),
-                closed: None,
-            }),
-        });
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = route_replies(shared.clone(), replies, stop_rx);
+        let (waiters, dispatch) = route(reply_to);
+        let task = async move {
+            dispatch
+                .run(replies.then(routed), "the reply consumer ended")
+                .await;
+        };
         let requester = Requester {
             publisher,
-            handle: Arc::new(Handle {
-                shared,
-                _stop: stop_tx,
-            }),
+            waiters,
             timeout: DEFAULT_TIMEOUT,
             broker: REQUESTER,
         };
@@ -310,37 +214,37 @@ impl<P> Requester<P> {
     }
 
     /// Sets how long each request waits for its reply (publishing included).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+    pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// Sets the broker named on the errors the requester raises itself (timeouts, a
     /// spent reply consumer), e.g. `"redis"`. Defaults to `"requester"`.
-    pub fn with_broker_name(mut self, broker: &'static str) -> Self {
+    pub fn broker_name(mut self, broker: &'static str) -> Self {
         self.broker = broker;
         self
     }
 
     /// The per-request timeout.
-    pub fn timeout(&self) -> Duration {
+    pub fn request_timeout(&self) -> Duration {
         self.timeout
     }
 
     /// The destination replies are sent to.
     pub fn reply_to(&self) -> &str {
-        &self.handle.shared.reply_to
+        self.waiters.reply_to()
     }
 
     /// How many requests are waiting for a reply, across all clones.
     pub fn waiting(&self) -> usize {
-        self.handle.shared.lock().waiting.len()
+        self.waiters.waiting()
     }
 
     /// How many replies were dropped because no request was waiting for them
     /// (unknown or expired correlation ids, or no correlation id at all).
     pub fn dropped_replies(&self) -> u64 {
-        self.handle.shared.dropped_replies.load(Ordering::Relaxed)
+        self.waiters.dropped_replies()
     }
 
     /// The publisher.
@@ -353,12 +257,11 @@ impl<P> Requester<P> {
         &mut self.publisher
     }
 
-    fn spent(&self, why: &'static str, destination: Option<&str>) -> Error {
-        let err = Error::transient(self.broker, Operation::Request).with_reason(why);
-        match destination {
-            Some(destination) => err.with_destination(destination),
-            None => err.with_destination(self.reply_to()),
-        }
+    fn spent(&self, why: &'static str, destination: &str) -> Error {
+        Error::transient(self.broker, Operation::Request)
+            .with_code(tower_mq_core::Code::ConnectionLost)
+            .with_destination(destination)
+            .with_reason(why)
     }
 }
 
@@ -366,7 +269,7 @@ impl<P: Clone> Clone for Requester<P> {
     fn clone(&self) -> Self {
         Requester {
             publisher: self.publisher.clone(),
-            handle: self.handle.clone(),
+            waiters: self.waiters.clone(),
             timeout: self.timeout,
             broker: self.broker,
         }
@@ -384,25 +287,6 @@ impl<P> fmt::Debug for Requester<P> {
     }
 }
 
-/// Turns any error into the model's [`Error`], keeping a model error as it is and
-/// classifying anything else.
-fn into_model_error(
-    error: BoxError,
-    broker: &'static str,
-    operation: Operation,
-    destination: &str,
-) -> Error {
-    match error.downcast::<Error>() {
-        Ok(error) => *error,
-        Err(other) => {
-            let kind = DefaultClassifier::new().classify_dyn(&*other);
-            Error::new(broker, operation, kind)
-                .with_destination(destination)
-                .with_source(other)
-        }
-    }
-}
-
 impl<P> Service<Message> for Requester<P>
 where
     P: Service<Message, Response = Receipt>,
@@ -410,152 +294,33 @@ where
 {
     type Response = Message;
     type Error = Error;
-    type Future = ResponseFuture<P::Future>;
+    type Future = ResponseFuture<Published<P::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if let Some(why) = self.handle.shared.closed() {
-            return Poll::Ready(Err(self.spent(why, None)));
+        if let Some(why) = self.waiters.closed() {
+            return Poll::Ready(Err(self.spent(why, self.reply_to())));
         }
         self.publisher.poll_ready(cx).map_err(|e| {
-            into_model_error(e.into(), self.broker, Operation::Publish, self.reply_to())
+            correlation::into_model_error(
+                e.into(),
+                self.broker,
+                Operation::Publish,
+                self.reply_to(),
+            )
         })
     }
 
     fn call(&mut self, mut request: Message) -> Self::Future {
-        let deadline = Instant::now() + self.timeout;
-        let shared = &self.handle.shared;
-        let id = shared.next_correlation_id();
-        request.set_correlation_id(Some(id.clone()));
-        request.set_reply_to(Some(shared.reply_to.clone()));
         let destination = request.destination().to_owned();
-        let (reply_tx, reply_rx) = oneshot::channel();
         // Registered before publishing, so a fast reply finds its caller.
-        let state = match shared.wait_for(id.clone(), reply_tx) {
-            Ok(()) => RequestState::Publishing {
-                publish: self.publisher.call(request),
-            },
-            Err(why) => RequestState::Failed {
-                error: Some(self.spent(why, Some(&destination))),
-            },
+        let pending = match self.waiters.register() {
+            Ok(pending) => pending,
+            Err(why) => return ResponseFuture::failed(self.spent(why, &destination)),
         };
-        ResponseFuture {
-            state,
-            reply: reply_rx,
-            deadline: sleep_until(deadline),
-            waiting: Waiting {
-                handle: self.handle.clone(),
-                id,
-            },
-            destination,
-            timeout: self.timeout,
-            broker: self.broker,
-        }
-    }
-}
-
-/// A registered request: forgets it when the response future goes away, however that
-/// happens, so nothing is left behind.
-struct Waiting {
-    handle: Arc<Handle>,
-    id: String,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.handle.shared.forget(&self.id);
-    }
-}
-
-pin_project! {
-    #[project = RequestStateProj]
-    enum RequestState<F> {
-        Publishing { #[pin] publish: F },
-        Waiting,
-        Failed { error: Option<Error> },
-    }
-}
-
-pin_project! {
-    /// The future a [`Requester`] returns: publishes the request, then waits for its
-    /// reply until the deadline.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        state: RequestState<F>,
-        reply: oneshot::Receiver<Message>,
-        #[pin]
-        deadline: Sleep,
-        waiting: Waiting,
-        destination: String,
-        timeout: Duration,
-        broker: &'static str,
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            RequestState::Publishing { .. } => "publishing",
-            RequestState::Waiting => "waiting",
-            RequestState::Failed { .. } => "failed",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .field("destination", &self.destination)
-            .field("correlation_id", &self.waiting.id)
-            .finish()
-    }
-}
-
-impl<F, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Receipt, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Message, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                RequestStateProj::Publishing { publish } => match publish.poll(cx) {
-                    Poll::Ready(Ok(_receipt)) => this.state.set(RequestState::Waiting),
-                    Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Err(into_model_error(
-                            e.into(),
-                            this.broker,
-                            Operation::Publish,
-                            this.destination,
-                        )))
-                    }
-                    Poll::Pending => break,
-                },
-                RequestStateProj::Waiting => match Pin::new(&mut *this.reply).poll(cx) {
-                    Poll::Ready(Ok(reply)) => return Poll::Ready(Ok(reply)),
-                    Poll::Ready(Err(_)) => {
-                        let why = this
-                            .waiting
-                            .handle
-                            .shared
-                            .closed()
-                            .unwrap_or("the reply consumer ended");
-                        return Poll::Ready(Err(Error::transient(this.broker, Operation::Request)
-                            .with_destination(this.destination.as_str())
-                            .with_reason(format!("no reply: {why}"))));
-                    }
-                    Poll::Pending => break,
-                },
-                RequestStateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .unwrap_or_else(|| Error::permanent(this.broker, Operation::Request));
-                    return Poll::Ready(Err(error));
-                }
-            }
-        }
-        ready!(this.deadline.poll(cx));
-        Poll::Ready(Err(Error::transient(this.broker, Operation::Request)
-            .with_destination(this.destination.as_str())
-            .with_reason(format!("no reply within {:?}", this.timeout))))
+        request.set_correlation_id(Some(pending.id().to_owned()));
+        request.set_reply_to(Some(self.reply_to().to_owned()));
+        let publish = Published::new(self.publisher.call(request), pending);
+        ResponseFuture::new(publish, self.broker, destination, self.timeout)
     }
 }
 
@@ -816,6 +581,7 @@ impl<S, P: Clone> Layer<S> for ReplierLayer<P> {
 mod tests {
     use super::*;
     use tokio::sync::mpsc;
+    use tokio::time::Instant;
     use tokio_stream::wrappers::UnboundedReceiverStream;
     use tokio_test::{assert_pending, assert_ready_ok};
     use tower::{service_fn, ServiceExt};
@@ -832,7 +598,7 @@ mod tests {
         let (publisher, handle) = mock::pair();
         let (tx, rx) = mpsc::unbounded_channel();
         let requester = Requester::new(publisher, UnboundedReceiverStream::new(rx), "replies.me")
-            .with_timeout(Duration::from_secs(5));
+            .timeout(Duration::from_secs(5));
         (requester, handle, tx)
     }
 
@@ -916,7 +682,10 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Transient);
         assert_eq!(err.operation(), Operation::Request);
         assert_eq!(err.destination(), Some("rpc.slow"));
-        assert!(err.to_string().contains("no reply within 5s"), "{err}");
+        assert!(
+            err.to_string().contains("no reply in time: none within 5s"),
+            "{err}"
+        );
         assert_eq!(requester.waiting(), 0);
 
         // The late reply is dropped, counted and still consumed.
@@ -1103,8 +872,8 @@ mod tests {
         let ids: std::collections::HashSet<String> = (0..100)
             .flat_map(|_| {
                 [
-                    a.handle.shared.next_correlation_id(),
-                    b.handle.shared.next_correlation_id(),
+                    a.waiters.register().unwrap().id().to_owned(),
+                    b.waiters.register().unwrap().id().to_owned(),
                 ]
             })
             .collect();

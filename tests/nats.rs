@@ -395,6 +395,152 @@ async fn request_reply_over_an_inbox() {
     assert!(err.to_string().contains("no reply in time"), "{err}");
 }
 
+/// An echo responder on `subject` that records each request's reply subject and holds
+/// back the reply to a request whose payload is `hold` until `release` fires.
+fn echo_responder(
+    connection: &Connection,
+    mut requests: Subscriber,
+    release: tokio::sync::oneshot::Receiver<()>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let replies = Publisher::new(connection);
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    let mut release = Some(release);
+    let task = tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let inbox = request
+                .message()
+                .reply_to()
+                .expect("a reply subject")
+                .to_owned();
+            let _ = seen_tx.send(inbox.clone());
+            if text(&request) == "hold" {
+                if let Some(release) = release.take() {
+                    let _ = release.await;
+                }
+            }
+            let reply = Message::new(inbox, text(&request).to_uppercase());
+            replies.clone().oneshot(reply).await.expect("reply");
+        }
+    });
+    (task, seen)
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_inbox_and_a_late_reply_reaches_no_one() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let subject = unique("shared-inbox");
+    let requests = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let (release, released) = tokio::sync::oneshot::channel();
+    let (responder, mut seen) = echo_responder(&connection, requests, released);
+    let requester = Requester::new(&connection).timeout(Duration::from_secs(5));
+
+    let calls = (0..20).map(|i| {
+        let requester = requester.clone();
+        let subject = subject.clone();
+        async move {
+            (
+                i,
+                requester
+                    .oneshot(Message::new(&subject, format!("w{i}")))
+                    .await,
+            )
+        }
+    });
+    for (i, reply) in futures_util::future::join_all(calls).await {
+        let reply = reply.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(reply.payload().as_ref(), format!("W{i}").as_bytes());
+    }
+    let mut inboxes = Vec::new();
+    while let Ok(inbox) = seen.try_recv() {
+        inboxes.push(inbox);
+    }
+    assert_eq!(inboxes.len(), 20);
+    // One subscription (`<inbox>.*`) serves them all: one inbox, a token per request.
+    let (inbox, _) = inboxes[0].rsplit_once('.').unwrap();
+    assert!(
+        inboxes
+            .iter()
+            .all(|s| s.rsplit_once('.').unwrap().0 == inbox),
+        "{inboxes:?}"
+    );
+    let tokens: std::collections::HashSet<_> = inboxes
+        .iter()
+        .map(|s| s.rsplit_once('.').unwrap().1)
+        .collect();
+    assert_eq!(tokens.len(), 20, "a token per request");
+
+    // A request whose reply comes after its deadline fails with a timeout; the late
+    // reply is dropped and the requester goes on answering the right replies.
+    let err = requester
+        .clone()
+        .timeout(Duration::from_millis(200))
+        .oneshot(Message::new(&subject, "hold"))
+        .await
+        .expect_err("the reply is held back");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.code(), Some(tower_mq::Code::Timeout), "{err}");
+    assert_eq!(err.destination(), Some(subject.as_str()));
+    release.send(()).unwrap();
+    for word in ["after", "late"] {
+        let reply = requester
+            .clone()
+            .oneshot(Message::new(&subject, word))
+            .await
+            .unwrap();
+        assert_eq!(reply.payload().as_ref(), word.to_uppercase().as_bytes());
+    }
+    responder.abort();
+}
+
+#[tokio::test]
+async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
+    let port = free_port();
+    let server = own_nats_on(port).await;
+    let config = Config::new(format!("nats://127.0.0.1:{port}"))
+        .max_reconnect_delay(Duration::from_millis(200));
+    let connection = Connection::connect(&config).await.unwrap();
+    let subject = unique("restart-rpc");
+    let requests = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let (_release, released) = tokio::sync::oneshot::channel();
+    let (responder, _seen) = echo_responder(&connection, requests, released);
+    let requester = Requester::new(&connection).timeout(Duration::from_secs(5));
+    let reply = requester
+        .clone()
+        .oneshot(Message::new(&subject, "before"))
+        .await;
+    assert_eq!(reply.unwrap().payload().as_ref(), b"BEFORE");
+
+    drop(server);
+    until("the client to see its server gone", || {
+        !connection.is_connected()
+    })
+    .await;
+    let _server = own_nats_on(port).await;
+    until("the client to reconnect", || connection.is_connected()).await;
+    // The client renews both subscriptions (the responder's and the inbox) on its own;
+    // a request racing the renewal may fail transiently, never permanently.
+    let reply = tokio::time::timeout(WAIT, async {
+        loop {
+            match requester
+                .clone()
+                .oneshot(Message::new(&subject, "after"))
+                .await
+            {
+                Ok(reply) => return reply,
+                Err(e) => assert!(e.is_transient(), "{e}"),
+            }
+        }
+    })
+    .await
+    .expect("an answer after the restart");
+    assert_eq!(reply.payload().as_ref(), b"AFTER");
+    responder.abort();
+}
+
 #[tokio::test]
 async fn jetstream_deduplicates_a_retried_publish_with_the_same_msg_id() {
     let _server = SERVER.read().await;

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
 use tower_mq::dead_letter;
 use tower_mq::rabbitmq::{
-    Binding, Config, Connection, Consumer, Exchange, Queue, Routing, Topology,
+    Binding, Config, Connection, Consumer, Exchange, Queue, Requester, Routing, Topology,
 };
 use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
 
@@ -566,7 +566,7 @@ async fn direct_reply_to_request_reply() {
         }
     });
 
-    let mut requester = connection.requester().with_timeout(Duration::from_secs(10));
+    let mut requester = Requester::new(&connection).timeout(Duration::from_secs(10));
     let calls = (0..5).map(|i| {
         let mut requester = requester.clone();
         let q = q.clone();
@@ -594,6 +594,71 @@ async fn direct_reply_to_request_reply() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_direct_reply_after_the_deadline_reaches_no_one_and_ids_are_the_requesters() {
+    let _shared = BROKER.read().await;
+    let q = unique("rpc-late");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    // An echo responder that holds back its reply to "hold" until released.
+    let mut requests = connection.consumer(&q).await.unwrap();
+    let responder = connection.publisher();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (ids_tx, mut ids) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        let mut released = Some(released);
+        while let Some(Ok(request)) = requests.next().await {
+            let msg = request.message();
+            let id = msg.correlation_id().unwrap().to_owned();
+            let _ = ids_tx.send(id.clone());
+            if msg.payload().as_ref() == b"hold" {
+                if let Some(released) = released.take() {
+                    let _ = released.await;
+                }
+            }
+            let reply = Message::new(msg.reply_to().unwrap(), msg.payload().to_ascii_uppercase())
+                .with_correlation_id(id)
+                .with_persistent(false);
+            responder.clone().oneshot(reply).await.unwrap();
+            request.ack().await.unwrap();
+        }
+    });
+    let requester = Requester::new(&connection).timeout(Duration::from_secs(10));
+
+    let err = requester
+        .clone()
+        .timeout(Duration::from_millis(300))
+        .oneshot(Message::new(&q, "hold").with_correlation_id("mine"))
+        .await
+        .expect_err("the reply is held back");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.code(), Some(tower_mq::Code::Timeout), "{err}");
+    assert_eq!(err.operation(), Operation::Request);
+    assert_eq!(err.destination(), Some(q.as_str()));
+    release.send(()).unwrap();
+    // The late reply arrives on the shared reply channel and is dropped; the next
+    // requests get their own replies.
+    for word in ["after", "late"] {
+        let reply = requester
+            .clone()
+            .oneshot(Message::new(&q, word))
+            .await
+            .unwrap();
+        assert_eq!(reply.payload().as_ref(), word.to_uppercase().as_bytes());
+    }
+    // The requester's own correlation ids, one per request, replacing the caller's.
+    let sent: Vec<String> = std::iter::from_fn(|| ids.try_recv().ok()).collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent.iter().all(|id| id != "mine"), "{sent:?}");
+    let unique_ids: std::collections::HashSet<_> = sent.iter().collect();
+    assert_eq!(unique_ids.len(), 3, "{sent:?}");
     server.abort();
 }
 
@@ -728,7 +793,7 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
             }
         }
     });
-    let mut requester = connection.requester().with_timeout(Duration::from_secs(5));
+    let mut requester = Requester::new(&connection).timeout(Duration::from_secs(5));
     let reply = requester
         .ready()
         .await

@@ -183,7 +183,7 @@ async fn dealer_router_request_reply_in_the_envelope() {
     let requester = Requester::connect(&envelope.connect(&endpoint))
         .await
         .expect("DEALER")
-        .with_timeout(WAIT);
+        .timeout(WAIT);
     let calls = (0..20u64).map(|n| {
         let requester = requester.clone();
         async move {
@@ -224,7 +224,7 @@ async fn requester_to_a_zeromq_rep_socket_in_plain_frames() {
     let mut requester = Requester::connect(&Config::new().connect(bound.to_string()))
         .await
         .expect("DEALER")
-        .with_timeout(WAIT);
+        .timeout(WAIT);
     for i in 0..3 {
         let reply = requester
             .ready()
@@ -272,7 +272,7 @@ async fn requests_and_replies_plain_frames_cannot_carry_are_refused_permanently(
     let mut requester = Requester::connect(&Config::new().connect(&endpoint))
         .await
         .expect("DEALER")
-        .with_timeout(WAIT);
+        .timeout(WAIT);
     let err = tokio::time::timeout(WAIT, requester.ready())
         .await
         .expect("ready in time")
@@ -330,7 +330,7 @@ async fn a_requester_redials_a_restarted_server() {
     let requester = Requester::connect(&Config::new().connect(&endpoint))
         .await
         .expect("DEALER")
-        .with_timeout(Duration::from_secs(1));
+        .timeout(Duration::from_secs(1));
     let reply = requester
         .clone()
         .oneshot(Message::new("square", "3"))
@@ -366,7 +366,7 @@ async fn request_without_answer_times_out_transiently() {
     let requester = Requester::connect(&Config::new().connect(&endpoint))
         .await
         .expect("DEALER")
-        .with_timeout(Duration::from_millis(200));
+        .timeout(Duration::from_millis(200));
     let err = requester
         .oneshot(Message::new("silence", "anyone?"))
         .await

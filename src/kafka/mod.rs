@@ -148,7 +148,7 @@
 //!
 //! # Request/reply and administration
 //!
-//! [`requester`] builds the generic [`Requester`](crate::request::Requester) on a reply
+//! [`Requester::connect`] builds the [generic requester](crate::request) on a reply
 //! topic of its own. [`Admin`] creates topics (idempotently), declares a group at the
 //! end of a topic and reports a group's lag per partition.
 //!
@@ -202,7 +202,7 @@ pub use config::{Compression, Config};
 pub use consumer::{Consumer, ConsumerConfig};
 pub use error::error_kind;
 pub use producer::Publisher;
-pub use request::requester;
+pub use request::Requester;
 
 /// The broker name on every error of this module.
 pub const BROKER: &str = "kafka";

@@ -310,9 +310,9 @@ impl Connection {
         Consumer::subscribe(self.clone(), queue.into()).await
     }
 
-    /// A requester for request/reply over direct reply-to.
+    /// A requester for request/reply over direct reply-to: [`Requester::new`].
     pub fn requester(&self) -> Requester {
-        Requester::new(self.clone())
+        Requester::new(self)
     }
 
     /// Declares `topology` now and after every future reconnect.

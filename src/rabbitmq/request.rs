@@ -1,38 +1,56 @@
-//! Request/reply over RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`).
+//! Request/reply over RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`), on the
+//! [request/reply core](crate::request).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::future::IntoFuture;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceExt};
+//! use tower_mq::rabbitmq::{Config, Connection, Queue, Requester, Routing, Topology};
+//! use tower_mq::{serve, BoxError, Delivery, Message, Replier};
+//!
+//! # async fn run() -> Result<(), BoxError> {
+//! let config = Config::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+//!     .routing(Routing::DefaultExchange)
+//!     .topology(Topology::new().queue(Queue::classic("rpc.upper")));
+//! let connection = Connection::connect(config).await?;
+//!
+//! // The serving side answers each request at its reply-to.
+//! let upper = service_fn(|request: Delivery| async move {
+//!     Ok::<_, BoxError>(String::from_utf8_lossy(request.message().payload()).to_uppercase())
+//! });
+//! let requests = connection.consumer("rpc.upper").await?;
+//! tokio::spawn(serve(requests, Replier::new(upper, connection.publisher())).into_future());
+//!
+//! let requester = Requester::new(&connection).timeout(Duration::from_secs(5));
+//! let reply = requester.oneshot(Message::new("rpc.upper", "hello")).await?;
+//! assert_eq!(reply.payload().as_ref(), b"HELLO");
+//! # Ok(())
+//! # }
+//! ```
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::ready;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{stream, StreamExt};
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
-use tokio::sync::oneshot;
 use tower::Service;
+use tower_mq_core::Code;
 
 use super::confirms::ConfirmChannel;
 use super::connection::{Connection, Live, Readiness};
 use super::error::{amqp_error, BROKER};
 use super::mapping::{incoming, outgoing, Outgoing};
-use super::publisher::ResponseFuture;
 use crate::error::{Error, Operation};
 use crate::message::Message;
+use crate::request::{route, BoxResponseFuture, Dispatch, Routed, Shared, Waiters};
 
 /// The pseudo-queue RabbitMQ routes direct replies through.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-/// Reply waiters by correlation id; a reply that is not a valid message arrives as the
-/// reason why.
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Message, String>>>>>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A channel consuming `amq.rabbitmq.reply-to`, on which requests are published.
 struct ReplyChannel {
@@ -45,40 +63,42 @@ struct ReplyChannel {
 ///
 /// Requests are published like [`Publisher`](super::Publisher)'s (mandatory, with
 /// confirms, destination mapped per [`Routing`](super::Routing)) with `reply_to` set
-/// to `amq.rabbitmq.reply-to` and a correlation id (the message's own, or a fresh
-/// unique one). The responder publishes its reply to the request's `reply_to` with
-/// the same correlation id, e.g. `Message::new(request.reply_to().unwrap(), body)
-/// .with_correlation_id(id)` through any publisher; RabbitMQ hands it straight to
-/// this requester's channel, with no queue involved.
+/// to `amq.rabbitmq.reply-to` and the request's own correlation id (one the caller set
+/// is replaced; see [the core](crate::request)). The responder publishes its reply to
+/// the request's `reply_to` with the same correlation id, e.g.
+/// `Message::new(request.reply_to().unwrap(), body).with_correlation_id(id)` through
+/// any publisher; RabbitMQ hands it straight to this requester's channel, with no
+/// queue involved.
 ///
 /// Errors: no reply within the timeout ([`Config::request_timeout`](super::Config::request_timeout),
-/// or [`Requester::with_timeout`]) is a transient [`Operation::Request`] error, as is a
+/// or [`Requester::timeout`]) is a transient [`Operation::Request`] error, as is a
 /// connection lost before the reply came; an unroutable request (no responder's queue)
-/// is permanent (unless [`Requester::with_mandatory`] turns that off). `poll_ready` is
+/// is permanent (unless [`Requester::mandatory`] turns that off). `poll_ready` is
 /// `Pending` while reconnecting or blocked.
 ///
 /// Clones share the reply channel; the requester is `Send + Sync + Clone`: keep one in
 /// axum state or a `BoxCloneSyncService`.
 pub struct Requester {
     readiness: Readiness,
-    reply: Arc<tokio::sync::Mutex<Option<Arc<ReplyChannel>>>>,
+    reply: Shared<ReplyChannel>,
     timeout: Duration,
     mandatory: bool,
 }
 
 impl Requester {
-    pub(crate) fn new(connection: Connection) -> Self {
-        let timeout = connection.config().request_timeout;
+    /// A requester on `connection`, waiting
+    /// [`Config::request_timeout`](super::Config::request_timeout) for each reply.
+    pub fn new(connection: &Connection) -> Self {
         Requester {
-            readiness: Readiness::new(connection),
-            reply: Arc::default(),
-            timeout,
+            readiness: Readiness::new(connection.clone()),
+            reply: Shared::new(),
+            timeout: connection.config().request_timeout,
             mandatory: true,
         }
     }
 
-    /// Waits at most `timeout` for each reply.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+    /// Waits at most `timeout` for each reply (publishing included).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
@@ -86,7 +106,7 @@ impl Requester {
     /// Whether requests are published `mandatory` (the default): a request no queue is
     /// bound for then fails at once with a permanent error. Without it, such a request
     /// is dropped by the broker and fails with the (transient) timeout.
-    pub fn with_mandatory(mut self, mandatory: bool) -> Self {
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
         self
     }
@@ -117,29 +137,12 @@ impl fmt::Debug for Requester {
     }
 }
 
-/// A correlation id unique across processes: a random per-process prefix and a counter.
-fn correlation_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        hasher.finish()
-    });
-    format!("{prefix:016x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-async fn reply_channel(
-    slot: &tokio::sync::Mutex<Option<Arc<ReplyChannel>>>,
+/// Opens a channel consuming direct replies on connection `live`, and the task that
+/// hands them to their requests until the channel or the connection goes.
+async fn open_reply_channel(
     live: &Live,
-    config: &super::Config,
-) -> Result<Arc<ReplyChannel>, lapin::Error> {
-    let mut slot = slot.lock().await;
-    if let Some(reply) = slot.as_ref() {
-        if reply.generation == live.generation && reply.channel.channel().status().connected() {
-            return Ok(reply.clone());
-        }
-    }
+    connection: &Connection,
+) -> Result<ReplyChannel, lapin::Error> {
     let channel = live.connection.create_channel().await?;
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
@@ -148,7 +151,7 @@ async fn reply_channel(
         no_ack: true,
         ..BasicConsumeOptions::default()
     };
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             DIRECT_REPLY_TO.into(),
             "".into(),
@@ -156,54 +159,61 @@ async fn reply_channel(
             FieldTable::default(),
         )
         .await?;
-    let waiters: Waiters = Arc::default();
-    let dispatch = waiters.clone();
-    let config = config.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            let Some(id) = delivery.properties.correlation_id().as_ref() else {
-                continue;
-            };
-            let waiter = lock(&dispatch).remove(id.as_str());
-            if let Some(waiter) = waiter {
-                let message = incoming(
+    let (waiters, dispatch) = route(DIRECT_REPLY_TO);
+    let config = connection.config().clone();
+    let replies = consumer
+        .map(move |item| match item {
+            Ok(delivery) => {
+                let id = delivery.properties.correlation_id().as_ref();
+                let id = id.map(|id| id.as_str().to_owned());
+                let reply = incoming(
                     delivery.exchange.as_str(),
                     delivery.routing_key.as_str(),
                     &delivery.properties,
                     delivery.data.into(),
                     &config,
-                );
-                let _ = waiter.send(message);
+                )
+                .map_err(|why| {
+                    Error::permanent(BROKER, Operation::Request)
+                        .with_code(Code::Malformed)
+                        .with_reason(format!("the reply is not a valid message: {why}"))
+                });
+                Routed::Reply(id, reply)
             }
-        }
-        // The channel is gone: fail everyone still waiting.
-        lock(&dispatch).clear();
+            Err(error) => {
+                tracing::debug!(%error, "the direct reply-to consumer failed");
+                Routed::Ended("the reply channel closed")
+            }
+        })
+        .chain(stream::once(ready(Routed::Ended(
+            "the reply channel closed",
+        ))));
+    let generation = live.generation;
+    let watched = connection.clone();
+    let lost = stream::once(async move {
+        watched.lost(generation).await;
+        Routed::Ended("the connection closed before the reply arrived")
     });
-    let reply = Arc::new(ReplyChannel {
+    let connection = connection.clone();
+    tokio::spawn(async move {
+        let why = dispatch
+            .run(stream::select(replies, lost), "the reply channel closed")
+            .await;
+        if !Dispatch::dropped(why) {
+            connection.nudge();
+        }
+    });
+    Ok(ReplyChannel {
         generation: live.generation,
         channel: ConfirmChannel::new(channel),
         waiters,
-    });
-    *slot = Some(reply.clone());
-    Ok(reply)
-}
-
-/// Removes a waiter when the request ends, whatever the outcome.
-struct WaiterGuard {
-    waiters: Waiters,
-    id: String,
-}
-
-impl Drop for WaiterGuard {
-    fn drop(&mut self) {
-        lock(&self.waiters).remove(&self.id);
-    }
+    })
 }
 
 impl Service<Message> for Requester {
     type Response = Message;
     type Error = Error;
-    type Future = ResponseFuture<Message>;
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.readiness.poll_ready(cx, Operation::Request)
@@ -212,22 +222,17 @@ impl Service<Message> for Requester {
     fn call(&mut self, mut request: Message) -> Self::Future {
         let live = self.readiness.take();
         let connection = self.connection().clone();
-        let slot = self.reply.clone();
-        let timeout = self.timeout;
+        let reply = self.reply.clone();
         let mandatory = self.mandatory;
-        Box::pin(async move {
-            let config = connection.config();
-            let id = match request.correlation_id() {
-                Some(id) => id.to_owned(),
-                None => correlation_id(),
-            };
-            request.set_correlation_id(Some(id.clone()));
+        let destination = request.destination().to_owned();
+        let timeout = self.timeout;
+        BoxResponseFuture::boxed(BROKER, destination, timeout, async move {
             request.set_reply_to(Some(DIRECT_REPLY_TO.to_owned()));
             let Outgoing {
                 exchange: exchange_name,
                 routing_key: key,
-                properties: props,
-            } = outgoing(&request, config, Operation::Request)?;
+                properties,
+            } = outgoing(&request, connection.config(), Operation::Request)?;
             let exchange = exchange_name.as_str().to_owned();
             let routing_key = key.as_str().to_owned();
             let fail = |e: lapin::Error| {
@@ -235,22 +240,26 @@ impl Service<Message> for Requester {
                 amqp_error(Operation::Request, &exchange, e)
             };
             live.check_exchange(&exchange).await?;
-
-            let lost = || {
+            let lost = |why: &'static str| {
                 Error::transient(BROKER, Operation::Request)
+                    .with_code(Code::ConnectionLost)
                     .with_destination(exchange.clone())
-                    .with_reason("the connection closed before the reply arrived")
+                    .with_reason(why)
+            };
+            let usable = |open: &ReplyChannel| {
+                open.generation == live.generation
+                    && open.channel.channel().status().connected()
+                    && open.waiters.closed().is_none()
             };
             let reply = tokio::select! {
-                reply = reply_channel(&slot, &live, config) => reply.map_err(fail)?,
-                _ = connection.lost(live.generation) => return Err(lost()),
+                reply = reply.get(usable, || open_reply_channel(&live, &connection)) => reply.map_err(fail)?,
+                _ = connection.lost(live.generation) => {
+                    return Err(lost("the connection closed before the request was sent"));
+                }
             };
-            let (tx, rx) = oneshot::channel();
-            lock(&reply.waiters).insert(id.clone(), tx);
-            let _guard = WaiterGuard {
-                waiters: reply.waiters.clone(),
-                id: id.clone(),
-            };
+            // Registered before publishing, so a fast reply finds its request.
+            let pending = reply.waiters.register().map_err(lost)?;
+            let properties = properties.with_correlation_id(pending.id().into());
             let in_flight = reply
                 .channel
                 .send(
@@ -258,7 +267,7 @@ impl Service<Message> for Requester {
                     key,
                     mandatory,
                     request.payload().clone(),
-                    props,
+                    properties,
                 )
                 .await
                 .map_err(fail)?;
@@ -276,24 +285,7 @@ impl Service<Message> for Requester {
                         connection.nudge();
                     }
                 })?;
-            let waited = tokio::select! {
-                biased;
-                waited = tokio::time::timeout(timeout, rx) => waited,
-                _ = connection.lost(live.generation) => return Err(lost()),
-            };
-            match waited {
-                Ok(Ok(Ok(reply))) => Ok(reply),
-                Ok(Ok(Err(why))) => Err(Error::permanent(BROKER, Operation::Request)
-                    .with_destination(exchange)
-                    .with_reason(format!("the reply is not a valid message: {why}"))),
-                Ok(Err(_)) => {
-                    connection.nudge();
-                    Err(lost())
-                }
-                Err(_) => Err(Error::transient(BROKER, Operation::Request)
-                    .with_destination(exchange)
-                    .with_reason(format!("no reply within {timeout:?} (correlation id {id})"))),
-            }
+            Ok(pending)
         })
     }
 }

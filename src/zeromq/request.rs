@@ -1,22 +1,21 @@
-//! Request/reply: a DEALER [`Requester`] and the reply publisher of a ROUTER consumer.
+//! Request/reply: a DEALER [`Requester`] on the [request/reply core](crate::request),
+//! and the reply publisher of a ROUTER consumer.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use futures_core::future::BoxFuture;
-use tokio::sync::oneshot;
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
 use tokio_util::sync::PollSender;
 use tower::Service;
+use zeromq::ZmqMessage;
 
-use super::publisher::{poll_send_ready, queue, PeerWait, ResponseFuture};
-use super::socket::{self, Command, Handle, Incoming, Kind};
+use super::publisher::{poll_send_ready, queue, PeerWait, ResponseFuture as SendFuture};
+use super::socket::{self, Command, Handle, Kind};
 use super::{frame, Config, Framing, BROKER};
-use crate::{Error, Message, Operation, Receipt};
+use crate::request::{route, Published, ResponseFuture, Routed, Waiters, DEFAULT_TIMEOUT};
+use crate::{Code, Error, Message, Operation, Receipt};
 
 /// How a ROUTER consumer writes the route back to a requesting peer into a delivery's
 /// `reply_to`: this prefix, then each envelope frame in lower-case hex, each followed
@@ -86,7 +85,7 @@ impl Replies {
 impl Service<Message> for Replies {
     type Response = Receipt;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = SendFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut no_wait = None;
@@ -97,7 +96,7 @@ impl Service<Message> for Replies {
         })
     }
 
-    fn call(&mut self, message: Message) -> ResponseFuture {
+    fn call(&mut self, message: Message) -> SendFuture {
         let destination = message.destination().to_owned();
         let Some(mut frames) = decode_route(&destination) else {
             self.sender.abort_send();
@@ -115,15 +114,15 @@ impl Service<Message> for Replies {
             Ok(body) => frames.extend(body),
             Err(error) => {
                 self.sender.abort_send();
-                return ResponseFuture::from_error(error);
+                return SendFuture::from_error(error);
             }
         }
         queue(&self.handle, &mut self.sender, frames, destination)
     }
 }
 
-fn queue_error(destination: String, reason: &'static str) -> ResponseFuture {
-    ResponseFuture::from_error(
+fn queue_error(destination: String, reason: &'static str) -> SendFuture {
+    SendFuture::from_error(
         Error::permanent(BROKER, Operation::Publish)
             .with_destination(destination)
             .with_reason(reason),
@@ -144,31 +143,24 @@ impl fmt::Debug for Replies {
     }
 }
 
-type Waiters = Mutex<HashMap<Bytes, oneshot::Sender<Result<Message, Error>>>>;
-
-struct Shared {
-    waiters: Waiters,
-    prefix: u64,
-    counter: AtomicU64,
-}
-
 /// A DEALER socket as a `Service<Message, Response = Message>`: sends each request to
 /// one connected REP or ROUTER peer (round robin) and waits for its reply, at most
-/// [`Requester::with_timeout`].
+/// [`Requester::timeout`]; built on the [request/reply core](crate::request).
 ///
-/// Each request goes out as ZeroMQ's request-reply envelope: a request id frame (16
-/// bytes, unique to this requester) and an empty delimiter, then the message in the
-/// socket's [framing](super::frame). REP and ROUTER peers (libzmq's included) send the
-/// envelope back with the reply, which is how replies find their request: many
-/// requests may be in flight at once, and the messages' own correlation ids are left
-/// alone. `poll_ready` is `Pending` until a peer is connected. A request that times
-/// out fails with a transient error (operation `request`, the request's destination);
-/// its late reply is dropped. A reply that does not parse fails its request.
+/// Each request goes out as ZeroMQ's request-reply envelope: a request id frame (the
+/// request's correlation id, unique to this requester) and an empty delimiter, then
+/// the message in the socket's [framing](super::frame). REP and ROUTER peers
+/// (libzmq's included) send the envelope back with the reply, which is how replies
+/// find their request: many requests may be in flight at once, and the messages' own
+/// correlation ids are left alone. `poll_ready` is `Pending` until a peer is
+/// connected. A request that times out fails with a transient error (operation
+/// `request`, the request's destination); its late reply is dropped. A reply that does
+/// not parse fails its request.
 pub struct Requester {
     handle: Handle,
     sender: PollSender<Command>,
     peer_wait: PeerWait,
-    shared: Arc<Shared>,
+    waiters: Waiters,
     timeout: Duration,
     ignore_unsupported: bool,
 }
@@ -177,25 +169,31 @@ impl Requester {
     /// A DEALER socket per `config` (usually `connect`ing to a ROUTER or REP server).
     pub async fn connect(config: &Config) -> Result<Self, Error> {
         let (handle, incoming) = socket::open(Kind::Dealer, config).await?;
-        let shared = Arc::new(Shared {
-            waiters: Mutex::new(HashMap::new()),
-            prefix: fastrand::u64(..),
-            counter: AtomicU64::new(0),
-        });
-        if let Some(incoming) = incoming {
-            tokio::spawn(route_replies(
-                incoming,
-                Arc::downgrade(&shared),
-                handle.name.to_string(),
-                handle.framing,
-            ));
+        let (waiters, dispatch) = route(handle.name.to_string());
+        match incoming {
+            Some(incoming) => {
+                let (name, framing) = (handle.name.to_string(), handle.framing);
+                let replies = stream::unfold(incoming, |mut incoming| async move {
+                    let item = incoming.recv().await?;
+                    Some((item, incoming))
+                })
+                .map(move |item| routed(item, &name, framing));
+                // The socket lives while a request waits for its reply, even once the
+                // requester itself is gone.
+                let socket = handle.clone();
+                tokio::spawn(async move {
+                    dispatch.run(replies, "the socket stopped").await;
+                    drop(socket);
+                });
+            }
+            None => dispatch.close("the socket receives nothing"),
         }
         Ok(Requester {
             sender: PollSender::new(handle.commands.clone()),
             handle,
             peer_wait: None,
-            shared,
-            timeout: Duration::from_secs(30),
+            waiters,
+            timeout: DEFAULT_TIMEOUT,
             ignore_unsupported: false,
         })
     }
@@ -207,8 +205,9 @@ impl Requester {
         self
     }
 
-    /// How long a request waits for its reply (30 seconds unless set).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+    /// How long a request waits for its reply, sending included (30 seconds unless
+    /// set).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
@@ -224,60 +223,33 @@ impl Requester {
     }
 }
 
-async fn route_replies(
-    mut incoming: Incoming,
-    shared: std::sync::Weak<Shared>,
-    name: String,
-    framing: Framing,
-) {
-    while let Some(item) = incoming.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let frames = match item {
-            Ok(message) => message.into_vec(),
-            Err(error) => {
-                tracing::warn!(socket = %name, %error, "receiving a reply failed");
-                continue;
-            }
-        };
-        // The request id, the empty delimiter, then the reply.
-        let [id, delimiter, body @ ..] = &frames[..] else {
-            tracing::warn!(socket = %name, frames = frames.len(), "reply without a request id dropped");
-            continue;
-        };
-        let waiter = if delimiter.is_empty() {
-            shared
-                .waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id)
-        } else {
-            None
-        };
-        let Some(waiter) = waiter else {
-            tracing::debug!(socket = %name, "reply for no waiting request dropped");
-            continue;
-        };
-        let reply = frame::decode_any(body, false, framing, &name);
-        let _ = waiter.send(reply);
-    }
-    // The socket stopped: fail whoever still waits.
-    if let Some(shared) = shared.upgrade() {
-        let waiters =
-            std::mem::take(&mut *shared.waiters.lock().unwrap_or_else(|p| p.into_inner()));
-        for (_, waiter) in waiters {
-            let _ = waiter.send(Err(Error::transient(BROKER, Operation::Request)
-                .with_destination(name.clone())
-                .with_reason("the socket stopped")));
-        }
-    }
+/// A reply as the core routes it: the request id, the empty delimiter, then the reply.
+fn routed(item: Result<ZmqMessage, Error>, name: &str, framing: Framing) -> Routed {
+    let frames = match item {
+        Ok(message) => message.into_vec(),
+        Err(error) => return Routed::Failed(error),
+    };
+    let [id, delimiter, body @ ..] = &frames[..] else {
+        tracing::warn!(socket = %name, frames = frames.len(), "reply without a request id dropped");
+        return Routed::Reply(None, Err(Error::transient(BROKER, Operation::Request)));
+    };
+    let id = match std::str::from_utf8(id) {
+        Ok(id) if delimiter.is_empty() => Some(id.to_owned()),
+        _ => None,
+    };
+    let reply = frame::decode_any(body, false, framing, name).map_err(|e| {
+        Error::transient(BROKER, Operation::Request)
+            .with_code(Code::Malformed)
+            .with_reason("the reply does not parse")
+            .with_source(e)
+    });
+    Routed::Reply(id, reply)
 }
 
 impl Service<Message> for Requester {
     type Response = Message;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<Message, Error>>;
+    type Future = ResponseFuture<Published<SendFuture>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         poll_send_ready(
@@ -302,82 +274,42 @@ impl Service<Message> for Requester {
             self.handle.framing,
             self.ignore_unsupported,
         );
-        let body = match body {
-            Ok(body) => body,
+        // Registered before sending, so a fast reply finds its request.
+        let registered = body.and_then(|body| {
+            let pending = self.waiters.register().map_err(|why| {
+                Error::transient(BROKER, Operation::Request)
+                    .with_code(Code::ConnectionLost)
+                    .with_reason(why)
+            })?;
+            Ok((body, pending))
+        });
+        let (body, pending) = match registered {
+            Ok(registered) => registered,
             Err(error) => {
                 self.sender.abort_send();
-                let reason = error.reason().unwrap_or("the request cannot be framed");
-                let error = Error::permanent(BROKER, Operation::Request)
+                let error = Error::new(BROKER, Operation::Request, error.kind())
                     .with_destination(destination)
-                    .with_reason(reason.to_owned());
-                return Box::pin(std::future::ready(Err(error)));
+                    .with_reason(
+                        error
+                            .reason()
+                            .unwrap_or("the request cannot be framed")
+                            .to_owned(),
+                    );
+                return ResponseFuture::failed(error);
             }
         };
-        let mut id = BytesMut::with_capacity(16);
-        id.put_u64(self.shared.prefix);
-        id.put_u64(self.shared.counter.fetch_add(1, Ordering::Relaxed));
-        let id = id.freeze();
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), tx);
-        let mut frames = vec![id.clone(), Bytes::new()];
+        let mut frames = vec![
+            Bytes::copy_from_slice(pending.id().as_bytes()),
+            Bytes::new(),
+        ];
         frames.extend(body);
         let sent = queue(&self.handle, &mut self.sender, frames, destination.clone());
-        let shared = self.shared.clone();
-        let timeout = self.timeout;
-        // The socket task lives as long as a request waits for its reply; a request
-        // dropped before its reply leaves no waiter behind.
-        let handle = self.handle.clone();
-        let waiting = Waiting {
-            shared: shared.clone(),
-            id,
-        };
-        Box::pin(async move {
-            let _handle = handle;
-            let _waiting = waiting;
-            let outcome = tokio::time::timeout(timeout, async {
-                sent.await.map_err(|e| {
-                    Error::transient(BROKER, Operation::Request)
-                        .with_destination(destination.clone())
-                        .with_source(e)
-                })?;
-                match rx.await {
-                    Ok(Ok(reply)) => Ok(reply),
-                    Ok(Err(e)) => Err(Error::transient(BROKER, Operation::Request)
-                        .with_destination(destination.clone())
-                        .with_source(e)),
-                    Err(_) => Err(Error::transient(BROKER, Operation::Request)
-                        .with_destination(destination.clone())
-                        .with_reason("the requester stopped")),
-                }
-            })
-            .await;
-            match outcome {
-                Ok(result) => result,
-                Err(_) => Err(Error::transient(BROKER, Operation::Request)
-                    .with_destination(destination)
-                    .with_reason(format!("no reply within {timeout:?}"))),
-            }
-        })
-    }
-}
-
-/// Removes a request's waiter however its future ends.
-struct Waiting {
-    shared: Arc<Shared>,
-    id: Bytes,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.shared
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        ResponseFuture::new(
+            Published::new(sent, pending),
+            BROKER,
+            destination,
+            self.timeout,
+        )
     }
 }
 
@@ -387,7 +319,7 @@ impl Clone for Requester {
             sender: PollSender::new(self.handle.commands.clone()),
             handle: self.handle.clone(),
             peer_wait: None,
-            shared: self.shared.clone(),
+            waiters: self.waiters.clone(),
             timeout: self.timeout,
             ignore_unsupported: self.ignore_unsupported,
         }

@@ -270,8 +270,8 @@ pub trait Fixture: Sized + Send + Sync + 'static {
             let replies = self.subscriber(reply_to).await;
             BoxCloneService::new(
                 tower_mq::request::Requester::new(publisher, replies, reply_to)
-                    .with_timeout(timeout)
-                    .with_broker_name(Self::BROKER),
+                    .timeout(timeout)
+                    .broker_name(Self::BROKER),
             )
         }
     }

@@ -162,8 +162,8 @@ impl Fixture for KafkaFixture {
     /// of its own at the topic's end.
     async fn requester(&self, topic: &str, reply_to: &str, timeout: Duration) -> BoxRequester {
         self.topic(topic).await;
-        match tower_mq::kafka::requester(&self.config, reply_to).await {
-            Ok(requester) => BoxCloneService::new(requester.with_timeout(timeout)),
+        match tower_mq::kafka::Requester::connect(&self.config, reply_to).await {
+            Ok(requester) => BoxCloneService::new(requester.timeout(timeout)),
             Err(e) => panic!("kafka: requester replying on {reply_to} failed: {e}"),
         }
     }

@@ -176,10 +176,10 @@ impl Fixture for RabbitMqFixture {
         BoxCloneService::new(
             self.connection
                 .requester()
-                .with_timeout(timeout)
+                .timeout(timeout)
                 // The suite treats an unanswered request as a (transient) timeout;
                 // mandatory requests would come back unroutable, a permanent error.
-                .with_mandatory(false),
+                .mandatory(false),
         )
     }
 

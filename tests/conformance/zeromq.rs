@@ -458,7 +458,7 @@ impl Fixture for ZeromqFixture {
             }
         };
         match Requester::connect(&envelope_config().connect(&endpoint)).await {
-            Ok(requester) => BoxCloneService::new(requester.with_timeout(timeout)),
+            Ok(requester) => BoxCloneService::new(requester.timeout(timeout)),
             Err(e) => panic!("zeromq: a DEALER to {endpoint} failed: {e}"),
         }
     }

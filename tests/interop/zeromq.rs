@@ -745,7 +745,7 @@ async fn a_tower_mq_requester_asks_a_libzmq_rep_in_plain_frames() {
         Requester::connect(&Config::new().connect(format!("tcp://127.0.0.1:{port}")))
             .await
             .expect("DEALER")
-            .with_timeout(WAIT);
+            .timeout(WAIT);
     let asked = [
         Message::new("rpc", "hello"),
         Message::new("rpc", BINARY),
