@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tower::Layer;
+use tower_layer::Layer;
 
 use super::{Side, Trace};
 use crate::classify::DefaultClassifier;
