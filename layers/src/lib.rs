@@ -17,7 +17,7 @@
 //! | `trace` | the trace layer (OpenTelemetry, W3C trace context in headers) |
 //! | `codec` | the serde codec layers, JSON through serde_json |
 //! | `gzip`, `zstd`, `lz4` | a compression codec each; the compression layers exist when one is on |
-//! | `http` | ready-made HTTP parts: `classify::http_response` (a 5xx, 429 or 408 is a transient failure for the breaker and retry), `retry::HttpRequests`, `metrics::HttpPath` |
+//! | `http` | ready-made HTTP parts: `classify::http_response` (a 5xx, 429 or 408 is a transient failure for the breaker and retry), `retry::HttpRequests`, `metrics::HttpPath`, `trace::HttpHeaders` (with `trace`) |
 //! | `tower` | `retry::TowerPolicy` for `tower::retry`, and tower's own timeout and load-shed errors known to the classifier |
 //! | `full` | all of the above |
 //!

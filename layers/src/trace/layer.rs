@@ -5,16 +5,17 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower_layer::Layer;
 
-use super::{Side, Trace};
+use super::{ByMessage, Side, Trace};
 use crate::classify::DefaultClassifier;
 
 /// Builds [`Trace`]. See the [module docs](super).
 #[derive(Clone)]
-pub struct TraceLayer<C = DefaultClassifier> {
+pub struct TraceLayer<C = DefaultClassifier, K = ByMessage> {
     system: &'static str,
     side: Side,
     propagator: Arc<dyn TextMapPropagator + Send + Sync>,
     classifier: C,
+    carrier: K,
 }
 
 impl TraceLayer {
@@ -38,11 +39,12 @@ impl TraceLayer {
             side,
             propagator: Arc::new(TraceContextPropagator::new()),
             classifier: DefaultClassifier::new(),
+            carrier: ByMessage,
         }
     }
 }
 
-impl<C> TraceLayer<C> {
+impl<C, K> TraceLayer<C, K> {
     /// Carries the context with `propagator` instead of W3C Trace Context (for
     /// example a composite one that adds baggage).
     pub fn propagator(
@@ -54,29 +56,46 @@ impl<C> TraceLayer<C> {
     }
 
     /// Classifies failures (the `error.type` attribute) with `classifier`.
-    pub fn classifier<C2>(self, classifier: C2) -> TraceLayer<C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> TraceLayer<C2, K> {
         TraceLayer {
             system: self.system,
             side: self.side,
             propagator: self.propagator,
             classifier,
+            carrier: self.carrier,
+        }
+    }
+
+    /// Names spans and carries the trace context with `carrier` (see [`Carrier`]):
+    /// [`HttpHeaders`](super::HttpHeaders) for an HTTP client or service (feature
+    /// `http`), instead of the headers of the message a request carries.
+    ///
+    /// [`Carrier`]: super::Carrier
+    pub fn carrier<K2>(self, carrier: K2) -> TraceLayer<C, K2> {
+        TraceLayer {
+            system: self.system,
+            side: self.side,
+            propagator: self.propagator,
+            classifier: self.classifier,
+            carrier,
         }
     }
 }
 
-impl<C: fmt::Debug> fmt::Debug for TraceLayer<C> {
+impl<C: fmt::Debug, K: fmt::Debug> fmt::Debug for TraceLayer<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TraceLayer")
             .field("system", &self.system)
             .field("side", &self.side)
             .field("propagator", &self.propagator)
             .field("classifier", &self.classifier)
+            .field("carrier", &self.carrier)
             .finish()
     }
 }
 
-impl<S, C: Clone> Layer<S> for TraceLayer<C> {
-    type Service = Trace<S, C>;
+impl<S, C: Clone, K: Clone> Layer<S> for TraceLayer<C, K> {
+    type Service = Trace<S, C, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Trace::new(
@@ -85,6 +104,7 @@ impl<S, C: Clone> Layer<S> for TraceLayer<C> {
             self.side,
             self.propagator.clone(),
             self.classifier.clone(),
+            self.carrier.clone(),
         )
     }
 }
