@@ -71,7 +71,11 @@ fn guarded(
     let circuit = breaker.handle();
     let service = ServiceBuilder::new()
         .layer(MetricsLayer::new("http", Operation::Handle).labeller(HttpPath))
-        .layer(TraceLayer::process("http").carrier(HttpHeaders))
+        .layer(
+            TraceLayer::process("http")
+                .carrier(HttpHeaders)
+                .classify_responses(http_response::<Body>),
+        )
         .layer(
             RetryLayer::new(
                 Backoff::exponential(Duration::from_millis(10), Duration::from_secs(1))

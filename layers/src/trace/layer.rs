@@ -6,7 +6,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower_layer::Layer;
 
 use super::{ByMessage, Side, Trace};
-use crate::classify::DefaultClassifier;
+use crate::classify::{DefaultClassifier, ErrorsOnly, WithResponses};
 
 /// Builds [`Trace`]. See the [module docs](super).
 #[derive(Clone)]
@@ -55,8 +55,25 @@ impl<C, K> TraceLayer<C, K> {
         self
     }
 
-    /// Classifies failures (the `error.type` attribute) with `classifier`.
-    pub fn classifier<C2>(self, classifier: C2) -> TraceLayer<C2, K> {
+    /// Classifies failures (the `error.type` attribute) with `classifier`, a
+    /// [`Classifier`](crate::classify::Classifier) of the inner service's errors.
+    pub fn classifier<C2>(self, classifier: C2) -> TraceLayer<ErrorsOnly<C2>, K> {
+        self.outcome_classifier(ErrorsOnly(classifier))
+    }
+
+    /// Also marks a call failed where `responses` says its response is one (`None`: a
+    /// success), e.g. [`http_response`](crate::classify) for an HTTP service's 5xx.
+    pub fn classify_responses<F>(self, responses: F) -> TraceLayer<WithResponses<C, F>, K>
+    where
+        C: Clone,
+    {
+        let errors = self.classifier.clone();
+        self.outcome_classifier(WithResponses::new(errors, responses))
+    }
+
+    /// Decides which outcomes are failures with any
+    /// [`ClassifyOutcome`](crate::classify::ClassifyOutcome).
+    pub fn outcome_classifier<C2>(self, classifier: C2) -> TraceLayer<C2, K> {
         TraceLayer {
             system: self.system,
             side: self.side,

@@ -8,8 +8,10 @@
 //! (`send` for a publish, as the current conventions name it, and `process` for a
 //! handle), `messaging.operation.name` (`publish` or `process`),
 //! `messaging.message.id`, `messaging.message.body.size`, and on failure
-//! `error.type` (`transient` or `permanent`, from the [`Classifier`]) with an error
-//! status. Span kinds are producer and consumer; the span name is
+//! `error.type` (`transient` or `permanent`, from the
+//! [`Classifier`](crate::classify::Classifier)) with an error status. A response can
+//! count as a failure too: [`TraceLayer::classify_responses`] with
+//! [`http_response`](crate::classify) marks an HTTP 5xx. Span kinds are producer and consumer; the span name is
 //! `"<operation> <destination>"`.
 //!
 //! On publish, the publish span's context is written into the message headers as
@@ -71,7 +73,7 @@ pub use self::carrier::HttpHeaders;
 use self::future::ResponseFuture;
 pub use self::layer::TraceLayer;
 pub use self::propagation::{HeaderExtractor, HeaderInjector};
-use crate::classify::{Classifier, DefaultClassifier};
+use crate::classify::{ClassifyOutcome, DefaultClassifier};
 pub use crate::metrics::ByMessage;
 
 /// Which side of the exchange a [`Trace`] is on.
@@ -145,7 +147,7 @@ impl<S, C, K, Req> Service<Req> for Trace<S, C, K>
 where
     S: Service<Req>,
     S::Error: fmt::Display,
-    C: Classifier<S::Error> + Clone,
+    C: ClassifyOutcome<S::Response, S::Error> + Clone,
     K: Carrier<Req>,
 {
     type Response = S::Response;

@@ -4,7 +4,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_mq_core::{BoxError, Delivery, Message, Permanent, Receipt};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -286,10 +286,7 @@ async fn http_requests_carry_the_trace_from_client_to_server_in_headers() {
         attr(server_span, "http.request.method"),
         Some(&Value::from("POST"))
     );
-    assert_eq!(
-        attr(server_span, "url.path"),
-        Some(&Value::from("/orders"))
-    );
+    assert_eq!(attr(server_span, "url.path"), Some(&Value::from("/orders")));
 }
 
 #[cfg(feature = "http")]
@@ -314,4 +311,53 @@ async fn an_http_service_without_a_traceparent_starts_a_trace_of_its_own() {
     let span = finished(&exporter, "GET /health");
     assert_eq!(span.span_kind, SpanKind::Server);
     assert_eq!(span.parent_span_id, SpanId::INVALID);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_5xx_response_marks_the_server_span_failed_when_responses_are_classified() {
+    use super::HttpHeaders;
+    use crate::classify::http_response;
+
+    let (exporter, _provider, _guard) = otel();
+    let server = service_fn(|request: http::Request<String>| async move {
+        let status = if request.uri().path() == "/down" {
+            http::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            http::StatusCode::OK
+        };
+        let response = http::Response::builder()
+            .status(status)
+            .body(String::new())
+            .expect("a valid response");
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let mut server = TraceLayer::process("http")
+        .carrier(HttpHeaders)
+        .classify_responses(http_response::<String>)
+        .layer(server);
+    for path in ["/down", "/up"] {
+        let request = http::Request::get(path).body(String::new()).expect("valid");
+        server
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("answered");
+    }
+    let down = finished(&exporter, "GET /down");
+    assert_eq!(attr(&down, "error.type"), Some(&Value::from("transient")));
+    assert!(
+        matches!(down.status, Status::Error { .. }),
+        "{:?}",
+        down.status
+    );
+    let up = finished(&exporter, "GET /up");
+    assert_eq!(attr(&up, "error.type"), None);
+    assert!(
+        !matches!(up.status, Status::Error { .. }),
+        "{:?}",
+        up.status
+    );
 }
