@@ -112,7 +112,8 @@ impl<Req: MessageLike> Carrier<Req> for ByMessage {
 ///
 /// Spans follow OpenTelemetry's HTTP conventions: client spans on the publishing side,
 /// server spans on the handling side, named `"<method> <path>"`, with
-/// `http.request.method` and `url.path`. Paths that carry ids (`/orders/42`) make one
+/// `http.request.method` and `url.path` (and no `messaging.*` attributes: the layer's
+/// `system` is not recorded). Paths that carry ids (`/orders/42`) make one
 /// span name per id, as they make one series per id with
 /// [`HttpPath`](crate::metrics::HttpPath).
 ///
