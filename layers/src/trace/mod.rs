@@ -9,10 +9,10 @@
 //! handle), `messaging.operation.name` (`publish` or `process`),
 //! `messaging.message.id`, `messaging.message.body.size`, and on failure
 //! `error.type` (`transient` or `permanent`, from the
-//! [`Classifier`](crate::classify::Classifier)) with an error status. A response can
-//! count as a failure too: [`TraceLayer::classify_responses`] with
-//! [`http_response`](crate::classify) marks an HTTP 5xx. Span kinds are producer and consumer; the span name is
-//! `"<operation> <destination>"`.
+//! [`Classifier`](crate::classify::Classifier)) with an error status. Span kinds are
+//! producer and consumer; the span name is `"<operation> <destination>"`. A response
+//! can count as a failure too: [`TraceLayer::classify_responses`] with
+//! [`http_response`](crate::classify) marks an HTTP 5xx.
 //!
 //! On publish, the publish span's context is written into the message headers as
 //! `traceparent` (and `tracestate`) by a `TextMapPropagator` (W3C Trace Context by
@@ -85,7 +85,8 @@ pub enum Side {
     Process,
 }
 
-/// Runs each call in a messaging span. See the [module docs](self).
+/// Runs each call in a span: a messaging span by default, the one its [`Carrier`]
+/// makes otherwise. See the [module docs](self).
 #[derive(Clone)]
 pub struct Trace<S, C = DefaultClassifier, K = ByMessage> {
     inner: S,
