@@ -289,7 +289,7 @@ impl Classifier<dyn StdError + Send + Sync + 'static> for DefaultClassifier {
 }
 
 /// The kind of the first error in the chain that knows its own, if any: the model's
-/// errors, the layers' errors and tower's own.
+/// errors, the layers' errors and (feature `tower`) tower's own.
 pub fn known_kind(error: &(dyn StdError + 'static)) -> Option<ErrorKind> {
     let mut current = Some(error);
     while let Some(err) = current {
@@ -311,6 +311,7 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
     {
         return kind_of(err);
     }
+    #[cfg(feature = "tower")]
     if err.is::<tower::timeout::error::Elapsed>() || err.is::<tower::load_shed::error::Overloaded>()
     {
         return Some(ErrorKind::Transient);

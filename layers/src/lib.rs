@@ -3,7 +3,9 @@
 //!
 //! Every layer is generic over `tower::Service<Req>` and names no broker; broker
 //! knowledge reaches them through small traits (the error classification of
-//! [`tower_mq_core::Classify`], for one).
+//! [`tower_mq_core::Classify`], for one). The layers need only the `Service` and
+//! `Layer` traits (the `tower-service` and `tower-layer` crates), so they stack in
+//! `tower::ServiceBuilder`, axum and tonic without pulling in tower itself.
 //!
 //! # Features
 //!
@@ -15,7 +17,8 @@
 //! | `trace` | the trace layer (OpenTelemetry, W3C trace context in headers) |
 //! | `codec` | the serde codec layers, JSON through serde_json |
 //! | `gzip`, `zstd`, `lz4` | a compression codec each; the compression layers exist when one is on |
-//! | `http` | `classify::http_response`: a 5xx, 429 or 408 counts as a transient failure for the breaker and retry |
+//! | `http` | ready-made HTTP parts: `classify::http_response` (a 5xx, 429 or 408 is a transient failure for the breaker and retry), `retry::HttpRequests`, `metrics::HttpPath`, `trace::HttpHeaders` (with `trace`) |
+//! | `tower` | `retry::TowerPolicy` for `tower::retry`, and tower's own timeout and load-shed errors known to the classifier |
 //! | `full` | all of the above |
 //!
 //! The `tower-mq` crate turns them all on by default.

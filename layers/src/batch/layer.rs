@@ -2,8 +2,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use tower::{Layer, Service};
+use tower_layer::Layer;
 use tower_mq_core::BoxError;
+use tower_service::Service;
 
 use super::{Batch, BatchResults, Limits, Weigh, Weigher};
 

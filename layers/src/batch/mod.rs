@@ -79,8 +79,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
-use tower::Service;
 use tower_mq_core::{BoxError, Delivery, Message};
+use tower_service::Service;
 
 use self::error::{BatchFailed, Closed};
 use self::future::ResponseFuture;

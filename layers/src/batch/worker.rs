@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_core::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
-use tower::{Service, ServiceExt};
 use tower_mq_core::BoxError;
+use tower_service::Service;
 
 use super::error::{BatchFailed, Closed, MissingResult};
 use super::{BatchResults, Limits, BATCH_SIZE_METRIC};
@@ -244,8 +244,8 @@ where
         requests.push(item.request);
         replies.push((item.reply, item.permit));
     }
-    let ready = match inner.ready().await {
-        Ok(ready) => ready,
+    match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+        Ok(()) => {}
         Err(e) => {
             let failed = BatchFailed::new(e.into());
             let _ = failure.set(failed.clone());
@@ -254,8 +254,8 @@ where
             }
             return false;
         }
-    };
-    match ready.call(requests).await {
+    }
+    match inner.call(requests).await {
         Ok(results) => {
             let mut results = results.into_results().into_iter();
             let expected = replies.len();

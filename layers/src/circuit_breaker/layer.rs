@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::Label;
-use tower::Layer;
+use tower_layer::Layer;
 
 use super::state::{Config, Core, Transition};
 use super::window::{CountWindow, TimeWindow, Window};

@@ -92,8 +92,8 @@ use std::task::{ready, Context, Poll};
 
 use tokio::sync::watch;
 use tokio::time::Sleep;
-use tower::Service;
 use tower_mq_core::BoxError;
+use tower_service::Service;
 
 pub use self::layer::CircuitBreakerLayer;
 pub use self::state::Transition;

@@ -2,7 +2,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use tower::Layer;
+use tower_layer::Layer;
 
 use tower_mq_core::Message;
 

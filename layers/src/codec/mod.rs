@@ -61,8 +61,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tower::Service;
 use tower_mq_core::{BoxError, Delivery, Message};
+use tower_service::Service;
 
 use self::error::{DecodeError, EncodeError};
 use self::future::{DecodeFuture, EncodeFuture};

@@ -1,4 +1,4 @@
-use tower::Layer;
+use tower_layer::Layer;
 
 use super::{Compress, Decompress, Encoding};
 

@@ -65,8 +65,8 @@ use std::str::FromStr;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tower::Service;
 use tower_mq_core::{BoxError, Delivery, Message};
+use tower_service::Service;
 
 use self::error::{CompressError, CorruptPayload, TooLarge, UnknownEncoding};
 use self::future::ResponseFuture;

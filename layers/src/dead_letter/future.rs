@@ -6,8 +6,8 @@ use std::task::{ready, Context, Poll};
 
 use futures_core::future::BoxFuture;
 use pin_project_lite::pin_project;
-use tower::{Service, ServiceExt};
 use tower_mq_core::{BoxError, Delivery, ErrorKind, Message, Receipt};
+use tower_service::Service;
 
 use super::error::DeadLetterFailed;
 use super::{headers, Config};
@@ -121,7 +121,9 @@ where
                     let mut publisher = this.publisher.clone();
                     let future = Box::pin(async move {
                         let sent = async {
-                            publisher.ready().await.map_err(Into::into)?;
+                            std::future::poll_fn(|cx| publisher.poll_ready(cx))
+                                .await
+                                .map_err(Into::into)?;
                             publisher.call(msg).await.map_err(Into::into)?;
                             delivery.ack().await.map_err(BoxError::from)
                         };

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tower::Layer;
+use tower_layer::Layer;
 use tower_mq_core::{dead_letter, Message};
 
 use super::{Config, DeadLetter};

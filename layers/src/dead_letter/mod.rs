@@ -71,8 +71,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tower::Service;
 use tower_mq_core::{BoxError, Delivery, Message, Receipt};
+use tower_service::Service;
 
 use self::future::ResponseFuture;
 pub use self::layer::DeadLetterLayer;

@@ -7,8 +7,8 @@ use std::task::{ready, Context, Poll};
 
 use futures_core::future::BoxFuture;
 use pin_project_lite::pin_project;
-use tower::Service;
 use tower_mq_core::{BoxError, Delivery};
+use tower_service::Service;
 
 use super::error::StoreError;
 use super::DedupStore;

@@ -49,8 +49,8 @@ pub mod future;
 use std::fmt;
 use std::task::{Context, Poll};
 
-use tower::Service;
 use tower_mq_core::{BoxError, Delivery};
+use tower_service::Service;
 
 use self::future::ResponseFuture;
 pub use self::layer::DedupLayer;

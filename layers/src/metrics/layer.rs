@@ -1,4 +1,4 @@
-use tower::Layer;
+use tower_layer::Layer;
 use tower_mq_core::Operation;
 
 use super::{ByMessage, LabelFn, Metrics};

@@ -63,8 +63,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tower::Service;
 use tower_mq_core::Operation;
+use tower_service::Service;
 
 use self::future::ResponseFuture;
 use self::handles::{Cache, Handles};

@@ -10,8 +10,8 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tower::Service;
 use tower_mq_core::BoxError;
+use tower_service::Service;
 
 use super::error::RateLimited;
 use super::KeyedLimiter;

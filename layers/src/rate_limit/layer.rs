@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::Quota;
-use tower::Layer;
+use tower_layer::Layer;
 
 use super::{
     DirectLimiter, KeyedLimiter, KeyedRateLimit, Pruning, RateLimit, Reservation, TokioClock,

@@ -74,8 +74,8 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use tokio::time::Sleep;
-use tower::Service;
 use tower_mq_core::BoxError;
+use tower_service::Service;
 
 pub use self::clock::{TokioClock, TokioInstant};
 pub use self::layer::{KeyedRateLimitLayer, RateLimitLayer};

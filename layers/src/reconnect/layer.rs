@@ -1,5 +1,5 @@
 use metrics::Label;
-use tower::Layer;
+use tower_layer::Layer;
 
 use super::{connection_lost, Reconnect};
 use crate::retry::Backoff;
@@ -47,7 +47,7 @@ impl<T, P> ReconnectLayer<T, P> {
     }
 }
 
-impl<M: tower::Service<T>, T: Clone, P: Clone> Layer<M> for ReconnectLayer<T, P> {
+impl<M: tower_service::Service<T>, T: Clone, P: Clone> Layer<M> for ReconnectLayer<T, P> {
     type Service = Reconnect<M, T, P>;
 
     fn layer(&self, make: M) -> Self::Service {

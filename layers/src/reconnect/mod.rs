@@ -62,8 +62,8 @@ use std::task::{ready, Context, Poll};
 
 use metrics::Label;
 use tokio::time::Sleep;
-use tower::Service;
 use tower_mq_core::{BoxError, Operation};
+use tower_service::Service;
 
 pub use self::layer::ReconnectLayer;
 

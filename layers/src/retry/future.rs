@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower::Service;
 use tower_mq_core::ErrorKind;
+use tower_service::Service;
 
 use super::{CloneRequest, Jitter, Policy};
 use crate::classify::ClassifyOutcome;

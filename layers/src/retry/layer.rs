@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use metrics::Label;
-use tower::Layer;
+use tower_layer::Layer;
 
 use super::{Backoff, ByClone, FastRng, Jitter, Policy, Retry, RetryBudget};
 use crate::classify::{DefaultClassifier, ErrorsOnly, WithResponses};

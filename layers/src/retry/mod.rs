@@ -62,17 +62,19 @@ mod backoff;
 mod budget;
 pub mod future;
 mod layer;
+#[cfg(feature = "tower")]
 mod tower_policy;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use metrics::Label;
-use tower::Service;
+use tower_service::Service;
 
 pub use self::backoff::{Backoff, FastRng, Jitter};
 pub use self::budget::RetryBudget;
 pub use self::layer::RetryLayer;
+#[cfg(feature = "tower")]
 pub use self::tower_policy::TowerPolicy;
 
 use crate::classify::{ClassifyOutcome, DefaultClassifier};

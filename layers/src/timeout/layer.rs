@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use tower::Layer;
+use tower_layer::Layer;
 
 use super::Timeout;
 

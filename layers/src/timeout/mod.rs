@@ -55,8 +55,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Sleep;
-use tower::Service;
 use tower_mq_core::BoxError;
+use tower_service::Service;
 
 pub use self::layer::TimeoutLayer;
 
@@ -174,7 +174,7 @@ mod tests {
     use super::*;
     use crate::classify::{Classifier, DefaultClassifier};
     use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
-    use tower::Layer;
+    use tower_layer::Layer;
     use tower_mq_core::ErrorKind;
     use tower_test::mock;
 

@@ -7,11 +7,12 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tracing::Span;
 
-use crate::classify::Classifier;
+use crate::classify::ClassifyOutcome;
 
 pin_project! {
     /// What [`Trace`](super::Trace) returns: the inner future, polled inside the span,
-    /// which records the failure, if any.
+    /// which records the failure, if any (an error, or a response the classifier
+    /// calls a failure).
     #[derive(Debug)]
     pub struct ResponseFuture<F, C> {
         #[pin]
@@ -34,7 +35,7 @@ impl<F, C> ResponseFuture<F, C> {
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
-    C: Classifier<E>,
+    C: ClassifyOutcome<T, E>,
     E: std::fmt::Display,
 {
     type Output = Result<T, E>;
@@ -43,13 +44,14 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         let result = ready!(this.inner.poll(cx));
-        if let Err(e) = &result {
-            if !this.span.is_disabled() {
-                let kind = this.classifier.classify(e);
+        if !this.span.is_disabled() {
+            if let Some(kind) = this.classifier.classify_outcome(&result) {
                 this.span.record("error.type", kind.as_str());
                 this.span.record("otel.status_code", "ERROR");
-                this.span
-                    .record("otel.status_description", tracing::field::display(e));
+                if let Err(e) = &result {
+                    this.span
+                        .record("otel.status_description", tracing::field::display(e));
+                }
             }
         }
         Poll::Ready(result)

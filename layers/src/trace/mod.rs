@@ -8,9 +8,11 @@
 //! (`send` for a publish, as the current conventions name it, and `process` for a
 //! handle), `messaging.operation.name` (`publish` or `process`),
 //! `messaging.message.id`, `messaging.message.body.size`, and on failure
-//! `error.type` (`transient` or `permanent`, from the [`Classifier`]) with an error
-//! status. Span kinds are producer and consumer; the span name is
-//! `"<operation> <destination>"`.
+//! `error.type` (`transient` or `permanent`, from the
+//! [`Classifier`](crate::classify::Classifier)) with an error status. Span kinds are
+//! producer and consumer; the span name is `"<operation> <destination>"`. A response
+//! can count as a failure too: [`TraceLayer::classify_responses`] with
+//! [`http_response`](crate::classify) marks an HTTP 5xx.
 //!
 //! On publish, the publish span's context is written into the message headers as
 //! `traceparent` (and `tracestate`) by a `TextMapPropagator` (W3C Trace Context by
@@ -21,6 +23,14 @@
 //!
 //! With no subscriber interested in these spans, the layer adds nothing but the
 //! check: no fields are computed and no headers written.
+//!
+//! The span and the place the context travels in come from a [`Carrier`]: by default
+//! [`ByMessage`], the message a [`MessageLike`](crate::message_like::MessageLike)
+//! request carries (a publisher's `Message`, a handler's `Delivery`). On HTTP,
+//! [`TraceLayer::carrier`] with [`HttpHeaders`] (feature `http`) makes client and
+//! server spans and carries `traceparent` in the request headers instead, so that the
+//! same layer traces an HTTP client and an axum `Router` into the trace of the messages
+//! they publish.
 //!
 //! # Example
 //!
@@ -42,6 +52,7 @@
 //! # Ok(()) }
 //! ```
 
+mod carrier;
 mod layer;
 mod propagation;
 
@@ -53,15 +64,17 @@ use std::task::{Context, Poll};
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
-use tower::Service;
-use tracing::field::Empty;
+use tower_service::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub use self::carrier::Carrier;
+#[cfg(feature = "http")]
+pub use self::carrier::HttpHeaders;
 use self::future::ResponseFuture;
 pub use self::layer::TraceLayer;
 pub use self::propagation::{HeaderExtractor, HeaderInjector};
-use crate::classify::{Classifier, DefaultClassifier};
-use crate::message_like::MessageLike;
+use crate::classify::{ClassifyOutcome, DefaultClassifier};
+pub use crate::metrics::ByMessage;
 
 /// Which side of the exchange a [`Trace`] is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,23 +85,26 @@ pub enum Side {
     Process,
 }
 
-/// Runs each call in a messaging span. See the [module docs](self).
+/// Runs each call in a span: a messaging span by default, the one its [`Carrier`]
+/// makes otherwise. See the [module docs](self).
 #[derive(Clone)]
-pub struct Trace<S, C = DefaultClassifier> {
+pub struct Trace<S, C = DefaultClassifier, K = ByMessage> {
     inner: S,
     system: &'static str,
     side: Side,
     propagator: Arc<dyn TextMapPropagator + Send + Sync>,
     classifier: C,
+    carrier: K,
 }
 
-impl<S, C> Trace<S, C> {
+impl<S, C, K> Trace<S, C, K> {
     pub(crate) fn new(
         inner: S,
         system: &'static str,
         side: Side,
         propagator: Arc<dyn TextMapPropagator + Send + Sync>,
         classifier: C,
+        carrier: K,
     ) -> Self {
         Trace {
             inner,
@@ -96,6 +112,7 @@ impl<S, C> Trace<S, C> {
             side,
             propagator,
             classifier,
+            carrier,
         }
     }
 
@@ -115,66 +132,24 @@ impl<S, C> Trace<S, C> {
     }
 }
 
-impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Trace<S, C> {
+impl<S: fmt::Debug, C: fmt::Debug, K: fmt::Debug> fmt::Debug for Trace<S, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Trace")
             .field("inner", &self.inner)
             .field("system", &self.system)
             .field("side", &self.side)
             .field("classifier", &self.classifier)
+            .field("carrier", &self.carrier)
             .finish_non_exhaustive()
     }
 }
 
-fn span_for<Req: MessageLike>(system: &'static str, side: Side, req: &Req) -> tracing::Span {
-    let destination = req.destination().unwrap_or_default();
-    // Signed: OpenTelemetry attributes are i64, and tracing-opentelemetry turns u64
-    // into strings.
-    let body_size = req
-        .message()
-        .map(|m| i64::try_from(m.payload().len()).unwrap_or(i64::MAX));
-    let span = match side {
-        Side::Publish => tracing::info_span!(
-            "publish",
-            otel.name = %format_args!("publish {destination}"),
-            otel.kind = "producer",
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            messaging.system = system,
-            messaging.destination.name = destination,
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.message.id = Empty,
-            messaging.message.body.size = body_size,
-            "error.type" = Empty,
-        ),
-        Side::Process => tracing::info_span!(
-            "process",
-            otel.name = %format_args!("process {destination}"),
-            otel.kind = "consumer",
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            messaging.system = system,
-            messaging.destination.name = destination,
-            messaging.operation.type = "process",
-            messaging.operation.name = "process",
-            messaging.message.id = Empty,
-            messaging.message.body.size = body_size,
-            "error.type" = Empty,
-        ),
-    };
-    if let Some(id) = req.message().and_then(|m| m.message_id()) {
-        span.record("messaging.message.id", id);
-    }
-    span
-}
-
-impl<S, C, Req> Service<Req> for Trace<S, C>
+impl<S, C, K, Req> Service<Req> for Trace<S, C, K>
 where
     S: Service<Req>,
     S::Error: fmt::Display,
-    C: Classifier<S::Error> + Clone,
-    Req: MessageLike,
+    C: ClassifyOutcome<S::Response, S::Error> + Clone,
+    K: Carrier<Req>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -186,28 +161,23 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         // `info_span!` evaluates no field unless a subscriber wants the span.
-        let span = span_for(self.system, self.side, &req);
+        let span = self.carrier.span(self.system, self.side, &req);
         if span.is_disabled() {
             let future = self.inner.call(req);
             return ResponseFuture::new(future, span, self.classifier.clone());
         }
         match self.side {
             Side::Publish => {
-                if let Some(msg) = req.message_mut() {
-                    let cx = span.context();
-                    if cx.span().span_context().is_valid() {
-                        self.propagator
-                            .inject_context(&cx, &mut HeaderInjector(msg.headers_mut()));
-                    }
+                let cx = span.context();
+                if cx.span().span_context().is_valid() {
+                    self.carrier.inject(&mut req, &*self.propagator, &cx);
                 }
             }
             Side::Process => {
-                if let Some(msg) = req.message() {
-                    let parent = self.propagator.extract(&HeaderExtractor(msg.headers()));
-                    if parent.span().span_context().is_valid() {
-                        // Fails only once the span has started, which it has not.
-                        let _ = span.set_parent(parent);
-                    }
+                let parent = self.carrier.extract(&req, &*self.propagator);
+                if parent.span().span_context().is_valid() {
+                    // Fails only once the span has started, which it has not.
+                    let _ = span.set_parent(parent);
                 }
             }
         }

@@ -4,7 +4,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_mq_core::{BoxError, Delivery, Message, Permanent, Receipt};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -207,4 +207,157 @@ async fn without_a_subscriber_nothing_is_written() {
         .expect("published");
     let sent = rx.recv().await.expect("sent");
     assert!(sent.headers().is_empty(), "{:?}", sent.headers());
+}
+
+/// An HTTP client traced with `HttpHeaders` calling an HTTP service traced the same
+/// way: the context crosses in the request headers.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn http_requests_carry_the_trace_from_client_to_server_in_headers() {
+    use super::HttpHeaders;
+    use std::convert::Infallible;
+
+    let (exporter, _provider, _guard) = otel();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = service_fn(move |request: http::Request<String>| {
+        let cx = tracing::Span::current().context();
+        let _ = seen_tx.send((
+            request.headers().get("traceparent").cloned(),
+            cx.span().span_context().trace_id(),
+        ));
+        async { Ok::<_, Infallible>(http::Response::new(String::new())) }
+    });
+    let server = TraceLayer::process("http")
+        .carrier(HttpHeaders)
+        .layer(server);
+    // The client hands the request to the server as a network would: outside the
+    // client's span, so the parent can only come from the headers.
+    let client = service_fn(move |request: http::Request<String>| {
+        let server = server.clone();
+        async move {
+            tokio::spawn(server.oneshot(request))
+                .await
+                .expect("the server ran")
+        }
+    });
+    let client = TraceLayer::publish("http")
+        .carrier(HttpHeaders)
+        .layer(client);
+    let request = http::Request::post("/orders")
+        .body("{}".to_owned())
+        .expect("a valid request");
+    let response = client
+        .oneshot(request)
+        .instrument(caller_span())
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), http::StatusCode::OK);
+
+    let (traceparent, trace_id) = seen_rx.recv().await.expect("served");
+    let traceparent = traceparent.expect("a traceparent header");
+    let spans = exporter.get_finished_spans().expect("spans");
+    let of_kind = |kind: SpanKind| {
+        spans
+            .iter()
+            .find(|s| s.span_kind == kind)
+            .unwrap_or_else(|| panic!("no {kind:?} span"))
+    };
+    let client_span = of_kind(SpanKind::Client);
+    assert_eq!(client_span.name, "POST /orders");
+    assert_eq!(client_span.span_context.trace_id().to_string(), TRACE_ID);
+    assert_eq!(
+        traceparent.to_str().expect("ascii"),
+        format!("00-{TRACE_ID}-{}-01", client_span.span_context.span_id()),
+        "the client span is the remote parent"
+    );
+    assert_eq!(
+        trace_id.to_string(),
+        TRACE_ID,
+        "the server continues the trace"
+    );
+    let server_span = of_kind(SpanKind::Server);
+    assert_eq!(server_span.name, "POST /orders");
+    assert_eq!(server_span.span_context.trace_id().to_string(), TRACE_ID);
+    assert_eq!(
+        server_span.parent_span_id,
+        client_span.span_context.span_id()
+    );
+    assert_eq!(
+        attr(server_span, "http.request.method"),
+        Some(&Value::from("POST"))
+    );
+    assert_eq!(attr(server_span, "url.path"), Some(&Value::from("/orders")));
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn an_http_service_without_a_traceparent_starts_a_trace_of_its_own() {
+    use super::HttpHeaders;
+
+    let (exporter, _provider, _guard) = otel();
+    let server = service_fn(|_: http::Request<String>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    });
+    TraceLayer::process("http")
+        .carrier(HttpHeaders)
+        .layer(server)
+        .oneshot(
+            http::Request::get("/health")
+                .body(String::new())
+                .expect("valid"),
+        )
+        .await
+        .expect("answered");
+    let span = finished(&exporter, "GET /health");
+    assert_eq!(span.span_kind, SpanKind::Server);
+    assert_eq!(span.parent_span_id, SpanId::INVALID);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_5xx_response_marks_the_server_span_failed_when_responses_are_classified() {
+    use super::HttpHeaders;
+    use crate::classify::http_response;
+
+    let (exporter, _provider, _guard) = otel();
+    let server = service_fn(|request: http::Request<String>| async move {
+        let status = if request.uri().path() == "/down" {
+            http::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            http::StatusCode::OK
+        };
+        let response = http::Response::builder()
+            .status(status)
+            .body(String::new())
+            .expect("a valid response");
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let mut server = TraceLayer::process("http")
+        .carrier(HttpHeaders)
+        .classify_responses(http_response::<String>)
+        .layer(server);
+    for path in ["/down", "/up"] {
+        let request = http::Request::get(path).body(String::new()).expect("valid");
+        server
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("answered");
+    }
+    let down = finished(&exporter, "GET /down");
+    assert_eq!(attr(&down, "error.type"), Some(&Value::from("transient")));
+    assert!(
+        matches!(down.status, Status::Error { .. }),
+        "{:?}",
+        down.status
+    );
+    let up = finished(&exporter, "GET /up");
+    assert_eq!(attr(&up, "error.type"), None);
+    assert!(
+        !matches!(up.status, Status::Error { .. }),
+        "{:?}",
+        up.status
+    );
 }
