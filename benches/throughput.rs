@@ -7,8 +7,11 @@
 //! ```
 //!
 //! For every broker (`memory`, `rabbitmq`, `redis-streams`, `redis-pubsub`, `kafka`,
-//! `nats`, `nats-jetstream`, `zeromq`) four clients: `bare` (the broker's own client,
-//! used directly, with the same guarantees as tower-mq's), `service` (tower-mq's
+//! `nats`, `nats-sent`, `nats-jetstream`, `zeromq`) four clients: `bare` (the broker's
+//! own client, used directly, with the same guarantees as tower-mq's where the client
+//! can give them; `nats`' bare client promises less than tower-mq's receipt, and
+//! `nats-sent` is core NATS with tower-mq's fire-and-forget publisher, which promises
+//! no more than the bare client), `service` (tower-mq's
 //! publisher and consumer, no layers), `stack` (the README's metrics + retry + circuit
 //! breaker + timeout on the publisher, a handler with metrics + timeout through
 //! `serve`) and `batched` (`BatchLayer` over the broker's native batch publisher);
@@ -173,13 +176,14 @@ impl Settings {
     }
 }
 
-const BROKERS: [&str; 8] = [
+const BROKERS: [&str; 9] = [
     "memory",
     "rabbitmq",
     "redis-streams",
     "redis-pubsub",
     "kafka",
     "nats",
+    "nats-sent",
     "nats-jetstream",
     "zeromq",
 ];
@@ -191,7 +195,12 @@ fn fixture(name: &str) -> Box<dyn Fixture> {
         "redis-streams" => Box::new(fixtures::RedisStreams::new()),
         "redis-pubsub" => Box::new(fixtures::RedisPubSub::new()),
         "kafka" => Box::new(fixtures::Kafka::new()),
-        "nats" => Box::new(fixtures::Nats),
+        "nats" => Box::new(fixtures::Nats {
+            fire_and_forget: false,
+        }),
+        "nats-sent" => Box::new(fixtures::Nats {
+            fire_and_forget: true,
+        }),
         "nats-jetstream" => Box::new(fixtures::JetStream),
         _ => Box::new(fixtures::ZeroMq),
     }

@@ -731,14 +731,25 @@ async fn nats_connect(url: &str) -> Result<tower_mq::nats::Connection, BoxError>
     )
 }
 
-/// Core NATS. tower-mq's receipt says the server processed the message, so the bare
-/// client publishes and then flushes (a PING / PONG round trip), one message at a time
-/// or once per batch.
-pub struct Nats;
+/// Core NATS. The bare client publishes and then flushes (which waits until the client
+/// wrote the message to its socket), one message at a time or once per batch: what an
+/// ordinary program does. It promises less than tower-mq's default receipt, which says
+/// the server processed the message (a loopback round trip, shared by every publish
+/// waiting at once): `nats`. `nats-sent` measures tower-mq's fire-and-forget publisher
+/// (`Publisher::fire_and_forget`), whose receipt promises no more than the bare
+/// client's flush.
+pub struct Nats {
+    /// Publish with [`Publisher::fire_and_forget`](tower_mq::nats::Publisher::fire_and_forget).
+    pub fire_and_forget: bool,
+}
 
 impl Fixture for Nats {
     fn name(&self) -> &'static str {
-        "nats"
+        if self.fire_and_forget {
+            "nats-sent"
+        } else {
+            "nats"
+        }
     }
 
     fn durable(&self) -> bool {
@@ -752,9 +763,18 @@ impl Fixture for Nats {
 
     fn lane(&self, publisher: Client, consumer: Client) -> BoxFut<Result<Lane, BoxError>> {
         use tower_mq::nats::{BatchPublisher, Publisher, Subscriber};
+        let fire_and_forget = self.fire_and_forget;
         Box::pin(async move {
             let url = nats_url();
             let connection = nats_connect(&url).await?;
+            let tower_mq_publisher = || {
+                let publisher = Publisher::new(&connection);
+                if fire_and_forget {
+                    publisher.fire_and_forget()
+                } else {
+                    publisher
+                }
+            };
             let subject = unique("bench");
             let receive = match consumer {
                 Client::Bare => {
@@ -802,11 +822,8 @@ impl Fixture for Nats {
                     });
                     (publish, Some(batch))
                 }
-                Client::Service => (service_publish(Publisher::new(&connection), message), None),
-                Client::Stack => (
-                    stack_publish("nats", Publisher::new(&connection), message),
-                    None,
-                ),
+                Client::Service => (service_publish(tower_mq_publisher(), message), None),
+                Client::Stack => (stack_publish("nats", tower_mq_publisher(), message), None),
                 Client::Batched => (
                     batched_publish(BatchPublisher::new(&connection), message),
                     None,
