@@ -107,7 +107,9 @@ type Inner = StreamConsumer<GroupContext>;
 /// stops polling, and a rebalance then waits for it up to `max.poll.interval.ms`.
 /// Records of a partition revoked before they were handed over are dropped (the new
 /// owner reads them). Dropping the consumer stops the task and closes the librdkafka
-/// consumer, which revokes (committing as above) and leaves the group.
+/// consumer, which revokes (committing as above) and leaves the group. Records fetched
+/// ahead and never handed over need no hand-back: nothing commits past them, so the
+/// partition's next owner reads them at once, as first deliveries.
 ///
 /// Acknowledging a delivery after its partition was revoked, or after the consumer
 /// was dropped, records nothing (it succeeds, or fails transiently while the consumer
