@@ -196,6 +196,30 @@ mod kafka_mock {
         );
     }
 
+    /// A record over `message.max.bytes` is a permanent error naming the topic, and
+    /// the publisher goes on with the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversize_record_is_a_permanent_error_and_the_next_goes_through() {
+        let cluster = MockKafka::start(1);
+        let topic = unique("oversize");
+        cluster.create_topic(&topic, 1);
+        let config = config(&cluster).set_producer("message.max.bytes", "100000");
+        let mut publisher = Publisher::new(&config).expect("publisher");
+        let err = publisher
+            .ready()
+            .await
+            .expect("ready")
+            .call(Message::new(&topic, vec![b'x'; 200_000]))
+            .await
+            .expect_err("over message.max.bytes");
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert_eq!(err.operation(), Operation::Publish, "{err}");
+        assert_eq!(err.destination(), Some(topic.as_str()), "{err}");
+        let shown = format!("{err} {:?}", std::error::Error::source(&err));
+        assert!(shown.contains("too large"), "{shown}");
+        publish(&mut publisher, Message::new(&topic, "small")).await;
+    }
+
     /// A nack publishes the message to the retry topic with its delivery count
     /// incremented and moves the original's commit point past it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
