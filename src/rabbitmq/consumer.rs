@@ -163,7 +163,7 @@ impl Consumer {
     }
 
     /// Stops consuming and hands the deliveries the broker sent ahead, and this
-    /// stream never yielded, back to the queue (see [closing](Consumer#closing)), then
+    /// stream never yielded, back to the queue (see [`Consumer`], closing), then
     /// closes the channel. Deliveries already yielded and not settled by then go back
     /// to the queue when the channel closes.
     pub async fn close(mut self) -> Result<(), Error> {
@@ -227,7 +227,7 @@ impl Subscription {
 }
 
 /// Returns a delivery no handler saw to the queue, without counting it where the
-/// configuration allows (see [closing](Consumer#closing)).
+/// configuration allows (see [`Consumer`], closing).
 async fn hand_back(
     delivery: lapin::message::Delivery,
     connection: &Connection,
