@@ -144,6 +144,12 @@ impl ConsumerConfig {
     /// comes back settled (the process dies while handling it, or a consumer without
     /// `serve` never settles it), which would otherwise be reclaimed forever. Keep it
     /// above `serve`'s limit, or it cuts that limit short.
+    ///
+    /// It also bounds the counts [`NackMode::Readd`] copies carry: a nack of a delivery
+    /// at the limit dead-letters it (reason `max deliveries exceeded`) instead of
+    /// adding a copy, and a `tmq-redeliveries` at or past the limit, which no consumer
+    /// with this limit writes, is ignored. Without a limit every carried count is
+    /// believed.
     pub fn with_max_deliveries(mut self, max: Option<u32>) -> Self {
         self.max_deliveries = max.map(|m| m.max(1));
         self
