@@ -122,3 +122,62 @@ async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
         .await
         .expect("the first member gets a partition");
 }
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("a message within the wait")
+        .expect("the consumer ended")
+        .expect("receive")
+}
+
+/// Records fetched ahead and never handed to a handler need no hand-back on Kafka:
+/// nothing commits past them, so after the consumer is dropped the next member of
+/// the group reads them at once, as first deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_read_ahead_but_never_handed_out_go_to_the_next_owner_uncounted() {
+    let config = connect().await;
+    let admin = Admin::new(&config).expect("admin client");
+    let topic = unique("read-ahead");
+    admin
+        .create_topics(&[TopicSpec::new(&topic)])
+        .await
+        .expect("topic");
+    let publisher = Publisher::new(&config).expect("publisher");
+    for i in 0..6 {
+        let message = Message::new(topic.as_str(), i.to_string());
+        publisher.clone().oneshot(message).await.expect("publish");
+    }
+    let group = unique("deployed");
+    let mut first = Consumer::subscribe(&config, ConsumerConfig::new(&topic, &group))
+        .await
+        .expect("first member");
+    let taken = next(&mut first).await;
+    assert_eq!(taken.message().payload().as_ref(), b"0");
+    taken.ack().await.expect("ack");
+    drop(first);
+
+    let started = tokio::time::Instant::now();
+    let mut second = Consumer::subscribe(&config, ConsumerConfig::new(&topic, &group))
+        .await
+        .expect("second member");
+    for i in 1..6 {
+        let delivery = next(&mut second).await;
+        assert_eq!(
+            delivery.message().payload().as_ref(),
+            i.to_string().as_bytes()
+        );
+        assert_eq!(
+            delivery.delivery_count(),
+            1,
+            "message {i} reached no handler"
+        );
+        delivery.ack().await.expect("ack");
+    }
+    assert!(
+        started.elapsed() < WAIT,
+        "the next owner waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(committed(&admin, &group, &topic).await, Some(1));
+}

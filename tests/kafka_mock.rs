@@ -196,6 +196,30 @@ mod kafka_mock {
         );
     }
 
+    /// A record over `message.max.bytes` is a permanent error naming the topic, and
+    /// the publisher goes on with the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversize_record_is_a_permanent_error_and_the_next_goes_through() {
+        let cluster = MockKafka::start(1);
+        let topic = unique("oversize");
+        cluster.create_topic(&topic, 1);
+        let config = config(&cluster).set_producer("message.max.bytes", "100000");
+        let mut publisher = Publisher::new(&config).expect("publisher");
+        let err = publisher
+            .ready()
+            .await
+            .expect("ready")
+            .call(Message::new(&topic, vec![b'x'; 200_000]))
+            .await
+            .expect_err("over message.max.bytes");
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert_eq!(err.operation(), Operation::Publish, "{err}");
+        assert_eq!(err.destination(), Some(topic.as_str()), "{err}");
+        let shown = format!("{err} {:?}", std::error::Error::source(&err));
+        assert!(shown.contains("too large"), "{shown}");
+        publish(&mut publisher, Message::new(&topic, "small")).await;
+    }
+
     /// A nack publishes the message to the retry topic with its delivery count
     /// incremented and moves the original's commit point past it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,6 +476,50 @@ mod kafka_mock {
             .expect("lag");
         assert_eq!(lag.len(), 1);
         assert_eq!((lag[0].high_watermark, lag[0].lag), (10, 0));
+    }
+
+    /// Records librdkafka fetched ahead (and the consumer's own read-ahead) that no
+    /// handler saw are simply not committed: dropping the consumer revokes its partition
+    /// at once, and the next owner reads them as first deliveries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_read_ahead_but_never_handed_out_go_to_the_next_owner_uncounted() {
+        let cluster = MockKafka::start(1);
+        let topic = unique("read-ahead");
+        cluster.create_topic(&topic, 1);
+        let config = config(&cluster).set_consumer("auto.commit.interval.ms", "600000");
+        let mut publisher = Publisher::new(&config).expect("publisher");
+        for i in 0..6 {
+            publish(&mut publisher, Message::new(&topic, i.to_string())).await;
+        }
+        let group = unique("deployed");
+        let mut first = joined(&config, &topic, &group).await;
+        let taken = recv(&mut first, "message 0").await;
+        assert_eq!(text(&taken), "0");
+        taken.ack().await.expect("ack");
+        drop(first);
+
+        let started = tokio::time::Instant::now();
+        let mut second = joined(&config, &topic, &group).await;
+        assert_eq!(
+            committed(&config, &group, &topic).await,
+            Some(1),
+            "only the handled message is committed"
+        );
+        for i in 1..6 {
+            let delivery = recv(&mut second, &format!("message {i}")).await;
+            assert_eq!(text(&delivery), i.to_string());
+            assert_eq!(
+                delivery.delivery_count(),
+                1,
+                "message {i} reached no handler"
+            );
+            delivery.ack().await.expect("ack");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the next owner waited {:?}",
+            started.elapsed()
+        );
     }
 
     /// Revocation commits at once, never past an unfinished message, and the next owner

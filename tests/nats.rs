@@ -1757,3 +1757,32 @@ async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the
     until("the client to reconnect", || connection.is_connected()).await;
     assert_round_trip(&connection).await;
 }
+
+#[tokio::test]
+async fn jetstream_counts_only_the_servers_deliveries_whatever_headers_claim() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let js = JetStream::new(&connection);
+    let name = unique("foreign-count");
+    let (stream, _) = streams(&js, &name).await;
+    let config = ConsumerConfig::new("counted")
+        .ack_wait(Duration::from_secs(30))
+        .max_deliver(3);
+    js.declare_consumer(&stream, &config).await.unwrap();
+    let subject = format!("{name}.jobs");
+    raw_hpub(
+        &subject,
+        b"NATS/1.0\r\nx-tower-mq-deliveries: 9223372036854775807\r\n\
+          x-delivery-count: 4294967295\r\nNats-Num-Delivered: 99\r\n\r\n",
+        b"claims",
+    )
+    .await;
+    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let first = next(&mut consumer, "the message").await;
+    assert_eq!(text(&first), "claims");
+    assert_eq!(first.delivery_count(), 1);
+    first.nack(None).await.unwrap();
+    let again = next(&mut consumer, "the redelivery").await;
+    assert_eq!(again.delivery_count(), 2);
+    again.ack().await.unwrap();
+}

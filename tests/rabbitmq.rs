@@ -1901,3 +1901,66 @@ async fn reconnects_through_the_jittered_loop_when_its_connection_is_cut() {
     connection.close();
     forwarder.abort();
 }
+
+#[tokio::test]
+async fn closing_or_dropping_a_consumer_hands_back_its_prefetch_without_counting_it() {
+    let _shared = BROKER.read().await;
+    let classic = unique("release-classic");
+    let quorum = unique("release-quorum");
+    let topology = Topology::new()
+        .queue(queue(&classic))
+        .queue(Queue::quorum(&quorum).expires(Duration::from_secs(60)));
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .prefetch(10)
+            .topology(topology),
+    )
+    .await;
+    let publisher = connection.publisher();
+    for (q, close) in [(&classic, true), (&quorum, false)] {
+        for n in 0..5 {
+            publisher
+                .clone()
+                .oneshot(Message::new(q, n.to_string()))
+                .await
+                .unwrap();
+        }
+        let mut consumer = connection.consumer(q).await.unwrap();
+        let taken = next(&mut consumer).await;
+        assert_eq!(taken.message().payload().as_ref(), b"0");
+        taken.ack().await.unwrap();
+        // The other four came with the first (prefetch 10) and were never yielded.
+        if close {
+            tokio::time::timeout(Duration::from_secs(10), consumer.close())
+                .await
+                .expect("close is bounded")
+                .expect("close");
+        } else {
+            drop(consumer);
+        }
+        let started = tokio::time::Instant::now();
+        let mut other = connection.consumer(q).await.unwrap();
+        let mut payloads = Vec::new();
+        for _ in 0..4 {
+            let d = next(&mut other).await;
+            // Handed back uncounted: no handler saw them.
+            assert_eq!(d.delivery_count(), 1, "{q}: {:?}", d.message().payload());
+            payloads.push(String::from_utf8(d.message().payload().to_vec()).unwrap());
+            d.ack().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        payloads.sort();
+        assert_eq!(payloads, ["1", "2", "3", "4"], "{q}");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), other.next())
+                .await
+                .is_err(),
+            "{q}: a message came twice"
+        );
+    }
+}

@@ -1121,3 +1121,116 @@ async fn connect_retry_lets_a_pubsub_consumer_wait_for_a_server_that_starts_late
     let delivery = next(&mut consumer).await;
     assert_eq!(delivery.message().payload().as_ref(), b"after the wait");
 }
+
+/// The names of `group`'s consumers and how many entries each holds pending.
+async fn group_consumers(config: &Config, stream: &str, group: &str) -> Vec<(String, u64)> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(&mut raw(config).await)
+        .await
+        .expect("XINFO CONSUMERS");
+    reply
+        .consumers
+        .into_iter()
+        .map(|c| (c.name, c.pending as u64))
+        .collect()
+}
+
+#[tokio::test]
+async fn closed_consumers_leave_no_names_in_their_group_but_keep_pending_entries() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("forget-consumers");
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    const CYCLES: usize = 11;
+    for n in 0..CYCLES {
+        let mut consumer = StreamConsumer::subscribe(&config, fast_claims(&stream, "g"))
+            .await
+            .unwrap();
+        publish(&mut publisher, Message::new(&stream, n.to_string())).await;
+        let delivery = next(&mut consumer).await;
+        assert_eq!(
+            delivery.message().payload().as_ref(),
+            n.to_string().as_bytes()
+        );
+        delivery.ack().await.unwrap();
+        if n % 2 == 0 {
+            consumer.close().await.expect("close");
+        } else {
+            // Dropping does the same in the background.
+            drop(consumer);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let consumers = group_consumers(&config, &stream, "g").await;
+        if consumers.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after {CYCLES} open/close cycles the group still lists {consumers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A consumer that closes holding an unsettled entry keeps its name, and the entry.
+    let mut holder = StreamConsumer::subscribe(&config, fast_claims(&stream, "g"))
+        .await
+        .unwrap();
+    let name = holder.name().to_owned();
+    publish(&mut publisher, Message::new(&stream, "held")).await;
+    let held = next(&mut holder).await;
+    holder.close().await.expect("close");
+    assert_eq!(group_consumers(&config, &stream, "g").await, [(name, 1)]);
+    drop(held);
+    let mut rescuer = StreamConsumer::subscribe(&config, fast_claims(&stream, "g"))
+        .await
+        .unwrap();
+    let again = next(&mut rescuer).await;
+    assert_eq!(again.message().payload().as_ref(), b"held");
+    assert_eq!(again.delivery_count(), 2);
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_readd_nack_at_the_backstop_dead_letters_at_once() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("readd-backstop");
+    let settings = StreamConsumerConfig::new(&stream, "g")
+        .with_nack_mode(NackMode::Readd)
+        .with_max_deliveries(Some(2));
+    let dead_letter_stream = settings.dead_letter().unwrap().to_owned();
+    let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&stream, "poison")).await;
+    for expected in 1..=2 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.delivery_count(), expected);
+        delivery.nack(None).await.unwrap();
+    }
+    let mut dead = StreamConsumer::subscribe(
+        &config,
+        StreamConsumerConfig::new(&dead_letter_stream, "audit"),
+    )
+    .await
+    .unwrap();
+    let letter = next(&mut dead).await;
+    let headers = letter.message().headers();
+    assert_eq!(letter.message().payload().as_ref(), b"poison");
+    assert_eq!(
+        headers.get_str(dead_letter::REASON),
+        Some("max deliveries exceeded")
+    );
+    assert_eq!(headers.get_str(dead_letter::DELIVERIES), Some("2"));
+    // The original and one copy; no copy past the backstop.
+    let len: usize = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut raw(&config).await)
+        .await
+        .unwrap();
+    assert_eq!(len, 2);
+}

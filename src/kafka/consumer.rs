@@ -107,7 +107,9 @@ type Inner = StreamConsumer<GroupContext>;
 /// stops polling, and a rebalance then waits for it up to `max.poll.interval.ms`.
 /// Records of a partition revoked before they were handed over are dropped (the new
 /// owner reads them). Dropping the consumer stops the task and closes the librdkafka
-/// consumer, which revokes (committing as above) and leaves the group.
+/// consumer, which revokes (committing as above) and leaves the group. Records fetched
+/// ahead and never handed over need no hand-back: nothing commits past them, so the
+/// partition's next owner reads them at once, as first deliveries.
 ///
 /// Acknowledging a delivery after its partition was revoked, or after the consumer
 /// was dropped, records nothing (it succeeds, or fails transiently while the consumer
@@ -124,16 +126,38 @@ pub struct Consumer {
 
 /// What every acker of a consumer shares.
 struct Settle {
-    publisher: Publisher,
+    publisher: Arc<Publisher>,
     config: ConsumerConfig,
+}
+
+/// The settling publishers of live consumers, by client configuration: consumers of one
+/// configuration share one librdkafka producer (its threads and broker connections),
+/// which closes with the last of them.
+static SETTLING: Mutex<Vec<(Config, Weak<Publisher>)>> = Mutex::new(Vec::new());
+
+/// The settling publisher of consumers with `config`: a live one, or a new one.
+fn settling_publisher(config: &Config) -> Result<Arc<Publisher>, Error> {
+    let mut shared = SETTLING.lock().unwrap_or_else(PoisonError::into_inner);
+    shared.retain(|(_, publisher)| publisher.strong_count() > 0);
+    if let Some(publisher) = shared
+        .iter()
+        .find(|(of, _)| of == config)
+        .and_then(|(_, publisher)| publisher.upgrade())
+    {
+        return Ok(publisher);
+    }
+    let publisher = Arc::new(Publisher::new(config)?);
+    shared.push((config.clone(), Arc::downgrade(&publisher)));
+    Ok(publisher)
 }
 
 impl Consumer {
     /// Joins `consumer.group()` and subscribes to its topics. Nacks and rejects
-    /// publish with a new [`Publisher`] built from `config`.
+    /// publish with a [`Publisher`] built from `config`, one for all the consumers of
+    /// the process subscribed with an equal `config` (it closes with the last of them).
     pub async fn subscribe(config: &Config, consumer: ConsumerConfig) -> Result<Self, Error> {
-        let publisher = Publisher::new(config)?;
-        Consumer::subscribe_with(config, consumer, publisher).await
+        let publisher = settling_publisher(config)?;
+        Consumer::subscribe_shared(config, consumer, publisher).await
     }
 
     /// Like [`Consumer::subscribe`], publishing nacks and rejects with `publisher`.
@@ -141,6 +165,14 @@ impl Consumer {
         config: &Config,
         consumer: ConsumerConfig,
         publisher: Publisher,
+    ) -> Result<Self, Error> {
+        Consumer::subscribe_shared(config, consumer, Arc::new(publisher)).await
+    }
+
+    async fn subscribe_shared(
+        config: &Config,
+        consumer: ConsumerConfig,
+        publisher: Arc<Publisher>,
     ) -> Result<Self, Error> {
         let topics = consumer.topics.join(",");
         let tracker = Arc::new(Tracker::default());
@@ -897,6 +929,25 @@ impl ConsumerContext for GroupContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumers_of_one_configuration_share_one_settling_producer() {
+        // Creating a producer does not contact the cluster.
+        let config = Config::new("127.0.0.1:1").set("client.id", "settling-shared");
+        let other = config.clone().set("client.id", "settling-other");
+        let first = settling_publisher(&config).expect("producer");
+        let second = settling_publisher(&config).expect("producer");
+        assert!(Arc::ptr_eq(&first, &second));
+        let third = settling_publisher(&other).expect("producer");
+        assert!(!Arc::ptr_eq(&first, &third));
+        // It closes with the last consumer; the next one gets a new one.
+        let gone = Arc::downgrade(&first);
+        drop((first, second));
+        assert_eq!(gone.strong_count(), 0);
+        let again = settling_publisher(&config).expect("producer");
+        assert_eq!(gone.strong_count(), 0);
+        assert!(!Arc::ptr_eq(&again, &third));
+    }
 
     #[test]
     fn consumer_is_send_and_sync() {

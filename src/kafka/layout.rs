@@ -408,13 +408,17 @@ mod tests {
             again.headers,
             [header(DELIVERY_COUNT, Some("5")), header("x", Some("y"))]
         );
-        let junk = Record {
-            timestamp: None,
-            headers: vec![header(DELIVERY_COUNT, Some("many"))],
-        };
-        let (message, count) = read("t", &junk, None, b"");
-        assert_eq!(count, 1);
-        assert_eq!(message.headers().get_str(DELIVERY_COUNT), Some("many"));
+        // Kafka keeps no count of its own, so the header is the record; what no nack
+        // writes (text, zero, negative, past u32) counts as a first delivery.
+        for value in ["many", "0", "-1", "4294967296", "9223372036854775807", ""] {
+            let junk = Record {
+                timestamp: None,
+                headers: vec![header(DELIVERY_COUNT, Some(value))],
+            };
+            let (message, count) = read("t", &junk, None, b"");
+            assert_eq!(count, 1, "{value:?}");
+            assert_eq!(message.headers().get_str(DELIVERY_COUNT), Some(value));
+        }
     }
 
     #[test]

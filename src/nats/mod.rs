@@ -272,6 +272,12 @@ async fn connect_once(
     // The client is given the URLs without credentials, so it cannot log them;
     // the credentials travel in the options.
     let (servers, url_auth) = servers_and_credentials(&config.url);
+    if servers.is_empty() {
+        // Nothing to try, now or later: a configuration error, not an outage.
+        return Err(Error::permanent(BROKER, Operation::Connect)
+            .with_destination(redacted_url.to_owned())
+            .with_reason("the URL names no server"));
+    }
     let auth = match &config.auth {
         Auth::None => url_auth,
         set => set.clone(),

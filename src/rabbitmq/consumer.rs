@@ -10,9 +10,11 @@ use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use tokio::sync::oneshot;
 
 use super::confirms::{Outcome, Unconfirmed};
 use super::connection::Connection;
@@ -51,7 +53,21 @@ use crate::error::{Error, ErrorKind, Operation};
 ///   queues count deliveries themselves (`x-delivery-count`), so the count is exact
 ///   there, crashes included. On classic queues a redelivery after a crash or a lost
 ///   connection is only flagged, so it adds 1 however often it happens: a lower
-///   bound.
+///   bound. Counts are read only where the broker or this consumer wrote them:
+///   `x-tower-mq-deliveries` as the integer a requeue writes, on a message that came
+///   back the way requeues send it (the default exchange, routing key = the queue),
+///   and `x-delivery-count` only on a delivery the broker flags as redelivered. A
+///   count another publisher put in a message is ignored, so it cannot dead-letter
+///   the message before a handler saw it.
+/// - **Closing.** Dropping the consumer cancels its subscription (`basic.cancel`) and
+///   hands back the deliveries the broker had sent ahead (prefetch) and the stream
+///   never yielded, so another consumer gets them at once: with
+///   [`Config::requeue_by_republish`](super::Config::requeue_by_republish) as a
+///   confirmed copy that keeps their delivery count (this delivery did not reach a
+///   handler, so it does not count; the copy goes to the back of the queue), otherwise
+///   with `basic.nack` and requeue (which quorum queues count as a delivery). Then the
+///   channel closes, which returns to the queue whatever was not settled by then.
+///   [`Consumer::close`] does the same and waits for it.
 /// - **Foreign messages.** Every property and typed header arrives as sent (see the
 ///   [module docs](super#the-wire)). A delivery the model cannot hold (a `timestamp`
 ///   past what the system clock holds) is rejected like [`Delivery::reject`] would,
@@ -82,6 +98,8 @@ use crate::error::{Error, ErrorKind, Operation};
 pub struct Consumer {
     inner: Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send>>,
     queue: String,
+    /// The outcome of handing back what the broker sent ahead, once the stream is gone.
+    closed: Option<oneshot::Receiver<Result<(), Error>>>,
     _consuming: super::connection::Consuming,
 }
 
@@ -113,12 +131,15 @@ impl Consumer {
             .wait_connected()
             .await
             .ok_or_else(|| super::error::closed(Operation::Subscribe, &queue))?;
-        let subscription = subscribe(&connection, &live.connection, &queue).await?;
+        let subscription =
+            subscribe(&connection, &live.connection, live.generation, &queue).await?;
         let consuming = connection.consuming(&queue);
+        let (closed_tx, closed) = oneshot::channel();
         let state = State {
             delays: connection.config().reconnect_delays(),
             connection,
             queue: queue.clone(),
+            closed: Some(closed_tx),
             current: Some((subscription, live.generation)),
             lost: None,
             done: false,
@@ -131,6 +152,7 @@ impl Consumer {
         Ok(Consumer {
             inner: Box::pin(inner),
             queue,
+            closed: Some(closed),
             _consuming: consuming,
         })
     }
@@ -138,6 +160,19 @@ impl Consumer {
     /// The queue consumed.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// Stops consuming and hands the deliveries the broker sent ahead, and this
+    /// stream never yielded, back to the queue (see [`Consumer`], closing), then
+    /// closes the channel. Deliveries already yielded and not settled by then go back
+    /// to the queue when the channel closes.
+    pub async fn close(mut self) -> Result<(), Error> {
+        // Dropping the stream starts the hand-back (see `State`'s `Drop`).
+        self.inner = Box::pin(futures_util::stream::empty());
+        match self.closed.take() {
+            Some(closed) => closed.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -151,13 +186,78 @@ impl Stream for Consumer {
 
 struct Subscription {
     // Dropping the channel closes it and cancels the consumer.
-    _channel: lapin::Channel,
+    channel: lapin::Channel,
     consumer: lapin::Consumer,
+    connection: Connection,
+    generation: u64,
+}
+
+/// How long closing waits for the broker to end a cancelled subscription.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+impl Subscription {
+    /// Cancels the subscription, hands back what the broker sent ahead, and closes the
+    /// channel (by dropping it).
+    async fn release(mut self, queue: &str) -> Result<(), Error> {
+        let connection = self.connection.clone();
+        let generation = self.generation;
+        tokio::select! {
+            result = self.hand_back_all(queue) => result,
+            // The channel went with its connection: the broker requeued everything.
+            () = connection.lost(generation) => Ok(()),
+        }
+    }
+
+    async fn hand_back_all(&mut self, queue: &str) -> Result<(), Error> {
+        let tag = self.consumer.tag();
+        self.channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+            .map_err(|e| amqp_error(Operation::Close, queue, e))?;
+        let mut first_error = None;
+        // After cancel-ok no delivery follows; lapin ends the stream.
+        while let Ok(Some(next)) = tokio::time::timeout(CANCEL_WAIT, self.consumer.next()).await {
+            let Ok(delivery) = next else { break };
+            if let Err(error) = hand_back(delivery, &self.connection, queue).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Returns a delivery no handler saw to the queue, without counting it where the
+/// configuration allows (see [`Consumer`], closing).
+async fn hand_back(
+    delivery: lapin::message::Delivery,
+    connection: &Connection,
+    queue: &str,
+) -> Result<(), Error> {
+    if !connection.config().requeue_by_republish {
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        return settled(
+            Operation::Close,
+            queue.to_owned(),
+            delivery.acker.nack(options).await,
+        );
+    }
+    let copy = Copy {
+        connection: connection.clone(),
+        count: delivery_count(&delivery, queue).saturating_sub(1),
+        properties: delivery.properties,
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        payload: bytes::Bytes::from(delivery.data),
+    };
+    copy.requeue(&delivery.acker, queue).await
 }
 
 async fn subscribe(
     connection: &Connection,
     amqp: &lapin::Connection,
+    generation: u64,
     queue: &str,
 ) -> Result<Subscription, Error> {
     let name = short_string(queue, Operation::Subscribe, queue)?;
@@ -177,14 +277,18 @@ async fn subscribe(
         .await
         .map_err(err)?;
     Ok(Subscription {
-        _channel: channel,
+        channel,
         consumer,
+        connection: connection.clone(),
+        generation,
     })
 }
 
 struct State {
     connection: Connection,
     queue: String,
+    /// Told the outcome of handing back what the broker sent ahead.
+    closed: Option<oneshot::Sender<Result<(), Error>>>,
     current: Option<(Subscription, u64)>,
     /// The generation whose subscription was lost.
     lost: Option<u64>,
@@ -192,6 +296,29 @@ struct State {
     backoff: Option<Duration>,
     /// Jittered, so that consumers that lost one connection do not resubscribe together.
     delays: Delays,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        let Some((subscription, _)) = self.current.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Dropping the channel closes it, which returns the deliveries.
+            return;
+        };
+        let queue = self.queue.clone();
+        let closed = self.closed.take();
+        runtime.spawn(async move {
+            let result = subscription.release(&queue).await;
+            if let Err(error) = &result {
+                tracing::warn!(%queue, %error, "handing back prefetched deliveries failed; closing the channel returns them");
+            }
+            if let Some(closed) = closed {
+                let _ = closed.send(result);
+            }
+        });
+    }
 }
 
 impl State {
@@ -205,7 +332,12 @@ impl State {
                     tokio::time::sleep(delay).await;
                 }
                 let live = self.connection.wait_live(self.lost).await?;
-                let attempt = subscribe(&self.connection, &live.connection, &self.queue);
+                let attempt = subscribe(
+                    &self.connection,
+                    &live.connection,
+                    live.generation,
+                    &self.queue,
+                );
                 let subscribed = tokio::select! {
                     result = attempt => result,
                     _ = self.connection.lost(live.generation) => Err(Error::transient(BROKER, Operation::Subscribe)
@@ -283,6 +415,43 @@ fn count_header(properties: &lapin::BasicProperties, name: &str) -> Option<u64> 
     })
 }
 
+/// The delivery's count: deliveries before it, plus this one.
+///
+/// Counted before it: those recorded by requeues-by-republish (read only as the
+/// integer a requeue writes, on a message that came back the way requeues and delayed
+/// nacks send it: the default exchange, routing key = `queue`), plus the broker's own
+/// count (quorum queues; read only on a delivery the broker flags as redelivered, since
+/// the broker writes it on redeliveries only) or, failing that, the redelivered flag.
+/// Anything else (text, a negative number, one past `u32`, another route) is a count
+/// some publisher wrote, and trusting it would cut the message's attempts short.
+/// Dead letters leave the header out, so a message moved back from a dead-letter
+/// queue starts afresh.
+fn delivery_count(delivery: &lapin::message::Delivery, queue: &str) -> u32 {
+    let requeued = delivery.exchange.as_str().is_empty() && delivery.routing_key.as_str() == queue;
+    let republished = requeued
+        .then(|| {
+            delivery
+                .properties
+                .headers()
+                .as_ref()?
+                .inner()
+                .get(DELIVERIES_HEADER)
+        })
+        .flatten()
+        .and_then(|value| match value {
+            // A requeue writes a `u32` count.
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok().map(u64::from),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let broker = if delivery.redelivered {
+        count_header(&delivery.properties, "x-delivery-count").unwrap_or(1)
+    } else {
+        0
+    };
+    u32::try_from(republished.saturating_add(broker).saturating_add(1)).unwrap_or(u32::MAX)
+}
+
 /// The delivery as a tower-mq [`Delivery`]; one that is not a valid message (a
 /// timestamp past what the clock holds, say) is rejected, so it goes to the queue's
 /// dead-letter exchange if it has one, and comes out as a transient error that leaves
@@ -292,13 +461,7 @@ async fn to_delivery(
     connection: &Connection,
     queue: &str,
 ) -> Result<Delivery, Error> {
-    // Deliveries before this one: those recorded by requeues-by-republish, plus the
-    // broker's own count (quorum queues) or, failing that, its redelivered flag.
-    let republished = count_header(&delivery.properties, DELIVERIES_HEADER).unwrap_or(0);
-    let broker = count_header(&delivery.properties, "x-delivery-count")
-        .unwrap_or(u64::from(delivery.redelivered));
-    let count =
-        u32::try_from(republished.saturating_add(broker).saturating_add(1)).unwrap_or(u32::MAX);
+    let count = delivery_count(&delivery, queue);
     let config = connection.config();
     let payload = bytes::Bytes::from(delivery.data);
     let message = incoming(
@@ -370,8 +533,10 @@ impl Copy {
         let mut headers = FieldTable::default();
         if let Some(original) = self.properties.headers() {
             for (k, v) in original.inner() {
-                if k.as_str() != "x-delivery-count" && !extra.iter().any(|(e, _)| *e == k.as_str())
-                {
+                // A dead letter starts afresh: no count of the queue it left.
+                let dropped = k.as_str() == "x-delivery-count"
+                    || (operation == Operation::Reject && k.as_str() == DELIVERIES_HEADER);
+                if !dropped && !extra.iter().any(|(e, _)| *e == k.as_str()) {
                     headers.insert(k.clone(), v.clone());
                 }
             }

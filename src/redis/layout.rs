@@ -206,7 +206,8 @@ fn field(name: &str, value: Bytes) -> (Bytes, Bytes) {
 /// properties, then the control fields.
 ///
 /// Refused (permanent errors naming the field): a header whose value is not bytes
-/// (Redis fields hold bytes), a header named like the payload field, a control field,
+/// (Redis fields hold bytes), a header name with a control character (CR, LF, ...),
+/// a header named like the payload field, a control field,
 /// or the field of a property the message also sets; a non-empty payload in a layout
 /// without a payload field; a property without a field and a priority, unless
 /// `ignore_unsupported` (then a property without a field is left out and a priority is
@@ -239,6 +240,15 @@ pub(crate) fn encode(
                 ),
             ));
         };
+        if name.chars().any(char::is_control) {
+            return Err(refusal(
+                message,
+                format!(
+                    "header {name:?} has a control character in its name; consumers refuse \
+                     such field names as malformed"
+                ),
+            ));
+        }
         if layout.header_prefix.is_empty() {
             if layout.payload_field() == Some(name) {
                 return Err(refusal(
@@ -394,7 +404,7 @@ fn canonical<T: std::str::FromStr + ToString>(value: &[u8]) -> Option<T> {
 /// time in the entry id, the timestamp of an entry without a timestamp field.
 ///
 /// Fails, with the reason, on what cannot be delivered intact: a field name that is not
-/// UTF-8 (header names are text) or a missing payload field.
+/// UTF-8 or has a control character (header names are text) or a missing payload field.
 pub(crate) fn decode(
     layout: &StreamLayout,
     destination: &str,
@@ -414,6 +424,13 @@ pub(crate) fn decode(
                 String::from_utf8_lossy(name)
             ));
         };
+        if name.chars().any(char::is_control) {
+            // CR and LF end a header line in the protocols a header travels on next.
+            return Err(format!(
+                "field name {name:?} has a control character (header names are text \
+                 without CR, LF or other control characters)"
+            ));
+        }
         if !has_payload && layout.payload_field() == Some(name) {
             message.set_payload(value.clone());
             has_payload = true;

@@ -83,8 +83,8 @@
 //! entry's time, since the copy gets an id of its own.
 //!
 //! An entry that cannot be delivered intact is never delivered altered: an entry
-//! without the payload field, or with a field name that is not UTF-8 (header names
-//! are text), is moved to the dead-letter stream with the reason (such as
+//! without the payload field, or with a field name that is not UTF-8 or holds a
+//! control character such as CR or LF (header names are text), is moved to the dead-letter stream with the reason (such as
 //! ``malformed entry: the entry has no `payload` field``) and acknowledged, and the rest
 //! of its batch is delivered. For streams whose entries are records of named fields
 //! rather than a payload, [`StreamLayout::without_payload_field`] delivers every field

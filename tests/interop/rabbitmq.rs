@@ -726,3 +726,96 @@ async fn serve_goes_on_past_a_delivery_tower_mq_cannot_hold() {
         "the odd message came back"
     );
 }
+
+#[tokio::test]
+async fn delivery_counts_a_plain_client_wrote_are_ignored() {
+    let plain = Plain::connect().await;
+    let exchange = unique("foreign-count");
+    let queue = unique("foreign-count-q");
+    plain.exchange(&exchange, ExchangeKind::Fanout).await;
+    plain.queue(&queue, Some((&exchange, ""))).await;
+    let with = |name: &str, value: AMQPValue| {
+        let mut headers = FieldTable::default();
+        headers.insert(name.into(), value);
+        BasicProperties::default().with_headers(headers)
+    };
+    // Straight to the queue (the way requeues come back) and through an exchange.
+    let cases = [
+        (
+            "",
+            &queue,
+            "tower-mq's header past u32",
+            with("x-tower-mq-deliveries", AMQPValue::LongLongInt(i64::MAX)),
+        ),
+        (
+            "",
+            &queue,
+            "tower-mq's header negative",
+            with("x-tower-mq-deliveries", AMQPValue::LongLongInt(-5)),
+        ),
+        (
+            "",
+            &queue,
+            "tower-mq's header as text",
+            with(
+                "x-tower-mq-deliveries",
+                AMQPValue::LongString("4000000000".into()),
+            ),
+        ),
+        (
+            "",
+            &queue,
+            "tower-mq's header not a number",
+            with(
+                "x-tower-mq-deliveries",
+                AMQPValue::LongString("many".into()),
+            ),
+        ),
+        (
+            exchange.as_str(),
+            &queue,
+            "tower-mq's header through an exchange",
+            with("x-tower-mq-deliveries", AMQPValue::LongLongInt(1000)),
+        ),
+        (
+            "",
+            &queue,
+            "the broker's header on a first delivery",
+            with("x-delivery-count", AMQPValue::LongLongInt(i64::MAX)),
+        ),
+        (
+            "",
+            &queue,
+            "the broker's header as text",
+            with("x-delivery-count", AMQPValue::LongString("1000".into())),
+        ),
+    ];
+    for (exchange, queue, what, properties) in &cases {
+        let key = if exchange.is_empty() {
+            queue.as_str()
+        } else {
+            ""
+        };
+        plain
+            .publish(exchange, key, what.as_bytes(), properties.clone())
+            .await;
+    }
+    let connection = tower_mq(Config::new(url())).await;
+    let mut consumer = connection.consumer(&queue).await.expect("consume");
+    for (_, _, what, _) in &cases {
+        let delivery = next(&mut consumer).await.expect(what);
+        assert_eq!(delivery.message().payload().as_ref(), what.as_bytes());
+        assert_eq!(delivery.delivery_count(), 1, "{what}");
+        delivery.ack().await.expect("ack");
+    }
+    // tower-mq's own requeue still counts.
+    plain
+        .publish("", &queue, b"requeued", BasicProperties::default())
+        .await;
+    let first = next(&mut consumer).await.expect("first delivery");
+    first.nack(None).await.expect("nack");
+    let again = next(&mut consumer).await.expect("the requeued copy");
+    assert_eq!(again.message().payload().as_ref(), b"requeued");
+    assert_eq!(again.delivery_count(), 2);
+    again.ack().await.expect("ack");
+}

@@ -825,3 +825,111 @@ async fn pubsub_message_on_a_binary_channel_name_is_a_transient_error_and_the_ne
     let delivery = next(&mut consumer).await;
     assert_eq!(delivery.message(), &Message::new(&good_channel, "x"));
 }
+
+#[tokio::test]
+async fn streams_redelivery_counts_another_program_wrote_never_dead_letter_a_first_read() {
+    let config = config().await;
+    let (_, mut conn) = plain().await;
+    let stream = unique("foreign-count");
+    let settings = StreamConsumerConfig::new(&stream, "g")
+        .with_batch_size(16)
+        .with_max_deliveries(Some(10));
+    let dead_letter = settings.dead_letter().expect("default").to_owned();
+    // (value of tmq-redeliveries, delivery count expected)
+    let cases: [(&[u8], u32); 6] = [
+        (b"4294967295", 1),
+        (b"9223372036854775807", 1),
+        (b"10", 1),
+        (b"-3", 1),
+        (b"many", 1),
+        // Below the backstop: as a nack would have written it.
+        (b"9", 10),
+    ];
+    for (value, _) in &cases {
+        xadd(
+            &mut conn,
+            &stream,
+            &[(b"payload", value), (b"tmq-redeliveries", value)],
+        )
+        .await;
+    }
+    let mut consumer = StreamConsumer::subscribe(&config, settings)
+        .await
+        .expect("subscribe");
+    for (value, count) in &cases {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.message().payload().as_ref(), *value);
+        assert_eq!(
+            delivery.delivery_count(),
+            *count,
+            "tmq-redeliveries {:?}",
+            String::from_utf8_lossy(value)
+        );
+        delivery.ack().await.expect("ack");
+    }
+    assert!(xrange(&mut conn, &dead_letter).await.is_empty());
+}
+
+#[tokio::test]
+async fn streams_entry_with_a_control_character_in_a_field_name_is_dead_lettered_and_the_batch_goes_on(
+) {
+    let config = config().await;
+    let (_, mut conn) = plain().await;
+    let stream = unique("control-name");
+    let settings = StreamConsumerConfig::new(&stream, "g").with_batch_size(16);
+    let dead_letter = settings.dead_letter().expect("default").to_owned();
+    let bad: [&[u8]; 4] = [
+        b"x-evil\r\nInjected: 1",
+        b"line\nfeed",
+        b"tab\tname",
+        b"del\x7f",
+    ];
+    xadd(&mut conn, &stream, &[(b"payload", b"one")]).await;
+    for name in bad {
+        xadd(&mut conn, &stream, &[(b"payload", b"bad"), (name, b"v")]).await;
+    }
+    xadd(&mut conn, &stream, &[(b"payload", b"two")]).await;
+
+    let mut consumer = StreamConsumer::subscribe(&config, settings)
+        .await
+        .expect("subscribe");
+    for expected in [&b"one"[..], b"two"] {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.message().payload().as_ref(), expected);
+        delivery.ack().await.expect("ack");
+    }
+    let letters = xrange(&mut conn, &dead_letter).await;
+    assert_eq!(letters.len(), bad.len());
+    for ((_, fields), name) in letters.iter().zip(bad) {
+        // Kept intact, the odd name included.
+        assert!(fields.contains(&(name.to_vec(), b"v".to_vec())));
+        let reason = fields
+            .iter()
+            .find(|(n, _)| n == tower_mq::dead_letter::REASON.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .expect("a reason");
+        assert!(reason.contains("has a control character"), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn streams_publish_refuses_header_names_with_control_characters() {
+    let config = config().await;
+    let stream = unique("control-refusals");
+    let mut publisher = StreamPublisher::connect(&config).await.expect("connect");
+    for name in ["x-evil\r\nInjected", "nul\0name", "bell\u{7}"] {
+        let err = try_publish(
+            &mut publisher,
+            Message::new(&stream, "x").with_header(name, "v"),
+        )
+        .await
+        .expect_err(name);
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert_eq!(err.operation(), Operation::Publish);
+        assert_eq!(err.destination(), Some(stream.as_str()));
+        let named = format!("header {name:?} has a control character in its name");
+        assert!(err.to_string().contains(&named), "{err} lacks {named:?}");
+    }
+    let (_, mut conn) = plain().await;
+    assert!(xrange(&mut conn, &stream).await.is_empty());
+}

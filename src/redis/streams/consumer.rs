@@ -144,6 +144,12 @@ impl ConsumerConfig {
     /// comes back settled (the process dies while handling it, or a consumer without
     /// `serve` never settles it), which would otherwise be reclaimed forever. Keep it
     /// above `serve`'s limit, or it cuts that limit short.
+    ///
+    /// It also bounds the counts [`NackMode::Readd`] copies carry: a nack of a delivery
+    /// at the limit dead-letters it (reason `max deliveries exceeded`) instead of
+    /// adding a copy, and a `tmq-redeliveries` at or past the limit, which no consumer
+    /// with this limit writes, is ignored. Without a limit every carried count is
+    /// believed.
     pub fn with_max_deliveries(mut self, max: Option<u32>) -> Self {
         self.max_deliveries = max.map(|m| m.max(1));
         self
@@ -210,6 +216,8 @@ pub struct Consumer {
     stream: String,
     group: String,
     inner: Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send>>,
+    /// Until closed: deletes the consumer's name from the group when nothing is pending.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Consumer {
@@ -229,12 +237,13 @@ impl Consumer {
             dead_letter: consumer.dead_letter.clone(),
             nack: consumer.nack,
             claim_idle: consumer.claim_idle,
+            max_deliveries: consumer.max_deliveries,
             layout: config.stream_layout().clone(),
         });
         shared.create_group(&consumer.start).await?;
         let (stream, group) = (consumer.stream.clone(), consumer.group.clone());
         let reader = Reader {
-            shared,
+            shared: shared.clone(),
             blocking,
             next_claim: Instant::now(),
             cursor: "0-0".to_owned(),
@@ -255,7 +264,24 @@ impl Consumer {
             stream,
             group,
             inner: Box::pin(inner),
+            shared: Some(shared),
         })
+    }
+
+    /// Stops reading and, if this consumer has no pending entries, deletes its name
+    /// from the group (`XGROUP DELCONSUMER`, in one script with the check, so no
+    /// pending entry is ever dropped). With entries still pending (deliveries not yet
+    /// settled, or settled after this call), the name stays and the entries wait for
+    /// `XAUTOCLAIM` by the group's other consumers.
+    ///
+    /// Dropping the consumer does the same in a background task (when dropped within
+    /// a Tokio runtime); `close` lets the caller wait for it and see its error.
+    pub async fn close(mut self) -> Result<(), Error> {
+        self.inner = Box::pin(futures_util::stream::empty());
+        match self.shared.take() {
+            Some(shared) => shared.forget_consumer().await,
+            None => Ok(()),
+        }
     }
 
     /// Creates the consumer's group if it is missing, without consuming: messages
@@ -271,6 +297,7 @@ impl Consumer {
             dead_letter: None,
             nack: consumer.nack,
             claim_idle: consumer.claim_idle,
+            max_deliveries: consumer.max_deliveries,
             layout: config.stream_layout().clone(),
         };
         shared.create_group(&consumer.start).await
@@ -297,6 +324,21 @@ impl Stream for Consumer {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = shared.forget_consumer().await {
+                    tracing::debug!(%error, "could not delete a closed consumer's name from its group");
+                }
+            });
+        }
     }
 }
 
@@ -333,6 +375,7 @@ struct Shared {
     dead_letter: Option<String>,
     nack: NackMode,
     claim_idle: Duration,
+    max_deliveries: Option<u32>,
     layout: StreamLayout,
 }
 
@@ -360,6 +403,30 @@ impl Shared {
             Ok(()) => Ok(()),
             Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
             Err(err) => Err(self.error(Operation::Declare, err)),
+        }
+    }
+
+    /// Deletes this consumer's name from the group if it has no pending entries.
+    async fn forget_consumer(&self) -> Result<(), Error> {
+        // XGROUP DELCONSUMER drops the consumer's pending entries: check in the same
+        // script that there are none.
+        const SCRIPT: &str = r"
+            if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+                return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+            end
+            return -1";
+        let mut manager = self.conn.manager();
+        let result: RedisResult<i64> = redis::Script::new(SCRIPT)
+            .key(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .invoke_async(&mut manager)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // No group (or no stream) left: no name to delete.
+            Err(err) if err.code() == Some("NOGROUP") => Ok(()),
+            Err(err) => Err(self.error(Operation::Close, err)),
         }
     }
 
@@ -404,6 +471,12 @@ impl Shared {
                     .map(drop)
                     .map_err(|err| self.error(Operation::Nack, err))
             }
+            // A copy carrying the backstop or more would be ignored as foreign when
+            // read (see `admit`): past the backstop it goes to the dead letters now.
+            NackMode::Readd if self.max_deliveries.is_some_and(|max| count >= max) => self
+                .dead_letter(id, fields, count, "max deliveries exceeded")
+                .await
+                .map_err(|err| retag(err, Operation::Nack)),
             NackMode::Readd => {
                 let redeliveries = self.control(Control::Redeliveries);
                 let mut copy: Fields = fields
@@ -773,7 +846,16 @@ impl Reader {
             );
             let (decoded, count, dead) = match decoded {
                 Ok(decoded) => {
-                    let count = pending_count.max(1).saturating_add(decoded.redeliveries);
+                    // A nack never writes a count at or past the backstop, so such a
+                    // count is another program's claim, not a record: ignored.
+                    let max = self.config.max_deliveries;
+                    let carried = if max.is_some_and(|max| decoded.redeliveries >= max) {
+                        tracing::warn!(stream = %self.shared.stream, id, claimed = decoded.redeliveries, "ignoring a redelivery count no consumer of this stream wrote");
+                        0
+                    } else {
+                        decoded.redeliveries
+                    };
+                    let count = pending_count.max(1).saturating_add(carried);
                     let dead = if decoded.is_expired() {
                         Some("expired".to_owned())
                     } else if self.config.max_deliveries.is_some_and(|max| count > max) {

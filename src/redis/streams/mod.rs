@@ -18,8 +18,17 @@
 //!   attempt limit) they are dead-lettered with reason `max deliveries exceeded`.
 //! - **TTL**: an entry read after its deadline is dead-lettered with reason `expired`.
 //! - **malformed entries**: an entry that cannot be delivered intact (no payload field,
-//!   a field name that is not UTF-8) is dead-lettered with reason
-//!   `malformed entry: <why>`; the entries read with it are delivered.
+//!   a field name that is not UTF-8 or holds a control character) is dead-lettered
+//!   with reason `malformed entry: <why>`; the entries read with it are delivered.
+//! - **delivery counts**: the server's counter (`XPENDING`) plus the `tmq-redeliveries`
+//!   of a copy re-added by a nack ([`NackMode::Readd`]). A consumer never writes a
+//!   count at or above its backstop (a nack there dead-letters instead), so a larger
+//!   one, from another program, is ignored: no entry is dead-lettered on its first
+//!   read for a count it merely claims.
+//! - **closing**: a consumer dropped or [closed](Consumer::close) with nothing pending
+//!   deletes its name from the group (`XGROUP DELCONSUMER`, atomically with the check),
+//!   so groups do not collect the names of consumers long gone; one that still holds
+//!   pending entries keeps its name, and the entries stay for `XAUTOCLAIM`.
 //!
 //! See the [parent module](crate::redis) for the entry layout and an example.
 
