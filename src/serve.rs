@@ -742,13 +742,12 @@ where
     let result = match call {
         Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
         Ok(future) => {
-            let future = AssertUnwindSafe(future).catch_unwind();
-            let finished = match policy.handler_timeout {
-                Some(timeout) => tokio::time::timeout(timeout, future)
-                    .await
-                    .map_err(|_| timeout),
-                None => Ok(future.await),
-            };
+            let finished = Deadline {
+                future: AssertUnwindSafe(future).catch_unwind(),
+                timeout: policy.handler_timeout,
+                sleep: None,
+            }
+            .await;
             match finished {
                 Ok(Ok(Ok(_))) => Ok(()),
                 Ok(Ok(Err(error))) => Err(Failure::Error(error.into())),
@@ -909,6 +908,39 @@ async fn settle_failure<C: Classifier<BoxError>>(
         "transient failure: requeueing"
     );
     delivery.nack((!delay.is_zero()).then_some(delay)).await
+}
+
+pin_project_lite::pin_project! {
+    /// A handler call cancelled `timeout` after its first poll left it pending: a call
+    /// that ends at once costs no timer and no clock reading.
+    struct Deadline<F> {
+        #[pin]
+        future: F,
+        timeout: Option<Duration>,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    /// The call's output, or the timeout it overran.
+    type Output = Result<F::Output, Duration>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let Some(timeout) = *this.timeout else {
+            return Poll::Pending;
+        };
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(timeout)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
