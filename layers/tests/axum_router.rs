@@ -19,6 +19,10 @@ use tower_mq_layers::retry::{Backoff, HttpRequests};
 use tower_mq_layers::trace::{HttpHeaders, TraceLayer};
 use tower_mq_layers::{CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 
+/// The tests run one at a time: span callsites cache whether anyone is interested in
+/// them, and a test without a subscriber on another thread can race the trace test's.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How many times each route's handler ran.
 #[derive(Clone, Default)]
 struct Calls {
@@ -100,6 +104,7 @@ fn request(method: &str, path: &str) -> Request<String> {
 
 #[tokio::test(start_paused = true)]
 async fn retry_on_a_router_returns_the_200_after_three_503s() {
+    let _serial = SERIAL.lock().await;
     let calls = Calls::default();
     let (service, circuit) = guarded(router(&calls), 20);
     let response = service
@@ -117,6 +122,7 @@ async fn retry_on_a_router_returns_the_200_after_three_503s() {
 
 #[tokio::test(start_paused = true)]
 async fn repeated_503s_from_a_router_open_the_breaker() {
+    let _serial = SERIAL.lock().await;
     let calls = Calls::default();
     let (mut service, circuit) = guarded(router(&calls), 4);
 
@@ -160,6 +166,7 @@ fn metrics_on_a_router_are_labelled_per_route() {
     let calls = Calls::default();
     metrics::with_local_recorder(&recorder, || {
         runtime.block_on(async {
+            let _serial = SERIAL.lock().await;
             let (mut service, _) = guarded(router(&calls), 20);
             for (method, path) in [("POST", "/orders"), ("GET", "/health"), ("GET", "/health")] {
                 let response = service
@@ -204,6 +211,7 @@ fn metrics_on_a_router_are_labelled_per_route() {
 
 #[tokio::test(start_paused = true)]
 async fn a_traceparent_header_continues_the_trace_through_the_router() {
+    let _serial = SERIAL.lock().await;
     use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
     use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -219,6 +227,9 @@ async fn a_traceparent_header_continues_the_trace_through_the_router() {
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Tests on other threads may have cached the span callsites' interest while no
+    // subscriber was set.
+    tracing::callsite::rebuild_interest_cache();
 
     // What the handler inside the router sees as its trace.
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -168,3 +168,57 @@ fn metrics_label_an_http_service_per_route() {
         [("/health".to_owned(), 1), ("/orders".to_owned(), 2)]
     );
 }
+
+#[test]
+fn metrics_count_a_5xx_as_a_failure_when_responses_are_classified() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tower_mq_core::Operation;
+    use tower_mq_layers::metrics::{HttpPath, MetricsLayer};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let (inner, _) = answering(&[503, 404, 200]);
+            let mut service = MetricsLayer::new("http", Operation::Handle)
+                .labeller(HttpPath)
+                .classify_responses(http_response)
+                .layer(inner);
+            for _ in 0..3 {
+                let request = Request::builder()
+                    .uri("/orders")
+                    .body(String::new())
+                    .expect("a valid request");
+                service.ready().await.unwrap().call(request).await.unwrap();
+            }
+        })
+    });
+    let mut outcomes: Vec<(String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "messaging_messages_total")
+        .filter_map(|(key, _, _, value)| {
+            let outcome = key
+                .key()
+                .labels()
+                .find(|l| l.key() == "outcome")?
+                .value()
+                .to_owned();
+            match value {
+                DebugValue::Counter(n) => Some((outcome, n)),
+                _ => None,
+            }
+        })
+        .collect();
+    outcomes.sort();
+    // The 503 is a transient failure; a 404 is the caller's mistake, not the service's.
+    assert_eq!(
+        outcomes,
+        [("ok".to_owned(), 2), ("transient_error".to_owned(), 1)]
+    );
+}

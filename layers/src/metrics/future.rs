@@ -11,7 +11,7 @@ use tower_mq_core::ErrorKind;
 
 use super::handles::Handles;
 use super::names::outcomes;
-use crate::classify::Classifier;
+use crate::classify::ClassifyOutcome;
 
 /// Keeps `messaging_in_flight` right however the call ends, dropped futures included.
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl<F, C> ResponseFuture<F, C> {
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
-    C: Classifier<E>,
+    C: ClassifyOutcome<T, E>,
 {
     type Output = Result<T, E>;
 
@@ -76,12 +76,10 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Some(in_flight) = this.in_flight.take() {
-            let outcome = match &result {
-                Ok(_) => outcomes::OK,
-                Err(e) => match this.classifier.classify(e) {
-                    ErrorKind::Transient => outcomes::TRANSIENT_ERROR,
-                    ErrorKind::Permanent => outcomes::PERMANENT_ERROR,
-                },
+            let outcome = match this.classifier.classify_outcome(&result) {
+                None => outcomes::OK,
+                Some(ErrorKind::Transient) => outcomes::TRANSIENT_ERROR,
+                Some(ErrorKind::Permanent) => outcomes::PERMANENT_ERROR,
             };
             let outcome = in_flight.handles.outcome(outcome);
             outcome.total.increment(1);

@@ -2,7 +2,7 @@ use tower_layer::Layer;
 use tower_mq_core::Operation;
 
 use super::{ByMessage, LabelFn, Metrics};
-use crate::classify::DefaultClassifier;
+use crate::classify::{DefaultClassifier, ErrorsOnly, WithResponses};
 
 /// Builds [`Metrics`]. See the [module docs](super).
 #[derive(Debug, Clone)]
@@ -38,8 +38,25 @@ impl MetricsLayer {
 }
 
 impl<C, L> MetricsLayer<C, L> {
-    /// Classifies failures (the `outcome` label) with `classifier`.
-    pub fn classifier<C2>(self, classifier: C2) -> MetricsLayer<C2, L> {
+    /// Classifies failures (errors: the `outcome` label) with `classifier`, a
+    /// [`Classifier`](crate::classify::Classifier); every response counts as `ok`.
+    pub fn classifier<C2>(self, classifier: C2) -> MetricsLayer<ErrorsOnly<C2>, L> {
+        self.outcome_classifier(ErrorsOnly(classifier))
+    }
+
+    /// Also counts a response as a failure where `responses` says it is one (`None`:
+    /// a success), e.g. [`http_response`](crate::classify::http_response) for an HTTP
+    /// service's 5xx (`outcome="transient_error"`).
+    pub fn classify_responses<F>(self, responses: F) -> MetricsLayer<WithResponses<C, F>, L>
+    where
+        C: Clone,
+    {
+        let errors = self.classifier.clone();
+        self.outcome_classifier(WithResponses::new(errors, responses))
+    }
+
+    /// Judges outcomes with any [`ClassifyOutcome`](crate::classify::ClassifyOutcome).
+    pub fn outcome_classifier<C2>(self, classifier: C2) -> MetricsLayer<C2, L> {
         MetricsLayer {
             broker: self.broker,
             operation: self.operation,
@@ -83,7 +100,7 @@ impl<S, C: Clone, L: Clone> Layer<S> for MetricsLayer<C, L> {
 
     fn layer(&self, inner: S) -> Self::Service {
         Metrics::new(inner, self.broker, self.operation)
-            .with_classifier(self.classifier.clone())
+            .with_outcome_classifier(self.classifier.clone())
             .with_labeller(self.labeller.clone())
             .with_destination_label(self.destination_label)
     }

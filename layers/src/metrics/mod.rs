@@ -12,7 +12,9 @@
 //!   so that one dashboard panel and one alert cover both sides;
 //! - `messaging_messages_total` (counter): finished calls by `outcome`: `ok`,
 //!   `transient_error` or `permanent_error`, as decided by a
-//!   [`Classifier`] ([`DefaultClassifier`] unless set);
+//!   [`Classifier`](crate::classify::Classifier) of errors ([`DefaultClassifier`]
+//!   unless set), and of responses too with
+//!   [`MetricsLayer::classify_responses`] (a 5xx on an HTTP service, say);
 //! - `messaging_in_flight` (gauge): calls started and not yet finished. A call whose
 //!   future is dropped before it finishes leaves the gauge and is not counted.
 //!
@@ -73,7 +75,7 @@ pub use self::layer::MetricsLayer;
 pub use self::prometheus::{
     install_prometheus, prometheus_builder, BATCH_SIZE_BUCKETS, DURATION_BUCKETS,
 };
-use crate::classify::{Classifier, DefaultClassifier};
+use crate::classify::{ClassifyOutcome, DefaultClassifier, ErrorsOnly, WithResponses};
 use crate::message_like::MessageLike;
 /// The exporter's handle, to render `/metrics` from an application's own HTTP server
 /// (`handle.render()`), without depending on a matching exporter version.
@@ -113,8 +115,25 @@ impl<S> Metrics<S> {
 }
 
 impl<S, C, L> Metrics<S, C, L> {
-    /// Classifies failures with `classifier`.
-    pub fn with_classifier<C2>(self, classifier: C2) -> Metrics<S, C2, L> {
+    /// Classifies failures (errors) with `classifier`, a [`Classifier`]; every
+    /// response counts as `ok`.
+    pub fn with_classifier<C2>(self, classifier: C2) -> Metrics<S, ErrorsOnly<C2>, L> {
+        self.with_outcome_classifier(ErrorsOnly(classifier))
+    }
+
+    /// Also counts a response as a failure where `responses` says it is one (`None`:
+    /// a success), e.g. [`http_response`](crate::classify::http_response) for an HTTP
+    /// service's 5xx.
+    pub fn with_response_classifier<F>(self, responses: F) -> Metrics<S, WithResponses<C, F>, L>
+    where
+        C: Clone,
+    {
+        let errors = self.classifier.clone();
+        self.with_outcome_classifier(WithResponses::new(errors, responses))
+    }
+
+    /// Judges outcomes (the `outcome` label) with any [`ClassifyOutcome`].
+    pub fn with_outcome_classifier<C2>(self, classifier: C2) -> Metrics<S, C2, L> {
         Metrics {
             inner: self.inner,
             broker: self.broker,
@@ -180,7 +199,7 @@ impl<S: fmt::Debug, C: fmt::Debug, L> fmt::Debug for Metrics<S, C, L> {
 impl<S, C, L, Req> Service<Req> for Metrics<S, C, L>
 where
     S: Service<Req>,
-    C: Classifier<S::Error> + Clone,
+    C: ClassifyOutcome<S::Response, S::Error> + Clone,
     L: Labeller<Req>,
 {
     type Response = S::Response;

@@ -28,6 +28,9 @@ fn otel() -> (
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let guard = tracing::subscriber::set_default(subscriber);
+    // Tests on other threads may have cached the span callsites' interest while no
+    // subscriber was set.
+    tracing::callsite::rebuild_interest_cache();
     (exporter, provider, guard)
 }
 
