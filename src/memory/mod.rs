@@ -74,8 +74,8 @@ pub use self::consumer::Consumer;
 pub use self::publisher::Publisher;
 use self::state::{Config, GroupKey, State};
 
-/// The broker name errors carry.
-pub(crate) const BROKER: &str = "memory";
+/// The broker name in errors and metrics: `"memory"`.
+pub const BROKER: &str = "memory";
 
 /// The default [`Builder::capacity`]: 100 000 messages.
 pub const DEFAULT_CAPACITY: usize = 100_000;

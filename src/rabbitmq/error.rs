@@ -4,7 +4,8 @@ use lapin::types::ShortString;
 
 use crate::error::{Error, ErrorKind, Operation};
 
-pub(crate) const BROKER: &str = "rabbitmq";
+/// The broker name in errors and metrics: `"rabbitmq"`.
+pub const BROKER: &str = "rabbitmq";
 
 /// Reply codes that a retry cannot fix.
 fn permanent_reply_code(code: u16) -> bool {

@@ -143,6 +143,7 @@ mod topology;
 
 pub use config::{Config, Routing, TIMESTAMP_MILLIS_HEADER};
 pub use connection::Connection;
+pub use error::BROKER;
 pub use consumer::Consumer;
 pub use publisher::{BatchPublisher, Publisher, ResponseFuture};
 pub use request::{Requester, DIRECT_REPLY_TO};

@@ -162,8 +162,8 @@ use ::redis::{RedisError, RetryMethod};
 
 use crate::{Error, ErrorKind, Operation};
 
-/// The broker name in errors and metrics.
-pub(crate) const BROKER: &str = "redis";
+/// The broker name in errors and metrics: `"redis"`.
+pub const BROKER: &str = "redis";
 
 /// Whether a redis-rs error is worth a retry, by redis-rs's own classification.
 ///
