@@ -17,6 +17,7 @@ use redis::{RedisError, RedisResult, Value};
 use tokio::time::Instant;
 use tower_mq_layers::retry::{Backoff, FastRng};
 
+use super::acks::{AckQueue, Turn};
 use crate::redis::config::Config;
 use crate::redis::connection::Connection;
 use crate::redis::layout::{decode, entry_time, Control, Fields, StreamLayout};
@@ -68,7 +69,7 @@ impl ConsumerConfig {
     ///
     /// Defaults: a unique consumer name; a group created (if missing) at the start of
     /// the stream (`0`, so nothing appended before the group existed is missed); reads
-    /// of up to 16 entries blocking at most 1 s; entries idle for 30 s reclaimed by a
+    /// of up to 100 entries blocking at most 1 s; entries idle for 30 s reclaimed by a
     /// scan every second; at most [`DEFAULT_MAX_DELIVERIES`] deliveries; dead letters
     /// to `<stream>.dlq` ([`dead_letter::destination_for`]); [`NackMode::Reclaim`].
     pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
@@ -79,7 +80,7 @@ impl ConsumerConfig {
             group: group.into(),
             consumer: None,
             start: "0".to_owned(),
-            batch_size: 16,
+            batch_size: 100,
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(1),
@@ -230,6 +231,7 @@ impl Consumer {
             nack: consumer.nack,
             claim_idle: consumer.claim_idle,
             layout: config.stream_layout().clone(),
+            acks: AckQueue::default(),
         });
         shared.create_group(&consumer.start).await?;
         let (stream, group) = (consumer.stream.clone(), consumer.group.clone());
@@ -272,6 +274,7 @@ impl Consumer {
             nack: consumer.nack,
             claim_idle: consumer.claim_idle,
             layout: config.stream_layout().clone(),
+            acks: AckQueue::default(),
         };
         shared.create_group(&consumer.start).await
     }
@@ -334,6 +337,7 @@ struct Shared {
     nack: NackMode,
     claim_idle: Duration,
     layout: StreamLayout,
+    acks: AckQueue,
 }
 
 impl Shared {
@@ -363,15 +367,47 @@ impl Shared {
         }
     }
 
+    /// Acknowledges `id` once an `XACK` carrying it succeeded; concurrent acks share
+    /// one (see the `acks` module).
     async fn ack(&self, id: &str) -> Result<(), Error> {
+        let lead = match self.acks.join(id) {
+            Ok(lead) => lead,
+            Err(turn) => match turn.await {
+                Ok(Turn::Done) => return Ok(()),
+                Ok(Turn::Lead(lead)) => lead,
+                Ok(Turn::Alone) | Err(_) => return self.xack(&[id]).await,
+            },
+        };
+        // Lets the acks of the tasks ready to run join this batch.
+        tokio::task::yield_now().await;
+        let batch = lead.take_batch();
+        let mut ids = Vec::with_capacity(batch.len() + 1);
+        ids.push(id);
+        ids.extend(batch.iter().map(|(id, _)| id.as_str()));
+        let result = self.xack(&ids).await;
+        let turn = || {
+            if result.is_ok() {
+                Turn::Done
+            } else {
+                Turn::Alone
+            }
+        };
+        for (_, tx) in batch {
+            let _ = tx.send(turn());
+        }
+        result
+    }
+
+    async fn xack(&self, ids: &[&str]) -> Result<(), Error> {
         let mut manager = self.conn.manager();
         let result: RedisResult<u64> = redis::cmd("XACK")
             .arg(&self.stream)
             .arg(&self.group)
-            .arg(id)
+            .arg(ids)
             .query_async(&mut manager)
             .await;
-        // 0 means it was no longer pending: acknowledged already, which is fine.
+        // Fewer than asked means some were no longer pending: acknowledged already,
+        // which is fine.
         result
             .map(drop)
             .map_err(|err| self.error(Operation::Ack, err))

@@ -23,6 +23,7 @@
 //!
 //! See the [parent module](crate::redis) for the entry layout and an example.
 
+mod acks;
 mod consumer;
 mod publisher;
 
