@@ -25,6 +25,13 @@
 //!    the end of step 1 has been observed as well; its return, if any, is then among
 //!    the orphans.
 //!
+//! A confirm that carried no return at all skips step 1: lapin pops its queue for
+//! every confirm it resolves, so the queue was empty when ours resolved, and our
+//! return, if any, had been popped by a confirm resolved before ours, hence sent
+//! before our confirm was observed. Waiting for every publish in flight then (the
+//! horizon of step 1) is enough. This is the common case: a receipt waits for the
+//! confirms of the publishes in flight with it, not for those sent after them.
+//!
 //! The observation that passes a waiting publish's horizon moves it on under the
 //! lock, so a confirm wakes only the publishes it decides, each once, and the second
 //! horizon is the one of that moment, not of whenever the woken task next runs.
@@ -303,6 +310,9 @@ impl Ticket {
         let mut state = lock(&self.returns.state);
         state.outstanding.remove(&self.id);
         let mut observed = Observed::NotReturned;
+        // lapin pops its return queue for every confirm it resolves: nothing attached
+        // means the queue was empty then.
+        let queue_was_empty = attached.is_none();
         if let Some(returned) = attached.map(Returned::new) {
             if returned.is_for(&self.key) {
                 observed = Observed::Returned(returned);
@@ -327,7 +337,7 @@ impl Ticket {
                         self.id,
                         Waiter {
                             horizon,
-                            popped: false,
+                            popped: queue_was_empty,
                             decided: false,
                             waker: None,
                         },
