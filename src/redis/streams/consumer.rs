@@ -69,7 +69,7 @@ impl ConsumerConfig {
     ///
     /// Defaults: a unique consumer name; a group created (if missing) at the start of
     /// the stream (`0`, so nothing appended before the group existed is missed); reads
-    /// of up to 100 entries blocking at most 1 s; entries idle for 30 s reclaimed by a
+    /// of up to 16 entries blocking at most 1 s; entries idle for 30 s reclaimed by a
     /// scan every second; at most [`DEFAULT_MAX_DELIVERIES`] deliveries; dead letters
     /// to `<stream>.dlq` ([`dead_letter::destination_for`]); [`NackMode::Reclaim`].
     pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
@@ -80,7 +80,7 @@ impl ConsumerConfig {
             group: group.into(),
             consumer: None,
             start: "0".to_owned(),
-            batch_size: 100,
+            batch_size: 16,
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(1),
