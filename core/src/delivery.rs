@@ -155,6 +155,23 @@ impl Acker {
     where
         F: FnOnce(&dyn Acknowledge) -> BoxFuture<'static, Result<(), Error>>,
     {
+        // Nothing to wait for at most once: the first settlement wins, without the lock.
+        if let Backend::Untracked(broker) = &self.inner.backend {
+            let recorded = if to == ACKED { ACKED } else { DROPPED };
+            let first = self
+                .inner
+                .state
+                .compare_exchange(UNSETTLED, recorded, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            return if !first || recorded == ACKED {
+                Ok(())
+            } else {
+                Err(Error::permanent(broker, operation).with_reason(
+                    "the broker delivers at most once: it can neither redeliver nor \
+                     dead-letter the message, which is dropped",
+                ))
+            };
+        }
         // Dropping this future (a cancelled settlement) releases the lock and records
         // nothing: the delivery stays unsettled.
         let _turn = self.inner.settling.lock().await;
@@ -167,17 +184,8 @@ impl Acker {
                 self.inner.state.store(to, Ordering::Release);
                 Ok(())
             }
-            Backend::Untracked(_) if to == ACKED => {
-                self.inner.state.store(ACKED, Ordering::Release);
-                Ok(())
-            }
-            Backend::Untracked(broker) => {
-                self.inner.state.store(DROPPED, Ordering::Release);
-                Err(Error::permanent(broker, operation).with_reason(
-                    "the broker delivers at most once: it can neither redeliver nor \
-                     dead-letter the message, which is dropped",
-                ))
-            }
+            // Settled above.
+            Backend::Untracked(_) => Ok(()),
         }
     }
 

@@ -25,25 +25,35 @@
 //!    the end of step 1 has been observed as well; its return, if any, is then among
 //!    the orphans.
 //!
+//! A confirm that carried no return at all skips step 1: lapin pops its queue for
+//! every confirm it resolves, so the queue was empty when ours resolved, and our
+//! return, if any, had been popped by a confirm resolved before ours, hence sent
+//! before our confirm was observed. Waiting for every publish in flight then (the
+//! horizon of step 1) is enough. This is the common case: a receipt waits for the
+//! confirms of the publishes in flight with it, not for those sent after them.
+//!
+//! The observation that passes a waiting publish's horizon moves it on under the
+//! lock, so a confirm wakes only the publishes it decides, each once, and the second
+//! horizon is the one of that moment, not of whenever the woken task next runs.
+//!
 //! A unit test plays lapin and the broker against the tickets in thousands of random
 //! orders (returns queued late, confirms resolved out of order, observations lagging)
-//! and checks every verdict.
+//! and checks every verdict and every wake-up.
 //!
 //! A publish whose caller goes away (its future dropped, e.g. by a timeout) is still
 //! observed to the end by a detached task, so it cannot swallow a neighbour's return.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
-use tokio::sync::Notify;
 
 use super::error::{amqp_error, BROKER};
 use crate::error::{Error, Operation};
@@ -132,8 +142,6 @@ struct Key {
 #[derive(Debug, Default)]
 struct Returns {
     state: Mutex<State>,
-    /// Signalled whenever a confirm is observed.
-    observed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -145,12 +153,58 @@ struct State {
     orphans: Vec<Returned>,
     /// Publishes waiting for their horizon (they may still claim an orphan).
     settling: usize,
+    /// Those of them registered for a wake-up, by ticket.
+    waiters: BTreeMap<u64, Waiter>,
+    /// The same, ordered by horizon: the front ones are decided first.
+    horizons: BTreeSet<(u64, u64)>,
+}
+
+/// How far a publish waiting for its verdict must wait, and whom to wake.
+#[derive(Debug)]
+struct Waiter {
+    /// Every publish up to this one must be observed.
+    horizon: u64,
+    /// Whether the horizon is the second one (its return can no longer be queued).
+    popped: bool,
+    /// Whether both horizons have passed: its return, if any, is among the orphans.
+    decided: bool,
+    waker: Option<Waker>,
 }
 
 impl State {
     fn claim(&mut self, key: &Key) -> Option<Returned> {
         let position = self.orphans.iter().position(|r| r.is_for(key))?;
         Some(self.orphans.swap_remove(position))
+    }
+
+    /// Moves the waiters whose horizon has passed on (see [`Ticket::observe`]): to
+    /// their second horizon, or to their verdict. Returns whom to wake: only the
+    /// decided ones, each once.
+    fn advance(&mut self) -> Vec<Waker> {
+        let mut wake = Vec::new();
+        let first = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        while let Some(&(horizon, id)) = self.horizons.first() {
+            if horizon >= first {
+                break;
+            }
+            self.horizons.pop_first();
+            let Some(waiter) = self.waiters.get_mut(&id) else {
+                continue;
+            };
+            if !waiter.popped {
+                // Its first horizon passed just now: whichever confirm popped its
+                // return was sent by now.
+                waiter.popped = true;
+                waiter.horizon = self.next - 1;
+                if waiter.horizon >= first {
+                    self.horizons.insert((waiter.horizon, id));
+                    continue;
+                }
+            }
+            waiter.decided = true;
+            wake.extend(waiter.waker.take());
+        }
+        wake
     }
 
     fn forget_orphans_nobody_can_claim(&mut self) {
@@ -256,6 +310,9 @@ impl Ticket {
         let mut state = lock(&self.returns.state);
         state.outstanding.remove(&self.id);
         let mut observed = Observed::NotReturned;
+        // lapin pops its return queue for every confirm it resolves: nothing attached
+        // means the queue was empty then.
+        let queue_was_empty = attached.is_none();
         if let Some(returned) = attached.map(Returned::new) {
             if returned.is_for(&self.key) {
                 observed = Observed::Returned(returned);
@@ -276,55 +333,58 @@ impl Ticket {
                 Some(horizon) => {
                     // Counted under the same lock, so the orphans stay until it claims.
                     state.settling += 1;
-                    Observed::Wait(Wait {
-                        horizon,
-                        popped: false,
-                    })
+                    state.waiters.insert(
+                        self.id,
+                        Waiter {
+                            horizon,
+                            popped: queue_was_empty,
+                            decided: false,
+                            waker: None,
+                        },
+                    );
+                    state.horizons.insert((horizon, self.id));
+                    Observed::Wait
                 }
             };
         }
+        let wake = state.advance();
         state.forget_orphans_nobody_can_claim();
         drop(state);
-        self.returns.observed.notify_waiters();
+        for waker in wake {
+            waker.wake();
+        }
         observed
     }
 
     /// After [`Observed::Wait`]: waits for the verdict (see [`Ticket::try_settle`]).
-    async fn settle(&self, mut wait: Wait) -> Option<Returned> {
-        loop {
-            let notified = self.returns.observed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(returned) = self.try_settle(&mut wait) {
-                return returned;
-            }
-            notified.await;
-        }
+    async fn settle(&self) -> Option<Returned> {
+        std::future::poll_fn(|cx| match self.try_settle(Some(cx.waker())) {
+            Some(returned) => Poll::Ready(returned),
+            None => Poll::Pending,
+        })
+        .await
     }
 
-    /// The verdict, once known. First every publish up to the horizon (in flight when
-    /// this one was observed) must be observed: then lapin's queue no longer holds
-    /// this publish's return. Whichever confirm popped it resolved before that, so it
-    /// was sent by then: once every publish sent by then is observed too, the return,
-    /// if any, is among the orphans.
-    fn try_settle(&self, wait: &mut Wait) -> Option<Option<Returned>> {
+    /// The verdict, once known (else registers `waker`). First every publish up to the
+    /// horizon (in flight when this one was observed) must be observed: then lapin's
+    /// queue no longer holds this publish's return. Whichever confirm popped it
+    /// resolved before that, so it was sent by then: once every publish sent by then
+    /// is observed too, the return, if any, is among the orphans. The observation that
+    /// passes a horizon moves the waiter on ([`State::advance`]), so a confirm wakes
+    /// only the publishes it decides.
+    fn try_settle(&self, waker: Option<&Waker>) -> Option<Option<Returned>> {
         let mut state = lock(&self.returns.state);
-        let unobserved_up_to = |state: &State, horizon| {
-            state
-                .outstanding
-                .first()
-                .is_some_and(|&first| first <= horizon)
-        };
-        if unobserved_up_to(&state, wait.horizon) {
+        let waiter = state.waiters.get_mut(&self.id)?;
+        if !waiter.decided {
+            if let Some(waker) = waker {
+                match &mut waiter.waker {
+                    Some(old) if old.will_wake(waker) => {}
+                    slot => *slot = Some(waker.clone()),
+                }
+            }
             return None;
         }
-        if !wait.popped {
-            wait.popped = true;
-            wait.horizon = state.next - 1;
-            if unobserved_up_to(&state, wait.horizon) {
-                return None;
-            }
-        }
+        state.waiters.remove(&self.id);
         Some(state.claim(&self.key))
     }
 
@@ -340,16 +400,7 @@ enum Observed {
     /// It was not returned (or nobody asked).
     NotReturned,
     /// Not known yet: see [`Ticket::try_settle`].
-    Wait(Wait),
-}
-
-/// How far a publish waiting for its verdict must wait.
-#[derive(Clone, Copy, Debug)]
-struct Wait {
-    /// Every publish up to this one must be observed.
-    horizon: u64,
-    /// Whether the horizon is the second one (its return can no longer be queued).
-    popped: bool,
+    Wait,
 }
 
 impl Drop for Ticket {
@@ -361,13 +412,19 @@ impl Drop for Ticket {
 }
 
 /// A publish waiting for its horizon (counted by [`Ticket::observe`]), so that its
-/// return is not forgotten; uncounted on drop.
-struct Settling<'a>(&'a Returns);
+/// return is not forgotten; uncounted (and unregistered) on drop.
+struct Settling<'a> {
+    returns: &'a Returns,
+    id: u64,
+}
 
 impl Drop for Settling<'_> {
     fn drop(&mut self) {
-        let mut state = lock(&self.0.state);
+        let mut state = lock(&self.returns.state);
         state.settling -= 1;
+        if let Some(waiter) = state.waiters.remove(&self.id) {
+            state.horizons.remove(&(waiter.horizon, self.id));
+        }
         state.forget_orphans_nobody_can_claim();
     }
 }
@@ -468,11 +525,14 @@ impl InFlight {
         let returned = match ticket.observe(attached, settle) {
             Observed::Returned(returned) => Some(returned),
             Observed::NotReturned => None,
-            Observed::Wait(wait) => {
-                let _settling = Settling(&ticket.returns);
+            Observed::Wait => {
+                let _settling = Settling {
+                    returns: &ticket.returns,
+                    id: ticket.id,
+                };
                 tokio::select! {
                     biased;
-                    returned = ticket.settle(wait) => returned,
+                    returned = ticket.settle() => returned,
                     _ = &mut lost => match ticket.claim() {
                         Some(returned) => Some(returned),
                         None => return Err(Unconfirmed::Lost),
@@ -537,6 +597,7 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn key(i: usize) -> Key {
         Key {
@@ -567,7 +628,7 @@ mod tests {
         /// Its confirm resolved, carrying what lapin popped off its return queue.
         Resolved(Option<Box<BasicReturnMessage>>),
         /// Observed; its verdict waits.
-        Waiting(Wait),
+        Waiting,
         Decided(bool),
     }
 
@@ -587,6 +648,7 @@ mod tests {
             let mut tickets: Vec<Option<Ticket>> = (0..n).map(|_| None).collect();
             let mut stage: Vec<Stage> = (0..n).map(|_| Stage::Unsent).collect();
             let mut queued = vec![false; n];
+            let wakes: Vec<Arc<Wakes>> = (0..n).map(|_| Arc::default()).collect();
             let mut lapin_queue = std::collections::VecDeque::new();
             loop {
                 #[derive(Clone, Copy)]
@@ -636,16 +698,28 @@ mod tests {
                         stage[i] = match ticket.observe(attached.map(|r| *r), true) {
                             Observed::Returned(_) => Stage::Decided(true),
                             Observed::NotReturned => Stage::Decided(false),
-                            Observed::Wait(wait) => Stage::Waiting(wait),
+                            Observed::Wait => {
+                                let waker = Waker::from(wakes[i].clone());
+                                match ticket.try_settle(Some(&waker)) {
+                                    Some(verdict) => Stage::Decided(verdict.is_some()),
+                                    None => Stage::Waiting,
+                                }
+                            }
                         };
                     }
                 }
-                // Waiting publishes check again after every step, as a wake-up would.
+                // Woken publishes check their verdict; the others must not have one.
                 for j in 0..n {
-                    if let Stage::Waiting(wait) = &mut stage[j] {
+                    if let Stage::Waiting = stage[j] {
                         let ticket = tickets[j].as_ref().unwrap();
-                        if let Some(verdict) = ticket.try_settle(wait) {
-                            drop(Settling(&returns));
+                        let woken = wakes[j].0.load(Ordering::Relaxed) > 0;
+                        let verdict = ticket.try_settle(None);
+                        assert_eq!(verdict.is_some(), woken, "seed {seed}: publish {j} of {n}");
+                        if let Some(verdict) = verdict {
+                            drop(Settling {
+                                returns: &returns,
+                                id: ticket.id,
+                            });
                             stage[j] = Stage::Decided(verdict.is_some());
                         }
                     }
@@ -661,6 +735,20 @@ mod tests {
                 }
             }
             assert!(lock(&returns.state).orphans.is_empty(), "seed {seed}");
+            for (i, wakes) in wakes.iter().enumerate() {
+                let wakes = wakes.0.load(Ordering::Relaxed);
+                assert!(wakes <= 1, "seed {seed}: publish {i} woken {wakes} times");
+            }
+        }
+    }
+
+    /// Counts the wake-ups of one publish.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct Connection {
 
 struct Health {
     up: watch::Sender<bool>,
+    /// The flag as last sent, read on every command without the channel's lock.
+    is_up: AtomicBool,
     probing: AtomicBool,
     max_backoff: Duration,
 }
@@ -54,6 +56,7 @@ impl Connection {
             manager,
             health: Arc::new(Health {
                 up,
+                is_up: AtomicBool::new(true),
                 probing: AtomicBool::new(false),
                 max_backoff,
             }),
@@ -65,8 +68,13 @@ impl Connection {
         self.manager.clone()
     }
 
+    /// This handle's own connection manager, to send a command on without a clone.
+    pub(crate) fn manager_mut(&mut self) -> &mut ConnectionManager {
+        &mut self.manager
+    }
+
     pub(crate) fn is_up(&self) -> bool {
-        *self.health.up.borrow()
+        self.health.is_up.load(Ordering::Acquire)
     }
 
     /// Records the outcome of a command: a dropped connection lowers the flag.
@@ -79,7 +87,7 @@ impl Connection {
 
     pub(crate) fn record_error(&self, err: &RedisError) {
         if is_connection_error(err) {
-            self.health.up.send_replace(false);
+            self.health.set(false);
             self.start_probe();
         }
     }
@@ -124,9 +132,17 @@ impl Connection {
 
 impl Health {
     fn set_up(&self) {
-        if !*self.up.borrow() {
-            self.up.send_replace(true);
+        if !self.is_up.load(Ordering::Acquire) {
+            self.set(true);
         }
+    }
+
+    fn set(&self, up: bool) {
+        // Under the channel's lock, so that the flag and the channel agree.
+        self.up.send_modify(|flag| {
+            *flag = up;
+            self.is_up.store(up, Ordering::Release);
+        });
     }
 }
 

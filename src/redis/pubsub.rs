@@ -193,18 +193,17 @@ impl Service<Message> for Publisher {
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
-        let conn = self.conn.clone();
+        let mut conn = self.conn.clone();
         let message_channel = message.destination().to_owned();
         let ignore_unsupported = self.ignore_unsupported;
         let framing = self.framing;
         ResponseFuture::new(async move {
             let payload = frame(framing, message, ignore_unsupported)?;
             let channel = message_channel;
-            let mut manager = conn.manager();
             let result: RedisResult<u64> = redis::cmd("PUBLISH")
                 .arg(&channel)
                 .arg(payload.as_ref())
-                .query_async(&mut manager)
+                .query_async(conn.manager_mut())
                 .await;
             conn.record(&result);
             match result {
@@ -432,10 +431,13 @@ impl Receiver {
 /// The delivery for one Pub/Sub message, or `None` if its TTL has passed; the channel
 /// name, escaped, when it is not UTF-8 (only a pattern subscription can see one).
 fn delivery_of(framing: Framing, msg: &Msg) -> Result<Option<Delivery>, String> {
-    let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
-    let Ok(channel) = std::str::from_utf8(&channel) else {
-        return Err(channel.escape_ascii().to_string());
-    };
+    // redis-rs names a channel that is not UTF-8 `?`: only then are its bytes needed.
+    let mut channel = msg.get_channel_name();
+    let bytes: Vec<u8>;
+    if channel == "?" {
+        bytes = msg.get_channel().unwrap_or_default();
+        channel = std::str::from_utf8(&bytes).map_err(|_| bytes.escape_ascii().to_string())?;
+    }
     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
     let unpacked = match framing {
         Framing::Plain => None,

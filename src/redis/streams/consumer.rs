@@ -17,6 +17,7 @@ use redis::{RedisError, RedisResult, Value};
 use tokio::time::Instant;
 use tower_mq_layers::retry::{Backoff, FastRng};
 
+use super::acks::{AckQueue, Turn};
 use crate::redis::config::Config;
 use crate::redis::connection::Connection;
 use crate::redis::layout::{decode, entry_time, Control, Fields, StreamLayout};
@@ -239,6 +240,7 @@ impl Consumer {
             claim_idle: consumer.claim_idle,
             max_deliveries: consumer.max_deliveries,
             layout: config.stream_layout().clone(),
+            acks: AckQueue::default(),
         });
         shared.create_group(&consumer.start).await?;
         let (stream, group) = (consumer.stream.clone(), consumer.group.clone());
@@ -299,6 +301,7 @@ impl Consumer {
             claim_idle: consumer.claim_idle,
             max_deliveries: consumer.max_deliveries,
             layout: config.stream_layout().clone(),
+            acks: AckQueue::default(),
         };
         shared.create_group(&consumer.start).await
     }
@@ -377,6 +380,7 @@ struct Shared {
     claim_idle: Duration,
     max_deliveries: Option<u32>,
     layout: StreamLayout,
+    acks: AckQueue,
 }
 
 impl Shared {
@@ -430,15 +434,47 @@ impl Shared {
         }
     }
 
+    /// Acknowledges `id` once an `XACK` carrying it succeeded; concurrent acks share
+    /// one (see the `acks` module).
     async fn ack(&self, id: &str) -> Result<(), Error> {
+        let lead = match self.acks.join(id) {
+            Ok(lead) => lead,
+            Err(turn) => match turn.await {
+                Ok(Turn::Done) => return Ok(()),
+                Ok(Turn::Lead(lead)) => lead,
+                Ok(Turn::Alone) | Err(_) => return self.xack(&[id]).await,
+            },
+        };
+        // Lets the acks of the tasks ready to run join this batch.
+        tokio::task::yield_now().await;
+        let batch = lead.take_batch();
+        let mut ids = Vec::with_capacity(batch.len() + 1);
+        ids.push(id);
+        ids.extend(batch.iter().map(|(id, _)| id.as_str()));
+        let result = self.xack(&ids).await;
+        let turn = || {
+            if result.is_ok() {
+                Turn::Done
+            } else {
+                Turn::Alone
+            }
+        };
+        for (_, tx) in batch {
+            let _ = tx.send(turn());
+        }
+        result
+    }
+
+    async fn xack(&self, ids: &[&str]) -> Result<(), Error> {
         let mut manager = self.conn.manager();
         let result: RedisResult<u64> = redis::cmd("XACK")
             .arg(&self.stream)
             .arg(&self.group)
-            .arg(id)
+            .arg(ids)
             .query_async(&mut manager)
             .await;
-        // 0 means it was no longer pending: acknowledged already, which is fine.
+        // Fewer than asked means some were no longer pending: acknowledged already,
+        // which is fine.
         result
             .map(drop)
             .map_err(|err| self.error(Operation::Ack, err))

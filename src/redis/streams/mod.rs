@@ -32,6 +32,7 @@
 //!
 //! See the [parent module](crate::redis) for the entry layout and an example.
 
+mod acks;
 mod consumer;
 mod publisher;
 

@@ -160,14 +160,13 @@ impl Service<Message> for Publisher {
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
-        let conn = self.conn.clone();
+        let mut conn = self.conn.clone();
         let options = self.options.clone();
         ResponseFuture::new(async move {
             let stream = message.destination().to_owned();
             let fields = encode(&options.layout, &message, options.ignore_unsupported)?;
-            let mut manager = conn.manager();
             let result: RedisResult<String> = xadd(&stream, options.trim, &fields)
-                .query_async(&mut manager)
+                .query_async(conn.manager_mut())
                 .await;
             conn.record(&result);
             match result {
@@ -231,7 +230,7 @@ impl Service<Vec<Message>> for BatchPublisher {
     }
 
     fn call(&mut self, messages: Vec<Message>) -> Self::Future {
-        let conn = self.conn.clone();
+        let mut conn = self.conn.clone();
         let options = self.options.clone();
         ResponseFuture::new(async move {
             let mut pipe = redis::pipe();
@@ -250,9 +249,8 @@ impl Service<Vec<Message>> for BatchPublisher {
             let mut replies = if sent == 0 {
                 Vec::new().into_iter()
             } else {
-                let mut manager = conn.manager();
                 let result: RedisResult<Vec<RedisResult<String>>> =
-                    pipe.query_async(&mut manager).await;
+                    pipe.query_async(conn.manager_mut()).await;
                 conn.record(&result);
                 match result {
                     Ok(replies) => replies.into_iter(),
