@@ -45,7 +45,7 @@ async fn main() -> Result<(), BoxError> {
             "",
         ));
     let connection = Connection::connect(
-        Config::new(url)
+        &Config::new(url)
             .connection_name("tower-mq example")
             .heartbeat(Duration::from_secs(5))
             .topology(topology),

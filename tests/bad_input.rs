@@ -212,7 +212,7 @@ mod rabbitmq {
     async fn header_names_and_ttls_amqp_cannot_carry_are_refused_naming_them() {
         let q = unique("amqp-refusals");
         let connection = Connection::connect(
-            Config::new(url())
+            &Config::new(url())
                 .routing(Routing::DefaultExchange)
                 .topology(
                     Topology::new().queue(Queue::classic(&q).expires(Duration::from_secs(60))),

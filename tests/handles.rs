@@ -161,7 +161,7 @@ mod rabbitmq {
             .topology(
                 Topology::new().queue(Queue::classic(&queue).expires(Duration::from_secs(60))),
             );
-        let connection = match Connection::connect(config).await {
+        let connection = match Connection::connect(&config).await {
             Ok(connection) => connection,
             Err(error) => panic!(
                 "RabbitMQ is not reachable at {} (env TOWER_MQ_AMQP_URL): {error}. \

@@ -48,7 +48,7 @@ static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 async fn connect(config: Config) -> Connection {
     let address = url();
-    match Connection::connect(config).await {
+    match Connection::connect(&config).await {
         Ok(connection) => connection,
         Err(error) => panic!(
             "RabbitMQ is not reachable at {address} (env TOWER_MQ_AMQP_URL): {error}. \
@@ -1451,7 +1451,7 @@ async fn a_malformed_amqp_url_is_a_permanent_connect_error_that_keeps_the_passwo
         "amqp://guest:s3cret@127.0.0.1:not-a-port/%2f",
         "amqpx://guest:s3cret@127.0.0.1:15673/%2f",
     ] {
-        let err = Connection::connect(Config::new(bad)).await.unwrap_err();
+        let err = Connection::connect(&Config::new(bad)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Permanent, "{bad}: {err}");
         assert_eq!(err.broker(), "rabbitmq");
         assert_eq!(err.operation(), Operation::Connect);
@@ -1483,7 +1483,7 @@ async fn the_password_never_appears_in_debug_or_connect_errors() {
     );
 
     // Nothing listens: transient, naming the broker's address, not the password.
-    let err = Connection::connect(config)
+    let err = Connection::connect(&config)
         .await
         .expect_err("nothing listens on the port");
     let shown = everything_shown(&err);
@@ -1498,7 +1498,7 @@ async fn the_password_never_appears_in_debug_or_connect_errors() {
         "http://orders:s3cret-pass@127.0.0.1/%2f",
         "amqp://orders:s3cret-pass@",
     ] {
-        let err = Connection::connect(Config::new(invalid))
+        let err = Connection::connect(&Config::new(invalid))
             .await
             .expect_err("not an AMQP URI");
         let shown = everything_shown(&err);
@@ -1690,7 +1690,7 @@ async fn a_wrong_password_is_permanent_and_masked() {
     let address = url();
     let host = address.rsplit('@').next().unwrap_or(&address).to_owned();
     let wrong = format!("amqp://guest:wr0ng-pass@{host}");
-    let err = Connection::connect(Config::new(wrong))
+    let err = Connection::connect(&Config::new(wrong))
         .await
         .expect_err("a wrong password must be refused");
     let shown = everything_shown(&err);
@@ -1777,7 +1777,7 @@ async fn connect_retry_waits_for_a_broker_that_appears_later_then_publishes() {
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .topology(Topology::new().queue(queue(&q)))
         .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
-    let mut connecting = tokio::spawn(async move { Connection::connect(config).await });
+    let mut connecting = tokio::spawn(async move { Connection::connect(&config).await });
     // Nothing listens yet: without the option this fails within milliseconds.
     assert!(
         tokio::time::timeout(Duration::from_millis(500), &mut connecting)
@@ -1813,7 +1813,7 @@ async fn without_connect_retry_an_absent_broker_fails_at_once_and_with_it_within
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100));
 
     let started = std::time::Instant::now();
-    let err = Connection::connect(config.clone())
+    let err = Connection::connect(&config.clone())
         .await
         .expect_err("nothing listens on the port");
     assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
@@ -1825,7 +1825,7 @@ async fn without_connect_retry_an_absent_broker_fails_at_once_and_with_it_within
 
     let limit = Duration::from_secs(2);
     let started = std::time::Instant::now();
-    let err = Connection::connect(config.connect_retry(ConnectRetry::Within(limit)))
+    let err = Connection::connect(&config.connect_retry(ConnectRetry::Within(limit)))
         .await
         .expect_err("nothing listens on the port");
     // It gives up once the next delay (at most 100 ms here) would pass the limit.
@@ -1838,7 +1838,7 @@ async fn connect_retry_does_not_retry_a_wrong_password() {
     let config = Config::new(format!("amqp://guest:wr0ng-pass@{}/%2f", broker_address()))
         .connect_retry(ConnectRetry::Forever);
     let started = std::time::Instant::now();
-    let err = tokio::time::timeout(Duration::from_secs(15), Connection::connect(config))
+    let err = tokio::time::timeout(Duration::from_secs(15), Connection::connect(&config))
         .await
         .expect("a refused password must not be retried forever")
         .expect_err("the broker must refuse the password");

@@ -165,7 +165,7 @@ impl Fixture for RabbitMq {
         Box::pin(async move {
             let queue = unique("bench");
             let connection = Connection::connect(
-                Config::new(&url)
+                &Config::new(&url)
                     .routing(Routing::DefaultExchange)
                     .topology(
                         Topology::new()

@@ -186,7 +186,7 @@ impl Config {
     ///
     /// # async fn run() -> Result<(), tower_mq::Error> {
     /// // TOWER_MQ_AMQP_URL=amqp://orders:s3cret@127.0.0.1:5672/%2f
-    /// let connection = Connection::connect(Config::from_env()?.prefetch(64)).await?;
+    /// let connection = Connection::connect(&Config::from_env()?.prefetch(64)).await?;
     /// # let _ = connection;
     /// # Ok(())
     /// # }

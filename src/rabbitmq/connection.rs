@@ -205,8 +205,8 @@ struct Shared {
 ///
 /// # async fn run() -> Result<(), tower_mq::Error> {
 /// let config = Config::new("amqp://guest:guest@127.0.0.1:5672/%2f");
-/// let publishing = Connection::connect(config.clone().connection_name("orders-publish")).await?;
-/// let consuming = Connection::connect(config.connection_name("orders-consume")).await?;
+/// let publishing = Connection::connect(&config.clone().connection_name("orders-publish")).await?;
+/// let consuming = Connection::connect(&config.connection_name("orders-consume")).await?;
 /// let publisher = publishing.publisher();
 /// let deliveries = consuming.consumer("billing").await?;
 /// # drop((publisher, deliveries));
@@ -246,7 +246,8 @@ impl Connection {
     /// permanent, an unreachable broker transient), unless
     /// [`Config::connect_retry`](super::Config::connect_retry) says to retry a
     /// transient failure; reconnects after that are automatic.
-    pub async fn connect(config: Config) -> Result<Connection, Error> {
+    pub async fn connect(config: &Config) -> Result<Connection, Error> {
+        let config = config.clone();
         let mut uri: AMQPUri = config.uri.parse().map_err(|reason: String| {
             // The parser quotes the URI it refused, password included.
             let reason = redact::in_text(&reason, &config.uri, LoneUser::Name);

@@ -114,7 +114,7 @@ impl fmt::Debug for Consumer {
 impl Consumer {
     /// Connects with `config` and consumes `queue` on a connection of its own.
     pub async fn connect(
-        config: super::Config,
+        config: &super::Config,
         queue: impl Into<String>,
     ) -> Result<Consumer, Error> {
         super::Connection::connect(config)

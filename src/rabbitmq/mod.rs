@@ -36,7 +36,7 @@
 //!     .heartbeat(Duration::from_secs(10))
 //!     .prefetch(50)
 //!     .topology(topology);
-//! let connection = Connection::connect(config).await?;
+//! let connection = Connection::connect(&config).await?;
 //!
 //! // Publish with a publisher confirm: exchange `orders`, routing key `order.created`.
 //! let mut publisher = connection.publisher();
@@ -109,7 +109,7 @@
 //! use tower_mq::{HeaderValue, Message};
 //!
 //! # async fn run() -> Result<(), tower_mq::Error> {
-//! let connection = Connection::connect(Config::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
+//! let connection = Connection::connect(&Config::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
 //! let message = Message::new("orders", "{\"id\":42}")
 //!     .with_key("order.created")
 //!     .with_header("attempt", 3i32) // `I`, as a Java or Python consumer expects
@@ -143,8 +143,8 @@ mod topology;
 
 pub use config::{Config, Routing, TIMESTAMP_MILLIS_HEADER};
 pub use connection::Connection;
-pub use error::BROKER;
 pub use consumer::Consumer;
+pub use error::BROKER;
 pub use publisher::{BatchPublisher, Publisher, ResponseFuture};
 pub use request::{Requester, DIRECT_REPLY_TO};
 pub use topology::{Argument, Binding, Exchange, ExchangeKind, Queue, QueueType, Topology};

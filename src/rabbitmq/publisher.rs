@@ -68,7 +68,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Connects with `config` and returns a publisher on a connection of its own.
-    pub async fn connect(config: Config) -> Result<Publisher, Error> {
+    pub async fn connect(config: &Config) -> Result<Publisher, Error> {
         Ok(Connection::connect(config).await?.publisher())
     }
 

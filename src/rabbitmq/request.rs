@@ -14,7 +14,7 @@
 //! let config = Config::new("amqp://guest:guest@127.0.0.1:5672/%2f")
 //!     .routing(Routing::DefaultExchange)
 //!     .topology(Topology::new().queue(Queue::classic("rpc.upper")));
-//! let connection = Connection::connect(config).await?;
+//! let connection = Connection::connect(&config).await?;
 //!
 //! // The serving side answers each request at its reply-to.
 //! let upper = service_fn(|request: Delivery| async move {

@@ -93,7 +93,7 @@ impl Fixture for RabbitMqFixture {
             .connection_name("tower-mq conformance")
             .heartbeat(Duration::from_secs(5))
             .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1));
-        let connection = Connection::connect(config).await.unwrap_or_else(|e| {
+        let connection = Connection::connect(&config).await.unwrap_or_else(|e| {
             panic!(
                 "rabbitmq: cannot connect to {address} (env TOWER_MQ_AMQP_URL): {e}. \
                  Run scripts/test, or scripts/brokers up rabbitmq."

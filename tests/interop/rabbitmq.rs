@@ -151,7 +151,7 @@ impl Plain {
 
 async fn tower_mq(config: Config) -> Connection {
     let address = url();
-    Connection::connect(config).await.unwrap_or_else(|e| {
+    Connection::connect(&config).await.unwrap_or_else(|e| {
         panic!(
             "rabbitmq: tower-mq cannot connect to {address} (env TOWER_MQ_AMQP_URL): {e}. \
              Run scripts/test, or scripts/brokers up rabbitmq."
