@@ -7,6 +7,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -25,9 +27,33 @@ pub(super) struct Config {
 /// private group of one pub/sub subscriber.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum GroupKey {
-    Named(String),
+    Named(Arc<str>),
     Ephemeral(u64),
 }
+
+/// Hashes the broker's own `u64` ids (deliveries, consumers): one multiplication
+/// instead of SipHash, on the path of every delivery and settlement. The ids are
+/// handed out by the broker, never chosen by a peer.
+#[derive(Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 pub(super) struct Stored {
     message: Message,
@@ -62,9 +88,9 @@ struct Group {
     ready: BTreeMap<(Reverse<u8>, u64), Entry>,
     /// Nacked with a delay: due time, then publication order.
     delayed: BTreeMap<(Instant, u64), Entry>,
-    in_flight: HashMap<u64, InFlight>,
+    in_flight: IdMap<InFlight>,
     /// Consumers waiting for a delivery, by consumer id.
-    waiters: HashMap<u64, Waker>,
+    waiters: IdMap<Waker>,
 }
 
 impl Group {
@@ -111,8 +137,39 @@ struct Accounting {
     /// Held messages with a time to live, so full brokers only look for expired ones
     /// when there can be some.
     expiring: usize,
-    reserved: usize,
+    /// Held plus reserved messages. Publishers reserve without the lock while there is
+    /// room ([`Occupancy::try_reserve`]); everything else changes it under the lock, so
+    /// a publisher that found the broker full and registered its waker under the lock
+    /// is woken by whoever frees room next.
+    occupied: Occupancy,
     waiters: Vec<Waker>,
+}
+
+/// Held plus reserved messages, shared with the publishers.
+#[derive(Default, Clone)]
+pub(super) struct Occupancy(Arc<AtomicUsize>);
+
+impl Occupancy {
+    /// Reserves room for one message if fewer than `capacity` are held or reserved.
+    pub(super) fn try_reserve(&self, capacity: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn remove(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl Accounting {
@@ -121,6 +178,7 @@ impl Accounting {
     fn release(&mut self, stored: Arc<Stored>) {
         if Arc::strong_count(&stored) == 1 {
             self.held -= 1;
+            self.occupied.remove();
             if stored.expires_at.is_some() {
                 self.expiring -= 1;
             }
@@ -190,19 +248,21 @@ impl State {
         self.accounting.held
     }
 
+    /// The count publishers reserve room on without the lock.
+    pub(super) fn occupancy(&self) -> Occupancy {
+        self.accounting.occupied.clone()
+    }
+
     /// Reserves room for one message if the broker holds fewer than `capacity`,
     /// registering `waker` otherwise.
     pub(super) fn try_reserve(&mut self, config: &Config, waker: &Waker) -> Reserve {
         let mut next_expiry = None;
-        if self.accounting.held + self.accounting.reserved >= config.capacity
-            && self.accounting.expiring > 0
-        {
+        if self.accounting.occupied.get() >= config.capacity && self.accounting.expiring > 0 {
             // Expired messages still count until a consumer looks at them: purge them
             // before making the publisher wait.
             next_expiry = self.purge_expired(config, Instant::now());
         }
-        if self.accounting.held + self.accounting.reserved < config.capacity {
-            self.accounting.reserved += 1;
+        if self.accounting.occupied.try_reserve(config.capacity) {
             return Reserve::Reserved;
         }
         if !self.accounting.waiters.iter().any(|w| w.will_wake(waker)) {
@@ -214,8 +274,21 @@ impl State {
     }
 
     pub(super) fn unreserve(&mut self) {
-        self.accounting.reserved -= 1;
+        self.accounting.occupied.remove();
         self.accounting.wake();
+    }
+
+    /// Stores `message`, for which room was reserved, for every group of its topic;
+    /// returns its sequence number. The message was validated by the caller.
+    pub(super) fn publish_reserved(&mut self, message: Message) -> u64 {
+        // The reservation becomes the held message, if it is held (counted first, so
+        // that the count never drops below what is held and reserved).
+        let sequence = self.publish(message);
+        self.accounting.occupied.remove();
+        if !self.accounting.waiters.is_empty() {
+            self.accounting.wake();
+        }
+        sequence
     }
 
     /// Stores `message` for every group of its topic; returns its sequence number.
@@ -225,10 +298,13 @@ impl State {
         let expires_at = message
             .ttl()
             .and_then(|ttl| Instant::now().checked_add(ttl));
-        let topic = self
-            .topics
-            .entry(message.destination().to_owned())
-            .or_default();
+        let topic = match self.topics.get_mut(message.destination()) {
+            Some(topic) => topic,
+            None => self
+                .topics
+                .entry(message.destination().to_owned())
+                .or_default(),
+        };
         topic.next_sequence += 1;
         let sequence = topic.next_sequence;
         if topic.groups.is_empty() {
@@ -247,6 +323,7 @@ impl State {
             group.wake();
         }
         self.accounting.held += 1;
+        self.accounting.occupied.add();
         if expires_at.is_some() {
             self.accounting.expiring += 1;
         }
