@@ -68,7 +68,11 @@ impl Service<Message> for Publisher {
             if self.reserved {
                 return Poll::Ready(Ok(()));
             }
-            if self.shared.occupied.try_reserve(self.shared.config.capacity) {
+            if self
+                .shared
+                .occupied
+                .try_reserve(self.shared.config.capacity)
+            {
                 self.reserved = true;
                 self.timer = None;
                 return Poll::Ready(Ok(()));

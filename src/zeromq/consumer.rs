@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use futures_core::future::BoxFuture;
 use futures_core::Stream;
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use futures_util::lock::{Mutex, OwnedMutexLockFuture};
 use zeromq::{ZmqError, ZmqMessage};
 
 use super::request::{encode_route, Replies};
@@ -51,7 +50,7 @@ const RECEIVE_BATCH: usize = 128;
 struct DirectReceive {
     socket: Arc<Mutex<AnySocket>>,
     /// Waits for the socket while the socket task dials with it.
-    locking: Option<BoxFuture<'static, OwnedMutexGuard<AnySocket>>>,
+    locking: Option<OwnedMutexLockFuture<AnySocket>>,
     /// Received, not yet handed out.
     received: VecDeque<Result<ZmqMessage, ZmqError>>,
     batch: usize,
@@ -79,14 +78,14 @@ impl DirectReceive {
             }
             let mut socket = match &mut self.locking {
                 Some(locking) => {
-                    let socket = ready!(locking.as_mut().poll(cx));
+                    let socket = ready!(Pin::new(locking).poll(cx));
                     self.locking = None;
                     socket
                 }
-                None => match self.socket.clone().try_lock_owned() {
-                    Ok(socket) => socket,
-                    Err(_) => {
-                        self.locking = Some(Box::pin(self.socket.clone().lock_owned()));
+                None => match self.socket.try_lock_owned() {
+                    Some(socket) => socket,
+                    None => {
+                        self.locking = Some(self.socket.clone().lock_owned());
                         continue;
                     }
                 },

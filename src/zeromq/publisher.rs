@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
-use tokio_util::sync::{PollSemaphore, PollSender};
+use tokio::sync::oneshot;
+use tokio_util::sync::PollSender;
 use tower::Service;
 use zeromq::{ZmqError, ZmqMessage};
 
@@ -38,9 +38,10 @@ pub struct Publisher {
     /// One reference for all of the socket's handles: cloning a publisher per message
     /// is the usual way to use it.
     handle: Arc<Handle>,
-    sends: PollSemaphore,
-    /// The send reserved by `poll_ready`.
-    permit: Option<OwnedSemaphorePermit>,
+    /// Whether `poll_ready` reserved a send slot.
+    reserved: bool,
+    /// A wait for a send slot in progress; in a `Mutex` for the reason [`PeerWait`] is.
+    slot_wait: Option<std::sync::Mutex<BoxFuture<'static, ()>>>,
     peer_wait: PeerWait,
     ignore_unsupported: bool,
     topic: bool,
@@ -70,8 +71,8 @@ impl Publisher {
 
     fn from_handle(handle: Arc<Handle>, topic: bool, need_peer: bool) -> Self {
         Publisher {
-            sends: PollSemaphore::new(handle.direct.sends.clone()),
-            permit: None,
+            reserved: false,
+            slot_wait: None,
             handle,
             peer_wait: None,
             ignore_unsupported: false,
@@ -199,24 +200,29 @@ impl Service<Message> for Publisher {
                 return Poll::Ready(Err(self.closed()));
             }
         }
-        if self.permit.is_none() {
-            match ready!(self.sends.poll_acquire(cx)) {
-                Some(permit) => self.permit = Some(permit),
-                None => return Poll::Ready(Err(self.closed())),
-            }
+        if !self.reserved && !self.handle.direct.slots.try_take() {
+            let wait = self.slot_wait.get_or_insert_with(|| {
+                let direct = self.handle.direct.clone();
+                std::sync::Mutex::new(Box::pin(async move { direct.slots.take().await }))
+            });
+            let wait = wait.get_mut().unwrap_or_else(|p| p.into_inner());
+            ready!(wait.as_mut().poll(cx));
+            self.slot_wait = None;
         }
+        self.reserved = true;
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, message: Message) -> ResponseFuture {
         let destination = message.destination().to_owned();
-        let Some(permit) = self.permit.take() else {
+        if !std::mem::take(&mut self.reserved) {
             return ResponseFuture::failed(
                 Error::transient(BROKER, Operation::Publish)
                     .with_destination(destination)
                     .with_reason("poll_ready must be called first"),
             );
-        };
+        }
+        let slot = Slot(self.handle.direct.clone());
         let frames = frame::encode_any(
             &message,
             self.topic,
@@ -235,13 +241,25 @@ impl Service<Message> for Publisher {
             Err(error) => return ResponseFuture::failed(error),
         };
         ResponseFuture {
-            state: State::Sending(Box::pin(send(
-                self.handle.direct.clone(),
-                message,
-                self.need_peer,
-                permit,
-                destination,
-            ))),
+            state: State::Sending(Box::pin(send(slot, message, self.need_peer, destination))),
+        }
+    }
+}
+
+/// A send slot taken in `poll_ready`, given back when the send is over (or was never
+/// made).
+struct Slot(Arc<Direct>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.give_back();
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if self.reserved {
+            self.handle.direct.slots.give_back();
         }
     }
 }
@@ -254,18 +272,20 @@ const RECHECK: Duration = Duration::from_millis(10);
 /// (it went away since readiness said there was one), keeps the message until a peer
 /// is back instead of losing it.
 async fn send(
-    direct: Arc<Direct>,
+    slot: Slot,
     mut message: ZmqMessage,
     need_peer: bool,
-    _permit: OwnedSemaphorePermit,
     destination: String,
 ) -> Result<Receipt, Error> {
+    let direct = &slot.0;
     loop {
         let sent = direct.socket.lock().await.send(message).await;
         match sent {
-            Ok(()) => return Ok(Receipt::ZeroMq {
-                socket: destination,
-            }),
+            Ok(()) => {
+                return Ok(Receipt::ZeroMq {
+                    socket: destination,
+                })
+            }
             Err(ZmqError::ReturnToSender { message: back, .. }) if need_peer => {
                 message = back;
                 let mut peers = direct.peers.clone();

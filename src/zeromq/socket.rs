@@ -6,11 +6,13 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures_util::lock::Mutex;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use zeromq::prelude::*;
 use zeromq::util::PeerIdentity;
@@ -137,9 +139,57 @@ pub(crate) struct Direct {
     pub(crate) socket: Arc<Mutex<AnySocket>>,
     /// Sends in flight, at most [`Config::with_send_queue`]: publishers reserve one in
     /// `poll_ready`.
-    pub(crate) sends: Arc<Semaphore>,
+    pub(crate) slots: SendSlots,
     pub(crate) peers: watch::Receiver<usize>,
     _alive: Arc<oneshot::Sender<()>>,
+}
+
+/// Bounds the sends in flight with one atomic count. Waiting for a slot (only while
+/// the socket's own queues are full) goes through a [`Notify`].
+pub(crate) struct SendSlots {
+    in_flight: AtomicUsize,
+    limit: usize,
+    freed: Notify,
+}
+
+impl SendSlots {
+    fn new(limit: usize) -> Self {
+        SendSlots {
+            in_flight: AtomicUsize::new(0),
+            limit: limit.max(1),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Takes a slot if one is free.
+    pub(crate) fn try_take(&self) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Waits until it took a slot.
+    pub(crate) async fn take(&self) {
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            // Registered before looking, so a slot freed in between wakes it.
+            freed.as_mut().enable();
+            if self.try_take() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Gives a taken slot back.
+    pub(crate) fn give_back(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.limit {
+            self.freed.notify_waiters();
+        }
+    }
 }
 
 /// The shared side of a socket task: queue commands, watch peers. The task runs until
@@ -229,7 +279,7 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
     let alive = Arc::new(alive);
     let direct = Arc::new(Direct {
         socket: socket.clone(),
-        sends: Arc::new(Semaphore::new(config.send_queue.clamp(1, Semaphore::MAX_PERMITS))),
+        slots: SendSlots::new(config.send_queue),
         peers: peers.clone(),
         _alive: alive.clone(),
     });
@@ -381,7 +431,10 @@ impl Driver {
         let socket = {
             let mut socket = self.socket.lock().await;
             each!(&*socket, s => s.backend().shutdown());
-            std::mem::replace(&mut *socket, AnySocket::new(&self.kind, SocketOptions::default()))
+            std::mem::replace(
+                &mut *socket,
+                AnySocket::new(&self.kind, SocketOptions::default()),
+            )
         };
         let errors = each!(socket, s => s.close().await);
         tracing::debug!(socket = %self.name, ?errors, "socket closed");
