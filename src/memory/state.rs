@@ -31,29 +31,57 @@ pub(super) enum GroupKey {
     Ephemeral(u64),
 }
 
-/// Hashes the broker's own `u64` ids (deliveries, consumers): one multiplication
-/// instead of SipHash, on the path of every delivery and settlement. The ids are
-/// handed out by the broker, never chosen by a peer.
+/// Hashes the broker's keys (topic and group names, and the `u64` ids it hands out)
+/// a word at a time with a multiplication, instead of SipHash: every publish, delivery
+/// and settlement looks a topic and a group up. Not keyed: the in-process broker's
+/// names are its application's own.
 #[derive(Default)]
-pub(super) struct IdHasher(u64);
+pub(super) struct FastHasher(u64);
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
+const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
 
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(MULTIPLIER);
     }
 }
 
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut buf = [0u8; 8];
+            buf.copy_from_slice(word);
+            self.add(u64::from_le_bytes(buf));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(buf) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.add(word);
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.add(word as u64);
+    }
+}
+
+type Fast = BuildHasherDefault<FastHasher>;
+
+type IdMap<V> = HashMap<u64, V, Fast>;
 
 pub(super) struct Stored {
     message: Message,
@@ -125,8 +153,10 @@ impl Group {
 #[derive(Default)]
 struct Topic {
     next_sequence: u64,
-    groups: HashMap<GroupKey, Group>,
+    groups: HashMap<GroupKey, Group, Fast>,
     dead_letter: Option<String>,
+    /// Whether the name was checked (publishers check a topic's name once).
+    validated: bool,
 }
 
 /// Counts held and reserved messages against the capacity; wakes publishers when room
@@ -233,7 +263,7 @@ pub(super) struct NotHeld;
 
 #[derive(Default)]
 pub(super) struct State {
-    topics: HashMap<String, Topic>,
+    topics: HashMap<String, Topic, Fast>,
     accounting: Accounting,
     next_id: u64,
 }
@@ -279,8 +309,31 @@ impl State {
     }
 
     /// Stores `message`, for which room was reserved, for every group of its topic;
-    /// returns its sequence number. The message was validated by the caller.
-    pub(super) fn publish_reserved(&mut self, message: Message) -> u64 {
+    /// returns its sequence number. `validate` checks the topic's name the first time
+    /// it is published to; if it fails, the reservation is given back. The payload was
+    /// checked by the caller.
+    pub(super) fn publish_reserved<E>(
+        &mut self,
+        message: Message,
+        validate: impl FnOnce(&str) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let name = message.destination();
+        if !self.topics.get(name).is_some_and(|t| t.validated) {
+            if let Err(error) = validate(name) {
+                self.unreserve();
+                return Err(error);
+            }
+            match self.topics.get_mut(name) {
+                Some(topic) => topic.validated = true,
+                None => {
+                    let topic = Topic {
+                        validated: true,
+                        ..Topic::default()
+                    };
+                    self.topics.insert(name.to_owned(), topic);
+                }
+            }
+        }
         // The reservation becomes the held message, if it is held (counted first, so
         // that the count never drops below what is held and reserved).
         let sequence = self.publish(message);
@@ -288,7 +341,7 @@ impl State {
         if !self.accounting.waiters.is_empty() {
             self.accounting.wake();
         }
-        sequence
+        Ok(sequence)
     }
 
     /// Stores `message` for every group of its topic; returns its sequence number.
@@ -338,7 +391,10 @@ impl State {
     }
 
     pub(super) fn set_dead_letter_topic(&mut self, topic: &str, dead_letter: &str) {
-        self.topics.entry(topic.to_owned()).or_default().dead_letter = Some(dead_letter.to_owned());
+        // Both names were checked by the caller.
+        let entry = self.topics.entry(topic.to_owned()).or_default();
+        entry.dead_letter = Some(dead_letter.to_owned());
+        entry.validated = true;
     }
 
     /// Moves a group's entry to the topic's dead-letter topic with `reason`.
@@ -359,12 +415,10 @@ impl State {
 
     /// Creates the group if it does not exist.
     pub(super) fn declare_group(&mut self, topic: &str, key: GroupKey) {
-        self.topics
-            .entry(topic.to_owned())
-            .or_default()
-            .groups
-            .entry(key)
-            .or_default();
+        let topic = self.topics.entry(topic.to_owned()).or_default();
+        // The name was checked by the caller.
+        topic.validated = true;
+        topic.groups.entry(key).or_default();
     }
 
     /// Hands the group's next ready message to `consumer`, dead-lettering expired ones
