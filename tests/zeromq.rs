@@ -410,6 +410,52 @@ async fn send_before_a_peer_waits_in_poll_ready_then_delivers() {
     );
 }
 
+/// Binds a PUSH on `endpoint`, retrying while the port is still held by a socket
+/// being closed (bounded).
+async fn push_on(endpoint: &str) -> Publisher {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Publisher::push(&Config::new().bind(endpoint)).await {
+            Ok(publisher) => return publisher,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%e, "rebind not possible yet");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("binding {endpoint} failed: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pull_waiting_for_messages_redials_a_restarted_push() {
+    let mut pusher = Publisher::push(&Config::new().bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind PUSH");
+    let endpoint = pusher.endpoints()[0].clone();
+    let mut puller = Consumer::pull(&Config::new().connect(&endpoint))
+        .await
+        .expect("PULL");
+    publish(&mut pusher, Message::new("t", "before")).await;
+    assert_eq!(text(&next(&mut puller, "before").await), "before");
+    // The consumer reads its socket itself: waiting there, polled or not, must leave
+    // the socket free for the redial.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), puller.next())
+            .await
+            .is_err(),
+        "nothing was sent"
+    );
+    drop(pusher);
+    let receiving = tokio::spawn(async move {
+        let delivery = next(&mut puller, "a message after the restart").await;
+        text(&delivery)
+    });
+    let mut pusher = push_on(&endpoint).await;
+    // Readiness waits until the PULL has redialled.
+    publish(&mut pusher, Message::new("t", "after")).await;
+    assert_eq!(receiving.await.expect("receiving task"), "after");
+}
+
 #[tokio::test]
 async fn a_peer_that_restarts_on_the_same_port_gets_messages_again() {
     let mut puller = Consumer::pull(&Config::new().bind("tcp://127.0.0.1:0"))

@@ -22,19 +22,27 @@ use super::{Shared, BROKER};
 /// private group goes away with it. See the [module docs](super).
 pub struct Consumer {
     shared: Arc<Shared>,
-    topic: Arc<str>,
-    group: GroupKey,
+    /// Shared with every delivery's acker.
+    subscription: Arc<Subscription>,
     id: u64,
     /// Wakes the consumer when a delayed redelivery falls due.
     timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// The topic and group a consumer reads, and its deliveries settle in.
+struct Subscription {
+    topic: String,
+    group: GroupKey,
 }
 
 impl Consumer {
     pub(super) fn new(shared: Arc<Shared>, topic: &str, group: GroupKey, id: u64) -> Self {
         Consumer {
             shared,
-            topic: topic.into(),
-            group,
+            subscription: Arc::new(Subscription {
+                topic: topic.to_owned(),
+                group,
+            }),
             id,
             timer: None,
         }
@@ -42,12 +50,12 @@ impl Consumer {
 
     /// The topic consumed.
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.subscription.topic
     }
 
     /// The durable group joined, or `None` for a pub/sub subscriber.
     pub fn group(&self) -> Option<&str> {
-        match &self.group {
+        match &self.subscription.group {
             GroupKey::Named(name) => Some(name),
             GroupKey::Ephemeral(_) => None,
         }
@@ -61,7 +69,7 @@ impl Consumer {
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
-            .field("topic", &self.topic)
+            .field("topic", &self.topic())
             .field("group", &self.group())
             .finish()
     }
@@ -69,9 +77,10 @@ impl fmt::Debug for Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        let subscription = &self.subscription;
         self.shared
             .lock()
-            .consumer_closed(&self.topic, &self.group, self.id);
+            .consumer_closed(&subscription.topic, &subscription.group, self.id);
     }
 }
 
@@ -83,8 +92,8 @@ impl Stream for Consumer {
         loop {
             let next = this.shared.lock().next_delivery(
                 &this.shared.config,
-                &this.topic,
-                &this.group,
+                &this.subscription.topic,
+                &this.subscription.group,
                 this.id,
                 cx.waker(),
             );
@@ -96,8 +105,7 @@ impl Stream for Consumer {
                 } => {
                     let acker = Acker::new(MemoryAcker {
                         shared: this.shared.clone(),
-                        topic: this.topic.clone(),
-                        group: this.group.clone(),
+                        subscription: this.subscription.clone(),
                         id,
                     });
                     let delivery = Delivery::new(message, acker).with_delivery_count(deliveries);
@@ -133,8 +141,7 @@ impl Stream for Consumer {
 /// Settles one memory delivery.
 struct MemoryAcker {
     shared: Arc<Shared>,
-    topic: Arc<str>,
-    group: GroupKey,
+    subscription: Arc<Subscription>,
     id: u64,
 }
 
@@ -144,13 +151,14 @@ impl MemoryAcker {
         operation: Operation,
         how: Settle<'_>,
     ) -> BoxFuture<'static, Result<(), Error>> {
+        let Subscription { topic, group } = &*self.subscription;
         let result = self
             .shared
             .lock()
-            .settle(&self.shared.config, &self.topic, &self.group, self.id, how)
+            .settle(&self.shared.config, topic, group, self.id, how)
             .map_err(|_| {
                 Error::permanent(BROKER, operation)
-                    .with_destination(&*self.topic)
+                    .with_destination(topic.as_str())
                     .with_reason(
                         "the delivery is no longer held: its consumer closed and the group took it back",
                     )

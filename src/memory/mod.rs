@@ -72,7 +72,7 @@ use tower_mq_core::{Error, Operation};
 
 pub use self::consumer::Consumer;
 pub use self::publisher::Publisher;
-use self::state::{Config, GroupKey, State};
+use self::state::{Config, GroupKey, Occupancy, State};
 
 /// The broker name in errors and metrics: `"memory"`.
 pub const BROKER: &str = "memory";
@@ -92,6 +92,9 @@ pub const MAX_NAME_LEN: usize = 255;
 
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// The state's count of held and reserved messages, which publishers reserve room
+    /// on without the lock.
+    occupied: Occupancy,
     config: Config,
 }
 
@@ -163,7 +166,7 @@ impl Broker {
         Ok(Consumer::new(
             self.shared.clone(),
             topic,
-            GroupKey::Named(group.to_owned()),
+            GroupKey::Named(group.into()),
             id,
         ))
     }
@@ -175,7 +178,7 @@ impl Broker {
         validate_name(group, Operation::Declare, topic, "group")?;
         self.shared
             .lock()
-            .declare_group(topic, GroupKey::Named(group.to_owned()));
+            .declare_group(topic, GroupKey::Named(group.into()));
         Ok(())
     }
 
@@ -252,9 +255,11 @@ impl Builder {
 
     /// Builds the broker.
     pub fn build(self) -> Broker {
+        let state = State::default();
         Broker {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
+                occupied: state.occupancy(),
+                state: Mutex::new(state),
                 config: Config {
                     capacity: self.capacity,
                     max_payload_size: self.max_payload_size,

@@ -68,6 +68,15 @@ impl Service<Message> for Publisher {
             if self.reserved {
                 return Poll::Ready(Ok(()));
             }
+            if self
+                .shared
+                .occupied
+                .try_reserve(self.shared.config.capacity)
+            {
+                self.reserved = true;
+                self.timer = None;
+                return Poll::Ready(Ok(()));
+            }
             let reserve = self
                 .shared
                 .lock()
@@ -105,23 +114,26 @@ impl Service<Message> for Publisher {
     fn call(&mut self, message: Message) -> Self::Future {
         assert!(self.reserved, "poll_ready must be called first");
         self.reserved = false;
-        let mut state = self.shared.lock();
-        state.unreserve();
-        let topic = message.destination();
-        if let Err(error) = validate_name(topic, Operation::Publish, topic, "topic") {
-            return ready(Err(error));
-        }
         let size = message.payload().len();
         let max = self.shared.config.max_payload_size;
         if size > max {
-            return ready(Err(Error::permanent(BROKER, Operation::Publish)
+            let topic = message.destination();
+            let error = Error::permanent(BROKER, Operation::Publish)
                 .with_destination(topic)
                 .with_reason(format!(
                     "the payload is {size} bytes, more than the {max} allowed"
-                ))));
+                ));
+            // The name is checked first, as its error says more.
+            let error = validate_name(topic, Operation::Publish, topic, "topic")
+                .err()
+                .unwrap_or(error);
+            self.shared.lock().unreserve();
+            return ready(Err(error));
         }
-        let topic = topic.to_owned();
-        let sequence = state.publish(message);
-        ready(Ok(Receipt::Memory { topic, sequence }))
+        let topic = message.destination().to_owned();
+        let published = self.shared.lock().publish_reserved(message, |name| {
+            validate_name(name, Operation::Publish, name, "topic")
+        });
+        ready(published.map(|sequence| Receipt::Memory { topic, sequence }))
     }
 }

@@ -7,6 +7,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -25,9 +27,61 @@ pub(super) struct Config {
 /// private group of one pub/sub subscriber.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum GroupKey {
-    Named(String),
+    Named(Arc<str>),
     Ephemeral(u64),
 }
+
+/// Hashes the broker's keys (topic and group names, and the `u64` ids it hands out)
+/// a word at a time with a multiplication, instead of SipHash: every publish, delivery
+/// and settlement looks a topic and a group up. Not keyed: the in-process broker's
+/// names are its application's own.
+#[derive(Default)]
+pub(super) struct FastHasher(u64);
+
+const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(MULTIPLIER);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut buf = [0u8; 8];
+            buf.copy_from_slice(word);
+            self.add(u64::from_le_bytes(buf));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(buf) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.add(word);
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.add(word as u64);
+    }
+}
+
+type Fast = BuildHasherDefault<FastHasher>;
+
+type IdMap<V> = HashMap<u64, V, Fast>;
 
 pub(super) struct Stored {
     message: Message,
@@ -62,9 +116,9 @@ struct Group {
     ready: BTreeMap<(Reverse<u8>, u64), Entry>,
     /// Nacked with a delay: due time, then publication order.
     delayed: BTreeMap<(Instant, u64), Entry>,
-    in_flight: HashMap<u64, InFlight>,
+    in_flight: IdMap<InFlight>,
     /// Consumers waiting for a delivery, by consumer id.
-    waiters: HashMap<u64, Waker>,
+    waiters: IdMap<Waker>,
 }
 
 impl Group {
@@ -99,8 +153,10 @@ impl Group {
 #[derive(Default)]
 struct Topic {
     next_sequence: u64,
-    groups: HashMap<GroupKey, Group>,
+    groups: HashMap<GroupKey, Group, Fast>,
     dead_letter: Option<String>,
+    /// Whether the name was checked (publishers check a topic's name once).
+    validated: bool,
 }
 
 /// Counts held and reserved messages against the capacity; wakes publishers when room
@@ -111,8 +167,39 @@ struct Accounting {
     /// Held messages with a time to live, so full brokers only look for expired ones
     /// when there can be some.
     expiring: usize,
-    reserved: usize,
+    /// Held plus reserved messages. Publishers reserve without the lock while there is
+    /// room ([`Occupancy::try_reserve`]); everything else changes it under the lock, so
+    /// a publisher that found the broker full and registered its waker under the lock
+    /// is woken by whoever frees room next.
+    occupied: Occupancy,
     waiters: Vec<Waker>,
+}
+
+/// Held plus reserved messages, shared with the publishers.
+#[derive(Default, Clone)]
+pub(super) struct Occupancy(Arc<AtomicUsize>);
+
+impl Occupancy {
+    /// Reserves room for one message if fewer than `capacity` are held or reserved.
+    pub(super) fn try_reserve(&self, capacity: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn remove(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl Accounting {
@@ -121,6 +208,7 @@ impl Accounting {
     fn release(&mut self, stored: Arc<Stored>) {
         if Arc::strong_count(&stored) == 1 {
             self.held -= 1;
+            self.occupied.remove();
             if stored.expires_at.is_some() {
                 self.expiring -= 1;
             }
@@ -175,7 +263,7 @@ pub(super) struct NotHeld;
 
 #[derive(Default)]
 pub(super) struct State {
-    topics: HashMap<String, Topic>,
+    topics: HashMap<String, Topic, Fast>,
     accounting: Accounting,
     next_id: u64,
 }
@@ -190,19 +278,21 @@ impl State {
         self.accounting.held
     }
 
+    /// The count publishers reserve room on without the lock.
+    pub(super) fn occupancy(&self) -> Occupancy {
+        self.accounting.occupied.clone()
+    }
+
     /// Reserves room for one message if the broker holds fewer than `capacity`,
     /// registering `waker` otherwise.
     pub(super) fn try_reserve(&mut self, config: &Config, waker: &Waker) -> Reserve {
         let mut next_expiry = None;
-        if self.accounting.held + self.accounting.reserved >= config.capacity
-            && self.accounting.expiring > 0
-        {
+        if self.accounting.occupied.get() >= config.capacity && self.accounting.expiring > 0 {
             // Expired messages still count until a consumer looks at them: purge them
             // before making the publisher wait.
             next_expiry = self.purge_expired(config, Instant::now());
         }
-        if self.accounting.held + self.accounting.reserved < config.capacity {
-            self.accounting.reserved += 1;
+        if self.accounting.occupied.try_reserve(config.capacity) {
             return Reserve::Reserved;
         }
         if !self.accounting.waiters.iter().any(|w| w.will_wake(waker)) {
@@ -214,8 +304,44 @@ impl State {
     }
 
     pub(super) fn unreserve(&mut self) {
-        self.accounting.reserved -= 1;
+        self.accounting.occupied.remove();
         self.accounting.wake();
+    }
+
+    /// Stores `message`, for which room was reserved, for every group of its topic;
+    /// returns its sequence number. `validate` checks the topic's name the first time
+    /// it is published to; if it fails, the reservation is given back. The payload was
+    /// checked by the caller.
+    pub(super) fn publish_reserved<E>(
+        &mut self,
+        message: Message,
+        validate: impl FnOnce(&str) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let name = message.destination();
+        if !self.topics.get(name).is_some_and(|t| t.validated) {
+            if let Err(error) = validate(name) {
+                self.unreserve();
+                return Err(error);
+            }
+            match self.topics.get_mut(name) {
+                Some(topic) => topic.validated = true,
+                None => {
+                    let topic = Topic {
+                        validated: true,
+                        ..Topic::default()
+                    };
+                    self.topics.insert(name.to_owned(), topic);
+                }
+            }
+        }
+        // The reservation becomes the held message, if it is held (counted first, so
+        // that the count never drops below what is held and reserved).
+        let sequence = self.publish(message);
+        self.accounting.occupied.remove();
+        if !self.accounting.waiters.is_empty() {
+            self.accounting.wake();
+        }
+        Ok(sequence)
     }
 
     /// Stores `message` for every group of its topic; returns its sequence number.
@@ -225,10 +351,13 @@ impl State {
         let expires_at = message
             .ttl()
             .and_then(|ttl| Instant::now().checked_add(ttl));
-        let topic = self
-            .topics
-            .entry(message.destination().to_owned())
-            .or_default();
+        let topic = match self.topics.get_mut(message.destination()) {
+            Some(topic) => topic,
+            None => self
+                .topics
+                .entry(message.destination().to_owned())
+                .or_default(),
+        };
         topic.next_sequence += 1;
         let sequence = topic.next_sequence;
         if topic.groups.is_empty() {
@@ -247,6 +376,7 @@ impl State {
             group.wake();
         }
         self.accounting.held += 1;
+        self.accounting.occupied.add();
         if expires_at.is_some() {
             self.accounting.expiring += 1;
         }
@@ -261,7 +391,10 @@ impl State {
     }
 
     pub(super) fn set_dead_letter_topic(&mut self, topic: &str, dead_letter: &str) {
-        self.topics.entry(topic.to_owned()).or_default().dead_letter = Some(dead_letter.to_owned());
+        // Both names were checked by the caller.
+        let entry = self.topics.entry(topic.to_owned()).or_default();
+        entry.dead_letter = Some(dead_letter.to_owned());
+        entry.validated = true;
     }
 
     /// Moves a group's entry to the topic's dead-letter topic with `reason`.
@@ -282,12 +415,10 @@ impl State {
 
     /// Creates the group if it does not exist.
     pub(super) fn declare_group(&mut self, topic: &str, key: GroupKey) {
-        self.topics
-            .entry(topic.to_owned())
-            .or_default()
-            .groups
-            .entry(key)
-            .or_default();
+        let topic = self.topics.entry(topic.to_owned()).or_default();
+        // The name was checked by the caller.
+        topic.validated = true;
+        topic.groups.entry(key).or_default();
     }
 
     /// Hands the group's next ready message to `consumer`, dead-lettering expired ones

@@ -375,3 +375,48 @@ async fn the_readme_stack_is_bounded_when_the_broker_cannot_take_messages() {
     }
     assert_eq!(circuit.state(), CircuitState::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_publish_gives_its_room_back_and_names_are_checked_per_topic() {
+    let broker = Broker::builder()
+        .capacity(1)
+        .dead_letter_suffix(" dead")
+        .build();
+    let mut consumer = broker.consumer("t", "g").unwrap();
+    // The first publish to a topic checks its name; later ones find it checked.
+    publish(&broker, Message::new("t", "1")).await.unwrap();
+    let delivery = next(&mut consumer).await;
+    delivery.reject("bad").await.unwrap();
+    // Dead-lettering made a topic whose name (from the suffix) was never checked: a
+    // publisher's first publish to it checks it, and gives the room back.
+    let err = publish(&broker, Message::new("t dead", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.destination(), Some("t dead"), "{err}");
+    assert_eq!(broker.held(), 0);
+    let err = publish(&broker, Message::new("t*", "x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    // Neither refused publish kept the one message's room.
+    publish(&broker, Message::new("t", "2")).await.unwrap();
+    assert_eq!(broker.held(), 1);
+}
+
+#[test]
+fn the_fast_hasher_tells_near_names_and_ids_apart() {
+    use std::hash::BuildHasher;
+    let hasher = std::hash::BuildHasherDefault::<state::FastHasher>::default();
+    let names = [
+        "bench-1-1",
+        "bench-1-2",
+        "bench-1-10",
+        "bench-1-1\0",
+        "",
+        "a",
+        "b",
+    ];
+    let hashes: std::collections::HashSet<u64> = names.iter().map(|n| hasher.hash_one(n)).collect();
+    assert_eq!(hashes.len(), names.len());
+    let ids: std::collections::HashSet<u64> = (0..10_000u64).map(|i| hasher.hash_one(i)).collect();
+    assert_eq!(ids.len(), 10_000);
+}

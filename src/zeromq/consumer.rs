@@ -1,16 +1,21 @@
 //! SUB, PULL and ROUTER consumers.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_core::Stream;
+use futures_util::lock::{Mutex, OwnedMutexLockFuture};
+use zeromq::{ZmqError, ZmqMessage};
 
 use super::request::{encode_route, Replies};
-use super::socket::{self, Handle, Incoming, Kind};
+use super::socket::{self, AnySocket, Handle, Incoming, Kind};
 use super::{frame, Config, BROKER};
-use crate::{Delivery, Error};
+use crate::{Delivery, Error, Operation};
 
 /// A SUB, PULL or ROUTER socket as a `Stream` of [`Delivery`]s.
 ///
@@ -22,9 +27,87 @@ use crate::{Delivery, Error};
 /// stream continues with the next message. See the [module docs](super).
 pub struct Consumer {
     handle: Handle,
-    incoming: Incoming,
+    source: Source,
     routed: bool,
     topic: bool,
+}
+
+/// Where a consumer's messages come from.
+enum Source {
+    /// Queued by the socket task (ROUTER, whose socket also sends the replies).
+    Task(Incoming),
+    /// Read from the socket directly (SUB, PULL).
+    Direct(DirectReceive),
+}
+
+/// At most this many messages are taken from the socket per lock of it.
+const RECEIVE_BATCH: usize = 128;
+
+/// A SUB or PULL consumer reading its socket itself, everything that is ready (up to a
+/// batch) at a time. The socket is locked only while it is polled, never while the
+/// consumer waits: the socket task locks it to dial, whether or not the consumer is
+/// being polled.
+struct DirectReceive {
+    socket: Arc<Mutex<AnySocket>>,
+    /// Waits for the socket while the socket task dials with it.
+    locking: Option<OwnedMutexLockFuture<AnySocket>>,
+    /// Received, not yet handed out.
+    received: VecDeque<Result<ZmqMessage, ZmqError>>,
+    batch: usize,
+    ended: bool,
+}
+
+impl DirectReceive {
+    fn new(handle: &Handle, batch: usize) -> Self {
+        DirectReceive {
+            socket: handle.direct.socket.clone(),
+            locking: None,
+            received: VecDeque::new(),
+            batch: batch.clamp(1, RECEIVE_BATCH),
+            ended: false,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<ZmqMessage, ZmqError>>> {
+        loop {
+            if let Some(item) = self.received.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let mut socket = match &mut self.locking {
+                Some(locking) => {
+                    let socket = ready!(Pin::new(locking).poll(cx));
+                    self.locking = None;
+                    socket
+                }
+                None => match self.socket.try_lock_owned() {
+                    Some(socket) => socket,
+                    None => {
+                        self.locking = Some(self.socket.clone().lock_owned());
+                        continue;
+                    }
+                },
+            };
+            while self.received.len() < self.batch {
+                // A receive that is not ready is dropped, which loses nothing: the
+                // socket wakes this consumer when a message arrives.
+                match pin!(socket.recv()).poll(cx) {
+                    Poll::Ready(Ok(message)) => self.received.push_back(Ok(message)),
+                    Poll::Ready(Err(err)) => {
+                        self.received.push_back(Err(err));
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            drop(socket);
+            if self.received.is_empty() {
+                return Poll::Pending;
+            }
+        }
+    }
 }
 
 impl Consumer {
@@ -62,14 +145,13 @@ impl Consumer {
     }
 
     fn new(handle: Handle, incoming: Option<Incoming>, routed: bool, topic: bool) -> Self {
-        let incoming = incoming.unwrap_or_else(|| {
-            // Only receiving socket kinds are opened here, and those always have a queue.
-            let (_, rx) = tokio::sync::mpsc::channel(1);
-            rx
-        });
+        let source = match incoming {
+            Some(incoming) => Source::Task(incoming),
+            None => Source::Direct(DirectReceive::new(&handle, handle.receive_batch)),
+        };
         Consumer {
             handle,
-            incoming,
+            source,
             routed,
             topic,
         }
@@ -121,12 +203,24 @@ impl Stream for Consumer {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match this.incoming.poll_recv(cx) {
-            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(this.parse(message.into_vec()))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        let received = match &mut this.source {
+            Source::Task(incoming) => ready!(incoming.poll_recv(cx)),
+            Source::Direct(direct) => match ready!(direct.poll_next(cx)) {
+                Some(Ok(message)) => Some(Ok(message)),
+                Some(Err(ZmqError::NoMessage)) | None => {
+                    // zeromq's fair queue ended: nothing more will come.
+                    direct.ended = true;
+                    direct.received.clear();
+                    None
+                }
+                Some(Err(err)) => Some(Err(socket::error(
+                    Operation::Receive,
+                    &this.handle.name,
+                    err,
+                ))),
+            },
+        };
+        Poll::Ready(received.map(|item| item.and_then(|message| this.parse(message.into_vec()))))
     }
 }
 

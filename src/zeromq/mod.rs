@@ -16,11 +16,17 @@
 //!   send is kept and sent once a peer is back. A PUB does not wait: it is ready
 //!   without a subscriber and drops what nobody subscribed to, as PUB does in libzmq
 //!   ([`Publisher::wait_for_peers`] waits for subscribers when that matters).
-//! - **pushes back**: sends go through a bounded queue ([`Config::with_send_queue`]);
-//!   when the socket's own per-peer queue is full, the task waits, the queue fills and
-//!   `poll_ready` is `Pending`: backpressure, not loss. zeromq's per-peer queue holds
-//!   100,000 messages (not configurable in zeromq 0.7) on top of the TCP buffers, so
-//!   a stalled PULL peer is felt only after that many messages.
+//! - **pushes back**: at most [`Config::with_send_queue`] sends wait for the socket at
+//!   a time; when the socket's own per-peer queue is full, sends wait, and once that
+//!   many wait `poll_ready` is `Pending`: backpressure, not loss. zeromq's per-peer
+//!   queue holds 100,000 messages (not configurable in zeromq 0.7) on top of the TCP
+//!   buffers, so a stalled PULL peer is felt only after that many messages.
+//!
+//! The task does not carry messages: a [`Publisher`] (PUB, PUSH) hands each message to
+//! the socket itself, and a SUB or PULL [`Consumer`] reads the socket itself, taking
+//! every message that is ready at once (up to [`Config::with_receive_queue`]). Only
+//! DEALER and ROUTER sockets, whose sends and receives share the socket, send and read
+//! through the task.
 //!
 //! Even once a SUB is connected, its subscription reaches the PUB a moment later, and
 //! until then the PUB drops what it sends: ZeroMQ's "slow joiner",
@@ -202,7 +208,8 @@ impl Config {
     }
 
     /// How many received messages may wait for the consumer before the socket stops
-    /// reading (and peers feel backpressure).
+    /// reading (and peers feel backpressure); for a SUB or PULL consumer, which reads
+    /// its socket itself, the most messages it takes from the socket at a time.
     pub fn with_receive_queue(mut self, messages: usize) -> Self {
         self.receive_queue = messages;
         self

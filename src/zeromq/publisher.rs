@@ -5,13 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use futures_core::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio_util::sync::PollSender;
 use tower::Service;
-use zeromq::ZmqMessage;
+use zeromq::{ZmqError, ZmqMessage};
 
-use super::socket::{self, Command, Handle, Kind};
+use super::socket::{self, Command, Direct, Handle, Kind};
 use super::{frame, Config, BROKER};
 use crate::{Error, Message, Operation, Receipt};
 
@@ -20,9 +23,11 @@ use crate::{Error, Message, Operation, Receipt};
 /// A PUSH's `poll_ready` is `Pending` until a peer is connected; a PUB's is ready
 /// without one, and what it sends while no subscriber wants it is dropped (PUB's
 /// contract, as in libzmq: use [`wait_for_peers`](Self::wait_for_peers) first when
-/// the first messages matter). Either is `Pending` while the send queue is full. The
-/// [`Receipt::ZeroMq`] names the message's destination (topic) and means the socket
-/// took the message. Clones share the socket. See the [module docs](super).
+/// the first messages matter). Either is `Pending` while as many sends as the send
+/// queue holds are waiting for the socket. The [`Receipt::ZeroMq`] names the message's
+/// destination (topic) and means the socket took the message. Clones share the socket,
+/// and each send goes to it directly, not through the socket's task. See the
+/// [module docs](super).
 ///
 /// Messages go out in the socket's [framing](super::frame): plain frames unless the
 /// [`Config`] enables the envelope. What the framing cannot carry fails the publish
@@ -30,8 +35,13 @@ use crate::{Error, Message, Operation, Receipt};
 /// and time to live, which nothing in ZeroMQ enforces, in either), unless
 /// [`Publisher::ignore_unsupported`] says otherwise.
 pub struct Publisher {
-    handle: Handle,
-    sender: PollSender<Command>,
+    /// One reference for all of the socket's handles: cloning a publisher per message
+    /// is the usual way to use it.
+    handle: Arc<Handle>,
+    /// Whether `poll_ready` reserved a send slot.
+    reserved: bool,
+    /// A wait for a send slot in progress; in a `Mutex` for the reason [`PeerWait`] is.
+    slot_wait: Option<std::sync::Mutex<BoxFuture<'static, ()>>>,
     peer_wait: PeerWait,
     ignore_unsupported: bool,
     topic: bool,
@@ -56,12 +66,13 @@ impl Publisher {
         let topic = kind == Kind::Pub;
         let need_peer = kind.sends_need_peer();
         let (handle, _) = socket::open(kind, config).await?;
-        Ok(Publisher::from_handle(handle, topic, need_peer))
+        Ok(Publisher::from_handle(Arc::new(handle), topic, need_peer))
     }
 
-    fn from_handle(handle: Handle, topic: bool, need_peer: bool) -> Self {
+    fn from_handle(handle: Arc<Handle>, topic: bool, need_peer: bool) -> Self {
         Publisher {
-            sender: PollSender::new(handle.commands.clone()),
+            reserved: false,
+            slot_wait: None,
             handle,
             peer_wait: None,
             ignore_unsupported: false,
@@ -178,36 +189,118 @@ impl Service<Message> for Publisher {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        poll_send_ready(
-            &self.handle,
-            &mut self.sender,
-            &mut self.peer_wait,
-            self.need_peer,
-            cx,
-        )
-        .map_err(|()| self.closed())
+        if self.need_peer && *self.handle.peers.borrow() == 0 {
+            let wait = self
+                .peer_wait
+                .get_or_insert_with(|| std::sync::Mutex::new(wait_for_peer(&self.handle)));
+            let wait = wait.get_mut().unwrap_or_else(|p| p.into_inner());
+            let connected = ready!(wait.as_mut().poll(cx));
+            self.peer_wait = None;
+            if !connected {
+                return Poll::Ready(Err(self.closed()));
+            }
+        }
+        if !self.reserved && !self.handle.direct.slots.try_take() {
+            let wait = self.slot_wait.get_or_insert_with(|| {
+                let direct = self.handle.direct.clone();
+                std::sync::Mutex::new(Box::pin(async move { direct.slots.take().await }))
+            });
+            let wait = wait.get_mut().unwrap_or_else(|p| p.into_inner());
+            ready!(wait.as_mut().poll(cx));
+            self.slot_wait = None;
+        }
+        self.reserved = true;
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, message: Message) -> ResponseFuture {
+        let destination = message.destination().to_owned();
+        if !std::mem::take(&mut self.reserved) {
+            return ResponseFuture::failed(
+                Error::transient(BROKER, Operation::Publish)
+                    .with_destination(destination)
+                    .with_reason("poll_ready must be called first"),
+            );
+        }
+        let slot = Slot(self.handle.direct.clone());
         let frames = frame::encode_any(
             &message,
             self.topic,
             self.handle.framing,
             self.ignore_unsupported,
         );
-        let frames = match frames {
-            Ok(frames) => frames,
-            Err(error) => {
-                self.sender.abort_send();
-                return ResponseFuture::failed(error);
+        let message = match frames.map(ZmqMessage::try_from) {
+            Ok(Ok(message)) => message,
+            Ok(Err(_)) => {
+                return ResponseFuture::failed(
+                    Error::permanent(BROKER, Operation::Publish)
+                        .with_destination(destination)
+                        .with_reason("a message needs at least one frame"),
+                )
             }
+            Err(error) => return ResponseFuture::failed(error),
         };
-        queue(
-            &self.handle,
-            &mut self.sender,
-            frames,
-            message.destination().to_owned(),
-        )
+        ResponseFuture {
+            state: State::Sending(Box::pin(send(slot, message, self.need_peer, destination))),
+        }
+    }
+}
+
+/// A send slot taken in `poll_ready`, given back when the send is over (or was never
+/// made).
+struct Slot(Arc<Direct>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.give_back();
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if self.reserved {
+            self.handle.direct.slots.give_back();
+        }
+    }
+}
+
+/// How long a send that found no peer waits for the monitor to report the loss
+/// before it looks for a peer again.
+const RECHECK: Duration = Duration::from_millis(10);
+
+/// Sends `message` on the socket itself; where the socket needs a peer and had none
+/// (it went away since readiness said there was one), keeps the message until a peer
+/// is back instead of losing it.
+async fn send(
+    slot: Slot,
+    mut message: ZmqMessage,
+    need_peer: bool,
+    destination: String,
+) -> Result<Receipt, Error> {
+    let direct = &slot.0;
+    loop {
+        let sent = direct.socket.lock().await.send(message).await;
+        match sent {
+            Ok(()) => {
+                return Ok(Receipt::ZeroMq {
+                    socket: destination,
+                })
+            }
+            Err(ZmqError::ReturnToSender { message: back, .. }) if need_peer => {
+                message = back;
+                let mut peers = direct.peers.clone();
+                if *peers.borrow_and_update() > 0 {
+                    // The monitor has not reported the loss yet.
+                    let _ = tokio::time::timeout(RECHECK, peers.changed()).await;
+                }
+                if peers.wait_for(|n| *n > 0).await.is_err() {
+                    return Err(Error::transient(BROKER, Operation::Publish)
+                        .with_destination(destination)
+                        .with_reason("the socket task stopped before sending"));
+                }
+            }
+            Err(err) => return Err(socket::error(Operation::Publish, &destination, err)),
+        }
     }
 }
 
@@ -236,6 +329,8 @@ pub struct ResponseFuture {
 
 enum State {
     Failed(Option<Error>),
+    /// A publisher's send on the socket itself.
+    Sending(BoxFuture<'static, Result<Receipt, Error>>),
     Waiting {
         rx: oneshot::Receiver<Result<(), Error>>,
         destination: String,
@@ -265,6 +360,7 @@ impl Future for ResponseFuture {
             State::Failed(error) => Poll::Ready(Err(error.take().unwrap_or_else(|| {
                 Error::permanent(BROKER, Operation::Publish).with_reason("polled after completion")
             }))),
+            State::Sending(send) => send.as_mut().poll(cx),
             State::Waiting {
                 rx, destination, ..
             } => {

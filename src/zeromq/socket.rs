@@ -1,14 +1,18 @@
-//! One task per ZeroMQ socket: it owns the socket, sends what the handles queue, reads
-//! what peers send, tracks connected peers from the socket monitor and redials
-//! connected endpoints whose peer went away.
+//! One task per ZeroMQ socket: it tracks connected peers from the socket monitor and
+//! redials connected endpoints whose peer went away. PUB and PUSH publishers send on
+//! the socket themselves, and SUB and PULL consumers read it themselves, so that no
+//! message crosses a task; DEALER and ROUTER sockets, whose sends and receives share
+//! one socket, send what the handles queue and read from this task.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures_util::lock::Mutex;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use zeromq::prelude::*;
 use zeromq::util::PeerIdentity;
@@ -41,11 +45,10 @@ impl Kind {
         }
     }
 
-    fn receives(&self) -> bool {
-        matches!(
-            self,
-            Kind::Sub(_) | Kind::Pull | Kind::Dealer | Kind::Router
-        )
+    /// Whether the socket task reads the socket and queues what it receives. SUB and
+    /// PULL consumers read theirs directly ([`Direct::socket`]).
+    fn task_receives(&self) -> bool {
+        matches!(self, Kind::Dealer | Kind::Router)
     }
 
     /// Whether sends wait for a connected peer. A ROUTER addresses one peer by identity,
@@ -62,7 +65,7 @@ impl Kind {
     }
 }
 
-enum AnySocket {
+pub(crate) enum AnySocket {
     Pub(zeromq::PubSocket),
     Sub(zeromq::SubSocket),
     Push(zeromq::PushSocket),
@@ -96,7 +99,7 @@ impl AnySocket {
         }
     }
 
-    async fn send(&mut self, message: ZmqMessage) -> Result<(), ZmqError> {
+    pub(crate) async fn send(&mut self, message: ZmqMessage) -> Result<(), ZmqError> {
         match self {
             AnySocket::Pub(s) => s.send(message).await,
             AnySocket::Push(s) => s.send(message).await,
@@ -108,7 +111,7 @@ impl AnySocket {
         }
     }
 
-    async fn recv(&mut self) -> Result<ZmqMessage, ZmqError> {
+    pub(crate) async fn recv(&mut self) -> Result<ZmqMessage, ZmqError> {
         match self {
             AnySocket::Sub(s) => s.recv().await,
             AnySocket::Pull(s) => s.recv().await,
@@ -127,16 +130,82 @@ pub(crate) struct Command {
     pub(crate) destination: String,
 }
 
+/// The socket itself, for the handles that send on it or read it without the socket
+/// task. Holding it keeps the socket task running.
+pub(crate) struct Direct {
+    /// Locked by a send for as long as the send takes (a moment, unless zeromq's
+    /// per-peer queue is full), by a SUB or PULL consumer while it is polled, and by
+    /// the socket task while it dials.
+    pub(crate) socket: Arc<Mutex<AnySocket>>,
+    /// Sends in flight, at most [`Config::with_send_queue`]: publishers reserve one in
+    /// `poll_ready`.
+    pub(crate) slots: SendSlots,
+    pub(crate) peers: watch::Receiver<usize>,
+    _alive: Arc<oneshot::Sender<()>>,
+}
+
+/// Bounds the sends in flight with one atomic count. Waiting for a slot (only while
+/// the socket's own queues are full) goes through a [`Notify`].
+pub(crate) struct SendSlots {
+    in_flight: AtomicUsize,
+    limit: usize,
+    freed: Notify,
+}
+
+impl SendSlots {
+    fn new(limit: usize) -> Self {
+        SendSlots {
+            in_flight: AtomicUsize::new(0),
+            limit: limit.max(1),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Takes a slot if one is free.
+    pub(crate) fn try_take(&self) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Waits until it took a slot.
+    pub(crate) async fn take(&self) {
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            // Registered before looking, so a slot freed in between wakes it.
+            freed.as_mut().enable();
+            if self.try_take() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Gives a taken slot back.
+    pub(crate) fn give_back(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.limit {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
 /// The shared side of a socket task: queue commands, watch peers. The task runs until
 /// every handle (and every in-flight send holding one) is dropped.
 #[derive(Clone)]
 pub(crate) struct Handle {
     pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) direct: Arc<Direct>,
     pub(crate) peers: watch::Receiver<usize>,
     pub(crate) endpoints: Arc<[String]>,
     pub(crate) name: Arc<str>,
     /// How the socket's messages travel ([`Config::with_framing`]).
     pub(crate) framing: Framing,
+    /// The most messages a consumer reading the socket itself takes at a time
+    /// ([`Config::with_receive_queue`]).
+    pub(crate) receive_batch: usize,
     _alive: Arc<oneshot::Sender<()>>,
 }
 
@@ -199,13 +268,21 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
     let (commands, command_rx) = mpsc::channel(config.send_queue.max(1));
     let (peers_tx, peers) = watch::channel(0);
     let (alive, alive_rx) = oneshot::channel();
-    let (incoming_tx, incoming) = if kind.receives() {
+    let (incoming_tx, incoming) = if kind.task_receives() {
         let (tx, rx) = mpsc::channel(config.receive_queue.max(1));
         (Some(tx), Some(rx))
     } else {
         (None, None)
     };
     let now = Instant::now();
+    let socket = Arc::new(Mutex::new(socket));
+    let alive = Arc::new(alive);
+    let direct = Arc::new(Direct {
+        socket: socket.clone(),
+        slots: SendSlots::new(config.send_queue),
+        peers: peers.clone(),
+        _alive: alive.clone(),
+    });
     let driver = Driver {
         dials: config
             .connects
@@ -230,11 +307,13 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
     tokio::spawn(driver.run(alive_rx));
     let handle = Handle {
         commands,
+        direct,
         peers,
         endpoints: endpoints.into(),
         name,
         framing: config.framing,
-        _alive: Arc::new(alive),
+        receive_batch: config.receive_queue,
+        _alive: alive,
     };
     Ok((handle, incoming))
 }
@@ -260,7 +339,7 @@ struct Dial {
 
 struct Driver {
     kind: Kind,
-    socket: AnySocket,
+    socket: Arc<Mutex<AnySocket>>,
     monitor: BoxStream<'static, SocketEvent>,
     commands: mpsc::Receiver<Command>,
     incoming: Option<mpsc::Sender<Result<ZmqMessage, Error>>>,
@@ -277,6 +356,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut alive: oneshot::Receiver<()>) {
         let mut handles_gone = false;
+        let mut commands_open = true;
         let mut monitoring = true;
         loop {
             if handles_gone && !self.has_peer() {
@@ -301,8 +381,9 @@ impl Driver {
                     DialState::Connected(_) => None,
                 })
                 .min();
-            let take_commands =
-                self.pending.is_none() && (!self.kind.sends_need_peer() || self.has_peer());
+            let take_commands = commands_open
+                && self.pending.is_none()
+                && (!self.kind.sends_need_peer() || self.has_peer());
             let receive = self.incoming.is_some() && self.held.is_none();
             let incoming = self.incoming.clone();
             let step = tokio::select! {
@@ -312,10 +393,13 @@ impl Driver {
                 _ = tokio::time::sleep_until(next_dial.unwrap_or_else(Instant::now)), if next_dial.is_some() => Step::Dial,
                 permit = reserve(incoming), if self.held.is_some() => Step::Permit(permit),
                 command = self.commands.recv(), if take_commands => Step::Command(command),
-                received = self.socket.recv(), if receive => Step::Received(received),
+                received = receive_locked(&self.socket), if receive => Step::Received(received),
             };
             match step {
-                Step::HandlesGone | Step::Command(None) => handles_gone = true,
+                Step::HandlesGone => handles_gone = true,
+                // Publishers that send directly hold no command sender: only `alive`
+                // says whether any handle is left.
+                Step::Command(None) => commands_open = false,
                 Step::Event(Some(event)) => self.on_event(event),
                 Step::Event(None) => {
                     tracing::warn!(socket = %self.name, "socket monitor closed; peers are no longer tracked");
@@ -344,8 +428,15 @@ impl Driver {
         // Not every zeromq socket releases its connections when dropped (PULL keeps
         // them open from its writer tasks): shut the backend down so peers see the
         // connection close, as they would if this process ended.
-        each!(&self.socket, s => s.backend().shutdown());
-        let errors = each!(self.socket, s => s.close().await);
+        let socket = {
+            let mut socket = self.socket.lock().await;
+            each!(&*socket, s => s.backend().shutdown());
+            std::mem::replace(
+                &mut *socket,
+                AnySocket::new(&self.kind, SocketOptions::default()),
+            )
+        };
+        let errors = each!(socket, s => s.close().await);
         tracing::debug!(socket = %self.name, ?errors, "socket closed");
     }
 
@@ -407,6 +498,7 @@ impl Driver {
 
     async fn dial_due(&mut self) {
         let now = Instant::now();
+        let mut socket = self.socket.lock().await;
         for i in 0..self.dials.len() {
             let DialState::Due(at) = self.dials[i].state else {
                 continue;
@@ -415,7 +507,7 @@ impl Driver {
                 continue;
             }
             let endpoint = self.dials[i].endpoint.clone();
-            let result = each!(&mut self.socket, s => s.connect(&endpoint).await);
+            let result = each!(&mut *socket, s => s.connect(&endpoint).await);
             let dial = &mut self.dials[i];
             match result {
                 Ok(()) => {
@@ -436,7 +528,8 @@ impl Driver {
             done,
             destination,
         } = command;
-        match self.socket.send(message).await {
+        let sent = self.socket.lock().await.send(message).await;
+        match sent {
             Ok(()) => {
                 let _ = done.send(Ok(()));
             }
@@ -477,6 +570,10 @@ impl Driver {
 }
 
 type IncomingItem = Result<ZmqMessage, Error>;
+
+async fn receive_locked(socket: &Mutex<AnySocket>) -> Result<ZmqMessage, ZmqError> {
+    socket.lock().await.recv().await
+}
 
 enum Step {
     HandlesGone,
