@@ -14,8 +14,8 @@
 //! for all of them to finish (none is cancelled half-way). Its [`Policy`] decides
 //! whether the fan-out succeeded: [`All`](Policy::All) publishers accepted it, at
 //! least `n` ([`AtLeast`](Policy::AtLeast)) or at least one ([`Any`](Policy::Any)).
-//! On success the receipt is [`Receipt::FanOut`] with the receipts of the publishers
-//! that accepted it, in the order the publishers were added; failures the policy
+//! On success the receipt is a [fan-out's](Receipt::fan_out), whose
+//! [parts](Receipt::parts) are the receipts of the publishers that accepted it, in the order the publishers were added; failures the policy
 //! tolerated are logged. On failure the error is transient when enough of the failed
 //! publishers failed transiently for a retry to meet the policy, permanent otherwise.
 //! A retry publishes to every publisher again, including those that accepted the
@@ -47,7 +47,7 @@
 //! use tower::{service_fn, ServiceExt};
 //! use tower_mq::fanout::{Fallback, FanOut, Policy};
 //! use tower_mq::memory::Broker;
-//! use tower_mq::{BoxError, Error, Message, Operation, Receipt};
+//! use tower_mq::{BoxError, Error, Guarantee, Message, Operation, Position, Receipt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
@@ -59,8 +59,9 @@
 //!     .publisher("main", main.publisher())
 //!     .publisher("audit", audit.publisher());
 //! let receipt = fan_out.oneshot(Message::new("orders", "order 42")).await?;
-//! let stored = Receipt::Memory { topic: "orders".into(), sequence: 1 };
-//! assert_eq!(receipt, Receipt::FanOut(vec![stored.clone(), stored]));
+//! let stored =
+//!     Receipt::new("memory", "orders", Guarantee::Stored).with_position(Position::Sequence(1));
+//! assert_eq!(receipt, Receipt::fan_out(vec![stored.clone(), stored]));
 //! for consumer in [&mut orders, &mut audited] {
 //!     let delivery = consumer.next().await.expect("subscribed")?;
 //!     assert_eq!(delivery.message().payload().as_ref(), b"order 42");
@@ -578,7 +579,7 @@ fn settle(
                 "fan-out succeeded with failed publishers"
             );
         }
-        return Ok(Receipt::FanOut(receipts));
+        return Ok(Receipt::fan_out(receipts));
     }
     // A retry can meet the policy only if enough of the failures may go away.
     let transient = failures
@@ -852,16 +853,14 @@ mod tests {
     use super::*;
     use tokio_test::{assert_pending, assert_ready_ok};
     use tower::ServiceExt;
+    use tower_mq_core::{Guarantee, Position};
     use tower_test::mock;
 
     type Publisher = mock::Mock<Message, Receipt>;
     type Handle = mock::Handle<Message, Receipt>;
 
     fn receipt(n: u64) -> Receipt {
-        Receipt::Memory {
-            topic: "orders".into(),
-            sequence: n,
-        }
+        Receipt::new("memory", "orders", Guarantee::Stored).with_position(Position::Sequence(n))
     }
 
     fn publishers(n: usize) -> (Vec<Publisher>, Vec<Handle>) {
@@ -942,7 +941,7 @@ mod tests {
         let got = fut.await.unwrap().unwrap();
         assert_eq!(
             got,
-            Receipt::FanOut(vec![receipt(0), receipt(1), receipt(2)])
+            Receipt::fan_out(vec![receipt(0), receipt(1), receipt(2)])
         );
         assert!(got.is_confirmed());
     }
@@ -980,7 +979,7 @@ mod tests {
         let got = run_fan_out(Policy::AtLeast(2), vec![Ok(1), Err(permanent()), Ok(3)])
             .await
             .unwrap();
-        assert_eq!(got, Receipt::FanOut(vec![receipt(1), receipt(3)]));
+        assert_eq!(got, Receipt::fan_out(vec![receipt(1), receipt(3)]));
 
         let err = run_fan_out(
             Policy::AtLeast(2),
@@ -1008,7 +1007,7 @@ mod tests {
         let got = run_fan_out(Policy::Any, vec![Err(transient()), Ok(2)])
             .await
             .unwrap();
-        assert_eq!(got, Receipt::FanOut(vec![receipt(2)]));
+        assert_eq!(got, Receipt::fan_out(vec![receipt(2)]));
         let err = run_fan_out(Policy::Any, vec![Err(permanent()), Err(permanent())])
             .await
             .unwrap_err();
@@ -1070,7 +1069,7 @@ mod tests {
         respond.send_response(receipt(1));
         assert_eq!(
             fut.await.unwrap().unwrap(),
-            Receipt::FanOut(vec![receipt(1)])
+            Receipt::fan_out(vec![receipt(1)])
         );
 
         // Under `All` the shed publisher fails the fan-out, transiently.
@@ -1104,7 +1103,7 @@ mod tests {
         respond.send_response(receipt(1));
         assert_eq!(
             fut.await.unwrap().unwrap(),
-            Receipt::FanOut(vec![receipt(1)])
+            Receipt::fan_out(vec![receipt(1)])
         );
         assert!(!matches!(handles[0].poll_request(), Poll::Ready(Some(_))));
     }

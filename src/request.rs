@@ -585,7 +585,7 @@ mod tests {
     use tokio_stream::wrappers::UnboundedReceiverStream;
     use tokio_test::{assert_pending, assert_ready_ok};
     use tower::{service_fn, ServiceExt};
-    use tower_mq_core::{ErrorKind, Settlement};
+    use tower_mq_core::{ErrorKind, Guarantee, Position, Settlement};
     use tower_test::mock;
 
     type Replies = mpsc::UnboundedSender<Result<Delivery, Error>>;
@@ -603,10 +603,7 @@ mod tests {
     }
 
     fn receipt(topic: &str) -> Receipt {
-        Receipt::Memory {
-            topic: topic.into(),
-            sequence: 1,
-        }
+        Receipt::new("memory", topic, Guarantee::Stored).with_position(Position::Sequence(1))
     }
 
     fn reply(request: &Message, payload: &'static str) -> Delivery {

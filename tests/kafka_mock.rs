@@ -21,7 +21,7 @@ mod kafka_mock {
     use tower::{Service, ServiceBuilder, ServiceExt};
     use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher};
     use tower_mq::layers::classify::DefaultClassifier;
-    use tower_mq::{Delivery, ErrorKind, Message, Operation, Receipt};
+    use tower_mq::{Delivery, ErrorKind, Guarantee, Message, Operation, Position, Receipt};
 
     /// The bound on waiting for something that should happen.
     const WAIT: Duration = Duration::from_secs(20);
@@ -121,12 +121,16 @@ mod kafka_mock {
             .expect("publishes did not complete after the broker came back");
         let mut offsets: Vec<i64> = receipts
             .into_iter()
-            .map(
-                |r| match r.expect("task").expect("publish after broker_up") {
-                    Receipt::Kafka { offset, .. } => offset,
-                    other => panic!("not a Kafka receipt: {other}"),
-                },
-            )
+            .map(|r| {
+                match r
+                    .expect("task")
+                    .expect("publish after broker_up")
+                    .position()
+                {
+                    Some(&Position::Offset { offset, .. }) => offset,
+                    other => panic!("not a Kafka position: {other:?}"),
+                }
+            })
             .collect();
         offsets.sort_unstable();
         assert_eq!(offsets, [1, 2, 3, 4, 5], "stored once each, after `before`");
@@ -273,11 +277,12 @@ mod kafka_mock {
         let receipt = publish(&mut publisher, Message::new(&topic, "through errors")).await;
         assert_eq!(
             receipt,
-            Receipt::Kafka {
-                topic: topic.clone(),
-                partition: 0,
-                offset: 1
-            },
+            Receipt::new("kafka", topic.clone(), Guarantee::Stored).with_position(
+                Position::Offset {
+                    partition: 0,
+                    offset: 1
+                }
+            ),
             "stored once despite three failed attempts"
         );
     }
@@ -357,11 +362,10 @@ mod kafka_mock {
         // The timed-out publish was not withdrawn: librdkafka delivered it too.
         assert_eq!(
             receipt,
-            Receipt::Kafka {
-                topic,
+            Receipt::new("kafka", topic, Guarantee::Stored).with_position(Position::Offset {
                 partition: 0,
                 offset: 2
-            }
+            })
         );
     }
 
@@ -383,9 +387,15 @@ mod kafka_mock {
                 for i in 0..PER_KEY {
                     let message =
                         Message::new(&topic, format!("{k}:{i}")).with_key(format!("key-{k}"));
-                    match publisher.clone().oneshot(message).await.expect("publish") {
-                        Receipt::Kafka { partition, .. } => partitions.push(partition),
-                        other => panic!("not a Kafka receipt: {other}"),
+                    match publisher
+                        .clone()
+                        .oneshot(message)
+                        .await
+                        .expect("publish")
+                        .position()
+                    {
+                        Some(&Position::Offset { partition, .. }) => partitions.push(partition),
+                        other => panic!("not a Kafka position: {other:?}"),
                     }
                 }
                 partitions

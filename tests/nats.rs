@@ -24,7 +24,7 @@ use tower_mq::dead_letter;
 use tower_mq::nats::config::{ConsumerConfig, Storage, StreamConfig};
 use tower_mq::nats::jetstream::JetStream;
 use tower_mq::nats::{BatchPublisher, Config, Connection, Publisher, Requester, Subscriber};
-use tower_mq::{Delivery, Error, ErrorKind, Message, Operation, Receipt};
+use tower_mq::{Delivery, Error, ErrorKind, Guarantee, Message, Operation, Position, Receipt};
 
 /// Upper bound on waiting for something that should happen.
 const WAIT: Duration = Duration::from_secs(15);
@@ -132,10 +132,7 @@ async fn core_round_trips_headers_and_properties() {
         .unwrap();
     assert_eq!(
         receipt,
-        Receipt::Nats {
-            subject: subject.clone(),
-            processed: true,
-        }
+        Receipt::new("nats", subject.clone(), Guarantee::Forwarded)
     );
     assert!(!receipt.is_confirmed(), "core NATS is at most once");
     let delivery = next(&mut subscriber, "the message").await;
@@ -240,7 +237,7 @@ async fn batch_publisher_reports_each_message() {
         .await
         .unwrap();
     assert!(
-        matches!(&results[0], Ok(Receipt::Nats { subject: s, processed: true }) if *s == subject)
+        matches!(&results[0], Ok(r) if r.destination() == subject && r.guarantee() == Guarantee::Forwarded)
     );
     let err = results[1].as_ref().expect_err("invalid subject");
     assert_eq!(err.kind(), ErrorKind::Permanent);
@@ -276,10 +273,7 @@ async fn publishes_in_flight_share_one_confirmation_round_trip() {
     for receipt in receipts {
         assert!(matches!(
             receipt,
-            Ok(Receipt::Nats {
-                processed: true,
-                ..
-            })
+            Ok(ref r) if r.guarantee() == Guarantee::Forwarded
         ));
     }
     let mut seen = HashSet::new();
@@ -332,10 +326,7 @@ async fn fire_and_forget_receipts_say_the_server_was_not_asked() {
         .unwrap();
     assert_eq!(
         receipt,
-        Receipt::Nats {
-            subject: subject.clone(),
-            processed: false
-        }
+        Receipt::new("nats", subject.clone(), Guarantee::Sent)
     );
     assert_eq!(receipt.to_string(), format!("nats {subject} (sent)"));
     assert_eq!(text(&next(&mut subscriber, "the message").await), "sent");
@@ -565,25 +556,17 @@ async fn jetstream_deduplicates_a_retried_publish_with_the_same_msg_id() {
         .call(message)
         .await
         .unwrap();
-    let Receipt::JetStream {
-        stream: s,
-        sequence,
-        duplicate,
-    } = first
+    let (s, Some(Position::Sequence(sequence)), duplicate) =
+        (first.destination(), first.position(), first.is_duplicate())
     else {
         panic!("{first:?}")
     };
-    assert_eq!(
-        (s.as_str(), sequence, duplicate),
-        (stream.as_str(), 1, false)
-    );
+    assert_eq!((s, *sequence, duplicate), (stream.as_str(), 1, false));
     assert_eq!(
         retried,
-        Receipt::JetStream {
-            stream: stream.clone(),
-            sequence: 1,
-            duplicate: true
-        }
+        Receipt::new("nats", stream.clone(), Guarantee::Stored)
+            .with_position(Position::Sequence(1))
+            .with_duplicate(true)
     );
     // Without an id, each publish is stored.
     let other = publisher
@@ -595,11 +578,9 @@ async fn jetstream_deduplicates_a_retried_publish_with_the_same_msg_id() {
         .unwrap();
     assert_eq!(
         other,
-        Receipt::JetStream {
-            stream: stream.clone(),
-            sequence: 2,
-            duplicate: false
-        }
+        Receipt::new("nats", stream.clone(), Guarantee::Stored)
+            .with_position(Position::Sequence(2))
+            .with_duplicate(false)
     );
 
     let config = ConsumerConfig::new("readers");
@@ -917,7 +898,7 @@ async fn subscriptions_survive_a_server_restart() {
         .unwrap()
         .expect("JetStream publish across the restart");
     assert!(
-        matches!(receipt, Receipt::JetStream { sequence: 1, .. }),
+        receipt.position() == Some(&Position::Sequence(1)),
         "{receipt:?}"
     );
     let delivery = next(&mut js_sub, "the JetStream message").await;
@@ -931,14 +912,7 @@ async fn subscriptions_survive_a_server_restart() {
         .await
         .unwrap();
     assert!(
-        matches!(
-            again,
-            Receipt::JetStream {
-                sequence: 1,
-                duplicate: true,
-                ..
-            }
-        ),
+        again.position() == Some(&Position::Sequence(1)) && again.is_duplicate(),
         "{again:?}"
     );
     assert_quiet(&mut js_sub, "stored once").await;
@@ -1023,20 +997,18 @@ async fn jetstream_batch_publisher_waits_for_every_ack() {
     let results = js.batch_publisher().oneshot(batch).await.unwrap();
     assert_eq!(results.len(), 52);
     for (i, result) in results[..50].iter().enumerate() {
-        let expected = Receipt::JetStream {
-            stream: stream.clone(),
-            sequence: i as u64 + 1,
-            duplicate: false,
-        };
+        let expected = Receipt::new("nats", stream.clone(), Guarantee::Stored)
+            .with_position(Position::Sequence(i as u64 + 1))
+            .with_duplicate(false);
         assert_eq!(result.as_ref().ok(), Some(&expected), "message {i}");
     }
     assert_eq!(
         results[50].as_ref().ok(),
-        Some(&Receipt::JetStream {
-            stream: stream.clone(),
-            sequence: 8,
-            duplicate: true
-        })
+        Some(
+            &Receipt::new("nats", stream.clone(), Guarantee::Stored)
+                .with_position(Position::Sequence(8))
+                .with_duplicate(true)
+        )
     );
     let err = results[51].as_ref().expect_err("invalid subject");
     assert_eq!(err.kind(), ErrorKind::Permanent);
@@ -1077,11 +1049,9 @@ async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() 
     let retried = js.publisher().oneshot(message).await.unwrap();
     assert_eq!(
         retried,
-        Receipt::JetStream {
-            stream: stream.clone(),
-            sequence: 1,
-            duplicate: true
-        }
+        Receipt::new("nats", stream.clone(), Guarantee::Stored)
+            .with_position(Position::Sequence(1))
+            .with_duplicate(true)
     );
     let config = ConsumerConfig::new("readers");
     js.declare_consumer(&stream, &config).await.unwrap();

@@ -19,7 +19,9 @@ use tower_mq::redis::{
     Config, Framing, NackMode, PubSubConsumer, PubSubPublisher, StreamConsumer,
     StreamConsumerConfig, StreamPublisher, Subscription,
 };
-use tower_mq::{dead_letter, Delivery, ErrorKind, Message, Operation, Receipt};
+use tower_mq::{
+    dead_letter, Delivery, ErrorKind, Guarantee, Message, Operation, Position, Receipt,
+};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
 const WAIT: Duration = Duration::from_secs(15);
@@ -135,10 +137,10 @@ async fn stream_round_trip_of_every_field_in_the_documented_layout() {
         .with_content_type("application/octet-stream")
         .with_content_encoding("identity");
     let receipt = publish(&mut publisher, message.clone()).await;
-    let Receipt::RedisStream { stream: s, id } = &receipt else {
+    let Some(Position::Id(id)) = receipt.position() else {
         panic!("not a stream receipt: {receipt:?}");
     };
-    assert_eq!(s, &stream);
+    assert_eq!(receipt.destination(), stream);
     assert!(receipt.is_confirmed());
 
     let delivery = next(&mut consumer).await;
@@ -325,7 +327,7 @@ async fn batch_publisher_pipelines_and_answers_each_message() {
         .await
         .unwrap();
     assert_eq!(results.len(), 4);
-    assert!(matches!(&results[0], Ok(Receipt::RedisStream { stream: s, .. }) if s == &stream));
+    assert!(matches!(&results[0], Ok(r) if r.destination() == stream));
     let refused = results[1].as_ref().unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::Permanent);
     let wrong = results[2].as_ref().unwrap_err();
@@ -339,9 +341,10 @@ async fn batch_publisher_pipelines_and_answers_each_message() {
         .unwrap();
     assert_eq!(len, 2);
     // Ids are in publication order.
-    let (Ok(Receipt::RedisStream { id: first, .. }), Ok(Receipt::RedisStream { id: last, .. })) =
-        (&results[0], &results[3])
-    else {
+    let (Some(Position::Id(first)), Some(Position::Id(last))) = (
+        results[0].as_ref().ok().and_then(Receipt::position),
+        results[3].as_ref().ok().and_then(Receipt::position),
+    ) else {
         panic!("receipts: {results:?}");
     };
     let millis = |id: &str| -> (u64, u64) {
@@ -592,10 +595,7 @@ async fn pubsub_raw_and_enveloped_messages_and_patterns() {
     let receipt = publish(&mut publisher, Message::new(&channel, "1.08")).await;
     assert_eq!(
         receipt,
-        Receipt::RedisPubSub {
-            channel: channel.clone(),
-            receivers: 2
-        }
+        Receipt::new("redis", channel.clone(), Guarantee::Forwarded).with_receivers(2)
     );
     assert!(!receipt.is_confirmed());
     let rich = Message::new(&channel, "1.09")
@@ -773,7 +773,7 @@ async fn in_flight_publish_fails_as_transient_on_restart_and_readiness_waits() {
     )
     .await
     .expect("the publisher did not recover");
-    assert!(matches!(receipt, Receipt::RedisStream { .. }));
+    assert!(matches!(receipt.position(), Some(Position::Id(_))));
 }
 
 #[tokio::test]
@@ -807,7 +807,7 @@ async fn a_hung_redis_times_out_as_transient_and_recovers() {
     )
     .await
     .expect("the publisher did not recover");
-    assert!(matches!(receipt, Receipt::RedisStream { .. }));
+    assert!(matches!(receipt.position(), Some(Position::Id(_))));
 }
 
 // ---------------------------------------------------------------------------
@@ -933,7 +933,7 @@ async fn a_wrong_password_is_permanent_and_masked_and_the_right_one_works() {
         .unwrap();
     let mut publisher = StreamPublisher::connect(&config).await.unwrap();
     let receipt = publish(&mut publisher, Message::new(&stream, "authenticated")).await;
-    assert!(matches!(receipt, Receipt::RedisStream { .. }));
+    assert!(matches!(receipt.position(), Some(Position::Id(_))));
     let delivery = next(&mut consumer).await;
     assert_eq!(delivery.message().payload().as_ref(), b"authenticated");
     delivery.ack().await.unwrap();
@@ -1006,7 +1006,7 @@ async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
     let stream = unique("late");
     let receipt = publish(&mut publisher, Message::new(&stream, "after the wait")).await;
     assert!(
-        matches!(receipt, Receipt::RedisStream { .. }),
+        matches!(receipt.position(), Some(Position::Id(_))),
         "{receipt:?}"
     );
     // A consumer's connect goes through the same option; its group reads the stream
@@ -1089,7 +1089,7 @@ async fn a_publisher_is_ready_again_through_the_jittered_probe_once_its_own_serv
     .await
     .expect("the publisher is ready again once the server is back");
     assert!(
-        matches!(receipt, Receipt::RedisStream { .. }),
+        matches!(receipt.position(), Some(Position::Id(_))),
         "{receipt:?}"
     );
 }

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tower::{service_fn, Service, ServiceExt};
 use tower_mq::zeromq::{Config, Consumer, Framing, Publisher, Requester};
-use tower_mq::{serve, BoxError, Delivery, ErrorKind, Message, Operation, Receipt, Replier};
+use tower_mq::{
+    serve, BoxError, Delivery, ErrorKind, Guarantee, Message, Operation, Receipt, Replier,
+};
 use zeromq::prelude::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -402,12 +404,7 @@ async fn send_before_a_peer_waits_in_poll_ready_then_delivers() {
     let delivery = next(&mut puller, "the message sent before the peer").await;
     assert_eq!(text(&delivery), "before the peer");
     let (_publisher, receipt) = ready.await.expect("publishing task");
-    assert_eq!(
-        receipt,
-        Receipt::ZeroMq {
-            socket: "early".into()
-        }
-    );
+    assert_eq!(receipt, Receipt::new("zeromq", "early", Guarantee::Sent));
 }
 
 /// Binds a PUSH on `endpoint`, retrying while the port is still held by a socket
@@ -638,9 +635,7 @@ async fn a_pub_without_subscribers_is_ready_at_once_and_drops_what_it_sends() {
         .expect("a send without subscribers is not an error");
     assert_eq!(
         receipt,
-        Receipt::ZeroMq {
-            socket: "orders.lost".into()
-        }
+        Receipt::new("zeromq", "orders.lost", Guarantee::Sent)
     );
 
     // A subscriber that joins later gets what is published from then on, and not

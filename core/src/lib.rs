@@ -10,10 +10,11 @@
 //! depend on `tower-mq`, which re-exports all of it.
 //!
 //! ```
-//! use tower_mq_core::{Message, Receipt};
+//! use tower_mq_core::{Guarantee, Message, Position, Receipt};
 //!
 //! let msg = Message::new("orders", "payload").with_key("user-42");
-//! let receipt = Receipt::Memory { topic: msg.destination().to_owned(), sequence: 1 };
+//! let receipt =
+//!     Receipt::new("memory", msg.destination(), Guarantee::Stored).with_position(Position::Sequence(1));
 //! assert!(receipt.is_confirmed());
 //! ```
 
@@ -36,4 +37,4 @@ pub use delivery::{Acker, Acknowledge, Delivery, Settlement};
 pub use error::{BoxError, Classify, Code, Error, ErrorKind, Operation, Permanent, Transient};
 pub use header::{HeaderValue, Headers};
 pub use message::Message;
-pub use receipt::Receipt;
+pub use receipt::{Guarantee, Position, Receipt};

@@ -2,165 +2,264 @@
 
 use std::fmt;
 
-/// The broker's answer to a publish: where the message landed and how firmly.
+/// The broker's answer to a publish: which broker, where the message landed and how
+/// firmly.
 ///
-/// Every publisher is a `Service<Message, Response = Receipt>`. Variants that only mean
-/// "handed to the network" say so ([`Receipt::is_confirmed`] is `false` for them):
-/// Redis Pub/Sub and core NATS deliver at most once, and ZeroMQ has no broker to confirm.
+/// Every publisher is a `Service<Message, Response = Receipt>`, whatever the broker: a
+/// receipt names its [broker](Receipt::broker) and [destination](Receipt::destination),
+/// says how firmly the broker took the message ([`Guarantee`]), and carries what the
+/// broker reported about it where it reports anything: a [`Position`] (a Kafka
+/// partition and offset, a sequence number, an entry id), a routing key, how many
+/// subscribers received it, whether it was a duplicate. Code written against one
+/// broker reads the same fields on the next; no enum of brokers has to be matched.
 ///
 /// ```
+/// use tower_mq_core::receipt::{Guarantee, Position};
 /// use tower_mq_core::Receipt;
 ///
-/// let receipt = Receipt::Kafka { topic: "orders".into(), partition: 3, offset: 1207 };
+/// let receipt = Receipt::new("kafka", "orders", Guarantee::Stored)
+///     .with_position(Position::Offset { partition: 3, offset: 1207 });
 /// assert!(receipt.is_confirmed());
 /// assert_eq!(receipt.destination(), "orders");
+/// assert_eq!(receipt.position(), Some(&Position::Offset { partition: 3, offset: 1207 }));
 /// assert_eq!(receipt.to_string(), "kafka orders[3]@1207");
+///
+/// // Core NATS: the server processed it, and nobody stored it.
+/// let receipt = Receipt::new("nats", "events.tick", Guarantee::Forwarded);
+/// assert!(!receipt.is_confirmed());
+/// assert_eq!(receipt.to_string(), "nats events.tick (processed)");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    broker: &'static str,
+    destination: String,
+    guarantee: Guarantee,
+    position: Option<Position>,
+    routing_key: Option<String>,
+    receivers: Option<u64>,
+    duplicate: bool,
+    parts: Vec<Receipt>,
+}
+
+/// How firmly a broker took a message, from the weakest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
-pub enum Receipt {
-    /// Stored by the in-memory broker under a per-topic sequence number.
-    Memory {
-        /// The topic.
-        topic: String,
-        /// The sequence number the topic gave the message (starting at 1).
-        sequence: u64,
-    },
-    /// Appended to a Kafka partition (acknowledged per the producer's `acks`).
-    Kafka {
-        /// The topic.
-        topic: String,
+pub enum Guarantee {
+    /// Handed to the client or the socket; nobody confirmed it (ZeroMQ, a core NATS
+    /// fire-and-forget publish).
+    Sent,
+    /// The broker processed it and passed it on to the subscribers present at that
+    /// moment, keeping nothing: delivered at most once (core NATS, Redis Pub/Sub).
+    Forwarded,
+    /// The broker confirmed it: stored or queued as its acknowledgement promises
+    /// (Kafka's `acks`, a RabbitMQ publisher confirm, a Redis stream entry, a JetStream
+    /// ack, the in-memory broker).
+    Stored,
+}
+
+/// Where a broker put a message, as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Position {
+    /// A partition and the offset in it (Kafka).
+    Offset {
         /// The partition.
         partition: i32,
         /// The offset within the partition.
         offset: i64,
     },
-    /// Confirmed by RabbitMQ (publisher confirms) and routed to at least one queue
-    /// when published as mandatory.
-    RabbitMq {
-        /// The exchange (`""` is the default exchange).
-        exchange: String,
-        /// The routing key.
-        routing_key: String,
-    },
-    /// Appended to a Redis stream.
-    RedisStream {
-        /// The stream key.
-        stream: String,
-        /// The entry id Redis assigned, e.g. `1700000000000-0`.
-        id: String,
-    },
-    /// Published on a Redis Pub/Sub channel: at most once, to the subscribers present.
-    RedisPubSub {
-        /// The channel.
-        channel: String,
-        /// How many subscribers received it.
-        receivers: u64,
-    },
-    /// Stored by a JetStream stream.
-    JetStream {
-        /// The stream that stored it.
-        stream: String,
-        /// Its sequence number in the stream.
-        sequence: u64,
-        /// The stream had already stored a message with the same `Nats-Msg-Id`.
-        duplicate: bool,
-    },
-    /// Published on core NATS: at most once, to the subscribers present.
-    Nats {
-        /// The subject.
-        subject: String,
-        /// The server processed the message (it went to the subscribers present then);
-        /// `false` when the publisher did not wait to know (it was handed to the
-        /// client only).
-        processed: bool,
-    },
-    /// Handed to a ZeroMQ socket's queue: no peer confirms it.
-    ZeroMq {
-        /// The socket (its endpoint or name).
-        socket: String,
-    },
-    /// Published to several publishers by a fan-out; one receipt per publisher that
-    /// accepted it, in the fan-out's order.
-    FanOut(Vec<Receipt>),
+    /// A sequence number in the destination (a JetStream stream, an in-memory topic;
+    /// from 1).
+    Sequence(u64),
+    /// An id the broker assigned (a Redis stream entry id, e.g. `1700000000000-0`).
+    Id(String),
 }
 
 impl Receipt {
-    /// Whether a broker confirmed the message (stored or routed it), as opposed to it
-    /// only being handed to the network.
-    pub fn is_confirmed(&self) -> bool {
-        match self {
-            Receipt::Memory { .. }
-            | Receipt::Kafka { .. }
-            | Receipt::RabbitMq { .. }
-            | Receipt::RedisStream { .. }
-            | Receipt::JetStream { .. } => true,
-            Receipt::RedisPubSub { .. } | Receipt::Nats { .. } | Receipt::ZeroMq { .. } => false,
-            Receipt::FanOut(all) => !all.is_empty() && all.iter().all(Receipt::is_confirmed),
+    /// A receipt from `broker` (its name in errors, e.g. `"kafka"`) for `destination`
+    /// (the topic, exchange, stream, channel, subject or socket the broker reported).
+    pub fn new(broker: &'static str, destination: impl Into<String>, guarantee: Guarantee) -> Self {
+        Receipt {
+            broker,
+            destination: destination.into(),
+            guarantee,
+            position: None,
+            routing_key: None,
+            receivers: None,
+            duplicate: false,
+            parts: Vec::new(),
         }
+    }
+
+    /// The receipt of a fan-out: one receipt per publisher that accepted the message,
+    /// in the fan-out's order. Its guarantee is the weakest of theirs, its destination
+    /// the first one's.
+    pub fn fan_out(parts: Vec<Receipt>) -> Self {
+        let guarantee = parts
+            .iter()
+            .map(Receipt::guarantee)
+            .min()
+            .unwrap_or(Guarantee::Sent);
+        let destination = parts
+            .first()
+            .map(|r| r.destination.clone())
+            .unwrap_or_default();
+        Receipt {
+            parts,
+            ..Receipt::new("fan-out", destination, guarantee)
+        }
+    }
+
+    /// Where the broker put the message.
+    pub fn with_position(mut self, position: Position) -> Self {
+        self.position = Some(position);
+        self
+    }
+
+    /// The routing key the broker routed it by (RabbitMQ).
+    pub fn with_routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.routing_key = Some(routing_key.into());
+        self
+    }
+
+    /// How many subscribers received it (Redis Pub/Sub).
+    pub fn with_receivers(mut self, receivers: u64) -> Self {
+        self.receivers = Some(receivers);
+        self
+    }
+
+    /// Whether the broker had already stored the same message (a JetStream
+    /// `Nats-Msg-Id` seen before) and kept the first.
+    pub fn with_duplicate(mut self, duplicate: bool) -> Self {
+        self.duplicate = duplicate;
+        self
+    }
+
+    /// The broker's name, as in its errors (`"fan-out"` for a fan-out's receipt).
+    pub fn broker(&self) -> &'static str {
+        self.broker
     }
 
     /// The destination the broker reported (for a fan-out, the first one's).
     pub fn destination(&self) -> &str {
-        match self {
-            Receipt::Memory { topic, .. } | Receipt::Kafka { topic, .. } => topic,
-            Receipt::RabbitMq { exchange, .. } => exchange,
-            Receipt::RedisStream { stream, .. } | Receipt::JetStream { stream, .. } => stream,
-            Receipt::RedisPubSub { channel, .. } => channel,
-            Receipt::Nats { subject, .. } => subject,
-            Receipt::ZeroMq { socket } => socket,
-            Receipt::FanOut(all) => all.first().map(Receipt::destination).unwrap_or(""),
-        }
+        &self.destination
+    }
+
+    /// How firmly the broker took the message.
+    pub fn guarantee(&self) -> Guarantee {
+        self.guarantee
+    }
+
+    /// Whether a broker confirmed the message (stored or queued it,
+    /// [`Guarantee::Stored`]), as opposed to it only being handed on at most once.
+    /// A fan-out is confirmed when every part is.
+    pub fn is_confirmed(&self) -> bool {
+        self.guarantee == Guarantee::Stored
+    }
+
+    /// Where the broker put the message, if it said.
+    pub fn position(&self) -> Option<&Position> {
+        self.position.as_ref()
+    }
+
+    /// The routing key the broker routed it by, if any (RabbitMQ).
+    pub fn routing_key(&self) -> Option<&str> {
+        self.routing_key.as_deref()
+    }
+
+    /// How many subscribers received it, where the broker counts them (Redis Pub/Sub).
+    pub fn receivers(&self) -> Option<u64> {
+        self.receivers
+    }
+
+    /// Whether the broker had already stored the same message and kept the first.
+    pub fn is_duplicate(&self) -> bool {
+        self.duplicate
+    }
+
+    /// A fan-out's receipts, one per publisher that accepted the message (empty for
+    /// any other receipt).
+    pub fn parts(&self) -> &[Receipt] {
+        &self.parts
     }
 }
 
 impl fmt::Display for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Receipt::Memory { topic, sequence } => write!(f, "memory {topic}#{sequence}"),
-            Receipt::Kafka {
-                topic,
-                partition,
-                offset,
-            } => write!(f, "kafka {topic}[{partition}]@{offset}"),
-            Receipt::RabbitMq {
-                exchange,
-                routing_key,
-            } => write!(f, "rabbitmq confirmed {exchange}/{routing_key}"),
-            Receipt::RedisStream { stream, id } => write!(f, "redis {stream} {id}"),
-            Receipt::RedisPubSub { channel, receivers } => {
-                write!(f, "redis pubsub {channel} to {receivers} subscribers")
-            }
-            Receipt::JetStream {
-                stream,
-                sequence,
-                duplicate,
-            } => {
-                write!(f, "jetstream {stream}#{sequence}")?;
-                if *duplicate {
-                    f.write_str(" (duplicate)")?;
+        if self.broker == "fan-out" {
+            f.write_str("fan-out [")?;
+            for (i, part) in self.parts.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
                 }
-                Ok(())
+                write!(f, "{part}")?;
             }
-            Receipt::Nats {
-                subject,
-                processed: true,
-            } => write!(f, "nats {subject} (processed)"),
-            Receipt::Nats {
-                subject,
-                processed: false,
-            } => write!(f, "nats {subject} (sent)"),
-            Receipt::ZeroMq { socket } => write!(f, "zeromq {socket} (queued)"),
-            Receipt::FanOut(all) => {
-                f.write_str("fan-out [")?;
-                for (i, r) in all.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{r}")?;
-                }
-                f.write_str("]")
-            }
+            return f.write_str("]");
         }
+        write!(f, "{} {}", self.broker, self.destination)?;
+        if let Some(routing_key) = &self.routing_key {
+            write!(f, "/{routing_key}")?;
+        }
+        match &self.position {
+            Some(Position::Offset { partition, offset }) => write!(f, "[{partition}]@{offset}")?,
+            Some(Position::Sequence(sequence)) => write!(f, "#{sequence}")?,
+            Some(Position::Id(id)) => write!(f, " {id}")?,
+            None => {}
+        }
+        if let Some(receivers) = self.receivers {
+            write!(f, " to {receivers} subscribers")?;
+        }
+        if self.duplicate {
+            f.write_str(" (duplicate)")?;
+        }
+        match self.guarantee {
+            Guarantee::Stored => Ok(()),
+            Guarantee::Forwarded => f.write_str(" (processed)"),
+            Guarantee::Sent => f.write_str(" (sent)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_broker_reads_the_same_way() {
+        let stream = Receipt::new("redis", "orders", Guarantee::Stored)
+            .with_position(Position::Id("1700000000000-0".into()));
+        assert_eq!(stream.to_string(), "redis orders 1700000000000-0");
+        let routed =
+            Receipt::new("rabbitmq", "events", Guarantee::Stored).with_routing_key("order.created");
+        assert_eq!(routed.to_string(), "rabbitmq events/order.created");
+        assert_eq!(routed.routing_key(), Some("order.created"));
+        let pubsub = Receipt::new("redis", "news", Guarantee::Forwarded).with_receivers(2);
+        assert_eq!(
+            pubsub.to_string(),
+            "redis news to 2 subscribers (processed)"
+        );
+        assert!(!pubsub.is_confirmed());
+        let again = Receipt::new("nats", "ORDERS", Guarantee::Stored)
+            .with_position(Position::Sequence(7))
+            .with_duplicate(true);
+        assert_eq!(again.to_string(), "nats ORDERS#7 (duplicate)");
+        let queued = Receipt::new("zeromq", "ticks", Guarantee::Sent);
+        assert_eq!(queued.to_string(), "zeromq ticks (sent)");
+    }
+
+    #[test]
+    fn a_fan_out_is_as_firm_as_its_weakest_part() {
+        let stored =
+            Receipt::new("memory", "a", Guarantee::Stored).with_position(Position::Sequence(1));
+        let sent = Receipt::new("zeromq", "b", Guarantee::Sent);
+        let both = Receipt::fan_out(vec![stored.clone(), sent]);
+        assert_eq!(both.guarantee(), Guarantee::Sent);
+        assert!(!both.is_confirmed());
+        assert_eq!(both.destination(), "a");
+        assert_eq!(both.to_string(), "fan-out [memory a#1, zeromq b (sent)]");
+        let confirmed = Receipt::fan_out(vec![stored.clone(), stored]);
+        assert!(confirmed.is_confirmed());
+        assert_eq!(confirmed.parts().len(), 2);
+        assert!(!Receipt::fan_out(Vec::new()).is_confirmed());
     }
 }

@@ -2,6 +2,7 @@
 //! buckets. It installs the process-wide recorder, so it lives alone in this binary.
 
 use std::time::Duration;
+use tower_mq_core::{Guarantee, Position};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,10 +38,8 @@ async fn serves_the_layers_metrics_over_http() {
         if m.payload().is_empty() {
             return Err::<Receipt, BoxError>(Error::permanent("memory", Operation::Publish).into());
         }
-        Ok(Receipt::Memory {
-            topic: m.destination().into(),
-            sequence: 1,
-        })
+        Ok(Receipt::new("memory", m.destination(), Guarantee::Stored)
+            .with_position(Position::Sequence(1)))
     });
     let publisher = MetricsLayer::publish("memory").layer(publisher);
     publisher

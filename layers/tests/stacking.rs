@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tower_mq_core::{Guarantee, Position};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -35,10 +36,8 @@ fn channel_publisher(
         let tx = tx.clone();
         let seq = seq.fetch_add(1, Ordering::SeqCst) as u64 + 1;
         async move {
-            let receipt = Receipt::Memory {
-                topic: msg.destination().into(),
-                sequence: seq,
-            };
+            let receipt = Receipt::new("memory", msg.destination(), Guarantee::Stored)
+                .with_position(Position::Sequence(seq));
             tx.send(msg)?;
             Ok::<_, BoxError>(receipt)
         }

@@ -5,7 +5,7 @@
 //! # Publishing
 //!
 //! [`Publisher`] is a `Service<Message, Response = Receipt, Error = Error>` on rdkafka's
-//! `FutureProducer`, answering [`Receipt::Kafka`] with the partition and offset the
+//! `FutureProducer`, answering a stored [`Receipt`] with the partition and offset the
 //! broker acknowledged. By default the producer is idempotent (`enable.idempotence=true`,
 //! `acks=all`): librdkafka's own retries neither duplicate nor reorder. The key decides
 //! the partition (Java-compatible murmur2 hashing), so messages with one key keep their
@@ -184,7 +184,7 @@
 //! # }
 //! ```
 //!
-//! [`Receipt::Kafka`]: crate::Receipt::Kafka
+//! [`Receipt`]: crate::Receipt
 //! [`HeaderValue::Bytes`]: crate::HeaderValue::Bytes
 //! [`HeaderValue::Null`]: crate::HeaderValue::Null
 //! [`PropertyHeaders::kebab_case`]: crate::wire::PropertyHeaders::kebab_case

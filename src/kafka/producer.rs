@@ -15,7 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::time::{sleep, Sleep};
 use tower::Service;
-use tower_mq_core::{Error, Message, Operation, Receipt};
+use tower_mq_core::{Error, Guarantee, Message, Operation, Position, Receipt};
 
 use super::config::Config;
 use super::error::from_kafka;
@@ -414,11 +414,11 @@ impl Future for ResponseFuture {
                     let topic = std::mem::take(topic);
                     this.state = State::Done;
                     return Poll::Ready(match result {
-                        Ok(Ok(delivered)) => Ok(Receipt::Kafka {
-                            topic,
-                            partition: delivered.partition,
-                            offset: delivered.offset,
-                        }),
+                        Ok(Ok(delivered)) => Ok(Receipt::new(BROKER, topic, Guarantee::Stored)
+                            .with_position(Position::Offset {
+                                partition: delivered.partition,
+                                offset: delivered.offset,
+                            })),
                         Ok(Err((error, _))) => {
                             Err(from_kafka(Operation::Publish, Some(&topic), error))
                         }

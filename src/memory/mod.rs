@@ -40,7 +40,7 @@
 //! use futures_util::StreamExt;
 //! use tower::ServiceExt;
 //! use tower_mq::memory::Broker;
-//! use tower_mq::{Message, Receipt};
+//! use tower_mq::{Guarantee, Message, Position, Receipt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_mq::Error> {
@@ -51,7 +51,8 @@
 //!     .publisher()
 //!     .oneshot(Message::new("orders", "order 42"))
 //!     .await?;
-//! assert_eq!(receipt, Receipt::Memory { topic: "orders".into(), sequence: 1 });
+//! assert_eq!(receipt.guarantee(), Guarantee::Stored);
+//! assert_eq!(receipt.position(), Some(&Position::Sequence(1)));
 //!
 //! let delivery = consumer.next().await.expect("the consumer is open")?;
 //! assert_eq!(delivery.message().payload().as_ref(), b"order 42");

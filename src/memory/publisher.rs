@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use tokio::time::{sleep_until, Sleep};
 use tower::Service;
-use tower_mq_core::{Error, Message, Operation, Receipt};
+use tower_mq_core::{Error, Guarantee, Message, Operation, Position, Receipt};
 
 use super::state::Reserve;
 use super::{validate_name, Shared, BROKER};
@@ -15,7 +15,8 @@ use super::{validate_name, Shared, BROKER};
 /// `Service<Message, Response = Receipt, Error = Error>`.
 ///
 /// `poll_ready` reserves room for one message and returns `Pending` while the broker is
-/// full; `call` stores the message and answers [`Receipt::Memory`]. Cloning gives a
+/// full; `call` stores the message and answers a stored [`Receipt`] with the
+/// topic's sequence number ([`Position::Sequence`]). Cloning gives a
 /// publisher without a reservation. An invalid topic name or an oversize payload is a
 /// permanent error naming the topic. See the [module docs](super).
 pub struct Publisher {
@@ -134,6 +135,9 @@ impl Service<Message> for Publisher {
         let published = self.shared.lock().publish_reserved(message, |name| {
             validate_name(name, Operation::Publish, name, "topic")
         });
-        ready(published.map(|sequence| Receipt::Memory { topic, sequence }))
+        ready(published.map(|sequence| {
+            Receipt::new(BROKER, topic, Guarantee::Stored)
+                .with_position(Position::Sequence(sequence))
+        }))
     }
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Service, ServiceExt};
-use tower_mq_core::{dead_letter, ErrorKind, Message, Operation, Receipt};
+use tower_mq_core::{dead_letter, ErrorKind, Guarantee, Message, Operation, Position, Receipt};
 
 use super::*;
 
@@ -306,10 +306,8 @@ async fn receipts_number_messages_per_topic() {
         let receipt = publish(&broker, Message::new(topic, "")).await.unwrap();
         assert_eq!(
             receipt,
-            Receipt::Memory {
-                topic: topic.into(),
-                sequence
-            }
+            Receipt::new("memory", topic, Guarantee::Stored)
+                .with_position(Position::Sequence(sequence))
         );
     }
 }

@@ -2,7 +2,7 @@
 //! (plain or in a queue group) as streams of deliveries.
 //!
 //! Core NATS delivers **at most once**: the server forwards a message to the
-//! subscribers connected at that moment and keeps nothing. A [`Receipt::Nats`] says the
+//! subscribers connected at that moment and keeps nothing. A [`Receipt`] of [`Guarantee::Forwarded`] says the
 //! server processed the message (a round trip after it, on a connection that stayed up
 //! until the server answered, confirmed it); it does not say anyone received it. The
 //! round trip is shared: every publish waiting at the same time on a connection is
@@ -39,7 +39,8 @@
 //! # }
 //! ```
 //!
-//! [`Receipt::Nats`]: crate::Receipt::Nats
+//! [`Receipt`]: crate::Receipt
+//! [`Guarantee::Forwarded`]: crate::Guarantee::Forwarded
 
 use std::fmt;
 use std::pin::Pin;
@@ -48,7 +49,7 @@ use std::task::{Context, Poll};
 use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use tower::Service;
-use tower_mq_core::{Code, Delivery, Error, ErrorKind, Message, Operation, Receipt};
+use tower_mq_core::{Code, Delivery, Error, ErrorKind, Guarantee, Message, Operation, Receipt};
 
 use super::headers::{self, Flavour};
 use super::{error, Connection, Readiness};
@@ -57,7 +58,7 @@ use crate::wire::PropertyHeaders;
 /// Publishes a message and waits until the server processed it:
 /// `Service<Message, Response = Receipt>`.
 ///
-/// The receipt is [`Receipt::Nats`]: delivered at most once (see the
+/// The receipt is [`Guarantee::Forwarded`]: delivered at most once (see the
 /// [module docs](self)). `poll_ready` is `Pending` while the connection is down.
 /// Cloning is cheap; clones share the connection. The publisher is
 /// `Send + Sync + Clone`: keep one in axum state or a `BoxCloneSyncService`.
@@ -135,10 +136,16 @@ impl Service<Message> for Publisher {
             if wait_processed {
                 confirm(&connection, connects, message.destination()).await?;
             }
-            Ok(Receipt::Nats {
-                subject: message.destination().to_owned(),
-                processed: wait_processed,
-            })
+            let guarantee = if wait_processed {
+                Guarantee::Forwarded
+            } else {
+                Guarantee::Sent
+            };
+            Ok(Receipt::new(
+                super::BROKER,
+                message.destination(),
+                guarantee,
+            ))
         })
     }
 }
@@ -198,9 +205,8 @@ impl Service<Vec<Message>> for BatchPublisher {
             let connects = connection.connects();
             let mut results = Vec::with_capacity(messages.len());
             for message in &messages {
-                results.push(send(&connection, message).await.map(|()| Receipt::Nats {
-                    subject: message.destination().to_owned(),
-                    processed: true,
+                results.push(send(&connection, message).await.map(|()| {
+                    Receipt::new(super::BROKER, message.destination(), Guarantee::Forwarded)
                 }));
             }
             let destination = messages.first().map(Message::destination).unwrap_or("");

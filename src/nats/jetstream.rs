@@ -5,7 +5,7 @@
 //! # Publishing
 //!
 //! [`Publisher`] publishes a message and waits for the stream's ack:
-//! [`Receipt::JetStream`] names the stream, the sequence number and whether the stream
+//! the stored [`Receipt`] names the stream, the sequence number and whether the stream
 //! had already stored a message with the same `Nats-Msg-Id` (a duplicate is not stored
 //! twice). The message id travels as `Nats-Msg-Id`; a message without one is stored
 //! every time it is published. Headers and properties travel as [`headers`] lays out.
@@ -30,7 +30,7 @@
 //! - `nack(delay)` asks for redelivery after `delay` (a nak with delay);
 //! - `reject(reason)` dead-letters: JetStream has no dead-letter queue, so the message
 //!   is published to the consumer's dead-letter subject (if configured with
-//!   [`ConsumerConfig::with_dead_letter`](super::ConsumerConfig::with_dead_letter))
+//!   [`ConsumerConfig::with_dead_letter`](super::config::ConsumerConfig::with_dead_letter))
 //!   with the shared [dead-letter headers](crate::dead_letter): reason, original
 //!   subject, stream, sequence, consumer, deliveries, original message id and time,
 //!   and then terminated (`+TERM`: never delivered again). Without a dead-letter
@@ -100,7 +100,7 @@
 //! # }
 //! ```
 //!
-//! [`Receipt::JetStream`]: crate::Receipt::JetStream
+//! [`Receipt`]: crate::Receipt
 //! [`Message::with_message_id`]: crate::Message::with_message_id
 
 use std::fmt;
@@ -120,7 +120,8 @@ use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use tower::Service;
 use tower_mq_core::{
-    dead_letter, Acker, Acknowledge, Delivery, Error, ErrorKind, Message, Operation, Receipt,
+    dead_letter, Acker, Acknowledge, Delivery, Error, ErrorKind, Guarantee, Message, Operation,
+    Position, Receipt,
 };
 
 use super::config::{Config, ConsumerConfig, Retention, Storage, StreamConfig};
@@ -290,7 +291,8 @@ fn consumer_error(
 }
 
 /// Publishes to a stream and waits for its ack: `Service<Message, Response = Receipt>`
-/// answering [`Receipt::JetStream`].
+/// answering a stored [`Receipt`] with the stream, its sequence number
+/// ([`Position::Sequence`]) and whether it was a duplicate.
 ///
 /// See the [module docs](self) for deduplication and the ack-timeout pitfall.
 /// `poll_ready` is `Pending` while the connection is down. Clones share the
@@ -464,11 +466,9 @@ async fn confirm(
     ack: PublishAckFuture,
 ) -> Result<Receipt, Error> {
     match ack.await {
-        Ok(ack) => Ok(Receipt::JetStream {
-            stream: ack.stream,
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        }),
+        Ok(ack) => Ok(Receipt::new(super::BROKER, ack.stream, Guarantee::Stored)
+            .with_position(Position::Sequence(ack.sequence))
+            .with_duplicate(ack.duplicate)),
         Err(err) => Err(publish_failed(context, subject, err).await),
     }
 }

@@ -4,7 +4,7 @@
 //! One [`Connection`] (an async-nats client) serves every service built on it:
 //!
 //! - **Core NATS** ([`core`]): [`Publisher`] publishes each message, waits until the
-//!   server processed it and answers [`Receipt::Nats`]: the server had the message,
+//!   server processed it and answers a [`Receipt`] of [`Guarantee::Forwarded`]: the server had the message,
 //!   and it went to the
 //!   subscribers present at that moment, **at most once**; nothing is stored.
 //!   [`BatchPublisher`] publishes a batch and waits for the server once. [`Subscriber`] is a
@@ -105,7 +105,8 @@
 //! # }
 //! ```
 //!
-//! [`Receipt::Nats`]: crate::Receipt::Nats
+//! [`Receipt`]: crate::Receipt
+//! [`Guarantee::Forwarded`]: crate::Guarantee::Forwarded
 
 use std::fmt;
 use std::future::Future;

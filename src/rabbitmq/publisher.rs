@@ -15,7 +15,7 @@ use super::error::amqp_error;
 use super::mapping::{outgoing, Outgoing};
 use crate::error::{Error, Operation};
 use crate::message::Message;
-use crate::receipt::Receipt;
+use crate::receipt::{Guarantee, Receipt};
 
 /// The future a publisher's `call` returns.
 pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'static>>;
@@ -24,8 +24,8 @@ pub type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 ///
 /// A `Service<Message, Response = Receipt, Error = tower_mq::Error>`:
 ///
-/// - **Confirms.** Every pooled channel is in confirm mode; the [`Receipt::RabbitMq`]
-///   comes from the broker's `basic.ack`. A `basic.nack` (the broker could not take
+/// - **Confirms.** Every pooled channel is in confirm mode; the stored [`Receipt`]
+///   (with its routing key) comes from the broker's `basic.ack`. A `basic.nack` (the broker could not take
 ///   the message, e.g. a full queue with `reject-publish`) is a transient error.
 /// - **Mandatory.** Messages are published `mandatory` unless
 ///   [`Config::mandatory`] says otherwise; a message no queue is bound for comes back
@@ -283,9 +283,6 @@ impl Pending {
                 "message",
             )
             .await?;
-        Ok(Receipt::RabbitMq {
-            exchange,
-            routing_key,
-        })
+        Ok(Receipt::new(super::BROKER, exchange, Guarantee::Stored).with_routing_key(routing_key))
     }
 }

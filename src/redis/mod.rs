@@ -1,7 +1,7 @@
 //! Redis: Streams publishers and consumer groups, and Pub/Sub.
 //!
 //! - [`StreamPublisher`] appends a [`Message`] to a stream with `XADD` and answers
-//!   [`Receipt::RedisStream`] with the entry id; optional `MAXLEN` trimming (approximate
+//!   a stored [`Receipt`] with the entry id as its [`Position::Id`]; optional `MAXLEN` trimming (approximate
 //!   `~` by default). [`StreamBatchPublisher`] pipelines a whole batch in one round trip
 //!   (the batch layer feeds it).
 //! - [`StreamConsumer`] reads a stream in a consumer group (`XREADGROUP ... BLOCK` on a
@@ -9,8 +9,8 @@
 //!   consumers that died with `XAUTOCLAIM`, counts deliveries from the pending entries
 //!   list and moves a message to a dead-letter stream when it is rejected or has been
 //!   delivered too often. See [`streams`] for the details.
-//! - [`PubSubPublisher`] sends with `PUBLISH` ([`Receipt::RedisPubSub`] with the number of
-//!   receivers) and [`PubSubConsumer`] receives with `SUBSCRIBE` / `PSUBSCRIBE`,
+//! - [`PubSubPublisher`] sends with `PUBLISH` (a [`Receipt`] of [`Guarantee::Forwarded`] with the
+//!   number of [receivers](crate::Receipt::receivers)) and [`PubSubConsumer`] receives with `SUBSCRIBE` / `PSUBSCRIBE`,
 //!   subscribing again by itself after a reconnect. Pub/Sub is at most once: deliveries
 //!   are [`Delivery::unacknowledged`] and messages published while a subscriber is
 //!   disconnected are not delivered to it. See [`pubsub`].
@@ -136,8 +136,9 @@
 //! ```
 //!
 //! [`Message`]: crate::Message
-//! [`Receipt::RedisStream`]: crate::Receipt::RedisStream
-//! [`Receipt::RedisPubSub`]: crate::Receipt::RedisPubSub
+//! [`Receipt`]: crate::Receipt
+//! [`Position::Id`]: crate::Position::Id
+//! [`Guarantee::Forwarded`]: crate::Guarantee::Forwarded
 //! [`Delivery::unacknowledged`]: crate::Delivery::unacknowledged
 //! [`Error`]: crate::Error
 //! [`HeaderValue::Bytes`]: crate::HeaderValue::Bytes

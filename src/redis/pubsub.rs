@@ -1,8 +1,9 @@
 //! Redis Pub/Sub: a `PUBLISH` publisher and a `SUBSCRIBE` / `PSUBSCRIBE` consumer.
 //!
 //! Pub/Sub is **at most once**: a message reaches the subscribers connected when it is
-//! published, and nobody else. [`Publisher`] answers [`Receipt::RedisPubSub`] with
-//! how many subscribers received it (0 is not an error: nobody was listening).
+//! published, and nobody else. [`Publisher`] answers a [`Receipt`] of
+//! [`Guarantee::Forwarded`] with how many subscribers
+//! [received](Receipt::receivers) it (0 is not an error: nobody was listening).
 //! [`Consumer`] yields [`Delivery::unacknowledged`] deliveries (settling them tells
 //! no broker). When its connection drops it yields one transient error (messages
 //! published until it is back are lost to it), reconnects with backoff and subscribes
@@ -51,7 +52,7 @@
 //!     PubSubConsumer::subscribe(&config, [Subscription::pattern("prices.*")]).await?;
 //! let mut publisher = PubSubPublisher::connect(&config).await?;
 //! let receipt = publisher.ready().await?.call(Message::new("prices.eur", "1.08")).await?;
-//! assert!(matches!(receipt, Receipt::RedisPubSub { receivers: 1, .. }));
+//! assert_eq!(receipt.receivers(), Some(1));
 //! let delivery = consumer.next().await.expect("subscribed")?;
 //! assert_eq!(delivery.message().destination(), "prices.eur");
 //!
@@ -72,7 +73,8 @@
 //! # }
 //! ```
 //!
-//! [`Receipt::RedisPubSub`]: crate::Receipt::RedisPubSub
+//! [`Receipt`]: crate::Receipt
+//! [Receipt::receivers]: crate::Receipt::receivers
 //! [`Config::with_pubsub_framing`]: super::Config::with_pubsub_framing
 //! [`Delivery::unacknowledged`]: crate::Delivery::unacknowledged
 
@@ -97,7 +99,7 @@ use super::layout::{
     StreamLayout, ENVELOPE_MAGIC,
 };
 use super::{redis_error, BROKER};
-use crate::{Delivery, Error, Message, Operation, Receipt};
+use crate::{Delivery, Error, Guarantee, Message, Operation, Receipt};
 
 /// How Pub/Sub messages are framed; see the [module docs](self#framing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -207,7 +209,10 @@ impl Service<Message> for Publisher {
                 .await;
             conn.record(&result);
             match result {
-                Ok(receivers) => Ok(Receipt::RedisPubSub { channel, receivers }),
+                Ok(receivers) => {
+                    Ok(Receipt::new(BROKER, channel, Guarantee::Forwarded)
+                        .with_receivers(receivers))
+                }
                 Err(err) => Err(redis_error(Operation::Publish, &channel, err)),
             }
         })

@@ -33,7 +33,7 @@
 //! as in libzmq. Publish a probe until the subscriber sees it, or use PUSH/PULL when
 //! the first messages matter.
 //!
-//! ZeroMQ itself confirms nothing: a [`Receipt::ZeroMq`](crate::Receipt::ZeroMq) means
+//! ZeroMQ itself confirms nothing: a receipt is [`Guarantee::Sent`](crate::Guarantee::Sent):
 //! "handed to the socket", and deliveries are [untracked](crate::Delivery::unacknowledged)
 //! (settling them tells no one). What a peer that restarts had received but not
 //! handled, and what was queued for it or in flight on the old connection, is lost:

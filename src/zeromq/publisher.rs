@@ -16,7 +16,7 @@ use zeromq::{ZmqError, ZmqMessage};
 
 use super::socket::{self, Command, Direct, Handle, Kind};
 use super::{frame, Config, BROKER};
-use crate::{Error, Message, Operation, Receipt};
+use crate::{Error, Guarantee, Message, Operation, Receipt};
 
 /// A PUB or PUSH socket as a `Service<Message, Response = Receipt>`.
 ///
@@ -24,8 +24,9 @@ use crate::{Error, Message, Operation, Receipt};
 /// without one, and what it sends while no subscriber wants it is dropped (PUB's
 /// contract, as in libzmq: use [`wait_for_peers`](Self::wait_for_peers) first when
 /// the first messages matter). Either is `Pending` while as many sends as the send
-/// queue holds are waiting for the socket. The [`Receipt::ZeroMq`] names the message's
-/// destination (topic) and means the socket took the message. Clones share the socket,
+/// queue holds are waiting for the socket. The [`Receipt`] names the message's
+/// destination (topic) and is [`Guarantee::Sent`](crate::Guarantee::Sent): the socket
+/// took the message. Clones share the socket,
 /// and each send goes to it directly, not through the socket's task. See the
 /// [module docs](super).
 ///
@@ -281,11 +282,7 @@ async fn send(
     loop {
         let sent = direct.socket.lock().await.send(message).await;
         match sent {
-            Ok(()) => {
-                return Ok(Receipt::ZeroMq {
-                    socket: destination,
-                })
-            }
+            Ok(()) => return Ok(Receipt::new(BROKER, destination, Guarantee::Sent)),
             Err(ZmqError::ReturnToSender { message: back, .. }) if need_peer => {
                 message = back;
                 let mut peers = direct.peers.clone();
@@ -366,9 +363,7 @@ impl Future for ResponseFuture {
             } => {
                 let result = ready!(Pin::new(rx).poll(cx));
                 Poll::Ready(match result {
-                    Ok(Ok(())) => Ok(Receipt::ZeroMq {
-                        socket: destination.clone(),
-                    }),
+                    Ok(Ok(())) => Ok(Receipt::new(BROKER, destination.clone(), Guarantee::Sent)),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(Error::transient(BROKER, Operation::Publish)
                         .with_destination(destination.clone())

@@ -23,7 +23,9 @@ use tower_mq::nats::config::ConsumerConfig;
 use tower_mq::nats::jetstream::JetStream;
 use tower_mq::nats::{Config, Connection, Publisher, Requester, Subscriber};
 use tower_mq::wire::{Property, PropertyHeaders};
-use tower_mq::{Delivery, Error, ErrorKind, HeaderValue, Message, Operation, Receipt};
+use tower_mq::{
+    Delivery, Error, ErrorKind, Guarantee, HeaderValue, Message, Operation, Position, Receipt,
+};
 
 /// Upper bound on waiting for something that should happen.
 const WAIT: Duration = Duration::from_secs(15);
@@ -768,11 +770,9 @@ async fn jetstream_tower_mq_messages_read_exactly_in_the_plain_client() {
         .unwrap();
     assert_eq!(
         receipt,
-        Receipt::JetStream {
-            stream: name.clone(),
-            sequence: 1,
-            duplicate: false
-        }
+        Receipt::new("nats", name.clone(), Guarantee::Stored)
+            .with_position(Position::Sequence(1))
+            .with_duplicate(false)
     );
     publisher
         .clone()
@@ -885,11 +885,11 @@ async fn jetstream_publishing_what_nats_cannot_carry_is_a_permanent_error() {
     // Nothing was stored before: the first message that went out is sequence 1.
     assert_eq!(
         results[1].as_ref().ok(),
-        Some(&Receipt::JetStream {
-            stream: name.clone(),
-            sequence: 1,
-            duplicate: false
-        })
+        Some(
+            &Receipt::new("nats", name.clone(), Guarantee::Stored)
+                .with_position(Position::Sequence(1))
+                .with_duplicate(false)
+        )
     );
     delete_streams(&context, &[&name]).await;
 }

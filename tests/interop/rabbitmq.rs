@@ -389,7 +389,7 @@ async fn tower_mq_messages_reach_a_plain_client_exactly() {
     let receipt = publish(&mut publisher, full).await.expect("publish");
     assert!(matches!(
         &receipt,
-        Receipt::RabbitMq { exchange: e, routing_key } if *e == exchange && routing_key == "order.créé"
+        r if r.destination() == exchange && r.routing_key() == Some("order.créé")
     ));
     let got = plain.must_get(&queue, "the full message").await;
     assert_eq!(got.exchange.as_str(), exchange);

@@ -17,7 +17,9 @@ use tower_mq::redis::{
     StreamLayout, StreamPublisher, Subscription,
 };
 use tower_mq::wire::PropertyHeaders;
-use tower_mq::{Delivery, ErrorKind, HeaderValue, Message, Operation, Receipt};
+use tower_mq::{
+    Delivery, ErrorKind, Guarantee, HeaderValue, Message, Operation, Position, Receipt,
+};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
 const WAIT: Duration = Duration::from_secs(15);
@@ -252,7 +254,7 @@ async fn streams_entries_written_by_tower_mq_are_read_exactly_by_a_plain_client(
         .with_timestamp(at());
     rich.headers_mut().append("hop", "core");
     let receipt = publish(&mut publisher, rich).await;
-    let Receipt::RedisStream { id, .. } = &receipt else {
+    let Some(Position::Id(id)) = receipt.position() else {
         panic!("not a stream receipt: {receipt:?}")
     };
     publish(&mut publisher, Message::new(&stream, "")).await;
@@ -665,10 +667,7 @@ async fn pubsub_messages_from_tower_mq_are_read_exactly_by_a_plain_subscriber() 
         let receipt = publish(&mut publisher, Message::new(&channel, payload.clone())).await;
         assert_eq!(
             receipt,
-            Receipt::RedisPubSub {
-                channel: channel.clone(),
-                receivers: 1
-            }
+            Receipt::new("redis", channel.clone(), Guarantee::Forwarded).with_receivers(1)
         );
         assert_eq!(plain_next(&mut subscriber).await, payload);
     }

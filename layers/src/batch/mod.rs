@@ -40,6 +40,7 @@
 //! use std::time::Duration;
 //! use tower::{service_fn, Layer, ServiceExt};
 //! use tower_mq_core::{BoxError, Message, Receipt};
+//! use tower_mq_core::{Guarantee, Position};
 //! use tower_mq_layers::batch::BatchLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
@@ -48,7 +49,7 @@
 //!     let results: Vec<Result<Receipt, BoxError>> = batch
 //!         .iter()
 //!         .enumerate()
-//!         .map(|(i, m)| Ok(Receipt::Memory { topic: m.destination().into(), sequence: i as u64 + 1 }))
+//!         .map(|(i, m)| Ok(Receipt::new("memory", m.destination(), Guarantee::Stored).with_position(Position::Sequence(i as u64 + 1))))
 //!         .collect();
 //!     Ok::<_, BoxError>(results)
 //! });
@@ -59,8 +60,8 @@
 //! let a = publisher.clone().oneshot(Message::new("orders", "a"));
 //! let b = publisher.clone().oneshot(Message::new("orders", "b"));
 //! let (a, b) = tokio::join!(a, b);
-//! assert_eq!(a?, Receipt::Memory { topic: "orders".into(), sequence: 1 });
-//! assert_eq!(b?, Receipt::Memory { topic: "orders".into(), sequence: 2 });
+//! assert_eq!(a?, Receipt::new("memory", "orders", Guarantee::Stored).with_position(Position::Sequence(1)));
+//! assert_eq!(b?, Receipt::new("memory", "orders", Guarantee::Stored).with_position(Position::Sequence(2)));
 //! publisher.shutdown().await;
 //! # Ok(()) }
 //! ```

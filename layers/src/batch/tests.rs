@@ -1,4 +1,5 @@
 use std::time::Duration;
+use tower_mq_core::{Guarantee, Position};
 
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
@@ -15,10 +16,7 @@ type Results = Vec<Result<Receipt, BoxError>>;
 type Handle = mock::Handle<Vec<Message>, Results>;
 
 fn receipt(seq: u64) -> Receipt {
-    Receipt::Memory {
-        topic: "t".into(),
-        sequence: seq,
-    }
+    Receipt::new("memory", "t", Guarantee::Stored).with_position(Position::Sequence(seq))
 }
 
 fn ok_for(batch: &[Message]) -> Results {

@@ -19,6 +19,7 @@
 //! use serde::{Deserialize, Serialize};
 //! use tower::{service_fn, Layer, ServiceExt};
 //! use tower_mq_core::{BoxError, Delivery, Message, Receipt};
+//! use tower_mq_core::{Guarantee, Position};
 //! use tower_mq_layers::codec::{DecodeLayer, EncodeLayer};
 //!
 //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -28,7 +29,7 @@
 //! let publisher = service_fn(|msg: Message| async move {
 //!     assert_eq!(msg.content_type(), Some("application/json"));
 //!     assert_eq!(&msg.payload()[..], br#"{"id":7}"#);
-//!     Ok::<_, BoxError>(Receipt::Memory { topic: msg.destination().into(), sequence: 1 })
+//!     Ok::<_, BoxError>(Receipt::new("memory", msg.destination(), Guarantee::Stored).with_position(Position::Sequence(1)))
 //! });
 //! let orders = EncodeLayer::json("orders").layer(publisher);
 //! orders.oneshot(Order { id: 7 }).await?;

@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{Layer, ServiceExt};
 use tower_mq_core::{BoxError, Delivery, ErrorKind, Message, Receipt};
+use tower_mq_core::{Guarantee, Position};
 use tower_test::mock;
 
 use super::error::{DecodeError, EncodeError};
@@ -31,10 +32,9 @@ async fn encode_publishes_json_with_content_type() {
     assert_eq!(msg.content_type(), Some("application/json"));
     let back: Order = serde_json::from_slice(msg.payload()).expect("valid json");
     assert_eq!(back.id, 1);
-    send.send_response(Receipt::Memory {
-        topic: "orders".into(),
-        sequence: 1,
-    });
+    send.send_response(
+        Receipt::new("memory", "orders", Guarantee::Stored).with_position(Position::Sequence(1)),
+    );
     assert!(fut.await.is_ok());
 }
 
@@ -56,10 +56,9 @@ async fn encode_completes_the_message_from_the_value() {
     assert_eq!(msg.key_str(), Some("tea"));
     assert_eq!(msg.message_id(), Some("order-9"));
     assert_eq!(msg.content_type(), Some("application/json"));
-    send.send_response(Receipt::Memory {
-        topic: "orders".into(),
-        sequence: 1,
-    });
+    send.send_response(
+        Receipt::new("memory", "orders", Guarantee::Stored).with_position(Position::Sequence(1)),
+    );
     fut.await.expect("join").expect("published");
 }
 

@@ -25,6 +25,7 @@
 //! ```
 //! use tower::{service_fn, Layer, ServiceExt};
 //! use tower_mq_core::{BoxError, Delivery, Message, Receipt};
+//! use tower_mq_core::{Guarantee, Position};
 //! use tower_mq_layers::compression::{CompressLayer, DecompressLayer, Encoding};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
@@ -33,7 +34,7 @@
 //!     let tx = tx.clone();
 //!     async move {
 //!         tx.send(msg)?;
-//!         Ok::<_, BoxError>(Receipt::Memory { topic: "logs".into(), sequence: 1 })
+//!         Ok::<_, BoxError>(Receipt::new("memory", "logs", Guarantee::Stored).with_position(Position::Sequence(1)))
 //!     }
 //! });
 //! let publisher = CompressLayer::new(Encoding::Zstd).min_size(64).layer(publisher);

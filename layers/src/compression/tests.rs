@@ -1,6 +1,7 @@
 use tokio_test::assert_ready_ok;
 use tower::{Layer, ServiceExt};
 use tower_mq_core::{BoxError, Delivery, ErrorKind, Message, Receipt};
+use tower_mq_core::{Guarantee, Position};
 use tower_test::mock;
 
 use super::error::{CorruptPayload, TooLarge, UnknownEncoding};
@@ -33,10 +34,9 @@ async fn round_trips_every_encoding_through_both_layers() {
         assert_ready_ok!(publisher.poll_ready());
         let fut = publisher.call(Message::new("t", sample()).with_header("h", "v"));
         let (sent, reply) = publisher_handle.next_request().await.expect("published");
-        reply.send_response(Receipt::Memory {
-            topic: "t".into(),
-            sequence: 1,
-        });
+        reply.send_response(
+            Receipt::new("memory", "t", Guarantee::Stored).with_position(Position::Sequence(1)),
+        );
         fut.await.expect("publish ok");
         assert_eq!(sent.content_encoding(), Some(encoding.as_str()));
         assert!(sent.payload().len() < sample().len(), "{encoding} shrinks");

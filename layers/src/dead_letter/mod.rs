@@ -36,6 +36,7 @@
 //! ```
 //! use tower::{service_fn, Layer, ServiceExt};
 //! use tower_mq_core::{BoxError, Delivery, Message, Permanent, Receipt, Settlement};
+//! use tower_mq_core::{Guarantee, Position};
 //! use tower_mq_layers::dead_letter::{headers, DeadLetterLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
@@ -43,7 +44,7 @@
 //! let dlq = service_fn(move |msg: Message| {
 //!     let tx = tx.clone();
 //!     async move {
-//!         let receipt = Receipt::Memory { topic: msg.destination().into(), sequence: 1 };
+//!         let receipt = Receipt::new("memory", msg.destination(), Guarantee::Stored).with_position(Position::Sequence(1));
 //!         tx.send(msg)?;
 //!         Ok::<_, BoxError>(receipt)
 //!     }

@@ -1,6 +1,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tower_mq_core::{Guarantee, Position};
 
 use futures_core::future::BoxFuture;
 use tower::{service_fn, Layer, ServiceExt};
@@ -91,10 +92,10 @@ async fn a_permanent_failure_is_dead_lettered_then_acked() {
         .and_then(|t| t.parse().ok())
         .expect("numeric timestamp");
     assert!(ts > 1_600_000_000_000, "{ts}");
-    reply.send_response(Receipt::Memory {
-        topic: "orders.dlq".into(),
-        sequence: 1,
-    });
+    reply.send_response(
+        Receipt::new("memory", "orders.dlq", Guarantee::Stored)
+            .with_position(Position::Sequence(1)),
+    );
     done.await.expect("join").expect("dealt with");
     assert_eq!(d.settlement(), Some(Settlement::Acked));
     assert_eq!(
@@ -137,10 +138,10 @@ async fn the_destination_can_be_named_otherwise() {
     let (dead, reply) = handle.next_request().await.expect("dead-lettered");
     assert_eq!(dead.destination(), "dead.orders");
     assert_eq!(dead.headers().get_str(headers::DELIVERIES), Some("3"));
-    reply.send_response(Receipt::Memory {
-        topic: "dead.orders".into(),
-        sequence: 1,
-    });
+    reply.send_response(
+        Receipt::new("memory", "dead.orders", Guarantee::Stored)
+            .with_position(Position::Sequence(1)),
+    );
     done.await.expect("join").expect("dealt with");
     assert_eq!(d.settlement(), Some(Settlement::Acked));
 }
@@ -195,10 +196,10 @@ async fn a_failed_ack_after_dead_lettering_surfaces() {
     );
     let done = tokio::spawn(svc.oneshot(d.clone()));
     let (_, reply) = handle.next_request().await.expect("dead-lettered");
-    reply.send_response(Receipt::Memory {
-        topic: "orders.dlq".into(),
-        sequence: 1,
-    });
+    reply.send_response(
+        Receipt::new("memory", "orders.dlq", Guarantee::Stored)
+            .with_position(Position::Sequence(1)),
+    );
     let err = done.await.expect("join").expect_err("ack failed");
     assert!(err.is::<DeadLetterFailed>(), "{err}");
     assert_eq!(acks.load(Ordering::SeqCst), 1);

@@ -40,12 +40,13 @@
 //! ```
 //! use tower::{service_fn, Layer, ServiceExt};
 //! use tower_mq_core::{BoxError, Message, Receipt};
+//! use tower_mq_core::{Guarantee, Position};
 //! use tower_mq_layers::metrics::MetricsLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
 //! // In an application: tower_mq_layers::metrics::install_prometheus(([0, 0, 0, 0], 9000))?;
 //! let publisher = service_fn(|m: Message| async move {
-//!     Ok::<_, BoxError>(Receipt::Memory { topic: m.destination().into(), sequence: 1 })
+//!     Ok::<_, BoxError>(Receipt::new("memory", m.destination(), Guarantee::Stored).with_position(Position::Sequence(1)))
 //! });
 //! let publisher = MetricsLayer::publish("memory").layer(publisher);
 //! publisher.oneshot(Message::new("orders", "{}")).await?;
@@ -115,7 +116,7 @@ impl<S> Metrics<S> {
 }
 
 impl<S, C, L> Metrics<S, C, L> {
-    /// Classifies failures (errors) with `classifier`, a [`Classifier`]; every
+    /// Classifies failures (errors) with `classifier`, a [`Classifier`](crate::classify::Classifier); every
     /// response counts as `ok`.
     pub fn with_classifier<C2>(self, classifier: C2) -> Metrics<S, ErrorsOnly<C2>, L> {
         self.with_outcome_classifier(ErrorsOnly(classifier))

@@ -1,4 +1,5 @@
 use std::time::Duration;
+use tower_mq_core::{Guarantee, Position};
 
 use tokio_test::assert_ready_ok;
 use tower::{Layer, Service, ServiceExt};
@@ -10,10 +11,7 @@ use super::MetricsLayer;
 use crate::test_metrics::Recorded;
 
 fn receipt() -> Receipt {
-    Receipt::Memory {
-        topic: "orders".into(),
-        sequence: 1,
-    }
+    Receipt::new("memory", "orders", Guarantee::Stored).with_position(Position::Sequence(1))
 }
 
 const PUBLISH: [(&str, &str); 3] = [

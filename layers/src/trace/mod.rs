@@ -37,11 +37,12 @@
 //! ```
 //! use tower::{service_fn, Layer, ServiceExt};
 //! use tower_mq_core::{BoxError, Delivery, Message, Receipt};
+//! use tower_mq_core::{Guarantee, Position};
 //! use tower_mq_layers::trace::TraceLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
 //! let publisher = service_fn(|m: Message| async move {
-//!     Ok::<_, BoxError>(Receipt::Memory { topic: m.destination().into(), sequence: 1 })
+//!     Ok::<_, BoxError>(Receipt::new("memory", m.destination(), Guarantee::Stored).with_position(Position::Sequence(1)))
 //! });
 //! let publisher = TraceLayer::publish("kafka").layer(publisher);
 //! publisher.oneshot(Message::new("orders", "{}")).await?;

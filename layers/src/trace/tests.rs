@@ -6,6 +6,7 @@ use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_mq_core::{BoxError, Delivery, Message, Permanent, Receipt};
+use tower_mq_core::{Guarantee, Position};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -71,10 +72,10 @@ async fn publish_traced(msg: Message) -> Message {
         let tx = tx.clone();
         async move {
             tx.send(m)?;
-            Ok::<_, BoxError>(Receipt::Memory {
-                topic: "orders".into(),
-                sequence: 1,
-            })
+            Ok::<_, BoxError>(
+                Receipt::new("memory", "orders", Guarantee::Stored)
+                    .with_position(Position::Sequence(1)),
+            )
         }
     });
     TraceLayer::publish("kafka")
@@ -197,10 +198,10 @@ async fn without_a_subscriber_nothing_is_written() {
         let tx = tx.clone();
         async move {
             tx.send(m)?;
-            Ok::<_, BoxError>(Receipt::Memory {
-                topic: "orders".into(),
-                sequence: 1,
-            })
+            Ok::<_, BoxError>(
+                Receipt::new("memory", "orders", Guarantee::Stored)
+                    .with_position(Position::Sequence(1)),
+            )
         }
     });
     TraceLayer::publish("kafka")

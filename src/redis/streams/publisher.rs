@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use crate::redis::layout::{encode, Fields, StreamLayout};
 use crate::redis::redis_error;
-use crate::{Error, Message, Operation, Receipt};
+use crate::redis::BROKER;
+use crate::{Error, Guarantee, Message, Operation, Position, Receipt};
 
 /// How a stream is trimmed on every append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,8 @@ struct Options {
 /// `Service<Message, Response = Receipt, Error = Error>`.
 ///
 /// The message's destination names the stream; the stream is created by the first
-/// append. The receipt is [`Receipt::RedisStream`] with the id Redis assigned. Clones
+/// append. The receipt is stored, with the id Redis assigned as its
+/// [`Position::Id`](crate::Position::Id). Clones
 /// share one multiplexed connection; the publisher is `Send + Sync + Clone`: keep one
 /// in axum state or a `BoxCloneSyncService`. See the [module docs](crate::redis) for
 /// the field layout, what is refused, and an example.
@@ -170,7 +172,10 @@ impl Service<Message> for Publisher {
                 .await;
             conn.record(&result);
             match result {
-                Ok(id) => Ok(Receipt::RedisStream { stream, id }),
+                Ok(id) => {
+                    Ok(Receipt::new(BROKER, stream, Guarantee::Stored)
+                        .with_position(Position::Id(id)))
+                }
                 Err(err) => Err(redis_error(Operation::Publish, &stream, err)),
             }
         })
@@ -265,9 +270,10 @@ impl Service<Vec<Message>> for BatchPublisher {
                 .map(|stream| {
                     let stream = stream?;
                     match replies.next() {
-                        Some(Ok(id)) => Ok(Receipt::RedisStream { stream, id }),
+                        Some(Ok(id)) => Ok(Receipt::new(BROKER, stream, Guarantee::Stored)
+                            .with_position(Position::Id(id))),
                         Some(Err(err)) => Err(redis_error(Operation::Publish, &stream, err)),
-                        None => Err(Error::transient(crate::redis::BROKER, Operation::Publish)
+                        None => Err(Error::transient(BROKER, Operation::Publish)
                             .with_destination(stream)
                             .with_reason("the pipeline returned fewer replies than commands")),
                     }

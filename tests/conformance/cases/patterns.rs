@@ -139,12 +139,12 @@ pub async fn fan_out<F: Fixture>() -> Outcome {
             .call(Message::new(&first, format!("m{i}")).with_header("copy", "yes"))
             .await
             .unwrap_or_else(|e| panic!("{}: fan-out failed: {e}", F::NAME));
-        let Receipt::FanOut(receipts) = &receipt else {
-            panic!(
-                "{}: a fan-out answers with Receipt::FanOut, got {receipt}",
-                F::NAME
-            );
-        };
+        let receipts = receipt.parts();
+        assert!(
+            !receipts.is_empty(),
+            "{}: a fan-out answers with the receipts of its parts, got {receipt}",
+            F::NAME
+        );
         let destinations: Vec<&str> = receipts.iter().map(Receipt::destination).collect();
         assert_eq!(destinations, [&first, &second], "{}: {receipt}", F::NAME);
     }
@@ -238,7 +238,7 @@ pub async fn fan_out_partial_failure<F: Fixture>() -> Outcome {
         .await
         .unwrap_or_else(|e| panic!("{}: one good publisher is enough: {e}", F::NAME));
     assert!(
-        matches!(&receipt, Receipt::FanOut(r) if r.len() == 1 && r[0].destination() == topic),
+        receipt.parts().len() == 1 && receipt.parts()[0].destination() == topic,
         "{}: {receipt}",
         F::NAME
     );
