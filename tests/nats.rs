@@ -78,6 +78,24 @@ where
     }
 }
 
+/// The next delivery after an outage: the stream reports what failed meanwhile (a pull
+/// request the restarting server could not take) as transient errors and goes on.
+async fn next_after_outage<S>(stream: &mut S, what: &str) -> Delivery
+where
+    S: Stream<Item = Result<Delivery, Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(delivery))) => return delivery,
+            Ok(Some(Err(err))) if err.is_transient() => continue,
+            Ok(Some(Err(err))) => panic!("receiving {what} failed: {err}"),
+            Ok(None) => panic!("the stream ended before {what}"),
+            Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
+        }
+    }
+}
+
 async fn assert_quiet<S>(stream: &mut S, why: &str)
 where
     S: Stream<Item = Result<Delivery, Error>> + Unpin,
@@ -901,7 +919,7 @@ async fn subscriptions_survive_a_server_restart() {
         receipt.position() == Some(&Position::Sequence(1)),
         "{receipt:?}"
     );
-    let delivery = next(&mut js_sub, "the JetStream message").await;
+    let delivery = next_after_outage(&mut js_sub, "the JetStream message").await;
     assert_eq!(text(&delivery), "across the restart");
     delivery.ack().await.unwrap();
     let again = js_publisher
