@@ -37,20 +37,12 @@ impl JetStream {
 /// `poll_ready` is `Pending` while the connection is down. Clones share the
 /// connection; the publisher is `Send + Sync + Clone`: keep one in axum state or a
 /// `BoxCloneSyncService`.
+// `Clone` is derived: a clone of `Readiness` starts with no wait of its own.
+#[derive(Clone)]
 pub struct Publisher {
     connection: Connection,
     context: async_nats::jetstream::Context,
     readiness: Readiness,
-}
-
-impl Clone for Publisher {
-    fn clone(&self) -> Self {
-        Publisher {
-            connection: self.connection.clone(),
-            context: self.context.clone(),
-            readiness: self.readiness.clone(),
-        }
-    }
 }
 
 impl fmt::Debug for Publisher {
@@ -83,6 +75,8 @@ impl Service<Message> for Publisher {
 /// Each message gets its own result, in order, meaning what [`Publisher`]'s receipt
 /// means; every message carries `Nats-Msg-Id` the same way. The service's own error is
 /// for the connection being closed.
+// `Clone` is derived: a clone of `Readiness` starts with no wait of its own.
+#[derive(Clone)]
 pub struct BatchPublisher {
     connection: Connection,
     context: async_nats::jetstream::Context,
@@ -96,16 +90,6 @@ impl JetStream {
             connection: self.connection.clone(),
             context: self.context.clone(),
             readiness: self.connection.readiness(),
-        }
-    }
-}
-
-impl Clone for BatchPublisher {
-    fn clone(&self) -> Self {
-        BatchPublisher {
-            connection: self.connection.clone(),
-            context: self.context.clone(),
-            readiness: self.readiness.clone(),
         }
     }
 }
