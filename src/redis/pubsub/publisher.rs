@@ -12,13 +12,13 @@ use tower::Service;
 
 use super::Framing;
 use crate::redis::config::Config;
-use crate::redis::connection::{Connection, Reconnected};
+use crate::redis::connection::{Connection, Readiness};
 use crate::redis::future::ResponseFuture;
 use crate::redis::layout::{
     beyond_payload, check_destination, encode, is_plain, pack_envelope, StreamLayout,
     ENVELOPE_MAGIC,
 };
-use crate::redis::{redis_error, BROKER};
+use crate::redis::BROKER;
 use crate::{Error, Guarantee, Message, Operation, Receipt};
 
 /// Publishes messages on Redis Pub/Sub channels with `PUBLISH`: a
@@ -27,11 +27,12 @@ use crate::{Error, Guarantee, Message, Operation, Receipt};
 /// The message's destination names the channel. Clones share one connection; the
 /// publisher is `Send + Sync + Clone`: keep one in axum state or a
 /// `BoxCloneSyncService`. See the [module docs](super).
+// `Clone` is derived: a clone of `Readiness` starts with no wait of its own.
+#[derive(Clone)]
 pub struct Publisher {
-    conn: Connection,
+    readiness: Readiness,
     framing: Framing,
     ignore_unsupported: bool,
-    waiter: Option<Reconnected>,
 }
 
 impl Publisher {
@@ -50,10 +51,9 @@ impl Publisher {
 
     fn from_connection(conn: Connection) -> Self {
         Publisher {
-            conn,
+            readiness: Readiness::new(conn),
             framing: Framing::Plain,
             ignore_unsupported: false,
-            waiter: None,
         }
     }
 
@@ -73,21 +73,10 @@ impl Publisher {
     }
 }
 
-impl Clone for Publisher {
-    fn clone(&self) -> Self {
-        Publisher {
-            conn: self.conn.clone(),
-            framing: self.framing,
-            ignore_unsupported: self.ignore_unsupported,
-            waiter: None,
-        }
-    }
-}
-
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
-            .field("connected", &self.conn.is_up())
+            .field("connected", &self.readiness.connection().is_up())
             .field("framing", &self.framing)
             .field("ignore_unsupported", &self.ignore_unsupported)
             .finish()
@@ -100,11 +89,11 @@ impl Service<Message> for Publisher {
     type Future = ResponseFuture<Receipt>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.conn.poll_up(cx, &mut self.waiter).map(Ok)
+        self.readiness.poll_ready(cx)
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
-        let mut conn = self.conn.clone();
+        let mut conn = self.readiness.connection().clone();
         let message_channel = message.destination().to_owned();
         let ignore_unsupported = self.ignore_unsupported;
         let framing = self.framing;
@@ -116,14 +105,8 @@ impl Service<Message> for Publisher {
                 .arg(payload.as_ref())
                 .query_async(conn.manager_mut())
                 .await;
-            conn.record(&result);
-            match result {
-                Ok(receivers) => {
-                    Ok(Receipt::new(BROKER, channel, Guarantee::Forwarded)
-                        .with_receivers(receivers))
-                }
-                Err(err) => Err(redis_error(Operation::Publish, &channel, err)),
-            }
+            let receivers = conn.checked(result, Operation::Publish, &channel)?;
+            Ok(Receipt::new(BROKER, channel, Guarantee::Forwarded).with_receivers(receivers))
         })
     }
 }
