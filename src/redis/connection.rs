@@ -181,23 +181,6 @@ fn probe_delays(max_backoff: Duration) -> Delays {
     Delays::new(Duration::from_millis(20), max_backoff)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn two_probes_wait_different_delays() {
-        let (mut a, mut b) = (
-            probe_delays(Duration::from_secs(1)),
-            probe_delays(Duration::from_secs(1)),
-        );
-        let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
-        let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
-        assert_ne!(a, b, "two probes back off in lockstep");
-        assert!(a.iter().chain(&b).all(|d| *d <= Duration::from_secs(1)));
-    }
-}
-
 /// `poll_ready` for the publishers on a [`Connection`]: pending while it is down.
 ///
 /// A clone shares the connection and starts with no wait of its own, so services
@@ -228,5 +211,22 @@ impl Readiness {
 impl Clone for Readiness {
     fn clone(&self) -> Self {
         Readiness::new(self.connection.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_probes_wait_different_delays() {
+        let (mut a, mut b) = (
+            probe_delays(Duration::from_secs(1)),
+            probe_delays(Duration::from_secs(1)),
+        );
+        let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
+        let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert_ne!(a, b, "two probes back off in lockstep");
+        assert!(a.iter().chain(&b).all(|d| *d <= Duration::from_secs(1)));
     }
 }

@@ -30,7 +30,7 @@ impl JetStream {
     /// subject and batch size come from `config`, the delivery limit from the server.
     ///
     /// The consumer has a NATS connection of its own (made with this connection's
-    /// [`Config`]): a delivery async-nats cannot parse (a header block
+    /// [`Config`](crate::nats::Config)): a delivery async-nats cannot parse (a header block
     /// that is not UTF-8, say) drops the connection it arrives on, and only the
     /// consumer's then. See [the module docs](super#poison-messages).
     pub async fn consumer(&self, stream: &str, config: &ConsumerConfig) -> Result<Consumer, Error> {

@@ -101,6 +101,8 @@
 //! ```
 //!
 //! [`Receipt`]: crate::Receipt
+//! [`Delivery`]: crate::Delivery
+//! [`headers`]: super::headers
 //! [`Message::with_message_id`]: crate::Message::with_message_id
 
 use std::fmt;

@@ -3,7 +3,7 @@
 //! Pub/Sub is **at most once**: a message reaches the subscribers connected when it is
 //! published, and nobody else. [`Publisher`] answers a [`Receipt`] of
 //! [`Guarantee::Forwarded`] with how many subscribers
-//! [received](Receipt::receivers) it (0 is not an error: nobody was listening).
+//! [received](crate::Receipt::receivers) it (0 is not an error: nobody was listening).
 //! [`Consumer`] yields [`Delivery::unacknowledged`] deliveries (settling them tells
 //! no broker). When its connection drops it yields one transient error (messages
 //! published until it is back are lost to it), reconnects with backoff and subscribes
@@ -74,6 +74,7 @@
 //! ```
 //!
 //! [`Receipt`]: crate::Receipt
+//! [`Guarantee::Forwarded`]: crate::Guarantee::Forwarded
 //! [Receipt::receivers]: crate::Receipt::receivers
 //! [`Config::with_pubsub_framing`]: super::Config::with_pubsub_framing
 //! [`Delivery::unacknowledged`]: crate::Delivery::unacknowledged
