@@ -26,7 +26,7 @@
 //! | `redis` Pub/Sub | — | `PubSubPublisher` | — | `PubSubConsumer` | — | `Config` |
 //! | `kafka` | — | `Publisher` | — | `Consumer` | `Requester` | `Config`, `ConsumerConfig` |
 //! | `nats` core | `Connection` | `Publisher` | `BatchPublisher` | `Subscriber` | `Requester` | `Config` |
-//! | `nats` JetStream | `jetstream::JetStream` | `jetstream::Publisher` | `jetstream::BatchPublisher` | `jetstream::Consumer` | — | `config::ConsumerConfig` |
+//! | `nats` JetStream | `jetstream::JetStream` | `jetstream::Publisher` | `jetstream::BatchPublisher` | `jetstream::Consumer` | — | `config::StreamConfig`, `config::ConsumerConfig` |
 //! | `zeromq` | — | `Publisher` | — | `Consumer` | `Requester` | `Config` |
 //!
 //! Publishers are `Service<Message, Response = Receipt>`, batch publishers
