@@ -13,6 +13,29 @@
 //! the broker's ordinary clients; [`wire`] has the table of where each field of a
 //! [`Message`] goes on each broker, and what is refused.
 //!
+//! # Roles
+//!
+//! Every broker module has the same roles, in files of the same names (`config`,
+//! `connection`, `publisher`, `consumer`, `request`, as the broker needs):
+//!
+//! | broker | connection | publisher | batch publisher | consumer | requester | config |
+//! |---|---|---|---|---|---|---|
+//! | [`memory`] | `Broker` | `Publisher` | — | `Consumer` | [`Requester`] | `Broker::builder` |
+//! | `rabbitmq` | `Connection` | `Publisher` | `BatchPublisher` | `Consumer` | `Requester` | `Config`, `Topology` |
+//! | `redis` Streams | — | `Publisher` | `BatchPublisher` | `Consumer` | [`Requester`] | `Config`, `ConsumerConfig` |
+//! | `redis` Pub/Sub | — | `PubSubPublisher` | — | `PubSubConsumer` | — | `Config` |
+//! | `kafka` | — | `Publisher` | — | `Consumer` | `Requester` | `Config`, `ConsumerConfig` |
+//! | `nats` core | `Connection` | `Publisher` | `BatchPublisher` | `Subscriber` | `Requester` | `Config` |
+//! | `nats` JetStream | `jetstream::JetStream` | `jetstream::Publisher` | `jetstream::BatchPublisher` | `jetstream::Consumer` | — | `config::StreamConfig`, `config::ConsumerConfig` |
+//! | `zeromq` | — | `Publisher` | — | `Consumer` | `Requester` | `Config` |
+//!
+//! Publishers are `Service<Message, Response = Receipt>`, batch publishers
+//! `Service<Vec<Message>>` answering one result per message, consumers `Stream`s of
+//! [`Delivery`]s. Each is built from the module's `Config`, taken by reference
+//! (`connect(&config)`, `subscribe(&config, ..)`), or from its connection where the
+//! broker has one; a broker without a connection type opens one per publisher or
+//! consumer. Each module's `BROKER` constant is the broker name its errors carry.
+//!
 //! # Example
 //!
 //! ```

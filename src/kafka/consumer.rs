@@ -24,7 +24,7 @@ use tower_mq_core::{dead_letter, Acker, Acknowledge, Delivery, Error, Message, O
 use super::config::Config;
 use super::error::from_kafka;
 use super::layout::{from_record, kafka_names, RecordParts};
-use super::producer::Publisher;
+use super::publisher::Publisher;
 use super::BROKER;
 use crate::wire::PropertyHeaders;
 

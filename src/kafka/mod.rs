@@ -194,14 +194,19 @@ mod config;
 pub mod consumer;
 mod error;
 pub mod layout;
-pub mod producer;
+pub mod publisher;
 mod request;
+
+/// The former name of [`publisher`], kept so that paths written against it
+/// (`kafka::producer::ResponseFuture`) still resolve.
+#[doc(hidden)]
+pub use self::publisher as producer;
 
 pub use admin::{Admin, PartitionLag, TopicSpec};
 pub use config::{Compression, Config};
 pub use consumer::{Consumer, ConsumerConfig};
 pub use error::error_kind;
-pub use producer::Publisher;
+pub use publisher::Publisher;
 pub use request::Requester;
 
 /// The broker name on every error of this module.

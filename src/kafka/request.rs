@@ -26,7 +26,7 @@ use tower_mq_core::Error;
 use super::admin::{Admin, TopicSpec};
 use super::config::Config;
 use super::consumer::{Consumer, ConsumerConfig};
-use super::producer::Publisher;
+use super::publisher::Publisher;
 
 /// The [generic requester](crate::request::Requester) over a Kafka [`Publisher`] and a
 /// consumer of a reply topic of its own; made by [`Requester::connect`].

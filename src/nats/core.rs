@@ -62,6 +62,8 @@ use crate::wire::PropertyHeaders;
 /// [module docs](self)). `poll_ready` is `Pending` while the connection is down.
 /// Cloning is cheap; clones share the connection. The publisher is
 /// `Send + Sync + Clone`: keep one in axum state or a `BoxCloneSyncService`.
+// `Clone` is derived: a clone of `Readiness` starts with no wait of its own.
+#[derive(Clone)]
 pub struct Publisher {
     connection: Connection,
     readiness: Readiness,
@@ -96,16 +98,6 @@ impl Publisher {
     /// The connection.
     pub fn connection(&self) -> &Connection {
         &self.connection
-    }
-}
-
-impl Clone for Publisher {
-    fn clone(&self) -> Self {
-        Publisher {
-            connection: self.connection.clone(),
-            readiness: self.readiness.clone(),
-            wait_processed: self.wait_processed,
-        }
     }
 }
 
@@ -158,6 +150,8 @@ impl Service<Message> for Publisher {
 /// confirmation fails, every message that had been handed to the client fails with a
 /// transient error. Receipts mean what [`Publisher`]'s do. The service's own error
 /// is for the connection being closed.
+// `Clone` is derived: a clone of `Readiness` starts with no wait of its own.
+#[derive(Clone)]
 pub struct BatchPublisher {
     connection: Connection,
     readiness: Readiness,
@@ -169,15 +163,6 @@ impl BatchPublisher {
         BatchPublisher {
             connection: connection.clone(),
             readiness: connection.readiness(),
-        }
-    }
-}
-
-impl Clone for BatchPublisher {
-    fn clone(&self) -> Self {
-        BatchPublisher {
-            connection: self.connection.clone(),
-            readiness: self.readiness.clone(),
         }
     }
 }

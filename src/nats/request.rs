@@ -65,6 +65,8 @@ use crate::request::{route, BoxResponseFuture, Routed, Shared, Waiters};
 /// to the requester's inbox). The reply's destination is the subject it arrived on.
 /// Clones share the connection and the inbox; the requester is `Send + Sync + Clone`:
 /// keep one in axum state or a `BoxCloneSyncService`.
+// `Clone` is derived: a clone of `Readiness` starts with no wait of its own.
+#[derive(Clone)]
 pub struct Requester {
     connection: Connection,
     readiness: Readiness,
@@ -95,17 +97,6 @@ impl Requester {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
-    }
-}
-
-impl Clone for Requester {
-    fn clone(&self) -> Self {
-        Requester {
-            connection: self.connection.clone(),
-            readiness: self.readiness.clone(),
-            inbox: self.inbox.clone(),
-            timeout: self.timeout,
-        }
     }
 }
 

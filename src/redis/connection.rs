@@ -13,9 +13,9 @@ use redis::{RedisError, RedisResult};
 use tokio::sync::watch;
 
 use super::config::Config;
-use super::is_connection_error;
+use super::{is_connection_error, redis_error};
 use crate::connect_retry::Delays;
-use crate::Error;
+use crate::{Error, Operation};
 
 /// A [`ConnectionManager`] plus a cheap "is the connection up" flag.
 ///
@@ -39,7 +39,7 @@ struct Health {
 
 /// A future that resolves once the connection is up again. `Sync` so that the
 /// publishers keeping one between polls are `Sync` (axum state, `BoxCloneSyncService`).
-pub(crate) type Reconnected = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+type Reconnected = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 impl Connection {
     pub(crate) async fn connect(config: &Config) -> Result<Self, Error> {
@@ -92,12 +92,20 @@ impl Connection {
         }
     }
 
-    /// Polls until the connection is up; `waiter` keeps the wait between polls.
-    pub(crate) fn poll_up(
+    /// `result` as the command's outcome: recorded (a dropped connection lowers the
+    /// flag), and its error naming `operation` and `destination`.
+    pub(crate) fn checked<T>(
         &self,
-        cx: &mut Context<'_>,
-        waiter: &mut Option<Reconnected>,
-    ) -> Poll<()> {
+        result: RedisResult<T>,
+        operation: Operation,
+        destination: &str,
+    ) -> Result<T, Error> {
+        self.record(&result);
+        result.map_err(|err| redis_error(operation, destination, err))
+    }
+
+    /// Polls until the connection is up; `waiter` keeps the wait between polls.
+    fn poll_up(&self, cx: &mut Context<'_>, waiter: &mut Option<Reconnected>) -> Poll<()> {
         loop {
             if self.is_up() {
                 *waiter = None;
@@ -171,6 +179,39 @@ async fn probe(health: Weak<Health>, mut manager: ConnectionManager) {
 /// many connections to a restarted server do not ping in lockstep.
 fn probe_delays(max_backoff: Duration) -> Delays {
     Delays::new(Duration::from_millis(20), max_backoff)
+}
+
+/// `poll_ready` for the publishers on a [`Connection`]: pending while it is down.
+///
+/// A clone shares the connection and starts with no wait of its own, so services
+/// holding one can derive `Clone`.
+pub(crate) struct Readiness {
+    connection: Connection,
+    waiter: Option<Reconnected>,
+}
+
+impl Readiness {
+    pub(crate) fn new(connection: Connection) -> Self {
+        Readiness {
+            connection,
+            waiter: None,
+        }
+    }
+
+    /// The connection whose state this reports.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.connection.poll_up(cx, &mut self.waiter).map(Ok)
+    }
+}
+
+impl Clone for Readiness {
+    fn clone(&self) -> Self {
+        Readiness::new(self.connection.clone())
+    }
 }
 
 #[cfg(test)]

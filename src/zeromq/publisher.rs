@@ -98,14 +98,12 @@ impl Publisher {
 
     /// How many peers are connected now.
     pub fn peers(&self) -> usize {
-        *self.handle.peers.borrow()
+        self.handle.peers()
     }
 
     /// Waits until at least `count` peers are connected (false if the socket stopped).
     pub async fn wait_for_peers(&self, count: usize) -> bool {
-        let mut peers = self.handle.peers.clone();
-        let connected = peers.wait_for(|n| *n >= count).await.is_ok();
-        connected
+        self.handle.wait_for_peers(count).await
     }
 
     fn closed(&self) -> Error {

@@ -219,7 +219,7 @@ impl Requester {
 
     /// How many peers are connected now.
     pub fn peers(&self) -> usize {
-        *self.handle.peers.borrow()
+        self.handle.peers()
     }
 }
 

@@ -209,6 +209,20 @@ pub(crate) struct Handle {
     _alive: Arc<oneshot::Sender<()>>,
 }
 
+impl Handle {
+    /// How many peers are connected now.
+    pub(crate) fn peers(&self) -> usize {
+        *self.peers.borrow()
+    }
+
+    /// Waits until at least `count` peers are connected (false if the socket stopped).
+    pub(crate) async fn wait_for_peers(&self, count: usize) -> bool {
+        let mut peers = self.peers.clone();
+        let connected = peers.wait_for(|n| *n >= count).await.is_ok();
+        connected
+    }
+}
+
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")

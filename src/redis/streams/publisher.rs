@@ -8,7 +8,7 @@ use redis::{Cmd, RedisResult};
 use tower::Service;
 
 use crate::redis::config::Config;
-use crate::redis::connection::{Connection, Reconnected};
+use crate::redis::connection::{Connection, Readiness};
 use crate::redis::future::ResponseFuture;
 use std::sync::Arc;
 
@@ -41,10 +41,11 @@ struct Options {
 /// share one multiplexed connection; the publisher is `Send + Sync + Clone`: keep one
 /// in axum state or a `BoxCloneSyncService`. See the [module docs](crate::redis) for
 /// the field layout, what is refused, and an example.
+// `Clone` is derived: a clone of `Readiness` starts with no wait of its own.
+#[derive(Clone)]
 pub struct Publisher {
-    conn: Connection,
+    readiness: Readiness,
     options: Options,
-    waiter: Option<Reconnected>,
 }
 
 impl Publisher {
@@ -66,9 +67,8 @@ impl Publisher {
 
     fn from_connection(conn: Connection) -> Self {
         Publisher {
-            conn,
+            readiness: Readiness::new(conn),
             options: Options::default(),
-            waiter: None,
         }
     }
 
@@ -111,19 +111,8 @@ impl Publisher {
     /// A pipelining batch publisher on the same connection with the same options.
     pub fn batch(&self) -> BatchPublisher {
         BatchPublisher {
-            conn: self.conn.clone(),
+            readiness: self.readiness.clone(),
             options: self.options.clone(),
-            waiter: None,
-        }
-    }
-}
-
-impl Clone for Publisher {
-    fn clone(&self) -> Self {
-        Publisher {
-            conn: self.conn.clone(),
-            options: self.options.clone(),
-            waiter: None,
         }
     }
 }
@@ -131,7 +120,7 @@ impl Clone for Publisher {
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
-            .field("connected", &self.conn.is_up())
+            .field("connected", &self.readiness.connection().is_up())
             .field("options", &self.options)
             .finish()
     }
@@ -158,11 +147,11 @@ impl Service<Message> for Publisher {
     type Future = ResponseFuture<Receipt>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.conn.poll_up(cx, &mut self.waiter).map(Ok)
+        self.readiness.poll_ready(cx)
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
-        let mut conn = self.conn.clone();
+        let mut conn = self.readiness.connection().clone();
         let options = self.options.clone();
         ResponseFuture::new(async move {
             let stream = message.destination().to_owned();
@@ -170,14 +159,8 @@ impl Service<Message> for Publisher {
             let result: RedisResult<String> = xadd(&stream, options.trim, &fields)
                 .query_async(conn.manager_mut())
                 .await;
-            conn.record(&result);
-            match result {
-                Ok(id) => {
-                    Ok(Receipt::new(BROKER, stream, Guarantee::Stored)
-                        .with_position(Position::Id(id)))
-                }
-                Err(err) => Err(redis_error(Operation::Publish, &stream, err)),
-            }
+            let id = conn.checked(result, Operation::Publish, &stream)?;
+            Ok(Receipt::new(BROKER, stream, Guarantee::Stored).with_position(Position::Id(id)))
         })
     }
 }
@@ -192,10 +175,11 @@ impl Service<Message> for Publisher {
 /// fails with a transient error, and some of its messages may have been appended
 /// (retrying can then duplicate them). Built with [`Publisher::batch`] or
 /// [`BatchPublisher::connect`].
+// `Clone` is derived: a clone of `Readiness` starts with no wait of its own.
+#[derive(Clone)]
 pub struct BatchPublisher {
-    conn: Connection,
+    readiness: Readiness,
     options: Options,
-    waiter: Option<Reconnected>,
 }
 
 impl BatchPublisher {
@@ -206,20 +190,10 @@ impl BatchPublisher {
     }
 }
 
-impl Clone for BatchPublisher {
-    fn clone(&self) -> Self {
-        BatchPublisher {
-            conn: self.conn.clone(),
-            options: self.options.clone(),
-            waiter: None,
-        }
-    }
-}
-
 impl fmt::Debug for BatchPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchPublisher")
-            .field("connected", &self.conn.is_up())
+            .field("connected", &self.readiness.connection().is_up())
             .field("options", &self.options)
             .finish()
     }
@@ -231,11 +205,11 @@ impl Service<Vec<Message>> for BatchPublisher {
     type Future = ResponseFuture<Vec<Result<Receipt, Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.conn.poll_up(cx, &mut self.waiter).map(Ok)
+        self.readiness.poll_ready(cx)
     }
 
     fn call(&mut self, messages: Vec<Message>) -> Self::Future {
-        let mut conn = self.conn.clone();
+        let mut conn = self.readiness.connection().clone();
         let options = self.options.clone();
         ResponseFuture::new(async move {
             let mut pipe = redis::pipe();
@@ -256,14 +230,9 @@ impl Service<Vec<Message>> for BatchPublisher {
             } else {
                 let result: RedisResult<Vec<RedisResult<String>>> =
                     pipe.query_async(conn.manager_mut()).await;
-                conn.record(&result);
-                match result {
-                    Ok(replies) => replies.into_iter(),
-                    Err(err) => {
-                        let destination = messages.first().map_or("", |m| m.destination());
-                        return Err(redis_error(Operation::Publish, destination, err));
-                    }
-                }
+                let destination = messages.first().map_or("", |m| m.destination());
+                conn.checked(result, Operation::Publish, destination)?
+                    .into_iter()
             };
             let results = encoded
                 .into_iter()
