@@ -111,6 +111,11 @@ impl ConsumerConfig {
 
     /// How many entries one read or claim fetches at most (at least 1). The next
     /// read is sent once half of them are handed out (see [`Consumer`]).
+    ///
+    /// Larger reads take more of a small backlog from the group's other consumers;
+    /// for a lone consumer of a busy stream, reads of 64 with `serve`'s
+    /// [`concurrency`](crate::serve::Serve::concurrency) at 64 double the default's
+    /// throughput (see [`DEFAULT_CONCURRENCY`](crate::serve::DEFAULT_CONCURRENCY)).
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
