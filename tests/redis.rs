@@ -236,6 +236,79 @@ async fn acks_do_not_wait_behind_a_blocking_read() {
     assert!(matches!(second, Some(Ok(()))));
 }
 
+/// How many entries of `stream` are pending on the consumer `name` of group `group`.
+async fn pending_on(
+    conn: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    group: &str,
+    name: &str,
+) -> usize {
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg(name)
+        .query_async(conn)
+        .await
+        .unwrap();
+    pending.len()
+}
+
+#[tokio::test]
+async fn the_next_read_goes_out_once_half_a_batch_is_left_and_no_sooner() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("read-ahead");
+    let settings = StreamConsumerConfig::new(&stream, "g")
+        .with_batch_size(4)
+        .with_claim_interval(Duration::from_secs(60));
+    let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
+    let name = consumer.name().to_owned();
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    for i in 0..20 {
+        publish(&mut publisher, Message::new(&stream, i.to_string())).await;
+    }
+    let mut conn = raw(&config).await;
+
+    // One read of 4; with 3 left to hand out, no second read yet.
+    let mut held = vec![next(&mut consumer).await];
+    assert_eq!(pending_on(&mut conn, &stream, "g", &name).await, 4);
+
+    // With 2 (half a batch) left, the next read goes out without another poll.
+    held.push(next(&mut consumer).await);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending_on(&mut conn, &stream, "g", &name).await < 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the next read did not go out while the batch was handed out"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    // Never more than a batch and a half read and not handed out; all in order.
+    while held.len() < 20 {
+        held.push(next(&mut consumer).await);
+        let pending = pending_on(&mut conn, &stream, "g", &name).await;
+        assert!(
+            pending <= held.len() + 6,
+            "{pending} pending with {} handed out",
+            held.len()
+        );
+    }
+    let payloads: Vec<String> = held
+        .iter()
+        .map(|d| String::from_utf8_lossy(d.message().payload()).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected);
+    for delivery in &held {
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(pending_on(&mut conn, &stream, "g", &name).await, 0);
+}
+
 #[tokio::test]
 async fn priority_is_refused_unless_ignored_and_then_carried() {
     let _shared = BROKER.read().await;

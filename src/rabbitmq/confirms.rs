@@ -142,6 +142,9 @@ struct Key {
 #[derive(Debug, Default)]
 struct Returns {
     state: Mutex<State>,
+    /// Held while a publish takes its ticket and lapin numbers it and queues its
+    /// frames (see [`Sending`]).
+    sending: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -243,14 +246,11 @@ impl ConfirmChannel {
         payload: Bytes,
         properties: BasicProperties,
     ) -> Result<InFlight, lapin::Error> {
-        let ticket = Ticket::new(
-            self.returns.clone(),
-            Key {
-                exchange: exchange.to_string(),
-                routing_key: routing_key.to_string(),
-                payload: payload.clone(),
-            },
-        );
+        let key = Key {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            payload: payload.clone(),
+        };
         let channel = self.channel.clone();
         let options = BasicPublishOptions {
             mandatory,
@@ -263,7 +263,8 @@ impl ConfirmChannel {
         });
         Sending {
             publish: Some(publish),
-            ticket: Some(ticket),
+            unsent: Some((self.returns.clone(), key)),
+            ticket: None,
         }
         .await
         .map(|(confirm, ticket)| InFlight {
@@ -433,8 +434,18 @@ type Publish = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Se
 
 /// `basic_publish` in progress. Dropped early, it finishes (and observes the confirm)
 /// on a task of its own: the message may already be on its way.
+///
+/// Its first poll takes the ticket and polls `basic_publish` under the channel's send
+/// lock: that poll is where lapin gives the message its delivery tag and queues its
+/// frames, in two steps under two different locks of its own. Without one lock
+/// around both, two publishes on two threads could be numbered in one order and sent
+/// in the other, and the broker, which numbers messages as they arrive, would
+/// confirm each under the other's tag. With it, tags follow the order of the wire
+/// and of the tickets.
 struct Sending {
     publish: Option<Publish>,
+    /// Until the first poll: what the ticket is taken from.
+    unsent: Option<(Arc<Returns>, Key)>,
     ticket: Option<Ticket>,
 }
 
@@ -442,11 +453,20 @@ impl Future for Sending {
     type Output = Result<(PublisherConfirm, Ticket), lapin::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let publish = self
+        let this = &mut *self;
+        let publish = this
             .publish
             .as_mut()
             .expect("Sending polled after completion");
-        let result = std::task::ready!(publish.as_mut().poll(cx));
+        let polled = match this.unsent.take() {
+            Some((returns, key)) => {
+                let _sending = lock(&returns.sending);
+                this.ticket = Some(Ticket::new(returns.clone(), key));
+                publish.as_mut().poll(cx)
+            }
+            None => publish.as_mut().poll(cx),
+        };
+        let result = std::task::ready!(polled);
         self.publish = None;
         let ticket = self.ticket.take().expect("Sending polled after completion");
         // On error the ticket is dropped: nothing was published, nothing can come back.

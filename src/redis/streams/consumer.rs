@@ -109,7 +109,13 @@ impl ConsumerConfig {
         self
     }
 
-    /// How many entries one read or claim fetches at most (at least 1).
+    /// How many entries one read or claim fetches at most (at least 1). The next
+    /// read is sent once half of them are handed out (see [`Consumer`]).
+    ///
+    /// Larger reads take more of a small backlog from the group's other consumers;
+    /// for a lone consumer of a busy stream, reads of 64 with `serve`'s
+    /// [`concurrency`](crate::serve::Serve::concurrency) at 64 double the default's
+    /// throughput (see [`DEFAULT_CONCURRENCY`](crate::serve::DEFAULT_CONCURRENCY)).
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
@@ -202,8 +208,11 @@ impl ConsumerConfig {
 /// atomically with its acknowledgement.
 ///
 /// All of this happens while the stream is polled: a consumer nobody polls neither
-/// reads, nor claims, nor dead-letters (and holds no more than one read's worth of
-/// entries, so backpressure reaches Redis).
+/// reads, nor claims, nor dead-letters, so backpressure reaches Redis. To keep
+/// handling and reading from waiting on each other, the next read is sent once no
+/// more than half a batch is left to hand out: a consumer holds at most a batch and
+/// a half of entries it has not handed out, and leaves what comes after a fresh
+/// batch to the group's other consumers until it has handed out half of it.
 ///
 /// Delivery is at least once: a message can be delivered again if its handler outlasts
 /// the claim idle time, or if the connection drops before it is acknowledged.
@@ -250,17 +259,14 @@ impl Consumer {
             next_claim: Instant::now(),
             cursor: "0-0".to_owned(),
             history: None,
-            buffer: VecDeque::new(),
+            admitted: Vec::new(),
             failures: 0,
             ended: false,
             max_backoff: config.reconnect_max_delay().max(Duration::from_millis(100)),
             jitter: FastRng::new(),
             config: consumer,
         };
-        let inner = futures_util::stream::unfold(reader, |mut reader| async move {
-            let item = reader.next().await?;
-            Some((item, reader))
-        });
+        let inner = ReadAhead::new(reader);
         Ok(Consumer {
             name,
             stream,
@@ -655,46 +661,52 @@ struct Reader {
     /// After a read failed, this consumer's own pending entries are read again from
     /// here (the reply that delivered them may have been lost).
     history: Option<String>,
-    buffer: VecDeque<Delivery>,
+    /// What the last step read, for [`ReadAhead`] to hand out.
+    admitted: Vec<Delivery>,
     failures: u32,
+    /// A permanent error ended the stream.
     ended: bool,
     max_backoff: Duration,
     jitter: FastRng,
 }
 
+/// A step of a [`Reader`] in flight: the reader comes back with what the step did.
+type Fetch = BoxFuture<'static, (Box<Reader>, Result<(), Error>)>;
+
 impl Reader {
-    async fn next(&mut self) -> Option<Result<Delivery, Error>> {
-        loop {
-            if let Some(delivery) = self.buffer.pop_front() {
-                return Some(Ok(delivery));
-            }
-            if self.ended {
-                return None;
-            }
-            if self.failures > 0 {
-                // Jittered, so that consumers that lost one server do not come back together.
-                let backoff = Backoff::exponential(Duration::from_millis(50), self.max_backoff)
-                    .delay(self.failures - 1, &mut self.jitter);
-                tokio::time::sleep(backoff).await;
-            }
-            let step = if self.history.is_some() {
-                self.read_history().await
-            } else if Instant::now() >= self.next_claim {
-                self.claim().await
-            } else {
-                self.read().await
-            };
-            match step {
-                Ok(()) => self.failures = 0,
-                Err(err) => {
-                    self.failures = self.failures.saturating_add(1);
-                    if !err.is_transient() {
-                        self.ended = true;
-                    }
-                    return Some(Err(err));
+    /// One read, claim or re-read of history (after the backoff of the failures before
+    /// it), its deliveries left in `admitted`.
+    fn fetch(mut self: Box<Self>) -> Fetch {
+        Box::pin(async move {
+            let step = self.step().await;
+            (self, step)
+        })
+    }
+
+    async fn step(&mut self) -> Result<(), Error> {
+        if self.failures > 0 {
+            // Jittered, so that consumers that lost one server do not come back together.
+            let backoff = Backoff::exponential(Duration::from_millis(50), self.max_backoff)
+                .delay(self.failures - 1, &mut self.jitter);
+            tokio::time::sleep(backoff).await;
+        }
+        let step = if self.history.is_some() {
+            self.read_history().await
+        } else if Instant::now() >= self.next_claim {
+            self.claim().await
+        } else {
+            self.read().await
+        };
+        match &step {
+            Ok(()) => self.failures = 0,
+            Err(err) => {
+                self.failures = self.failures.saturating_add(1);
+                if !err.is_transient() {
+                    self.ended = true;
                 }
             }
         }
+        step
     }
 
     /// Handles a failed command: a lost connection schedules a re-read of this
@@ -924,10 +936,92 @@ impl Reader {
                 fields,
                 count,
             });
-            self.buffer
-                .push_back(Delivery::new(decoded.message, acker).with_delivery_count(count));
+            self.admitted
+                .push(Delivery::new(decoded.message, acker).with_delivery_count(count));
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The stream of a [`Consumer`]: hands out what its [`Reader`] read, and sends the
+/// next read while the last one is handed out, so that handling and the round trip
+/// to the server overlap.
+///
+/// The next read goes out once no more than half a batch is left to hand out: a
+/// consumer holds at most a batch and a half it has not handed out, and one that has
+/// just read a batch leaves what comes next to the group's other consumers until it
+/// has handed out half of it.
+struct ReadAhead {
+    buffer: VecDeque<Delivery>,
+    /// The error of the last step, yielded once what was read before it is handed out.
+    error: Option<Error>,
+    /// The reader between steps; `None` while a step is in flight, or once ended.
+    reader: Option<Box<Reader>>,
+    fetch: Option<Fetch>,
+    /// How many deliveries may be left to hand out when the next read goes out.
+    low_water: usize,
+}
+
+impl ReadAhead {
+    fn new(reader: Reader) -> Self {
+        ReadAhead {
+            buffer: VecDeque::with_capacity(reader.config.batch_size * 2),
+            error: None,
+            low_water: reader.config.batch_size / 2,
+            reader: Some(Box::new(reader)),
+            fetch: None,
+        }
+    }
+
+    /// Polls the step in flight; once it is done, takes what it read and gets the
+    /// reader back (unless the stream ended).
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        let Some(fetch) = &mut self.fetch else {
+            return;
+        };
+        let Poll::Ready((mut reader, step)) = fetch.as_mut().poll(cx) else {
+            return;
+        };
+        self.fetch = None;
+        self.buffer.extend(reader.admitted.drain(..));
+        if let Err(err) = step {
+            self.error = Some(err);
+        }
+        if !reader.ended {
+            self.reader = Some(reader);
+        }
+    }
+}
+
+impl Stream for ReadAhead {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            this.drive(cx);
+            let item = match this.buffer.pop_front() {
+                Some(delivery) => Some(Ok(delivery)),
+                None => this.error.take().map(Err),
+            };
+            if this.error.is_none() && this.buffer.len() <= this.low_water {
+                if let Some(reader) = this.reader.take() {
+                    // Polled now, so that the command is on its way while the
+                    // deliveries in hand are handled.
+                    this.fetch = Some(reader.fetch());
+                    this.drive(cx);
+                }
+            }
+            match item {
+                Some(item) => return Poll::Ready(Some(item)),
+                None if this.fetch.is_some() => return Poll::Pending,
+                None if this.reader.is_none() && this.buffer.is_empty() && this.error.is_none() => {
+                    return Poll::Ready(None)
+                }
+                // A step ended at once: hand out what it read, or start the next.
+                None => continue,
+            }
+        }
     }
 }
 
