@@ -276,7 +276,12 @@ async fn main() {
             mode.name()
         );
         eprint!("\r\x1b[2K[{}/{total}] {label} ...", index + 1);
-        let messages = settings.messages(mode, payload_bytes);
+        let messages = match fixture.max_bytes() {
+            Some(max) => settings
+                .messages(mode, payload_bytes)
+                .min((max / payload_bytes as u64).max(1)),
+            None => settings.messages(mode, payload_bytes),
+        };
         match measure(fixture.as_ref(), client, mode, payload_bytes, messages).await {
             Ok(record) => {
                 eprintln!(

@@ -75,6 +75,11 @@ pub trait Fixture: Send + Sync {
     /// stream, a consumer group). If not, publish modes verify with a consumer that
     /// runs while publishing.
     fn durable(&self) -> bool;
+    /// The most payload bytes one measurement may publish here, if the broker keeps
+    /// less than the run asks for (the message count is capped to fit).
+    fn max_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Why `client` cannot publish `publish_batch` here, if it cannot.
     fn no_batch(&self, client: Client) -> Option<&'static str>;
     /// A fresh destination: `publisher` publishes, `consumer` receives.
