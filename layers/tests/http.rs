@@ -116,11 +116,13 @@ async fn retry_gives_the_last_response_when_attempts_run_out() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
-#[test]
-fn metrics_label_an_http_service_per_route() {
+/// Runs `calls` under a recorder of its own and returns `messaging_messages_total` by
+/// the value of its `label`, sorted.
+fn messages_total_by(
+    label: &str,
+    calls: impl std::future::Future<Output = ()>,
+) -> Vec<(String, u64)> {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use tower_mq_core::Operation;
-    use tower_mq_layers::metrics::{HttpPath, MetricsLayer};
 
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -128,41 +130,51 @@ fn metrics_label_an_http_service_per_route() {
         .enable_all()
         .build()
         .expect("a runtime");
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let (inner, _) = answering(&[200]);
-            let mut service = MetricsLayer::new("http", Operation::Handle)
-                .labeller(HttpPath)
-                .layer(inner);
-            for path in ["/orders", "/orders", "/health"] {
-                let request = Request::builder()
-                    .uri(path)
-                    .body(String::new())
-                    .expect("a valid request");
-                let response = service.ready().await.unwrap().call(request).await;
-                assert_eq!(response.unwrap().status(), StatusCode::OK);
-            }
-        })
-    });
+    metrics::with_local_recorder(&recorder, || runtime.block_on(calls));
     let mut counted: Vec<(String, u64)> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
         .filter(|(key, ..)| key.key().name() == "messaging_messages_total")
         .filter_map(|(key, _, _, value)| {
-            let destination = key
+            let value_of_label = key
                 .key()
                 .labels()
-                .find(|l| l.key() == "destination")?
+                .find(|l| l.key() == label)?
                 .value()
                 .to_owned();
             match value {
-                DebugValue::Counter(n) => Some((destination, n)),
+                DebugValue::Counter(n) => Some((value_of_label, n)),
                 _ => None,
             }
         })
         .collect();
     counted.sort();
+    counted
+}
+
+fn get(path: &str) -> Request<String> {
+    Request::builder()
+        .uri(path)
+        .body(String::new())
+        .expect("a valid request")
+}
+
+#[test]
+fn metrics_label_an_http_service_per_route() {
+    use tower_mq_core::Operation;
+    use tower_mq_layers::metrics::{HttpPath, MetricsLayer};
+
+    let counted = messages_total_by("destination", async {
+        let (inner, _) = answering(&[200]);
+        let mut service = MetricsLayer::new("http", Operation::Handle)
+            .labeller(HttpPath)
+            .layer(inner);
+        for path in ["/orders", "/orders", "/health"] {
+            let response = service.ready().await.unwrap().call(get(path)).await;
+            assert_eq!(response.unwrap().status(), StatusCode::OK);
+        }
+    });
     assert_eq!(
         counted,
         [("/health".to_owned(), 1), ("/orders".to_owned(), 2)]
@@ -171,51 +183,25 @@ fn metrics_label_an_http_service_per_route() {
 
 #[test]
 fn metrics_count_a_5xx_as_a_failure_when_responses_are_classified() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     use tower_mq_core::Operation;
     use tower_mq_layers::metrics::{HttpPath, MetricsLayer};
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let (inner, _) = answering(&[503, 404, 200]);
-            let mut service = MetricsLayer::new("http", Operation::Handle)
-                .labeller(HttpPath)
-                .classify_responses(http_response)
-                .layer(inner);
-            for _ in 0..3 {
-                let request = Request::builder()
-                    .uri("/orders")
-                    .body(String::new())
-                    .expect("a valid request");
-                service.ready().await.unwrap().call(request).await.unwrap();
-            }
-        })
+    let outcomes = messages_total_by("outcome", async {
+        let (inner, _) = answering(&[503, 404, 200]);
+        let mut service = MetricsLayer::new("http", Operation::Handle)
+            .labeller(HttpPath)
+            .classify_responses(http_response)
+            .layer(inner);
+        for _ in 0..3 {
+            service
+                .ready()
+                .await
+                .unwrap()
+                .call(get("/orders"))
+                .await
+                .unwrap();
+        }
     });
-    let mut outcomes: Vec<(String, u64)> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "messaging_messages_total")
-        .filter_map(|(key, _, _, value)| {
-            let outcome = key
-                .key()
-                .labels()
-                .find(|l| l.key() == "outcome")?
-                .value()
-                .to_owned();
-            match value {
-                DebugValue::Counter(n) => Some((outcome, n)),
-                _ => None,
-            }
-        })
-        .collect();
-    outcomes.sort();
     // The 503 is a transient failure; a 404 is the caller's mistake, not the service's.
     assert_eq!(
         outcomes,

@@ -126,34 +126,41 @@ async fn permanent_failures_are_dead_lettered_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn panics_in_call_and_in_the_future_are_failed_deliveries() {
-    let deliveries: Vec<Delivery> = ["in call", "in future", "fine"]
-        .into_iter()
-        .map(tracked)
-        .collect();
-    let handler = service_fn(|d: Delivery| {
-        if d.message().payload().as_ref() == b"in call" {
-            panic!("boom in call");
-        }
-        async move {
-            if d.message().payload().as_ref() == b"in future" {
-                panic!("boom in future");
+    // Inside serve's own future, and in a task per call.
+    for spawn in [false, true] {
+        let deliveries: Vec<Delivery> = ["in call", "in future", "fine"]
+            .into_iter()
+            .map(tracked)
+            .collect();
+        let handler = service_fn(|d: Delivery| {
+            if d.message().payload().as_ref() == b"in call" {
+                panic!("boom in call");
             }
-            Ok::<(), BoxError>(())
-        }
-    });
-    let consumer = stream::iter(deliveries.clone().into_iter().map(Ok));
-    let summary = serve(consumer, handler).max_deliveries(2).await.unwrap();
-    assert_eq!(summary.panicked, 2);
-    assert_eq!((summary.acked, summary.nacked), (1, 2));
-    let settlements: Vec<_> = deliveries.iter().map(Delivery::settlement).collect();
-    assert_eq!(
-        settlements,
-        [
-            Some(Settlement::Nacked),
-            Some(Settlement::Nacked),
-            Some(Settlement::Acked)
-        ]
-    );
+            async move {
+                if d.message().payload().as_ref() == b"in future" {
+                    panic!("boom in future");
+                }
+                Ok::<(), BoxError>(())
+            }
+        });
+        let consumer = stream::iter(deliveries.clone().into_iter().map(Ok));
+        let summary = serve(consumer, handler)
+            .spawn_handlers(spawn)
+            .max_deliveries(2)
+            .await
+            .unwrap();
+        assert_eq!(summary.panicked, 2);
+        assert_eq!((summary.acked, summary.nacked), (1, 2));
+        let settlements: Vec<_> = deliveries.iter().map(Delivery::settlement).collect();
+        assert_eq!(
+            settlements,
+            [
+                Some(Settlement::Nacked),
+                Some(Settlement::Nacked),
+                Some(Settlement::Acked)
+            ]
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -357,78 +364,32 @@ async fn a_hung_handler_call_times_out_as_a_transient_failure() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_releases_deliveries_still_running_at_the_shutdown_timeout() {
-    let hung = tracked("hangs");
-    let (entered_tx, entered) = oneshot::channel::<()>();
-    let entered_tx = Mutex::new(Some(entered_tx));
-    let handler = service_fn(move |_: Delivery| {
-        if let Some(tx) = entered_tx.lock().unwrap().take() {
-            tx.send(()).ok();
-        }
-        std::future::pending::<Result<(), BoxError>>()
-    });
-    let consumer = stream::iter([Ok(hung.clone())]).chain(stream::pending());
-    let started = Instant::now();
-    let summary = serve(consumer, handler)
-        .handler_timeout(None)
-        .shutdown_timeout(Duration::from_secs(3))
-        .with_graceful_shutdown(async move {
-            entered.await.ok();
-        })
-        .await
-        .unwrap();
-    assert_eq!(Instant::now() - started, Duration::from_secs(3));
-    assert_eq!((summary.released, summary.nacked), (1, 0));
-    assert_eq!(hung.settlement(), Some(Settlement::Nacked), "handed back");
-}
-
-#[tokio::test(start_paused = true)]
-async fn spawned_handler_calls_settle_panic_and_release_the_same_way() {
-    // Panics, in `call` and in the future.
-    let deliveries: Vec<Delivery> = ["in call", "in future", "fine"]
-        .into_iter()
-        .map(tracked)
-        .collect();
-    let handler = service_fn(|d: Delivery| {
-        if d.message().payload().as_ref() == b"in call" {
-            panic!("boom in call");
-        }
-        async move {
-            if d.message().payload().as_ref() == b"in future" {
-                panic!("boom in future");
+    // Inside serve's own future, and in a task per call.
+    for spawn in [false, true] {
+        let hung = tracked("hangs");
+        let (entered_tx, entered) = oneshot::channel::<()>();
+        let entered_tx = Mutex::new(Some(entered_tx));
+        let handler = service_fn(move |_: Delivery| {
+            if let Some(tx) = entered_tx.lock().unwrap().take() {
+                tx.send(()).ok();
             }
-            Ok::<(), BoxError>(())
-        }
-    });
-    let consumer = stream::iter(deliveries.clone().into_iter().map(Ok));
-    let summary = serve(consumer, handler)
-        .spawn_handlers(true)
-        .max_deliveries(2)
-        .await
-        .unwrap();
-    assert_eq!((summary.panicked, summary.acked, summary.nacked), (2, 1, 2));
-
-    // A call still running at the shutdown timeout is released.
-    let hung = tracked("hangs");
-    let (entered_tx, entered) = oneshot::channel::<()>();
-    let entered_tx = Mutex::new(Some(entered_tx));
-    let handler = service_fn(move |_: Delivery| {
-        if let Some(tx) = entered_tx.lock().unwrap().take() {
-            tx.send(()).ok();
-        }
-        std::future::pending::<Result<(), BoxError>>()
-    });
-    let consumer = stream::iter([Ok(hung.clone())]).chain(stream::pending());
-    let summary = serve(consumer, handler)
-        .spawn_handlers(true)
-        .handler_timeout(None)
-        .shutdown_timeout(Duration::from_secs(3))
-        .with_graceful_shutdown(async move {
-            entered.await.ok();
-        })
-        .await
-        .unwrap();
-    assert_eq!((summary.released, summary.nacked), (1, 0));
-    assert_eq!(hung.settlement(), Some(Settlement::Nacked), "handed back");
+            std::future::pending::<Result<(), BoxError>>()
+        });
+        let consumer = stream::iter([Ok(hung.clone())]).chain(stream::pending());
+        let started = Instant::now();
+        let summary = serve(consumer, handler)
+            .spawn_handlers(spawn)
+            .handler_timeout(None)
+            .shutdown_timeout(Duration::from_secs(3))
+            .with_graceful_shutdown(async move {
+                entered.await.ok();
+            })
+            .await
+            .unwrap();
+        assert_eq!(Instant::now() - started, Duration::from_secs(3));
+        assert_eq!((summary.released, summary.nacked), (1, 0));
+        assert_eq!(hung.settlement(), Some(Settlement::Nacked), "handed back");
+    }
 }
 
 #[test]
