@@ -705,13 +705,13 @@ async fn release<T, C>(
                 }
             }
             let settlement = delivery.settlement();
-            let name = match settlement {
-                Some(Settlement::Nacked) => "released",
-                other => settlement_name(other),
+            let counted = match settlement {
+                Some(Settlement::Nacked) => Counted::Released,
+                other => Counted::of(other),
             };
             policy
                 .settlements
-                .increment(delivery.message().destination(), name);
+                .increment(delivery.message().destination(), counted);
             settlement
         });
     }
@@ -816,10 +816,9 @@ where
         }
     }
     let settlement = delivery.settlement();
-    policy.settlements.increment(
-        delivery.message().destination(),
-        settlement_name(settlement),
-    );
+    policy
+        .settlements
+        .increment(delivery.message().destination(), Counted::of(settlement));
     Outcome {
         settlement,
         panicked,
@@ -827,21 +826,42 @@ where
     }
 }
 
-/// The `settlement` label of [`SETTLEMENTS_TOTAL`] (`None`: the broker did not take it).
-fn settlement_name(settlement: Option<Settlement>) -> &'static str {
-    match settlement {
-        Some(Settlement::Acked) => "acked",
-        Some(Settlement::Nacked) => "nacked",
-        Some(Settlement::Rejected) => "rejected",
-        Some(_) => "dropped",
-        None => "failed",
-    }
+/// The `settlement` label of [`SETTLEMENTS_TOTAL`]; its value is the slot of its
+/// counter in [`SettlementCounters`].
+#[derive(Clone, Copy)]
+enum Counted {
+    Acked,
+    Nacked,
+    Rejected,
+    Dropped,
+    /// Handed back to the broker at the shutdown timeout.
+    Released,
+    /// The broker did not take the settlement.
+    Failed,
 }
 
-/// The settlement names, in the order of [`SettlementCounters`]' slots.
-const SETTLEMENT_NAMES: [&str; 6] = [
-    "acked", "nacked", "rejected", "dropped", "released", "failed",
-];
+impl Counted {
+    fn of(settlement: Option<Settlement>) -> Self {
+        match settlement {
+            Some(Settlement::Acked) => Counted::Acked,
+            Some(Settlement::Nacked) => Counted::Nacked,
+            Some(Settlement::Rejected) => Counted::Rejected,
+            Some(_) => Counted::Dropped,
+            None => Counted::Failed,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Counted::Acked => "acked",
+            Counted::Nacked => "nacked",
+            Counted::Rejected => "rejected",
+            Counted::Dropped => "dropped",
+            Counted::Released => "released",
+            Counted::Failed => "failed",
+        }
+    }
+}
 
 /// [`SETTLEMENTS_TOTAL`]'s handles, registered once per destination and settlement:
 /// building a metric's key and looking it up in the recorder per delivery costs more
@@ -856,7 +876,7 @@ struct SettlementCounters {
     last: Mutex<Option<(Arc<str>, Arc<Slots>)>>,
 }
 
-/// One destination's counters, one slot per name of [`SETTLEMENT_NAMES`].
+/// One destination's counters, one slot per [`Counted`].
 type Slots = [OnceLock<Counter>; 6];
 
 /// Destinations whose counters a run keeps; beyond them each settlement registers
@@ -864,16 +884,13 @@ type Slots = [OnceLock<Counter>; 6];
 const MAX_CACHED_DESTINATIONS: usize = 1024;
 
 impl SettlementCounters {
-    fn increment(&self, destination: &str, settlement: &'static str) {
-        let slot = SETTLEMENT_NAMES
-            .iter()
-            .position(|name| *name == settlement)
-            .unwrap_or(SETTLEMENT_NAMES.len() - 1);
+    fn increment(&self, destination: &str, counted: Counted) {
+        let slot = counted as usize;
         let register = || {
             ::metrics::counter!(
                 SETTLEMENTS_TOTAL,
                 labels::DESTINATION => destination.to_owned(),
-                "settlement" => settlement,
+                "settlement" => counted.name(),
             )
         };
         // A poisoned lock only means a panic elsewhere while it was held; what it

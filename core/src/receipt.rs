@@ -41,6 +41,9 @@ pub struct Receipt {
     parts: Vec<Receipt>,
 }
 
+/// The broker name of a fan-out's receipt.
+const FAN_OUT: &str = "fan-out";
+
 /// How firmly a broker took a message, from the weakest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -106,7 +109,7 @@ impl Receipt {
             .unwrap_or_default();
         Receipt {
             parts,
-            ..Receipt::new("fan-out", destination, guarantee)
+            ..Receipt::new(FAN_OUT, destination, guarantee)
         }
     }
 
@@ -186,7 +189,7 @@ impl Receipt {
 
 impl fmt::Display for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.broker == "fan-out" {
+        if self.broker == FAN_OUT {
             f.write_str("fan-out [")?;
             for (i, part) in self.parts.iter().enumerate() {
                 if i > 0 {
