@@ -33,7 +33,7 @@ async fn main() -> Result<(), BoxError> {
     let admin = Admin::new(&config)?;
     admin
         .create_topics(&[
-            TopicSpec::new(&topic).with_partitions(3),
+            TopicSpec::new(&topic).partitions(3),
             TopicSpec::new(&dead_letter_topic),
         ])
         .await?;

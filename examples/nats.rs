@@ -37,8 +37,8 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let billing = ConsumerConfig::new("billing")
         .ack_wait(Duration::from_secs(10))
-        .max_deliver(3)
-        .with_dead_letter("example.dead.orders");
+        .max_deliveries(3)
+        .dead_letter("example.dead.orders");
     js.declare_consumer("EXAMPLE_ORDERS", &billing).await?;
     let ops = ConsumerConfig::new("ops");
     js.declare_consumer("EXAMPLE_DEAD", &ops).await?;

@@ -29,7 +29,7 @@ async fn main() -> Result<(), BoxError> {
     // The consumer group exists before anything is published, so nothing is missed.
     let mut consumer = StreamConsumer::subscribe(
         &config,
-        StreamConsumerConfig::new(&stream, "billing").with_max_deliveries(Some(3)),
+        StreamConsumerConfig::new(&stream, "billing").max_deliveries(3),
     )
     .await?;
     let mut dead_letters = StreamConsumer::subscribe(
@@ -46,11 +46,7 @@ async fn main() -> Result<(), BoxError> {
         ))
         .layer(CircuitBreakerLayer::new())
         .layer(TimeoutLayer::new(Duration::from_secs(2)))
-        .service(
-            StreamPublisher::connect(&config)
-                .await?
-                .with_max_len(10_000),
-        );
+        .service(StreamPublisher::connect(&config).await?.max_len(10_000));
 
     for i in 0..5 {
         let order = Message::new(&stream, format!("{{\"order\":{i}}}"))

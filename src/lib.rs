@@ -36,6 +36,27 @@
 //! broker has one; a broker without a connection type opens one per publisher or
 //! consumer. Each module's `BROKER` constant is the broker name its errors carry.
 //!
+//! Options are set as async-nats' `ConnectOptions` and tower's `ServiceBuilder` set
+//! them: a config method named after the option takes the value and returns the config
+//! (`Config::new(url).connection_timeout(d).reconnect_backoff(min, max)`), and
+//! `no_<option>` turns an option off. The same option has the same name on every
+//! broker:
+//!
+//! | option | memory | rabbitmq | redis | kafka | nats | zeromq |
+//! |---|---|---|---|---|---|---|
+//! | `connection_timeout` | — | by URI | ✓ | by `set` | ✓ | ✓ |
+//! | `reconnect_backoff(min, max)` | — | ✓ | ✓ | by `set` | ✓ | ✓ |
+//! | `connect_retry` | — | ✓ | ✓ | — | ✓ | — |
+//! | `request_timeout` | — | ✓ | — | — | ✓ | — |
+//! | `ignore_unsupported` | — | ✓ | publisher | ✓ | ✓ | publisher |
+//! | `property_headers` | — | — | `StreamLayout::property_fields` | ✓ | ✓ | — |
+//! | `dead_letter` (consumer side) | — | `Queue` | `ConsumerConfig` | `ConsumerConfig` | `ConsumerConfig` | — |
+//! | `max_deliveries` (broker backstop) | — | `Queue::delivery_limit` | `ConsumerConfig` | — | `ConsumerConfig` | — |
+//! | `batch_size` (per read) | — | `prefetch` | `ConsumerConfig` | by `set` | `ConsumerConfig` | — |
+//!
+//! Values built from parts ([`Message`], [`Error`], [`Receipt`], [`Delivery`]) are
+//! extended with `with_<part>` instead, because their getters carry the part's name.
+//!
 //! # Example
 //!
 //! ```

@@ -9,8 +9,9 @@
 //! - It waits for the handler to be ready *before* taking the next delivery, so a rate
 //!   limit or a concurrency limit on the handler slows consumption instead of piling up
 //!   deliveries, and it keeps at most [`concurrency`](Serve::concurrency) deliveries in
-//!   flight ([`DEFAULT_CONCURRENCY`] by default). Handler futures run on their own
-//!   tokio tasks.
+//!   flight ([`DEFAULT_CONCURRENCY`] by default). Handler calls run concurrently
+//!   inside the `serve` future, or each on a task of its own with
+//!   [`spawn_handlers`](Serve::spawn_handlers).
 //! - `Ok` acks the delivery. `Err` is classified ([`DefaultClassifier`] unless
 //!   [configured](Serve::classifier)): a transient failure nacks the delivery for
 //!   redelivery after a [delay](Serve::requeue_delay) that grows with its delivery
@@ -65,11 +66,12 @@
 //!   dead-letters a permanent failure through a publisher of its choosing and counts
 //!   no attempts, so a transient failure reaches `serve` unchanged.
 //! - The Redis Streams consumer's
-//!   [`with_max_deliveries`](crate::redis::StreamConsumerConfig::with_max_deliveries)
+//!   [`max_deliveries`](crate::redis::StreamConsumerConfig::max_deliveries)
 //!   is a backstop for an entry that never comes back settled (the process died while
 //!   handling it), which Redis would otherwise reclaim forever; its default is four
 //!   times `serve`'s, and it must stay above `serve`'s limit or it cuts that short.
-//! - Limits a broker enforces itself (JetStream's `max_deliver`, a quorum queue's
+//! - Limits a broker enforces itself (JetStream's `max_deliver`, set by the NATS
+//!   `ConsumerConfig::max_deliveries`, a quorum queue's
 //!   `x-delivery-limit`) play the same backstop role: leave them unset or above
 //!   `serve`'s limit.
 //!

@@ -19,7 +19,7 @@
 //! | field | RabbitMQ | Kafka | NATS core / JetStream | Redis Streams | Redis Pub/Sub | ZeroMQ |
 //! |---|---|---|---|---|---|---|
 //! | destination | exchange (`Routing`: or the routing key on the default exchange) | topic | subject | stream key | channel | PUB: topic frame (SUB filters on it); PUSH, DEALER: not on the wire |
-//! | payload | body | record value (an empty payload as a null value with `with_empty_payloads_as_tombstones`) | payload | field `payload` *(conf.)*, or none | the message | last frame |
+//! | payload | body | record value (an empty payload as a null value with `empty_payloads_as_tombstones`) | payload | field `payload` *(conf.)*, or none | the message | last frame |
 //! | key | routing key (text; a non-UTF-8 key is refused; refused with `DefaultExchange` routing) | record key (bytes) | header `Message-Key` *(conf.)*, text | field `key` *(conf.)*, bytes | refused | refused |
 //! | headers | `headers` table, every AMQP type kept; names sorted (AMQP tables are maps); a repeated name is refused | record headers: bytes, in order, repeated names and null values kept; typed values refused | headers: text (binary or typed values refused), repeated names kept in order, names sorted | one field each, bytes, in order, repeats kept; typed values refused | refused | refused (except `zmq-frame`: one frame each before the payload) |
 //! | timestamp | `timestamp` (seconds) and header `timestamp_in_ms` *(conf.)* when it has milliseconds | record timestamp (ms) | JetStream: stored time; header `Timestamp` *(conf.)* when set, which wins | entry id time; field `timestamp` *(conf.)* when set, which wins | refused | refused |

@@ -20,13 +20,13 @@ async fn connect() -> Config {
     // One record per batch: tansu 0.6.0 skips the rest of a batch when a fetch starts
     // in its middle.
     let config = Config::new(&brokers)
-        .with_batch_messages(1)
+        .batch_messages(1)
         .set("reconnect.backoff.max.ms", "100")
         .set_consumer("session.timeout.ms", "6000")
         .set_consumer("heartbeat.interval.ms", "500")
         // No periodic commit: what is committed, the revocation committed.
         .set_consumer("auto.commit.interval.ms", "600000")
-        .with_operation_timeout(Duration::from_secs(5));
+        .operation_timeout(Duration::from_secs(5));
     if let Err(e) = Publisher::connect(&config).await {
         panic!(
             "kafka: cannot reach a Kafka broker at {brokers} (set TOWER_MQ_KAFKA_BROKERS; \
@@ -74,7 +74,7 @@ async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
     // Round robin, so each member gets one of the two partitions.
     let config = config.set_consumer("partition.assignment.strategy", "roundrobin");
     let group = unique("rebalancing");
-    let both = || ConsumerConfig::new(&worked, &group).with_topic(&untouched);
+    let both = || ConsumerConfig::new(&worked, &group).topic(&untouched);
     let mut first = Consumer::subscribe(&config, both())
         .await
         .expect("first member");

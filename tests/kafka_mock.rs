@@ -238,7 +238,7 @@ mod kafka_mock {
         let group = unique("workers");
         let mut consumer = Consumer::subscribe(
             &config,
-            ConsumerConfig::new(&topic, &group).with_retry_topic(&retry),
+            ConsumerConfig::new(&topic, &group).retry_topic(&retry),
         )
         .await
         .expect("consumer");
@@ -558,7 +558,7 @@ mod kafka_mock {
         let group = unique("rebalancing");
         let mut first = Consumer::subscribe(
             &config,
-            ConsumerConfig::new(&worked, &group).with_topic(&untouched),
+            ConsumerConfig::new(&worked, &group).topic(&untouched),
         )
         .await
         .expect("first member");
@@ -622,7 +622,7 @@ mod kafka_mock {
         let cluster = MockKafka::start(1);
         let topic = unique("queue-full");
         cluster.create_topic(&topic, 1);
-        let config = config(&cluster).with_queue_capacity(CAPACITY);
+        let config = config(&cluster).queue_capacity(CAPACITY);
         let mut publisher = Publisher::new(&config).expect("publisher");
         publish(&mut publisher, Message::new(&topic, "warm-up")).await;
 

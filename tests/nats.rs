@@ -50,7 +50,10 @@ async fn connect_with(config: Config) -> Connection {
 }
 
 async fn connect() -> Connection {
-    connect_with(Config::new(url()).max_reconnect_delay(Duration::from_millis(200))).await
+    connect_with(
+        Config::new(url()).reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+    )
+    .await
 }
 
 fn unique(what: &str) -> String {
@@ -510,7 +513,7 @@ async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
     let port = free_port();
     let server = own_nats_on(port).await;
     let config = Config::new(format!("nats://127.0.0.1:{port}"))
-        .max_reconnect_delay(Duration::from_millis(200));
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
     let connection = Connection::connect(&config).await.unwrap();
     let subject = unique("restart-rpc");
     let requests = Subscriber::subscribe(&connection, &subject).await.unwrap();
@@ -673,7 +676,7 @@ async fn jetstream_reject_dead_letters_with_reason_then_terminates() {
     let (stream, dead_stream) = streams(&js, &name).await;
     let config = ConsumerConfig::new("rejecters")
         .ack_wait(Duration::from_secs(1))
-        .with_dead_letter(format!("{name}-dead.jobs"));
+        .dead_letter(format!("{name}-dead.jobs"));
     js.declare_consumer(&stream, &config).await.unwrap();
     let dead_config = ConsumerConfig::new("undertaker");
     js.declare_consumer(&dead_stream, &dead_config)
@@ -718,8 +721,8 @@ async fn jetstream_max_deliver_dead_letters_the_last_nack() {
     let name = unique("max-deliver");
     let (stream, dead_stream) = streams(&js, &name).await;
     let config = ConsumerConfig::new("tries")
-        .max_deliver(3)
-        .with_dead_letter(format!("{name}-dead.jobs"));
+        .max_deliveries(3)
+        .dead_letter(format!("{name}-dead.jobs"));
     js.declare_consumer(&stream, &config).await.unwrap();
     let dead_config = ConsumerConfig::new("undertaker");
     js.declare_consumer(&dead_stream, &dead_config)
@@ -960,7 +963,7 @@ async fn streams_and_consumers_are_declared_from_config() {
     let consumer = ConsumerConfig::new("workers")
         .filter_subject(format!("{name}.jobs"))
         .ack_wait(Duration::from_secs(7))
-        .max_deliver(4)
+        .max_deliveries(4)
         .backoff([Duration::from_secs(1), Duration::from_secs(5)])
         .max_ack_pending(50);
     js.declare_consumer(&stream, &consumer).await.unwrap();
@@ -991,7 +994,7 @@ async fn streams_and_consumers_are_declared_from_config() {
             &stream,
             &ConsumerConfig::new("bad")
                 .backoff([Duration::from_secs(1)])
-                .max_deliver(1),
+                .max_deliveries(1),
         )
         .await
         .expect_err("backoff needs max_deliver above its length");
@@ -1038,7 +1041,7 @@ async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() 
     let connection = connect_with(
         Config::new(url())
             .request_timeout(Duration::from_millis(500))
-            .max_reconnect_delay(Duration::from_millis(200)),
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
     )
     .await;
     let js = JetStream::new(&connection);
@@ -1124,7 +1127,7 @@ async fn jetstream_dropping_a_consumer_releases_what_its_pull_brought_at_once() 
     // A long ack wait: anything back within a few seconds was released, not timed out.
     let config = ConsumerConfig::new("deployed")
         .ack_wait(Duration::from_secs(30))
-        .batch(5);
+        .batch_size(5);
     js.declare_consumer(&stream, &config).await.unwrap();
     let subject = format!("{name}.jobs");
     publish_all(&js, &subject, &["1", "2", "3", "4", "5"]).await;
@@ -1172,7 +1175,7 @@ async fn jetstream_close_releases_messages_of_an_open_pull_request() {
     let (stream, _) = streams(&js, &name).await;
     let config = ConsumerConfig::new("deployed")
         .ack_wait(Duration::from_secs(30))
-        .batch(10);
+        .batch_size(10);
     js.declare_consumer(&stream, &config).await.unwrap();
     let subject = format!("{name}.jobs");
     publish_all(&js, &subject, &["a", "b", "c"]).await;
@@ -1272,7 +1275,7 @@ async fn jetstream_a_header_block_async_nats_cannot_parse_costs_no_other_message
     // good ones.
     let config = ConsumerConfig::new("careful")
         .ack_wait(Duration::from_secs(1))
-        .max_deliver(3);
+        .max_deliveries(3);
     js.declare_consumer(&stream, &config).await.unwrap();
     let mut advisories = connection
         .client()
@@ -1664,7 +1667,7 @@ async fn own_nats_on(port: u16) -> OwnServer {
 async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
     let port = free_port();
     let config = Config::new(format!("nats://127.0.0.1:{port}"))
-        .max_reconnect_delay(Duration::from_millis(100))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
     let mut connecting = tokio::spawn(async move { Connection::connect(&config).await });
     // Nothing listens yet: without the option this fails within milliseconds.
@@ -1688,7 +1691,7 @@ async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
 async fn without_connect_retry_an_absent_server_fails_at_once_and_with_it_within_the_limit() {
     let closed = free_port();
     let config = Config::new(format!("nats://127.0.0.1:{closed}"))
-        .max_reconnect_delay(Duration::from_millis(100));
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100));
 
     let started = std::time::Instant::now();
     let err = Connection::connect(&config)
@@ -1733,7 +1736,7 @@ async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the
     let port = free_port();
     let server = own_nats_on(port).await;
     let config = Config::new(format!("nats://127.0.0.1:{port}"))
-        .max_reconnect_delay(Duration::from_millis(200));
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
     let connection = Connection::connect(&config).await.unwrap();
     assert_round_trip(&connection).await;
     drop(server);
@@ -1755,7 +1758,7 @@ async fn jetstream_counts_only_the_servers_deliveries_whatever_headers_claim() {
     let (stream, _) = streams(&js, &name).await;
     let config = ConsumerConfig::new("counted")
         .ack_wait(Duration::from_secs(30))
-        .max_deliver(3);
+        .max_deliveries(3);
     js.declare_consumer(&stream, &config).await.unwrap();
     let subject = format!("{name}.jobs");
     raw_hpub(

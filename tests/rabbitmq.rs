@@ -347,7 +347,7 @@ async fn priority_queue_delivers_the_highest_priority_first() {
     assert_eq!(order, ["high", "mid", "low"]);
 }
 
-/// `Queue::with_dead_letter` names the dead-letter queue by the shared rule
+/// `Queue::dead_letter` names the dead-letter queue by the shared rule
 /// (`<queue>.dlq`), and a reject reaches it with the shared headers.
 #[tokio::test]
 async fn reject_dead_letters_to_the_queue_named_by_the_shared_rule() {
@@ -359,7 +359,7 @@ async fn reject_dead_letters_to_the_queue_named_by_the_shared_rule() {
             .routing(Routing::DefaultExchange)
             .topology(
                 Topology::new()
-                    .queue(queue(&q).with_dead_letter(&dead))
+                    .queue(queue(&q).dead_letter(&dead))
                     .queue(queue(&dead)),
             ),
     )

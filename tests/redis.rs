@@ -107,9 +107,9 @@ where
 
 fn fast_claims(stream: &str, group: &str) -> StreamConsumerConfig {
     StreamConsumerConfig::new(stream, group)
-        .with_claim_idle(Duration::from_millis(300))
-        .with_claim_interval(Duration::from_millis(100))
-        .with_block(Duration::from_millis(200))
+        .claim_idle(Duration::from_millis(300))
+        .claim_interval(Duration::from_millis(100))
+        .block(Duration::from_millis(200))
 }
 
 #[tokio::test]
@@ -199,8 +199,8 @@ async fn acks_do_not_wait_behind_a_blocking_read() {
     let config = config().await;
     let stream = unique("blocking");
     let settings = StreamConsumerConfig::new(&stream, "g")
-        .with_block(Duration::from_secs(10))
-        .with_claim_interval(Duration::from_secs(60));
+        .block(Duration::from_secs(10))
+        .claim_interval(Duration::from_secs(60));
     let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
     let mut publisher = StreamPublisher::connect(&config).await.unwrap();
     publish(&mut publisher, Message::new(&stream, "one")).await;
@@ -262,8 +262,8 @@ async fn the_next_read_goes_out_once_half_a_batch_is_left_and_no_sooner() {
     let config = config().await;
     let stream = unique("read-ahead");
     let settings = StreamConsumerConfig::new(&stream, "g")
-        .with_batch_size(4)
-        .with_claim_interval(Duration::from_secs(60));
+        .batch_size(4)
+        .claim_interval(Duration::from_secs(60));
     let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
     let name = consumer.name().to_owned();
     let mut publisher = StreamPublisher::connect(&config).await.unwrap();
@@ -343,8 +343,8 @@ async fn max_len_trims_exactly_or_approximately() {
     let exact = unique("trim-exact");
     let approximate = unique("trim-approx");
     let base = StreamPublisher::connect(&config).await.unwrap();
-    let mut exact_publisher = base.clone().with_exact_max_len(10);
-    let mut approximate_publisher = base.with_max_len(10);
+    let mut exact_publisher = base.clone().exact_max_len(10);
+    let mut approximate_publisher = base.max_len(10);
     for i in 0..500 {
         publish(&mut exact_publisher, Message::new(&exact, i.to_string())).await;
         publish(
@@ -436,8 +436,8 @@ async fn xautoclaim_recovers_a_dead_consumers_entries_with_their_delivery_counts
     let mut dying = StreamConsumer::subscribe(
         &config,
         fast_claims(&stream, "g")
-            .with_consumer_name("dying")
-            .with_batch_size(3),
+            .consumer_name("dying")
+            .batch_size(3),
     )
     .await
     .unwrap();
@@ -540,8 +540,8 @@ async fn dead_letter_stream_after_max_deliveries_with_reason_headers() {
     let _shared = BROKER.read().await;
     let config = config().await;
     let stream = unique("max-deliveries");
-    let settings = fast_claims(&stream, "g").with_max_deliveries(Some(3));
-    let dead_letter_stream = settings.dead_letter().unwrap().to_owned();
+    let settings = fast_claims(&stream, "g").max_deliveries(3);
+    let dead_letter_stream = tower_mq::dead_letter::destination_for(settings.stream());
     assert_eq!(dead_letter_stream, format!("{stream}.dlq"));
     let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
     let mut dead = StreamConsumer::subscribe(
@@ -607,7 +607,7 @@ async fn nack_with_a_delay_waits_and_readd_mode_appends_a_copy() {
     let stream = unique("nack-delay");
     let mut consumer = StreamConsumer::subscribe(
         &config,
-        fast_claims(&stream, "g").with_claim_idle(Duration::from_secs(5)),
+        fast_claims(&stream, "g").claim_idle(Duration::from_secs(5)),
     )
     .await
     .unwrap();
@@ -628,7 +628,7 @@ async fn nack_with_a_delay_waits_and_readd_mode_appends_a_copy() {
     let stream = unique("nack-readd");
     let mut consumer = StreamConsumer::subscribe(
         &config,
-        StreamConsumerConfig::new(&stream, "g").with_nack_mode(NackMode::Readd),
+        StreamConsumerConfig::new(&stream, "g").nack_mode(NackMode::Readd),
     )
     .await
     .unwrap();
@@ -654,7 +654,7 @@ async fn nack_with_a_delay_waits_and_readd_mode_appends_a_copy() {
 #[tokio::test]
 async fn pubsub_raw_and_enveloped_messages_and_patterns() {
     let _shared = BROKER.read().await;
-    let config = config().await.with_pubsub_framing(Framing::Envelope);
+    let config = config().await.pubsub_framing(Framing::Envelope);
     let prefix = unique("prices");
     let channel = format!("{prefix}.eur");
     let mut by_name = PubSubConsumer::subscribe(&config, [Subscription::channel(&channel)])
@@ -780,9 +780,7 @@ async fn pubsub_resubscribes_after_a_restart() {
 #[tokio::test]
 async fn in_flight_publish_fails_as_transient_on_restart_and_readiness_waits() {
     let _exclusive = BROKER.write().await;
-    let config = config()
-        .await
-        .with_response_timeout(Duration::from_secs(20));
+    let config = config().await.response_timeout(Duration::from_secs(20));
     let stream = unique("in-flight");
     let mut publisher = StreamPublisher::connect(&config).await.unwrap();
     publish(&mut publisher, Message::new(&stream, "warm-up")).await;
@@ -852,9 +850,7 @@ async fn in_flight_publish_fails_as_transient_on_restart_and_readiness_waits() {
 #[tokio::test]
 async fn a_hung_redis_times_out_as_transient_and_recovers() {
     let _exclusive = BROKER.write().await;
-    let config = config()
-        .await
-        .with_response_timeout(Duration::from_millis(300));
+    let config = config().await.response_timeout(Duration::from_millis(300));
     let stream = unique("hung");
     let mut publisher = StreamPublisher::connect(&config).await.unwrap();
     publish(&mut publisher, Message::new(&stream, "before")).await;
@@ -912,9 +908,9 @@ async fn own_redis(args: &[&str]) -> OwnServer {
 /// A config that gives up quickly on a server that is not there.
 fn quick(url: String) -> Config {
     Config::new(url)
-        .with_connection_timeout(Duration::from_millis(500))
-        .with_reconnect_retries(1)
-        .with_reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .connection_timeout(Duration::from_millis(500))
+        .reconnect_retries(1)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
 }
 
 #[tokio::test]
@@ -1274,9 +1270,9 @@ async fn a_readd_nack_at_the_backstop_dead_letters_at_once() {
     let config = config().await;
     let stream = unique("readd-backstop");
     let settings = StreamConsumerConfig::new(&stream, "g")
-        .with_nack_mode(NackMode::Readd)
-        .with_max_deliveries(Some(2));
-    let dead_letter_stream = settings.dead_letter().unwrap().to_owned();
+        .nack_mode(NackMode::Readd)
+        .max_deliveries(2);
+    let dead_letter_stream = tower_mq::dead_letter::destination_for(settings.stream());
     let mut consumer = StreamConsumer::subscribe(&config, settings).await.unwrap();
     let mut publisher = StreamPublisher::connect(&config).await.unwrap();
     publish(&mut publisher, Message::new(&stream, "poison")).await;

@@ -117,7 +117,7 @@ async fn pub_sub_delivers_by_topic_prefix() {
 async fn push_pull_balances_across_two_pullers_without_duplicates() {
     const COUNT: usize = 100;
     // The envelope, for the message ids.
-    let envelope = Config::new().with_framing(Framing::Envelope);
+    let envelope = Config::new().framing(Framing::Envelope);
     let mut publisher = Publisher::push(&envelope.clone().bind("tcp://127.0.0.1:0"))
         .await
         .expect("bind PUSH");
@@ -171,7 +171,7 @@ async fn push_pull_balances_across_two_pullers_without_duplicates() {
 
 #[tokio::test]
 async fn dealer_router_request_reply_in_the_envelope() {
-    let envelope = Config::new().with_framing(Framing::Envelope);
+    let envelope = Config::new().framing(Framing::Envelope);
     let (requests, replies) = Consumer::router(&envelope.clone().bind("tcp://127.0.0.1:0"))
         .await
         .expect("bind ROUTER");
@@ -506,7 +506,7 @@ async fn a_peer_that_restarts_on_the_same_port_gets_messages_again() {
 async fn malformed_envelopes_are_error_items_and_the_stream_continues() {
     let mut puller = Consumer::pull(
         &Config::new()
-            .with_framing(Framing::Envelope)
+            .framing(Framing::Envelope)
             .bind("tcp://127.0.0.1:0"),
     )
     .await
@@ -594,13 +594,10 @@ async fn invalid_endpoints_and_destinations_are_permanent() {
 
     // The envelope's topic frame must not be empty (plain frames have no topic frame
     // then).
-    let mut publisher = Publisher::push(
-        &Config::new()
-            .with_framing(Framing::Envelope)
-            .connect(&endpoint),
-    )
-    .await
-    .expect("PUSH");
+    let mut publisher =
+        Publisher::push(&Config::new().framing(Framing::Envelope).connect(&endpoint))
+            .await
+            .expect("PUSH");
     let ready = tokio::time::timeout(WAIT, publisher.ready())
         .await
         .expect("ready")

@@ -338,7 +338,7 @@ impl Fixture for RedisStreams {
         Box::pin(async move {
             let stream = unique("bench");
             let config = Config::new(&url);
-            let group = StreamConsumerConfig::new(&stream, "bench").without_dead_letter();
+            let group = StreamConsumerConfig::new(&stream, "bench").no_dead_letter();
             StreamConsumer::declare_group(&config, &group)
                 .await
                 .map_err(|e| {

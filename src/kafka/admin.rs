@@ -20,13 +20,13 @@ use super::BROKER;
 /// ```
 /// use tower_mq::kafka::TopicSpec;
 ///
-/// let spec = TopicSpec::new("orders").with_partitions(6).with_config("retention.ms", "86400000");
-/// assert_eq!(spec.partitions(), 6);
+/// let spec = TopicSpec::new("orders").partitions(6).config("retention.ms", "86400000");
+/// assert_eq!(spec.name(), "orders");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
     name: String,
-    partitions: i32,
+    pub(crate) partitions: i32,
     replication: i32,
     config: Vec<(String, String)>,
 }
@@ -43,19 +43,19 @@ impl TopicSpec {
     }
 
     /// Sets the number of partitions.
-    pub fn with_partitions(mut self, partitions: i32) -> Self {
+    pub fn partitions(mut self, partitions: i32) -> Self {
         self.partitions = partitions;
         self
     }
 
     /// Sets the replication factor.
-    pub fn with_replication(mut self, replication: i32) -> Self {
+    pub fn replication(mut self, replication: i32) -> Self {
         self.replication = replication;
         self
     }
 
     /// Adds a topic configuration entry (`retention.ms`, `cleanup.policy`, ...).
-    pub fn with_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.push((key.into(), value.into()));
         self
     }
@@ -63,11 +63,6 @@ impl TopicSpec {
     /// The topic's name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The number of partitions.
-    pub fn partitions(&self) -> i32 {
-        self.partitions
     }
 }
 
@@ -114,8 +109,8 @@ impl Admin {
 
     fn options(&self) -> AdminOptions {
         AdminOptions::new()
-            .request_timeout(Some(self.config.operation_timeout()))
-            .operation_timeout(Some(self.config.operation_timeout()))
+            .request_timeout(Some(self.config.operation_timeout))
+            .operation_timeout(Some(self.config.operation_timeout))
     }
 
     /// Creates the topics that do not exist yet; one that exists already is fine
@@ -167,7 +162,7 @@ impl Admin {
         let (topic, group) = (topic.to_owned(), group.to_owned());
         blocking(Operation::Declare, &topic.clone(), move || {
             let consumer = group_client(&config, &group, &topic)?;
-            let timeout = config.operation_timeout();
+            let timeout = config.operation_timeout;
             let committed = committed_of(&consumer, &config, &topic)?;
             let mut commit = TopicPartitionList::new();
             for (partition, offset) in committed {
@@ -201,7 +196,7 @@ impl Admin {
         let (topic, group) = (topic.to_owned(), group.to_owned());
         blocking(Operation::Receive, &topic.clone(), move || {
             let consumer = group_client(&config, &group, &topic)?;
-            let timeout = config.operation_timeout();
+            let timeout = config.operation_timeout;
             let mut lags = Vec::new();
             for (partition, committed) in committed_of(&consumer, &config, &topic)? {
                 let (low, high) = consumer
@@ -247,7 +242,7 @@ fn committed_of(
     config: &Config,
     topic: &str,
 ) -> Result<Vec<(i32, Option<i64>)>, Error> {
-    let timeout: Duration = config.operation_timeout();
+    let timeout: Duration = config.operation_timeout;
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| from_kafka(Operation::Declare, Some(topic), e))?;

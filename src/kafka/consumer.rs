@@ -37,7 +37,7 @@ const DELIVERED_METADATA: &str = "tmq-delivered:";
 /// ```
 /// use tower_mq::kafka::ConsumerConfig;
 ///
-/// let config = ConsumerConfig::new("orders", "billing").with_retry_topic("orders.retry");
+/// let config = ConsumerConfig::new("orders", "billing").retry_topic("orders.retry");
 /// assert_eq!(config.dead_letter_topic_of("orders"), "orders.dlq");
 /// ```
 #[derive(Debug, Clone)]
@@ -60,21 +60,21 @@ impl ConsumerConfig {
     }
 
     /// Consumes one more topic in the same group.
-    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topics.push(topic.into());
         self
     }
 
     /// Nacked messages are published to `topic` (default: back to the topic they came
     /// from). Whoever consumes that topic sees them as redeliveries.
-    pub fn with_retry_topic(mut self, topic: impl Into<String>) -> Self {
+    pub fn retry_topic(mut self, topic: impl Into<String>) -> Self {
         self.retry_topic = Some(topic.into());
         self
     }
 
     /// Rejected messages are published to `topic` (default: `<topic>.dlq` per topic,
     /// the shared rule of [`dead_letter::destination_for`]).
-    pub fn with_dead_letter(mut self, topic: impl Into<String>) -> Self {
+    pub fn dead_letter(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = Some(topic.into());
         self
     }
@@ -180,7 +180,7 @@ impl Consumer {
         let context = GroupContext {
             tracker: tracker.clone(),
             assigned,
-            timeout: config.operation_timeout(),
+            timeout: config.operation_timeout,
         };
         let inner: Inner = config
             .consumer_config(&consumer.group)
@@ -207,7 +207,7 @@ impl Consumer {
             tracker: tracker.clone(),
             settle: settle.clone(),
             topics: topics.clone(),
-            names: kafka_names(config.property_headers()),
+            names: kafka_names(&config.property_headers),
         }
         .run();
         let spawned = std::thread::Builder::new()
@@ -235,7 +235,7 @@ impl Consumer {
             tracker,
             assignment,
             settle,
-            operation_timeout: config.operation_timeout(),
+            operation_timeout: config.operation_timeout,
         })
     }
 

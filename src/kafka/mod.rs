@@ -32,7 +32,7 @@
 //! | message | record |
 //! |---|---|
 //! | destination | topic |
-//! | payload | value (an empty payload is an empty value, or a null one with [`Config::with_empty_payloads_as_tombstones`]; a null value reads as an empty payload) |
+//! | payload | value (an empty payload is an empty value, or a null one with [`Config::empty_payloads_as_tombstones`]; a null value reads as an empty payload) |
 //! | key | key, raw bytes (an empty key stays empty, no key stays null) |
 //! | headers | headers, in order, names repeated, [`HeaderValue::Null`] ⇄ a header without a value, bytes exact |
 //! | timestamp | timestamp, milliseconds (create time; unset, librdkafka stamps the send time; read whatever its type) |
@@ -44,7 +44,7 @@
 //! | delivery count | header `x-delivery-count` (see below) |
 //!
 //! Property headers follow the message's own headers. Their names are
-//! [`PropertyHeaders::kebab_case`] unless [`Config::with_property_headers`] says
+//! [`PropertyHeaders::kebab_case`] unless [`Config::property_headers`] says
 //! otherwise; the key and the timestamp always travel in the record's own fields.
 //! A received header named for a property becomes that property when its value is
 //! UTF-8 text. When a record's property headers are not where tower-mq would write
@@ -94,7 +94,7 @@
 //!
 //! # async fn run() -> Result<(), tower_mq::Error> {
 //! // Correlation ids in the header Spring Kafka uses; the other names stay kebab-case.
-//! let config = Config::new("127.0.0.1:9092").with_property_headers(
+//! let config = Config::new("127.0.0.1:9092").property_headers(
 //!     PropertyHeaders::kebab_case().with_name(Property::CorrelationId, "kafka_correlationId"),
 //! );
 //! let publisher = Publisher::connect(&config).await?;
@@ -134,7 +134,7 @@
 //!   with `x-delivery-count` incremented, after the nack's delay (the partition's commit
 //!   point waits meanwhile), and then marks the original finished;
 //! - **reject** publishes it to the dead-letter topic (`<topic>.dlq` unless configured
-//!   with [`ConsumerConfig::with_dead_letter`])
+//!   with [`ConsumerConfig::dead_letter`])
 //!   with the reason headers, then marks the original finished.
 //!
 //! Either copy keeps the record's key, timestamp and headers as they came.
@@ -163,7 +163,7 @@
 //! # async fn run() -> Result<(), tower_mq::Error> {
 //! let config = Config::new("127.0.0.1:9092");
 //! Admin::new(&config)?
-//!     .create_topic(TopicSpec::new("orders").with_partitions(3))
+//!     .create_topic(TopicSpec::new("orders").partitions(3))
 //!     .await?;
 //!
 //! let mut publisher = Publisher::connect(&config).await?;

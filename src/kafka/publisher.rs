@@ -68,11 +68,11 @@ impl Publisher {
             producer,
             shared: Arc::new(Shared {
                 full: AtomicBool::new(false),
-                capacity: config.queue_capacity().max(1),
+                capacity: config.configured_queue_capacity().max(1),
                 ignore_unsupported: config.ignores_unsupported(),
-                operation_timeout: config.operation_timeout(),
-                names: kafka_names(config.property_headers()),
-                empty_payloads_as_tombstones: config.empty_payloads_as_tombstones(),
+                operation_timeout: config.operation_timeout,
+                names: kafka_names(&config.property_headers),
+                empty_payloads_as_tombstones: config.empty_payloads_as_tombstones,
             }),
             waiting: None,
         })

@@ -48,7 +48,7 @@ impl crate::request::Requester<Publisher> {
         let mut replies =
             Consumer::subscribe(config, ConsumerConfig::new(reply_topic, group)).await?;
         replies
-            .wait_for_assignment(config.operation_timeout())
+            .wait_for_assignment(config.operation_timeout)
             .await?;
         let publisher = Publisher::new(config)?;
         Ok(Self::new(publisher, replies, reply_topic).broker_name(super::BROKER))

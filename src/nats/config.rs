@@ -8,7 +8,7 @@
 //! let config = Config::new("nats://127.0.0.1:4222")
 //!     .name("orders-service")
 //!     .client_capacity(1024)
-//!     .max_reconnect_delay(Duration::from_millis(500));
+//!     .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(500));
 //! let stream = StreamConfig::new("ORDERS", ["orders.>"])
 //!     .retention(Retention::WorkQueue)
 //!     .storage(Storage::File)
@@ -17,9 +17,9 @@
 //! let consumer = ConsumerConfig::new("billing")
 //!     .filter_subject("orders.created")
 //!     .ack_wait(Duration::from_secs(30))
-//!     .max_deliver(5)
+//!     .max_deliveries(5)
 //!     .backoff([Duration::from_secs(1), Duration::from_secs(10)])
-//!     .with_dead_letter("dead.orders");
+//!     .dead_letter("dead.orders");
 //! # let _ = (config, stream, consumer);
 //! ```
 
@@ -65,7 +65,8 @@ pub struct Config {
     pub(crate) subscription_capacity: usize,
     pub(crate) connection_timeout: Duration,
     pub(crate) request_timeout: Duration,
-    pub(crate) max_reconnect_delay: Duration,
+    pub(crate) reconnect_min_delay: Duration,
+    pub(crate) reconnect_max_delay: Duration,
     pub(crate) max_reconnects: Option<usize>,
     pub(crate) ping_interval: Duration,
     pub(crate) ignore_unsupported: bool,
@@ -91,7 +92,8 @@ impl Config {
             subscription_capacity: 64 * 1024,
             connection_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
-            max_reconnect_delay: Duration::from_secs(2),
+            reconnect_min_delay: Duration::from_millis(20),
+            reconnect_max_delay: Duration::from_secs(2),
             max_reconnects: None,
             ping_interval: Duration::from_secs(20),
             ignore_unsupported: false,
@@ -210,15 +212,18 @@ impl Config {
         self
     }
 
-    /// The longest pause between two reconnect attempts (the backoff doubles up to it).
-    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
-        self.max_reconnect_delay = delay;
+    /// The bounds of the jittered exponential backoff between reconnect attempts
+    /// (default 20 ms to 2 s): the first reconnect is immediate, the next waits up to
+    /// `min`, and each one after up to twice as long, capped at `max`.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min_delay = min;
+        self.reconnect_max_delay = max.max(min);
         self
     }
 
     /// Whether [`Connection::connect`](super::Connection::connect) retries while no
     /// server can be reached, with the jittered reconnect backoff (capped at
-    /// [`max_reconnect_delay`](Self::max_reconnect_delay)) between attempts. Default
+    /// [`reconnect_backoff`](Self::reconnect_backoff)) between attempts. Default
     /// [`ConnectRetry::Off`]: an unreachable server fails at once. Refused
     /// credentials or an invalid URL are never retried.
     ///
@@ -238,10 +243,10 @@ impl Config {
         self
     }
 
-    /// The jittered delays between connect attempts: 20 ms doubling up to
-    /// [`max_reconnect_delay`](Self::max_reconnect_delay), as the client's reconnects.
+    /// The jittered delays between connect attempts: the
+    /// [`reconnect_backoff`](Self::reconnect_backoff), as the client's reconnects.
     pub(crate) fn reconnect_delays(&self) -> Delays {
-        Delays::new(super::FIRST_RECONNECT_CEILING, self.max_reconnect_delay)
+        Delays::new(self.reconnect_min_delay, self.reconnect_max_delay)
     }
 
     /// Gives up after `attempts` consecutive failed reconnects (`None`, the default,
@@ -291,7 +296,8 @@ impl fmt::Debug for Config {
             .field("subscription_capacity", &self.subscription_capacity)
             .field("connection_timeout", &self.connection_timeout)
             .field("request_timeout", &self.request_timeout)
-            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("reconnect_min_delay", &self.reconnect_min_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("max_reconnects", &self.max_reconnects)
             .field("ping_interval", &self.ping_interval)
             .field("ignore_unsupported", &self.ignore_unsupported)
@@ -481,15 +487,19 @@ impl ConsumerConfig {
         self
     }
 
-    /// How many times a message is delivered at most (the first time included).
-    pub fn max_deliver(mut self, deliveries: u32) -> Self {
-        self.max_deliver = Some(deliveries.max(1));
+    /// How many times the server delivers a message at most, the first time included
+    /// (JetStream's `max_deliver`; `None`, the default, is unlimited). Like the Redis
+    /// consumer's limit of the same name, this is the broker's backstop: `serve`'s
+    /// [`max_deliveries`](crate::serve::Serve::max_deliveries) owns the attempt limit
+    /// (see [`dead_letter`](crate::dead_letter)).
+    pub fn max_deliveries(mut self, deliveries: impl Into<Option<u32>>) -> Self {
+        self.max_deliver = deliveries.into().map(|n| n.max(1));
         self
     }
 
     /// Redelivery delays after unacknowledged deliveries (the server uses them instead
     /// of the ack wait; the last one repeats). The server requires
-    /// [`max_deliver`](Self::max_deliver) to exceed their number.
+    /// [`max_deliveries`](Self::max_deliveries) to exceed their number.
     pub fn backoff(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
         self.backoff = delays.into_iter().collect();
         self
@@ -511,16 +521,16 @@ impl ConsumerConfig {
     /// stores nothing. Name it here, for example
     /// [`dead_letter::destination_for`](crate::dead_letter::destination_for) of a
     /// subject outside the stream.
-    pub fn with_dead_letter(mut self, subject: impl Into<String>) -> Self {
+    pub fn dead_letter(mut self, subject: impl Into<String>) -> Self {
         self.dead_letter_subject = Some(subject.into());
         self
     }
 
     /// How many messages one pull request asks for (default 100). Their ack wait
-    /// starts when the server sends them, so keep `batch` times the handling time of
+    /// starts when the server sends them, so keep `batch_size` times the handling time of
     /// one message below the ack wait, or the server delivers the last ones again
     /// (to another consumer of the group) while they are still waiting here.
-    pub fn batch(mut self, batch: usize) -> Self {
+    pub fn batch_size(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
     }

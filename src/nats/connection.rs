@@ -125,7 +125,7 @@ async fn connect_once(
 ) -> Result<(async_nats::Client, watch::Receiver<Link>), Error> {
     let (state_tx, connected) = watch::channel(Link::Down);
     let state_tx = Arc::new(state_tx);
-    let max_delay = config.max_reconnect_delay;
+    let (min_delay, max_delay) = (config.reconnect_min_delay, config.reconnect_max_delay);
     let mut options = async_nats::ConnectOptions::new()
         .client_capacity(config.client_capacity)
         .subscription_capacity(config.subscription_capacity)
@@ -135,7 +135,7 @@ async fn connect_once(
         .max_reconnects(config.max_reconnects)
         .reconnect_delay_callback({
             let rng = FastRng::new();
-            move |attempts| reconnect_delay(attempts, max_delay, &rng)
+            move |attempts| reconnect_delay(attempts, min_delay, max_delay, &rng)
         })
         .event_callback({
             let state_tx = state_tx.clone();
@@ -244,19 +244,15 @@ async fn authenticate(
     })
 }
 
-/// The ceiling of the delay before the second reconnect attempt (the first is
-/// immediate); it doubles up to [`Config::max_reconnect_delay`].
-pub(crate) const FIRST_RECONNECT_CEILING: Duration = Duration::from_millis(20);
-
 /// The delay before reconnect attempt number `attempts`: none before the first, then a
 /// jittered exponential backoff, so that clients that lost one server do not all come
-/// back at the same instant.
-fn reconnect_delay(attempts: usize, max: Duration, rng: &FastRng) -> Duration {
+/// back at the same instant: up to `min` before the second, doubling up to `max`.
+fn reconnect_delay(attempts: usize, min: Duration, max: Duration, rng: &FastRng) -> Duration {
     if attempts <= 1 {
         return Duration::ZERO;
     }
     let retry = u32::try_from(attempts - 2).unwrap_or(u32::MAX);
-    Backoff::exponential(FIRST_RECONNECT_CEILING, max).delay(retry, &mut rng.clone())
+    Backoff::exponential(min, max).delay(retry, &mut rng.clone())
 }
 
 fn on_event(state: &watch::Sender<Link>, event: &async_nats::Event) {
@@ -354,13 +350,13 @@ mod tests {
 
     #[test]
     fn two_clients_reconnect_after_different_delays() {
-        let max = Duration::from_secs(2);
+        let (min, max) = (Duration::from_millis(20), Duration::from_secs(2));
         let (a, b) = (FastRng::new(), FastRng::new());
-        assert_eq!(reconnect_delay(1, max, &a), Duration::ZERO);
-        let a: Vec<_> = (2..10).map(|n| reconnect_delay(n, max, &a)).collect();
-        let b: Vec<_> = (2..10).map(|n| reconnect_delay(n, max, &b)).collect();
+        assert_eq!(reconnect_delay(1, min, max, &a), Duration::ZERO);
+        let a: Vec<_> = (2..10).map(|n| reconnect_delay(n, min, max, &a)).collect();
+        let b: Vec<_> = (2..10).map(|n| reconnect_delay(n, min, max, &b)).collect();
         assert_ne!(a, b, "two clients reconnect in lockstep");
         assert!(a.iter().chain(&b).all(|d| *d <= max));
-        assert!(a[0] <= FIRST_RECONNECT_CEILING && b[0] <= FIRST_RECONNECT_CEILING);
+        assert!(a[0] <= min && b[0] <= min);
     }
 }

@@ -33,7 +33,7 @@
 //! # Reconnecting
 //!
 //! The client reconnects by itself with a capped, jittered backoff
-//! ([`Config::max_reconnect_delay`]), and connection events are logged with
+//! ([`Config::reconnect_backoff`]), and connection events are logged with
 //! `tracing` (target `tower_mq::nats`); [`Config::connect_retry`] makes the first
 //! connect wait for a server the same way. While it is disconnected:
 //! - every publisher's and requester's `poll_ready` is `Pending`, so tower's
@@ -90,7 +90,7 @@
 //! use tower_mq::nats::config::{ConsumerConfig, StreamConfig};
 //! let js = nats::jetstream::JetStream::new(&connection);
 //! js.declare_stream(&StreamConfig::new("ORDERS", ["orders.>"])).await?;
-//! let consumer = ConsumerConfig::new("billing").max_deliver(5).with_dead_letter("dead.orders");
+//! let consumer = ConsumerConfig::new("billing").max_deliveries(5).dead_letter("dead.orders");
 //! js.declare_consumer("ORDERS", &consumer).await?;
 //! let receipt = js
 //!     .publisher()
@@ -120,7 +120,7 @@ pub mod request;
 
 pub use self::config::Config;
 pub use self::connection::Connection;
-pub(crate) use self::connection::{Link, Readiness, FIRST_RECONNECT_CEILING};
+pub(crate) use self::connection::{Link, Readiness};
 pub use self::core::{BatchPublisher, Publisher, Subscriber};
 pub use self::request::Requester;
 

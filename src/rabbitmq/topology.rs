@@ -529,7 +529,7 @@ impl Queue {
     /// use tower_mq::rabbitmq::{Argument, Queue, Topology};
     ///
     /// let topology = Topology::new()
-    ///     .queue(Queue::quorum("orders").with_dead_letter(dead_letter::destination_for("orders")))
+    ///     .queue(Queue::quorum("orders").dead_letter(dead_letter::destination_for("orders")))
     ///     .queue(Queue::classic(dead_letter::destination_for("orders")));
     /// let orders = &topology.queues()[0];
     /// assert_eq!(
@@ -537,7 +537,7 @@ impl Queue {
     ///     Some(&Argument::String("orders.dlq".into()))
     /// );
     /// ```
-    pub fn with_dead_letter(self, queue: impl Into<String>) -> Self {
+    pub fn dead_letter(self, queue: impl Into<String>) -> Self {
         self.dead_letter_exchange("").dead_letter_routing_key(queue)
     }
 

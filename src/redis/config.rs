@@ -26,13 +26,13 @@ use crate::{ConnectRetry, Error, Operation};
 #[derive(Clone)]
 pub struct Config {
     url: String,
-    response_timeout: Duration,
-    connection_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) connection_timeout: Duration,
     reconnect_retries: usize,
     reconnect_min_delay: Duration,
     reconnect_max_delay: Duration,
-    stream_layout: StreamLayout,
-    pubsub_framing: Framing,
+    pub(crate) stream_layout: StreamLayout,
+    pub(crate) pubsub_framing: Framing,
     connect_retry: ConnectRetry,
 }
 
@@ -83,26 +83,26 @@ impl Config {
 
     /// How long a command may wait for its answer before failing with a transient
     /// error. Blocking stream reads get their block time on top of this.
-    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
     }
 
     /// How long opening a connection may take.
-    pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
         self
     }
 
     /// How many times a reconnect is attempted before the command that needed the
     /// connection fails (the next command starts a new round of attempts).
-    pub fn with_reconnect_retries(mut self, retries: usize) -> Self {
+    pub fn reconnect_retries(mut self, retries: usize) -> Self {
         self.reconnect_retries = retries;
         self
     }
 
     /// The bounds of the exponential backoff between reconnect attempts.
-    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min_delay = min;
         self.reconnect_max_delay = max.max(min);
         self
@@ -110,7 +110,7 @@ impl Config {
 
     /// Whether opening a connection (every publisher's and consumer's `connect` or
     /// `subscribe`) is retried while the server cannot be reached, with the jittered
-    /// [reconnect backoff](Self::with_reconnect_backoff) between attempts. Default
+    /// [reconnect backoff](Self::reconnect_backoff) between attempts. Default
     /// [`ConnectRetry::Off`]: an unreachable server fails at once. A refused password
     /// or an invalid URL is never retried.
     ///
@@ -130,26 +130,16 @@ impl Config {
     /// Which stream fields carry the payload and the properties (default
     /// [`StreamLayout::new`]); stream publishers and consumers built from this config
     /// use it, so they agree.
-    pub fn with_stream_layout(mut self, layout: StreamLayout) -> Self {
+    pub fn stream_layout(mut self, layout: StreamLayout) -> Self {
         self.stream_layout = layout;
         self
     }
 
     /// How Pub/Sub messages are framed (default [`Framing::Plain`]); Pub/Sub
     /// publishers and consumers built from this config use it.
-    pub fn with_pubsub_framing(mut self, framing: Framing) -> Self {
+    pub fn pubsub_framing(mut self, framing: Framing) -> Self {
         self.pubsub_framing = framing;
         self
-    }
-
-    /// The stream layout.
-    pub fn stream_layout(&self) -> &StreamLayout {
-        &self.stream_layout
-    }
-
-    /// The Pub/Sub framing.
-    pub fn pubsub_framing(&self) -> Framing {
-        self.pubsub_framing
     }
 
     /// The server URL, credentials included: print [`Config::redacted_url`] instead.
@@ -160,11 +150,6 @@ impl Config {
     /// The server URL with its password masked as `***`: what `Debug` and errors show.
     pub fn redacted_url(&self) -> String {
         redact::url(&self.url, LoneUser::Name).into_owned()
-    }
-
-    /// The response timeout of commands.
-    pub fn response_timeout(&self) -> Duration {
-        self.response_timeout
     }
 
     /// The redis-rs client for this URL.
@@ -222,11 +207,6 @@ impl Config {
     /// The jittered delays between reconnect attempts.
     pub(crate) fn reconnect_delays(&self) -> Delays {
         Delays::new(self.reconnect_min_delay, self.reconnect_max_delay)
-    }
-
-    /// The connection timeout.
-    pub fn connection_timeout(&self) -> Duration {
-        self.connection_timeout
     }
 
     pub(crate) fn reconnect_max_delay(&self) -> Duration {

@@ -30,18 +30,18 @@ pub(crate) type Fields = Vec<(Bytes, Bytes)>;
 /// // Entries written by a script that puts the body in `data` and the content type in
 /// // `mime`.
 /// let layout = StreamLayout::new()
-///     .with_payload_field("data")
-///     .with_property_fields(
+///     .payload_field("data")
+///     .property_fields(
 ///         StreamLayout::default_property_fields().with_name(Property::ContentType, "mime"),
 ///     );
-/// let config = Config::new("redis://127.0.0.1:6379").with_stream_layout(layout);
-/// assert_eq!(config.stream_layout().payload_field(), Some("data"));
+/// let config = Config::new("redis://127.0.0.1:6379").stream_layout(layout);
+/// # let _ = config;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamLayout {
-    payload: Option<Cow<'static, str>>,
-    properties: PropertyHeaders,
-    control_prefix: Cow<'static, str>,
+    pub(crate) payload: Option<Cow<'static, str>>,
+    pub(crate) properties: PropertyHeaders,
+    pub(crate) control_prefix: Cow<'static, str>,
     /// Prefix of header fields: empty on streams, `h:` in the Pub/Sub envelope.
     header_prefix: &'static str,
 }
@@ -92,7 +92,7 @@ impl StreamLayout {
     }
 
     /// Stores the payload in field `name` (default `payload`).
-    pub fn with_payload_field(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+    pub fn payload_field(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.payload = Some(name.into());
         self
     }
@@ -101,11 +101,11 @@ impl StreamLayout {
     /// named fields: every field that is not a property or control field is delivered
     /// as a header (binary-safe, in entry order) and the payload is empty. Publishing a
     /// message with a non-empty payload is refused. Add
-    /// `with_property_fields(PropertyHeaders::none())` to deliver literally every
+    /// `property_fields(PropertyHeaders::none())` to deliver literally every
     /// field as a header; a consumed message then has its entry's time as timestamp
     /// and no field to write it to, so publishing it again needs `ignore_unsupported`
     /// (which leaves the timestamp out and writes the same fields).
-    pub fn without_payload_field(mut self) -> Self {
+    pub fn no_payload_field(mut self) -> Self {
         self.payload = None;
         self
     }
@@ -114,7 +114,7 @@ impl StreamLayout {
     /// [`default_property_fields`](Self::default_property_fields)). A property without
     /// a field cannot be published (unless the publisher ignores unsupported
     /// properties, which then leaves it out).
-    pub fn with_property_fields(mut self, properties: PropertyHeaders) -> Self {
+    pub fn property_fields(mut self, properties: PropertyHeaders) -> Self {
         self.properties = properties;
         self
     }
@@ -122,24 +122,9 @@ impl StreamLayout {
     /// The prefix of the fields only tower-mq reads: `<prefix>ttl-ms`,
     /// `<prefix>expires-at-ms`, `<prefix>persistent`, `<prefix>priority` and
     /// `<prefix>redeliveries` (default `tmq-`).
-    pub fn with_control_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
+    pub fn control_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
         self.control_prefix = prefix.into();
         self
-    }
-
-    /// The payload field, if the layout has one.
-    pub fn payload_field(&self) -> Option<&str> {
-        self.payload.as_deref()
-    }
-
-    /// The property fields.
-    pub fn property_fields(&self) -> &PropertyHeaders {
-        &self.properties
-    }
-
-    /// The prefix of the control fields.
-    pub fn control_prefix(&self) -> &str {
-        &self.control_prefix
     }
 
     /// The name of control field `control`.
@@ -219,7 +204,7 @@ pub(crate) fn encode(
 ) -> Result<Fields, Error> {
     check_destination(message)?;
     let mut fields = Vec::with_capacity(2 + message.headers().len());
-    match layout.payload_field() {
+    match layout.payload.as_deref() {
         Some(name) => fields.push(field(name, message.payload().clone())),
         None if message.payload().is_empty() => {}
         None => {
@@ -250,7 +235,7 @@ pub(crate) fn encode(
             ));
         }
         if layout.header_prefix.is_empty() {
-            if layout.payload_field() == Some(name) {
+            if layout.payload.as_deref() == Some(name) {
                 return Err(refusal(
                     message,
                     format!("header `{name}` has the name of the payload field"),
@@ -431,7 +416,7 @@ pub(crate) fn decode(
                  without CR, LF or other control characters)"
             ));
         }
-        if !has_payload && layout.payload_field() == Some(name) {
+        if !has_payload && layout.payload.as_deref() == Some(name) {
             message.set_payload(value.clone());
             has_payload = true;
             continue;
@@ -472,7 +457,7 @@ pub(crate) fn decode(
             .headers_mut()
             .append(header, HeaderValue::Bytes(value.clone()));
     }
-    if let Some(payload) = layout.payload_field() {
+    if let Some(payload) = layout.payload.as_deref() {
         if !has_payload {
             return Err(format!("the entry has no `{payload}` field"));
         }
@@ -667,7 +652,7 @@ mod tests {
         );
         assert!(reason(Message::new("s", "x").with_priority(3)).contains("priority"));
         let no_timestamp = StreamLayout::new()
-            .with_property_fields(PropertyHeaders::kebab_case().with_name(Property::Key, "key"));
+            .property_fields(PropertyHeaders::kebab_case().with_name(Property::Key, "key"));
         let msg = Message::new("s", "x").with_timestamp(SystemTime::now());
         let err = encode(&no_timestamp, &msg, false).unwrap_err();
         assert!(err.to_string().contains("timestamp has no field"), "{err}");
@@ -675,7 +660,7 @@ mod tests {
             names(&encode(&no_timestamp, &msg, true).unwrap()),
             ["payload"]
         );
-        let headers_only = StreamLayout::new().without_payload_field();
+        let headers_only = StreamLayout::new().no_payload_field();
         assert!(encode(&headers_only, &Message::new("s", "x"), false).is_err());
     }
 
@@ -727,8 +712,8 @@ mod tests {
         assert!(binary.unwrap_err().contains("not UTF-8"));
 
         let headers_only = StreamLayout::new()
-            .without_payload_field()
-            .with_property_fields(PropertyHeaders::none());
+            .no_payload_field()
+            .property_fields(PropertyHeaders::none());
         let decoded = decode(
             &headers_only,
             "s",

@@ -40,7 +40,7 @@
 //! A message is stored as the fields of one stream entry, under the names other
 //! programs on the same Redis use, so that what tower-mq writes is what they read and
 //! what they write arrives intact. [`StreamLayout`] names the fields (set it with
-//! [`Config::with_stream_layout`]); the default:
+//! [`Config::stream_layout`]); the default:
 //!
 //! | model | stream field (default name) | Pub/Sub, plain framing (default) | Pub/Sub, envelope framing |
 //! |---|---|---|---|
@@ -61,7 +61,7 @@
 //! ([`StreamLayout::default_property_fields`]: the kebab-case names, plus `key` and
 //! `timestamp`), so each name can be changed or removed. Redis has no convention for
 //! TTL, persistence, priority or a re-add count, so those few fields carry a prefix,
-//! `tmq-` by default ([`StreamLayout::with_control_prefix`]).
+//! `tmq-` by default ([`StreamLayout::control_prefix`]).
 //!
 //! **Publishing** refuses, with a permanent [`Error`] naming the stream and the field:
 //! a header whose value is not bytes ([`HeaderValue::Bytes`]: Redis fields hold bytes,
@@ -87,7 +87,7 @@
 //! control character such as CR or LF (header names are text), is moved to the dead-letter stream with the reason (such as
 //! ``malformed entry: the entry has no `payload` field``) and acknowledged, and the rest
 //! of its batch is delivered. For streams whose entries are records of named fields
-//! rather than a payload, [`StreamLayout::without_payload_field`] delivers every field
+//! rather than a payload, [`StreamLayout::no_payload_field`] delivers every field
 //! (but the property fields, unless those are turned off too) as a header, in order,
 //! with an empty payload, and writes messages back the same way.
 //!
@@ -118,7 +118,7 @@
 //! let mut consumer =
 //!     StreamConsumer::subscribe(&config, StreamConsumerConfig::new("orders", "billing")).await?;
 //!
-//! let mut publisher = StreamPublisher::connect(&config).await?.with_max_len(100_000);
+//! let mut publisher = StreamPublisher::connect(&config).await?.max_len(100_000);
 //! let receipt = publisher
 //!     .ready()
 //!     .await?

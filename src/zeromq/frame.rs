@@ -187,7 +187,7 @@ pub(crate) fn encode_plain(
                 message,
                 format!(
                     "plain ZeroMQ frames cannot carry {}: enable the envelope \
-                     (Config::with_framing(Framing::Envelope)) on both peers, or \
+                     (Config::framing(Framing::Envelope)) on both peers, or \
                      ignore_unsupported to leave them out",
                     unsupported.join(", ")
                 ),

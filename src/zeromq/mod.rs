@@ -7,7 +7,7 @@
 //!
 //! - **redials**: zeromq's PUSH, PULL, PUB and DEALER sockets never reconnect to a peer
 //!   that went away; tower-mq redials every connected endpoint, with backoff between
-//!   [`Config::with_redial`]'s bounds, until its peer is back (a peer restarted on the
+//!   [`Config::reconnect_backoff`]'s bounds, until its peer is back (a peer restarted on the
 //!   same port gets messages again). SUB sockets are reconnected by zeromq itself.
 //! - **waits for a peer** where a send needs one: a PUSH or DEALER with no connected
 //!   peer would refuse what it sends, so the [`Publisher`]'s (PUSH) and the
@@ -16,7 +16,7 @@
 //!   send is kept and sent once a peer is back. A PUB does not wait: it is ready
 //!   without a subscriber and drops what nobody subscribed to, as PUB does in libzmq
 //!   ([`Publisher::wait_for_peers`] waits for subscribers when that matters).
-//! - **pushes back**: at most [`Config::with_send_queue`] sends wait for the socket at
+//! - **pushes back**: at most [`Config::send_queue`] sends wait for the socket at
 //!   a time; when the socket's own per-peer queue is full, sends wait, and once that
 //!   many wait `poll_ready` is `Pending`: backpressure, not loss. zeromq's per-peer
 //!   queue holds 100,000 messages (not configurable in zeromq 0.7) on top of the TCP
@@ -24,7 +24,7 @@
 //!
 //! The task does not carry messages: a [`Publisher`] (PUB, PUSH) hands each message to
 //! the socket itself, and a SUB or PULL [`Consumer`] reads the socket itself, taking
-//! every message that is ready at once (up to [`Config::with_receive_queue`]). Only
+//! every message that is ready at once (up to [`Config::receive_queue`]). Only
 //! DEALER and ROUTER sockets, whose sends and receives share the socket, send and read
 //! through the task.
 //!
@@ -51,7 +51,7 @@
 //! fails with a permanent error naming each of them; [`Publisher::ignore_unsupported`]
 //! leaves them out instead.
 //!
-//! Between tower-mq peers, [`Config::with_framing`]`(`[`Framing::Envelope`]`)` sends
+//! Between tower-mq peers, [`Config::framing`]`(`[`Framing::Envelope`]`)` sends
 //! the project's versioned envelope, `[topic, header block, payload]`, which carries
 //! every field of the message, header types included; its receivers still take plain
 //! frames from other peers. The layers that add headers or properties (trace context
@@ -109,7 +109,7 @@
 //!     .unwrap_err();
 //! assert!(err.to_string().contains("header `tenant`"));
 //!
-//! let envelope = Config::new().with_framing(Framing::Envelope);
+//! let envelope = Config::new().framing(Framing::Envelope);
 //! let mut worker = Consumer::pull(&envelope.clone().bind("tcp://127.0.0.1:0")).await?;
 //! let endpoint = worker.endpoints()[0].clone();
 //! let publisher = Publisher::push(&envelope.connect(&endpoint)).await?;
@@ -148,11 +148,10 @@ pub const BROKER: &str = "zeromq";
 /// let config = Config::new()
 ///     .bind("tcp://127.0.0.1:0")
 ///     .connect("tcp://127.0.0.1:5555")
-///     .with_send_queue(256)
-///     .with_redial(Duration::from_millis(20), Duration::from_secs(2))
-///     .with_framing(Framing::Envelope);
+///     .send_queue(256)
+///     .reconnect_backoff(Duration::from_millis(20), Duration::from_secs(2))
+///     .framing(Framing::Envelope);
 /// assert_eq!(config.binds(), ["tcp://127.0.0.1:0"]);
-/// assert_eq!(config.framing(), Framing::Envelope);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -163,7 +162,7 @@ pub struct Config {
     redial_min: Duration,
     redial_max: Duration,
     connect_timeout: Duration,
-    framing: Framing,
+    pub(crate) framing: Framing,
 }
 
 impl Default for Config {
@@ -202,7 +201,7 @@ impl Config {
     }
 
     /// How many sends may wait for the socket before `poll_ready` is `Pending`.
-    pub fn with_send_queue(mut self, messages: usize) -> Self {
+    pub fn send_queue(mut self, messages: usize) -> Self {
         self.send_queue = messages;
         self
     }
@@ -210,7 +209,7 @@ impl Config {
     /// How many received messages may wait for the consumer before the socket stops
     /// reading (and peers feel backpressure); for a SUB or PULL consumer, which reads
     /// its socket itself, the most messages it takes from the socket at a time.
-    pub fn with_receive_queue(mut self, messages: usize) -> Self {
+    pub fn receive_queue(mut self, messages: usize) -> Self {
         self.receive_queue = messages;
         self
     }
@@ -218,14 +217,14 @@ impl Config {
     /// The first and the longest wait between dials of an endpoint whose peer is gone:
     /// ceilings, each wait being drawn at random below its ceiling (full jitter), so
     /// that sockets that lost one peer together do not redial it together.
-    pub fn with_redial(mut self, min: Duration, max: Duration) -> Self {
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.redial_min = min;
         self.redial_max = max.max(min);
         self
     }
 
     /// How long one dial may try before the socket does other work and dials again.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
@@ -233,14 +232,9 @@ impl Config {
     /// How messages travel: [`Framing::Plain`] frames (the default), which any libzmq
     /// peer sends and reads, or the project's [`Framing::Envelope`], which carries
     /// headers and properties between tower-mq peers. See [`frame`].
-    pub fn with_framing(mut self, framing: Framing) -> Self {
+    pub fn framing(mut self, framing: Framing) -> Self {
         self.framing = framing;
         self
-    }
-
-    /// The framing set by [`Config::with_framing`].
-    pub fn framing(&self) -> Framing {
-        self.framing
     }
 
     /// The endpoints to bind.

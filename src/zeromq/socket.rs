@@ -137,7 +137,7 @@ pub(crate) struct Direct {
     /// per-peer queue is full), by a SUB or PULL consumer while it is polled, and by
     /// the socket task while it dials.
     pub(crate) socket: Arc<Mutex<AnySocket>>,
-    /// Sends in flight, at most [`Config::with_send_queue`]: publishers reserve one in
+    /// Sends in flight, at most [`Config::send_queue`]: publishers reserve one in
     /// `poll_ready`.
     pub(crate) slots: SendSlots,
     pub(crate) peers: watch::Receiver<usize>,
@@ -201,10 +201,10 @@ pub(crate) struct Handle {
     pub(crate) peers: watch::Receiver<usize>,
     pub(crate) endpoints: Arc<[String]>,
     pub(crate) name: Arc<str>,
-    /// How the socket's messages travel ([`Config::with_framing`]).
+    /// How the socket's messages travel ([`Config::framing`]).
     pub(crate) framing: Framing,
     /// The most messages a consumer reading the socket itself takes at a time
-    /// ([`Config::with_receive_queue`]).
+    /// ([`Config::receive_queue`]).
     pub(crate) receive_batch: usize,
     _alive: Arc<oneshot::Sender<()>>,
 }
@@ -614,7 +614,8 @@ mod tests {
 
     #[test]
     fn two_endpoints_redial_after_different_delays() {
-        let config = Config::new().with_redial(Duration::from_millis(20), Duration::from_secs(2));
+        let config =
+            Config::new().reconnect_backoff(Duration::from_millis(20), Duration::from_secs(2));
         let (mut a, mut b) = (redial_delays(&config), redial_delays(&config));
         let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
         let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();

@@ -74,7 +74,7 @@ const TANSU_CAPABILITIES: Capabilities = Capabilities {
 /// Creates `topic` and its consumer groups' needs on any Kafka fixture.
 pub async fn create_topic(admin: &Admin, topic: &str, name: &str) {
     if let Err(e) = admin
-        .create_topic(TopicSpec::new(topic).with_partitions(PARTITIONS))
+        .create_topic(TopicSpec::new(topic).partitions(PARTITIONS))
         .await
     {
         panic!("{name}: creating topic {topic} failed: {e}");
@@ -96,12 +96,12 @@ pub async fn joined_consumer(config: &Config, consumer: ConsumerConfig, name: &s
 /// The client settings both Kafka fixtures use; see the module docs.
 pub fn fixture_config(brokers: &str) -> Config {
     Config::new(brokers)
-        .with_batch_messages(1)
+        .batch_messages(1)
         .set_producer("partitioner", "murmur2")
         .set("reconnect.backoff.max.ms", "100")
         .set_consumer("session.timeout.ms", "6000")
         .set_consumer("heartbeat.interval.ms", "500")
-        .with_operation_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(10))
 }
 
 impl KafkaFixture {
@@ -117,7 +117,7 @@ impl Fixture for KafkaFixture {
 
     async fn connect() -> Self {
         let brokers = kafka_brokers();
-        let config = fixture_config(&brokers).with_operation_timeout(Duration::from_secs(5));
+        let config = fixture_config(&brokers).operation_timeout(Duration::from_secs(5));
         if let Err(e) = Publisher::connect(&config).await {
             panic!(
                 "kafka: cannot reach a Kafka broker at {brokers} (set TOWER_MQ_KAFKA_BROKERS; \

@@ -19,7 +19,8 @@ fn url() -> String {
 }
 
 async fn connect(name: &str) -> Connection {
-    let config = Config::new(url()).max_reconnect_delay(Duration::from_millis(200));
+    let config =
+        Config::new(url()).reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
     match Connection::connect(&config).await {
         Ok(connection) => connection,
         Err(e) => panic!(
@@ -218,9 +219,9 @@ pub mod jetstream {
             // would hold messages it has not looked at past their ack wait, and the
             // server would hand them to the other member of the group as well.
             ConsumerConfig::new(group)
-                .batch(1)
+                .batch_size(1)
                 .ack_wait(ACK_WAIT)
-                .with_dead_letter(dead_letter_subject(topic))
+                .dead_letter(dead_letter_subject(topic))
         }
 
         async fn durable(&self, stream: &str, config: &ConsumerConfig) -> BoxConsumer {

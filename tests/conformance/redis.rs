@@ -45,9 +45,9 @@ pub async fn harness(action: &str) {
 /// closes is seen within the suite's waits.
 pub fn consumer_config(topic: &str, group: &str) -> StreamConsumerConfig {
     StreamConsumerConfig::new(topic, group)
-        .with_claim_idle(Duration::from_secs(2))
-        .with_claim_interval(Duration::from_millis(250))
-        .with_block(Duration::from_millis(500))
+        .claim_idle(Duration::from_secs(2))
+        .claim_interval(Duration::from_millis(250))
+        .block(Duration::from_millis(500))
 }
 
 /// A config for `url`, panicking with the harness hint when Redis does not answer.
@@ -123,10 +123,8 @@ impl Fixture for RedisFixture {
     }
 
     async fn dead_letters(&self, topic: &str) -> BoxConsumer {
-        let dead_letter = consumer_config(topic, "unused")
-            .dead_letter()
-            .map(str::to_owned)
-            .expect("dead letters are on by default");
+        // Dead letters are on by default, to the shared convention's destination.
+        let dead_letter = tower_mq::dead_letter::destination_for(topic);
         self.group_consumer(&dead_letter, &unique_name("dead-letters"))
             .await
     }

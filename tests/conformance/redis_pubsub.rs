@@ -52,9 +52,7 @@ impl Fixture for RedisPubSubFixture {
 
     async fn connect() -> Self {
         RedisPubSubFixture {
-            config: connect_config()
-                .await
-                .with_pubsub_framing(Framing::Envelope),
+            config: connect_config().await.pubsub_framing(Framing::Envelope),
         }
     }
 

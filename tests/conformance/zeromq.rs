@@ -55,7 +55,7 @@ use crate::fixture::{
 /// Every socket of the suite: the cases publish headers and properties, which only the
 /// envelope carries (plain frames refuse them; the interop suite covers those).
 fn envelope_config() -> Config {
-    Config::new().with_framing(Framing::Envelope)
+    Config::new().framing(Framing::Envelope)
 }
 
 /// Marks the fixture's own probe messages.

@@ -34,11 +34,11 @@ fn brokers() -> String {
 async fn config() -> Config {
     let brokers = brokers();
     let config = Config::new(&brokers)
-        .with_batch_messages(1)
+        .batch_messages(1)
         .set("reconnect.backoff.max.ms", "100")
         .set_consumer("session.timeout.ms", "6000")
         .set_consumer("heartbeat.interval.ms", "500")
-        .with_operation_timeout(Duration::from_secs(5));
+        .operation_timeout(Duration::from_secs(5));
     if let Err(e) = Publisher::connect(&config).await {
         panic!(
             "kafka: cannot reach a Kafka broker at {brokers} (set TOWER_MQ_KAFKA_BROKERS; \
@@ -342,7 +342,7 @@ async fn records_from_a_plain_producer_arrive_exactly() {
 
 /// A null record value (a tombstone) is delivered as an empty payload, the one thing
 /// the model cannot tell apart; a forwarder configured with
-/// `with_empty_payloads_as_tombstones` writes it back as a null value.
+/// `empty_payloads_as_tombstones` writes it back as a null value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_arrives_as_an_empty_payload_and_can_be_forwarded_as_one() {
     let config = config().await;
@@ -367,7 +367,7 @@ async fn a_tombstone_arrives_as_an_empty_payload_and_can_be_forwarded_as_one() {
     assert_eq!(delivery.message().key(), Some(&b"deleted"[..]));
 
     let forwarder =
-        Publisher::new(&config.clone().with_empty_payloads_as_tombstones(true)).expect("publisher");
+        Publisher::new(&config.clone().empty_payloads_as_tombstones(true)).expect("publisher");
     let mut message = delivery.message().clone();
     message.set_destination(to.clone());
     publish(&forwarder, message).await;
@@ -478,7 +478,7 @@ async fn property_header_names_are_configurable() {
     let names = PropertyHeaders::kebab_case()
         .with_name(Property::CorrelationId, "kafka_correlationId")
         .without(Property::AppId);
-    let config = config().await.with_property_headers(names);
+    let config = config().await.property_headers(names);
     let topic = unique("names");
     topics(&config, &[&topic]).await;
     let publisher = Publisher::new(&config).expect("publisher");

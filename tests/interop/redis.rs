@@ -335,7 +335,7 @@ async fn streams_entry_without_the_payload_field_is_dead_lettered_with_the_reaso
     let (_, mut conn) = plain().await;
     let stream = unique("no-payload");
     let settings = StreamConsumerConfig::new(&stream, "g");
-    let dead_letter = settings.dead_letter().expect("default").to_owned();
+    let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
     let bad_id = xadd(
         &mut conn,
         &stream,
@@ -386,8 +386,8 @@ async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_g
     let config = config().await;
     let (_, mut conn) = plain().await;
     let stream = unique("binary-name");
-    let settings = StreamConsumerConfig::new(&stream, "g").with_batch_size(16);
-    let dead_letter = settings.dead_letter().expect("default").to_owned();
+    let settings = StreamConsumerConfig::new(&stream, "g").batch_size(16);
+    let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
     xadd(&mut conn, &stream, &[(b"payload", b"one")]).await;
     xadd(
         &mut conn,
@@ -426,10 +426,10 @@ async fn streams_claimed_entry_with_a_binary_field_name_is_dead_lettered_and_the
     let (_, mut conn) = plain().await;
     let stream = unique("claim-binary-name");
     let settings = StreamConsumerConfig::new(&stream, "g")
-        .with_claim_idle(Duration::from_millis(1))
-        .with_claim_interval(Duration::from_millis(50))
-        .with_block(Duration::from_millis(100));
-    let dead_letter = settings.dead_letter().expect("default").to_owned();
+        .claim_idle(Duration::from_millis(1))
+        .claim_interval(Duration::from_millis(50))
+        .block(Duration::from_millis(100));
+    let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
     xadd(&mut conn, &stream, &[(b"payload", b"bad"), (b"\xff", b"v")]).await;
     xadd(&mut conn, &stream, &[(b"payload", b"good")]).await;
     // Another program's consumer reads both and dies holding them: only XAUTOCLAIM
@@ -469,9 +469,9 @@ async fn streams_claimed_entry_with_a_binary_field_name_is_dead_lettered_and_the
 #[tokio::test]
 async fn streams_layout_without_payload_field_delivers_every_field_and_republishes_it() {
     let layout = StreamLayout::new()
-        .without_payload_field()
-        .with_property_fields(PropertyHeaders::none());
-    let config = config().await.with_stream_layout(layout);
+        .no_payload_field()
+        .property_fields(PropertyHeaders::none());
+    let config = config().await.stream_layout(layout);
     let (_, mut conn) = plain().await;
     let source = unique("records-from");
     let target = unique("records-to");
@@ -518,7 +518,7 @@ async fn streams_layout_without_payload_field_delivers_every_field_and_republish
 async fn streams_custom_payload_field_is_read_and_written() {
     let config = config()
         .await
-        .with_stream_layout(StreamLayout::new().with_payload_field("data"));
+        .stream_layout(StreamLayout::new().payload_field("data"));
     let (_, mut conn) = plain().await;
     let stream = unique("payload-field");
     xadd(
@@ -594,7 +594,7 @@ async fn streams_refusals_are_permanent_errors_naming_the_field() {
     }
     let headers_only = config
         .clone()
-        .with_stream_layout(StreamLayout::new().without_payload_field());
+        .stream_layout(StreamLayout::new().no_payload_field());
     let mut publisher = StreamPublisher::connect(&headers_only)
         .await
         .expect("connect");
@@ -747,7 +747,7 @@ async fn pubsub_plain_framing_refuses_what_a_bare_payload_cannot_carry() {
 
 #[tokio::test]
 async fn pubsub_envelope_framing_carries_everything_and_leaves_foreign_payloads_plain() {
-    let config = config().await.with_pubsub_framing(Framing::Envelope);
+    let config = config().await.pubsub_framing(Framing::Envelope);
     let (_, mut conn) = plain().await;
     let channel = unique("pubsub-envelope");
     let mut consumer = PubSubConsumer::subscribe(&config, [Subscription::channel(&channel)])
@@ -831,9 +831,9 @@ async fn streams_redelivery_counts_another_program_wrote_never_dead_letter_a_fir
     let (_, mut conn) = plain().await;
     let stream = unique("foreign-count");
     let settings = StreamConsumerConfig::new(&stream, "g")
-        .with_batch_size(16)
-        .with_max_deliveries(Some(10));
-    let dead_letter = settings.dead_letter().expect("default").to_owned();
+        .batch_size(16)
+        .max_deliveries(10);
+    let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
     // (value of tmq-redeliveries, delivery count expected)
     let cases: [(&[u8], u32); 6] = [
         (b"4294967295", 1),
@@ -875,8 +875,8 @@ async fn streams_entry_with_a_control_character_in_a_field_name_is_dead_lettered
     let config = config().await;
     let (_, mut conn) = plain().await;
     let stream = unique("control-name");
-    let settings = StreamConsumerConfig::new(&stream, "g").with_batch_size(16);
-    let dead_letter = settings.dead_letter().expect("default").to_owned();
+    let settings = StreamConsumerConfig::new(&stream, "g").batch_size(16);
+    let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
     let bad: [&[u8]; 4] = [
         b"x-evil\r\nInjected: 1",
         b"line\nfeed",

@@ -468,7 +468,7 @@ async fn plain_frames_refuse_headers_and_properties_with_a_permanent_error_namin
 
 #[tokio::test]
 async fn the_envelope_refuses_priority_and_ttl_unless_ignore_unsupported_carries_them() {
-    let envelope = Config::new().with_framing(Framing::Envelope);
+    let envelope = Config::new().framing(Framing::Envelope);
     let mut puller = Consumer::pull(&envelope.clone().bind("tcp://127.0.0.1:0"))
         .await
         .expect("PULL");
@@ -550,7 +550,7 @@ fn full_message(topic: &str) -> Message {
 
 #[tokio::test]
 async fn the_envelope_carries_every_field_and_header_type_between_tower_mq_peers() {
-    let envelope = Config::new().with_framing(Framing::Envelope);
+    let envelope = Config::new().framing(Framing::Envelope);
     // PUSH/PULL, then a consume-and-republish over PUB/SUB.
     let mut puller = Consumer::pull(&envelope.clone().bind("tcp://127.0.0.1:0"))
         .await
@@ -609,7 +609,7 @@ async fn the_envelope_carries_every_field_and_header_type_between_tower_mq_peers
 async fn an_envelope_receiver_still_takes_plain_frames_from_libzmq() {
     let mut puller = Consumer::pull(
         &Config::new()
-            .with_framing(Framing::Envelope)
+            .framing(Framing::Envelope)
             .bind("tcp://127.0.0.1:0"),
     )
     .await
@@ -628,7 +628,7 @@ async fn an_envelope_receiver_still_takes_plain_frames_from_libzmq() {
 
 #[tokio::test]
 async fn malformed_envelopes_from_a_peer_do_not_stop_serve() {
-    let mut config = Config::new().with_framing(Framing::Envelope);
+    let mut config = Config::new().framing(Framing::Envelope);
     config = config.bind("tcp://127.0.0.1:0");
     let consumer = Consumer::pull(&config).await.expect("PULL");
     let endpoint = consumer.endpoints()[0].clone();

@@ -30,7 +30,7 @@
 //! - `nack(delay)` asks for redelivery after `delay` (a nak with delay);
 //! - `reject(reason)` dead-letters: JetStream has no dead-letter queue, so the message
 //!   is published to the consumer's dead-letter subject (if configured with
-//!   [`ConsumerConfig::with_dead_letter`](super::config::ConsumerConfig::with_dead_letter))
+//!   [`ConsumerConfig::dead_letter`](super::config::ConsumerConfig::dead_letter))
 //!   with the shared [dead-letter headers](crate::dead_letter): reason, original
 //!   subject, stream, sequence, consumer, deliveries, original message id and time,
 //!   and then terminated (`+TERM`: never delivered again). Without a dead-letter
@@ -53,7 +53,7 @@
 //! message). Two things contain it: each [`Consumer`] has a connection of its own,
 //! so publishers and other consumers stay connected while it reconnects and pulls
 //! again (its other messages go on being delivered); and a consumer declared with a
-//! [`max_deliver`](super::config::ConsumerConfig::max_deliver) makes the server give
+//! [`max_deliver`](super::config::ConsumerConfig::max_deliveries) makes the server give
 //! up on such a message after that many deliveries and publish its
 //! `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>` advisory, naming
 //! its stream sequence. Without `max_deliver` it is delivered (and drops the
@@ -78,8 +78,8 @@
 //! js.declare_stream(&StreamConfig::new("DEAD", ["dead.>"])).await?;
 //! let workers = ConsumerConfig::new("workers")
 //!     .ack_wait(Duration::from_secs(30))
-//!     .max_deliver(5)
-//!     .with_dead_letter("dead.jobs");
+//!     .max_deliveries(5)
+//!     .dead_letter("dead.jobs");
 //! js.declare_consumer("JOBS", &workers).await?;
 //!
 //! let receipt = js

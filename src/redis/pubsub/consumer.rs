@@ -67,10 +67,10 @@ impl Consumer {
         }
         let mut receiver = Receiver {
             client: config.client()?,
-            framing: config.pubsub_framing(),
+            framing: config.pubsub_framing,
             subscriptions: subscriptions.clone(),
-            connection_timeout: config.connection_timeout(),
-            response_timeout: config.response_timeout(),
+            connection_timeout: config.connection_timeout,
+            response_timeout: config.response_timeout,
             max_backoff: config.reconnect_max_delay().max(Duration::from_millis(100)),
             messages: None,
             jitter: FastRng::new(),

@@ -20,7 +20,7 @@
 //! unsupported properties (then only the payload is sent). A non-persistent message is
 //! plain: nothing is stored either way, as the receipt says.
 //!
-//! [`Framing::Envelope`] (set with [`Config::with_pubsub_framing`] on both sides) is
+//! [`Framing::Envelope`] (set with [`Config::pubsub_framing`] on both sides) is
 //! tower-mq's own framing for peers that are all tower-mq: a message with more than a
 //! payload (a non-persistent one included, so that the flag round-trips), or whose
 //! payload starts with the marker, is sent as the bytes `\0tmq1`
@@ -62,7 +62,7 @@
 //! assert!(!refused.is_transient());
 //!
 //! // Between tower-mq peers, the envelope carries it.
-//! let config = config.with_pubsub_framing(Framing::Envelope);
+//! let config = config.pubsub_framing(Framing::Envelope);
 //! let mut consumer =
 //!     PubSubConsumer::subscribe(&config, [Subscription::channel("prices.eur")]).await?;
 //! let mut publisher = PubSubPublisher::connect(&config).await?;
@@ -76,7 +76,7 @@
 //! [`Receipt`]: crate::Receipt
 //! [`Guarantee::Forwarded`]: crate::Guarantee::Forwarded
 //! [Receipt::receivers]: crate::Receipt::receivers
-//! [`Config::with_pubsub_framing`]: super::Config::with_pubsub_framing
+//! [`Config::pubsub_framing`]: super::Config::pubsub_framing
 //! [`Delivery::unacknowledged`]: crate::Delivery::unacknowledged
 
 mod consumer;

@@ -40,7 +40,7 @@ impl Publisher {
     pub async fn connect(config: &Config) -> Result<Self, Error> {
         Ok(
             Publisher::from_connection(Connection::connect(config).await?)
-                .with_framing(config.pubsub_framing()),
+                .framing(config.pubsub_framing),
         )
     }
 
@@ -59,7 +59,7 @@ impl Publisher {
 
     /// Frames messages this way (default: the config's, [`Framing::Plain`] for a
     /// publisher built from a connection manager).
-    pub fn with_framing(mut self, framing: Framing) -> Self {
+    pub fn framing(mut self, framing: Framing) -> Self {
         self.framing = framing;
         self
     }

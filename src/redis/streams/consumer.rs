@@ -24,7 +24,7 @@ use crate::redis::layout::{decode, entry_time, Control, Fields, StreamLayout};
 use crate::redis::{is_connection_error, redis_error, BROKER};
 use crate::{dead_letter, Acker, Acknowledge, Delivery, Error, Operation};
 
-/// The default [`ConsumerConfig::with_max_deliveries`]: a backstop well above
+/// The default [`ConsumerConfig::max_deliveries`]: a backstop well above
 /// `serve`'s [`DEFAULT_MAX_DELIVERIES`](crate::serve::DEFAULT_MAX_DELIVERIES), so that
 /// `serve` decides for every delivery a handler finishes.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 4 * crate::serve::DEFAULT_MAX_DELIVERIES;
@@ -60,7 +60,7 @@ pub struct ConsumerConfig {
     claim_idle: Duration,
     claim_interval: Duration,
     max_deliveries: Option<u32>,
-    dead_letter: Option<String>,
+    pub(crate) dead_letter: Option<String>,
     nack: NackMode,
 }
 
@@ -91,7 +91,7 @@ impl ConsumerConfig {
 
     /// Uses `name` as the consumer name. Names must be unique within the group: two
     /// live consumers sharing one would share their pending entries.
-    pub fn with_consumer_name(mut self, name: impl Into<String>) -> Self {
+    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
         self.consumer = Some(name.into());
         self
     }
@@ -116,14 +116,14 @@ impl ConsumerConfig {
     /// for a lone consumer of a busy stream, reads of 64 with `serve`'s
     /// [`concurrency`](crate::serve::Serve::concurrency) at 64 double the default's
     /// throughput (see [`DEFAULT_CONCURRENCY`](crate::serve::DEFAULT_CONCURRENCY)).
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
     }
 
     /// How long a read waits for new entries before checking for entries to reclaim
     /// (at least 1 ms).
-    pub fn with_block(mut self, block: Duration) -> Self {
+    pub fn block(mut self, block: Duration) -> Self {
         self.block = block.max(Duration::from_millis(1));
         self
     }
@@ -131,13 +131,13 @@ impl ConsumerConfig {
     /// How long an entry must have been pending (delivered, not acknowledged) before
     /// it is reclaimed from the consumer that holds it: a consumer that died, or one
     /// whose handler took this long (then the message is processed twice).
-    pub fn with_claim_idle(mut self, idle: Duration) -> Self {
+    pub fn claim_idle(mut self, idle: Duration) -> Self {
         self.claim_idle = idle;
         self
     }
 
     /// How often pending entries are scanned with `XAUTOCLAIM`.
-    pub fn with_claim_interval(mut self, interval: Duration) -> Self {
+    pub fn claim_interval(mut self, interval: Duration) -> Self {
         self.claim_interval = interval.max(Duration::from_millis(1));
         self
     }
@@ -157,25 +157,25 @@ impl ConsumerConfig {
     /// adding a copy, and a `tmq-redeliveries` at or past the limit, which no consumer
     /// with this limit writes, is ignored. Without a limit every carried count is
     /// believed.
-    pub fn with_max_deliveries(mut self, max: Option<u32>) -> Self {
-        self.max_deliveries = max.map(|m| m.max(1));
+    pub fn max_deliveries(mut self, max: impl Into<Option<u32>>) -> Self {
+        self.max_deliveries = max.into().map(|m| m.max(1));
         self
     }
 
     /// Dead-letters to stream `stream` instead of `<stream>.dlq`.
-    pub fn with_dead_letter(mut self, stream: impl Into<String>) -> Self {
+    pub fn dead_letter(mut self, stream: impl Into<String>) -> Self {
         self.dead_letter = Some(stream.into());
         self
     }
 
     /// Drops dead letters (acknowledges them) instead of moving them to a stream.
-    pub fn without_dead_letter(mut self) -> Self {
+    pub fn no_dead_letter(mut self) -> Self {
         self.dead_letter = None;
         self
     }
 
     /// What a nack does; see [`NackMode`].
-    pub fn with_nack_mode(mut self, mode: NackMode) -> Self {
+    pub fn nack_mode(mut self, mode: NackMode) -> Self {
         self.nack = mode;
         self
     }
@@ -188,11 +188,6 @@ impl ConsumerConfig {
     /// The consumer group.
     pub fn group(&self) -> &str {
         &self.group
-    }
-
-    /// The dead-letter stream, if any.
-    pub fn dead_letter(&self) -> Option<&str> {
-        self.dead_letter.as_deref()
     }
 }
 
@@ -236,7 +231,7 @@ impl Consumer {
     pub async fn subscribe(config: &Config, consumer: ConsumerConfig) -> Result<Self, Error> {
         let conn = Connection::connect(config).await?;
         let blocking = config
-            .connect_with_response_timeout(config.response_timeout() + consumer.block)
+            .connect_with_response_timeout(config.response_timeout + consumer.block)
             .await?;
         let name = consumer.consumer.clone().unwrap_or_else(unique_name);
         let shared = Arc::new(Shared {
@@ -248,7 +243,7 @@ impl Consumer {
             nack: consumer.nack,
             claim_idle: consumer.claim_idle,
             max_deliveries: consumer.max_deliveries,
-            layout: config.stream_layout().clone(),
+            layout: config.stream_layout.clone(),
             acks: AckQueue::default(),
         });
         shared.create_group(&consumer.start).await?;
@@ -306,7 +301,7 @@ impl Consumer {
             nack: consumer.nack,
             claim_idle: consumer.claim_idle,
             max_deliveries: consumer.max_deliveries,
-            layout: config.stream_layout().clone(),
+            layout: config.stream_layout.clone(),
             acks: AckQueue::default(),
         };
         shared.create_group(&consumer.start).await

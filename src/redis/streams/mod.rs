@@ -7,14 +7,14 @@
 //! - **nack**: per [`NackMode`]: leave the entry pending to be reclaimed after its delay
 //!   (the default), or re-add a copy at the end of the stream.
 //! - **reject**: move the message to the dead-letter stream (default `<stream>.dlq`,
-//!   [`ConsumerConfig::with_dead_letter`] to name another) with the shared
+//!   [`ConsumerConfig::dead_letter`] to name another) with the shared
 //!   [dead-letter headers](crate::dead_letter): reason, original destination (the
 //!   stream), consumer (the group), entry id, deliveries and time; and acknowledge it,
 //!   in one `MULTI`/`EXEC`.
 //! - **recovery**: entries pending longer than the claim idle time (their consumer
 //!   died, or they were nacked) are taken over with `XAUTOCLAIM`; their delivery count
 //!   comes from the pending entries list, and past the consumer's backstop
-//!   ([`ConsumerConfig::with_max_deliveries`], above `serve`'s limit, which owns the
+//!   ([`ConsumerConfig::max_deliveries`], above `serve`'s limit, which owns the
 //!   attempt limit) they are dead-lettered with reason `max deliveries exceeded`.
 //! - **TTL**: an entry read after its deadline is dead-lettered with reason `expired`.
 //! - **malformed entries**: an entry that cannot be delivered intact (no payload field,

@@ -53,7 +53,7 @@ impl Publisher {
     pub async fn connect(config: &Config) -> Result<Self, Error> {
         Ok(
             Publisher::from_connection(Connection::connect(config).await?)
-                .with_layout(config.stream_layout().clone()),
+                .layout(config.stream_layout.clone()),
         )
     }
 
@@ -74,7 +74,7 @@ impl Publisher {
 
     /// Trims every stream appended to to about `max_len` entries (`MAXLEN ~`): Redis
     /// trims whole internal nodes, so a stream may hold somewhat more, cheaply.
-    pub fn with_max_len(mut self, max_len: usize) -> Self {
+    pub fn max_len(mut self, max_len: usize) -> Self {
         self.options.trim = Some(Trim {
             max_len,
             approximate: true,
@@ -83,8 +83,8 @@ impl Publisher {
     }
 
     /// Trims every stream appended to to exactly `max_len` entries (`MAXLEN =`), which
-    /// costs more per append than [`with_max_len`](Self::with_max_len).
-    pub fn with_exact_max_len(mut self, max_len: usize) -> Self {
+    /// costs more per append than [`max_len`](Self::max_len).
+    pub fn exact_max_len(mut self, max_len: usize) -> Self {
         self.options.trim = Some(Trim {
             max_len,
             approximate: false,
@@ -94,7 +94,7 @@ impl Publisher {
 
     /// Lays entries out this way (default: the config's, [`StreamLayout::new`] for a
     /// publisher built from a connection manager).
-    pub fn with_layout(mut self, layout: StreamLayout) -> Self {
+    pub fn layout(mut self, layout: StreamLayout) -> Self {
         self.options.layout = Arc::new(layout);
         self
     }
