@@ -53,6 +53,10 @@
 //!   without delay; counted as [released](Summary::released)), not lost. Dropping the
 //!   `serve` future instead abandons the deliveries in flight unsettled: the broker
 //!   redelivers them after its own timeout.
+//! - `serve` drops the consumer when it returns. A consumer that hands back what the
+//!   broker sent ahead does so as it is dropped, in the background; to wait for that
+//!   before the process exits, take the RabbitMQ consumer's `released()` future before
+//!   handing it to `serve` and await it after.
 //!
 //! [`Code::Malformed`]: crate::Code::Malformed
 //!

@@ -1961,3 +1961,62 @@ async fn closing_or_dropping_a_consumer_hands_back_its_prefetch_without_counting
         );
     }
 }
+
+/// `serve` drops its consumer when it returns, which hands the prefetch back from a
+/// background task that a process exiting right after could cut short; `released`
+/// waits for it: once it completes, the broker holds every delivery the consumer had
+/// fetched and no handler saw, uncounted.
+#[tokio::test]
+async fn after_serve_released_waits_until_the_prefetch_is_back_in_the_queue() {
+    let _shared = BROKER.read().await;
+    let q = unique("serve-close");
+    let connection = connect(
+        Config::new(url())
+            .routing(Routing::DefaultExchange)
+            .prefetch(10)
+            .topology(Topology::new().queue(queue(&q))),
+    )
+    .await;
+    let publisher = connection.publisher();
+    for n in 0..5 {
+        publisher
+            .clone()
+            .oneshot(Message::new(&q, n.to_string()))
+            .await
+            .unwrap();
+    }
+    let consumer = connection.consumer(&q).await.unwrap();
+    let released = consumer.released();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = std::sync::Mutex::new(Some(stop));
+    let handler = tower::service_fn(move |_: Delivery| {
+        // The first delivery handled asks serve to stop; the other four stay fetched.
+        if let Some(stop) = stop.lock().unwrap().take() {
+            let _ = stop.send(());
+        }
+        async { Ok::<_, tower_mq::BoxError>(()) }
+    });
+    let summary = tower_mq::serve(consumer, handler)
+        .concurrency(1)
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serve");
+    assert_eq!(summary.acked, 1, "{summary:?}");
+    tokio::time::timeout(Duration::from_secs(10), released)
+        .await
+        .expect("the hand-back is bounded");
+    let (_plain, channel) = plain_channel().await;
+    assert_eq!(
+        message_count(&channel, &q).await,
+        4,
+        "handed back when released completed"
+    );
+    let mut other = connection.consumer(&q).await.unwrap();
+    for _ in 0..4 {
+        let d = next(&mut other).await;
+        assert_eq!(d.delivery_count(), 1, "{:?}", d.message().payload());
+        d.ack().await.unwrap();
+    }
+}

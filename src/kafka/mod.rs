@@ -144,7 +144,10 @@
 //!
 //! Kafka keeps no per-message state, so neither redeliveries nor dead letters can be
 //! told apart from other records without these headers; they are the same names the
-//! [in-memory broker](crate::memory) uses.
+//! [in-memory broker](crate::memory) uses. For the same reason a well-formed
+//! `x-delivery-count` that another producer wrote is believed. It cannot dead-letter
+//! the record before a handler saw it: [`serve`](crate::serve()) checks the count only
+//! after a handler failed, so such a count can only cut that record's retries short.
 //!
 //! # Request/reply and administration
 //!

@@ -14,7 +14,7 @@ use lapin::options::{
     BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::confirms::{Outcome, Unconfirmed};
 use super::connection::Connection;
@@ -57,8 +57,12 @@ use crate::error::{Error, ErrorKind, Operation};
 ///   `x-tower-mq-deliveries` as the integer a requeue writes, on a message that came
 ///   back the way requeues send it (the default exchange, routing key = the queue),
 ///   and `x-delivery-count` only on a delivery the broker flags as redelivered. A
-///   count another publisher put in a message is ignored, so it cannot dead-letter
-///   the message before a handler saw it.
+///   count another publisher put in a message is ignored unless it looks exactly like
+///   one of these (an integer sent straight to the queue; an `x-delivery-count` on a
+///   classic queue's redelivery, which the broker does not overwrite). Even then it
+///   cannot dead-letter the message before a handler saw it: `serve` checks the count
+///   only after a handler failed, so a forged count can only cut that message's
+///   retries short.
 /// - **Closing.** Dropping the consumer cancels its subscription (`basic.cancel`) and
 ///   hands back the deliveries the broker had sent ahead (prefetch) and the stream
 ///   never yielded, so another consumer gets them at once: with
@@ -67,7 +71,8 @@ use crate::error::{Error, ErrorKind, Operation};
 ///   handler, so it does not count; the copy goes to the back of the queue), otherwise
 ///   with `basic.nack` and requeue (which quorum queues count as a delivery). Then the
 ///   channel closes, which returns to the queue whatever was not settled by then.
-///   [`Consumer::close`] does the same and waits for it.
+///   [`Consumer::close`] does the same and waits for it; [`Consumer::released`]
+///   waits for it after [`serve`](crate::serve()) dropped the consumer.
 /// - **Foreign messages.** Every property and typed header arrives as sent (see the
 ///   [module docs](super#the-wire)). A delivery the model cannot hold (a `timestamp`
 ///   past what the system clock holds) is rejected like [`Delivery::reject`] would,
@@ -100,6 +105,8 @@ pub struct Consumer {
     queue: String,
     /// The outcome of handing back what the broker sent ahead, once the stream is gone.
     closed: Option<oneshot::Receiver<Result<(), Error>>>,
+    /// True once that hand-back is over (or the sender is gone: nothing to hand back).
+    released: watch::Receiver<bool>,
     _consuming: super::connection::Consuming,
 }
 
@@ -135,7 +142,9 @@ impl Consumer {
             subscribe(&connection, &live.connection, live.generation, &queue).await?;
         let consuming = connection.consuming(&queue);
         let (closed_tx, closed) = oneshot::channel();
+        let (released_tx, released) = watch::channel(false);
         let state = State {
+            released: released_tx,
             delays: connection.config().reconnect_delays(),
             connection,
             queue: queue.clone(),
@@ -153,8 +162,30 @@ impl Consumer {
             inner: Box::pin(inner),
             queue,
             closed: Some(closed),
+            released,
             _consuming: consuming,
         })
+    }
+
+    /// Completes once this consumer is gone (closed, or dropped: by
+    /// [`serve`](crate::serve()) when it returns, say) and the deliveries the broker had
+    /// sent ahead are back in the queue. Take it before handing the consumer over:
+    ///
+    /// ```no_run
+    /// # async fn run(consumer: tower_mq::rabbitmq::Consumer) -> Result<(), tower_mq::BoxError> {
+    /// let handler = tower::service_fn(|_: tower_mq::Delivery| async { Ok::<_, tower_mq::BoxError>(()) });
+    /// let released = consumer.released();
+    /// tower_mq::serve(consumer, handler).await?;
+    /// released.await; // safe to exit: nothing fetched is left unsettled here
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn released(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut released = self.released.clone();
+        async move {
+            // An error means the sender is gone, which also ends the hand-back.
+            let _ = released.wait_for(|done| *done).await;
+        }
     }
 
     /// The queue consumed.
@@ -289,6 +320,8 @@ struct State {
     queue: String,
     /// Told the outcome of handing back what the broker sent ahead.
     closed: Option<oneshot::Sender<Result<(), Error>>>,
+    /// Set once that hand-back is over.
+    released: watch::Sender<bool>,
     current: Option<(Subscription, u64)>,
     /// The generation whose subscription was lost.
     lost: Option<u64>,
@@ -309,8 +342,10 @@ impl Drop for State {
         };
         let queue = self.queue.clone();
         let closed = self.closed.take();
+        let released = self.released.clone();
         runtime.spawn(async move {
             let result = subscription.release(&queue).await;
+            released.send_replace(true);
             if let Err(error) = &result {
                 tracing::warn!(%queue, %error, "handing back prefetched deliveries failed; closing the channel returns them");
             }
