@@ -207,6 +207,11 @@ struct Summary {
     heap_growth_bytes: i64,
     /// Heap growth from half to the end, per message.
     heap_bytes_per_message_second_half: f64,
+    /// The least-squares slope of RSS over messages, from the warm-up to the end:
+    /// steadier than two samples, each of which moves with the allocator.
+    rss_bytes_per_message_fit: f64,
+    /// The same of the heap, whose samples move with the exporter's deferred frees.
+    heap_bytes_per_message_fit: f64,
     /// The highest RSS of the process so far (`VmHWM`, earlier brokers' runs included).
     peak_rss_bytes: u64,
 }
@@ -216,6 +221,11 @@ fn summarize(samples: &[Sample], messages: u64) -> Option<Summary> {
     let warmup = at(messages / 10)?;
     let half = at(messages / 2)?;
     let end = *samples.last()?;
+    let after_warmup: Vec<Sample> = samples
+        .iter()
+        .filter(|s| s.messages >= warmup.messages)
+        .copied()
+        .collect();
     let per_message = |from: u64, to: u64| {
         let n = end.messages.saturating_sub(half.messages);
         if n == 0 {
@@ -233,8 +243,28 @@ fn summarize(samples: &[Sample], messages: u64) -> Option<Summary> {
         rss_anon_growth_bytes: end.rss_anon_bytes as i64 - warmup.rss_anon_bytes as i64,
         heap_growth_bytes: end.heap_bytes as i64 - warmup.heap_bytes as i64,
         heap_bytes_per_message_second_half: per_message(half.heap_bytes, end.heap_bytes),
+        rss_bytes_per_message_fit: slope(after_warmup.iter().map(|s| (s.messages, s.rss_bytes))),
+        heap_bytes_per_message_fit: slope(after_warmup.iter().map(|s| (s.messages, s.heap_bytes))),
         peak_rss_bytes: status_bytes("VmHWM"),
     })
+}
+
+/// The least-squares slope of `y` over `x` (0 with fewer than two distinct `x`).
+fn slope(points: impl Iterator<Item = (u64, u64)> + Clone) -> f64 {
+    let n = points.clone().count() as f64;
+    let (sx, sy) = points.clone().fold((0.0, 0.0), |(sx, sy), (x, y)| {
+        (sx + x as f64, sy + y as f64)
+    });
+    let (mx, my) = (sx / n, sy / n);
+    let (sxy, sxx) = points.fold((0.0, 0.0), |(sxy, sxx), (x, y)| {
+        let dx = x as f64 - mx;
+        (sxy + dx * (y as f64 - my), sxx + dx * dx)
+    });
+    if sxx > 0.0 {
+        sxy / sxx
+    } else {
+        0.0
+    }
 }
 
 /// One broker's run.
@@ -454,48 +484,45 @@ fn table(runs: &[Run]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| broker | messages | msgs/s | RSS MiB start | warm-up (at) | half (at) | end | RSS growth MiB | RSS B/msg, 2nd half | anon RSS growth MiB | heap MiB warm-up | heap end | heap growth MiB | heap B/msg, 2nd half |"
+        "| broker | messages | msgs/s | RSS MiB start | warm-up (at) | half (at) | end | peak | \
+         RSS growth MiB (anon) | RSS B/msg 2nd half | fit | heap MiB warm-up | end | \
+         heap B/msg 2nd half | fit |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for run in runs {
         let start = run.samples.first().map_or(0, |s| s.rss_bytes);
-        match &run.summary {
-            Some(s) => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {:.0} | {:.1} | {:.1} ({}) | {:.1} ({}) | {:.1} | {} | {:.3} | {} | {:.2} | {:.2} | {} | {:.3} |",
-                    run.broker,
-                    run.messages,
-                    run.msgs_per_sec,
-                    mib(start),
-                    mib(s.warmup.rss_bytes),
-                    s.warmup.messages,
-                    mib(s.half.rss_bytes),
-                    s.half.messages,
-                    mib(s.end.rss_bytes),
-                    signed_mib(s.rss_growth_bytes),
-                    s.rss_bytes_per_message_second_half,
-                    signed_mib(s.rss_anon_growth_bytes),
-                    mib(s.warmup.heap_bytes),
-                    mib(s.end.heap_bytes),
-                    signed_mib(s.heap_growth_bytes),
-                    s.heap_bytes_per_message_second_half,
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {:.0} | {:.1} | - | - | - | - | - | - | - | - | - | - |",
-                    run.broker,
-                    run.messages,
-                    run.msgs_per_sec,
-                    mib(start)
-                );
-            }
-        }
+        let _ = write!(
+            out,
+            "| {} | {} | {:.0} | {:.1} |",
+            run.broker,
+            run.messages,
+            run.msgs_per_sec,
+            mib(start)
+        );
+        let _ = match &run.summary {
+            Some(s) => writeln!(
+                out,
+                " {:.1} ({}) | {:.1} ({}) | {:.1} | {:.1} | {} ({}) | {:.3} | {:.3} | {:.2} | {:.2} | {:.3} | {:.3} |",
+                mib(s.warmup.rss_bytes),
+                s.warmup.messages,
+                mib(s.half.rss_bytes),
+                s.half.messages,
+                mib(s.end.rss_bytes),
+                mib(s.peak_rss_bytes),
+                signed_mib(s.rss_growth_bytes),
+                signed_mib(s.rss_anon_growth_bytes),
+                s.rss_bytes_per_message_second_half,
+                s.rss_bytes_per_message_fit,
+                mib(s.warmup.heap_bytes),
+                mib(s.end.heap_bytes),
+                s.heap_bytes_per_message_second_half,
+                s.heap_bytes_per_message_fit,
+            ),
+            None => writeln!(out, "{}", " - |".repeat(11)),
+        };
     }
     out
 }
