@@ -22,7 +22,7 @@ pub struct Record {
 
 /// `target/bench` of this workspace (`TOWER_MQ_BENCH_OUT` to put it elsewhere): not
 /// under a shared `CARGO_TARGET_DIR`, where runs from other checkouts would overwrite it.
-fn out_dir() -> PathBuf {
+pub fn out_dir() -> PathBuf {
     std::env::var_os("TOWER_MQ_BENCH_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"))
