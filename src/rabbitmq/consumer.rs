@@ -136,7 +136,7 @@ impl Consumer {
         let consuming = connection.consuming(&queue);
         let (closed_tx, closed) = oneshot::channel();
         let state = State {
-            delays: connection.config().reconnect_delays(),
+            delays: connection.config().reconnect_backoff.delays(),
             connection,
             queue: queue.clone(),
             closed: Some(closed_tx),

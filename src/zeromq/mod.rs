@@ -124,6 +124,8 @@
 
 use std::time::Duration;
 
+use crate::connect_retry::ReconnectBackoff;
+
 mod consumer;
 pub mod frame;
 mod publisher;
@@ -159,8 +161,7 @@ pub struct Config {
     connects: Vec<String>,
     send_queue: usize,
     receive_queue: usize,
-    redial_min: Duration,
-    redial_max: Duration,
+    pub(crate) redial: ReconnectBackoff,
     connect_timeout: Duration,
     pub(crate) framing: Framing,
 }
@@ -172,8 +173,7 @@ impl Default for Config {
             connects: Vec::new(),
             send_queue: 1024,
             receive_queue: 1024,
-            redial_min: Duration::from_millis(10),
-            redial_max: Duration::from_secs(1),
+            redial: ReconnectBackoff::new(Duration::from_millis(10), Duration::from_secs(1)),
             connect_timeout: Duration::from_millis(250),
             framing: Framing::Plain,
         }
@@ -218,8 +218,7 @@ impl Config {
     /// ceilings, each wait being drawn at random below its ceiling (full jitter), so
     /// that sockets that lost one peer together do not redial it together.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.redial_min = min;
-        self.redial_max = max.max(min);
+        self.redial = ReconnectBackoff::new(min, max);
         self
     }
 
