@@ -126,6 +126,27 @@ use std::time::Duration;
 
 use crate::connect_retry::ReconnectBackoff;
 
+/// The accessors of a socket's endpoints and peers, the same on every socket type
+/// that has them, read from its `handle` (a `socket::Handle`).
+macro_rules! socket_accessors {
+    () => {
+        /// The bound endpoints (ports resolved) and the connected ones.
+        pub fn endpoints(&self) -> &[String] {
+            &self.handle.endpoints
+        }
+
+        /// How many peers are connected now.
+        pub fn peers(&self) -> usize {
+            self.handle.peers()
+        }
+
+        /// Waits until at least `count` peers are connected (false if the socket stopped).
+        pub async fn wait_for_peers(&self, count: usize) -> bool {
+            self.handle.wait_for_peers(count).await
+        }
+    };
+}
+
 mod consumer;
 pub mod frame;
 mod publisher;
