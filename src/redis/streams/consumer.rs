@@ -522,19 +522,26 @@ impl Shared {
                     .cloned()
                     .collect();
                 copy.push((redeliveries, Bytes::from(count.to_string())));
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .add_command(xadd(&self.stream, &copy))
-                    .ignore()
-                    .cmd("XACK")
-                    .arg(&self.stream)
-                    .arg(&self.group)
-                    .arg(id)
-                    .ignore();
-                let result: RedisResult<()> = pipe.query_async(&mut manager).await;
-                result.map_err(|err| self.error(Operation::Nack, err))
+                self.add_and_ack(&self.stream, &copy, id)
+                    .await
+                    .map_err(|err| self.error(Operation::Nack, err))
             }
         }
+    }
+
+    /// Appends `fields` to `stream` as a new entry and acknowledges entry `id`, in one
+    /// transaction: a copy is never lost nor doubled by a failure in between.
+    async fn add_and_ack(&self, stream: &str, fields: &Fields, id: &str) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(xadd(stream, fields))
+            .ignore()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .ignore();
+        pipe.query_async(&mut self.conn.manager()).await
     }
 
     /// Moves an entry to the dead-letter stream with reason headers and acknowledges
@@ -573,21 +580,12 @@ impl Shared {
             .cloned()
             .collect();
         letter.extend(added);
-        let mut manager = self.conn.manager();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .add_command(xadd(dead_letter, &letter))
-            .ignore()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(id)
-            .ignore();
-        let result: RedisResult<()> = pipe.query_async(&mut manager).await;
-        result.map_err(|err| {
-            self.conn.record_error(&err);
-            redis_error(Operation::Reject, dead_letter, err)
-        })
+        self.add_and_ack(dead_letter, &letter, id)
+            .await
+            .map_err(|err| {
+                self.conn.record_error(&err);
+                redis_error(Operation::Reject, dead_letter, err)
+            })
     }
 }
 
@@ -769,16 +767,7 @@ impl Reader {
         };
         let entries = read_reply(reply).map_err(|what| self.unexpected("XREADGROUP", what))?;
         self.history = entries.last().map(|entry| entry.id.clone());
-        // An entry deleted while pending comes back without fields.
-        let entries: Vec<(String, Fields)> = entries
-            .into_iter()
-            .filter_map(|entry| Some((entry.id, entry.fields?)))
-            .collect();
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let counted = self.with_pending_counts(entries).await?;
-        self.admit(counted).await
+        self.admit_pending(entries).await
     }
 
     async fn claim(&mut self) -> Result<(), Error> {
@@ -816,15 +805,21 @@ impl Reader {
             Instant::now()
         };
         self.cursor = reply.cursor;
-        let claimed: Vec<(String, Fields)> = reply
-            .entries
+        self.admit_pending(reply.entries).await
+    }
+
+    /// Admits entries read again from the pending entries list (this consumer's own,
+    /// or claimed), with their delivery counters.
+    async fn admit_pending(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
+        // An entry deleted while pending comes back without fields.
+        let entries: Vec<(String, Fields)> = entries
             .into_iter()
             .filter_map(|entry| Some((entry.id, entry.fields?)))
             .collect();
-        if claimed.is_empty() {
+        if entries.is_empty() {
             return Ok(());
         }
-        let counted = self.with_pending_counts(claimed).await?;
+        let counted = self.with_pending_counts(entries).await?;
         self.admit(counted).await
     }
 
