@@ -211,14 +211,7 @@ impl Service<Vec<Message>> for BatchPublisher {
 /// Hands one message to the client.
 pub(crate) async fn send(connection: &Connection, message: &Message) -> Result<(), Error> {
     let subject = message.destination();
-    headers::check_publish_subject(subject, Operation::Publish)?;
-    headers::check_supported(
-        message,
-        Flavour::Core,
-        connection.config().ignore_unsupported,
-        Operation::Publish,
-    )?;
-    let headers = headers::encode(
+    let headers = headers::prepare(
         message,
         Flavour::Core,
         connection.config(),
