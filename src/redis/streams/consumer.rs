@@ -722,24 +722,9 @@ impl Reader {
             .block
             .min(until_claim)
             .max(Duration::from_millis(1));
-        let result: RedisResult<Value> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.shared.group)
-            .arg(&self.shared.consumer)
-            .arg("COUNT")
-            .arg(self.config.batch_size)
-            .arg("BLOCK")
-            .arg(millis(block))
-            .arg("STREAMS")
-            .arg(&self.shared.stream)
-            .arg(">")
-            .query_async(&mut self.blocking)
-            .await;
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(err) => return self.failed(Operation::Receive, err).await,
+        let Some(entries) = self.read_group(">", Some(block)).await? else {
+            return Ok(());
         };
-        let entries = read_reply(reply).map_err(|what| self.unexpected("XREADGROUP", what))?;
         let counted = entries
             .into_iter()
             .filter_map(|entry| Some((entry.id, entry.fields?, 1)))
@@ -747,25 +732,39 @@ impl Reader {
         self.admit(counted).await
     }
 
-    /// Reads this consumer's own pending entries again (after a lost reply).
-    async fn read_history(&mut self) -> Result<(), Error> {
-        let from = self.history.clone().unwrap_or_else(|| "0".to_owned());
-        let result: RedisResult<Value> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+    /// Reads a batch of this consumer's entries in the group after `from` (`>`: new
+    /// ones, waiting up to `block` for some). `None` when the read failed and
+    /// [`failed`](Self::failed) dealt with it.
+    async fn read_group(
+        &mut self,
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<Option<Vec<Entry>>, Error> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
             .arg(&self.shared.group)
             .arg(&self.shared.consumer)
             .arg("COUNT")
-            .arg(self.config.batch_size)
-            .arg("STREAMS")
-            .arg(&self.shared.stream)
-            .arg(&from)
-            .query_async(&mut self.blocking)
-            .await;
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(err) => return self.failed(Operation::Receive, err).await,
+            .arg(self.config.batch_size);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(millis(block));
+        }
+        cmd.arg("STREAMS").arg(&self.shared.stream).arg(from);
+        let result: RedisResult<Value> = cmd.query_async(&mut self.blocking).await;
+        match result {
+            Ok(reply) => read_reply(reply)
+                .map(Some)
+                .map_err(|what| self.unexpected("XREADGROUP", what)),
+            Err(err) => self.failed(Operation::Receive, err).await.map(|()| None),
+        }
+    }
+
+    /// Reads this consumer's own pending entries again (after a lost reply).
+    async fn read_history(&mut self) -> Result<(), Error> {
+        let from = self.history.clone().unwrap_or_else(|| "0".to_owned());
+        let Some(entries) = self.read_group(&from, None).await? else {
+            return Ok(());
         };
-        let entries = read_reply(reply).map_err(|what| self.unexpected("XREADGROUP", what))?;
         self.history = entries.last().map(|entry| entry.id.clone());
         self.admit_pending(entries).await
     }
