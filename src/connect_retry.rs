@@ -59,6 +59,29 @@ pub enum ConnectRetry {
     Forever,
 }
 
+/// The bounds of a config's jittered exponential backoff between (re)connect attempts,
+/// as its `reconnect_backoff` option sets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReconnectBackoff {
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
+}
+
+impl ReconnectBackoff {
+    /// Delays from `min` up to `max` (raised to `min` if below it).
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        ReconnectBackoff {
+            min,
+            max: max.max(min),
+        }
+    }
+
+    /// The delays of one (re)connect loop, jittered with a generator of its own.
+    pub(crate) fn delays(self) -> Delays {
+        Delays::new(self.min, self.max)
+    }
+}
+
 /// The delays between the attempts of one reconnect loop: the module's exponential
 /// backoff with full jitter from a generator of the loop's own, so that loops that
 /// failed together (every connection to a broker that restarted) do not retry together.
@@ -94,11 +117,11 @@ impl Delays {
 }
 
 /// Runs `attempt` once, or again after each transient failure as `retry` allows,
-/// waiting `delays` in between. `what` names the connection in the logs (never with
-/// credentials).
+/// waiting the jittered `backoff` in between. `what` names the connection in the logs
+/// (never with credentials).
 pub(crate) async fn connect<T, F, Fut>(
     retry: ConnectRetry,
-    mut delays: Delays,
+    backoff: ReconnectBackoff,
     what: &str,
     mut attempt: F,
 ) -> Result<T, Error>
@@ -107,6 +130,7 @@ where
     Fut: Future<Output = Result<T, Error>>,
 {
     let started = tokio::time::Instant::now();
+    let mut delays = backoff.delays();
     loop {
         let error = match attempt().await {
             Ok(connected) => return Ok(connected),
@@ -163,8 +187,8 @@ mod tests {
         }
     }
 
-    fn delays() -> Delays {
-        Delays::new(Duration::from_millis(100), Duration::from_secs(1))
+    fn backoff() -> ReconnectBackoff {
+        ReconnectBackoff::new(Duration::from_millis(100), Duration::from_secs(1))
     }
 
     #[tokio::test(start_paused = true)]
@@ -173,7 +197,7 @@ mod tests {
         let count = AtomicU32::new(0);
         let result = connect(
             ConnectRetry::Off,
-            delays(),
+            backoff(),
             "t",
             counting(&count, transient, 2),
         )
@@ -185,7 +209,7 @@ mod tests {
         let count = AtomicU32::new(0);
         let result = connect(
             ConnectRetry::Forever,
-            delays(),
+            backoff(),
             "t",
             counting(&count, permanent, 2),
         )
@@ -200,7 +224,7 @@ mod tests {
         let count = AtomicU32::new(0);
         let result = connect(
             ConnectRetry::Forever,
-            delays(),
+            backoff(),
             "t",
             counting(&count, transient, 50),
         )
@@ -212,7 +236,7 @@ mod tests {
         let limit = Duration::from_secs(10);
         let result = connect(
             ConnectRetry::Within(limit),
-            delays(),
+            backoff(),
             "t",
             counting(&count, transient, 0),
         )

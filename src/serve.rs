@@ -128,12 +128,11 @@
 //! ```
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future, IntoFuture, Pending};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -144,6 +143,7 @@ use futures_util::{FutureExt, StreamExt};
 use metrics::Counter;
 use tokio::task::JoinSet;
 use tower::Service;
+use tower_mq_core::cache::{DestinationCache, Entry};
 use tower_mq_core::{BoxError, Delivery, Error, ErrorKind, Settlement};
 use tower_mq_layers::classify::{Classifier, DefaultClassifier};
 use tower_mq_layers::metrics::names::labels;
@@ -873,70 +873,40 @@ impl Counted {
 /// building a metric's key and looking it up in the recorder per delivery costs more
 /// than the rest of settling a delivery on a fast broker. Handles are bound to the
 /// recorder current when they were registered (the first settlement of that kind on
-/// that destination in this run).
+/// that destination in this run). Past the cache's capacity, a settlement on a new
+/// destination registers its counter anew (the uncached cost), so unbounded
+/// destinations cannot grow it.
 #[derive(Default)]
 struct SettlementCounters {
-    by_destination: RwLock<HashMap<Arc<str>, Arc<Slots>>>,
+    by_destination: DestinationCache<Slots>,
     /// The destination settled last, with its counters: a run that settles one
     /// destination (the common case) finds them without hashing its name.
-    last: Mutex<Option<(Arc<str>, Arc<Slots>)>>,
+    last: Mutex<Option<Entry<Slots>>>,
 }
 
 /// One destination's counters, one slot per [`Counted`].
 type Slots = [OnceLock<Counter>; 6];
 
-/// Destinations whose counters a run keeps; beyond them each settlement registers
-/// its counter anew (the uncached cost), so unbounded destinations cannot grow it.
-const MAX_CACHED_DESTINATIONS: usize = 1024;
-
 impl SettlementCounters {
     fn increment(&self, destination: &str, counted: Counted) {
-        let slot = counted as usize;
-        let register = || {
-            ::metrics::counter!(
-                SETTLEMENTS_TOTAL,
-                labels::DESTINATION => destination.to_owned(),
-                "settlement" => counted.name(),
-            )
-        };
         // A poisoned lock only means a panic elsewhere while it was held; what it
         // guards is whole (every write is a single operation).
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((name, counters)) = &*last {
-            if **name == *destination {
-                counters[slot].get_or_init(register).increment(1);
-                return;
-            }
-        }
-        let cached = self
+        let counters = self
             .by_destination
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get_key_value(destination)
-            .map(|(name, counters)| (name.clone(), counters.clone()));
-        let (name, counters) = match cached {
-            Some(cached) => cached,
-            None => {
-                let mut map = self
-                    .by_destination
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if map.len() >= MAX_CACHED_DESTINATIONS && !map.contains_key(destination) {
-                    drop(map);
-                    drop(last);
-                    register().increment(1);
-                    return;
-                }
-                let name: Arc<str> = destination.into();
-                let counters = map.entry(name.clone()).or_default().clone();
-                (name, counters)
-            }
-        };
-        counters[slot].get_or_init(register).increment(1);
-        *last = Some((name, counters));
+            .get_after(&mut last, destination, Slots::default);
+        counters[counted as usize]
+            .get_or_init(|| {
+                ::metrics::counter!(
+                    SETTLEMENTS_TOTAL,
+                    labels::DESTINATION => destination.to_owned(),
+                    "settlement" => counted.name(),
+                )
+            })
+            .increment(1);
     }
 }
 

@@ -26,6 +26,7 @@
     unreachable_pub
 )]
 
+pub mod cache;
 pub mod dead_letter;
 pub mod delivery;
 pub mod error;

@@ -1,5 +1,4 @@
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -7,11 +6,11 @@ use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use futures_core::Stream;
-use tokio::time::{sleep_until, Sleep};
+use tokio::time::Sleep;
 use tower_mq_core::{Acker, Acknowledge, Delivery, Error, Operation};
 
 use super::state::{GroupKey, Next, Settle};
-use super::{Shared, BROKER};
+use super::{poll_deadline, Shared, BROKER};
 
 /// Receives from one consumer group of a memory [`Broker`](super::Broker): a
 /// `Stream<Item = Result<Delivery, Error>>` that waits for messages and never ends on
@@ -118,16 +117,7 @@ impl Stream for Consumer {
                 Next::Empty {
                     wake_at: Some(deadline),
                 } => {
-                    let timer = match &mut this.timer {
-                        Some(timer) => {
-                            if timer.deadline() != deadline {
-                                timer.as_mut().reset(deadline);
-                            }
-                            timer
-                        }
-                        None => this.timer.insert(Box::pin(sleep_until(deadline))),
-                    };
-                    if timer.as_mut().poll(cx).is_pending() {
+                    if poll_deadline(&mut this.timer, deadline, cx).is_pending() {
                         return Poll::Pending;
                     }
                     // Due already: look again.

@@ -67,8 +67,12 @@ mod publisher;
 mod state;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 
+use tokio::time::{sleep_until, Instant, Sleep};
 use tower_mq_core::{Error, Operation};
 
 pub use self::consumer::Consumer;
@@ -299,6 +303,26 @@ fn validate_name(
     Err(Error::permanent(BROKER, operation)
         .with_destination(destination)
         .with_reason(problem))
+}
+
+/// Waits on `timer` for `deadline`, the broker's next due time (an expiry, a delayed
+/// redelivery): the sleep already there is moved rather than made again when the due
+/// time changes. `Ready` once it is due.
+fn poll_deadline(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let timer = match timer {
+        Some(timer) => {
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            timer
+        }
+        None => timer.insert(Box::pin(sleep_until(deadline))),
+    };
+    timer.as_mut().poll(cx)
 }
 
 #[cfg(test)]

@@ -1,15 +1,15 @@
 use std::fmt;
-use std::future::{ready, Future, Ready};
+use std::future::{ready, Ready};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::{sleep_until, Sleep};
+use tokio::time::Sleep;
 use tower::Service;
 use tower_mq_core::{Error, Guarantee, Message, Operation, Position, Receipt};
 
 use super::state::Reserve;
-use super::{validate_name, Shared, BROKER};
+use super::{poll_deadline, validate_name, Shared, BROKER};
 
 /// Publishes to a memory [`Broker`](super::Broker): a
 /// `Service<Message, Response = Receipt, Error = Error>`.
@@ -94,16 +94,7 @@ impl Service<Message> for Publisher {
                 Reserve::Full {
                     wake_at: Some(deadline),
                 } => {
-                    let timer = match &mut self.timer {
-                        Some(timer) => {
-                            if timer.deadline() != deadline {
-                                timer.as_mut().reset(deadline);
-                            }
-                            timer
-                        }
-                        None => self.timer.insert(Box::pin(sleep_until(deadline))),
-                    };
-                    if timer.as_mut().poll(cx).is_pending() {
+                    if poll_deadline(&mut self.timer, deadline, cx).is_pending() {
                         return Poll::Pending;
                     }
                     // A message has expired already: look again.

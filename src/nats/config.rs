@@ -27,7 +27,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::connect_retry::Delays;
+use crate::connect_retry::ReconnectBackoff;
 use crate::redact::{self, LoneUser};
 use crate::wire::PropertyHeaders;
 use crate::ConnectRetry;
@@ -65,8 +65,7 @@ pub struct Config {
     pub(crate) subscription_capacity: usize,
     pub(crate) connection_timeout: Duration,
     pub(crate) request_timeout: Duration,
-    pub(crate) reconnect_min_delay: Duration,
-    pub(crate) reconnect_max_delay: Duration,
+    pub(crate) reconnect_backoff: ReconnectBackoff,
     pub(crate) max_reconnects: Option<usize>,
     pub(crate) ping_interval: Duration,
     pub(crate) ignore_unsupported: bool,
@@ -92,8 +91,10 @@ impl Config {
             subscription_capacity: 64 * 1024,
             connection_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
-            reconnect_min_delay: Duration::from_millis(20),
-            reconnect_max_delay: Duration::from_secs(2),
+            reconnect_backoff: ReconnectBackoff::new(
+                Duration::from_millis(20),
+                Duration::from_secs(2),
+            ),
             max_reconnects: None,
             ping_interval: Duration::from_secs(20),
             ignore_unsupported: false,
@@ -216,43 +217,24 @@ impl Config {
     /// (default 20 ms to 2 s): the first reconnect is immediate, the next waits up to
     /// `min`, and each one after up to twice as long, capped at `max`.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min_delay = min;
-        self.reconnect_max_delay = max.max(min);
+        self.reconnect_backoff = ReconnectBackoff::new(min, max);
         self
-    }
-
-    /// Whether [`Connection::connect`](super::Connection::connect) retries while no
-    /// server can be reached, with the jittered reconnect backoff (capped at
-    /// [`reconnect_backoff`](Self::reconnect_backoff)) between attempts. Default
-    /// [`ConnectRetry::Off`]: an unreachable server fails at once. Refused
-    /// credentials or an invalid URL are never retried.
-    ///
-    /// Unlike async-nats' `retry_on_initial_connect`, `connect` still returns only once
-    /// connected (or given up), so what it returns is usable at once.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower_mq::{nats::Config, ConnectRetry};
-    ///
-    /// let config = Config::new("nats://127.0.0.1:4222")
-    ///     .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
-    /// # let _ = config;
-    /// ```
-    pub fn connect_retry(mut self, retry: ConnectRetry) -> Self {
-        self.connect_retry = retry;
-        self
-    }
-
-    /// The jittered delays between connect attempts: the
-    /// [`reconnect_backoff`](Self::reconnect_backoff), as the client's reconnects.
-    pub(crate) fn reconnect_delays(&self) -> Delays {
-        Delays::new(self.reconnect_min_delay, self.reconnect_max_delay)
     }
 
     /// Gives up after `attempts` consecutive failed reconnects (`None`, the default,
     /// reconnects forever). Once given up, every operation fails (permanently).
     pub fn max_reconnects(mut self, attempts: Option<usize>) -> Self {
         self.max_reconnects = attempts.filter(|n| *n > 0);
+        self
+    }
+
+    /// Whether [`Connection::connect`](super::Connection::connect) retries while no
+    /// server can be reached, waiting the [reconnect backoff](Self::reconnect_backoff)
+    /// between attempts: see [`ConnectRetry`] (default [`ConnectRetry::Off`]). Unlike
+    /// async-nats' `retry_on_initial_connect`, `connect` still returns only once
+    /// connected (or given up), so what it returns is usable at once.
+    pub fn connect_retry(mut self, retry: ConnectRetry) -> Self {
+        self.connect_retry = retry;
         self
     }
 
@@ -296,8 +278,8 @@ impl fmt::Debug for Config {
             .field("subscription_capacity", &self.subscription_capacity)
             .field("connection_timeout", &self.connection_timeout)
             .field("request_timeout", &self.request_timeout)
-            .field("reconnect_min_delay", &self.reconnect_min_delay)
-            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("reconnect_min_delay", &self.reconnect_backoff.min)
+            .field("reconnect_max_delay", &self.reconnect_backoff.max)
             .field("max_reconnects", &self.max_reconnects)
             .field("ping_interval", &self.ping_interval)
             .field("ignore_unsupported", &self.ignore_unsupported)

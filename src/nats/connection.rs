@@ -14,6 +14,7 @@ use tower_mq_layers::retry::{Backoff, FastRng};
 
 use super::config::{Auth, Config};
 use super::{confirm, BROKER};
+use crate::connect_retry::ReconnectBackoff;
 use crate::redact;
 
 /// A connection to NATS, shared (cheaply cloned) by every service built on it.
@@ -50,7 +51,7 @@ impl Connection {
         let redacted_url = config.redacted_url();
         let (client, connected) = crate::connect_retry::connect(
             config.connect_retry,
-            config.reconnect_delays(),
+            config.reconnect_backoff,
             &redacted_url,
             || connect_once(config, &redacted_url),
         )
@@ -125,7 +126,10 @@ async fn connect_once(
 ) -> Result<(async_nats::Client, watch::Receiver<Link>), Error> {
     let (state_tx, connected) = watch::channel(Link::Down);
     let state_tx = Arc::new(state_tx);
-    let (min_delay, max_delay) = (config.reconnect_min_delay, config.reconnect_max_delay);
+    let ReconnectBackoff {
+        min: min_delay,
+        max: max_delay,
+    } = config.reconnect_backoff;
     let mut options = async_nats::ConnectOptions::new()
         .client_capacity(config.client_capacity)
         .subscription_capacity(config.subscription_capacity)

@@ -211,14 +211,7 @@ impl Service<Vec<Message>> for BatchPublisher {
 /// Hands one message to the client.
 pub(crate) async fn send(connection: &Connection, message: &Message) -> Result<(), Error> {
     let subject = message.destination();
-    headers::check_publish_subject(subject, Operation::Publish)?;
-    headers::check_supported(
-        message,
-        Flavour::Core,
-        connection.config().ignore_unsupported,
-        Operation::Publish,
-    )?;
-    let headers = headers::encode(
+    let headers = headers::prepare(
         message,
         Flavour::Core,
         connection.config(),
@@ -321,17 +314,8 @@ impl Subscriber {
         subject: impl Into<String>,
     ) -> Result<Self, Error> {
         let subject = subject.into();
-        let inner = connection
-            .client()
-            .subscribe(subject.clone())
-            .await
-            .map_err(|err| subscribe_error(&subject, err))?;
-        confirm_subscription(connection, &subject).await?;
-        Ok(Subscriber {
-            inner,
-            subject,
-            property_headers: connection.config().property_headers.clone(),
-        })
+        let subscribed = connection.client().subscribe(subject.clone()).await;
+        Subscriber::confirmed(connection, subject, subscribed).await
     }
 
     /// Subscribes to `subject` as a member of queue group `group`: each message goes
@@ -342,12 +326,23 @@ impl Subscriber {
         group: impl Into<String>,
     ) -> Result<Self, Error> {
         let subject = subject.into();
-        let inner = connection
+        let subscribed = connection
             .client()
             .queue_subscribe(subject.clone(), group.into())
-            .await
-            .map_err(|err| subscribe_error(&subject, err))?;
-        confirm_subscription(connection, &subject).await?;
+            .await;
+        Subscriber::confirmed(connection, subject, subscribed).await
+    }
+
+    /// The subscriber of `subject` that `subscribed` made, once the server has
+    /// confirmed the subscription (so that a message published after this returns
+    /// reaches it).
+    async fn confirmed(
+        connection: &Connection,
+        subject: String,
+        subscribed: Result<async_nats::Subscriber, async_nats::SubscribeError>,
+    ) -> Result<Self, Error> {
+        let inner = subscribed.map_err(|err| subscribe_error(&subject, err))?;
+        round_trip(connection, Operation::Subscribe, &subject).await?;
         Ok(Subscriber {
             inner,
             subject,
@@ -363,10 +358,6 @@ impl Subscriber {
 
 /// Makes sure the server registered the subscription before returning, so a message
 /// published right after subscribing (on any connection) reaches it.
-async fn confirm_subscription(connection: &Connection, subject: &str) -> Result<(), Error> {
-    round_trip(connection, Operation::Subscribe, subject).await
-}
-
 fn subscribe_error(subject: &str, err: async_nats::SubscribeError) -> Error {
     use async_nats::client::SubscribeErrorKind as Kind;
     let kind = match err.kind() {

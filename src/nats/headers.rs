@@ -167,10 +167,24 @@ impl Flavour {
 
 const IGNORE_HINT: &str = "enable Config::ignore_unsupported to publish without it";
 
+/// Checks that `message` can be published on `flavour` (see [`check_publish_subject`]
+/// and [`check_supported`]) and encodes its headers (see [`encode`]): what every
+/// publish and request does before handing a message to the client.
+pub(crate) fn prepare(
+    message: &Message,
+    flavour: Flavour,
+    config: &Config,
+    operation: Operation,
+) -> Result<HeaderMap, Error> {
+    check_publish_subject(message.destination(), operation)?;
+    check_supported(message, flavour, config.ignore_unsupported, operation)?;
+    encode(message, flavour, config, operation)
+}
+
 /// Fails with a permanent error when `subject` cannot be published to: empty, with
 /// whitespace, with an empty token (`a..b`, a leading or trailing dot) or a wildcard
 /// token (`*`, `>`), which only subscriptions may use.
-pub(crate) fn check_publish_subject(subject: &str, operation: Operation) -> Result<(), Error> {
+fn check_publish_subject(subject: &str, operation: Operation) -> Result<(), Error> {
     let problem = if subject.is_empty() {
         Some("a subject cannot be empty")
     } else if subject.chars().any(char::is_whitespace) {
@@ -193,7 +207,7 @@ pub(crate) fn check_publish_subject(subject: &str, operation: Operation) -> Resu
 
 /// Fails with a permanent error when `message` has a property NATS cannot honour,
 /// unless `ignore` is set.
-pub(crate) fn check_supported(
+fn check_supported(
     message: &Message,
     flavour: Flavour,
     ignore: bool,

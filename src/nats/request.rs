@@ -165,14 +165,7 @@ impl Service<Message> for Requester {
         BoxResponseFuture::boxed(BROKER, destination, timeout, async move {
             let subject = message.destination();
             let config = connection.config();
-            headers::check_publish_subject(subject, Operation::Request)?;
-            headers::check_supported(
-                &message,
-                Flavour::Core,
-                config.ignore_unsupported,
-                Operation::Request,
-            )?;
-            let headers = headers::encode(&message, Flavour::Core, config, Operation::Request)?;
+            let headers = headers::prepare(&message, Flavour::Core, config, Operation::Request)?;
             let usable = |open: &Inbox| open.waiters.closed().is_none();
             let inbox = inbox.get(usable, || open_inbox(&connection)).await?;
             // Registered before publishing, so a fast reply finds its request.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::topology::Topology;
-use crate::connect_retry::Delays;
+use crate::connect_retry::ReconnectBackoff;
 use crate::redact::{self, LoneUser};
 use crate::ConnectRetry;
 
@@ -61,8 +61,7 @@ pub struct Config {
     pub(crate) connection_name: String,
     pub(crate) channel_pool_size: usize,
     pub(crate) prefetch: u16,
-    pub(crate) backoff_initial: Duration,
-    pub(crate) backoff_max: Duration,
+    pub(crate) reconnect_backoff: ReconnectBackoff,
     pub(crate) routing: Routing,
     pub(crate) mandatory: bool,
     pub(crate) request_timeout: Duration,
@@ -159,8 +158,10 @@ impl Config {
             connection_name: "tower-mq".to_owned(),
             channel_pool_size: 4,
             prefetch: 32,
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
+            reconnect_backoff: ReconnectBackoff::new(
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+            ),
             routing: Routing::default(),
             mandatory: true,
             request_timeout: Duration::from_secs(30),
@@ -227,34 +228,17 @@ impl Config {
     /// failure up to `max`; each delay is drawn at random below its ceiling (full
     /// jitter), so that connections lost together do not reconnect together.
     pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.backoff_initial = initial;
-        self.backoff_max = max.max(initial);
+        self.reconnect_backoff = ReconnectBackoff::new(initial, max);
         self
     }
 
     /// Whether [`Connection::connect`](super::Connection::connect) retries while the
-    /// broker cannot be reached, with the jittered
-    /// [reconnect backoff](Self::reconnect_backoff) between attempts. Default
-    /// [`ConnectRetry::Off`]: an unreachable broker fails at once. Refused credentials,
-    /// an invalid URI or a refused declaration of the configured topology are never
-    /// retried.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower_mq::{rabbitmq::Config, ConnectRetry};
-    ///
-    /// let config = Config::new("amqp://guest:guest@127.0.0.1:5672/%2f")
-    ///     .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
-    /// # let _ = config;
-    /// ```
+    /// broker cannot be reached, waiting the [reconnect backoff](Self::reconnect_backoff)
+    /// between attempts: see [`ConnectRetry`] (default [`ConnectRetry::Off`]). A
+    /// refused declaration of the configured topology is never retried either.
     pub fn connect_retry(mut self, retry: ConnectRetry) -> Self {
         self.connect_retry = retry;
         self
-    }
-
-    /// The jittered delays between (re)connect attempts.
-    pub(crate) fn reconnect_delays(&self) -> Delays {
-        Delays::new(self.backoff_initial, self.backoff_max)
     }
 
     /// How destinations map to exchanges and routing keys. See [`Routing`].
@@ -396,8 +380,8 @@ impl fmt::Debug for Config {
             .field("connection_name", &self.connection_name)
             .field("channel_pool_size", &self.channel_pool_size)
             .field("prefetch", &self.prefetch)
-            .field("backoff_initial", &self.backoff_initial)
-            .field("backoff_max", &self.backoff_max)
+            .field("backoff_initial", &self.reconnect_backoff.min)
+            .field("backoff_max", &self.reconnect_backoff.max)
             .field("routing", &self.routing)
             .field("mandatory", &self.mandatory)
             .field("request_timeout", &self.request_timeout)
@@ -419,7 +403,10 @@ mod tests {
     fn two_connections_reconnect_after_different_delays() {
         let config = Config::new("amqp://127.0.0.1")
             .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5));
-        let (mut a, mut b) = (config.reconnect_delays(), config.reconnect_delays());
+        let (mut a, mut b) = (
+            config.reconnect_backoff.delays(),
+            config.reconnect_backoff.delays(),
+        );
         let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
         let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
         assert_ne!(a, b, "two connections reconnect in lockstep");

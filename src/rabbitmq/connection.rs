@@ -265,7 +265,7 @@ impl Connection {
         let topology = Arc::new(Mutex::new(config.topology.clone()));
         let (live, events) = crate::connect_retry::connect(
             config.connect_retry,
-            config.reconnect_delays(),
+            config.reconnect_backoff,
             &endpoint,
             || establish(&config, &uri, &endpoint, &topology, 1),
         )
@@ -661,7 +661,7 @@ impl Supervisor {
             drop(live);
 
             // Reconnecting: retry with jittered exponential backoff.
-            let mut delays = self.config.reconnect_delays();
+            let mut delays = self.config.reconnect_backoff.delays();
             live = loop {
                 let delay = delays.next_delay();
                 let attempt = establish(

@@ -145,7 +145,7 @@ impl Consumer {
         let (released_tx, released) = watch::channel(false);
         let state = State {
             released: released_tx,
-            delays: connection.config().reconnect_delays(),
+            delays: connection.config().reconnect_backoff.delays(),
             connection,
             queue: queue.clone(),
             closed: Some(closed_tx),

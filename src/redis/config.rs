@@ -9,7 +9,7 @@ use redis::Client;
 use super::layout::StreamLayout;
 use super::pubsub::Framing;
 use super::{redis_error, BROKER};
-use crate::connect_retry::{self, Delays};
+use crate::connect_retry::{self, ReconnectBackoff};
 use crate::redact::{self, LoneUser};
 use crate::{ConnectRetry, Error, Operation};
 
@@ -29,8 +29,7 @@ pub struct Config {
     pub(crate) response_timeout: Duration,
     pub(crate) connection_timeout: Duration,
     reconnect_retries: usize,
-    reconnect_min_delay: Duration,
-    reconnect_max_delay: Duration,
+    reconnect_backoff: ReconnectBackoff,
     pub(crate) stream_layout: StreamLayout,
     pub(crate) pubsub_framing: Framing,
     connect_retry: ConnectRetry,
@@ -52,8 +51,10 @@ impl Config {
             response_timeout: Duration::from_secs(2),
             connection_timeout: Duration::from_secs(1),
             reconnect_retries: 4,
-            reconnect_min_delay: Duration::from_millis(50),
-            reconnect_max_delay: Duration::from_secs(1),
+            reconnect_backoff: ReconnectBackoff::new(
+                Duration::from_millis(50),
+                Duration::from_secs(1),
+            ),
             stream_layout: StreamLayout::new(),
             pubsub_framing: Framing::Plain,
             connect_retry: ConnectRetry::Off,
@@ -103,25 +104,14 @@ impl Config {
 
     /// The bounds of the exponential backoff between reconnect attempts.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min_delay = min;
-        self.reconnect_max_delay = max.max(min);
+        self.reconnect_backoff = ReconnectBackoff::new(min, max);
         self
     }
 
     /// Whether opening a connection (every publisher's and consumer's `connect` or
-    /// `subscribe`) is retried while the server cannot be reached, with the jittered
-    /// [reconnect backoff](Self::reconnect_backoff) between attempts. Default
-    /// [`ConnectRetry::Off`]: an unreachable server fails at once. A refused password
-    /// or an invalid URL is never retried.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower_mq::{redis::Config, ConnectRetry};
-    ///
-    /// let config = Config::new("redis://127.0.0.1:6379")
-    ///     .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
-    /// # let _ = config;
-    /// ```
+    /// `subscribe`) is retried while the server cannot be reached, waiting the
+    /// [reconnect backoff](Self::reconnect_backoff) between attempts: see
+    /// [`ConnectRetry`] (default [`ConnectRetry::Off`]).
     pub fn connect_retry(mut self, retry: ConnectRetry) -> Self {
         self.connect_retry = retry;
         self
@@ -177,8 +167,8 @@ impl Config {
             .set_response_timeout(Some(response_timeout))
             .set_connection_timeout(Some(self.connection_timeout))
             .set_number_of_retries(self.reconnect_retries)
-            .set_min_delay(self.reconnect_min_delay)
-            .set_max_delay(self.reconnect_max_delay);
+            .set_min_delay(self.reconnect_backoff.min)
+            .set_max_delay(self.reconnect_backoff.max);
         let redacted_url = self.redacted_url();
         self.retry_connect(|| async {
             ConnectionManager::new_with_config(client.clone(), manager_config.clone())
@@ -197,20 +187,15 @@ impl Config {
     {
         connect_retry::connect(
             self.connect_retry,
-            self.reconnect_delays(),
+            self.reconnect_backoff,
             &self.redacted_url(),
             attempt,
         )
         .await
     }
 
-    /// The jittered delays between reconnect attempts.
-    pub(crate) fn reconnect_delays(&self) -> Delays {
-        Delays::new(self.reconnect_min_delay, self.reconnect_max_delay)
-    }
-
     pub(crate) fn reconnect_max_delay(&self) -> Duration {
-        self.reconnect_max_delay
+        self.reconnect_backoff.max
     }
 }
 
@@ -221,8 +206,8 @@ impl fmt::Debug for Config {
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
-            .field("reconnect_min_delay", &self.reconnect_min_delay)
-            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("reconnect_min_delay", &self.reconnect_backoff.min)
+            .field("reconnect_max_delay", &self.reconnect_backoff.max)
             .field("stream_layout", &self.stream_layout)
             .field("pubsub_framing", &self.pubsub_framing)
             .field("connect_retry", &self.connect_retry)

@@ -157,20 +157,7 @@ impl Consumer {
         }
     }
 
-    /// The bound endpoints (ports resolved) and the connected ones.
-    pub fn endpoints(&self) -> &[String] {
-        &self.handle.endpoints
-    }
-
-    /// How many peers are connected now.
-    pub fn peers(&self) -> usize {
-        self.handle.peers()
-    }
-
-    /// Waits until at least `count` peers are connected (false if the socket stopped).
-    pub async fn wait_for_peers(&self, count: usize) -> bool {
-        self.handle.wait_for_peers(count).await
-    }
+    socket_accessors!();
 
     fn parse(&self, frames: Vec<Bytes>) -> Result<Delivery, Error> {
         let framing = self.handle.framing;

@@ -124,6 +124,29 @@
 
 use std::time::Duration;
 
+use crate::connect_retry::ReconnectBackoff;
+
+/// The accessors of a socket's endpoints and peers, the same on every socket type
+/// that has them, read from its `handle` (a `socket::Handle`).
+macro_rules! socket_accessors {
+    () => {
+        /// The bound endpoints (ports resolved) and the connected ones.
+        pub fn endpoints(&self) -> &[String] {
+            &self.handle.endpoints
+        }
+
+        /// How many peers are connected now.
+        pub fn peers(&self) -> usize {
+            self.handle.peers()
+        }
+
+        /// Waits until at least `count` peers are connected (false if the socket stopped).
+        pub async fn wait_for_peers(&self, count: usize) -> bool {
+            self.handle.wait_for_peers(count).await
+        }
+    };
+}
+
 mod consumer;
 pub mod frame;
 mod publisher;
@@ -159,8 +182,7 @@ pub struct Config {
     connects: Vec<String>,
     send_queue: usize,
     receive_queue: usize,
-    redial_min: Duration,
-    redial_max: Duration,
+    pub(crate) redial: ReconnectBackoff,
     connect_timeout: Duration,
     pub(crate) framing: Framing,
 }
@@ -172,8 +194,7 @@ impl Default for Config {
             connects: Vec::new(),
             send_queue: 1024,
             receive_queue: 1024,
-            redial_min: Duration::from_millis(10),
-            redial_max: Duration::from_secs(1),
+            redial: ReconnectBackoff::new(Duration::from_millis(10), Duration::from_secs(1)),
             connect_timeout: Duration::from_millis(250),
             framing: Framing::Plain,
         }
@@ -218,8 +239,7 @@ impl Config {
     /// ceilings, each wait being drawn at random below its ceiling (full jitter), so
     /// that sockets that lost one peer together do not redial it together.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.redial_min = min;
-        self.redial_max = max.max(min);
+        self.redial = ReconnectBackoff::new(min, max);
         self
     }
 

@@ -304,7 +304,7 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
             .map(|endpoint| Dial {
                 endpoint: endpoint.clone(),
                 state: DialState::Due(now),
-                delays: redial_delays(config),
+                delays: config.redial.delays(),
             })
             .collect(),
         kind,
@@ -330,11 +330,6 @@ pub(crate) async fn open(kind: Kind, config: &Config) -> Result<(Handle, Option<
         _alive: alive,
     };
     Ok((handle, incoming))
-}
-
-/// The jittered delays between dials of one endpoint.
-fn redial_delays(config: &Config) -> Delays {
-    Delays::new(config.redial_min, config.redial_max)
 }
 
 enum DialState {
@@ -616,7 +611,7 @@ mod tests {
     fn two_endpoints_redial_after_different_delays() {
         let config =
             Config::new().reconnect_backoff(Duration::from_millis(20), Duration::from_secs(2));
-        let (mut a, mut b) = (redial_delays(&config), redial_delays(&config));
+        let (mut a, mut b) = (config.redial.delays(), config.redial.delays());
         let a: Vec<_> = (0..8).map(|_| a.next_delay()).collect();
         let b: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
         assert_ne!(a, b, "two endpoints redial in lockstep");

@@ -66,11 +66,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tower_mq_core::cache::{DestinationCache, Entry};
 use tower_mq_core::Operation;
 use tower_service::Service;
 
 use self::future::ResponseFuture;
-use self::handles::{Cache, Handles};
+use self::handles::Handles;
 pub use self::layer::MetricsLayer;
 #[cfg(feature = "prometheus")]
 pub use self::prometheus::{
@@ -93,10 +94,12 @@ pub struct Metrics<S, C = DefaultClassifier, L = ByMessage> {
     classifier: C,
     labeller: L,
     destination_label: bool,
-    /// Handles per destination, shared by clones.
-    cache: Arc<Cache>,
+    /// Handles per destination, shared by clones. Past its capacity, a call to a new
+    /// destination registers its handles for itself alone (the cost of an uncached
+    /// call); turn the destination label off where destinations are unbounded.
+    cache: Arc<DestinationCache<Handles>>,
     /// The handles of this clone's last destination: most publishers call one.
-    last: Option<Arc<Handles>>,
+    last: Option<Entry<Handles>>,
 }
 
 impl<S> Metrics<S> {
@@ -109,7 +112,7 @@ impl<S> Metrics<S> {
             classifier: DefaultClassifier::new(),
             labeller: ByMessage,
             destination_label: true,
-            cache: Arc::new(Cache::new(broker, operation)),
+            cache: Arc::new(DestinationCache::default()),
             last: None,
         }
     }
@@ -218,14 +221,14 @@ where
             None
         };
         let destination = label.as_deref().unwrap_or_default();
-        let handles = match &self.last {
-            Some(last) if last.is_for(destination) => last.clone(),
-            _ => {
-                let handles = self.cache.get(destination);
-                self.last = Some(handles.clone());
-                handles
-            }
-        };
+        let (broker, operation) = (self.broker, self.operation);
+        let handles = self
+            .cache
+            .get_after(&mut self.last, destination, || {
+                Handles::register(broker, operation, destination)
+            })
+            .value()
+            .clone();
         // The layers inside (a timeout, say) share this reading of the clock.
         let start = crate::call_time::now();
         let inner = &mut self.inner;

@@ -226,7 +226,8 @@ async fn destinations_past_the_cache_bound_are_still_recorded() {
     let _guard = metrics::set_default_local_recorder(&recorder);
     let publisher = tower::service_fn(|_: Message| async { Ok::<_, BoxError>(receipt()) });
     let mut publisher = MetricsLayer::publish("kafka").layer(publisher);
-    let count = super::handles::MAX_CACHED_DESTINATIONS + 3;
+    let count =
+        tower_mq_core::cache::DestinationCache::<super::handles::Handles>::DEFAULT_CAPACITY + 3;
     for round in 0..2 {
         for i in 0..count {
             let destination = format!("t{i}");

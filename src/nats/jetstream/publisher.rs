@@ -148,14 +148,7 @@ async fn publish(
 
 /// Checks `message` and encodes its headers.
 fn prepare(message: &Message, config: &Config) -> Result<HeaderMap, Error> {
-    headers::check_publish_subject(message.destination(), Operation::Publish)?;
-    headers::check_supported(
-        message,
-        Flavour::JetStream,
-        config.ignore_unsupported,
-        Operation::Publish,
-    )?;
-    headers::encode(message, Flavour::JetStream, config, Operation::Publish)
+    headers::prepare(message, Flavour::JetStream, config, Operation::Publish)
 }
 
 pub(super) async fn publish_raw(

@@ -522,19 +522,26 @@ impl Shared {
                     .cloned()
                     .collect();
                 copy.push((redeliveries, Bytes::from(count.to_string())));
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .add_command(xadd(&self.stream, &copy))
-                    .ignore()
-                    .cmd("XACK")
-                    .arg(&self.stream)
-                    .arg(&self.group)
-                    .arg(id)
-                    .ignore();
-                let result: RedisResult<()> = pipe.query_async(&mut manager).await;
-                result.map_err(|err| self.error(Operation::Nack, err))
+                self.add_and_ack(&self.stream, &copy, id)
+                    .await
+                    .map_err(|err| self.error(Operation::Nack, err))
             }
         }
+    }
+
+    /// Appends `fields` to `stream` as a new entry and acknowledges entry `id`, in one
+    /// transaction: a copy is never lost nor doubled by a failure in between.
+    async fn add_and_ack(&self, stream: &str, fields: &Fields, id: &str) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(xadd(stream, fields))
+            .ignore()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .ignore();
+        pipe.query_async(&mut self.conn.manager()).await
     }
 
     /// Moves an entry to the dead-letter stream with reason headers and acknowledges
@@ -573,21 +580,12 @@ impl Shared {
             .cloned()
             .collect();
         letter.extend(added);
-        let mut manager = self.conn.manager();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .add_command(xadd(dead_letter, &letter))
-            .ignore()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(id)
-            .ignore();
-        let result: RedisResult<()> = pipe.query_async(&mut manager).await;
-        result.map_err(|err| {
-            self.conn.record_error(&err);
-            redis_error(Operation::Reject, dead_letter, err)
-        })
+        self.add_and_ack(dead_letter, &letter, id)
+            .await
+            .map_err(|err| {
+                self.conn.record_error(&err);
+                redis_error(Operation::Reject, dead_letter, err)
+            })
     }
 }
 
@@ -724,24 +722,9 @@ impl Reader {
             .block
             .min(until_claim)
             .max(Duration::from_millis(1));
-        let result: RedisResult<Value> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.shared.group)
-            .arg(&self.shared.consumer)
-            .arg("COUNT")
-            .arg(self.config.batch_size)
-            .arg("BLOCK")
-            .arg(millis(block))
-            .arg("STREAMS")
-            .arg(&self.shared.stream)
-            .arg(">")
-            .query_async(&mut self.blocking)
-            .await;
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(err) => return self.failed(Operation::Receive, err).await,
+        let Some(entries) = self.read_group(">", Some(block)).await? else {
+            return Ok(());
         };
-        let entries = read_reply(reply).map_err(|what| self.unexpected("XREADGROUP", what))?;
         let counted = entries
             .into_iter()
             .filter_map(|entry| Some((entry.id, entry.fields?, 1)))
@@ -749,36 +732,41 @@ impl Reader {
         self.admit(counted).await
     }
 
-    /// Reads this consumer's own pending entries again (after a lost reply).
-    async fn read_history(&mut self) -> Result<(), Error> {
-        let from = self.history.clone().unwrap_or_else(|| "0".to_owned());
-        let result: RedisResult<Value> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+    /// Reads a batch of this consumer's entries in the group after `from` (`>`: new
+    /// ones, waiting up to `block` for some). `None` when the read failed and
+    /// [`failed`](Self::failed) dealt with it.
+    async fn read_group(
+        &mut self,
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<Option<Vec<Entry>>, Error> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
             .arg(&self.shared.group)
             .arg(&self.shared.consumer)
             .arg("COUNT")
-            .arg(self.config.batch_size)
-            .arg("STREAMS")
-            .arg(&self.shared.stream)
-            .arg(&from)
-            .query_async(&mut self.blocking)
-            .await;
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(err) => return self.failed(Operation::Receive, err).await,
-        };
-        let entries = read_reply(reply).map_err(|what| self.unexpected("XREADGROUP", what))?;
-        self.history = entries.last().map(|entry| entry.id.clone());
-        // An entry deleted while pending comes back without fields.
-        let entries: Vec<(String, Fields)> = entries
-            .into_iter()
-            .filter_map(|entry| Some((entry.id, entry.fields?)))
-            .collect();
-        if entries.is_empty() {
-            return Ok(());
+            .arg(self.config.batch_size);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(millis(block));
         }
-        let counted = self.with_pending_counts(entries).await?;
-        self.admit(counted).await
+        cmd.arg("STREAMS").arg(&self.shared.stream).arg(from);
+        let result: RedisResult<Value> = cmd.query_async(&mut self.blocking).await;
+        match result {
+            Ok(reply) => read_reply(reply)
+                .map(Some)
+                .map_err(|what| self.unexpected("XREADGROUP", what)),
+            Err(err) => self.failed(Operation::Receive, err).await.map(|()| None),
+        }
+    }
+
+    /// Reads this consumer's own pending entries again (after a lost reply).
+    async fn read_history(&mut self) -> Result<(), Error> {
+        let from = self.history.clone().unwrap_or_else(|| "0".to_owned());
+        let Some(entries) = self.read_group(&from, None).await? else {
+            return Ok(());
+        };
+        self.history = entries.last().map(|entry| entry.id.clone());
+        self.admit_pending(entries).await
     }
 
     async fn claim(&mut self) -> Result<(), Error> {
@@ -816,15 +804,21 @@ impl Reader {
             Instant::now()
         };
         self.cursor = reply.cursor;
-        let claimed: Vec<(String, Fields)> = reply
-            .entries
+        self.admit_pending(reply.entries).await
+    }
+
+    /// Admits entries read again from the pending entries list (this consumer's own,
+    /// or claimed), with their delivery counters.
+    async fn admit_pending(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
+        // An entry deleted while pending comes back without fields.
+        let entries: Vec<(String, Fields)> = entries
             .into_iter()
             .filter_map(|entry| Some((entry.id, entry.fields?)))
             .collect();
-        if claimed.is_empty() {
+        if entries.is_empty() {
             return Ok(());
         }
-        let counted = self.with_pending_counts(claimed).await?;
+        let counted = self.with_pending_counts(entries).await?;
         self.admit(counted).await
     }
 
