@@ -1,11 +1,12 @@
 //! Consumer groups: a [`Consumer`] is a `Stream` of [`Delivery`]s on rdkafka's
 //! `StreamConsumer`, storing offsets only once handlers finished.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 use tower_mq_core::{dead_letter, Acker, Acknowledge, Delivery, Error, Message, Operation};
 
@@ -99,6 +101,86 @@ impl ConsumerConfig {
 
 type Inner = StreamConsumer<GroupContext>;
 
+/// The name of the threads of the runtime that polls the consumers.
+const PUMP_THREAD_NAME: &str = "tower-mq-kafka";
+
+/// How many worker threads poll all the consumers of the process.
+const PUMP_WORKERS: usize = 2;
+
+/// The runtime every consumer's background task runs on: created with the first
+/// consumer, it lives as long as the process (a static is never dropped), so a
+/// consumer keeps working whatever becomes of the runtime that subscribed it.
+static PUMPS: OnceLock<Runtime> = OnceLock::new();
+
+/// [`PUMPS`], created if need be.
+fn pumps() -> std::io::Result<&'static Runtime> {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    if let Some(runtime) = PUMPS.get() {
+        return Ok(runtime);
+    }
+    // One builder at a time: a runtime built in vain could not even be dropped here,
+    // in an async context.
+    let _building = BUILDING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(runtime) = PUMPS.get() {
+        return Ok(runtime);
+    }
+    let runtime = polling_runtime(PUMP_WORKERS)?;
+    Ok(PUMPS.get_or_init(|| runtime))
+}
+
+/// A runtime whose threads [`blocking`] knows as polling threads.
+///
+/// Its blocking threads (a worker handing its tasks over in [`blocking`], a consumer
+/// closing) are tokio's default: started when needed, gone after 10 s idle, and not
+/// capped low on purpose. librdkafka can keep a call waiting for a long time (a
+/// commit while the group coordinator is unreachable waits for it, up to
+/// `session.timeout.ms` on close, longer otherwise); were those threads few, a few
+/// such calls would take them all, and the workers would then block in place,
+/// stalling every consumer's polling.
+fn polling_runtime(workers: usize) -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(PUMP_THREAD_NAME)
+        .on_thread_start(|| POLLING.set(true))
+        .enable_all()
+        .build()
+}
+
+thread_local! {
+    /// Whether this thread is one of the polling runtime's.
+    static POLLING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, a librdkafka call that waits on the broker: in a rebalance callback, or
+/// closing a consumer. On a worker of the polling runtime, the worker's other tasks
+/// (the other consumers' polling) move to another thread meanwhile
+/// ([`block_in_place`](tokio::task::block_in_place)); anywhere else (a blocking
+/// thread, or wherever an application polls the rdkafka consumer itself) it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    if POLLING.get() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// Lets go of a handle on the librdkafka consumer, or on what the settling publisher
+/// hangs on. The last one closes it, which blocks (closing a consumer revokes,
+/// committing what was settled, then leaves the group; closing a producer flushes):
+/// on a thread of the polling runtime, that happens at once, through [`blocking`];
+/// anywhere else, on a blocking thread of the polling runtime, not on the caller's.
+fn release<T: Send + 'static>(handle: Arc<T>) {
+    let Some(last) = Arc::into_inner(handle) else {
+        return;
+    };
+    match PUMPS.get() {
+        Some(runtime) if !POLLING.get() => {
+            runtime.spawn_blocking(move || drop(last));
+        }
+        _ => blocking(move || drop(last)),
+    }
+}
+
 /// Consumes topics in a consumer group. See the [module docs](super).
 ///
 /// A background task polls librdkafka and hands over one record at a time (at most
@@ -110,6 +192,10 @@ type Inner = StreamConsumer<GroupContext>;
 /// consumer, which revokes (committing as above) and leaves the group. Records fetched
 /// ahead and never handed over need no hand-back: nothing commits past them, so the
 /// partition's next owner reads them at once, as first deliveries.
+///
+/// The task runs on a runtime all the consumers of the process share, not on the
+/// caller's: see [Polling](super#polling) for its threads, and how the rebalance
+/// callbacks, which block, keep from holding up the other consumers.
 ///
 /// Acknowledging a delivery after its partition was revoked, or after the consumer
 /// was dropped, records nothing (it succeeds, or fails transiently while the consumer
@@ -175,6 +261,12 @@ impl Consumer {
         publisher: Arc<Publisher>,
     ) -> Result<Self, Error> {
         let topics = consumer.topics.join(",");
+        let pumps = pumps().map_err(|error| {
+            Error::transient(BROKER, Operation::Subscribe)
+                .with_destination(topics.clone())
+                .with_reason("could not start the runtime that polls Kafka consumers")
+                .with_source(error)
+        })?;
         let tracker = Arc::new(Tracker::default());
         let (assigned, assignment) = watch::channel(BTreeSet::new());
         let context = GroupContext {
@@ -192,43 +284,21 @@ impl Consumer {
             .map_err(|e| from_kafka(Operation::Subscribe, Some(&topics), e))?;
         let inner = Arc::new(inner);
         let (sender, records) = mpsc::channel(1);
-        // librdkafka runs the rebalance callbacks where the consumer is polled, and they
-        // block (a synchronous commit on revocation, a committed-offset fetch on
-        // assignment). Polling on a thread of its own keeps them off the application's
-        // runtime workers, which several consumers rebalancing at once could otherwise
-        // all occupy.
         let settle = Arc::new(Settle {
             publisher,
             config: consumer,
         });
-        let pumping = Pump {
-            inner: inner.clone(),
-            sender,
-            tracker: tracker.clone(),
-            settle: settle.clone(),
-            topics: topics.clone(),
-            names: kafka_names(&config.property_headers),
-        }
-        .run();
-        let spawned = std::thread::Builder::new()
-            .name("tower-mq-kafka-consumer".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(pumping),
-                    Err(error) => {
-                        tracing::error!(%error, "kafka consumer: no runtime for the poll thread")
-                    }
-                }
-            });
-        if let Err(error) = spawned {
-            return Err(Error::transient(BROKER, Operation::Subscribe)
-                .with_destination(topics)
-                .with_reason("could not start the consumer's poll thread")
-                .with_source(error));
-        }
+        pumps.spawn(
+            Pump {
+                inner: inner.clone(),
+                sender,
+                tracker: tracker.clone(),
+                settle: settle.clone(),
+                topics,
+                names: kafka_names(&config.property_headers),
+            }
+            .run(),
+        );
         Ok(Consumer {
             inner,
             records,
@@ -397,7 +467,7 @@ struct UnreadableRecord {
 
 /// Reads `record`: a message and its delivery count, or the record kept whole when a
 /// header name is not UTF-8 (rdkafka panics reading such a name; the panic is caught
-/// here and never leaves the poll thread).
+/// here and never leaves the background task).
 fn read(record: &BorrowedMessage<'_>, names: &PropertyHeaders) -> Content {
     let headers = match record.headers() {
         None => Ok(Vec::new()),
@@ -433,7 +503,7 @@ fn read(record: &BorrowedMessage<'_>, names: &PropertyHeaders) -> Content {
     }
 }
 
-/// How long the poll thread waits on librdkafka before polling again.
+/// How long the background task waits on librdkafka before polling again.
 const REPOLL: Duration = Duration::from_millis(100);
 
 /// The background task: polls librdkafka until the consumer is dropped, handing
@@ -488,6 +558,11 @@ impl Pump {
                 break;
             }
         }
+        // The stream is gone, and with it the consumer's own handle (unless a
+        // settlement or a commit holds one for a moment): close it.
+        let Pump { inner, settle, .. } = self;
+        release(inner);
+        release(settle);
     }
 
     /// Dead-letters an unreadable record on a task of its own, so that a slow publish
@@ -521,8 +596,11 @@ impl Pump {
         };
         let sender = self.sender.clone();
         let topics = self.topics.clone();
+        let settle = self.settle.clone();
         tokio::spawn(async move {
-            if let Err(error) = ack.dead_letter_unreadable(unreadable).await {
+            let published = ack.dead_letter_unreadable(unreadable).await;
+            release(settle);
+            if let Err(error) = published {
                 let error = Error::transient(BROKER, Operation::Receive)
                     .with_destination(topics)
                     .with_reason(
@@ -575,6 +653,7 @@ impl KafkaAck {
                 }
             })
             .and_then(|()| consumer.store_offsets(&list));
+        release(consumer);
         match stored {
             Ok(()) => Ok(()),
             // The partition was revoked meanwhile: its new owner reads it again.
@@ -850,6 +929,11 @@ impl Tracker {
 }
 
 /// Commits on revocation and keeps the tracker in step with the assignment.
+///
+/// librdkafka calls it where the consumer is polled, so on a worker of the polling
+/// runtime, or where the consumer is closed (a blocking thread of that runtime). The
+/// calls that wait on the broker go through [`blocking`], so that one consumer's
+/// rebalance does not stop the others' polling.
 struct GroupContext {
     tracker: Arc<Tracker>,
     assigned: watch::Sender<BTreeSet<(String, i32)>>,
@@ -893,7 +977,7 @@ impl ConsumerContext for GroupContext {
                 }
             }
         }
-        if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+        if let Err(error) = blocking(|| consumer.commit(&offsets, CommitMode::Sync)) {
             tracing::warn!(%error, "kafka: committing revoked partitions failed; they will be read again from the last commit");
         }
     }
@@ -904,7 +988,7 @@ impl ConsumerContext for GroupContext {
         let Rebalance::Assign(list) = rebalance else {
             return;
         };
-        let committed = consumer.committed_offsets((*list).clone(), self.timeout);
+        let committed = blocking(|| consumer.committed_offsets((*list).clone(), self.timeout));
         let mut partitions = Vec::new();
         for (topic, partition) in partitions_of(list) {
             let redelivered_up_to = committed.as_ref().ok().and_then(|c| {
@@ -947,6 +1031,57 @@ mod tests {
         let again = settling_publisher(&config).expect("producer");
         assert_eq!(gone.strong_count(), 0);
         assert!(!Arc::ptr_eq(&again, &third));
+    }
+
+    /// A rebalance callback blocked on a worker of the polling runtime does not hold up
+    /// the tasks behind it: here the runtime's only worker blocks until another task
+    /// has run.
+    #[test]
+    fn blocking_hands_the_workers_other_tasks_to_another_thread() {
+        let runtime = polling_runtime(1).expect("runtime");
+        runtime.block_on(async {
+            let (started, blocked) = tokio::sync::oneshot::channel();
+            let (release, wait) = std::sync::mpsc::channel::<()>();
+            let waiting = tokio::spawn(async move {
+                blocking(move || {
+                    let _ = started.send(());
+                    wait.recv_timeout(Duration::from_secs(20))
+                })
+            });
+            blocked.await.expect("the blocking task started");
+            tokio::spawn(async move { release.send(()) })
+                .await
+                .expect("a task ran while the worker was blocked")
+                .expect("the blocked task was waiting");
+            assert!(
+                waiting.await.expect("task").is_ok(),
+                "the task behind the blocked one did not run"
+            );
+        });
+    }
+
+    /// Off the polling runtime's workers, `blocking` just runs: on a current-thread
+    /// runtime `block_in_place` would panic.
+    #[test]
+    fn blocking_just_runs_where_it_cannot_hand_over() {
+        assert_eq!(blocking(|| 1), 1);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        assert_eq!(runtime.block_on(async { blocking(|| 2) }), 2);
+        let runtime = polling_runtime(1).expect("runtime");
+        let on_a_blocking_thread = runtime.block_on(async {
+            tokio::task::spawn_blocking(|| blocking(|| 3))
+                .await
+                .expect("task")
+        });
+        assert_eq!(on_a_blocking_thread, 3);
+        let nested = runtime.block_on(async {
+            tokio::spawn(async { blocking(|| blocking(|| 4)) })
+                .await
+                .expect("task")
+        });
+        assert_eq!(nested, 4);
     }
 
     #[test]

@@ -77,7 +77,7 @@
 //! message consumed after a nack and published elsewhere carries its count along.
 //!
 //! A record rdkafka cannot read, because a header name is not UTF-8 (rdkafka panics
-//! reading it; the consumer catches that panic on its poll thread, though a panic hook
+//! reading it; the consumer catches that panic in its background task, though a panic hook
 //! still sees it, and a `panic = "abort"` build would abort), does not stop the
 //! consumer: it is published as it is, headers included, to the dead-letter topic with
 //! the reason headers, logged, and its offset committed like a settled delivery. If
@@ -148,6 +148,36 @@
 //! `x-delivery-count` that another producer wrote is believed. It cannot dead-letter
 //! the record before a handler saw it: [`serve`](crate::serve()) checks the count only
 //! after a handler failed, so such a count can only cut that record's retries short.
+//!
+//! # Polling
+//!
+//! librdkafka hands over a consumer's records, and runs its rebalance callbacks, where
+//! the consumer is polled. Every [`Consumer`] is polled by a task on one runtime that
+//! all the consumers of the process share: a multi-thread tokio runtime created with
+//! the first consumer, with two worker threads named `tower-mq-kafka`. Fifty consumers
+//! cost those two threads, not fifty threads and fifty runtimes (on top come the
+//! threads librdkafka starts for each client, `rdk:main` and one per broker, as for
+//! any librdkafka client). The records reach the stream through a channel, so the
+//! handlers run wherever the application reads the stream.
+//!
+//! The rebalance callbacks wait on the broker: a synchronous commit before partitions
+//! are revoked, a fetch of the commit metadata when they are assigned. They run in
+//! [`block_in_place`](tokio::task::block_in_place), which hands the worker's other
+//! tasks to another thread meanwhile, so one consumer's rebalance does not stall the
+//! others' polling. Closing a dropped consumer (revoking, committing, leaving the
+//! group) blocks the same way. The threads this takes are the runtime's blocking
+//! threads, named `tower-mq-kafka` too: one for each such call under way, started
+//! when needed and gone after 10 s idle. So the runtime has its two workers and,
+//! while rebalances or closes wait on brokers, a thread for each; a consumer that is
+//! just being read costs no thread. These threads are not capped low: librdkafka can
+//! keep a commit waiting a long time while the group coordinator is unreachable, and
+//! a few such calls must not stall every consumer's polling.
+//!
+//! The runtime is never shut down (it is a static): a consumer keeps being polled
+//! whatever becomes of the runtime that subscribed it, and when the application's
+//! runtime shuts down, the consumers its tasks owned are dropped with them. Dropping a
+//! consumer stops its task, which lets go of the librdkafka consumer and closes it;
+//! nothing else keeps it open, but for a settlement in progress, for a moment.
 //!
 //! # Request/reply and administration
 //!
