@@ -8,14 +8,20 @@
 
 #![cfg(feature = "nats")]
 
+#[path = "support/connect_retry.rs"]
+mod connect_retry;
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "support/own_server.rs"]
 mod own_server;
 
-use own_server::{assert_gave_up_near_the_limit, everything_shown, free_port, Log, OwnServer};
+use harness::nats::{connect as connect_with, url};
+use harness::unique;
+use own_server::{assert_unreachable_and_masked, everything_shown, free_port, Log, OwnServer};
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::RwLock;
@@ -34,39 +40,11 @@ const QUIET: Duration = Duration::from_millis(500);
 /// Tests share one server; the restart test takes it alone.
 static SERVER: RwLock<()> = RwLock::const_new(());
 
-fn url() -> String {
-    std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
-}
-
-async fn connect_with(config: Config) -> Connection {
-    match Connection::connect(&config).await {
-        Ok(connection) => connection,
-        Err(err) => panic!(
-            "NATS is not reachable at {} (set by TOWER_MQ_NATS_URL): {err}; \
-             run scripts/test or scripts/brokers up nats",
-            url()
-        ),
-    }
-}
-
 async fn connect() -> Connection {
     connect_with(
         Config::new(url()).reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
     )
     .await
-}
-
-fn unique(what: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "tmq-{what}-{:x}-{}",
-        nanos & 0xffff_ffff_ffff,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 async fn next<S>(stream: &mut S, what: &str) -> Delivery
@@ -511,7 +489,7 @@ async fn concurrent_requests_share_one_inbox_and_a_late_reply_reaches_no_one() {
 #[tokio::test]
 async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
     let port = free_port();
-    let server = own_nats_on(port).await;
+    let server = own_nats_on(port, &[]).await;
     let config = Config::new(format!("nats://127.0.0.1:{port}"))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
     let connection = Connection::connect(&config).await.unwrap();
@@ -531,7 +509,7 @@ async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
         !connection.is_connected()
     })
     .await;
-    let _server = own_nats_on(port).await;
+    let _server = own_nats_on(port, &[]).await;
     until("the client to reconnect", || connection.is_connected()).await;
     // The client renews both subscriptions (the responder's and the inbox) on its own;
     // a request racing the renewal may fail transiently, never permanently.
@@ -784,22 +762,6 @@ async fn jetstream_redelivers_what_is_not_settled_within_the_ack_wait() {
     drop(first);
 }
 
-async fn brokers(command: &str) {
-    let script = std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
-        panic!(
-            "TOWER_MQ_BROKERS is not set: the restart test needs the harness to {command} NATS \
-             at {}; run scripts/test, or scripts/brokers up nats and eval \"$(scripts/brokers env)\"",
-            url()
-        )
-    });
-    let status = tokio::process::Command::new(&script)
-        .args([command, "nats"])
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("running {script} {command} nats: {e}"));
-    assert!(status.success(), "{script} {command} nats failed: {status}");
-}
-
 /// Resumes a paused server when dropped, also when the test fails.
 struct ResumeOnDrop;
 
@@ -860,7 +822,7 @@ async fn subscriptions_survive_a_server_restart() {
     assert_eq!(text(&next(&mut core_sub, "before").await), "before");
     assert_eq!(text(&next(&mut queue_sub, "before").await), "before");
 
-    brokers("stop").await;
+    harness::run("stop", "nats").await;
     until("the client sees the server gone", || {
         !connection.is_connected()
     })
@@ -886,7 +848,7 @@ async fn subscriptions_survive_a_server_restart() {
             Err(Error::transient("nats", Operation::Publish).with_reason("gave up"))
         }
     });
-    brokers("start").await;
+    harness::run("start", "nats").await;
 
     // Core: the same subscriptions receive what is published after the restart.
     let mut sent_after = false;
@@ -1050,7 +1012,7 @@ async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() 
     let message = Message::new(format!("{name}.orders"), "order").with_message_id("late-1");
 
     // The server takes the publish but answers too late (it is frozen).
-    brokers("pause").await;
+    harness::run("pause", "nats").await;
     let resume = ResumeOnDrop;
     let err = js
         .publisher()
@@ -1363,18 +1325,22 @@ async fn jetstream_a_header_block_async_nats_cannot_parse_costs_no_other_message
 
 /// A `nats-server` of the test's own with `args`.
 async fn own_nats(args: &[&str]) -> OwnServer {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    own_nats_on(free_port(), args).await
+}
+
+/// A `nats-server` of the test's own on `port` (which a connect may already be waiting
+/// for), with `args` added.
+async fn own_nats_on(port: u16, args: &[&str]) -> OwnServer {
+    let args = ["-a", "127.0.0.1", "-p", &port.to_string()]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
     OwnServer::start(
         "nats-server",
         "nats-server",
-        move |port| {
-            let mut all: Vec<String> = ["-a", "127.0.0.1", "-p", &port.to_string()]
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
-            all.extend(args);
-            all
-        },
+        port,
+        args,
         Log::Stderr,
         "Server is ready",
         WAIT,
@@ -1586,11 +1552,7 @@ async fn credentials_never_appear_in_debug_errors_or_logs() {
         let err = Connection::connect(config)
             .await
             .expect_err("nothing listens on the port");
-        let shown = everything_shown(&err);
-        assert_eq!(err.kind(), ErrorKind::Transient, "{shown}");
-        assert_eq!(err.operation(), Operation::Connect);
-        assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
-        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_unreachable_and_masked(&err, closed, "s3cret");
     }
 
     // A successful connect logs the URL: masked.
@@ -1610,12 +1572,7 @@ async fn credentials_never_appear_in_debug_errors_or_logs() {
 #[tokio::test]
 async fn config_from_env_reads_the_url_variable_and_connects() {
     let _server = SERVER.read().await;
-    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
-        panic!(
-            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
-            Config::URL_ENV
-        )
-    });
+    let expected = harness::required_env(Config::URL_ENV);
     let config = Config::from_env().unwrap();
     assert_eq!(config.url(), expected);
     assert_round_trip(&connect_with(config).await).await;
@@ -1643,74 +1600,33 @@ async fn an_unreadable_credentials_file_is_permanent_and_named() {
 
 use tower_mq::ConnectRetry;
 
-/// A `nats-server` of the test's own on `port`, which a connect may already be
-/// waiting for.
-async fn own_nats_on(port: u16) -> OwnServer {
-    OwnServer::start(
-        "nats-server",
-        "nats-server",
-        // The harness picked a free port of its own; this one is where the connect waits.
-        move |_| {
-            ["-a", "127.0.0.1", "-p", &port.to_string()]
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        },
-        Log::Stderr,
-        "Server is ready",
-        WAIT,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
     let port = free_port();
     let config = Config::new(format!("nats://127.0.0.1:{port}"))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
-    let mut connecting = tokio::spawn(async move { Connection::connect(&config).await });
-    // Nothing listens yet: without the option this fails within milliseconds.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut connecting)
-            .await
-            .is_err(),
-        "the connect ended while no server was there"
-    );
-    let _server = own_nats_on(port).await;
-    let connection = tokio::time::timeout(WAIT, connecting)
-        .await
-        .expect("no connection within the wait once the server was up")
-        .expect("the connecting task")
-        .expect("the connect succeeds once the server is up");
+    let (connection, _server) = connect_retry::connects_once_there(
+        async move { Connection::connect(&config).await },
+        own_nats_on(port, &[]),
+        WAIT,
+    )
+    .await;
     assert!(connection.is_connected());
     assert_round_trip(&connection).await;
 }
 
 #[tokio::test]
 async fn without_connect_retry_an_absent_server_fails_at_once_and_with_it_within_the_limit() {
-    let closed = free_port();
-    let config = Config::new(format!("nats://127.0.0.1:{closed}"))
+    let config = Config::new(format!("nats://127.0.0.1:{}", free_port()))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100));
-
-    let started = std::time::Instant::now();
-    let err = Connection::connect(&config)
-        .await
-        .expect_err("nothing listens on the port");
-    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "the default (off) took {:?}",
-        started.elapsed()
-    );
-
-    let limit = Duration::from_secs(2);
-    let started = std::time::Instant::now();
-    let err = Connection::connect(&config.connect_retry(ConnectRetry::Within(limit)))
-        .await
-        .expect_err("nothing listens on the port");
-    // It gives up once the next delay (at most 100 ms here) would pass the limit.
-    assert_gave_up_near_the_limit(&err, started.elapsed(), limit, Duration::from_millis(200));
+    connect_retry::assert_fails_at_once_unless_retried_within_a_limit(
+        config,
+        |config| async move { Connection::connect(&config).await },
+        // It gives up once the next delay (at most 100 ms here) would pass the limit.
+        Duration::from_millis(200),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1718,23 +1634,18 @@ async fn connect_retry_does_not_retry_refused_credentials() {
     let server = own_nats(&["--user", "orders", "--pass", "r1ght-pass"]).await;
     let config = Config::new(format!("nats://orders:wr0ng-pass@{}", server.address()))
         .connect_retry(ConnectRetry::Forever);
-    let started = std::time::Instant::now();
-    let err = tokio::time::timeout(WAIT, Connection::connect(&config))
-        .await
-        .expect("refused credentials must not be retried forever")
-        .expect_err("the server must refuse these credentials");
-    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    connect_retry::assert_refusal_not_retried(
+        Connection::connect(&config),
+        WAIT,
+        Duration::from_secs(2),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the_same_port() {
     let port = free_port();
-    let server = own_nats_on(port).await;
+    let server = own_nats_on(port, &[]).await;
     let config = Config::new(format!("nats://127.0.0.1:{port}"))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
     let connection = Connection::connect(&config).await.unwrap();
@@ -1744,7 +1655,7 @@ async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the
         !connection.is_connected()
     })
     .await;
-    let _server = own_nats_on(port).await;
+    let _server = own_nats_on(port, &[]).await;
     until("the client to reconnect", || connection.is_connected()).await;
     assert_round_trip(&connection).await;
 }
