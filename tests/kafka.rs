@@ -4,6 +4,11 @@
 
 #![cfg(feature = "kafka")]
 
+#[path = "support/harness.rs"]
+mod harness;
+
+use harness::unique;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -15,33 +20,10 @@ use tower_mq::{Delivery, Message};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn connect() -> Config {
-    let brokers =
-        std::env::var("TOWER_MQ_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    // One record per batch: tansu 0.6.0 skips the rest of a batch when a fetch starts
-    // in its middle.
-    let config = Config::new(&brokers)
-        .batch_messages(1)
-        .set("reconnect.backoff.max.ms", "100")
-        .set_consumer("session.timeout.ms", "6000")
-        .set_consumer("heartbeat.interval.ms", "500")
-        // No periodic commit: what is committed, the revocation committed.
+    // No periodic commit: what is committed, the revocation committed.
+    harness::kafka::config()
+        .await
         .set_consumer("auto.commit.interval.ms", "600000")
-        .operation_timeout(Duration::from_secs(5));
-    if let Err(e) = Publisher::connect(&config).await {
-        panic!(
-            "kafka: cannot reach a Kafka broker at {brokers} (set TOWER_MQ_KAFKA_BROKERS; \
-             run scripts/test or scripts/brokers up kafka): {e}"
-        );
-    }
-    config
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{name}-{:x}", nanos & 0xffff_ffff_ffff)
 }
 
 async fn committed(admin: &Admin, group: &str, topic: &str) -> Option<i64> {

@@ -23,44 +23,11 @@ use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicS
 use tower_mq::wire::{Property, PropertyHeaders};
 use tower_mq::{Delivery, ErrorKind, HeaderValue, Headers, Message, Operation};
 
+use crate::harness::kafka::{brokers, config};
+use crate::harness::unique;
+
 /// The bound on waiting for something that should happen.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn brokers() -> String {
-    std::env::var("TOWER_MQ_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
-}
-
-/// tower-mq's configuration for the broker, once the broker answered.
-async fn config() -> Config {
-    let brokers = brokers();
-    let config = Config::new(&brokers)
-        .batch_messages(1)
-        .set("reconnect.backoff.max.ms", "100")
-        .set_consumer("session.timeout.ms", "6000")
-        .set_consumer("heartbeat.interval.ms", "500")
-        .operation_timeout(Duration::from_secs(5));
-    if let Err(e) = Publisher::connect(&config).await {
-        panic!(
-            "kafka: cannot reach a Kafka broker at {brokers} (set TOWER_MQ_KAFKA_BROKERS; \
-             run scripts/test or scripts/brokers up kafka): {e}"
-        );
-    }
-    config
-}
-
-fn unique(name: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "interop-{name}-{:x}-{}",
-        nanos & 0xffff_ffff_ffff,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Creates single-partition topics, so that records keep one order.
 async fn topics(config: &Config, names: &[&str]) {

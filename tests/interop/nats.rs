@@ -11,7 +11,6 @@
 //! Address: `TOWER_MQ_NATS_URL` (default `nats://127.0.0.1:14222`, the harness's;
 //! `scripts/brokers up nats` starts it).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer::pull, stream::StorageType};
@@ -27,20 +26,11 @@ use tower_mq::{
     Delivery, Error, ErrorKind, Guarantee, HeaderValue, Message, Operation, Position, Receipt,
 };
 
+use crate::harness::nats::{connect, unreachable, url};
+use crate::harness::unique;
+
 /// Upper bound on waiting for something that should happen.
 const WAIT: Duration = Duration::from_secs(15);
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
-}
-
-fn unreachable(err: impl std::fmt::Display) -> ! {
-    panic!(
-        "NATS is not reachable at {} (set by TOWER_MQ_NATS_URL): {err}; \
-         run scripts/test or scripts/brokers up nats",
-        url()
-    )
-}
 
 /// The plain async-nats client.
 async fn plain() -> async_nats::Client {
@@ -49,27 +39,8 @@ async fn plain() -> async_nats::Client {
         .unwrap_or_else(|err| unreachable(err))
 }
 
-async fn tower_mq_with(config: Config) -> Connection {
-    Connection::connect(&config)
-        .await
-        .unwrap_or_else(|err| unreachable(err))
-}
-
 async fn tower_mq() -> Connection {
-    tower_mq_with(Config::new(url())).await
-}
-
-fn unique(what: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "interop_{what}_{:x}_{}",
-        nanos & 0xffff_ffff_ffff,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    connect(Config::new(url())).await
 }
 
 /// Returns once the server processed everything `client` sent before: it answers a
@@ -534,7 +505,7 @@ async fn core_publishing_what_nats_cannot_carry_is_a_permanent_error() {
         assert_permanent_publish_error(&err, &subject, names);
     }
     // A property that PropertyHeaders gives no header.
-    let unnamed = tower_mq_with(
+    let unnamed = connect(
         Config::new(url()).property_headers(PropertyHeaders::http_style().without(Property::AppId)),
     )
     .await;
@@ -557,7 +528,7 @@ async fn core_publishing_what_nats_cannot_carry_is_a_permanent_error() {
 #[tokio::test]
 async fn core_ignore_unsupported_leaves_out_what_nats_cannot_carry() {
     let client = plain().await;
-    let connection = tower_mq_with(Config::new(url()).ignore_unsupported(true)).await;
+    let connection = connect(Config::new(url()).ignore_unsupported(true)).await;
     let subject = unique("core_ignored");
     let mut subscriber = client.subscribe(subject.clone()).await.unwrap();
     sync(&client).await;

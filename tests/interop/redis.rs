@@ -13,48 +13,18 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tower::{Service, ServiceExt};
 use tower_mq::redis::{
-    Config, Framing, PubSubConsumer, PubSubPublisher, StreamConsumer, StreamConsumerConfig,
-    StreamLayout, StreamPublisher, Subscription,
+    Framing, PubSubConsumer, PubSubPublisher, StreamConsumer, StreamConsumerConfig, StreamLayout,
+    StreamPublisher, Subscription,
 };
 use tower_mq::wire::PropertyHeaders;
 use tower_mq::{
     Delivery, ErrorKind, Guarantee, HeaderValue, Message, Operation, Position, Receipt,
 };
 
-const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
+use crate::harness::redis::{config, unreachable, url};
+use crate::harness::unique;
+
 const WAIT: Duration = Duration::from_secs(15);
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-/// A name no other test (or test run) uses.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "interop-{what}-{}-{nanos:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The tower-mq config, after checking Redis answers (failing with the harness hint).
-async fn config() -> Config {
-    let address = url();
-    let config = Config::new(address.clone());
-    if let Err(error) = config.connect().await {
-        panic!(
-            "Redis is not reachable at {address} (env TOWER_MQ_REDIS_URL): {error}. \
-             Run scripts/test, or scripts/brokers up redis."
-        );
-    }
-    config
-}
 
 /// A plain redis-rs client and connection: the other program.
 async fn plain() -> (redis::Client, MultiplexedConnection) {
@@ -62,7 +32,7 @@ async fn plain() -> (redis::Client, MultiplexedConnection) {
     let conn = client
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|e| panic!("Redis is not reachable at {}: {e}", url()));
+        .unwrap_or_else(|e| unreachable(e));
     (client, conn)
 }
 
