@@ -4,6 +4,14 @@
 
 #![cfg(feature = "zeromq")]
 
+#[path = "support/own_server.rs"]
+mod own_server;
+#[path = "support/zeromq_peers.rs"]
+mod zeromq_peers;
+
+use own_server::free_port;
+use zeromq_peers::{bind_again, next, publish, text, until_subscribed, WAIT};
+
 use std::collections::HashSet;
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -17,51 +25,6 @@ use tower_mq::{
 };
 use zeromq::prelude::*;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn next(consumer: &mut Consumer, what: &str) -> Delivery {
-    match tokio::time::timeout(WAIT, consumer.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(e))) => panic!("receiving {what} failed: {e}"),
-        Ok(None) => panic!("the consumer ended before {what}"),
-        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
-    }
-}
-
-fn text(delivery: &Delivery) -> String {
-    String::from_utf8_lossy(delivery.message().payload()).into_owned()
-}
-
-async fn publish(publisher: &mut Publisher, message: Message) -> Receipt {
-    let ready = tokio::time::timeout(WAIT, publisher.ready())
-        .await
-        .expect("publisher not ready in time")
-        .expect("publisher failed");
-    ready.call(message).await.expect("publish failed")
-}
-
-/// A loopback port nobody listens on (bound, read, released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    listener.local_addr().expect("probe port").port()
-}
-
-/// Binds a PULL on `endpoint`, retrying while the port is still held by a socket
-/// being closed (bounded).
-async fn pull_on(endpoint: &str) -> Consumer {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match Consumer::pull(&Config::new().bind(endpoint)).await {
-            Ok(consumer) => return consumer,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%e, "rebind not possible yet");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("binding {endpoint} failed: {e}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn pub_sub_delivers_by_topic_prefix() {
     let mut publisher = Publisher::publish(&Config::new().bind("tcp://127.0.0.1:0"))
@@ -71,21 +34,7 @@ async fn pub_sub_delivers_by_topic_prefix() {
     let mut orders = Consumer::subscribe(&Config::new().connect(&endpoint), ["orders."])
         .await
         .expect("SUB");
-    // ZeroMQ's slow joiner: a subscription reaches the PUB a moment after the
-    // connection. Probe until the subscriber sees one message.
-    let probing = async {
-        loop {
-            publish(&mut publisher, Message::new("orders.probe", "probe")).await;
-            if let Ok(Some(Ok(_))) =
-                tokio::time::timeout(Duration::from_millis(50), orders.next()).await
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, probing)
-        .await
-        .expect("the subscription never became active");
+    until_subscribed(&mut publisher, &mut orders, "orders.probe").await;
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), orders.next()).await {}
 
     for (topic, body) in [
@@ -302,20 +251,10 @@ async fn requests_and_replies_plain_frames_cannot_carry_are_refused_permanently(
     assert!(err.to_string().contains("the content type"), "{err}");
 }
 
-/// Serves `square` on a ROUTER bound to `endpoint`, retrying the bind while the port
-/// is still held by a socket being closed (bounded).
+/// Serves `square` on a ROUTER bound to `endpoint`, which a closed socket may still
+/// hold.
 async fn square_server(endpoint: &str) -> tokio::task::JoinHandle<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let (requests, replies) = loop {
-        match Consumer::router(&Config::new().bind(endpoint)).await {
-            Ok(router) => break router,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%e, "rebind not possible yet");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("binding {endpoint} failed: {e}"),
-        }
-    };
+    let (requests, replies) = bind_again(endpoint, Consumer::router).await;
     let square = service_fn(|request: Delivery| async move {
         let n: u64 = String::from_utf8_lossy(request.message().payload()).parse()?;
         Ok::<_, BoxError>((n * n).to_string())
@@ -400,27 +339,11 @@ async fn send_before_a_peer_waits_in_poll_ready_then_delivers() {
         let receipt = publish(&mut publisher, Message::new("early", "before the peer")).await;
         (publisher, receipt)
     });
-    let mut puller = pull_on(&endpoint).await;
+    let mut puller = bind_again(&endpoint, Consumer::pull).await;
     let delivery = next(&mut puller, "the message sent before the peer").await;
     assert_eq!(text(&delivery), "before the peer");
     let (_publisher, receipt) = ready.await.expect("publishing task");
     assert_eq!(receipt, Receipt::new("zeromq", "early", Guarantee::Sent));
-}
-
-/// Binds a PUSH on `endpoint`, retrying while the port is still held by a socket
-/// being closed (bounded).
-async fn push_on(endpoint: &str) -> Publisher {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match Publisher::push(&Config::new().bind(endpoint)).await {
-            Ok(publisher) => return publisher,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%e, "rebind not possible yet");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("binding {endpoint} failed: {e}"),
-        }
-    }
 }
 
 #[tokio::test]
@@ -447,7 +370,7 @@ async fn a_pull_waiting_for_messages_redials_a_restarted_push() {
         let delivery = next(&mut puller, "a message after the restart").await;
         text(&delivery)
     });
-    let mut pusher = push_on(&endpoint).await;
+    let mut pusher = bind_again(&endpoint, Publisher::push).await;
     // Readiness waits until the PULL has redialled.
     publish(&mut pusher, Message::new("t", "after")).await;
     assert_eq!(receiving.await.expect("receiving task"), "after");
@@ -466,7 +389,7 @@ async fn a_peer_that_restarts_on_the_same_port_gets_messages_again() {
     assert_eq!(text(&next(&mut puller, "before").await), "before");
     drop(puller);
 
-    let mut puller = pull_on(&endpoint).await;
+    let mut puller = bind_again(&endpoint, Consumer::pull).await;
     // What was written to the old connection before the PUSH noticed it was gone is
     // lost (ZeroMQ is at most once across a peer restart): send until one arrives.
     let mut sent = 0;
@@ -641,19 +564,7 @@ async fn a_pub_without_subscribers_is_ready_at_once_and_drops_what_it_sends() {
     let mut orders = Consumer::subscribe(&Config::new().connect(&endpoint), ["orders."])
         .await
         .expect("SUB");
-    let probing = async {
-        loop {
-            publish(&mut publisher, Message::new("orders.probe", "probe")).await;
-            if let Ok(Some(Ok(_))) =
-                tokio::time::timeout(Duration::from_millis(50), orders.next()).await
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, probing)
-        .await
-        .expect("the subscription never became active");
+    until_subscribed(&mut publisher, &mut orders, "orders.probe").await;
     publish(&mut publisher, Message::new("orders.kept", "after")).await;
     loop {
         let delivery = next(&mut orders, "the message after the subscriber joined").await;

@@ -1,0 +1,87 @@
+//! What the ZeroMQ test targets (`tests/zeromq.rs` and the interop suite's
+//! `tests/interop/zeromq.rs`) do with their tower-mq peers the same way: wait, bounded,
+//! for a delivery or a ready publisher; bind a port again that a closed socket may
+//! still hold; and probe a new subscriber past ZeroMQ's slow joiner.
+
+#![allow(dead_code)] // each test target uses a different part
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tower::{Service, ServiceExt};
+use tower_mq::zeromq::{Config, Consumer, Publisher};
+use tower_mq::{Delivery, Error, Message, Receipt};
+
+/// The bound on waiting for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The next delivery of `consumer`, which should be `what`.
+pub async fn next(consumer: &mut Consumer, what: &str) -> Delivery {
+    match tokio::time::timeout(WAIT, consumer.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(e))) => panic!("receiving {what} failed: {e}"),
+        Ok(None) => panic!("the consumer ended before {what}"),
+        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
+    }
+}
+
+/// A delivery's payload, as text.
+pub fn text(delivery: &Delivery) -> String {
+    String::from_utf8_lossy(delivery.message().payload()).into_owned()
+}
+
+/// `publisher`, once it is ready.
+pub async fn ready(publisher: &mut Publisher) -> &mut Publisher {
+    tokio::time::timeout(WAIT, publisher.ready())
+        .await
+        .expect("publisher not ready in time")
+        .expect("publisher failed")
+}
+
+/// Sends `message` once `publisher` is ready; the send must succeed.
+pub async fn publish(publisher: &mut Publisher, message: Message) -> Receipt {
+    ready(publisher)
+        .await
+        .call(message)
+        .await
+        .expect("publish failed")
+}
+
+/// `open`s a socket bound to `endpoint` (the plain config), retrying while the port
+/// is still held by a socket being closed (bounded).
+pub async fn bind_again<T>(endpoint: &str, open: impl AsyncFn(&Config) -> Result<T, Error>) -> T {
+    let config = Config::new().bind(endpoint);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match open(&config).await {
+            Ok(socket) => return socket,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%e, "rebind not possible yet");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("binding {endpoint} failed: {e}"),
+        }
+    }
+}
+
+/// Publishes probes on `probe_topic` until `subscriber` gets one: a subscription reaches
+/// the PUB a moment after the connection (ZeroMQ's slow joiner).
+pub async fn until_subscribed(
+    publisher: &mut Publisher,
+    subscriber: &mut Consumer,
+    probe_topic: &str,
+) {
+    let probing = async {
+        loop {
+            publish(publisher, Message::new(probe_topic, "probe")).await;
+            if let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, probing)
+        .await
+        .expect("the subscription never became active");
+}
