@@ -6,8 +6,11 @@
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/waits.rs"]
+mod waits;
 
 use harness::unique;
+use waits::until;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -84,14 +87,10 @@ async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
     let mut second = Consumer::subscribe(&config, both())
         .await
         .expect("second member");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while committed(&admin, &group, &untouched).await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing committed when the second member joined"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("a commit once the second member joined", WAIT, async || {
+        committed(&admin, &group, &untouched).await.is_some()
+    })
+    .await;
     assert_eq!(committed(&admin, &group, &worked).await, Some(3));
     // Nothing was settled there: only the revocation commits offset 0.
     assert_eq!(committed(&admin, &group, &untouched).await, Some(0));

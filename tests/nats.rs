@@ -14,10 +14,13 @@ mod connect_retry;
 mod harness;
 #[path = "support/own_server.rs"]
 mod own_server;
+#[path = "support/waits.rs"]
+mod waits;
 
 use harness::nats::{connect as connect_with, url};
 use harness::unique;
 use own_server::{assert_unreachable_and_masked, everything_shown, free_port, Log, OwnServer};
+use waits::{until, until_ok};
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -104,6 +107,16 @@ async fn streams(js: &JetStream, name: &str) -> (String, String) {
     .await
     .expect("declare dead-letter stream");
     (stream, dead)
+}
+
+/// Declares the durable consumer `config` on `stream` and consumes through it.
+async fn consume(
+    js: &JetStream,
+    stream: &str,
+    config: &ConsumerConfig,
+) -> tower_mq::nats::jetstream::Consumer {
+    js.declare_consumer(stream, config).await.unwrap();
+    js.consumer(stream, config).await.unwrap()
 }
 
 #[tokio::test]
@@ -505,28 +518,24 @@ async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
     assert_eq!(reply.unwrap().payload().as_ref(), b"BEFORE");
 
     drop(server);
-    until("the client to see its server gone", || {
+    until("the client to see its server gone", WAIT, async || {
         !connection.is_connected()
     })
     .await;
     let _server = own_nats_on(port, &[]).await;
-    until("the client to reconnect", || connection.is_connected()).await;
+    until("the client to reconnect", WAIT, async || {
+        connection.is_connected()
+    })
+    .await;
     // The client renews both subscriptions (the responder's and the inbox) on its own;
     // a request racing the renewal may fail transiently, never permanently.
-    let reply = tokio::time::timeout(WAIT, async {
-        loop {
-            match requester
-                .clone()
-                .oneshot(Message::new(&subject, "after"))
-                .await
-            {
-                Ok(reply) => return reply,
-                Err(e) => assert!(e.is_transient(), "{e}"),
-            }
-        }
+    let reply = until_ok("an answer after the restart", WAIT, async || {
+        requester
+            .clone()
+            .oneshot(Message::new(&subject, "after"))
+            .await
     })
-    .await
-    .expect("an answer after the restart");
+    .await;
     assert_eq!(reply.payload().as_ref(), b"AFTER");
     responder.abort();
 }
@@ -583,8 +592,7 @@ async fn jetstream_deduplicates_a_retried_publish_with_the_same_msg_id() {
     );
 
     let config = ConsumerConfig::new("readers");
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
     let delivery = next(&mut consumer, "order-1").await;
     assert_eq!(delivery.message().message_id(), Some("order-1"));
     delivery.ack().await.unwrap();
@@ -622,8 +630,7 @@ async fn jetstream_nak_with_delay_redelivers_later_with_its_count() {
     let name = unique("nak");
     let (stream, _) = streams(&js, &name).await;
     let config = ConsumerConfig::new("nakkers");
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
     js.publisher()
         .oneshot(Message::new(format!("{name}.jobs"), "later"))
         .await
@@ -655,13 +662,8 @@ async fn jetstream_reject_dead_letters_with_reason_then_terminates() {
     let config = ConsumerConfig::new("rejecters")
         .ack_wait(Duration::from_secs(1))
         .dead_letter(format!("{name}-dead.jobs"));
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let dead_config = ConsumerConfig::new("undertaker");
-    js.declare_consumer(&dead_stream, &dead_config)
-        .await
-        .unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
-    let mut dead = js.consumer(&dead_stream, &dead_config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
+    let mut dead = consume(&js, &dead_stream, &ConsumerConfig::new("undertaker")).await;
 
     let message = Message::new(format!("{name}.jobs"), "poison")
         .with_header("tenant", "acme")
@@ -701,13 +703,8 @@ async fn jetstream_max_deliver_dead_letters_the_last_nack() {
     let config = ConsumerConfig::new("tries")
         .max_deliveries(3)
         .dead_letter(format!("{name}-dead.jobs"));
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let dead_config = ConsumerConfig::new("undertaker");
-    js.declare_consumer(&dead_stream, &dead_config)
-        .await
-        .unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
-    let mut dead = js.consumer(&dead_stream, &dead_config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
+    let mut dead = consume(&js, &dead_stream, &ConsumerConfig::new("undertaker")).await;
 
     js.publisher()
         .oneshot(Message::new(format!("{name}.jobs"), "flaky"))
@@ -742,8 +739,7 @@ async fn jetstream_redelivers_what_is_not_settled_within_the_ack_wait() {
     let name = unique("ack-wait");
     let (stream, _) = streams(&js, &name).await;
     let config = ConsumerConfig::new("slow").ack_wait(Duration::from_secs(1));
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
     js.publisher()
         .oneshot(Message::new(format!("{name}.jobs"), "slow"))
         .await
@@ -772,18 +768,6 @@ impl Drop for ResumeOnDrop {
                 .args(["resume", "nats"])
                 .status();
         }
-    }
-}
-
-/// Polls `check` until it holds; `WAIT` bounds a failure, it is not a delay.
-async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -823,7 +807,7 @@ async fn subscriptions_survive_a_server_restart() {
     assert_eq!(text(&next(&mut queue_sub, "before").await), "before");
 
     harness::run("stop", "nats").await;
-    until("the client sees the server gone", || {
+    until("the client sees the server gone", WAIT, async || {
         !connection.is_connected()
     })
     .await;
@@ -1037,8 +1021,7 @@ async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() 
             .with_duplicate(true)
     );
     let config = ConsumerConfig::new("readers");
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
     let delivery = next(&mut consumer, "the order").await;
     assert_eq!(delivery.message().message_id(), Some("late-1"));
     delivery.ack().await.unwrap();
@@ -1651,12 +1634,15 @@ async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the
     let connection = Connection::connect(&config).await.unwrap();
     assert_round_trip(&connection).await;
     drop(server);
-    until("the client to see its server gone", || {
+    until("the client to see its server gone", WAIT, async || {
         !connection.is_connected()
     })
     .await;
     let _server = own_nats_on(port, &[]).await;
-    until("the client to reconnect", || connection.is_connected()).await;
+    until("the client to reconnect", WAIT, async || {
+        connection.is_connected()
+    })
+    .await;
     assert_round_trip(&connection).await;
 }
 

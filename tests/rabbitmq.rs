@@ -12,10 +12,13 @@ mod connect_retry;
 mod harness;
 #[path = "support/own_server.rs"]
 mod own_server;
+#[path = "support/waits.rs"]
+mod waits;
 
 use harness::rabbitmq::{connect, url};
 use harness::unique;
 use own_server::{assert_unreachable_and_masked, everything_shown, free_port};
+use waits::{until, until_ok};
 
 use std::time::Duration;
 
@@ -782,13 +785,12 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
         "no publish was in flight when the broker stopped"
     );
     // While the broker is down, readiness waits.
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while connection.is_connected() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the lost connection was not noticed within 15 s");
+    until(
+        "the lost connection to be noticed",
+        Duration::from_secs(15),
+        async || !connection.is_connected(),
+    )
+    .await;
     let mut waiting = tokio_test::task::spawn(publisher.ready());
     tokio_test::assert_pending!(waiting.poll());
     drop(waiting);
@@ -801,19 +803,15 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     harness::run("start", "rabbitmq").await;
 
     // poll_ready waits for the new connection; publish again once it is up.
-    let receipt = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match publisher.ready().await {
-                Ok(p) => match p.call(Message::new(&q, "after")).await {
-                    Ok(receipt) => return receipt,
-                    Err(e) => assert!(e.is_transient(), "{e}"),
-                },
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("no confirmed publish within 30 s of the restart");
+    let receipt = until_ok(
+        "a confirmed publish after the restart",
+        Duration::from_secs(30),
+        async || {
+            let ready = publisher.ready().await.unwrap_or_else(|e| panic!("{e}"));
+            ready.call(Message::new(&q, "after")).await
+        },
+    )
+    .await;
     assert!(receipt.is_confirmed());
     assert!(connection.generation() >= 2);
     // The queue was not durable: what was confirmed before the stop is gone with it,
@@ -827,22 +825,15 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     after.ack().await.unwrap();
 
     // The requester opens a new direct reply-to channel on the new connection.
-    let reply = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match requester
-                .ready()
-                .await
-                .unwrap()
-                .call(Message::new(&rpc, "ping 2"))
-                .await
-            {
-                Ok(reply) => return reply,
-                Err(e) => assert!(e.is_transient(), "{e}"),
-            }
-        }
-    })
-    .await
-    .expect("no reply within 30 s of the restart");
+    let reply = until_ok(
+        "a reply after the restart",
+        Duration::from_secs(30),
+        async || {
+            let ready = requester.ready().await.unwrap();
+            ready.call(Message::new(&rpc, "ping 2")).await
+        },
+    )
+    .await;
     assert_eq!(reply.payload().as_ref(), b"ping 2");
     server.abort();
 }
@@ -902,13 +893,12 @@ async fn blocked_connection_makes_poll_ready_pending_until_unblocked() {
     // held by the broker, and confirmed once the alarm clears.
     let held = tokio::spawn(publisher.clone().oneshot(Message::new(&q, "held")));
     // Bounded wait for the broker's connection.blocked to arrive.
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while !connection.is_blocked() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("no connection.blocked within 15 s of the memory alarm");
+    until(
+        "connection.blocked after the memory alarm",
+        Duration::from_secs(15),
+        async || connection.is_blocked(),
+    )
+    .await;
     let mut waiting = tokio_test::task::spawn(publisher.ready());
     tokio_test::assert_pending!(waiting.poll());
     // A connection that only consumes is not throttled: it still receives and settles.
@@ -983,13 +973,12 @@ async fn a_broker_that_stops_answering_is_noticed_by_heartbeats() {
     .await;
     let frozen = Frozen::freeze();
     // The socket stays open: only the missing heartbeats tell the connection is dead.
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while connection.is_connected() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("a broker silent for 15 s with a 1 s heartbeat was not noticed");
+    until(
+        "a broker silent with a 1 s heartbeat to be noticed",
+        Duration::from_secs(15),
+        async || !connection.is_connected(),
+    )
+    .await;
     drop(frozen);
     assert!(
         tokio::time::timeout(Duration::from_secs(60), connection.ready())
@@ -1289,19 +1278,15 @@ async fn a_declare_refused_at_reconnect_is_dropped_and_the_connection_comes_back
     harness::run("restart", "rabbitmq").await;
 
     let mut publisher = connection.publisher();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match publisher.ready().await {
-                Ok(p) => match p.call(Message::new(&keep, "after")).await {
-                    Ok(_) => return,
-                    Err(e) => assert!(e.is_transient(), "{e}"),
-                },
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("the connection did not come back within 30 s of the restart");
+    until_ok(
+        "the connection to come back after the restart",
+        Duration::from_secs(30),
+        async || {
+            let ready = publisher.ready().await.unwrap_or_else(|e| panic!("{e}"));
+            ready.call(Message::new(&keep, "after")).await
+        },
+    )
+    .await;
     assert!(connection.generation() >= 2);
     let recorded = connection.topology();
     let names: Vec<&str> = recorded.queues().iter().map(|q| q.name()).collect();

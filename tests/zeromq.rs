@@ -6,10 +6,13 @@
 
 #[path = "support/own_server.rs"]
 mod own_server;
+#[path = "support/waits.rs"]
+mod waits;
 #[path = "support/zeromq_peers.rs"]
 mod zeromq_peers;
 
 use own_server::free_port;
+use waits::until_ok;
 use zeromq_peers::{bind_again, next, publish, text, until_subscribed, WAIT};
 
 use std::collections::HashSet;
@@ -284,16 +287,10 @@ async fn a_requester_redials_a_restarted_server() {
     let _server = square_server(&endpoint).await;
     // A request in flight while the server was away may time out (transiently); the
     // requester redials and later requests are answered.
-    let answered = tokio::time::timeout(WAIT, async {
-        loop {
-            match requester.clone().oneshot(Message::new("square", "4")).await {
-                Ok(reply) => return reply,
-                Err(e) => assert!(e.is_transient(), "{e}"),
-            }
-        }
+    let answered = until_ok("the restarted server to answer", WAIT, async || {
+        requester.clone().oneshot(Message::new("square", "4")).await
     })
-    .await
-    .expect("the restarted server never answered");
+    .await;
     assert_eq!(String::from_utf8_lossy(answered.payload()), "16");
 }
 
