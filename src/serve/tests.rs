@@ -35,14 +35,42 @@ async fn publish(broker: &Broker, payload: &str) {
         .unwrap();
 }
 
-fn shutdown() -> (
+/// Runs `serve` on a task of its own until the sender says stop (a graceful shutdown).
+fn spawn_until_stopped<S, H, C, G>(
+    serve: Serve<S, H, C, G>,
+) -> (
     oneshot::Sender<()>,
-    impl Future<Output = ()> + Send + 'static,
+    tokio::task::JoinHandle<Result<Summary, BoxError>>,
+)
+where
+    S: Stream<Item = Result<Delivery, Error>> + Send + 'static,
+    H: Service<Delivery> + Send + 'static,
+    H::Error: Into<BoxError>,
+    H::Future: Send + 'static,
+    C: Classifier<BoxError> + Send + Sync + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = serve.with_graceful_shutdown(async move {
+        stopped.await.ok();
+    });
+    (stop, tokio::spawn(serving.into_future()))
+}
+
+/// A handler that takes its first delivery, says so on the receiver, and never finishes
+/// with it (nor with any other).
+fn hangs_once_entered() -> (
+    impl Service<Delivery, Response = (), Error = BoxError, Future: Send + 'static> + Send + 'static,
+    oneshot::Receiver<()>,
 ) {
-    let (tx, rx) = oneshot::channel::<()>();
-    (tx, async move {
-        rx.await.ok();
-    })
+    let (entered_tx, entered) = oneshot::channel::<()>();
+    let entered_tx = Mutex::new(Some(entered_tx));
+    let handler = service_fn(move |_: Delivery| {
+        if let Some(tx) = entered_tx.lock().unwrap().take() {
+            tx.send(()).ok();
+        }
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    (handler, entered)
 }
 
 #[tokio::test(start_paused = true)]
@@ -60,12 +88,7 @@ async fn transient_failures_are_requeued_with_backoff_then_dead_lettered() {
             .push((Instant::now(), d.delivery_count()));
         async { Err::<(), BoxError>("database down".into()) }
     });
-    let (stop, signal) = shutdown();
-    let server = tokio::spawn(
-        serve(consumer, handler)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (stop, server) = spawn_until_stopped(serve(consumer, handler));
 
     let letter = dead.next().await.unwrap().unwrap();
     let headers = letter.message().headers();
@@ -102,12 +125,7 @@ async fn permanent_failures_are_dead_lettered_at_once() {
     let handler = service_fn(|_: Delivery| async {
         Err::<(), BoxError>(Permanent::new("no such customer").into())
     });
-    let (stop, signal) = shutdown();
-    let server = tokio::spawn(
-        serve(consumer, handler)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (stop, server) = spawn_until_stopped(serve(consumer, handler));
     let letter = dead.next().await.unwrap().unwrap();
     assert_eq!(
         letter
@@ -250,13 +268,7 @@ async fn graceful_shutdown_drains_in_flight_work_and_takes_no_more() {
             }
         })
     };
-    let (stop, signal) = shutdown();
-    let mut server = tokio::spawn(
-        serve(consumer, handler)
-            .concurrency(2)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (stop, mut server) = spawn_until_stopped(serve(consumer, handler).concurrency(2));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(started.load(Ordering::SeqCst), 2);
     stop.send(()).unwrap();
@@ -367,14 +379,7 @@ async fn shutdown_releases_deliveries_still_running_at_the_shutdown_timeout() {
     // Inside serve's own future, and in a task per call.
     for spawn in [false, true] {
         let hung = tracked("hangs");
-        let (entered_tx, entered) = oneshot::channel::<()>();
-        let entered_tx = Mutex::new(Some(entered_tx));
-        let handler = service_fn(move |_: Delivery| {
-            if let Some(tx) = entered_tx.lock().unwrap().take() {
-                tx.send(()).ok();
-            }
-            std::future::pending::<Result<(), BoxError>>()
-        });
+        let (handler, entered) = hangs_once_entered();
         let consumer = stream::iter([Ok(hung.clone())]).chain(stream::pending());
         let started = Instant::now();
         let summary = serve(consumer, handler)
@@ -535,14 +540,7 @@ async fn deliveries_handed_back_at_the_shutdown_timeout_are_counted_released() {
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(&recorder);
 
-    let (entered_tx, entered) = oneshot::channel::<()>();
-    let entered_tx = Mutex::new(Some(entered_tx));
-    let handler = service_fn(move |_: Delivery| {
-        if let Some(tx) = entered_tx.lock().unwrap().take() {
-            tx.send(()).ok();
-        }
-        std::future::pending::<Result<(), BoxError>>()
-    });
+    let (handler, entered) = hangs_once_entered();
     let consumer = stream::iter([Ok(tracked("hangs"))]).chain(stream::pending());
     let summary = serve(consumer, handler)
         .handler_timeout(None)
