@@ -13,10 +13,9 @@ mod zeromq_peers;
 
 use own_server::free_port;
 use waits::until_ok;
-use zeromq_peers::{bind_again, next, publish, text, until_subscribed, WAIT};
+use zeromq_peers::{bind_again, next, publish, served_router, text, until_subscribed, WAIT};
 
 use std::collections::HashSet;
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,15 +123,11 @@ async fn push_pull_balances_across_two_pullers_without_duplicates() {
 #[tokio::test]
 async fn dealer_router_request_reply_in_the_envelope() {
     let envelope = Config::new().framing(Framing::Envelope);
-    let (requests, replies) = Consumer::router(&envelope.clone().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("bind ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
     let square = service_fn(|request: Delivery| async move {
         let n: u64 = String::from_utf8_lossy(request.message().payload()).parse()?;
         Ok::<_, BoxError>(Message::new("", (n * n).to_string()).with_header("served-by", "router"))
     });
-    tokio::spawn(serve(requests, Replier::new(square, replies)).into_future());
+    let endpoint = served_router(envelope.clone(), square).await;
 
     let requester = Requester::connect(&envelope.connect(&endpoint))
         .await
@@ -194,14 +189,10 @@ async fn requester_to_a_zeromq_rep_socket_in_plain_frames() {
 
 #[tokio::test]
 async fn a_zeromq_req_socket_to_a_served_router_in_plain_frames() {
-    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("bind ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
     let echo = service_fn(|request: Delivery| async move {
         Ok::<_, BoxError>(String::from_utf8_lossy(request.message().payload()).to_uppercase())
     });
-    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
+    let endpoint = served_router(Config::new(), echo).await;
     let mut req = zeromq::ReqSocket::new();
     req.connect(&endpoint).await.expect("REQ connects");
     for i in 0..3 {

@@ -178,6 +178,27 @@ fn binary_payload() -> Vec<u8> {
     (0..=255u8).rev().chain(0..=255u8).collect()
 }
 
+/// A record with `payload` and every property header (`encoding` its content
+/// encoding), at 1_700_000_000_000 ms, as tower-mq writes and reads them.
+fn properties_record(payload: &[u8], encoding: &str) -> PlainRecord {
+    PlainRecord {
+        key: None,
+        payload: Some(payload.to_vec()),
+        headers: vec![
+            ("tenant".into(), text("acme")),
+            ("message-id".into(), text("m-1")),
+            ("correlation-id".into(), text("c-1")),
+            ("reply-to".into(), text("replies")),
+            ("content-type".into(), text("application/json")),
+            ("content-encoding".into(), text(encoding)),
+            ("message-type".into(), text("order.created")),
+            ("app-id".into(), text("billing")),
+            ("user-id".into(), text("alice")),
+        ],
+        timestamp: Some(1_700_000_000_000),
+    }
+}
+
 /// Records an ordinary client writes: binary keys, payloads and header values,
 /// repeated names, null values, an empty payload and key, timestamps, and the
 /// property headers in an order and with repetitions tower-mq would not write.
@@ -205,22 +226,7 @@ fn foreign_records() -> Vec<PlainRecord> {
             headers: Vec::new(),
             timestamp: Some(1),
         },
-        PlainRecord {
-            key: None,
-            payload: Some(b"{\"id\":42}".to_vec()),
-            headers: vec![
-                ("tenant".into(), text("acme")),
-                ("message-id".into(), text("m-1")),
-                ("correlation-id".into(), text("c-1")),
-                ("reply-to".into(), text("replies")),
-                ("content-type".into(), text("application/json")),
-                ("content-encoding".into(), text("identity")),
-                ("message-type".into(), text("order.created")),
-                ("app-id".into(), text("billing")),
-                ("user-id".into(), text("alice")),
-            ],
-            timestamp: Some(1_700_000_000_000),
-        },
+        properties_record(b"{\"id\":42}", "identity"),
         PlainRecord {
             key: Some(b"k".to_vec()),
             payload: Some(b"out of order".to_vec()),
@@ -411,22 +417,7 @@ async fn tower_mq_messages_arrive_exactly_in_a_plain_consumer() {
     );
     assert_eq!(
         plain[2],
-        PlainRecord {
-            key: None,
-            payload: Some(b"{}".to_vec()),
-            headers: vec![
-                ("tenant".into(), text("acme")),
-                ("message-id".into(), text("m-1")),
-                ("correlation-id".into(), text("c-1")),
-                ("reply-to".into(), text("replies")),
-                ("content-type".into(), text("application/json")),
-                ("content-encoding".into(), text("gzip")),
-                ("message-type".into(), text("order.created")),
-                ("app-id".into(), text("billing")),
-                ("user-id".into(), text("alice")),
-            ],
-            timestamp: Some(1_700_000_000_000),
-        },
+        properties_record(b"{}", "gzip"),
         "a non-persistent message is stored like any other, with no header for it"
     );
     let stamped = plain[3].timestamp.map(|ms| at(ms as u64));

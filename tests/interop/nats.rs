@@ -190,6 +190,33 @@ fn odd_properties_as_message(subject: &str) -> Message {
 }
 
 /// A stream capturing `<name>.>`, in memory, made by the plain client.
+/// Both sides of a JetStream test: the plain client's JetStream context, and tower-mq's
+/// JetStream on a connection of its own.
+async fn jetstream_sides() -> (jetstream::Context, JetStream) {
+    let context = jetstream::new(plain().await);
+    (context, JetStream::new(&tower_mq().await))
+}
+
+/// Publishes with the plain client and waits for the stream's ack; without `headers`,
+/// as a plain `PUB`.
+async fn plain_js_publish(
+    context: &jetstream::Context,
+    subject: &str,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+) {
+    let subject = subject.to_owned();
+    let ack = match headers {
+        Some(headers) => {
+            context
+                .publish_with_headers(subject, headers, payload)
+                .await
+        }
+        None => context.publish(subject, payload).await,
+    };
+    ack.unwrap().await.unwrap();
+}
+
 async fn plain_stream(context: &jetstream::Context, name: &str) -> jetstream::stream::Stream {
     context
         .create_stream(jetstream::stream::Config {
@@ -663,33 +690,15 @@ async fn core_request_reply_between_a_plain_client_and_tower_mq_both_ways() {
 
 #[tokio::test]
 async fn jetstream_plain_client_messages_arrive_in_tower_mq_exactly() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let name = unique("js_in");
     let stream = plain_stream(&context, &name).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
     let subject = format!("{name}.orders");
 
     let (all, payload) = everything(true);
-    context
-        .publish_with_headers(subject.clone(), all, payload)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    context
-        .publish(subject.clone(), Bytes::new())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    context
-        .publish_with_headers(subject.clone(), odd_properties(), "odd".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    plain_js_publish(&context, &subject, Some(all), payload).await;
+    plain_js_publish(&context, &subject, None, Bytes::new()).await;
+    plain_js_publish(&context, &subject, Some(odd_properties()), "odd".into()).await;
 
     let mut consumer = tower_mq_consumer(&js, &name).await;
     let got = next_delivery(&mut consumer, "everything").await;
@@ -725,12 +734,9 @@ async fn jetstream_plain_client_messages_arrive_in_tower_mq_exactly() {
 
 #[tokio::test]
 async fn jetstream_tower_mq_messages_read_exactly_in_the_plain_client() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let name = unique("js_out");
     let stream = plain_stream(&context, &name).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
     let subject = format!("{name}.orders");
 
     let publisher = js.publisher();
@@ -769,14 +775,11 @@ async fn jetstream_tower_mq_messages_read_exactly_in_the_plain_client() {
 
 #[tokio::test]
 async fn jetstream_consume_and_republish_leaves_the_message_unchanged() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let from = unique("js_fwd_in");
     let to = unique("js_fwd_out");
     let source = plain_stream(&context, &from).await;
     let target = plain_stream(&context, &to).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
 
     let (all, payload) = everything(true);
     let sent: Vec<(HeaderMap, Bytes)> = vec![
@@ -789,12 +792,8 @@ async fn jetstream_consume_and_republish_leaves_the_message_unchanged() {
         (HeaderMap::new(), "no headers".into()),
     ];
     for (headers, payload) in &sent {
-        context
-            .publish_with_headers(format!("{from}.orders"), headers.clone(), payload.clone())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let subject = format!("{from}.orders");
+        plain_js_publish(&context, &subject, Some(headers.clone()), payload.clone()).await;
     }
 
     let mut consumer = tower_mq_consumer(&js, &from).await;
@@ -831,12 +830,9 @@ async fn jetstream_consume_and_republish_leaves_the_message_unchanged() {
 
 #[tokio::test]
 async fn jetstream_publishing_what_nats_cannot_carry_is_a_permanent_error() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let name = unique("js_refused");
     plain_stream(&context, &name).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
     let subject = format!("{name}.orders");
     let publisher = js.publisher();
     for (message, names) in uncarriable(&subject) {
@@ -867,29 +863,14 @@ async fn jetstream_publishing_what_nats_cannot_carry_is_a_permanent_error() {
 
 #[tokio::test]
 async fn jetstream_a_malformed_foreign_message_does_not_stop_the_consumer() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let name = unique("js_malformed");
     let stream = plain_stream(&context, &name).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
     let subject = format!("{name}.orders");
-    context
-        .publish_with_headers(
-            subject.clone(),
-            headers(&[("Timestamp", "soon"), ("Reply-To", "a"), ("reply-to", "b")]),
-            Bytes::from_static(b"\xff\xfe"),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    context
-        .publish(subject.clone(), "after".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let odd = headers(&[("Timestamp", "soon"), ("Reply-To", "a"), ("reply-to", "b")]);
+    let payload = Bytes::from_static(b"\xff\xfe");
+    plain_js_publish(&context, &subject, Some(odd), payload).await;
+    plain_js_publish(&context, &subject, None, "after".into()).await;
     let mut consumer = tower_mq_consumer(&js, &name).await;
     let odd = next_delivery(&mut consumer, "the malformed message").await;
     let mut expected = Message::new(&subject, Bytes::from_static(b"\xff\xfe"));

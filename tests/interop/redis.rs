@@ -351,23 +351,26 @@ async fn streams_entry_without_the_payload_field_is_dead_lettered_with_the_reaso
     assert_eq!(pending.count(), 0);
 }
 
-#[tokio::test]
-async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_goes_on() {
+/// Writes `one`, then an entry `bad` per name of `odd_names` (each holding `v` under
+/// that name), then `two`, with the plain client, to a new stream: one read of a batch
+/// fetches them all, the odd entries do not fail it, `one` and `two` are delivered,
+/// and each odd entry is dead-lettered intact with a reason that says `reason`.
+async fn assert_odd_field_names_are_dead_lettered_and_the_batch_goes_on(
+    what: &str,
+    odd_names: &[&[u8]],
+    reason: &str,
+) {
     let config = config().await;
     let (_, mut conn) = plain().await;
-    let stream = unique("binary-name");
+    let stream = unique(what);
     let settings = StreamConsumerConfig::new(&stream, "g").batch_size(16);
     let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
     xadd(&mut conn, &stream, &[(b"payload", b"one")]).await;
-    xadd(
-        &mut conn,
-        &stream,
-        &[(b"payload", b"bad"), (b"\xff\xfe", b"v")],
-    )
-    .await;
+    for name in odd_names {
+        xadd(&mut conn, &stream, &[(b"payload", b"bad"), (name, b"v")]).await;
+    }
     xadd(&mut conn, &stream, &[(b"payload", b"two")]).await;
 
-    // One read fetches all three; the odd one does not fail the reply.
     let mut consumer = StreamConsumer::subscribe(&config, settings)
         .await
         .expect("subscribe");
@@ -377,17 +380,28 @@ async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_g
         delivery.ack().await.expect("ack");
     }
     let letters = xrange(&mut conn, &dead_letter).await;
-    assert_eq!(letters.len(), 1);
-    let fields = &letters[0].1;
-    // The entry is kept intact, binary name included.
-    assert!(fields.contains(&(b"payload".to_vec(), b"bad".to_vec())));
-    assert!(fields.contains(&(b"\xff\xfe".to_vec(), b"v".to_vec())));
-    let reason = fields
-        .iter()
-        .find(|(n, _)| n == tower_mq::dead_letter::REASON.as_bytes())
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .expect("a reason");
-    assert!(reason.contains("is not UTF-8"), "{reason}");
+    assert_eq!(letters.len(), odd_names.len());
+    for ((_, fields), name) in letters.iter().zip(odd_names) {
+        // Kept intact, the odd name included.
+        assert!(fields.contains(&(b"payload".to_vec(), b"bad".to_vec())));
+        assert!(fields.contains(&(name.to_vec(), b"v".to_vec())));
+        let said = fields
+            .iter()
+            .find(|(n, _)| n == tower_mq::dead_letter::REASON.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .expect("a reason");
+        assert!(said.contains(reason), "{said}");
+    }
+}
+
+#[tokio::test]
+async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_goes_on() {
+    assert_odd_field_names_are_dead_lettered_and_the_batch_goes_on(
+        "binary-name",
+        &[b"\xff\xfe"],
+        "is not UTF-8",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -842,43 +856,17 @@ async fn streams_redelivery_counts_another_program_wrote_never_dead_letter_a_fir
 #[tokio::test]
 async fn streams_entry_with_a_control_character_in_a_field_name_is_dead_lettered_and_the_batch_goes_on(
 ) {
-    let config = config().await;
-    let (_, mut conn) = plain().await;
-    let stream = unique("control-name");
-    let settings = StreamConsumerConfig::new(&stream, "g").batch_size(16);
-    let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
-    let bad: [&[u8]; 4] = [
-        b"x-evil\r\nInjected: 1",
-        b"line\nfeed",
-        b"tab\tname",
-        b"del\x7f",
-    ];
-    xadd(&mut conn, &stream, &[(b"payload", b"one")]).await;
-    for name in bad {
-        xadd(&mut conn, &stream, &[(b"payload", b"bad"), (name, b"v")]).await;
-    }
-    xadd(&mut conn, &stream, &[(b"payload", b"two")]).await;
-
-    let mut consumer = StreamConsumer::subscribe(&config, settings)
-        .await
-        .expect("subscribe");
-    for expected in [&b"one"[..], b"two"] {
-        let delivery = next(&mut consumer).await;
-        assert_eq!(delivery.message().payload().as_ref(), expected);
-        delivery.ack().await.expect("ack");
-    }
-    let letters = xrange(&mut conn, &dead_letter).await;
-    assert_eq!(letters.len(), bad.len());
-    for ((_, fields), name) in letters.iter().zip(bad) {
-        // Kept intact, the odd name included.
-        assert!(fields.contains(&(name.to_vec(), b"v".to_vec())));
-        let reason = fields
-            .iter()
-            .find(|(n, _)| n == tower_mq::dead_letter::REASON.as_bytes())
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .expect("a reason");
-        assert!(reason.contains("has a control character"), "{reason}");
-    }
+    assert_odd_field_names_are_dead_lettered_and_the_batch_goes_on(
+        "control-name",
+        &[
+            b"x-evil\r\nInjected: 1",
+            b"line\nfeed",
+            b"tab\tname",
+            b"del\x7f",
+        ],
+        "has a control character",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -18,9 +18,9 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 use tower::{service_fn, Service, ServiceExt};
 use tower_mq::zeromq::{Config, Consumer, Framing, Publisher, Requester, FRAME_HEADER};
-use tower_mq::{serve, BoxError, Delivery, ErrorKind, HeaderValue, Message, Operation, Replier};
+use tower_mq::{serve, BoxError, Delivery, ErrorKind, HeaderValue, Message, Operation};
 
-use crate::zeromq_peers::{next, publish, ready, until_subscribed, WAIT};
+use crate::zeromq_peers::{next, publish, ready, served_router, until_subscribed, WAIT};
 
 fn python() -> String {
     std::env::var("TOWER_MQ_LIBZMQ_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
@@ -642,10 +642,6 @@ async fn malformed_envelopes_from_a_peer_do_not_stop_serve() {
 
 #[tokio::test]
 async fn a_libzmq_req_asks_and_a_tower_mq_router_answers_in_plain_frames() {
-    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
     let echo = service_fn(|request: Delivery| async move {
         let message = request.message();
         let mut reply = message.payload().to_ascii_uppercase();
@@ -654,7 +650,7 @@ async fn a_libzmq_req_asks_and_a_tower_mq_router_answers_in_plain_frames() {
         );
         Ok::<_, BoxError>(Message::new("", reply))
     });
-    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
+    let endpoint = served_router(Config::new(), echo).await;
     let asked = vec![
         frames_of(&[b"hello"]),
         frames_of(&[b"\x00binary", b"body"]),
@@ -669,10 +665,6 @@ async fn a_libzmq_req_asks_and_a_tower_mq_router_answers_in_plain_frames() {
 
 #[tokio::test]
 async fn a_libzmq_dealer_asks_a_tower_mq_router_with_or_without_a_delimiter() {
-    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
     let echo = service_fn(|request: Delivery| async move {
         let message = request.message();
         let mut reply = Message::new("", message.payload().to_ascii_uppercase());
@@ -682,7 +674,7 @@ async fn a_libzmq_dealer_asks_a_tower_mq_router_with_or_without_a_delimiter() {
         }
         Ok::<_, BoxError>(reply)
     });
-    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
+    let endpoint = served_router(Config::new(), echo).await;
     let asked = vec![
         // No delimiter: the route is the DEALER's identity alone.
         frames_of(&[b"bare"]),

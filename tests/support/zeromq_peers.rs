@@ -7,10 +7,13 @@
 
 use std::time::Duration;
 
+use std::future::IntoFuture;
+
 use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
+use tower_mq::request::IntoReply;
 use tower_mq::zeromq::{Config, Consumer, Publisher};
-use tower_mq::{Delivery, Error, Message, Receipt};
+use tower_mq::{serve, BoxError, Delivery, Error, Message, Receipt, Replier};
 
 /// The bound on waiting for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -84,4 +87,21 @@ pub async fn until_subscribed(
     tokio::time::timeout(WAIT, probing)
         .await
         .expect("the subscription never became active");
+}
+
+/// A ROUTER with `config`, bound to a free loopback port, whose requests `handler`
+/// answers (served on a task of its own); the endpoint to connect to.
+pub async fn served_router<H>(config: Config, handler: H) -> String
+where
+    H: Service<Delivery> + Send + 'static,
+    H::Response: IntoReply,
+    H::Error: Into<BoxError>,
+    H::Future: Send + 'static,
+{
+    let (requests, replies) = Consumer::router(&config.bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind ROUTER");
+    let endpoint = requests.endpoints()[0].clone();
+    tokio::spawn(serve(requests, Replier::new(handler, replies)).into_future());
+    endpoint
 }
