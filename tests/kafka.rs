@@ -65,11 +65,7 @@ async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
         .expect("first member");
     let mut held: BTreeMap<(String, String), Delivery> = BTreeMap::new();
     while held.len() < 8 {
-        let delivery = tokio::time::timeout(WAIT, first.next())
-            .await
-            .expect("a message within the wait")
-            .expect("the consumer ended")
-            .expect("receive");
+        let delivery = next(&mut first).await;
         let at = (
             delivery.message().destination().to_owned(),
             String::from_utf8_lossy(delivery.message().payload()).into_owned(),

@@ -7,10 +7,13 @@
 
 #[path = "support/kafka_mock_cluster.rs"]
 mod kafka_mock_cluster;
+#[path = "support/waits.rs"]
+mod waits;
 
 /// Test names read `kafka_mock::<case>`.
 mod kafka_mock {
     use super::kafka_mock_cluster::{MockKafka, ALL_BROKERS};
+    use super::waits::until;
     use std::collections::BTreeMap;
     use std::future::poll_fn;
     use std::time::Duration;
@@ -581,14 +584,10 @@ mod kafka_mock {
         );
 
         drop(first);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while committed(&config, &group, &untouched).await.is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nothing committed on revocation"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until("a commit on revocation", WAIT, async || {
+            committed(&config, &group, &untouched).await.is_some()
+        })
+        .await;
         assert_eq!(
             committed(&config, &group, &worked).await,
             Some(3),

@@ -501,11 +501,7 @@ async fn concurrent_requests_share_one_inbox_and_a_late_reply_reaches_no_one() {
 
 #[tokio::test]
 async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
-    let port = free_port();
-    let server = own_nats_on(port, &[]).await;
-    let config = Config::new(format!("nats://127.0.0.1:{port}"))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
-    let connection = Connection::connect(&config).await.unwrap();
+    let (server, connection) = own_nats_and_connection().await;
     let subject = unique("restart-rpc");
     let requests = Subscriber::subscribe(&connection, &subject).await.unwrap();
     let (_release, released) = tokio::sync::oneshot::channel();
@@ -517,16 +513,7 @@ async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
         .await;
     assert_eq!(reply.unwrap().payload().as_ref(), b"BEFORE");
 
-    drop(server);
-    until("the client to see its server gone", WAIT, async || {
-        !connection.is_connected()
-    })
-    .await;
-    let _server = own_nats_on(port, &[]).await;
-    until("the client to reconnect", WAIT, async || {
-        connection.is_connected()
-    })
-    .await;
+    let _server = restart_on_the_same_port(server, &connection).await;
     // The client renews both subscriptions (the responder's and the inbox) on its own;
     // a request racing the renewal may fail transiently, never permanently.
     let reply = until_ok("an answer after the restart", WAIT, async || {
@@ -1331,6 +1318,32 @@ async fn own_nats_on(port: u16, args: &[&str]) -> OwnServer {
     .await
 }
 
+/// A `nats-server` of the test's own, and a connection to it that reconnects quickly.
+async fn own_nats_and_connection() -> (OwnServer, Connection) {
+    let port = free_port();
+    let server = own_nats_on(port, &[]).await;
+    let config = Config::new(format!("nats://127.0.0.1:{port}"))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    (server, Connection::connect(&config).await.unwrap())
+}
+
+/// Stops `server`, and once `connection` saw it gone starts another on the same port;
+/// returns it once `connection` is back.
+async fn restart_on_the_same_port(server: OwnServer, connection: &Connection) -> OwnServer {
+    let port = server.port();
+    drop(server);
+    until("the client to see its server gone", WAIT, async || {
+        !connection.is_connected()
+    })
+    .await;
+    let server = own_nats_on(port, &[]).await;
+    until("the client to reconnect", WAIT, async || {
+        connection.is_connected()
+    })
+    .await;
+    server
+}
+
 /// A message published on `connection` arrives on a subscription of the same
 /// connection: the connection is authenticated and usable.
 async fn assert_round_trip(connection: &Connection) {
@@ -1627,22 +1640,9 @@ async fn connect_retry_does_not_retry_refused_credentials() {
 
 #[tokio::test]
 async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the_same_port() {
-    let port = free_port();
-    let server = own_nats_on(port, &[]).await;
-    let config = Config::new(format!("nats://127.0.0.1:{port}"))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
-    let connection = Connection::connect(&config).await.unwrap();
+    let (server, connection) = own_nats_and_connection().await;
     assert_round_trip(&connection).await;
-    drop(server);
-    until("the client to see its server gone", WAIT, async || {
-        !connection.is_connected()
-    })
-    .await;
-    let _server = own_nats_on(port, &[]).await;
-    until("the client to reconnect", WAIT, async || {
-        connection.is_connected()
-    })
-    .await;
+    let _server = restart_on_the_same_port(server, &connection).await;
     assert_round_trip(&connection).await;
 }
 

@@ -73,6 +73,17 @@ async fn publish(publisher: &mut Publisher, message: Message) -> Receipt {
         .unwrap()
 }
 
+/// The payloads of the next `n` deliveries of `consumer`, as text, each acknowledged.
+async fn take_acked(consumer: &mut Consumer, n: usize) -> Vec<String> {
+    let mut payloads = Vec::with_capacity(n);
+    for _ in 0..n {
+        let d = next(consumer).await;
+        payloads.push(String::from_utf8(d.message().payload().to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    payloads
+}
+
 async fn next(consumer: &mut Consumer) -> Delivery {
     tokio::time::timeout(Duration::from_secs(10), consumer.next())
         .await
@@ -255,12 +266,10 @@ async fn concurrent_publishes_on_one_channel_each_learn_their_own_return() {
 
     let routable = (0..results.len()).filter(|&i| !unroutable(i)).count();
     let mut consumer = connection.consumer(&q).await.unwrap();
-    let mut got = std::collections::HashSet::new();
-    for _ in 0..routable {
-        let d = next(&mut consumer).await;
-        got.insert(String::from_utf8(d.message().payload().to_vec()).unwrap());
-        d.ack().await.unwrap();
-    }
+    let got: std::collections::HashSet<String> = take_acked(&mut consumer, routable)
+        .await
+        .into_iter()
+        .collect();
     let expected: std::collections::HashSet<String> = (0..results.len())
         .filter(|&i| !unroutable(i))
         .map(|i| format!("m{i}"))
@@ -343,13 +352,7 @@ async fn priority_queue_delivers_the_highest_priority_first() {
         .unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let mut consumer = connection.consumer(&q).await.unwrap();
-    let mut order = Vec::new();
-    for _ in 0..3 {
-        let d = next(&mut consumer).await;
-        order.push(String::from_utf8(d.message().payload().to_vec()).unwrap());
-        d.ack().await.unwrap();
-    }
-    assert_eq!(order, ["high", "mid", "low"]);
+    assert_eq!(take_acked(&mut consumer, 3).await, ["high", "mid", "low"]);
 }
 
 /// `Queue::dead_letter` names the dead-letter queue by the shared rule
@@ -1025,12 +1028,8 @@ async fn batch_layer_feeds_batched_confirms() {
     }
     publisher.shutdown().await;
     let mut consumer = connection.consumer(&q).await.unwrap();
-    let mut got = std::collections::HashSet::new();
-    for _ in 0..199 {
-        let d = next(&mut consumer).await;
-        got.insert(String::from_utf8(d.message().payload().to_vec()).unwrap());
-        d.ack().await.unwrap();
-    }
+    let got: std::collections::HashSet<String> =
+        take_acked(&mut consumer, 199).await.into_iter().collect();
     assert_eq!(got.len(), 199);
     assert!(!got.contains("7"));
 }
