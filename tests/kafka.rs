@@ -10,12 +10,11 @@ mod harness;
 mod waits;
 
 use harness::unique;
-use waits::until;
+use waits::{next_within, until};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tower::ServiceExt;
 use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
 use tower_mq::{Delivery, Message};
@@ -101,11 +100,7 @@ async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
 }
 
 async fn next(consumer: &mut Consumer) -> Delivery {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("a message within the wait")
-        .expect("the consumer ended")
-        .expect("receive")
+    next_within(consumer, "a message", WAIT).await
 }
 
 /// Records fetched ahead and never handed to a handler need no hand-back on Kafka:

@@ -20,7 +20,7 @@ mod waits;
 use harness::nats::{connect as connect_with, url};
 use harness::unique;
 use own_server::{assert_unreachable_and_masked, everything_shown, free_port, Log, OwnServer};
-use waits::{until, until_ok};
+use waits::{next_within, until, until_ok};
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -54,12 +54,7 @@ async fn next<S>(stream: &mut S, what: &str) -> Delivery
 where
     S: Stream<Item = Result<Delivery, Error>> + Unpin,
 {
-    match tokio::time::timeout(WAIT, stream.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(err))) => panic!("receiving {what} failed: {err}"),
-        Ok(None) => panic!("the stream ended before {what}"),
-        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
-    }
+    next_within(stream, what, WAIT).await
 }
 
 /// The next delivery after an outage: the stream reports what failed meanwhile (a pull

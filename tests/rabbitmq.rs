@@ -18,7 +18,7 @@ mod waits;
 use harness::rabbitmq::{connect, url};
 use harness::unique;
 use own_server::{assert_unreachable_and_masked, everything_shown, free_port};
-use waits::{until, until_ok};
+use waits::{next_within, until, until_ok};
 
 use std::time::Duration;
 
@@ -85,11 +85,7 @@ async fn take_acked(consumer: &mut Consumer, n: usize) -> Vec<String> {
 }
 
 async fn next(consumer: &mut Consumer) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("no delivery within 10 s")
-        .expect("consumer ended")
-        .expect("consumer error")
+    next_within(consumer, "a delivery", Duration::from_secs(10)).await
 }
 
 #[tokio::test]

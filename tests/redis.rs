@@ -12,10 +12,13 @@ mod connect_retry;
 mod harness;
 #[path = "support/own_server.rs"]
 mod own_server;
+#[path = "support/waits.rs"]
+mod waits;
 
 use harness::redis::config;
 use harness::unique;
 use own_server::{assert_unreachable_and_masked, everything_shown, free_port, Log, OwnServer};
+use waits::next_within;
 
 use std::time::Duration;
 
@@ -44,11 +47,7 @@ async fn next<S>(consumer: &mut S) -> Delivery
 where
     S: futures_util::Stream<Item = Result<Delivery, tower_mq::Error>> + Unpin,
 {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("no delivery within the wait")
-        .expect("consumer ended")
-        .expect("consumer error")
+    next_within(consumer, "a delivery", WAIT).await
 }
 
 async fn publish<S>(publisher: &mut S, message: Message) -> Receipt

@@ -25,6 +25,7 @@ use tower_mq::{Delivery, ErrorKind, HeaderValue, Headers, Message, Operation};
 
 use crate::harness::kafka::{brokers, config};
 use crate::harness::unique;
+use crate::waits::next_within;
 
 /// The bound on waiting for something that should happen.
 const WAIT: Duration = Duration::from_secs(20);
@@ -147,11 +148,7 @@ async fn consumer(config: &Config, topic: &str) -> Consumer {
 }
 
 async fn next(consumer: &mut Consumer, what: &str) -> Delivery {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .unwrap_or_else(|_| panic!("kafka: {what} not delivered within {WAIT:?}"))
-        .unwrap_or_else(|| panic!("kafka: the consumer ended before {what}"))
-        .unwrap_or_else(|e| panic!("kafka: receiving {what}: {e}"))
+    next_within(consumer, what, WAIT).await
 }
 
 async fn publish(publisher: &Publisher, message: Message) {

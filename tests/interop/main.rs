@@ -8,6 +8,8 @@
 
 #[path = "../support/harness.rs"]
 mod harness;
+#[path = "../support/waits.rs"]
+mod waits;
 #[cfg(feature = "zeromq")]
 #[path = "../support/zeromq_peers.rs"]
 mod zeromq_peers;

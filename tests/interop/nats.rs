@@ -28,6 +28,7 @@ use tower_mq::{
 
 use crate::harness::nats::{connect, unreachable, url};
 use crate::harness::unique;
+use crate::waits::next_within;
 
 /// Upper bound on waiting for something that should happen.
 const WAIT: Duration = Duration::from_secs(15);
@@ -59,12 +60,7 @@ async fn next_delivery<S>(stream: &mut S, what: &str) -> Delivery
 where
     S: Stream<Item = Result<Delivery, Error>> + Unpin,
 {
-    match tokio::time::timeout(WAIT, stream.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(err))) => panic!("tower-mq: receiving {what} failed: {err}"),
-        Ok(None) => panic!("tower-mq: the stream ended before {what}"),
-        Err(_) => panic!("tower-mq: {what} did not arrive within {WAIT:?}"),
-    }
+    next_within(stream, &format!("tower-mq's {what}"), WAIT).await
 }
 
 async fn next_plain(subscriber: &mut async_nats::Subscriber, what: &str) -> async_nats::Message {

@@ -23,6 +23,7 @@ use tower_mq::{
 
 use crate::harness::redis::{config, unreachable, url};
 use crate::harness::unique;
+use crate::waits::next_within;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -113,11 +114,7 @@ async fn next<S>(consumer: &mut S) -> Delivery
 where
     S: futures_util::Stream<Item = Result<Delivery, tower_mq::Error>> + Unpin,
 {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("no delivery within the wait")
-        .expect("consumer ended")
-        .expect("consumer error")
+    next_within(consumer, "a delivery", WAIT).await
 }
 
 async fn try_publish<S>(publisher: &mut S, message: Message) -> Result<Receipt, tower_mq::Error>

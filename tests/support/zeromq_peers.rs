@@ -2,6 +2,8 @@
 //! `tests/interop/zeromq.rs`) do with their tower-mq peers the same way: wait, bounded,
 //! for a delivery or a ready publisher; bind a port again that a closed socket may
 //! still hold; and probe a new subscriber past ZeroMQ's slow joiner.
+//!
+//! It uses `waits.rs`, which the including target declares beside it (`mod waits;`).
 
 #![allow(dead_code)] // each test target uses a different part
 
@@ -20,12 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The next delivery of `consumer`, which should be `what`.
 pub async fn next(consumer: &mut Consumer, what: &str) -> Delivery {
-    match tokio::time::timeout(WAIT, consumer.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(e))) => panic!("receiving {what} failed: {e}"),
-        Ok(None) => panic!("the consumer ended before {what}"),
-        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
-    }
+    super::waits::next_within(consumer, what, WAIT).await
 }
 
 /// A delivery's payload, as text.
