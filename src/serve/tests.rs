@@ -43,24 +43,23 @@ fn spawn_until_stopped<S, H, C, G>(
     tokio::task::JoinHandle<Result<Summary, BoxError>>,
 )
 where
-    S: Stream<Item = Result<Delivery, Error>> + Send + 'static,
-    H: Service<Delivery> + Send + 'static,
-    H::Error: Into<BoxError>,
-    H::Future: Send + 'static,
-    C: Classifier<BoxError> + Send + Sync + 'static,
+    Serve<S, H, C, BoxFuture<'static, ()>>: IntoFuture<IntoFuture = ServeFuture>,
 {
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = serve.with_graceful_shutdown(async move {
+    let signal: BoxFuture<'static, ()> = Box::pin(async move {
         stopped.await.ok();
     });
-    (stop, tokio::spawn(serving.into_future()))
+    (
+        stop,
+        tokio::spawn(serve.with_graceful_shutdown(signal).into_future()),
+    )
 }
 
-/// A handler that takes its first delivery, says so on the receiver, and never finishes
-/// with it (nor with any other).
+/// A handler that takes its first delivery and never finishes with it (nor with any
+/// other), and a signal that completes once it took that delivery.
 fn hangs_once_entered() -> (
     impl Service<Delivery, Response = (), Error = BoxError, Future: Send + 'static> + Send + 'static,
-    oneshot::Receiver<()>,
+    impl Future<Output = ()> + Send + 'static,
 ) {
     let (entered_tx, entered) = oneshot::channel::<()>();
     let entered_tx = Mutex::new(Some(entered_tx));
@@ -70,7 +69,9 @@ fn hangs_once_entered() -> (
         }
         std::future::pending::<Result<(), BoxError>>()
     });
-    (handler, entered)
+    (handler, async move {
+        entered.await.ok();
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -386,9 +387,7 @@ async fn shutdown_releases_deliveries_still_running_at_the_shutdown_timeout() {
             .spawn_handlers(spawn)
             .handler_timeout(None)
             .shutdown_timeout(Duration::from_secs(3))
-            .with_graceful_shutdown(async move {
-                entered.await.ok();
-            })
+            .with_graceful_shutdown(entered)
             .await
             .unwrap();
         assert_eq!(Instant::now() - started, Duration::from_secs(3));
@@ -545,9 +544,7 @@ async fn deliveries_handed_back_at_the_shutdown_timeout_are_counted_released() {
     let summary = serve(consumer, handler)
         .handler_timeout(None)
         .shutdown_timeout(Duration::from_secs(3))
-        .with_graceful_shutdown(async move {
-            entered.await.ok();
-        })
+        .with_graceful_shutdown(entered)
         .await
         .unwrap();
     assert_eq!(summary.released, 1);
