@@ -5,25 +5,14 @@
 //! Addresses come from `TOWER_MQ_REDIS_URL`, `TOWER_MQ_NATS_URL` and
 //! `TOWER_MQ_AMQP_URL` (defaults: the project harness).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[path = "support/harness.rs"]
+mod harness;
 
+use std::time::Duration;
+
+use harness::unique;
 use tower::{Service, ServiceExt};
 use tower_mq::{Error, ErrorKind, Message, Operation, Receipt};
-
-/// A name no other test (or test run) uses.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "bad-input-{what}-{}-{nanos:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 async fn try_publish<S>(publisher: &mut S, message: Message) -> Result<Receipt, Error>
 where
@@ -49,22 +38,8 @@ fn assert_refused(err: &Error, broker: &str, operation: Operation, reason: &str)
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
+    use crate::harness::redis::config;
     use tower_mq::redis::{Config, StreamConsumer, StreamConsumerConfig, StreamPublisher};
-
-    fn url() -> String {
-        std::env::var("TOWER_MQ_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into())
-    }
-
-    async fn config() -> Config {
-        let config = Config::new(url());
-        if let Err(error) = config.connect().await {
-            panic!(
-                "Redis is not reachable at {} (env TOWER_MQ_REDIS_URL): {error}",
-                url()
-            );
-        }
-        config
-    }
 
     #[tokio::test]
     async fn malformed_urls_are_permanent_connect_errors_without_the_password() {
@@ -112,21 +87,11 @@ mod redis {
 #[cfg(feature = "nats")]
 mod nats {
     use super::*;
+    use crate::harness::nats::url;
     use tower_mq::nats::{Config, Connection, Publisher};
 
-    fn url() -> String {
-        std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
-    }
-
     async fn connect() -> Connection {
-        Connection::connect(&Config::new(url()))
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "NATS is not reachable at {} (env TOWER_MQ_NATS_URL): {e}",
-                    url()
-                )
-            })
+        crate::harness::nats::connect(Config::new(url())).await
     }
 
     #[tokio::test]
@@ -201,30 +166,20 @@ mod nats {
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq {
     use super::*;
-    use tower_mq::rabbitmq::{Config, Connection, Queue, Routing, Topology};
-
-    fn url() -> String {
-        std::env::var("TOWER_MQ_AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:15673/%2f".into())
-    }
+    use crate::harness::rabbitmq::{connect, url};
+    use tower_mq::rabbitmq::{Config, Queue, Routing, Topology};
 
     #[tokio::test]
     async fn header_names_and_ttls_amqp_cannot_carry_are_refused_naming_them() {
         let q = unique("amqp-refusals");
-        let connection = Connection::connect(
-            &Config::new(url())
+        let connection = connect(
+            Config::new(url())
                 .routing(Routing::DefaultExchange)
                 .topology(
                     Topology::new().queue(Queue::classic(&q).expires(Duration::from_secs(60))),
                 ),
         )
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "RabbitMQ is not reachable at {} (env TOWER_MQ_AMQP_URL): {e}",
-                url()
-            )
-        });
+        .await;
         let mut publisher = connection.publisher();
         let long_name = "h".repeat(256);
         let cases = [

@@ -12,7 +12,12 @@
 
 #![allow(dead_code)]
 
+#[path = "support/harness.rs"]
+mod harness;
+
 use std::time::Duration;
+
+use harness::unique;
 
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
@@ -31,21 +36,6 @@ type SharedPublisher = BoxCloneSyncService<Message, Receipt, Error>;
 
 /// How long the broker gets to answer a publish.
 const WAIT: Duration = Duration::from_secs(15);
-
-/// A name no other test (or test run) uses.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "tmq-{what}-{}-{nanos:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Publishes `message` through a clone of `publisher` on another task, the way an
 /// axum handler uses its state.
@@ -90,14 +80,11 @@ mod memory {
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
+    use crate::harness::redis::config;
     use tower_mq::redis::{
         Config, PubSubConsumer, PubSubPublisher, StreamBatchPublisher, StreamConsumer,
         StreamPublisher,
     };
-
-    fn url() -> String {
-        std::env::var("TOWER_MQ_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into())
-    }
 
     #[test]
     fn redis_handles_are_send_sync_clone() {
@@ -112,15 +99,9 @@ mod redis {
 
     #[tokio::test]
     async fn redis_stream_publisher_in_a_box_clone_sync_service() {
-        let config = Config::new(url());
-        let publisher = match StreamPublisher::connect(&config).await {
-            Ok(publisher) => publisher,
-            Err(error) => panic!(
-                "Redis is not reachable at {} (env TOWER_MQ_REDIS_URL): {error}. \
-                 Run scripts/brokers up redis.",
-                url()
-            ),
-        };
+        let publisher = StreamPublisher::connect(&config().await)
+            .await
+            .expect("Redis answered a moment ago");
         let publisher = SharedPublisher::new(publisher);
         let stream = unique("boxed");
         let receipt = publish_from_another_task(&publisher, Message::new(&stream, "x")).await;
@@ -134,15 +115,11 @@ mod redis {
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq {
     use super::*;
+    use crate::harness::rabbitmq::{connect, url};
     use tower_mq::rabbitmq::{
         BatchPublisher, Config, Connection, Consumer, Publisher, Queue, Requester, Routing,
         Topology,
     };
-
-    fn url() -> String {
-        std::env::var("TOWER_MQ_AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:15673/%2f".into())
-    }
 
     #[test]
     fn rabbitmq_handles_are_send_sync_clone() {
@@ -162,14 +139,7 @@ mod rabbitmq {
             .topology(
                 Topology::new().queue(Queue::classic(&queue).expires(Duration::from_secs(60))),
             );
-        let connection = match Connection::connect(&config).await {
-            Ok(connection) => connection,
-            Err(error) => panic!(
-                "RabbitMQ is not reachable at {} (env TOWER_MQ_AMQP_URL): {error}. \
-                 Run scripts/brokers up rabbitmq.",
-                url()
-            ),
-        };
+        let connection = connect(config).await;
         let publisher = SharedPublisher::new(connection.publisher());
         let receipt = publish_from_another_task(&publisher, Message::new(&queue, "x")).await;
         assert!(receipt.routing_key() == Some(queue.as_str()), "{receipt:?}");
@@ -179,23 +149,13 @@ mod rabbitmq {
 #[cfg(feature = "nats")]
 mod nats {
     use super::*;
+    use crate::harness::nats::url;
     use tower_mq::nats::config::{Storage, StreamConfig};
     use tower_mq::nats::jetstream::{self, JetStream};
     use tower_mq::nats::{BatchPublisher, Config, Connection, Publisher, Requester, Subscriber};
 
-    fn url() -> String {
-        std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
-    }
-
     async fn connect() -> Connection {
-        match Connection::connect(&Config::new(url())).await {
-            Ok(connection) => connection,
-            Err(error) => panic!(
-                "NATS is not reachable at {} (env TOWER_MQ_NATS_URL): {error}. \
-                 Run scripts/brokers up nats.",
-                url()
-            ),
-        }
+        crate::harness::nats::connect(Config::new(url())).await
     }
 
     #[test]

@@ -4,10 +4,17 @@
 
 #![cfg(feature = "kafka")]
 
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/waits.rs"]
+mod waits;
+
+use harness::unique;
+use waits::{next_within, until};
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tower::ServiceExt;
 use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicSpec};
 use tower_mq::{Delivery, Message};
@@ -15,33 +22,10 @@ use tower_mq::{Delivery, Message};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn connect() -> Config {
-    let brokers =
-        std::env::var("TOWER_MQ_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    // One record per batch: tansu 0.6.0 skips the rest of a batch when a fetch starts
-    // in its middle.
-    let config = Config::new(&brokers)
-        .batch_messages(1)
-        .set("reconnect.backoff.max.ms", "100")
-        .set_consumer("session.timeout.ms", "6000")
-        .set_consumer("heartbeat.interval.ms", "500")
-        // No periodic commit: what is committed, the revocation committed.
+    // No periodic commit: what is committed, the revocation committed.
+    harness::kafka::config()
+        .await
         .set_consumer("auto.commit.interval.ms", "600000")
-        .operation_timeout(Duration::from_secs(5));
-    if let Err(e) = Publisher::connect(&config).await {
-        panic!(
-            "kafka: cannot reach a Kafka broker at {brokers} (set TOWER_MQ_KAFKA_BROKERS; \
-             run scripts/test or scripts/brokers up kafka): {e}"
-        );
-    }
-    config
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{name}-{:x}", nanos & 0xffff_ffff_ffff)
 }
 
 async fn committed(admin: &Admin, group: &str, topic: &str) -> Option<i64> {
@@ -80,11 +64,7 @@ async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
         .expect("first member");
     let mut held: BTreeMap<(String, String), Delivery> = BTreeMap::new();
     while held.len() < 8 {
-        let delivery = tokio::time::timeout(WAIT, first.next())
-            .await
-            .expect("a message within the wait")
-            .expect("the consumer ended")
-            .expect("receive");
+        let delivery = next(&mut first).await;
         let at = (
             delivery.message().destination().to_owned(),
             String::from_utf8_lossy(delivery.message().payload()).into_owned(),
@@ -102,14 +82,10 @@ async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
     let mut second = Consumer::subscribe(&config, both())
         .await
         .expect("second member");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while committed(&admin, &group, &untouched).await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing committed when the second member joined"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("a commit once the second member joined", WAIT, async || {
+        committed(&admin, &group, &untouched).await.is_some()
+    })
+    .await;
     assert_eq!(committed(&admin, &group, &worked).await, Some(3));
     // Nothing was settled there: only the revocation commits offset 0.
     assert_eq!(committed(&admin, &group, &untouched).await, Some(0));
@@ -124,11 +100,7 @@ async fn a_rebalance_commits_revoked_partitions_up_to_the_first_unfinished() {
 }
 
 async fn next(consumer: &mut Consumer) -> Delivery {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("a message within the wait")
-        .expect("the consumer ended")
-        .expect("receive")
+    next_within(consumer, "a message", WAIT).await
 }
 
 /// Records fetched ahead and never handed to a handler need no hand-back on Kafka:

@@ -7,16 +7,18 @@
 
 #[path = "support/kafka_mock_cluster.rs"]
 mod kafka_mock_cluster;
+#[path = "support/waits.rs"]
+mod waits;
 
 /// Test names read `kafka_mock::<case>`.
 mod kafka_mock {
     use super::kafka_mock_cluster::{MockKafka, ALL_BROKERS};
+    use super::waits::{next_within, until};
     use std::collections::BTreeMap;
     use std::future::poll_fn;
     use std::time::Duration;
 
     use futures_util::future::join_all;
-    use futures_util::StreamExt;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     use tower::{Service, ServiceBuilder, ServiceExt};
     use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher};
@@ -69,12 +71,7 @@ mod kafka_mock {
     }
 
     async fn recv(consumer: &mut Consumer, what: &str) -> Delivery {
-        match tokio::time::timeout(WAIT, consumer.next()).await {
-            Ok(Some(Ok(delivery))) => delivery,
-            Ok(Some(Err(e))) => panic!("receiving {what} failed: {e}"),
-            Ok(None) => panic!("the consumer ended before {what}"),
-            Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
-        }
+        next_within(consumer, what, WAIT).await
     }
 
     fn text(delivery: &Delivery) -> String {
@@ -581,14 +578,10 @@ mod kafka_mock {
         );
 
         drop(first);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while committed(&config, &group, &untouched).await.is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nothing committed on revocation"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until("a commit on revocation", WAIT, async || {
+            committed(&config, &group, &untouched).await.is_some()
+        })
+        .await;
         assert_eq!(
             committed(&config, &group, &worked).await,
             Some(3),

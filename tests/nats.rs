@@ -8,14 +8,23 @@
 
 #![cfg(feature = "nats")]
 
+#[path = "support/connect_retry.rs"]
+mod connect_retry;
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "support/own_server.rs"]
 mod own_server;
+#[path = "support/waits.rs"]
+mod waits;
 
-use own_server::{assert_gave_up_near_the_limit, everything_shown, free_port, Log, OwnServer};
+use harness::nats::{connect as connect_with, url};
+use harness::unique;
+use own_server::{assert_unreachable_and_masked, everything_shown, free_port, Log, OwnServer};
+use waits::{next_within, until, until_ok};
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::RwLock;
@@ -34,21 +43,6 @@ const QUIET: Duration = Duration::from_millis(500);
 /// Tests share one server; the restart test takes it alone.
 static SERVER: RwLock<()> = RwLock::const_new(());
 
-fn url() -> String {
-    std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
-}
-
-async fn connect_with(config: Config) -> Connection {
-    match Connection::connect(&config).await {
-        Ok(connection) => connection,
-        Err(err) => panic!(
-            "NATS is not reachable at {} (set by TOWER_MQ_NATS_URL): {err}; \
-             run scripts/test or scripts/brokers up nats",
-            url()
-        ),
-    }
-}
-
 async fn connect() -> Connection {
     connect_with(
         Config::new(url()).reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
@@ -56,29 +50,11 @@ async fn connect() -> Connection {
     .await
 }
 
-fn unique(what: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "tmq-{what}-{:x}-{}",
-        nanos & 0xffff_ffff_ffff,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 async fn next<S>(stream: &mut S, what: &str) -> Delivery
 where
     S: Stream<Item = Result<Delivery, Error>> + Unpin,
 {
-    match tokio::time::timeout(WAIT, stream.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(err))) => panic!("receiving {what} failed: {err}"),
-        Ok(None) => panic!("the stream ended before {what}"),
-        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
-    }
+    next_within(stream, what, WAIT).await
 }
 
 /// The next delivery after an outage: the stream reports what failed meanwhile (a pull
@@ -126,6 +102,16 @@ async fn streams(js: &JetStream, name: &str) -> (String, String) {
     .await
     .expect("declare dead-letter stream");
     (stream, dead)
+}
+
+/// Declares the durable consumer `config` on `stream` and consumes through it.
+async fn consume(
+    js: &JetStream,
+    stream: &str,
+    config: &ConsumerConfig,
+) -> tower_mq::nats::jetstream::Consumer {
+    js.declare_consumer(stream, config).await.unwrap();
+    js.consumer(stream, config).await.unwrap()
 }
 
 #[tokio::test]
@@ -510,11 +496,7 @@ async fn concurrent_requests_share_one_inbox_and_a_late_reply_reaches_no_one() {
 
 #[tokio::test]
 async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
-    let port = free_port();
-    let server = own_nats_on(port).await;
-    let config = Config::new(format!("nats://127.0.0.1:{port}"))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
-    let connection = Connection::connect(&config).await.unwrap();
+    let (server, connection) = own_nats_and_connection().await;
     let subject = unique("restart-rpc");
     let requests = Subscriber::subscribe(&connection, &subject).await.unwrap();
     let (_release, released) = tokio::sync::oneshot::channel();
@@ -526,29 +508,16 @@ async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
         .await;
     assert_eq!(reply.unwrap().payload().as_ref(), b"BEFORE");
 
-    drop(server);
-    until("the client to see its server gone", || {
-        !connection.is_connected()
-    })
-    .await;
-    let _server = own_nats_on(port).await;
-    until("the client to reconnect", || connection.is_connected()).await;
+    let _server = restart_on_the_same_port(server, &connection).await;
     // The client renews both subscriptions (the responder's and the inbox) on its own;
     // a request racing the renewal may fail transiently, never permanently.
-    let reply = tokio::time::timeout(WAIT, async {
-        loop {
-            match requester
-                .clone()
-                .oneshot(Message::new(&subject, "after"))
-                .await
-            {
-                Ok(reply) => return reply,
-                Err(e) => assert!(e.is_transient(), "{e}"),
-            }
-        }
+    let reply = until_ok("an answer after the restart", WAIT, async || {
+        requester
+            .clone()
+            .oneshot(Message::new(&subject, "after"))
+            .await
     })
-    .await
-    .expect("an answer after the restart");
+    .await;
     assert_eq!(reply.payload().as_ref(), b"AFTER");
     responder.abort();
 }
@@ -605,8 +574,7 @@ async fn jetstream_deduplicates_a_retried_publish_with_the_same_msg_id() {
     );
 
     let config = ConsumerConfig::new("readers");
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
     let delivery = next(&mut consumer, "order-1").await;
     assert_eq!(delivery.message().message_id(), Some("order-1"));
     delivery.ack().await.unwrap();
@@ -644,8 +612,7 @@ async fn jetstream_nak_with_delay_redelivers_later_with_its_count() {
     let name = unique("nak");
     let (stream, _) = streams(&js, &name).await;
     let config = ConsumerConfig::new("nakkers");
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
     js.publisher()
         .oneshot(Message::new(format!("{name}.jobs"), "later"))
         .await
@@ -677,13 +644,8 @@ async fn jetstream_reject_dead_letters_with_reason_then_terminates() {
     let config = ConsumerConfig::new("rejecters")
         .ack_wait(Duration::from_secs(1))
         .dead_letter(format!("{name}-dead.jobs"));
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let dead_config = ConsumerConfig::new("undertaker");
-    js.declare_consumer(&dead_stream, &dead_config)
-        .await
-        .unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
-    let mut dead = js.consumer(&dead_stream, &dead_config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
+    let mut dead = consume(&js, &dead_stream, &ConsumerConfig::new("undertaker")).await;
 
     let message = Message::new(format!("{name}.jobs"), "poison")
         .with_header("tenant", "acme")
@@ -723,13 +685,8 @@ async fn jetstream_max_deliver_dead_letters_the_last_nack() {
     let config = ConsumerConfig::new("tries")
         .max_deliveries(3)
         .dead_letter(format!("{name}-dead.jobs"));
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let dead_config = ConsumerConfig::new("undertaker");
-    js.declare_consumer(&dead_stream, &dead_config)
-        .await
-        .unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
-    let mut dead = js.consumer(&dead_stream, &dead_config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
+    let mut dead = consume(&js, &dead_stream, &ConsumerConfig::new("undertaker")).await;
 
     js.publisher()
         .oneshot(Message::new(format!("{name}.jobs"), "flaky"))
@@ -764,8 +721,7 @@ async fn jetstream_redelivers_what_is_not_settled_within_the_ack_wait() {
     let name = unique("ack-wait");
     let (stream, _) = streams(&js, &name).await;
     let config = ConsumerConfig::new("slow").ack_wait(Duration::from_secs(1));
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
     js.publisher()
         .oneshot(Message::new(format!("{name}.jobs"), "slow"))
         .await
@@ -784,22 +740,6 @@ async fn jetstream_redelivers_what_is_not_settled_within_the_ack_wait() {
     drop(first);
 }
 
-async fn brokers(command: &str) {
-    let script = std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
-        panic!(
-            "TOWER_MQ_BROKERS is not set: the restart test needs the harness to {command} NATS \
-             at {}; run scripts/test, or scripts/brokers up nats and eval \"$(scripts/brokers env)\"",
-            url()
-        )
-    });
-    let status = tokio::process::Command::new(&script)
-        .args([command, "nats"])
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("running {script} {command} nats: {e}"));
-    assert!(status.success(), "{script} {command} nats failed: {status}");
-}
-
 /// Resumes a paused server when dropped, also when the test fails.
 struct ResumeOnDrop;
 
@@ -810,18 +750,6 @@ impl Drop for ResumeOnDrop {
                 .args(["resume", "nats"])
                 .status();
         }
-    }
-}
-
-/// Polls `check` until it holds; `WAIT` bounds a failure, it is not a delay.
-async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -860,8 +788,8 @@ async fn subscriptions_survive_a_server_restart() {
     assert_eq!(text(&next(&mut core_sub, "before").await), "before");
     assert_eq!(text(&next(&mut queue_sub, "before").await), "before");
 
-    brokers("stop").await;
-    until("the client sees the server gone", || {
+    harness::run("stop", "nats").await;
+    until("the client sees the server gone", WAIT, async || {
         !connection.is_connected()
     })
     .await;
@@ -886,7 +814,7 @@ async fn subscriptions_survive_a_server_restart() {
             Err(Error::transient("nats", Operation::Publish).with_reason("gave up"))
         }
     });
-    brokers("start").await;
+    harness::run("start", "nats").await;
 
     // Core: the same subscriptions receive what is published after the restart.
     let mut sent_after = false;
@@ -1050,7 +978,7 @@ async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() 
     let message = Message::new(format!("{name}.orders"), "order").with_message_id("late-1");
 
     // The server takes the publish but answers too late (it is frozen).
-    brokers("pause").await;
+    harness::run("pause", "nats").await;
     let resume = ResumeOnDrop;
     let err = js
         .publisher()
@@ -1075,8 +1003,7 @@ async fn an_ack_that_times_out_is_transient_and_the_retry_is_not_stored_twice() 
             .with_duplicate(true)
     );
     let config = ConsumerConfig::new("readers");
-    js.declare_consumer(&stream, &config).await.unwrap();
-    let mut consumer = js.consumer(&stream, &config).await.unwrap();
+    let mut consumer = consume(&js, &stream, &config).await;
     let delivery = next(&mut consumer, "the order").await;
     assert_eq!(delivery.message().message_id(), Some("late-1"));
     delivery.ack().await.unwrap();
@@ -1363,23 +1290,53 @@ async fn jetstream_a_header_block_async_nats_cannot_parse_costs_no_other_message
 
 /// A `nats-server` of the test's own with `args`.
 async fn own_nats(args: &[&str]) -> OwnServer {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    own_nats_on(free_port(), args).await
+}
+
+/// A `nats-server` of the test's own on `port` (which a connect may already be waiting
+/// for), with `args` added.
+async fn own_nats_on(port: u16, args: &[&str]) -> OwnServer {
+    let args = ["-a", "127.0.0.1", "-p", &port.to_string()]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
     OwnServer::start(
         "nats-server",
         "nats-server",
-        move |port| {
-            let mut all: Vec<String> = ["-a", "127.0.0.1", "-p", &port.to_string()]
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
-            all.extend(args);
-            all
-        },
+        port,
+        args,
         Log::Stderr,
         "Server is ready",
         WAIT,
     )
     .await
+}
+
+/// A `nats-server` of the test's own, and a connection to it that reconnects quickly.
+async fn own_nats_and_connection() -> (OwnServer, Connection) {
+    let port = free_port();
+    let server = own_nats_on(port, &[]).await;
+    let config = Config::new(format!("nats://127.0.0.1:{port}"))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    (server, Connection::connect(&config).await.unwrap())
+}
+
+/// Stops `server`, and once `connection` saw it gone starts another on the same port;
+/// returns it once `connection` is back.
+async fn restart_on_the_same_port(server: OwnServer, connection: &Connection) -> OwnServer {
+    let port = server.port();
+    drop(server);
+    until("the client to see its server gone", WAIT, async || {
+        !connection.is_connected()
+    })
+    .await;
+    let server = own_nats_on(port, &[]).await;
+    until("the client to reconnect", WAIT, async || {
+        connection.is_connected()
+    })
+    .await;
+    server
 }
 
 /// A message published on `connection` arrives on a subscription of the same
@@ -1586,11 +1543,7 @@ async fn credentials_never_appear_in_debug_errors_or_logs() {
         let err = Connection::connect(config)
             .await
             .expect_err("nothing listens on the port");
-        let shown = everything_shown(&err);
-        assert_eq!(err.kind(), ErrorKind::Transient, "{shown}");
-        assert_eq!(err.operation(), Operation::Connect);
-        assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
-        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_unreachable_and_masked(&err, closed, "s3cret");
     }
 
     // A successful connect logs the URL: masked.
@@ -1610,12 +1563,7 @@ async fn credentials_never_appear_in_debug_errors_or_logs() {
 #[tokio::test]
 async fn config_from_env_reads_the_url_variable_and_connects() {
     let _server = SERVER.read().await;
-    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
-        panic!(
-            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
-            Config::URL_ENV
-        )
-    });
+    let expected = harness::required_env(Config::URL_ENV);
     let config = Config::from_env().unwrap();
     assert_eq!(config.url(), expected);
     assert_round_trip(&connect_with(config).await).await;
@@ -1643,74 +1591,33 @@ async fn an_unreadable_credentials_file_is_permanent_and_named() {
 
 use tower_mq::ConnectRetry;
 
-/// A `nats-server` of the test's own on `port`, which a connect may already be
-/// waiting for.
-async fn own_nats_on(port: u16) -> OwnServer {
-    OwnServer::start(
-        "nats-server",
-        "nats-server",
-        // The harness picked a free port of its own; this one is where the connect waits.
-        move |_| {
-            ["-a", "127.0.0.1", "-p", &port.to_string()]
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        },
-        Log::Stderr,
-        "Server is ready",
-        WAIT,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
     let port = free_port();
     let config = Config::new(format!("nats://127.0.0.1:{port}"))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
-    let mut connecting = tokio::spawn(async move { Connection::connect(&config).await });
-    // Nothing listens yet: without the option this fails within milliseconds.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut connecting)
-            .await
-            .is_err(),
-        "the connect ended while no server was there"
-    );
-    let _server = own_nats_on(port).await;
-    let connection = tokio::time::timeout(WAIT, connecting)
-        .await
-        .expect("no connection within the wait once the server was up")
-        .expect("the connecting task")
-        .expect("the connect succeeds once the server is up");
+    let (connection, _server) = connect_retry::connects_once_there(
+        async move { Connection::connect(&config).await },
+        own_nats_on(port, &[]),
+        WAIT,
+    )
+    .await;
     assert!(connection.is_connected());
     assert_round_trip(&connection).await;
 }
 
 #[tokio::test]
 async fn without_connect_retry_an_absent_server_fails_at_once_and_with_it_within_the_limit() {
-    let closed = free_port();
-    let config = Config::new(format!("nats://127.0.0.1:{closed}"))
+    let config = Config::new(format!("nats://127.0.0.1:{}", free_port()))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100));
-
-    let started = std::time::Instant::now();
-    let err = Connection::connect(&config)
-        .await
-        .expect_err("nothing listens on the port");
-    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "the default (off) took {:?}",
-        started.elapsed()
-    );
-
-    let limit = Duration::from_secs(2);
-    let started = std::time::Instant::now();
-    let err = Connection::connect(&config.connect_retry(ConnectRetry::Within(limit)))
-        .await
-        .expect_err("nothing listens on the port");
-    // It gives up once the next delay (at most 100 ms here) would pass the limit.
-    assert_gave_up_near_the_limit(&err, started.elapsed(), limit, Duration::from_millis(200));
+    connect_retry::assert_fails_at_once_unless_retried_within_a_limit(
+        config,
+        |config| async move { Connection::connect(&config).await },
+        // It gives up once the next delay (at most 100 ms here) would pass the limit.
+        Duration::from_millis(200),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1718,34 +1625,19 @@ async fn connect_retry_does_not_retry_refused_credentials() {
     let server = own_nats(&["--user", "orders", "--pass", "r1ght-pass"]).await;
     let config = Config::new(format!("nats://orders:wr0ng-pass@{}", server.address()))
         .connect_retry(ConnectRetry::Forever);
-    let started = std::time::Instant::now();
-    let err = tokio::time::timeout(WAIT, Connection::connect(&config))
-        .await
-        .expect("refused credentials must not be retried forever")
-        .expect_err("the server must refuse these credentials");
-    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    connect_retry::assert_refusal_not_retried(
+        Connection::connect(&config),
+        WAIT,
+        Duration::from_secs(2),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn reconnects_through_the_jittered_loop_to_its_own_server_restarted_on_the_same_port() {
-    let port = free_port();
-    let server = own_nats_on(port).await;
-    let config = Config::new(format!("nats://127.0.0.1:{port}"))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
-    let connection = Connection::connect(&config).await.unwrap();
+    let (server, connection) = own_nats_and_connection().await;
     assert_round_trip(&connection).await;
-    drop(server);
-    until("the client to see its server gone", || {
-        !connection.is_connected()
-    })
-    .await;
-    let _server = own_nats_on(port).await;
-    until("the client to reconnect", || connection.is_connected()).await;
+    let _server = restart_on_the_same_port(server, &connection).await;
     assert_round_trip(&connection).await;
 }
 

@@ -6,10 +6,19 @@
 
 #![cfg(feature = "rabbitmq")]
 
+#[path = "support/connect_retry.rs"]
+mod connect_retry;
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "support/own_server.rs"]
 mod own_server;
+#[path = "support/waits.rs"]
+mod waits;
 
-use own_server::{assert_gave_up_near_the_limit, everything_shown};
+use harness::rabbitmq::{connect, url};
+use harness::unique;
+use own_server::{assert_unreachable_and_masked, everything_shown, free_port};
+use waits::{next_within, until, until_ok};
 
 use std::time::Duration;
 
@@ -17,57 +26,66 @@ use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
 use tower_mq::dead_letter;
 use tower_mq::rabbitmq::{
-    Binding, Config, Connection, Consumer, Exchange, Queue, Requester, Routing, Topology,
+    Binding, Config, Connection, Consumer, Exchange, Publisher, Queue, Requester, Routing, Topology,
 };
 use tower_mq::{Delivery, ErrorKind, Guarantee, Message, Operation, Receipt};
-
-const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:15673/%2f";
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-/// A name no other test (or test run) uses.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "tmq-{what}-{}-{nanos:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Tests share one broker: the restart test takes this for writing, so that no other
 /// test runs while the broker is down; every other test holds it for reading.
 static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-async fn connect(config: Config) -> Connection {
-    let address = url();
-    match Connection::connect(&config).await {
-        Ok(connection) => connection,
-        Err(error) => panic!(
-            "RabbitMQ is not reachable at {address} (env TOWER_MQ_AMQP_URL): {error}. \
-             Run scripts/test, or scripts/brokers up rabbitmq."
-        ),
-    }
-}
 
 /// Queues that clean themselves up after the test.
 fn queue(name: &str) -> Queue {
     Queue::classic(name).expires(Duration::from_secs(60))
 }
 
-async fn next(consumer: &mut Consumer) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+/// The broker at `url`, with queue `q` declared and messages routed to queues by name
+/// (the default exchange).
+fn queue_config(url: impl Into<String>, q: &str) -> Config {
+    Config::new(url)
+        .routing(Routing::DefaultExchange)
+        .topology(Topology::new().queue(queue(q)))
+}
+
+/// Publishes `message` to the queue it names (default-exchange routing), confirmed,
+/// and consumes that queue: the consumer and the message's delivery.
+async fn publish_and_take(connection: &Connection, message: Message) -> (Consumer, Delivery) {
+    let q = message.destination().to_owned();
+    let receipt = connection
+        .publisher()
+        .oneshot(message)
         .await
-        .expect("no delivery within 10 s")
-        .expect("consumer ended")
-        .expect("consumer error")
+        .expect("publish");
+    assert!(receipt.is_confirmed(), "{receipt:?}");
+    let mut consumer = connection.consumer(&q).await.unwrap();
+    let delivery = next(&mut consumer).await;
+    (consumer, delivery)
+}
+
+/// Publishes `message` once `publisher` is ready; the publish must succeed.
+async fn publish(publisher: &mut Publisher, message: Message) -> Receipt {
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(message)
+        .await
+        .unwrap()
+}
+
+/// The payloads of the next `n` deliveries of `consumer`, as text, each acknowledged.
+async fn take_acked(consumer: &mut Consumer, n: usize) -> Vec<String> {
+    let mut payloads = Vec::with_capacity(n);
+    for _ in 0..n {
+        let d = next(consumer).await;
+        payloads.push(String::from_utf8(d.message().payload().to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    payloads
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    next_within(consumer, "a delivery", Duration::from_secs(10)).await
 }
 
 #[tokio::test]
@@ -244,12 +262,10 @@ async fn concurrent_publishes_on_one_channel_each_learn_their_own_return() {
 
     let routable = (0..results.len()).filter(|&i| !unroutable(i)).count();
     let mut consumer = connection.consumer(&q).await.unwrap();
-    let mut got = std::collections::HashSet::new();
-    for _ in 0..routable {
-        let d = next(&mut consumer).await;
-        got.insert(String::from_utf8(d.message().payload().to_vec()).unwrap());
-        d.ack().await.unwrap();
-    }
+    let got: std::collections::HashSet<String> = take_acked(&mut consumer, routable)
+        .await
+        .into_iter()
+        .collect();
     let expected: std::collections::HashSet<String> = (0..results.len())
         .filter(|&i| !unroutable(i))
         .map(|i| format!("m{i}"))
@@ -280,13 +296,7 @@ async fn missing_exchange_is_not_found_and_leaves_the_pool_working() {
     assert_eq!(err.destination(), Some(missing.as_str()));
     assert!(err.to_string().contains("NOT_FOUND"), "{err}");
     // The only pooled channel still publishes.
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Message::new("", "ok").with_key(&q))
-        .await
-        .unwrap();
+    publish(&mut publisher, Message::new("", "ok").with_key(&q)).await;
 }
 
 #[tokio::test]
@@ -338,13 +348,7 @@ async fn priority_queue_delivers_the_highest_priority_first() {
         .unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let mut consumer = connection.consumer(&q).await.unwrap();
-    let mut order = Vec::new();
-    for _ in 0..3 {
-        let d = next(&mut consumer).await;
-        order.push(String::from_utf8(d.message().payload().to_vec()).unwrap());
-        d.ack().await.unwrap();
-    }
-    assert_eq!(order, ["high", "mid", "low"]);
+    assert_eq!(take_acked(&mut consumer, 3).await, ["high", "mid", "low"]);
 }
 
 /// `Queue::dead_letter` names the dead-letter queue by the shared rule
@@ -364,13 +368,8 @@ async fn reject_dead_letters_to_the_queue_named_by_the_shared_rule() {
             ),
     )
     .await;
-    connection
-        .publisher()
-        .oneshot(Message::new(&q, "poison"))
-        .await
-        .unwrap();
-    let mut work = connection.consumer(&q).await.unwrap();
-    next(&mut work).await.reject("cannot parse").await.unwrap();
+    let (_work, delivery) = publish_and_take(&connection, Message::new(&q, "poison")).await;
+    delivery.reject("cannot parse").await.unwrap();
 
     let mut dead_letters = connection.consumer(&dead).await.unwrap();
     let letter = next(&mut dead_letters).await;
@@ -405,13 +404,11 @@ async fn reject_dead_letters_through_the_dlx() {
                 ),
         )
         .await;
-        connection
-            .publisher()
-            .oneshot(Message::new(&q, "poison").with_header("tenant", "acme"))
-            .await
-            .unwrap();
-        let mut work = connection.consumer(&q).await.unwrap();
-        let delivery = next(&mut work).await;
+        let (mut work, delivery) = publish_and_take(
+            &connection,
+            Message::new(&q, "poison").with_header("tenant", "acme"),
+        )
+        .await;
         delivery.reject("cannot parse").await.unwrap();
 
         let mut dead_letters = connection.consumer(&dead).await.unwrap();
@@ -518,19 +515,8 @@ async fn nack_requeues_and_counts_deliveries() {
 async fn delayed_nack_redelivers_after_the_delay() {
     let _shared = BROKER.read().await;
     let q = unique("delayed");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
-    connection
-        .publisher()
-        .oneshot(Message::new(&q, "later"))
-        .await
-        .unwrap();
-    let mut consumer = connection.consumer(&q).await.unwrap();
-    let first = next(&mut consumer).await;
+    let connection = connect(queue_config(url(), &q)).await;
+    let (mut consumer, first) = publish_and_take(&connection, Message::new(&q, "later")).await;
     let nacked_at = tokio::time::Instant::now();
     first.nack(Some(Duration::from_millis(300))).await.unwrap();
     let again = next(&mut consumer).await;
@@ -543,12 +529,7 @@ async fn delayed_nack_redelivers_after_the_delay() {
 async fn direct_reply_to_request_reply() {
     let _shared = BROKER.read().await;
     let q = unique("rpc");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
+    let connection = connect(queue_config(url(), &q)).await;
     // A responder: echo upper-cased, to the request's reply_to with its correlation id.
     let mut requests = connection.consumer(&q).await.unwrap();
     let responder = connection.publisher();
@@ -598,12 +579,7 @@ async fn direct_reply_to_request_reply() {
 async fn a_direct_reply_after_the_deadline_reaches_no_one_and_ids_are_the_requesters() {
     let _shared = BROKER.read().await;
     let q = unique("rpc-late");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
+    let connection = connect(queue_config(url(), &q)).await;
     // An echo responder that holds back its reply to "hold" until released.
     let mut requests = connection.consumer(&q).await.unwrap();
     let responder = connection.publisher();
@@ -663,13 +639,8 @@ async fn a_direct_reply_after_the_deadline_reaches_no_one_and_ids_are_the_reques
 async fn request_without_reply_times_out_as_transient() {
     let _shared = BROKER.read().await;
     let q = unique("silent");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .request_timeout(Duration::from_millis(300))
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
+    let connection =
+        connect(queue_config(url(), &q).request_timeout(Duration::from_millis(300))).await;
     let err = connection
         .requester()
         .oneshot(Message::new(&q, "anyone?"))
@@ -683,12 +654,7 @@ async fn request_without_reply_times_out_as_transient() {
 async fn batched_confirms_answer_each_message() {
     let _shared = BROKER.read().await;
     let q = unique("batch");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
+    let connection = connect(queue_config(url(), &q)).await;
     let mut batch: Vec<Message> = (0..100).map(|i| Message::new(&q, format!("{i}"))).collect();
     batch.insert(50, Message::new(unique("unbound-queue"), "nowhere"));
     let results = connection
@@ -714,29 +680,6 @@ async fn batched_confirms_answer_each_message() {
     }
 }
 
-fn brokers_script() -> String {
-    std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
-        panic!(
-            "TOWER_MQ_BROKERS is not set: this test restarts RabbitMQ with \
-             \"$TOWER_MQ_BROKERS\" restart rabbitmq. Run scripts/test, or export \
-             TOWER_MQ_BROKERS=scripts/brokers after scripts/brokers up rabbitmq."
-        )
-    })
-}
-
-async fn brokers(action: &str) {
-    let script = brokers_script();
-    let status = tokio::process::Command::new(&script)
-        .args([action, "rabbitmq"])
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("could not run {script} {action} rabbitmq: {e}"));
-    assert!(
-        status.success(),
-        "{script} {action} rabbitmq failed: {status}"
-    );
-}
-
 #[tokio::test]
 async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers() {
     let _exclusive = BROKER.write().await;
@@ -757,23 +700,11 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     .await;
     let mut consumer = connection.consumer(&q).await.unwrap();
     let mut publisher = connection.publisher();
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Message::new(&q, "before"))
-        .await
-        .unwrap();
+    publish(&mut publisher, Message::new(&q, "before")).await;
     next(&mut consumer).await.ack().await.unwrap();
     assert_eq!(connection.generation(), 1);
     // Held unacknowledged across the outage.
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Message::new(&q, "held"))
-        .await
-        .unwrap();
+    publish(&mut publisher, Message::new(&q, "held")).await;
     let held = next(&mut consumer).await;
 
     // An echo responder, and a requester used before and after the outage.
@@ -828,7 +759,7 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
             })
         })
         .collect();
-    brokers("stop").await;
+    harness::run("stop", "rabbitmq").await;
     let _ = stopped.send(true);
     let mut confirmed = 0;
     let mut transient = 0;
@@ -853,13 +784,12 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
         "no publish was in flight when the broker stopped"
     );
     // While the broker is down, readiness waits.
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while connection.is_connected() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the lost connection was not noticed within 15 s");
+    until(
+        "the lost connection to be noticed",
+        Duration::from_secs(15),
+        async || !connection.is_connected(),
+    )
+    .await;
     let mut waiting = tokio_test::task::spawn(publisher.ready());
     tokio_test::assert_pending!(waiting.poll());
     drop(waiting);
@@ -869,22 +799,18 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     assert_eq!(err.operation(), Operation::Ack);
     assert_eq!(held.settlement(), None);
 
-    brokers("start").await;
+    harness::run("start", "rabbitmq").await;
 
     // poll_ready waits for the new connection; publish again once it is up.
-    let receipt = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match publisher.ready().await {
-                Ok(p) => match p.call(Message::new(&q, "after")).await {
-                    Ok(receipt) => return receipt,
-                    Err(e) => assert!(e.is_transient(), "{e}"),
-                },
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("no confirmed publish within 30 s of the restart");
+    let receipt = until_ok(
+        "a confirmed publish after the restart",
+        Duration::from_secs(30),
+        async || {
+            let ready = publisher.ready().await.unwrap_or_else(|e| panic!("{e}"));
+            ready.call(Message::new(&q, "after")).await
+        },
+    )
+    .await;
     assert!(receipt.is_confirmed());
     assert!(connection.generation() >= 2);
     // The queue was not durable: what was confirmed before the stop is gone with it,
@@ -898,22 +824,15 @@ async fn reconnects_after_a_broker_restart_and_restores_topology_and_consumers()
     after.ack().await.unwrap();
 
     // The requester opens a new direct reply-to channel on the new connection.
-    let reply = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match requester
-                .ready()
-                .await
-                .unwrap()
-                .call(Message::new(&rpc, "ping 2"))
-                .await
-            {
-                Ok(reply) => return reply,
-                Err(e) => assert!(e.is_transient(), "{e}"),
-            }
-        }
-    })
-    .await
-    .expect("no reply within 30 s of the restart");
+    let reply = until_ok(
+        "a reply after the restart",
+        Duration::from_secs(30),
+        async || {
+            let ready = requester.ready().await.unwrap();
+            ready.call(Message::new(&rpc, "ping 2")).await
+        },
+    )
+    .await;
     assert_eq!(reply.payload().as_ref(), b"ping 2");
     server.abort();
 }
@@ -962,21 +881,10 @@ impl Drop for MemoryAlarm {
 async fn blocked_connection_makes_poll_ready_pending_until_unblocked() {
     let _exclusive = BROKER.write().await;
     let q = unique("blocked");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
+    let connection = connect(queue_config(url(), &q)).await;
     let mut publisher = connection.publisher();
     // RabbitMQ blocks connections that publish: publish once first.
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Message::new(&q, "before"))
-        .await
-        .unwrap();
+    publish(&mut publisher, Message::new(&q, "before")).await;
     assert!(!connection.is_blocked());
 
     let alarm = MemoryAlarm::raise();
@@ -984,13 +892,12 @@ async fn blocked_connection_makes_poll_ready_pending_until_unblocked() {
     // held by the broker, and confirmed once the alarm clears.
     let held = tokio::spawn(publisher.clone().oneshot(Message::new(&q, "held")));
     // Bounded wait for the broker's connection.blocked to arrive.
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while !connection.is_blocked() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("no connection.blocked within 15 s of the memory alarm");
+    until(
+        "connection.blocked after the memory alarm",
+        Duration::from_secs(15),
+        async || connection.is_blocked(),
+    )
+    .await;
     let mut waiting = tokio_test::task::spawn(publisher.ready());
     tokio_test::assert_pending!(waiting.poll());
     // A connection that only consumes is not throttled: it still receives and settles.
@@ -1014,13 +921,7 @@ async fn blocked_connection_makes_poll_ready_pending_until_unblocked() {
         .unwrap()
         .unwrap();
     let mut publisher = connection.publisher();
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Message::new(&q, "after"))
-        .await
-        .unwrap();
+    publish(&mut publisher, Message::new(&q, "after")).await;
 }
 
 /// The harness broker's Erlang VM, frozen with SIGSTOP until dropped (SIGCONT), so
@@ -1064,22 +965,19 @@ async fn a_broker_that_stops_answering_is_noticed_by_heartbeats() {
     let _exclusive = BROKER.write().await;
     let q = unique("heartbeat");
     let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
+        queue_config(url(), &q)
             .heartbeat(Duration::from_secs(1))
-            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500))
-            .topology(Topology::new().queue(queue(&q))),
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500)),
     )
     .await;
     let frozen = Frozen::freeze();
     // The socket stays open: only the missing heartbeats tell the connection is dead.
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while connection.is_connected() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("a broker silent for 15 s with a 1 s heartbeat was not noticed");
+    until(
+        "a broker silent with a 1 s heartbeat to be noticed",
+        Duration::from_secs(15),
+        async || !connection.is_connected(),
+    )
+    .await;
     drop(frozen);
     assert!(
         tokio::time::timeout(Duration::from_secs(60), connection.ready())
@@ -1102,12 +1000,7 @@ async fn batch_layer_feeds_batched_confirms() {
 
     let _shared = BROKER.read().await;
     let q = unique("batch-layer");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
+    let connection = connect(queue_config(url(), &q)).await;
     let publisher =
         BatchLayer::new(50, Duration::from_millis(20)).layer(connection.publisher().batched());
     let calls = (0..200).map(|i| {
@@ -1131,12 +1024,8 @@ async fn batch_layer_feeds_batched_confirms() {
     }
     publisher.shutdown().await;
     let mut consumer = connection.consumer(&q).await.unwrap();
-    let mut got = std::collections::HashSet::new();
-    for _ in 0..199 {
-        let d = next(&mut consumer).await;
-        got.insert(String::from_utf8(d.message().payload().to_vec()).unwrap());
-        d.ack().await.unwrap();
-    }
+    let got: std::collections::HashSet<String> =
+        take_acked(&mut consumer, 199).await.into_iter().collect();
     assert_eq!(got.len(), 199);
     assert!(!got.contains("7"));
 }
@@ -1172,13 +1061,7 @@ async fn message_count(channel: &lapin::Channel, name: &str) -> u32 {
 async fn a_burst_of_delayed_nacks_beyond_the_prefetch_does_not_stall_the_consumer() {
     let _shared = BROKER.read().await;
     let q = unique("delay-burst");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .prefetch(4)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
+    let connection = connect(queue_config(url(), &q).prefetch(4)).await;
     let publisher = connection.publisher();
     let burst = 12;
     for i in 0..burst {
@@ -1234,22 +1117,11 @@ async fn a_burst_of_delayed_nacks_beyond_the_prefetch_does_not_stall_the_consume
 async fn a_delayed_nack_is_held_by_the_broker_not_by_the_dropped_consumer() {
     let _shared = BROKER.read().await;
     let q = unique("delay-drop");
-    let topology = Topology::new().queue(queue(&q));
+    let config = queue_config(url(), &q);
     let delay = Duration::from_millis(1500);
     let nacked_at = {
-        let connection = connect(
-            Config::new(url())
-                .routing(Routing::DefaultExchange)
-                .topology(topology.clone()),
-        )
-        .await;
-        connection
-            .publisher()
-            .oneshot(Message::new(&q, "later"))
-            .await
-            .unwrap();
-        let mut consumer = connection.consumer(&q).await.unwrap();
-        let d = next(&mut consumer).await;
+        let connection = connect(config.clone()).await;
+        let (_consumer, d) = publish_and_take(&connection, Message::new(&q, "later")).await;
         let nacked_at = tokio::time::Instant::now();
         d.nack(Some(delay)).await.unwrap();
         // The broker has it: in the delay queue, not unacknowledged in this process.
@@ -1259,12 +1131,7 @@ async fn a_delayed_nack_is_held_by_the_broker_not_by_the_dropped_consumer() {
         nacked_at
         // The consumer, its deliveries and the connection go here.
     };
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(topology),
-    )
-    .await;
+    let connection = connect(config).await;
     let mut consumer = connection.consumer(&q).await.unwrap();
     let d = next(&mut consumer).await;
     assert!(
@@ -1288,19 +1155,8 @@ async fn a_delayed_nack_is_held_by_the_broker_not_by_the_dropped_consumer() {
 async fn a_nack_delay_longer_than_rabbitmq_can_hold_is_refused_and_the_delivery_stays_unsettled() {
     let _shared = BROKER.read().await;
     let q = unique("delay-too-long");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
-    connection
-        .publisher()
-        .oneshot(Message::new(&q, "kept"))
-        .await
-        .unwrap();
-    let mut consumer = connection.consumer(&q).await.unwrap();
-    let d = next(&mut consumer).await;
+    let connection = connect(queue_config(url(), &q)).await;
+    let (mut consumer, d) = publish_and_take(&connection, Message::new(&q, "kept")).await;
     let err = d
         .nack(Some(Duration::from_secs(30 * 24 * 3600)))
         .await
@@ -1414,22 +1270,18 @@ async fn a_declare_refused_at_reconnect_is_dropped_and_the_connection_comes_back
         .unwrap();
     drop((channel, _plain));
 
-    brokers("restart").await;
+    harness::run("restart", "rabbitmq").await;
 
     let mut publisher = connection.publisher();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match publisher.ready().await {
-                Ok(p) => match p.call(Message::new(&keep, "after")).await {
-                    Ok(_) => return,
-                    Err(e) => assert!(e.is_transient(), "{e}"),
-                },
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("the connection did not come back within 30 s of the restart");
+    until_ok(
+        "the connection to come back after the restart",
+        Duration::from_secs(30),
+        async || {
+            let ready = publisher.ready().await.unwrap_or_else(|e| panic!("{e}"));
+            ready.call(Message::new(&keep, "after")).await
+        },
+    )
+    .await;
     assert!(connection.generation() >= 2);
     let recorded = connection.topology();
     let names: Vec<&str> = recorded.queues().iter().map(|q| q.name()).collect();
@@ -1466,10 +1318,7 @@ async fn a_malformed_amqp_url_is_a_permanent_connect_error_that_keeps_the_passwo
 
 #[tokio::test]
 async fn the_password_never_appears_in_debug_or_connect_errors() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port");
+    let closed = free_port();
     let config = Config::new(format!("amqp://orders:s3cret-pass@127.0.0.1:{closed}/%2f"));
     let shown = format!("{config:?}");
     assert!(!shown.contains("s3cret"), "{shown}");
@@ -1483,11 +1332,7 @@ async fn the_password_never_appears_in_debug_or_connect_errors() {
     let err = Connection::connect(&config)
         .await
         .expect_err("nothing listens on the port");
-    let shown = everything_shown(&err);
-    assert_eq!(err.kind(), ErrorKind::Transient, "{shown}");
-    assert_eq!(err.operation(), Operation::Connect);
-    assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
-    assert!(!shown.contains("s3cret"), "{shown}");
+    assert_unreachable_and_masked(&err, closed, "s3cret");
 
     // URIs that do not parse (the parser quotes what it refused): permanent, masked.
     for invalid in [
@@ -1508,18 +1353,10 @@ async fn the_password_never_appears_in_debug_or_connect_errors() {
 async fn publishing_after_close_is_a_permanent_error_and_nothing_confirmed_is_lost() {
     let _shared = BROKER.read().await;
     let q = unique("closed");
-    let config = Config::new(url())
-        .routing(Routing::DefaultExchange)
-        .topology(Topology::new().queue(queue(&q)));
+    let config = queue_config(url(), &q);
     let connection = connect(config.clone()).await;
     let mut publisher = connection.publisher();
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Message::new(&q, "before close"))
-        .await
-        .unwrap();
+    publish(&mut publisher, Message::new(&q, "before close")).await;
     let mut consumer = connection.consumer(&q).await.unwrap();
     // Not settled before the close: the broker must deliver it again.
     let held = next(&mut consumer).await;
@@ -1556,12 +1393,7 @@ async fn a_binding_to_a_missing_exchange_is_not_found_naming_the_binding() {
     let _shared = BROKER.read().await;
     let q = unique("unbound");
     let missing = unique("no-such-exchange");
-    let connection = connect(
-        Config::new(url())
-            .routing(Routing::DefaultExchange)
-            .topology(Topology::new().queue(queue(&q))),
-    )
-    .await;
+    let connection = connect(queue_config(url(), &q)).await;
     let err = connection
         .declare(&Topology::new().binding(Binding::queue(&q, &missing, "#")))
         .await
@@ -1659,13 +1491,11 @@ async fn names_over_255_bytes_are_refused_before_anything_is_sent() {
     assert!(err.to_string().contains("short string"), "{err}");
 
     // Only the valid message arrives.
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Message::new(&exchange, "fine").with_key("ok"))
-        .await
-        .unwrap();
+    publish(
+        &mut publisher,
+        Message::new(&exchange, "fine").with_key("ok"),
+    )
+    .await;
     let mut consumer = connection.consumer(&q).await.unwrap();
     assert_eq!(
         next(&mut consumer).await.message().payload().as_ref(),
@@ -1700,12 +1530,7 @@ async fn a_wrong_password_is_permanent_and_masked() {
 #[tokio::test]
 async fn config_from_env_reads_the_url_variable_and_connects() {
     let _shared = BROKER.read().await;
-    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
-        panic!(
-            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
-            Config::URL_ENV
-        )
-    });
+    let expected = harness::required_env(Config::URL_ENV);
     let config = Config::from_env().unwrap();
     assert_eq!(config.uri(), expected);
     assert!(!format!("{config:?}").contains(":guest@"));
@@ -1732,12 +1557,10 @@ fn broker_address() -> String {
         .to_owned()
 }
 
-/// A free loopback port (the listener is closed again at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+/// The project's broker's user at `127.0.0.1:port`, where nothing listens until the
+/// test forwards the port.
+fn on_port(port: u16) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
 }
 
 /// Forwards every connection to `port` to the project's broker, until aborted; a
@@ -1769,34 +1592,18 @@ async fn connect_retry_waits_for_a_broker_that_appears_later_then_publishes() {
     let _shared = BROKER.read().await;
     let port = free_port();
     let q = unique("late");
-    let config = Config::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
-        .routing(Routing::DefaultExchange)
+    let config = queue_config(on_port(port), &q)
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .topology(Topology::new().queue(queue(&q)))
         .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
-    let mut connecting = tokio::spawn(async move { Connection::connect(&config).await });
-    // Nothing listens yet: without the option this fails within milliseconds.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut connecting)
-            .await
-            .is_err(),
-        "the connect ended while no broker was there"
-    );
     let (_cut, cuts) = tokio::sync::watch::channel(());
-    let forwarder = forward(port, cuts).await;
-    let connection = tokio::time::timeout(Duration::from_secs(15), connecting)
-        .await
-        .expect("no connection within 15 s once the broker was there")
-        .expect("the connecting task")
-        .expect("the connect succeeds once the broker is there");
-    let receipt = connection
-        .publisher()
-        .oneshot(Message::new(&q, "after the wait"))
-        .await
-        .expect("publish");
-    assert!(receipt.is_confirmed(), "{receipt:?}");
-    let mut consumer = connection.consumer(&q).await.unwrap();
-    let delivery = next(&mut consumer).await;
+    let (connection, forwarder) = connect_retry::connects_once_there(
+        async move { Connection::connect(&config).await },
+        forward(port, cuts),
+        Duration::from_secs(15),
+    )
+    .await;
+    let (_consumer, delivery) =
+        publish_and_take(&connection, Message::new(&q, "after the wait")).await;
     assert_eq!(delivery.message().payload().as_ref(), b"after the wait");
     delivery.ack().await.unwrap();
     connection.close();
@@ -1805,28 +1612,15 @@ async fn connect_retry_waits_for_a_broker_that_appears_later_then_publishes() {
 
 #[tokio::test]
 async fn without_connect_retry_an_absent_broker_fails_at_once_and_with_it_within_the_limit() {
-    let closed = free_port();
-    let config = Config::new(format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"))
+    let config = Config::new(on_port(free_port()))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100));
-
-    let started = std::time::Instant::now();
-    let err = Connection::connect(&config.clone())
-        .await
-        .expect_err("nothing listens on the port");
-    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "the default (off) took {:?}",
-        started.elapsed()
-    );
-
-    let limit = Duration::from_secs(2);
-    let started = std::time::Instant::now();
-    let err = Connection::connect(&config.connect_retry(ConnectRetry::Within(limit)))
-        .await
-        .expect_err("nothing listens on the port");
-    // It gives up once the next delay (at most 100 ms here) would pass the limit.
-    assert_gave_up_near_the_limit(&err, started.elapsed(), limit, Duration::from_millis(200));
+    connect_retry::assert_fails_at_once_unless_retried_within_a_limit(
+        config,
+        |config| async move { Connection::connect(&config).await },
+        // It gives up once the next delay (at most 100 ms here) would pass the limit.
+        Duration::from_millis(200),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1834,23 +1628,15 @@ async fn connect_retry_does_not_retry_a_wrong_password() {
     let _shared = BROKER.read().await;
     let config = Config::new(format!("amqp://guest:wr0ng-pass@{}/%2f", broker_address()))
         .connect_retry(ConnectRetry::Forever);
-    let started = std::time::Instant::now();
-    let err = tokio::time::timeout(Duration::from_secs(15), Connection::connect(&config))
-        .await
-        .expect("a refused password must not be retried forever")
-        .expect_err("the broker must refuse the password");
-    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    let err = connect_retry::assert_refusal_not_retried(
+        Connection::connect(&config),
+        Duration::from_secs(15),
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(err.operation(), Operation::Connect);
-    assert!(
-        !everything_shown(&err).contains("wr0ng"),
-        "{}",
-        everything_shown(&err)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    let shown = everything_shown(&err);
+    assert!(!shown.contains("wr0ng"), "{shown}");
 }
 
 #[tokio::test]
@@ -1861,11 +1647,9 @@ async fn reconnects_through_the_jittered_loop_when_its_connection_is_cut() {
     let forwarder = forward(port, cuts).await;
     let q = unique("cut");
     let connection = connect(
-        Config::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
-            .routing(Routing::DefaultExchange)
+        queue_config(on_port(port), &q)
             .heartbeat(Duration::from_secs(1))
-            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-            .topology(Topology::new().queue(queue(&q))),
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
     )
     .await;
     assert_eq!(connection.generation(), 1);

@@ -6,10 +6,19 @@
 
 #![cfg(feature = "redis")]
 
+#[path = "support/connect_retry.rs"]
+mod connect_retry;
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "support/own_server.rs"]
 mod own_server;
+#[path = "support/waits.rs"]
+mod waits;
 
-use own_server::{assert_gave_up_near_the_limit, everything_shown, free_port, Log, OwnServer};
+use harness::redis::config;
+use harness::unique;
+use own_server::{assert_unreachable_and_masked, everything_shown, free_port, Log, OwnServer};
+use waits::next_within;
 
 use std::time::Duration;
 
@@ -23,73 +32,22 @@ use tower_mq::{
     dead_letter, Delivery, ErrorKind, Guarantee, Message, Operation, Position, Receipt,
 };
 
-const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
 const WAIT: Duration = Duration::from_secs(15);
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
 
 /// Tests share one Redis: the restart tests take this for writing, so that no other
 /// test runs while it is down; every other test holds it for reading.
 static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// A name no other test (or test run) uses.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "tmq-{what}-{}-{nanos:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The config, after checking Redis answers (failing with the harness hint if not).
-async fn config() -> Config {
-    let address = url();
-    let config = Config::new(address.clone());
-    if let Err(error) = config.connect().await {
-        panic!(
-            "Redis is not reachable at {address} (env TOWER_MQ_REDIS_URL): {error}. \
-             Run scripts/test, or scripts/brokers up redis."
-        );
-    }
-    config
-}
 
 /// A raw connection for inspecting what the library wrote.
 async fn raw(config: &Config) -> redis::aio::ConnectionManager {
     config.connect().await.expect("Redis answered a moment ago")
 }
 
-async fn harness(action: &str) {
-    let script = std::env::var("TOWER_MQ_BROKERS")
-        .unwrap_or_else(|_| format!("{}/scripts/brokers", env!("CARGO_MANIFEST_DIR")));
-    let status = tokio::process::Command::new(&script)
-        .args([action, "redis"])
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("running `{script} {action} redis` failed: {e}"));
-    assert!(
-        status.success(),
-        "`{script} {action} redis` exited with {status}"
-    );
-}
-
 async fn next<S>(consumer: &mut S) -> Delivery
 where
     S: futures_util::Stream<Item = Result<Delivery, tower_mq::Error>> + Unpin,
 {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("no delivery within the wait")
-        .expect("consumer ended")
-        .expect("consumer error")
+    next_within(consumer, "a delivery", WAIT).await
 }
 
 async fn publish<S>(publisher: &mut S, message: Message) -> Receipt
@@ -184,13 +142,10 @@ async fn stream_round_trip_of_every_field_in_the_documented_layout() {
     assert_eq!(fields.map.len(), 16);
 
     // Nothing is left pending after the ack.
-    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut raw(&config).await)
-        .await
-        .unwrap();
-    assert_eq!(pending.count(), 0);
+    assert_eq!(
+        pending_in_group(&mut raw(&config).await, &stream, "g").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -234,6 +189,21 @@ async fn acks_do_not_wait_behind_a_blocking_read() {
     publish(&mut publisher, Message::new(&stream, "two")).await;
     let second = tokio::time::timeout(WAIT, reading).await.unwrap().unwrap();
     assert!(matches!(second, Some(Ok(()))));
+}
+
+/// How many entries of `stream` are pending in group `group`.
+async fn pending_in_group(
+    conn: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> usize {
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap();
+    pending.count()
 }
 
 /// How many entries of `stream` are pending on the consumer `name` of group `group`.
@@ -475,13 +445,7 @@ async fn xautoclaim_recovers_a_dead_consumers_entries_with_their_delivery_counts
         assert!(delivery.is_redelivery());
         delivery.ack().await.unwrap();
     }
-    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(pending.count(), 0);
+    assert_eq!(pending_in_group(&mut conn, &stream, "g").await, 0);
 }
 
 /// `serve`'s `max_deliveries` owns the attempt limit: set above the Redis consumer's
@@ -588,13 +552,10 @@ async fn dead_letter_stream_after_max_deliveries_with_reason_headers() {
     letter.ack().await.unwrap();
 
     // No longer pending.
-    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut raw(&config).await)
-        .await
-        .unwrap();
-    assert_eq!(pending.count(), 0);
+    assert_eq!(
+        pending_in_group(&mut raw(&config).await, &stream, "g").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -762,7 +723,7 @@ async fn pubsub_resubscribes_after_a_restart() {
         b"before"
     );
 
-    harness("restart").await;
+    harness::run("restart", "redis").await;
 
     let (delivery, errors) = until_received(&mut publisher, &mut consumer, &channel).await;
     assert_eq!(delivery.message().payload().as_ref(), b"probe");
@@ -818,7 +779,7 @@ async fn in_flight_publish_fails_as_transient_on_restart_and_readiness_waits() {
         tokio::task::yield_now().await;
     }
 
-    harness("stop").await;
+    harness::run("stop", "redis").await;
     let err = tokio::time::timeout(WAIT, call)
         .await
         .expect("the in-flight publish did not fail")
@@ -837,7 +798,7 @@ async fn in_flight_publish_fails_as_transient_on_restart_and_readiness_waits() {
         "the publisher was ready while Redis was down"
     );
 
-    harness("start").await;
+    harness::run("start", "redis").await;
     let receipt = tokio::time::timeout(
         WAIT,
         publish(&mut publisher, Message::new(&stream, "after")),
@@ -855,7 +816,7 @@ async fn a_hung_redis_times_out_as_transient_and_recovers() {
     let mut publisher = StreamPublisher::connect(&config).await.unwrap();
     publish(&mut publisher, Message::new(&stream, "before")).await;
 
-    harness("pause").await;
+    harness::run("pause", "redis").await;
     let call = publisher
         .ready()
         .await
@@ -863,7 +824,7 @@ async fn a_hung_redis_times_out_as_transient_and_recovers() {
         .call(Message::new(&stream, "while hung"));
     let result = tokio::time::timeout(WAIT, call).await;
     // Resume before asserting anything, so a failure leaves Redis running.
-    harness("resume").await;
+    harness::run("resume", "redis").await;
     let result = result.expect("the response timeout did not fire");
     let err = result.expect_err("a frozen Redis cannot have answered");
     assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
@@ -885,19 +846,23 @@ async fn a_hung_redis_times_out_as_transient_and_recovers() {
 
 /// A `redis-server` of the test's own with `args`, keeping nothing on disk.
 async fn own_redis(args: &[&str]) -> OwnServer {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    own_redis_on(free_port(), args).await
+}
+
+/// A `redis-server` of the test's own on `port` (which a connect may already be waiting
+/// for), saving nothing, with `args` added.
+async fn own_redis_on(port: u16, args: &[&str]) -> OwnServer {
+    let args = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+        .iter()
+        .chain(&["--save", "", "--appendonly", "no"])
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
     OwnServer::start(
         "redis-server",
         "redis-server",
-        move |port| {
-            let mut all: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
-                .into_iter()
-                .chain(["--save", "", "--appendonly", "no"])
-                .map(str::to_owned)
-                .collect();
-            all.extend(args);
-            all
-        },
+        port,
+        args,
         Log::Stdout,
         "Ready to accept connections",
         WAIT,
@@ -905,7 +870,6 @@ async fn own_redis(args: &[&str]) -> OwnServer {
     .await
 }
 
-/// A config that gives up quickly on a server that is not there.
 fn quick(url: String) -> Config {
     Config::new(url)
         .connection_timeout(Duration::from_millis(500))
@@ -934,12 +898,8 @@ async fn the_password_never_appears_in_debug_or_connect_errors() {
             .connect()
             .await
             .expect_err("nothing listens on the port");
-        let shown = everything_shown(&err);
-        assert_eq!(err.kind(), ErrorKind::Transient, "{shown}");
+        assert_unreachable_and_masked(&err, closed, "s3cret");
         assert_eq!(err.broker(), "redis");
-        assert_eq!(err.operation(), Operation::Connect);
-        assert!(shown.contains(&format!("127.0.0.1:{closed}")), "{shown}");
-        assert!(!shown.contains("s3cret"), "{shown}");
         let err = StreamPublisher::connect(&config)
             .await
             .expect_err("nothing listens on the port");
@@ -1011,12 +971,7 @@ async fn a_wrong_password_is_permanent_and_masked_and_the_right_one_works() {
 #[tokio::test]
 async fn config_from_env_reads_the_url_variable_and_connects() {
     let _shared = BROKER.read().await;
-    let expected = std::env::var(Config::URL_ENV).unwrap_or_else(|_| {
-        panic!(
-            "{} is not set: run scripts/test, or eval \"$(scripts/brokers env)\"",
-            Config::URL_ENV
-        )
-    });
+    let expected = harness::required_env(Config::URL_ENV);
     let config = Config::from_env().unwrap();
     assert_eq!(config.url(), expected);
     config.connect().await.unwrap();
@@ -1027,51 +982,20 @@ async fn config_from_env_reads_the_url_variable_and_connects() {
 
 use tower_mq::ConnectRetry;
 
-/// A `redis-server` of the test's own on `port`, which a connect may already be
-/// waiting for.
-async fn own_redis_on(port: u16, args: &[&'static str]) -> OwnServer {
-    OwnServer::start(
-        "redis-server",
-        "redis-server",
-        // The harness picked a free port of its own; this one is where the connect waits.
-        move |_| {
-            let mut all: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
-                .into_iter()
-                .chain(["--save", "", "--appendonly", "no"])
-                .map(str::to_owned)
-                .collect();
-            all.extend(args.iter().map(|a| a.to_string()));
-            all
-        },
-        Log::Stdout,
-        "Ready to accept connections",
-        WAIT,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
     let port = free_port();
     let config = quick(format!("redis://127.0.0.1:{port}"))
         .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
-    let mut connecting = tokio::spawn({
-        let config = config.clone();
-        async move { StreamPublisher::connect(&config).await }
-    });
-    // Nothing listens yet: without the option this fails within milliseconds.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut connecting)
-            .await
-            .is_err(),
-        "the connect ended while no server was there"
-    );
-    let _server = own_redis_on(port, &[]).await;
-    let mut publisher = tokio::time::timeout(WAIT, connecting)
-        .await
-        .expect("no connection within the wait once the server was up")
-        .expect("the connecting task")
-        .expect("the connect succeeds once the server is up");
+    let (mut publisher, _server) = connect_retry::connects_once_there(
+        {
+            let config = config.clone();
+            async move { StreamPublisher::connect(&config).await }
+        },
+        own_redis_on(port, &[]),
+        WAIT,
+    )
+    .await;
     let stream = unique("late");
     let receipt = publish(&mut publisher, Message::new(&stream, "after the wait")).await;
     assert!(
@@ -1090,27 +1014,14 @@ async fn connect_retry_waits_for_a_server_that_starts_later_then_publishes() {
 
 #[tokio::test]
 async fn without_connect_retry_an_absent_server_fails_at_once_and_with_it_within_the_limit() {
-    let closed = free_port();
-    let url = format!("redis://127.0.0.1:{closed}");
-
-    let started = std::time::Instant::now();
-    let err = StreamPublisher::connect(&quick(url.clone()))
-        .await
-        .expect_err("nothing listens on the port");
-    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "the default (off) took {:?}",
-        started.elapsed()
-    );
-
-    let limit = Duration::from_secs(2);
-    let started = std::time::Instant::now();
-    let err = StreamPublisher::connect(&quick(url).connect_retry(ConnectRetry::Within(limit)))
-        .await
-        .expect_err("nothing listens on the port");
-    // It gives up once the next delay (at most 20 ms here) would pass the limit.
-    assert_gave_up_near_the_limit(&err, started.elapsed(), limit, Duration::from_millis(100));
+    let config = quick(format!("redis://127.0.0.1:{}", free_port()));
+    connect_retry::assert_fails_at_once_unless_retried_within_a_limit(
+        config,
+        |config| async move { StreamPublisher::connect(&config).await },
+        // It gives up once the next delay (at most 20 ms here) would pass the limit.
+        Duration::from_millis(100),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1118,17 +1029,12 @@ async fn connect_retry_does_not_retry_a_wrong_password() {
     let server = own_redis(&["--requirepass", "r1ght-pass"]).await;
     let config = quick(format!("redis://:wr0ng-pass@127.0.0.1:{}", server.port()))
         .connect_retry(ConnectRetry::Forever);
-    let started = std::time::Instant::now();
-    let err = tokio::time::timeout(WAIT, StreamPublisher::connect(&config))
-        .await
-        .expect("a refused password must not be retried forever")
-        .expect_err("a wrong password must be refused");
-    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    connect_retry::assert_refusal_not_retried(
+        StreamPublisher::connect(&config),
+        WAIT,
+        Duration::from_secs(2),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1169,22 +1075,15 @@ async fn connect_retry_lets_a_pubsub_consumer_wait_for_a_server_that_starts_late
     let config = quick(format!("redis://127.0.0.1:{port}"))
         .connect_retry(ConnectRetry::Within(Duration::from_secs(30)));
     let channel = unique("late-pubsub");
-    let mut subscribing = tokio::spawn({
-        let (config, channel) = (config.clone(), channel.clone());
-        async move { PubSubConsumer::subscribe(&config, [Subscription::channel(channel)]).await }
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut subscribing)
-            .await
-            .is_err(),
-        "the subscribe ended while no server was there"
-    );
-    let _server = own_redis_on(port, &[]).await;
-    let mut consumer = tokio::time::timeout(WAIT, subscribing)
-        .await
-        .expect("no subscription within the wait once the server was up")
-        .expect("the subscribing task")
-        .expect("the subscribe succeeds once the server is up");
+    let (mut consumer, _server) = connect_retry::connects_once_there(
+        {
+            let (config, channel) = (config.clone(), channel.clone());
+            async move { PubSubConsumer::subscribe(&config, [Subscription::channel(channel)]).await }
+        },
+        own_redis_on(port, &[]),
+        WAIT,
+    )
+    .await;
     let mut publisher = PubSubPublisher::connect(&config).await.unwrap();
     publish(&mut publisher, Message::new(&channel, "after the wait")).await;
     let delivery = next(&mut consumer).await;

@@ -4,8 +4,18 @@
 
 #![cfg(feature = "zeromq")]
 
+#[path = "support/own_server.rs"]
+mod own_server;
+#[path = "support/waits.rs"]
+mod waits;
+#[path = "support/zeromq_peers.rs"]
+mod zeromq_peers;
+
+use own_server::free_port;
+use waits::until_ok;
+use zeromq_peers::{bind_again, next, publish, served_router, text, until_subscribed, WAIT};
+
 use std::collections::HashSet;
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,51 +27,6 @@ use tower_mq::{
 };
 use zeromq::prelude::*;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn next(consumer: &mut Consumer, what: &str) -> Delivery {
-    match tokio::time::timeout(WAIT, consumer.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(e))) => panic!("receiving {what} failed: {e}"),
-        Ok(None) => panic!("the consumer ended before {what}"),
-        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
-    }
-}
-
-fn text(delivery: &Delivery) -> String {
-    String::from_utf8_lossy(delivery.message().payload()).into_owned()
-}
-
-async fn publish(publisher: &mut Publisher, message: Message) -> Receipt {
-    let ready = tokio::time::timeout(WAIT, publisher.ready())
-        .await
-        .expect("publisher not ready in time")
-        .expect("publisher failed");
-    ready.call(message).await.expect("publish failed")
-}
-
-/// A loopback port nobody listens on (bound, read, released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    listener.local_addr().expect("probe port").port()
-}
-
-/// Binds a PULL on `endpoint`, retrying while the port is still held by a socket
-/// being closed (bounded).
-async fn pull_on(endpoint: &str) -> Consumer {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match Consumer::pull(&Config::new().bind(endpoint)).await {
-            Ok(consumer) => return consumer,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%e, "rebind not possible yet");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("binding {endpoint} failed: {e}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn pub_sub_delivers_by_topic_prefix() {
     let mut publisher = Publisher::publish(&Config::new().bind("tcp://127.0.0.1:0"))
@@ -71,21 +36,7 @@ async fn pub_sub_delivers_by_topic_prefix() {
     let mut orders = Consumer::subscribe(&Config::new().connect(&endpoint), ["orders."])
         .await
         .expect("SUB");
-    // ZeroMQ's slow joiner: a subscription reaches the PUB a moment after the
-    // connection. Probe until the subscriber sees one message.
-    let probing = async {
-        loop {
-            publish(&mut publisher, Message::new("orders.probe", "probe")).await;
-            if let Ok(Some(Ok(_))) =
-                tokio::time::timeout(Duration::from_millis(50), orders.next()).await
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, probing)
-        .await
-        .expect("the subscription never became active");
+    until_subscribed(&mut publisher, &mut orders, "orders.probe").await;
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), orders.next()).await {}
 
     for (topic, body) in [
@@ -172,15 +123,11 @@ async fn push_pull_balances_across_two_pullers_without_duplicates() {
 #[tokio::test]
 async fn dealer_router_request_reply_in_the_envelope() {
     let envelope = Config::new().framing(Framing::Envelope);
-    let (requests, replies) = Consumer::router(&envelope.clone().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("bind ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
     let square = service_fn(|request: Delivery| async move {
         let n: u64 = String::from_utf8_lossy(request.message().payload()).parse()?;
         Ok::<_, BoxError>(Message::new("", (n * n).to_string()).with_header("served-by", "router"))
     });
-    tokio::spawn(serve(requests, Replier::new(square, replies)).into_future());
+    let endpoint = served_router(envelope.clone(), square).await;
 
     let requester = Requester::connect(&envelope.connect(&endpoint))
         .await
@@ -242,14 +189,10 @@ async fn requester_to_a_zeromq_rep_socket_in_plain_frames() {
 
 #[tokio::test]
 async fn a_zeromq_req_socket_to_a_served_router_in_plain_frames() {
-    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("bind ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
     let echo = service_fn(|request: Delivery| async move {
         Ok::<_, BoxError>(String::from_utf8_lossy(request.message().payload()).to_uppercase())
     });
-    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
+    let endpoint = served_router(Config::new(), echo).await;
     let mut req = zeromq::ReqSocket::new();
     req.connect(&endpoint).await.expect("REQ connects");
     for i in 0..3 {
@@ -302,20 +245,10 @@ async fn requests_and_replies_plain_frames_cannot_carry_are_refused_permanently(
     assert!(err.to_string().contains("the content type"), "{err}");
 }
 
-/// Serves `square` on a ROUTER bound to `endpoint`, retrying the bind while the port
-/// is still held by a socket being closed (bounded).
+/// Serves `square` on a ROUTER bound to `endpoint`, which a closed socket may still
+/// hold.
 async fn square_server(endpoint: &str) -> tokio::task::JoinHandle<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let (requests, replies) = loop {
-        match Consumer::router(&Config::new().bind(endpoint)).await {
-            Ok(router) => break router,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%e, "rebind not possible yet");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("binding {endpoint} failed: {e}"),
-        }
-    };
+    let (requests, replies) = bind_again(endpoint, Consumer::router).await;
     let square = service_fn(|request: Delivery| async move {
         let n: u64 = String::from_utf8_lossy(request.message().payload()).parse()?;
         Ok::<_, BoxError>((n * n).to_string())
@@ -345,16 +278,10 @@ async fn a_requester_redials_a_restarted_server() {
     let _server = square_server(&endpoint).await;
     // A request in flight while the server was away may time out (transiently); the
     // requester redials and later requests are answered.
-    let answered = tokio::time::timeout(WAIT, async {
-        loop {
-            match requester.clone().oneshot(Message::new("square", "4")).await {
-                Ok(reply) => return reply,
-                Err(e) => assert!(e.is_transient(), "{e}"),
-            }
-        }
+    let answered = until_ok("the restarted server to answer", WAIT, async || {
+        requester.clone().oneshot(Message::new("square", "4")).await
     })
-    .await
-    .expect("the restarted server never answered");
+    .await;
     assert_eq!(String::from_utf8_lossy(answered.payload()), "16");
 }
 
@@ -400,27 +327,11 @@ async fn send_before_a_peer_waits_in_poll_ready_then_delivers() {
         let receipt = publish(&mut publisher, Message::new("early", "before the peer")).await;
         (publisher, receipt)
     });
-    let mut puller = pull_on(&endpoint).await;
+    let mut puller = bind_again(&endpoint, Consumer::pull).await;
     let delivery = next(&mut puller, "the message sent before the peer").await;
     assert_eq!(text(&delivery), "before the peer");
     let (_publisher, receipt) = ready.await.expect("publishing task");
     assert_eq!(receipt, Receipt::new("zeromq", "early", Guarantee::Sent));
-}
-
-/// Binds a PUSH on `endpoint`, retrying while the port is still held by a socket
-/// being closed (bounded).
-async fn push_on(endpoint: &str) -> Publisher {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match Publisher::push(&Config::new().bind(endpoint)).await {
-            Ok(publisher) => return publisher,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%e, "rebind not possible yet");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("binding {endpoint} failed: {e}"),
-        }
-    }
 }
 
 #[tokio::test]
@@ -447,7 +358,7 @@ async fn a_pull_waiting_for_messages_redials_a_restarted_push() {
         let delivery = next(&mut puller, "a message after the restart").await;
         text(&delivery)
     });
-    let mut pusher = push_on(&endpoint).await;
+    let mut pusher = bind_again(&endpoint, Publisher::push).await;
     // Readiness waits until the PULL has redialled.
     publish(&mut pusher, Message::new("t", "after")).await;
     assert_eq!(receiving.await.expect("receiving task"), "after");
@@ -466,7 +377,7 @@ async fn a_peer_that_restarts_on_the_same_port_gets_messages_again() {
     assert_eq!(text(&next(&mut puller, "before").await), "before");
     drop(puller);
 
-    let mut puller = pull_on(&endpoint).await;
+    let mut puller = bind_again(&endpoint, Consumer::pull).await;
     // What was written to the old connection before the PUSH noticed it was gone is
     // lost (ZeroMQ is at most once across a peer restart): send until one arrives.
     let mut sent = 0;
@@ -641,19 +552,7 @@ async fn a_pub_without_subscribers_is_ready_at_once_and_drops_what_it_sends() {
     let mut orders = Consumer::subscribe(&Config::new().connect(&endpoint), ["orders."])
         .await
         .expect("SUB");
-    let probing = async {
-        loop {
-            publish(&mut publisher, Message::new("orders.probe", "probe")).await;
-            if let Ok(Some(Ok(_))) =
-                tokio::time::timeout(Duration::from_millis(50), orders.next()).await
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, probing)
-        .await
-        .expect("the subscription never became active");
+    until_subscribed(&mut publisher, &mut orders, "orders.probe").await;
     publish(&mut publisher, Message::new("orders.kept", "after")).await;
     loop {
         let delivery = next(&mut orders, "the message after the subscriber joined").await;

@@ -35,13 +35,42 @@ async fn publish(broker: &Broker, payload: &str) {
         .unwrap();
 }
 
-fn shutdown() -> (
+/// Runs `serve` on a task of its own until the sender says stop (a graceful shutdown).
+fn spawn_until_stopped<S, H, C, G>(
+    serve: Serve<S, H, C, G>,
+) -> (
     oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<Summary, BoxError>>,
+)
+where
+    Serve<S, H, C, BoxFuture<'static, ()>>: IntoFuture<IntoFuture = ServeFuture>,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let signal: BoxFuture<'static, ()> = Box::pin(async move {
+        stopped.await.ok();
+    });
+    (
+        stop,
+        tokio::spawn(serve.with_graceful_shutdown(signal).into_future()),
+    )
+}
+
+/// A handler that takes its first delivery and never finishes with it (nor with any
+/// other), and a signal that completes once it took that delivery.
+fn hangs_once_entered() -> (
+    impl Service<Delivery, Response = (), Error = BoxError, Future: Send + 'static> + Send + 'static,
     impl Future<Output = ()> + Send + 'static,
 ) {
-    let (tx, rx) = oneshot::channel::<()>();
-    (tx, async move {
-        rx.await.ok();
+    let (entered_tx, entered) = oneshot::channel::<()>();
+    let entered_tx = Mutex::new(Some(entered_tx));
+    let handler = service_fn(move |_: Delivery| {
+        if let Some(tx) = entered_tx.lock().unwrap().take() {
+            tx.send(()).ok();
+        }
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    (handler, async move {
+        entered.await.ok();
     })
 }
 
@@ -60,12 +89,7 @@ async fn transient_failures_are_requeued_with_backoff_then_dead_lettered() {
             .push((Instant::now(), d.delivery_count()));
         async { Err::<(), BoxError>("database down".into()) }
     });
-    let (stop, signal) = shutdown();
-    let server = tokio::spawn(
-        serve(consumer, handler)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (stop, server) = spawn_until_stopped(serve(consumer, handler));
 
     let letter = dead.next().await.unwrap().unwrap();
     let headers = letter.message().headers();
@@ -102,12 +126,7 @@ async fn permanent_failures_are_dead_lettered_at_once() {
     let handler = service_fn(|_: Delivery| async {
         Err::<(), BoxError>(Permanent::new("no such customer").into())
     });
-    let (stop, signal) = shutdown();
-    let server = tokio::spawn(
-        serve(consumer, handler)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (stop, server) = spawn_until_stopped(serve(consumer, handler));
     let letter = dead.next().await.unwrap().unwrap();
     assert_eq!(
         letter
@@ -250,13 +269,7 @@ async fn graceful_shutdown_drains_in_flight_work_and_takes_no_more() {
             }
         })
     };
-    let (stop, signal) = shutdown();
-    let mut server = tokio::spawn(
-        serve(consumer, handler)
-            .concurrency(2)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (stop, mut server) = spawn_until_stopped(serve(consumer, handler).concurrency(2));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(started.load(Ordering::SeqCst), 2);
     stop.send(()).unwrap();
@@ -367,23 +380,14 @@ async fn shutdown_releases_deliveries_still_running_at_the_shutdown_timeout() {
     // Inside serve's own future, and in a task per call.
     for spawn in [false, true] {
         let hung = tracked("hangs");
-        let (entered_tx, entered) = oneshot::channel::<()>();
-        let entered_tx = Mutex::new(Some(entered_tx));
-        let handler = service_fn(move |_: Delivery| {
-            if let Some(tx) = entered_tx.lock().unwrap().take() {
-                tx.send(()).ok();
-            }
-            std::future::pending::<Result<(), BoxError>>()
-        });
+        let (handler, entered) = hangs_once_entered();
         let consumer = stream::iter([Ok(hung.clone())]).chain(stream::pending());
         let started = Instant::now();
         let summary = serve(consumer, handler)
             .spawn_handlers(spawn)
             .handler_timeout(None)
             .shutdown_timeout(Duration::from_secs(3))
-            .with_graceful_shutdown(async move {
-                entered.await.ok();
-            })
+            .with_graceful_shutdown(entered)
             .await
             .unwrap();
         assert_eq!(Instant::now() - started, Duration::from_secs(3));
@@ -535,21 +539,12 @@ async fn deliveries_handed_back_at_the_shutdown_timeout_are_counted_released() {
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(&recorder);
 
-    let (entered_tx, entered) = oneshot::channel::<()>();
-    let entered_tx = Mutex::new(Some(entered_tx));
-    let handler = service_fn(move |_: Delivery| {
-        if let Some(tx) = entered_tx.lock().unwrap().take() {
-            tx.send(()).ok();
-        }
-        std::future::pending::<Result<(), BoxError>>()
-    });
+    let (handler, entered) = hangs_once_entered();
     let consumer = stream::iter([Ok(tracked("hangs"))]).chain(stream::pending());
     let summary = serve(consumer, handler)
         .handler_timeout(None)
         .shutdown_timeout(Duration::from_secs(3))
-        .with_graceful_shutdown(async move {
-            entered.await.ok();
-        })
+        .with_graceful_shutdown(entered)
         .await
         .unwrap();
     assert_eq!(summary.released, 1);

@@ -26,19 +26,12 @@ use crate::fixture::{
     Support, WAIT,
 };
 
-const DEFAULT_BROKERS: &str = "127.0.0.1:19092";
-
 /// Partitions of every topic the fixture creates.
 const PARTITIONS: i32 = 4;
 
 pub struct KafkaFixture {
     config: Config,
     admin: Admin,
-}
-
-/// The harness address, or `TOWER_MQ_KAFKA_BROKERS`.
-pub fn kafka_brokers() -> String {
-    std::env::var("TOWER_MQ_KAFKA_BROKERS").unwrap_or_else(|_| DEFAULT_BROKERS.to_owned())
 }
 
 /// What Kafka can do, for both Kafka fixtures.
@@ -116,7 +109,7 @@ impl Fixture for KafkaFixture {
     const CAPABILITIES: Capabilities = TANSU_CAPABILITIES;
 
     async fn connect() -> Self {
-        let brokers = kafka_brokers();
+        let brokers = crate::harness::kafka::brokers();
         let config = fixture_config(&brokers).operation_timeout(Duration::from_secs(5));
         if let Err(e) = Publisher::connect(&config).await {
             panic!(

@@ -85,6 +85,9 @@ macro_rules! conformance {
     };
 }
 
+#[path = "../support/harness.rs"]
+mod harness;
+
 mod cases;
 mod fixture;
 mod summary;

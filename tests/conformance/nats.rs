@@ -13,10 +13,7 @@ use tower_mq::nats::{Config, Connection, Publisher, Requester, Subscriber};
 use crate::fixture::{
     BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture, MaxPayload, Support,
 };
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
-}
+use crate::harness::nats::url;
 
 async fn connect(name: &str) -> Connection {
     let config =
@@ -29,23 +26,6 @@ async fn connect(name: &str) -> Connection {
             url()
         ),
     }
-}
-
-/// Runs `$TOWER_MQ_BROKERS <command> nats`, which returns once it is done.
-async fn brokers(command: &str) {
-    let script = std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
-        panic!(
-            "TOWER_MQ_BROKERS is not set, so NATS at {} cannot be {command}ed; \
-             run scripts/test, or scripts/brokers up nats and eval \"$(scripts/brokers env)\"",
-            url()
-        )
-    });
-    let status = tokio::process::Command::new(&script)
-        .args([command, "nats"])
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("running {script} {command} nats: {e}"));
-    assert!(status.success(), "{script} {command} nats: {status}");
 }
 
 /// Core NATS: at-most-once pub/sub and queue groups.
@@ -121,11 +101,11 @@ impl Fixture for NatsFixture {
     }
 
     async fn stop_broker(&self) {
-        brokers("stop").await
+        crate::harness::run("stop", "nats").await
     }
 
     async fn start_broker(&self) {
-        brokers("start").await
+        crate::harness::run("start", "nats").await
     }
 }
 
@@ -143,7 +123,7 @@ pub mod jetstream {
     use tower_mq::nats::config::{ConsumerConfig, StreamConfig};
     use tower_mq::nats::jetstream::JetStream;
 
-    use super::{brokers, connect};
+    use super::connect;
     use crate::fixture::{
         unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture, MaxPayload, Support,
     };
@@ -302,11 +282,11 @@ pub mod jetstream {
         }
 
         async fn stop_broker(&self) {
-            brokers("stop").await
+            crate::harness::run("stop", "nats").await
         }
 
         async fn start_broker(&self) {
-            brokers("start").await
+            crate::harness::run("start", "nats").await
         }
     }
 

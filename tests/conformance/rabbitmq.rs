@@ -15,15 +15,11 @@ use tower_mq::rabbitmq::{Binding, Config, Connection, Exchange, Queue, Topology}
 use tower_mq::Delivery;
 
 use crate::fixture::{BoxConsumer, BoxPublisher, BoxRequester, Capabilities, Fixture};
-
-const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:15673/%2f";
+use crate::harness::rabbitmq::url;
+use crate::harness::run;
 
 pub struct RabbitMqFixture {
     connection: Connection,
-}
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
 fn topic_exchange(topic: &str) -> Exchange {
@@ -39,25 +35,6 @@ fn group_queue(topic: &str, group: &str) -> Queue {
         .max_priority(10)
         .dead_letter_exchange(format!("{topic}.dlx"))
         .expires(Duration::from_secs(600))
-}
-
-async fn brokers(action: &str) {
-    let script = std::env::var("TOWER_MQ_BROKERS").unwrap_or_else(|_| {
-        panic!(
-            "rabbitmq: TOWER_MQ_BROKERS is not set; the reconnect cases run \
-             \"$TOWER_MQ_BROKERS\" {action} rabbitmq. Run scripts/test, or \
-             scripts/brokers up rabbitmq and export the lines of scripts/brokers env."
-        )
-    });
-    let status = tokio::process::Command::new(&script)
-        .args([action, "rabbitmq"])
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("rabbitmq: could not run {script} {action} rabbitmq: {e}"));
-    assert!(
-        status.success(),
-        "rabbitmq: {script} {action} rabbitmq failed: {status}"
-    );
 }
 
 impl RabbitMqFixture {
@@ -184,11 +161,11 @@ impl Fixture for RabbitMqFixture {
     }
 
     async fn stop_broker(&self) {
-        brokers("stop").await;
+        run("stop", "rabbitmq").await;
     }
 
     async fn start_broker(&self) {
-        brokers("start").await;
+        run("start", "rabbitmq").await;
     }
 }
 

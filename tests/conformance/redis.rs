@@ -11,34 +11,13 @@ use tower::util::BoxCloneService;
 use tower_mq::redis::{Config, StreamConsumer, StreamConsumerConfig, StreamPublisher};
 
 use crate::fixture::{unique_name, BoxConsumer, BoxPublisher, Capabilities, Fixture, Support};
-
-const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
+use crate::harness::redis::config;
+use crate::harness::run;
 
 pub struct RedisFixture {
     config: Config,
     /// A key holding a string: appending to it is refused (`WRONGTYPE`).
     not_a_stream: String,
-}
-
-/// The harness address, or `TOWER_MQ_REDIS_URL`.
-pub fn redis_url() -> String {
-    std::env::var("TOWER_MQ_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-/// Runs `"$TOWER_MQ_BROKERS" <action> redis` (the harness script).
-pub async fn harness(action: &str) {
-    let script = std::env::var("TOWER_MQ_BROKERS")
-        .unwrap_or_else(|_| format!("{}/scripts/brokers", env!("CARGO_MANIFEST_DIR")));
-    let status = tokio::process::Command::new(&script)
-        .arg(action)
-        .arg("redis")
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("redis: running `{script} {action} redis` failed: {e}"));
-    assert!(
-        status.success(),
-        "redis: `{script} {action} redis` exited with {status}"
-    );
 }
 
 /// The config the fixtures use: claims after 2 s so that redelivery after a consumer
@@ -48,19 +27,6 @@ pub fn consumer_config(topic: &str, group: &str) -> StreamConsumerConfig {
         .claim_idle(Duration::from_secs(2))
         .claim_interval(Duration::from_millis(250))
         .block(Duration::from_millis(500))
-}
-
-/// A config for `url`, panicking with the harness hint when Redis does not answer.
-pub async fn connect_config() -> Config {
-    let url = redis_url();
-    let config = Config::new(url.clone());
-    if let Err(e) = config.connect().await {
-        panic!(
-            "redis: cannot connect to {url} (set TOWER_MQ_REDIS_URL; run scripts/test or \
-             scripts/brokers up redis): {e}"
-        );
-    }
-    config
 }
 
 impl Fixture for RedisFixture {
@@ -75,7 +41,7 @@ impl Fixture for RedisFixture {
     };
 
     async fn connect() -> Self {
-        let config = connect_config().await;
+        let config = config().await;
         let not_a_stream = unique_name("not-a-stream");
         let mut conn = config.connect().await.expect("connected above");
         let set: ::redis::RedisResult<()> = ::redis::cmd("SET")
@@ -136,11 +102,11 @@ impl Fixture for RedisFixture {
     }
 
     async fn stop_broker(&self) {
-        harness("stop").await;
+        run("stop", "redis").await;
     }
 
     async fn start_broker(&self) {
-        harness("start").await;
+        run("start", "redis").await;
     }
 }
 

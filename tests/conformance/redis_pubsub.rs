@@ -14,7 +14,8 @@ use tower::util::BoxCloneService;
 use tower_mq::redis::{Config, Framing, PubSubConsumer, PubSubPublisher, Subscription};
 
 use crate::fixture::{BoxConsumer, BoxPublisher, Capabilities, Fixture, Support};
-use crate::redis::{connect_config, harness};
+use crate::harness::redis::config;
+use crate::harness::run;
 
 const NO_GROUPS: &str = "Redis Pub/Sub has no consumer groups: every subscriber of a \
                          channel receives every message, and nothing is kept for anyone";
@@ -52,7 +53,7 @@ impl Fixture for RedisPubSubFixture {
 
     async fn connect() -> Self {
         RedisPubSubFixture {
-            config: connect_config().await.pubsub_framing(Framing::Envelope),
+            config: config().await.pubsub_framing(Framing::Envelope),
         }
     }
 
@@ -88,11 +89,11 @@ impl Fixture for RedisPubSubFixture {
     }
 
     async fn stop_broker(&self) {
-        harness("stop").await;
+        run("stop", "redis").await;
     }
 
     async fn start_broker(&self) {
-        harness("start").await;
+        run("start", "redis").await;
     }
 }
 

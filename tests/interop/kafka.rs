@@ -23,44 +23,12 @@ use tower_mq::kafka::{Admin, Config, Consumer, ConsumerConfig, Publisher, TopicS
 use tower_mq::wire::{Property, PropertyHeaders};
 use tower_mq::{Delivery, ErrorKind, HeaderValue, Headers, Message, Operation};
 
+use crate::harness::kafka::{brokers, config};
+use crate::harness::unique;
+use crate::waits::next_within;
+
 /// The bound on waiting for something that should happen.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn brokers() -> String {
-    std::env::var("TOWER_MQ_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
-}
-
-/// tower-mq's configuration for the broker, once the broker answered.
-async fn config() -> Config {
-    let brokers = brokers();
-    let config = Config::new(&brokers)
-        .batch_messages(1)
-        .set("reconnect.backoff.max.ms", "100")
-        .set_consumer("session.timeout.ms", "6000")
-        .set_consumer("heartbeat.interval.ms", "500")
-        .operation_timeout(Duration::from_secs(5));
-    if let Err(e) = Publisher::connect(&config).await {
-        panic!(
-            "kafka: cannot reach a Kafka broker at {brokers} (set TOWER_MQ_KAFKA_BROKERS; \
-             run scripts/test or scripts/brokers up kafka): {e}"
-        );
-    }
-    config
-}
-
-fn unique(name: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "interop-{name}-{:x}-{}",
-        nanos & 0xffff_ffff_ffff,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Creates single-partition topics, so that records keep one order.
 async fn topics(config: &Config, names: &[&str]) {
@@ -180,11 +148,7 @@ async fn consumer(config: &Config, topic: &str) -> Consumer {
 }
 
 async fn next(consumer: &mut Consumer, what: &str) -> Delivery {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .unwrap_or_else(|_| panic!("kafka: {what} not delivered within {WAIT:?}"))
-        .unwrap_or_else(|| panic!("kafka: the consumer ended before {what}"))
-        .unwrap_or_else(|e| panic!("kafka: receiving {what}: {e}"))
+    next_within(consumer, what, WAIT).await
 }
 
 async fn publish(publisher: &Publisher, message: Message) {
@@ -209,6 +173,27 @@ fn at(ms: u64) -> SystemTime {
 /// Every byte value, as a binary payload.
 fn binary_payload() -> Vec<u8> {
     (0..=255u8).rev().chain(0..=255u8).collect()
+}
+
+/// A record with `payload` and every property header (`encoding` its content
+/// encoding), at 1_700_000_000_000 ms, as tower-mq writes and reads them.
+fn properties_record(payload: &[u8], encoding: &str) -> PlainRecord {
+    PlainRecord {
+        key: None,
+        payload: Some(payload.to_vec()),
+        headers: vec![
+            ("tenant".into(), text("acme")),
+            ("message-id".into(), text("m-1")),
+            ("correlation-id".into(), text("c-1")),
+            ("reply-to".into(), text("replies")),
+            ("content-type".into(), text("application/json")),
+            ("content-encoding".into(), text(encoding)),
+            ("message-type".into(), text("order.created")),
+            ("app-id".into(), text("billing")),
+            ("user-id".into(), text("alice")),
+        ],
+        timestamp: Some(1_700_000_000_000),
+    }
 }
 
 /// Records an ordinary client writes: binary keys, payloads and header values,
@@ -238,22 +223,7 @@ fn foreign_records() -> Vec<PlainRecord> {
             headers: Vec::new(),
             timestamp: Some(1),
         },
-        PlainRecord {
-            key: None,
-            payload: Some(b"{\"id\":42}".to_vec()),
-            headers: vec![
-                ("tenant".into(), text("acme")),
-                ("message-id".into(), text("m-1")),
-                ("correlation-id".into(), text("c-1")),
-                ("reply-to".into(), text("replies")),
-                ("content-type".into(), text("application/json")),
-                ("content-encoding".into(), text("identity")),
-                ("message-type".into(), text("order.created")),
-                ("app-id".into(), text("billing")),
-                ("user-id".into(), text("alice")),
-            ],
-            timestamp: Some(1_700_000_000_000),
-        },
+        properties_record(b"{\"id\":42}", "identity"),
         PlainRecord {
             key: Some(b"k".to_vec()),
             payload: Some(b"out of order".to_vec()),
@@ -444,22 +414,7 @@ async fn tower_mq_messages_arrive_exactly_in_a_plain_consumer() {
     );
     assert_eq!(
         plain[2],
-        PlainRecord {
-            key: None,
-            payload: Some(b"{}".to_vec()),
-            headers: vec![
-                ("tenant".into(), text("acme")),
-                ("message-id".into(), text("m-1")),
-                ("correlation-id".into(), text("c-1")),
-                ("reply-to".into(), text("replies")),
-                ("content-type".into(), text("application/json")),
-                ("content-encoding".into(), text("gzip")),
-                ("message-type".into(), text("order.created")),
-                ("app-id".into(), text("billing")),
-                ("user-id".into(), text("alice")),
-            ],
-            timestamp: Some(1_700_000_000_000),
-        },
+        properties_record(b"{}", "gzip"),
         "a non-persistent message is stored like any other, with no header for it"
     );
     let stamped = plain[3].timestamp.map(|ms| at(ms as u64));

@@ -6,6 +6,14 @@
 //! Test names are `<broker>::<case>`, so `scripts/test --test interop -- kafka::` runs
 //! one broker. Every test needs its broker and fails (never skips) without it.
 
+#[path = "../support/harness.rs"]
+mod harness;
+#[path = "../support/waits.rs"]
+mod waits;
+#[cfg(feature = "zeromq")]
+#[path = "../support/zeromq_peers.rs"]
+mod zeromq_peers;
+
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "nats")]

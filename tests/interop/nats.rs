@@ -11,7 +11,6 @@
 //! Address: `TOWER_MQ_NATS_URL` (default `nats://127.0.0.1:14222`, the harness's;
 //! `scripts/brokers up nats` starts it).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer::pull, stream::StorageType};
@@ -27,20 +26,12 @@ use tower_mq::{
     Delivery, Error, ErrorKind, Guarantee, HeaderValue, Message, Operation, Position, Receipt,
 };
 
+use crate::harness::nats::{connect, unreachable, url};
+use crate::harness::unique;
+use crate::waits::next_within;
+
 /// Upper bound on waiting for something that should happen.
 const WAIT: Duration = Duration::from_secs(15);
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
-}
-
-fn unreachable(err: impl std::fmt::Display) -> ! {
-    panic!(
-        "NATS is not reachable at {} (set by TOWER_MQ_NATS_URL): {err}; \
-         run scripts/test or scripts/brokers up nats",
-        url()
-    )
-}
 
 /// The plain async-nats client.
 async fn plain() -> async_nats::Client {
@@ -49,27 +40,8 @@ async fn plain() -> async_nats::Client {
         .unwrap_or_else(|err| unreachable(err))
 }
 
-async fn tower_mq_with(config: Config) -> Connection {
-    Connection::connect(&config)
-        .await
-        .unwrap_or_else(|err| unreachable(err))
-}
-
 async fn tower_mq() -> Connection {
-    tower_mq_with(Config::new(url())).await
-}
-
-fn unique(what: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "interop_{what}_{:x}_{}",
-        nanos & 0xffff_ffff_ffff,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    connect(Config::new(url())).await
 }
 
 /// Returns once the server processed everything `client` sent before: it answers a
@@ -88,12 +60,7 @@ async fn next_delivery<S>(stream: &mut S, what: &str) -> Delivery
 where
     S: Stream<Item = Result<Delivery, Error>> + Unpin,
 {
-    match tokio::time::timeout(WAIT, stream.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(err))) => panic!("tower-mq: receiving {what} failed: {err}"),
-        Ok(None) => panic!("tower-mq: the stream ended before {what}"),
-        Err(_) => panic!("tower-mq: {what} did not arrive within {WAIT:?}"),
-    }
+    next_within(stream, &format!("tower-mq's {what}"), WAIT).await
 }
 
 async fn next_plain(subscriber: &mut async_nats::Subscriber, what: &str) -> async_nats::Message {
@@ -219,6 +186,33 @@ fn odd_properties_as_message(subject: &str) -> Message {
 }
 
 /// A stream capturing `<name>.>`, in memory, made by the plain client.
+/// Both sides of a JetStream test: the plain client's JetStream context, and tower-mq's
+/// JetStream on a connection of its own.
+async fn jetstream_sides() -> (jetstream::Context, JetStream) {
+    let context = jetstream::new(plain().await);
+    (context, JetStream::new(&tower_mq().await))
+}
+
+/// Publishes with the plain client and waits for the stream's ack; without `headers`,
+/// as a plain `PUB`.
+async fn plain_js_publish(
+    context: &jetstream::Context,
+    subject: &str,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+) {
+    let subject = subject.to_owned();
+    let ack = match headers {
+        Some(headers) => {
+            context
+                .publish_with_headers(subject, headers, payload)
+                .await
+        }
+        None => context.publish(subject, payload).await,
+    };
+    ack.unwrap().await.unwrap();
+}
+
 async fn plain_stream(context: &jetstream::Context, name: &str) -> jetstream::stream::Stream {
     context
         .create_stream(jetstream::stream::Config {
@@ -534,7 +528,7 @@ async fn core_publishing_what_nats_cannot_carry_is_a_permanent_error() {
         assert_permanent_publish_error(&err, &subject, names);
     }
     // A property that PropertyHeaders gives no header.
-    let unnamed = tower_mq_with(
+    let unnamed = connect(
         Config::new(url()).property_headers(PropertyHeaders::http_style().without(Property::AppId)),
     )
     .await;
@@ -557,7 +551,7 @@ async fn core_publishing_what_nats_cannot_carry_is_a_permanent_error() {
 #[tokio::test]
 async fn core_ignore_unsupported_leaves_out_what_nats_cannot_carry() {
     let client = plain().await;
-    let connection = tower_mq_with(Config::new(url()).ignore_unsupported(true)).await;
+    let connection = connect(Config::new(url()).ignore_unsupported(true)).await;
     let subject = unique("core_ignored");
     let mut subscriber = client.subscribe(subject.clone()).await.unwrap();
     sync(&client).await;
@@ -692,33 +686,15 @@ async fn core_request_reply_between_a_plain_client_and_tower_mq_both_ways() {
 
 #[tokio::test]
 async fn jetstream_plain_client_messages_arrive_in_tower_mq_exactly() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let name = unique("js_in");
     let stream = plain_stream(&context, &name).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
     let subject = format!("{name}.orders");
 
     let (all, payload) = everything(true);
-    context
-        .publish_with_headers(subject.clone(), all, payload)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    context
-        .publish(subject.clone(), Bytes::new())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    context
-        .publish_with_headers(subject.clone(), odd_properties(), "odd".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    plain_js_publish(&context, &subject, Some(all), payload).await;
+    plain_js_publish(&context, &subject, None, Bytes::new()).await;
+    plain_js_publish(&context, &subject, Some(odd_properties()), "odd".into()).await;
 
     let mut consumer = tower_mq_consumer(&js, &name).await;
     let got = next_delivery(&mut consumer, "everything").await;
@@ -754,12 +730,9 @@ async fn jetstream_plain_client_messages_arrive_in_tower_mq_exactly() {
 
 #[tokio::test]
 async fn jetstream_tower_mq_messages_read_exactly_in_the_plain_client() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let name = unique("js_out");
     let stream = plain_stream(&context, &name).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
     let subject = format!("{name}.orders");
 
     let publisher = js.publisher();
@@ -798,14 +771,11 @@ async fn jetstream_tower_mq_messages_read_exactly_in_the_plain_client() {
 
 #[tokio::test]
 async fn jetstream_consume_and_republish_leaves_the_message_unchanged() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let from = unique("js_fwd_in");
     let to = unique("js_fwd_out");
     let source = plain_stream(&context, &from).await;
     let target = plain_stream(&context, &to).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
 
     let (all, payload) = everything(true);
     let sent: Vec<(HeaderMap, Bytes)> = vec![
@@ -818,12 +788,8 @@ async fn jetstream_consume_and_republish_leaves_the_message_unchanged() {
         (HeaderMap::new(), "no headers".into()),
     ];
     for (headers, payload) in &sent {
-        context
-            .publish_with_headers(format!("{from}.orders"), headers.clone(), payload.clone())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let subject = format!("{from}.orders");
+        plain_js_publish(&context, &subject, Some(headers.clone()), payload.clone()).await;
     }
 
     let mut consumer = tower_mq_consumer(&js, &from).await;
@@ -860,12 +826,9 @@ async fn jetstream_consume_and_republish_leaves_the_message_unchanged() {
 
 #[tokio::test]
 async fn jetstream_publishing_what_nats_cannot_carry_is_a_permanent_error() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let name = unique("js_refused");
     plain_stream(&context, &name).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
     let subject = format!("{name}.orders");
     let publisher = js.publisher();
     for (message, names) in uncarriable(&subject) {
@@ -896,29 +859,14 @@ async fn jetstream_publishing_what_nats_cannot_carry_is_a_permanent_error() {
 
 #[tokio::test]
 async fn jetstream_a_malformed_foreign_message_does_not_stop_the_consumer() {
-    let client = plain().await;
-    let context = jetstream::new(client);
+    let (context, js) = jetstream_sides().await;
     let name = unique("js_malformed");
     let stream = plain_stream(&context, &name).await;
-    let connection = tower_mq().await;
-    let js = JetStream::new(&connection);
     let subject = format!("{name}.orders");
-    context
-        .publish_with_headers(
-            subject.clone(),
-            headers(&[("Timestamp", "soon"), ("Reply-To", "a"), ("reply-to", "b")]),
-            Bytes::from_static(b"\xff\xfe"),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    context
-        .publish(subject.clone(), "after".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let odd = headers(&[("Timestamp", "soon"), ("Reply-To", "a"), ("reply-to", "b")]);
+    let payload = Bytes::from_static(b"\xff\xfe");
+    plain_js_publish(&context, &subject, Some(odd), payload).await;
+    plain_js_publish(&context, &subject, None, "after".into()).await;
     let mut consumer = tower_mq_consumer(&js, &name).await;
     let odd = next_delivery(&mut consumer, "the malformed message").await;
     let mut expected = Message::new(&subject, Bytes::from_static(b"\xff\xfe"));

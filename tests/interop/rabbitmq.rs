@@ -3,7 +3,7 @@
 //! project harness, `amqp://guest:guest@127.0.0.1:15673/%2f`).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -21,11 +21,8 @@ use tower_mq::rabbitmq::{
 };
 use tower_mq::{Delivery, Error, ErrorKind, HeaderValue, Headers, Message, Operation, Receipt};
 
-const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:15673/%2f";
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
+use crate::harness::rabbitmq::{connect, unreachable, url};
+use crate::harness::unique;
 
 /// The user the broker checks `user_id` against: the one in the URL.
 fn user() -> String {
@@ -33,21 +30,6 @@ fn user() -> String {
         .parse()
         .unwrap_or_else(|e| panic!("rabbitmq: TOWER_MQ_AMQP_URL is not an AMQP URI: {e}"));
     uri.authority.userinfo.username
-}
-
-/// A name no other test (or test run) uses.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "tmq-interop-{what}-{}-{nanos:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// lapin on its own connection, in confirm mode, as a plain AMQP client.
@@ -61,12 +43,7 @@ impl Plain {
         let address = url();
         let connection = lapin::Connection::connect(&address, ConnectionProperties::default())
             .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "rabbitmq: lapin cannot connect to {address} (env TOWER_MQ_AMQP_URL): {e}. \
-                     Run scripts/test, or scripts/brokers up rabbitmq."
-                )
-            });
+            .unwrap_or_else(|e| unreachable(e));
         let channel = connection.create_channel().await.expect("lapin channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -149,14 +126,11 @@ impl Plain {
     }
 }
 
-async fn tower_mq(config: Config) -> Connection {
-    let address = url();
-    Connection::connect(&config).await.unwrap_or_else(|e| {
-        panic!(
-            "rabbitmq: tower-mq cannot connect to {address} (env TOWER_MQ_AMQP_URL): {e}. \
-             Run scripts/test, or scripts/brokers up rabbitmq."
-        )
-    })
+/// tower-mq on the broker with `config`, consuming `queue`.
+async fn tower_mq_consumer(config: Config, queue: &str) -> (Connection, Consumer) {
+    let connection = connect(config).await;
+    let consumer = connection.consumer(queue).await.expect("consume");
+    (connection, consumer)
 }
 
 async fn next(consumer: &mut Consumer) -> Result<Delivery, Error> {
@@ -322,8 +296,7 @@ async fn a_plain_clients_messages_arrive_in_tower_mq_exactly() {
     let queue = unique("from-plain-q");
     plain.exchange(&exchange, ExchangeKind::Topic).await;
     plain.queue(&queue, Some((&exchange, "#"))).await;
-    let connection = tower_mq(Config::new(url())).await;
-    let mut consumer = connection.consumer(&queue).await.expect("consume");
+    let (_connection, mut consumer) = tower_mq_consumer(Config::new(url()), &queue).await;
 
     // Every property and header type, a binary payload, a non-ASCII routing key.
     plain
@@ -382,7 +355,7 @@ async fn tower_mq_messages_reach_a_plain_client_exactly() {
     let queue = unique("to-plain-q");
     plain.exchange(&exchange, ExchangeKind::Topic).await;
     plain.queue(&queue, Some((&exchange, "#"))).await;
-    let connection = tower_mq(Config::new(url())).await;
+    let connection = connect(Config::new(url())).await;
     let mut publisher = connection.publisher();
 
     let full = full_message(&exchange, "order.créé", BINARY);
@@ -439,8 +412,7 @@ async fn consuming_and_republishing_leaves_the_message_unchanged() {
     plain.queue(&watch, Some((&exchange, "order.créé"))).await;
     plain.queue(&through, Some((&exchange, ""))).await;
     plain.queue(&watch, Some((&exchange, ""))).await;
-    let connection = tower_mq(Config::new(url())).await;
-    let mut consumer = connection.consumer(&through).await.expect("consume");
+    let (connection, mut consumer) = tower_mq_consumer(Config::new(url()), &through).await;
     let mut publisher = connection.publisher();
 
     let sent: [(&str, &[u8], BasicProperties); 3] = [
@@ -483,8 +455,8 @@ async fn a_default_exchange_message_republished_goes_back_to_its_queue() {
     plain.queue(&through, None).await;
     // One delivery at a time, so that the copy waits in the queue for the plain client
     // while tower-mq still holds the original.
-    let connection = tower_mq(Config::new(url()).prefetch(1)).await;
-    let mut consumer = connection.consumer(&through).await.expect("consume");
+    let (connection, mut consumer) =
+        tower_mq_consumer(Config::new(url()).prefetch(1), &through).await;
     let mut publisher = connection.publisher();
     plain
         .publish("", &through, b"to the queue", full_properties())
@@ -519,7 +491,7 @@ async fn what_amqp_cannot_carry_fails_the_publish_and_nothing_is_sent() {
     let queue = unique("refused-q");
     plain.exchange(&exchange, ExchangeKind::Topic).await;
     plain.queue(&queue, Some((&exchange, "#"))).await;
-    let connection = tower_mq(Config::new(url())).await;
+    let connection = connect(Config::new(url())).await;
     let mut publisher = connection.publisher();
 
     let mut repeated = Headers::new();
@@ -582,7 +554,7 @@ async fn a_key_the_routing_mode_cannot_send_is_refused_unless_ignored() {
     let plain = Plain::connect().await;
     let queue = unique("keyless");
     plain.queue(&queue, None).await;
-    let strict = tower_mq(Config::new(url()).routing(Routing::DefaultExchange)).await;
+    let strict = connect(Config::new(url()).routing(Routing::DefaultExchange)).await;
     let err = publish(
         &mut strict.publisher(),
         Message::new(&queue, "k").with_key("lost"),
@@ -596,7 +568,7 @@ async fn a_key_the_routing_mode_cannot_send_is_refused_unless_ignored() {
         "the refused message was sent"
     );
 
-    let lenient = tower_mq(
+    let lenient = connect(
         Config::new(url())
             .routing(Routing::DefaultExchange)
             .ignore_unsupported(true),
@@ -619,7 +591,7 @@ async fn a_delivery_tower_mq_cannot_hold_is_dead_lettered_and_the_consumer_goes_
     let queue = unique("malformed");
     let dlx = unique("malformed-dlx");
     let dead = unique("malformed-dead");
-    let connection = tower_mq(
+    let (_connection, mut consumer) = tower_mq_consumer(
         Config::new(url()).topology(
             Topology::new()
                 .exchange(Exchange::fanout(&dlx).auto_delete(true))
@@ -631,9 +603,9 @@ async fn a_delivery_tower_mq_cannot_hold_is_dead_lettered_and_the_consumer_goes_
                         .dead_letter_exchange(&dlx),
                 ),
         ),
+        &queue,
     )
     .await;
-    let mut consumer = connection.consumer(&queue).await.expect("consume");
     // A timestamp no SystemTime holds, then an ordinary message.
     let odd = BasicProperties::default()
         .with_timestamp(u64::MAX)
@@ -679,8 +651,7 @@ async fn serve_goes_on_past_a_delivery_tower_mq_cannot_hold() {
     let plain = Plain::connect().await;
     let queue = unique("malformed-serve");
     plain.queue(&queue, None).await;
-    let connection = tower_mq(Config::new(url())).await;
-    let consumer = connection.consumer(&queue).await.expect("consume");
+    let (_connection, consumer) = tower_mq_consumer(Config::new(url()), &queue).await;
     let (seen, mut handled) = tokio::sync::mpsc::unbounded_channel();
     let handler = tower::service_fn(move |delivery: Delivery| {
         let seen = seen.clone();
@@ -800,8 +771,7 @@ async fn delivery_counts_a_plain_client_wrote_are_ignored() {
             .publish(exchange, key, what.as_bytes(), properties.clone())
             .await;
     }
-    let connection = tower_mq(Config::new(url())).await;
-    let mut consumer = connection.consumer(&queue).await.expect("consume");
+    let (_connection, mut consumer) = tower_mq_consumer(Config::new(url()), &queue).await;
     for (_, _, what, _) in &cases {
         let delivery = next(&mut consumer).await.expect(what);
         assert_eq!(delivery.message().payload().as_ref(), what.as_bytes());

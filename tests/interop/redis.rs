@@ -13,48 +13,19 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tower::{Service, ServiceExt};
 use tower_mq::redis::{
-    Config, Framing, PubSubConsumer, PubSubPublisher, StreamConsumer, StreamConsumerConfig,
-    StreamLayout, StreamPublisher, Subscription,
+    Framing, PubSubConsumer, PubSubPublisher, StreamConsumer, StreamConsumerConfig, StreamLayout,
+    StreamPublisher, Subscription,
 };
 use tower_mq::wire::PropertyHeaders;
 use tower_mq::{
     Delivery, ErrorKind, Guarantee, HeaderValue, Message, Operation, Position, Receipt,
 };
 
-const DEFAULT_URL: &str = "redis://127.0.0.1:16379";
+use crate::harness::redis::{config, unreachable, url};
+use crate::harness::unique;
+use crate::waits::next_within;
+
 const WAIT: Duration = Duration::from_secs(15);
-
-fn url() -> String {
-    std::env::var("TOWER_MQ_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-/// A name no other test (or test run) uses.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "interop-{what}-{}-{nanos:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The tower-mq config, after checking Redis answers (failing with the harness hint).
-async fn config() -> Config {
-    let address = url();
-    let config = Config::new(address.clone());
-    if let Err(error) = config.connect().await {
-        panic!(
-            "Redis is not reachable at {address} (env TOWER_MQ_REDIS_URL): {error}. \
-             Run scripts/test, or scripts/brokers up redis."
-        );
-    }
-    config
-}
 
 /// A plain redis-rs client and connection: the other program.
 async fn plain() -> (redis::Client, MultiplexedConnection) {
@@ -62,7 +33,7 @@ async fn plain() -> (redis::Client, MultiplexedConnection) {
     let conn = client
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|e| panic!("Redis is not reachable at {}: {e}", url()));
+        .unwrap_or_else(|e| unreachable(e));
     (client, conn)
 }
 
@@ -143,11 +114,7 @@ async fn next<S>(consumer: &mut S) -> Delivery
 where
     S: futures_util::Stream<Item = Result<Delivery, tower_mq::Error>> + Unpin,
 {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("no delivery within the wait")
-        .expect("consumer ended")
-        .expect("consumer error")
+    next_within(consumer, "a delivery", WAIT).await
 }
 
 async fn try_publish<S>(publisher: &mut S, message: Message) -> Result<Receipt, tower_mq::Error>
@@ -381,23 +348,26 @@ async fn streams_entry_without_the_payload_field_is_dead_lettered_with_the_reaso
     assert_eq!(pending.count(), 0);
 }
 
-#[tokio::test]
-async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_goes_on() {
+/// Writes `one`, then an entry `bad` per name of `odd_names` (each holding `v` under
+/// that name), then `two`, with the plain client, to a new stream: one read of a batch
+/// fetches them all, the odd entries do not fail it, `one` and `two` are delivered,
+/// and each odd entry is dead-lettered intact with a reason that says `reason`.
+async fn assert_odd_field_names_are_dead_lettered_and_the_batch_goes_on(
+    what: &str,
+    odd_names: &[&[u8]],
+    reason: &str,
+) {
     let config = config().await;
     let (_, mut conn) = plain().await;
-    let stream = unique("binary-name");
+    let stream = unique(what);
     let settings = StreamConsumerConfig::new(&stream, "g").batch_size(16);
     let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
     xadd(&mut conn, &stream, &[(b"payload", b"one")]).await;
-    xadd(
-        &mut conn,
-        &stream,
-        &[(b"payload", b"bad"), (b"\xff\xfe", b"v")],
-    )
-    .await;
+    for name in odd_names {
+        xadd(&mut conn, &stream, &[(b"payload", b"bad"), (name, b"v")]).await;
+    }
     xadd(&mut conn, &stream, &[(b"payload", b"two")]).await;
 
-    // One read fetches all three; the odd one does not fail the reply.
     let mut consumer = StreamConsumer::subscribe(&config, settings)
         .await
         .expect("subscribe");
@@ -407,17 +377,28 @@ async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_g
         delivery.ack().await.expect("ack");
     }
     let letters = xrange(&mut conn, &dead_letter).await;
-    assert_eq!(letters.len(), 1);
-    let fields = &letters[0].1;
-    // The entry is kept intact, binary name included.
-    assert!(fields.contains(&(b"payload".to_vec(), b"bad".to_vec())));
-    assert!(fields.contains(&(b"\xff\xfe".to_vec(), b"v".to_vec())));
-    let reason = fields
-        .iter()
-        .find(|(n, _)| n == tower_mq::dead_letter::REASON.as_bytes())
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .expect("a reason");
-    assert!(reason.contains("is not UTF-8"), "{reason}");
+    assert_eq!(letters.len(), odd_names.len());
+    for ((_, fields), name) in letters.iter().zip(odd_names) {
+        // Kept intact, the odd name included.
+        assert!(fields.contains(&(b"payload".to_vec(), b"bad".to_vec())));
+        assert!(fields.contains(&(name.to_vec(), b"v".to_vec())));
+        let said = fields
+            .iter()
+            .find(|(n, _)| n == tower_mq::dead_letter::REASON.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .expect("a reason");
+        assert!(said.contains(reason), "{said}");
+    }
+}
+
+#[tokio::test]
+async fn streams_entry_with_a_binary_field_name_is_dead_lettered_and_the_batch_goes_on() {
+    assert_odd_field_names_are_dead_lettered_and_the_batch_goes_on(
+        "binary-name",
+        &[b"\xff\xfe"],
+        "is not UTF-8",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -872,43 +853,17 @@ async fn streams_redelivery_counts_another_program_wrote_never_dead_letter_a_fir
 #[tokio::test]
 async fn streams_entry_with_a_control_character_in_a_field_name_is_dead_lettered_and_the_batch_goes_on(
 ) {
-    let config = config().await;
-    let (_, mut conn) = plain().await;
-    let stream = unique("control-name");
-    let settings = StreamConsumerConfig::new(&stream, "g").batch_size(16);
-    let dead_letter = tower_mq::dead_letter::destination_for(settings.stream());
-    let bad: [&[u8]; 4] = [
-        b"x-evil\r\nInjected: 1",
-        b"line\nfeed",
-        b"tab\tname",
-        b"del\x7f",
-    ];
-    xadd(&mut conn, &stream, &[(b"payload", b"one")]).await;
-    for name in bad {
-        xadd(&mut conn, &stream, &[(b"payload", b"bad"), (name, b"v")]).await;
-    }
-    xadd(&mut conn, &stream, &[(b"payload", b"two")]).await;
-
-    let mut consumer = StreamConsumer::subscribe(&config, settings)
-        .await
-        .expect("subscribe");
-    for expected in [&b"one"[..], b"two"] {
-        let delivery = next(&mut consumer).await;
-        assert_eq!(delivery.message().payload().as_ref(), expected);
-        delivery.ack().await.expect("ack");
-    }
-    let letters = xrange(&mut conn, &dead_letter).await;
-    assert_eq!(letters.len(), bad.len());
-    for ((_, fields), name) in letters.iter().zip(bad) {
-        // Kept intact, the odd name included.
-        assert!(fields.contains(&(name.to_vec(), b"v".to_vec())));
-        let reason = fields
-            .iter()
-            .find(|(n, _)| n == tower_mq::dead_letter::REASON.as_bytes())
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .expect("a reason");
-        assert!(reason.contains("has a control character"), "{reason}");
-    }
+    assert_odd_field_names_are_dead_lettered_and_the_batch_goes_on(
+        "control-name",
+        &[
+            b"x-evil\r\nInjected: 1",
+            b"line\nfeed",
+            b"tab\tname",
+            b"del\x7f",
+        ],
+        "has a control character",
+    )
+    .await;
 }
 
 #[tokio::test]

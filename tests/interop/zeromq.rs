@@ -14,14 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 use tower::{service_fn, Service, ServiceExt};
 use tower_mq::zeromq::{Config, Consumer, Framing, Publisher, Requester, FRAME_HEADER};
-use tower_mq::{serve, BoxError, Delivery, ErrorKind, HeaderValue, Message, Operation, Replier};
+use tower_mq::{serve, BoxError, Delivery, ErrorKind, HeaderValue, Message, Operation};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::zeromq_peers::{next, publish, ready, served_router, until_subscribed, WAIT};
 
 fn python() -> String {
     std::env::var("TOWER_MQ_LIBZMQ_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
@@ -102,30 +101,6 @@ fn frames_of(parts: &[&[u8]]) -> Vec<Bytes> {
 }
 
 const BINARY: &[u8] = b"\x00\x01\xff\xfe\x80 binary";
-
-async fn next(consumer: &mut Consumer, what: &str) -> Delivery {
-    match tokio::time::timeout(WAIT, consumer.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(e))) => panic!("receiving {what} failed: {e}"),
-        Ok(None) => panic!("the consumer ended before {what}"),
-        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
-    }
-}
-
-async fn ready(publisher: &mut Publisher) -> &mut Publisher {
-    tokio::time::timeout(WAIT, publisher.ready())
-        .await
-        .expect("publisher not ready in time")
-        .expect("publisher failed")
-}
-
-async fn publish(publisher: &mut Publisher, message: Message) {
-    ready(publisher)
-        .await
-        .call(message)
-        .await
-        .expect("publish failed");
-}
 
 fn frame_headers(message: &Message) -> Vec<Bytes> {
     message
@@ -578,19 +553,7 @@ async fn the_envelope_carries_every_field_and_header_type_between_tower_mq_peers
     let mut sub = Consumer::subscribe(&envelope.connect(&endpoint), ["orders."])
         .await
         .expect("SUB");
-    let probing = async {
-        loop {
-            publish(&mut publisher, Message::new("orders.probe", "probe")).await;
-            if let Ok(Some(Ok(_))) =
-                tokio::time::timeout(Duration::from_millis(50), sub.next()).await
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, probing)
-        .await
-        .expect("the SUB never subscribed");
+    until_subscribed(&mut publisher, &mut sub, "orders.probe").await;
     for message in received {
         publish(&mut publisher, message).await;
     }
@@ -679,10 +642,6 @@ async fn malformed_envelopes_from_a_peer_do_not_stop_serve() {
 
 #[tokio::test]
 async fn a_libzmq_req_asks_and_a_tower_mq_router_answers_in_plain_frames() {
-    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
     let echo = service_fn(|request: Delivery| async move {
         let message = request.message();
         let mut reply = message.payload().to_ascii_uppercase();
@@ -691,7 +650,7 @@ async fn a_libzmq_req_asks_and_a_tower_mq_router_answers_in_plain_frames() {
         );
         Ok::<_, BoxError>(Message::new("", reply))
     });
-    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
+    let endpoint = served_router(Config::new(), echo).await;
     let asked = vec![
         frames_of(&[b"hello"]),
         frames_of(&[b"\x00binary", b"body"]),
@@ -706,10 +665,6 @@ async fn a_libzmq_req_asks_and_a_tower_mq_router_answers_in_plain_frames() {
 
 #[tokio::test]
 async fn a_libzmq_dealer_asks_a_tower_mq_router_with_or_without_a_delimiter() {
-    let (requests, replies) = Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
-        .await
-        .expect("ROUTER");
-    let endpoint = requests.endpoints()[0].clone();
     let echo = service_fn(|request: Delivery| async move {
         let message = request.message();
         let mut reply = Message::new("", message.payload().to_ascii_uppercase());
@@ -719,7 +674,7 @@ async fn a_libzmq_dealer_asks_a_tower_mq_router_with_or_without_a_delimiter() {
         }
         Ok::<_, BoxError>(reply)
     });
-    tokio::spawn(serve(requests, Replier::new(echo, replies)).into_future());
+    let endpoint = served_router(Config::new(), echo).await;
     let asked = vec![
         // No delimiter: the route is the DEALER's identity alone.
         frames_of(&[b"bare"]),
