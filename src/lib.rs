@@ -30,7 +30,8 @@
 //! | `zeromq` | — | `Publisher` | — | `Consumer` | `Requester` | `Config` |
 //!
 //! Publishers are `Service<Message, Response = Receipt>`, batch publishers
-//! `Service<Vec<Message>>` answering one result per message, consumers `Stream`s of
+//! `Service<Vec<Message>>` answering one result per message (a publisher's `batch()`
+//! gives its batch publisher, over the same connection), consumers `Stream`s of
 //! [`Delivery`]s. Each is built from the module's `Config`, taken by reference
 //! (`connect(&config)`, `subscribe(&config, ..)`), or from its connection where the
 //! broker has one; a broker without a connection type opens one per publisher or

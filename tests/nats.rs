@@ -239,7 +239,8 @@ async fn batch_publisher_reports_each_message() {
         Message::new("bad subject", "x"),
         Message::new(&subject, "second"),
     ];
-    let results = BatchPublisher::new(&connection)
+    let results = Publisher::new(&connection)
+        .batch()
         .oneshot(batch)
         .await
         .unwrap();
@@ -943,7 +944,7 @@ async fn jetstream_batch_publisher_waits_for_every_ack() {
         .collect();
     batch.push(Message::new(&subject, "again").with_message_id("e-7"));
     batch.push(Message::new("bad subject", "x"));
-    let results = js.batch_publisher().oneshot(batch).await.unwrap();
+    let results = js.publisher().batch().oneshot(batch).await.unwrap();
     assert_eq!(results.len(), 52);
     for (i, result) in results[..50].iter().enumerate() {
         let expected = Receipt::new("nats", stream.clone(), Guarantee::Stored)

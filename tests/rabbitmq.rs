@@ -228,7 +228,7 @@ async fn concurrent_publishes_on_one_channel_each_learn_their_own_return() {
         let batch = (0..BATCH)
             .map(|j| message(SINGLE + b * BATCH + j))
             .collect();
-        connection.publisher().batched().oneshot(batch)
+        connection.publisher().batch().oneshot(batch)
     }));
     // Callers that give up at once: their publishes are still observed to the end, so
     // neither their returns nor their confirms leave anyone else waiting or wrong.
@@ -340,12 +340,7 @@ async fn priority_queue_delivers_the_highest_priority_first() {
         Message::new(&q, "high").with_priority(9),
         Message::new(&q, "mid").with_priority(5),
     ];
-    let results = connection
-        .publisher()
-        .batched()
-        .oneshot(batch)
-        .await
-        .unwrap();
+    let results = connection.publisher().batch().oneshot(batch).await.unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let mut consumer = connection.consumer(&q).await.unwrap();
     assert_eq!(take_acked(&mut consumer, 3).await, ["high", "mid", "low"]);
@@ -657,12 +652,7 @@ async fn batched_confirms_answer_each_message() {
     let connection = connect(queue_config(url(), &q)).await;
     let mut batch: Vec<Message> = (0..100).map(|i| Message::new(&q, format!("{i}"))).collect();
     batch.insert(50, Message::new(unique("unbound-queue"), "nowhere"));
-    let results = connection
-        .publisher()
-        .batched()
-        .oneshot(batch)
-        .await
-        .unwrap();
+    let results = connection.publisher().batch().oneshot(batch).await.unwrap();
     assert_eq!(results.len(), 101);
     for (i, result) in results.iter().enumerate() {
         if i == 50 {
@@ -1002,7 +992,7 @@ async fn batch_layer_feeds_batched_confirms() {
     let q = unique("batch-layer");
     let connection = connect(queue_config(url(), &q)).await;
     let publisher =
-        BatchLayer::new(50, Duration::from_millis(20)).layer(connection.publisher().batched());
+        BatchLayer::new(50, Duration::from_millis(20)).layer(connection.publisher().batch());
     let calls = (0..200).map(|i| {
         let destination = if i == 7 { unique("nowhere") } else { q.clone() };
         publisher

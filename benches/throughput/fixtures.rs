@@ -268,7 +268,7 @@ impl Fixture for RabbitMq {
                         None,
                     ),
                     Client::Batched => (
-                        batched_publish(connection.publisher().batched(), message),
+                        batched_publish(connection.publisher().batch(), message),
                         None,
                     ),
                 }

@@ -99,6 +99,11 @@ impl Publisher {
     pub fn connection(&self) -> &Connection {
         &self.connection
     }
+
+    /// A publisher of batches over the same connection: see [`BatchPublisher`].
+    pub fn batch(&self) -> BatchPublisher {
+        BatchPublisher::new(&self.connection)
+    }
 }
 
 impl fmt::Debug for Publisher {

@@ -84,7 +84,7 @@ impl Publisher {
     }
 
     /// A publisher of batches over the same connection: see [`BatchPublisher`].
-    pub fn batched(&self) -> BatchPublisher {
+    pub fn batch(&self) -> BatchPublisher {
         BatchPublisher {
             readiness: Readiness::new(self.connection().clone()),
         }

@@ -45,6 +45,18 @@ pub struct Publisher {
     readiness: Readiness,
 }
 
+impl Publisher {
+    /// A publisher of batches over the same connection and context: see
+    /// [`BatchPublisher`].
+    pub fn batch(&self) -> BatchPublisher {
+        BatchPublisher {
+            connection: self.connection.clone(),
+            context: self.context.clone(),
+            readiness: self.connection.readiness(),
+        }
+    }
+}
+
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
