@@ -124,7 +124,11 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tower_mq_core::{BoxError, Delivery, Error, Message, Operation, Receipt};
 
-pub(crate) use self::correlation::{route, Dispatch, Routed, Shared, Waiters};
+#[cfg(feature = "rabbitmq")]
+pub(crate) use self::correlation::Dispatch;
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+pub(crate) use self::correlation::Shared;
+pub(crate) use self::correlation::{route, Routed, Waiters};
 pub use self::correlation::{BoxResponseFuture, Pending, Published, ResponseFuture};
 
 /// The broker name on errors the generic requester raises itself, unless set with

@@ -279,6 +279,7 @@ impl Dispatch {
 
     /// Whether `why`, returned by [`Dispatch::run`], means nobody was left to wait
     /// (rather than the route failing).
+    #[cfg(feature = "rabbitmq")]
     pub(crate) fn dropped(why: &str) -> bool {
         why == DROPPED
     }
@@ -376,6 +377,7 @@ pub type BoxResponseFuture = ResponseFuture<BoxFuture<'static, Result<Pending, E
 
 impl BoxResponseFuture {
     /// [`ResponseFuture::new`] over the `async` block `send`.
+    #[cfg(any(feature = "nats", feature = "rabbitmq"))]
     pub(crate) fn boxed(
         broker: &'static str,
         destination: impl Into<String>,
@@ -529,10 +531,12 @@ where
 
 /// A reply route shared by a requester's clones: opened on first use, and again once
 /// it closed or its owner no longer finds it usable (a connection replaced since).
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
 pub(crate) struct Shared<R> {
     slot: Arc<tokio::sync::Mutex<Option<Arc<R>>>>,
 }
 
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
 impl<R> Shared<R> {
     pub(crate) fn new() -> Self {
         Shared {
@@ -562,6 +566,7 @@ impl<R> Shared<R> {
     }
 }
 
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
 impl<R> Clone for Shared<R> {
     fn clone(&self) -> Self {
         Shared {
