@@ -55,8 +55,8 @@
 //!   redelivers them after its own timeout.
 //! - `serve` drops the consumer when it returns. A consumer that hands back what the
 //!   broker sent ahead does so as it is dropped, in the background; to wait for that
-//!   before the process exits, take the RabbitMQ consumer's `released()` future before
-//!   handing it to `serve` and await it after.
+//!   before the process exits, take the RabbitMQ or Redis Streams consumer's
+//!   `released()` future before handing it to `serve` and await it after.
 //!
 //! [`Code::Malformed`]: crate::Code::Malformed
 //!

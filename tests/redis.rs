@@ -1127,8 +1127,14 @@ async fn closed_consumers_leave_no_names_in_their_group_but_keep_pending_entries
         if n % 2 == 0 {
             consumer.close().await.expect("close");
         } else {
-            // Dropping does the same in the background.
+            // Dropping does the same in the background. Until that is over, the read
+            // the consumer had sent is still open: an entry it brings would be handed
+            // back under its name, which then stays in the group.
+            let released = consumer.released();
             drop(consumer);
+            tokio::time::timeout(WAIT, released)
+                .await
+                .expect("the hand-back of a dropped consumer did not end");
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -1161,6 +1167,143 @@ async fn closed_consumers_leave_no_names_in_their_group_but_keep_pending_entries
     assert_eq!(again.message().payload().as_ref(), b"held");
     assert_eq!(again.delivery_count(), 2);
     again.ack().await.unwrap();
+}
+
+/// How a consumer that read ahead goes away.
+#[derive(Debug, Clone, Copy)]
+enum Leaving {
+    Closed,
+    /// Dropped, its `released()` awaited.
+    Dropped,
+}
+
+/// Ten entries; a consumer reading `batch` at a time takes and acks the first and
+/// leaves; another consumer of the group, with a claim idle time of 30 s, gets the
+/// other nine well within it, each as a first delivery and once.
+async fn what_was_read_ahead_comes_back_at_once_and_uncounted(batch: usize, leaving: Leaving) {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("hand-back");
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    for i in 0..10 {
+        publish(&mut publisher, Message::new(&stream, i.to_string())).await;
+    }
+    let claim_idle = Duration::from_secs(30);
+    let settings = || {
+        StreamConsumerConfig::new(&stream, "g")
+            .claim_idle(claim_idle)
+            .claim_interval(Duration::from_millis(50))
+    };
+    let mut reader = StreamConsumer::subscribe(&config, settings().batch_size(batch))
+        .await
+        .unwrap();
+    let first = next(&mut reader).await;
+    assert_eq!(first.message().payload().as_ref(), b"0");
+    first.ack().await.unwrap();
+    let mut conn = raw(&config).await;
+    let read_ahead = pending_on(&mut conn, &stream, "g", reader.name()).await;
+    assert!(read_ahead > 0, "nothing was read ahead");
+    match leaving {
+        Leaving::Closed => reader.close().await.expect("close"),
+        Leaving::Dropped => {
+            let released = reader.released();
+            drop(reader);
+            tokio::time::timeout(WAIT, released)
+                .await
+                .expect("the hand-back of a dropped consumer did not end");
+        }
+    }
+
+    let mut heir = StreamConsumer::subscribe(&config, settings())
+        .await
+        .unwrap();
+    let bound = claim_idle / 3;
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut payloads = Vec::new();
+    while payloads.len() < 9 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let delivery = next_within(&mut heir, "an entry the first consumer read", left).await;
+        let payload = String::from_utf8_lossy(delivery.message().payload()).into_owned();
+        assert_eq!(
+            delivery.delivery_count(),
+            1,
+            "entry {payload} was counted as a redelivery"
+        );
+        delivery.ack().await.unwrap();
+        payloads.push(payload);
+    }
+    payloads.sort();
+    let expected: Vec<String> = (1..10).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected, "each entry once, none lost");
+    assert_eq!(pending_in_group(&mut conn, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn a_closed_consumer_hands_back_what_it_read_ahead_due_at_once_and_uncounted() {
+    what_was_read_ahead_comes_back_at_once_and_uncounted(16, Leaving::Closed).await;
+}
+
+#[tokio::test]
+async fn a_dropped_consumer_hands_back_what_it_read_ahead_due_at_once_and_uncounted() {
+    what_was_read_ahead_comes_back_at_once_and_uncounted(16, Leaving::Dropped).await;
+}
+
+/// With reads of 2, handing out the first sends the next read: closing sees it
+/// through and hands back what it brought as well.
+#[tokio::test]
+async fn a_read_in_flight_when_the_consumer_closes_is_handed_back_too() {
+    what_was_read_ahead_comes_back_at_once_and_uncounted(2, Leaving::Closed).await;
+}
+
+#[tokio::test]
+async fn claimed_entries_handed_back_keep_the_delivery_count_they_were_claimed_with() {
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("hand-back-claimed");
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    StreamConsumer::declare_group(&config, &StreamConsumerConfig::new(&stream, "g"))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        publish(&mut publisher, Message::new(&stream, i.to_string())).await;
+    }
+    // A consumer that read the three and died.
+    let mut conn = raw(&config).await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("dead")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let mut claimer = StreamConsumer::subscribe(&config, fast_claims(&stream, "g").batch_size(16))
+        .await
+        .unwrap();
+    let first = next(&mut claimer).await;
+    assert_eq!(first.delivery_count(), 2);
+    first.ack().await.unwrap();
+    assert_eq!(pending_on(&mut conn, &stream, "g", claimer.name()).await, 2);
+    claimer.close().await.expect("close");
+
+    let mut heir = StreamConsumer::subscribe(&config, fast_claims(&stream, "g"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let delivery = next(&mut heir).await;
+        assert_eq!(
+            delivery.delivery_count(),
+            2,
+            "the claim that did not hand it out was counted"
+        );
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(pending_in_group(&mut conn, &stream, "g").await, 0);
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@
 //!   connection of its own), acknowledges with `XACK`, recovers the pending entries of
 //!   consumers that died with `XAUTOCLAIM`, counts deliveries from the pending entries
 //!   list and moves a message to a dead-letter stream when it is rejected or has been
-//!   delivered too often. See [`streams`] for the details.
+//!   delivered too often. Closed or dropped, it hands the entries it read ahead and
+//!   never yielded back to the group, due at once and uncounted. See [`streams`] for
+//!   the details.
 //! - [`PubSubPublisher`] sends with `PUBLISH` (a [`Receipt`] of [`Guarantee::Forwarded`] with the
 //!   number of [receivers](crate::Receipt::receivers)) and [`PubSubConsumer`] receives with `SUBSCRIBE` / `PSUBSCRIBE`,
 //!   subscribing again by itself after a reconnect. Pub/Sub is at most once: deliveries

@@ -14,6 +14,7 @@ use futures_core::Stream;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamPendingCountReply;
 use redis::{RedisError, RedisResult, Value};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_mq_layers::retry::{Backoff, FastRng};
 
@@ -122,7 +123,8 @@ impl ConsumerConfig {
     }
 
     /// How long a read waits for new entries before checking for entries to reclaim
-    /// (at least 1 ms).
+    /// (at least 1 ms). Closing waits for a read in flight, so this also bounds how
+    /// long [`Consumer::close`] takes (see there).
     pub fn block(mut self, block: Duration) -> Self {
         self.block = block.max(Duration::from_millis(1));
         self
@@ -212,6 +214,9 @@ impl ConsumerConfig {
 /// Delivery is at least once: a message can be delivered again if its handler outlasts
 /// the claim idle time, or if the connection drops before it is acknowledged.
 ///
+/// Closed or dropped, the consumer hands what it read and never handed out back to the
+/// group, uncounted and at once: see [`close`](Self::close).
+///
 /// While the server is unreachable the stream yields transient errors (with backoff)
 /// and resumes by itself; it recreates its group if the group disappeared (a server
 /// that restarted without persistence). A permanent error (the key is not a stream)
@@ -220,9 +225,15 @@ pub struct Consumer {
     name: String,
     stream: String,
     group: String,
-    inner: Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send>>,
-    /// Until closed: deletes the consumer's name from the group when nothing is pending.
+    inner: ReadAhead,
+    /// Set on closing: a step in flight that is waiting out a backoff ends at once.
+    closing: watch::Sender<bool>,
+    /// Until closed: what hands back the entries read and not handed out, and deletes
+    /// the consumer's name from the group when nothing is pending.
     shared: Option<Arc<Shared>>,
+    /// Told once that hand-back is over (dropped unsent when it never runs).
+    release_done: Option<watch::Sender<bool>>,
+    released: watch::Receiver<bool>,
 }
 
 impl Consumer {
@@ -248,9 +259,12 @@ impl Consumer {
         });
         shared.create_group(&consumer.start).await?;
         let (stream, group) = (consumer.stream.clone(), consumer.group.clone());
+        let (closing, closing_seen) = watch::channel(false);
+        let (release_done, released) = watch::channel(false);
         let reader = Reader {
             shared: shared.clone(),
             blocking,
+            closing: closing_seen,
             next_claim: Instant::now(),
             cursor: "0-0".to_owned(),
             history: None,
@@ -261,30 +275,93 @@ impl Consumer {
             jitter: FastRng::new(),
             config: consumer,
         };
-        let inner = ReadAhead::new(reader);
         Ok(Consumer {
             name,
             stream,
             group,
-            inner: Box::pin(inner),
+            inner: ReadAhead::new(reader),
+            closing,
             shared: Some(shared),
+            release_done: Some(release_done),
+            released,
         })
     }
 
-    /// Stops reading and, if this consumer has no pending entries, deletes its name
-    /// from the group (`XGROUP DELCONSUMER`, in one script with the check, so no
-    /// pending entry is ever dropped). With entries still pending (deliveries not yet
-    /// settled, or settled after this call), the name stays and the entries wait for
-    /// `XAUTOCLAIM` by the group's other consumers.
+    /// Stops reading, hands back to the group the entries this consumer read ahead and
+    /// never yielded, and deletes its name from the group if nothing of it is pending.
+    ///
+    /// A read already sent is seen through first (a blocking read returns within the
+    /// [block time](ConsumerConfig::block)), so that what it brings is handed back too.
+    /// An entry read stays pending on the consumer that read it until acknowledged;
+    /// each one read and not yielded is handed back with `XCLAIM ... IDLE <claim idle
+    /// time> RETRYCOUNT <its delivery counter less one> JUSTID`. Idle for the claim
+    /// idle time, it is taken at once by the next `XAUTOCLAIM` scan of the group's
+    /// other consumers (those configured with the same or a shorter claim idle time)
+    /// instead of after the claim idle time, and with the delivery count it was read
+    /// with: the read that did not hand it out is not counted (an entry read for the
+    /// first time comes again with a [delivery count](Delivery::delivery_count) of 1,
+    /// not as a redelivery). An entry another consumer took over meanwhile is left to
+    /// it.
+    ///
+    /// In the same script (one round trip), the consumer's name is deleted from the
+    /// group (`XGROUP DELCONSUMER`) if it has no pending entries left, so no pending
+    /// entry is ever dropped. A consumer that handed entries back, or that yielded
+    /// deliveries not yet settled (or settled after this call), keeps its name. Those
+    /// deliveries are their holder's to settle; if nobody does, they wait for the
+    /// group's `XAUTOCLAIM` after the claim idle time and come again as redeliveries.
     ///
     /// Dropping the consumer does the same in a background task (when dropped within
-    /// a Tokio runtime); `close` lets the caller wait for it and see its error.
+    /// a Tokio runtime; [`released`](Self::released) tells when it is over); `close`
+    /// lets the caller wait for it and see its error.
     pub async fn close(mut self) -> Result<(), Error> {
-        self.inner = Box::pin(futures_util::stream::empty());
-        match self.shared.take() {
-            Some(shared) => shared.forget_consumer().await,
+        match self.release() {
+            Some(release) => release.await,
             None => Ok(()),
         }
+    }
+
+    /// Completes once this consumer is gone (closed, or dropped: by
+    /// [`serve`](crate::serve()) when it returns, say) and the entries it read ahead
+    /// are handed back to the group (see [`close`](Self::close)). Take it before handing
+    /// the consumer over:
+    ///
+    /// ```no_run
+    /// # async fn run(consumer: tower_mq::redis::StreamConsumer) -> Result<(), tower_mq::BoxError> {
+    /// let handler = tower::service_fn(|_: tower_mq::Delivery| async { Ok::<_, tower_mq::BoxError>(()) });
+    /// let released = consumer.released();
+    /// tower_mq::serve(consumer, handler).await?;
+    /// released.await; // safe to exit: nothing read ahead is left waiting for its claim
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn released(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut released = self.released.clone();
+        async move {
+            // An error means the sender is gone: the hand-back ended, or never runs.
+            let _ = released.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Ends the stream and returns what hands back what it read and did not yield;
+    /// `None` once that is under way.
+    fn release(&mut self) -> Option<BoxFuture<'static, Result<(), Error>>> {
+        let shared = self.shared.take()?;
+        self.closing.send_replace(true);
+        let (held, fetch) = self.inner.close();
+        let done = self.release_done.take();
+        Some(Box::pin(async move {
+            let mut held = held;
+            if let Some(fetch) = fetch {
+                // Dropped, the read would leave what it brings pending, unseen.
+                let (mut reader, _) = fetch.await;
+                held.append(&mut reader.admitted);
+            }
+            let result = shared.release(&held).await;
+            if let Some(done) = done {
+                done.send_replace(true);
+            }
+            result
+        }))
     }
 
     /// Creates the consumer's group if it is missing, without consuming: messages
@@ -327,19 +404,20 @@ impl Stream for Consumer {
     type Item = Result<Delivery, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        let Some(shared) = self.shared.take() else {
+        let Some(release) = self.release() else {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (stream, group) = (self.stream.clone(), self.group.clone());
             runtime.spawn(async move {
-                if let Err(error) = shared.forget_consumer().await {
-                    tracing::debug!(%error, "could not delete a closed consumer's name from its group");
+                if let Err(error) = release.await {
+                    tracing::warn!(%stream, %group, %error, "handing back a dropped consumer's unread entries failed; they are reclaimed after the claim idle time");
                 }
             });
         }
@@ -411,25 +489,57 @@ impl Shared {
         }
     }
 
-    /// Deletes this consumer's name from the group if it has no pending entries.
-    async fn forget_consumer(&self) -> Result<(), Error> {
-        // XGROUP DELCONSUMER drops the consumer's pending entries: check in the same
-        // script that there are none.
+    /// Hands the entries `held` (read, never yielded) back to the group, then deletes
+    /// this consumer's name from the group if it has no pending entries; one script.
+    async fn release(&self, held: &[Held]) -> Result<(), Error> {
+        // An entry is handed back only while it is still this consumer's and its
+        // counter is the one it was read with: one another consumer claimed meanwhile
+        // (its counter went up) is not taken back from it. RETRYCOUNT sets the counter
+        // (JUSTID leaves it), so that the increment of the next XAUTOCLAIM restores the
+        // count it was read with.
+        //
+        // XGROUP DELCONSUMER drops the consumer's pending entries: it runs only if none
+        // are left, checked in the same script.
         const SCRIPT: &str = r"
-            if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
-                return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+            local handed = 0
+            for i = 4, #ARGV, 2 do
+                local id, counter = ARGV[i], tonumber(ARGV[i + 1])
+                local owned = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
+                if #owned == 1 and owned[1][4] == counter then
+                    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id,
+                        'IDLE', ARGV[3], 'RETRYCOUNT', math.max(counter - 1, 0), 'JUSTID')
+                    handed = handed + 1
+                end
             end
-            return -1";
-        let mut manager = self.conn.manager();
-        let result: RedisResult<i64> = redis::Script::new(SCRIPT)
-            .key(&self.stream)
+            if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+                redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+            end
+            return handed";
+        let script = redis::Script::new(SCRIPT);
+        let mut invocation = script.key(&self.stream);
+        // Idle for this consumer's claim idle time, the entry is due at the next
+        // XAUTOCLAIM of every consumer of the group whose claim idle time is no longer
+        // (a nack's delay takes the group's consumers to share one claim idle time
+        // too); one configured longer takes it after the difference. No idler: XPENDING
+        // would show the entry stuck for far longer than it was, and an IDLE reaching
+        // back before the Unix epoch is reset to 0 by Redis.
+        invocation
             .arg(&self.group)
             .arg(&self.consumer)
-            .invoke_async(&mut manager)
-            .await;
+            .arg(millis(self.claim_idle));
+        for entry in held {
+            invocation.arg(&entry.id).arg(entry.counter);
+        }
+        let mut manager = self.conn.manager();
+        let result: RedisResult<u64> = invocation.invoke_async(&mut manager).await;
         match result {
-            Ok(_) => Ok(()),
-            // No group (or no stream) left: no name to delete.
+            Ok(handed) => {
+                if handed > 0 {
+                    tracing::debug!(stream = %self.stream, group = %self.group, consumer = %self.consumer, handed, "handed back entries read ahead");
+                }
+                Ok(())
+            }
+            // No group (or no stream) left: nothing to hand back, no name to delete.
             Err(err) if err.code() == Some("NOGROUP") => Ok(()),
             Err(err) => Err(self.error(Operation::Close, err)),
         }
@@ -655,7 +765,9 @@ struct Reader {
     /// here (the reply that delivered them may have been lost).
     history: Option<String>,
     /// What the last step read, for [`ReadAhead`] to hand out.
-    admitted: Vec<Delivery>,
+    admitted: Vec<Held>,
+    /// Turns true when the consumer closes.
+    closing: watch::Receiver<bool>,
     failures: u32,
     /// A permanent error ended the stream.
     ended: bool,
@@ -681,7 +793,12 @@ impl Reader {
             // Jittered, so that consumers that lost one server do not come back together.
             let backoff = Backoff::exponential(Duration::from_millis(50), self.max_backoff)
                 .delay(self.failures - 1, &mut self.jitter);
-            tokio::time::sleep(backoff).await;
+            // A closing consumer sees its step in flight through: one still waiting
+            // out its backoff ends at once, without reading.
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = self.closing.wait_for(|closing| *closing) => return Ok(()),
+            }
         }
         let step = if self.history.is_some() {
             self.read_history().await
@@ -921,12 +1038,15 @@ impl Reader {
             let Some(decoded) = decoded else { continue };
             let acker = Acker::new(StreamAcker {
                 shared: self.shared.clone(),
-                id,
+                id: id.clone(),
                 fields,
                 count,
             });
-            self.admitted
-                .push(Delivery::new(decoded.message, acker).with_delivery_count(count));
+            self.admitted.push(Held {
+                id,
+                counter: pending_count,
+                delivery: Delivery::new(decoded.message, acker).with_delivery_count(count),
+            });
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -941,7 +1061,7 @@ impl Reader {
 /// just read a batch leaves what comes next to the group's other consumers until it
 /// has handed out half of it.
 struct ReadAhead {
-    buffer: VecDeque<Delivery>,
+    buffer: VecDeque<Held>,
     /// The error of the last step, yielded once what was read before it is handed out.
     error: Option<Error>,
     /// The reader between steps; `None` while a step is in flight, or once ended.
@@ -980,6 +1100,14 @@ impl ReadAhead {
             self.reader = Some(reader);
         }
     }
+
+    /// Ends the stream: returns what was read and not handed out, and the step in
+    /// flight.
+    fn close(&mut self) -> (Vec<Held>, Option<Fetch>) {
+        self.reader = None;
+        self.error = None;
+        (self.buffer.drain(..).collect(), self.fetch.take())
+    }
 }
 
 impl Stream for ReadAhead {
@@ -990,7 +1118,7 @@ impl Stream for ReadAhead {
         loop {
             this.drive(cx);
             let item = match this.buffer.pop_front() {
-                Some(delivery) => Some(Ok(delivery)),
+                Some(held) => Some(Ok(held.delivery)),
                 None => this.error.take().map(Err),
             };
             if this.error.is_none() && this.buffer.len() <= this.low_water {
@@ -1012,6 +1140,15 @@ impl Stream for ReadAhead {
             }
         }
     }
+}
+
+/// A delivery read and not yet handed out: what handing it back on closing needs.
+struct Held {
+    id: String,
+    /// The entry's delivery counter in the group's pending entries list when it was
+    /// read (1 for a new entry).
+    counter: u32,
+    delivery: Delivery,
 }
 
 /// One entry of a stream reply, names and values as bytes; no fields for an entry

@@ -25,10 +25,19 @@
 //!   count at or above its backstop (a nack there dead-letters instead), so a larger
 //!   one, from another program, is ignored: no entry is dead-lettered on its first
 //!   read for a count it merely claims.
-//! - **closing**: a consumer dropped or [closed](Consumer::close) with nothing pending
-//!   deletes its name from the group (`XGROUP DELCONSUMER`, atomically with the check),
-//!   so groups do not collect the names of consumers long gone; one that still holds
-//!   pending entries keeps its name, and the entries stay for `XAUTOCLAIM`.
+//! - **closing**: a consumer dropped or [closed](Consumer::close) hands back the entries
+//!   it read ahead (a batch, plus the next read sent while the batch is handed out)
+//!   and never yielded: one script sets them idle for the claim idle time, so the
+//!   next `XAUTOCLAIM` scan of another consumer takes them at once, and sets their
+//!   delivery counters back by the read that did not hand them out, so they come again
+//!   with the count they were read with (1 for a first read), not as redeliveries
+//!   (`XCLAIM ... IDLE ... RETRYCOUNT ... JUSTID`). A read in flight is seen through
+//!   first. Then, in the same script, a consumer with nothing pending deletes its name
+//!   from the group (`XGROUP DELCONSUMER`), so groups do not collect the names of
+//!   consumers long gone; one that still holds pending entries (handed back, or yielded
+//!   and not settled) keeps its name, and the entries stay for `XAUTOCLAIM`. Dropped,
+//!   the consumer does this in the background: [`Consumer::released`] tells when it is
+//!   over.
 //!
 //! See the [parent module](crate::redis) for the entry layout and an example.
 
