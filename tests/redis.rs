@@ -1169,6 +1169,139 @@ async fn closed_consumers_leave_no_names_in_their_group_but_keep_pending_entries
     again.ack().await.unwrap();
 }
 
+/// Names that a consumer left behind are swept by the claim scan of a live consumer of
+/// the group once they hold nothing pending and have been idle longer than its claim
+/// idle time; a name holding an entry is kept until the entry is claimed, no entry is
+/// ever lost with a name, and the sweeping consumer never deletes its own name.
+///
+/// Redis measures idle times in real time, so the test waits the (short) claim idle
+/// time for real.
+#[tokio::test]
+async fn idle_names_with_nothing_pending_are_swept_and_names_holding_entries_kept() {
+    const CLAIM_IDLE: Duration = Duration::from_millis(500);
+    let _shared = BROKER.read().await;
+    let config = config().await;
+    let stream = unique("sweep-names");
+    let mut conn = raw(&config).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let created: u64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("g")
+        .arg("ghost")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created, 1);
+    let mut publisher = StreamPublisher::connect(&config).await.unwrap();
+    publish(&mut publisher, Message::new(&stream, "held")).await;
+    // The ghost's idle clock runs from here; the holder's, and its entry's, a claim
+    // idle time later: the ghost is due for the sweep that long before the entry is
+    // due for a claim.
+    tokio::time::sleep(CLAIM_IDLE).await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("holder")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending_on(&mut conn, &stream, "g", "holder").await, 1);
+
+    let mut live = StreamConsumer::subscribe(
+        &config,
+        StreamConsumerConfig::new(&stream, "g")
+            .claim_idle(CLAIM_IDLE)
+            .claim_interval(Duration::from_millis(50))
+            .block(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    let name = live.name().to_owned();
+    let (deliveries, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(delivery) = live.next().await {
+            if deliveries.send(delivery).is_err() {
+                break;
+            }
+        }
+    });
+    let names = async |conn: &Config| -> Vec<(String, u64)> {
+        let mut consumers = group_consumers(conn, &stream, "g").await;
+        consumers.sort();
+        consumers
+    };
+
+    // The ghost goes; the holder stays, with its entry, which is never lost.
+    let mut consumers = Vec::new();
+    waits::until("the idle ghost swept", WAIT, async || {
+        assert_eq!(pending_in_group(&mut conn, &stream, "g").await, 1);
+        consumers = names(&config).await;
+        !consumers.iter().any(|(n, _)| n == "ghost")
+    })
+    .await;
+    assert!(
+        consumers.contains(&("holder".to_owned(), 1)),
+        "the holder went with its entry pending: {consumers:?}"
+    );
+
+    // Once its entry is claimed, the holder goes too; the claimer stays.
+    let again = tokio::time::timeout(WAIT, delivered.recv())
+        .await
+        .expect("the held entry claimed")
+        .expect("the consumer went on")
+        .expect("a delivery");
+    assert_eq!(again.message().payload().as_ref(), b"held");
+    assert_eq!(again.delivery_count(), 2);
+    again.ack().await.unwrap();
+    assert_eq!(pending_in_group(&mut conn, &stream, "g").await, 0);
+    waits::until(
+        "the holder swept once its entry was claimed",
+        WAIT,
+        async || {
+            consumers = names(&config).await;
+            assert!(
+                consumers.iter().any(|(n, _)| *n == name),
+                "the sweeping consumer deleted its own name: {consumers:?}"
+            );
+            !consumers.iter().any(|(n, _)| n == "holder")
+        },
+    )
+    .await;
+
+    // A name idle since after the live consumer last read or claimed is swept while
+    // the live consumer's own name, idle at least as long (before Redis 7.2, whose
+    // `idle` counts from the last read that brought something), stays.
+    let _: u64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("g")
+        .arg("ghost-2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    waits::until("the second ghost swept", WAIT, async || {
+        consumers = names(&config).await;
+        !consumers.iter().any(|(n, _)| n == "ghost-2")
+    })
+    .await;
+    assert_eq!(consumers, [(name, 0)]);
+    driver.abort();
+}
+
 /// How a consumer that read ahead goes away.
 #[derive(Debug, Clone, Copy)]
 enum Leaving {

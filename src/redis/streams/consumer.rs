@@ -132,7 +132,9 @@ impl ConsumerConfig {
 
     /// How long an entry must have been pending (delivered, not acknowledged) before
     /// it is reclaimed from the consumer that holds it: a consumer that died, or one
-    /// whose handler took this long (then the message is processed twice).
+    /// whose handler took this long (then the message is processed twice). Also how
+    /// long another consumer's name must have been idle, with nothing pending, before
+    /// this consumer deletes it from the group (see [`Consumer`]).
     pub fn claim_idle(mut self, idle: Duration) -> Self {
         self.claim_idle = idle;
         self
@@ -217,6 +219,15 @@ impl ConsumerConfig {
 /// Closed or dropped, the consumer hands what it read and never handed out back to the
 /// group, uncounted and at once: see [`close`](Self::close).
 ///
+/// Names do not pile up in the group (`XINFO CONSUMERS`) however often consumers come
+/// and go: a consumer that closes with nothing pending deletes its own name, and after
+/// each claim scan a consumer deletes the name of every other consumer of the group
+/// that holds no pending entry and has been idle for longer than its claim idle time
+/// (one script, so that an entry is never dropped with a name): the names of
+/// consumers that closed holding entries, once those are claimed, and of consumers
+/// that died. A live consumer whose name goes this way holds nothing and loses
+/// nothing; Redis creates its name again when it next reads or claims an entry.
+///
 /// While the server is unreachable the stream yields transient errors (with backoff)
 /// and resumes by itself; it recreates its group if the group disappeared (a server
 /// that restarted without persistence). A permanent error (the key is not a stream)
@@ -270,6 +281,7 @@ impl Consumer {
             history: None,
             admitted: Vec::new(),
             failures: 0,
+            sweep_failed: false,
             ended: false,
             max_backoff: config.reconnect_max_delay().max(Duration::from_millis(100)),
             jitter: FastRng::new(),
@@ -309,6 +321,8 @@ impl Consumer {
     /// deliveries not yet settled (or settled after this call), keeps its name. Those
     /// deliveries are their holder's to settle; if nobody does, they wait for the
     /// group's `XAUTOCLAIM` after the claim idle time and come again as redeliveries.
+    /// Once nothing of it is pending, the name is deleted by the claim scan of one of
+    /// the group's consumers (see [`Consumer`]).
     ///
     /// Dropping the consumer does the same in a background task (when dropped within
     /// a Tokio runtime; [`released`](Self::released) tells when it is over); `close`
@@ -545,6 +559,52 @@ impl Shared {
         }
     }
 
+    /// Deletes from the group the names of the other consumers that hold no pending
+    /// entry and have been idle for longer than the claim idle time: those left by
+    /// consumers that closed holding entries (their entries since claimed) or that
+    /// died. Returns how many were deleted.
+    async fn sweep(&self) -> RedisResult<u64> {
+        // One script, so that no consumer reads an entry between the check and the
+        // delete: XGROUP DELCONSUMER drops a consumer's pending entries, and a name is
+        // deleted only while it holds none. (The scan that runs just before has claimed
+        // every entry pending for the claim idle time, and a name is never idle for
+        // longer than its entries: what the check spares is mostly a name whose
+        // entries came due between the scan and the script.)
+        //
+        // A live consumer is never hurt: with nothing pending it loses nothing, and
+        // Redis creates its name again when it next reads or claims an entry. A consumer
+        // handling a delivery holds that entry pending, so it keeps its name. Before
+        // Redis 7.2, `idle` counts from the consumer's last successful read or claim,
+        // so a live consumer of a quiet stream can be deleted this way (and re-created
+        // by its next read that brings something); from 7.2 on it counts from the last
+        // attempt, which a live consumer makes every block time. The caller is spared
+        // either way. XINFO CONSUMERS is allowed in scripts (no `noscript` flag); its
+        // reply reaches Lua as RESP2, one flat field/value array per consumer, whose
+        // `name`, `pending` and `idle` fields every Redis since 5.0 has.
+        const SCRIPT: &str = r"
+            local swept = 0
+            for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+                local field = {}
+                for i = 1, #consumer, 2 do
+                    field[consumer[i]] = consumer[i + 1]
+                end
+                if field.name ~= ARGV[2] and field.pending == 0
+                        and field.idle > tonumber(ARGV[3]) then
+                    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], field.name)
+                    swept = swept + 1
+                end
+            end
+            return swept";
+        let script = redis::Script::new(SCRIPT);
+        let mut invocation = script.key(&self.stream);
+        invocation
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(millis(self.claim_idle));
+        let mut manager = self.conn.manager();
+        invocation.invoke_async(&mut manager).await
+    }
+
     /// Acknowledges `id` once an `XACK` carrying it succeeded; concurrent acks share
     /// one (see the `acks` module).
     async fn ack(&self, id: &str) -> Result<(), Error> {
@@ -769,6 +829,8 @@ struct Reader {
     /// Turns true when the consumer closes.
     closing: watch::Receiver<bool>,
     failures: u32,
+    /// A sweep of idle names failed and was logged (once per consumer).
+    sweep_failed: bool,
     /// A permanent error ended the stream.
     ended: bool,
     max_backoff: Duration,
@@ -916,12 +978,33 @@ impl Reader {
         }
         // A finished scan waits for the next interval; an unfinished one goes on.
         self.next_claim = if reply.cursor == "0-0" {
+            self.sweep().await;
             Instant::now() + self.config.claim_interval
         } else {
             Instant::now()
         };
         self.cursor = reply.cursor;
         self.admit_pending(reply.entries).await
+    }
+
+    /// Deletes the names left in the group by consumers that are gone (see
+    /// [`Shared::sweep`]), once per claim scan. Housekeeping: a failure is logged, and a
+    /// lost connection or a missing group is the next step's to handle.
+    async fn sweep(&mut self) {
+        match self.shared.sweep().await {
+            Ok(0) => {}
+            Ok(swept) => {
+                tracing::debug!(stream = %self.shared.stream, group = %self.shared.group, swept, "deleted the names of idle consumers that held nothing pending");
+            }
+            Err(err) if err.code() == Some("NOGROUP") => {}
+            Err(err) => {
+                self.shared.conn.record_error(&err);
+                if !self.sweep_failed {
+                    self.sweep_failed = true;
+                    tracing::warn!(stream = %self.shared.stream, group = %self.shared.group, error = %err, "deleting the names of idle consumers failed; they stay in the group");
+                }
+            }
+        }
     }
 
     /// Admits entries read again from the pending entries list (this consumer's own,

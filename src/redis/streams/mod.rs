@@ -38,6 +38,13 @@
 //!   and not settled) keeps its name, and the entries stay for `XAUTOCLAIM`. Dropped,
 //!   the consumer does this in the background: [`Consumer::released`] tells when it is
 //!   over.
+//! - **names left behind**: after each `XAUTOCLAIM` scan, a consumer deletes from the
+//!   group every other name with nothing pending that has been idle (`XINFO
+//!   CONSUMERS`) for longer than its claim idle time, checked and deleted in one
+//!   script: the names of consumers that closed holding entries (once those are
+//!   claimed) or that died. No pending entry goes with a name; a live consumer whose
+//!   name goes holds nothing, and Redis creates the name again when it next reads or
+//!   claims an entry.
 //!
 //! See the [parent module](crate::redis) for the entry layout and an example.
 
