@@ -206,6 +206,29 @@ async fn pending_in_group(
     pending.count()
 }
 
+/// Reads up to `count` new entries of `stream` as `name` of `group`, with a plain
+/// client, leaving them pending under that name.
+async fn read_new_as(
+    conn: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    group: &str,
+    name: &str,
+    count: usize,
+) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(name)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("XREADGROUP as {name} on {stream}: {e}"));
+}
+
 /// How many entries of `stream` are pending on the consumer `name` of group `group`.
 async fn pending_on(
     conn: &mut redis::aio::ConnectionManager,
@@ -1207,18 +1230,7 @@ async fn idle_names_with_nothing_pending_are_swept_and_names_holding_entries_kep
     // idle time later: the ghost is due for the sweep that long before the entry is
     // due for a claim.
     tokio::time::sleep(CLAIM_IDLE).await;
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("holder")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_new_as(&mut conn, &stream, "g", "holder", 1).await;
     assert_eq!(pending_on(&mut conn, &stream, "g", "holder").await, 1);
 
     let mut live = StreamConsumer::subscribe(
@@ -1402,18 +1414,7 @@ async fn claimed_entries_handed_back_keep_the_delivery_count_they_were_claimed_w
     }
     // A consumer that read the three and died.
     let mut conn = raw(&config).await;
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("dead")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_new_as(&mut conn, &stream, "g", "dead", 3).await;
 
     let mut claimer = StreamConsumer::subscribe(&config, fast_claims(&stream, "g").batch_size(16))
         .await
