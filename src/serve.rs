@@ -1005,5 +1005,18 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// What a consumer's `released()` returns: completes once `done` is set, or its sender
+/// is gone (the hand-back ended, or never runs). Consumers that hand back what the
+/// broker sent ahead when they are dropped (by `serve`, say) share it.
+#[cfg(any(feature = "rabbitmq", feature = "redis"))]
+pub(crate) fn released(
+    done: &tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut done = done.clone();
+    async move {
+        let _ = done.wait_for(|done| *done).await;
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -181,11 +181,7 @@ impl Consumer {
     /// # }
     /// ```
     pub fn released(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut released = self.released.clone();
-        async move {
-            // An error means the sender is gone, which also ends the hand-back.
-            let _ = released.wait_for(|done| *done).await;
-        }
+        crate::serve::released(&self.released)
     }
 
     /// The queue consumed.

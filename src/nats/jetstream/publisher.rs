@@ -98,11 +98,7 @@ pub struct BatchPublisher {
 impl JetStream {
     /// A publisher of batches that waits for their acks together.
     pub fn batch_publisher(&self) -> BatchPublisher {
-        BatchPublisher {
-            connection: self.connection.clone(),
-            context: self.context.clone(),
-            readiness: self.connection.readiness(),
-        }
+        self.publisher().batch()
     }
 }
 

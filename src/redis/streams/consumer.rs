@@ -349,11 +349,7 @@ impl Consumer {
     /// # }
     /// ```
     pub fn released(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut released = self.released.clone();
-        async move {
-            // An error means the sender is gone: the hand-back ended, or never runs.
-            let _ = released.wait_for(|done| *done).await;
-        }
+        crate::serve::released(&self.released)
     }
 
     /// Ends the stream and returns what hands back what it read and did not yield;
@@ -530,17 +526,13 @@ impl Shared {
             end
             return handed";
         let script = redis::Script::new(SCRIPT);
-        let mut invocation = script.key(&self.stream);
         // Idle for this consumer's claim idle time, the entry is due at the next
         // XAUTOCLAIM of every consumer of the group whose claim idle time is no longer
         // (a nack's delay takes the group's consumers to share one claim idle time
         // too); one configured longer takes it after the difference. No idler: XPENDING
         // would show the entry stuck for far longer than it was, and an IDLE reaching
         // back before the Unix epoch is reset to 0 by Redis.
-        invocation
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(millis(self.claim_idle));
+        let mut invocation = self.invoke(&script);
         for entry in held {
             invocation.arg(&entry.id).arg(entry.counter);
         }
@@ -596,13 +588,20 @@ impl Shared {
             end
             return swept";
         let script = redis::Script::new(SCRIPT);
+        let invocation = self.invoke(&script);
+        let mut manager = self.conn.manager();
+        invocation.invoke_async(&mut manager).await
+    }
+
+    /// `script` on this stream, with the group, this consumer and its claim idle time
+    /// (ms) as its first three arguments.
+    fn invoke<'s>(&self, script: &'s redis::Script) -> redis::ScriptInvocation<'s> {
         let mut invocation = script.key(&self.stream);
         invocation
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(millis(self.claim_idle));
-        let mut manager = self.conn.manager();
-        invocation.invoke_async(&mut manager).await
+        invocation
     }
 
     /// Acknowledges `id` once an `XACK` carrying it succeeded; concurrent acks share
