@@ -129,16 +129,23 @@ pub async fn load<F: Fixture>(restarts: bool) -> Outcome {
     };
 
     // Restart the broker at a third and at half of the run, while publishing goes on.
+    // The messages after each restart point wait until the broker has been stopped
+    // for it: a fast broker (ZeroMQ) would otherwise have accepted the whole run into
+    // socket buffers before the first stop, and the outage would hit nothing but what
+    // was still on its way, including the last tenth.
+    let restart_points = [count / 3, count / 2];
     let (progress, mut watched) = tokio::sync::watch::channel(0usize);
+    let (stopped, stops) = tokio::sync::watch::channel(0usize);
     let restarting = {
         let fx = fx.clone();
         tokio::spawn(async move {
             if !restarts {
                 return;
             }
-            for at in [count / 3, count / 2] {
+            for at in restart_points {
                 let _ = watched.wait_for(|done| *done >= at).await;
                 fx.stop_broker().await;
+                stopped.send_modify(|n| *n += 1);
                 fx.start_broker().await;
             }
         })
@@ -149,7 +156,18 @@ pub async fn load<F: Fixture>(restarts: bool) -> Outcome {
             let stack = stack.clone();
             let message =
                 Message::new(&topic, i.to_string()).with_message_id(format!("{topic}-{i}"));
-            async move { (i, stack.oneshot(message).await) }
+            let mut stops = stops.clone();
+            let after = if restarts {
+                restart_points.iter().filter(|&&at| i >= at).count()
+            } else {
+                0
+            };
+            async move {
+                if after > 0 {
+                    let _ = stops.wait_for(|n| *n >= after).await;
+                }
+                (i, stack.oneshot(message).await)
+            }
         })
         .buffer_unordered(IN_FLIGHT);
     let mut done = 0;
