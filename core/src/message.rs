@@ -229,6 +229,13 @@ impl Message {
         &self.destination
     }
 
+    /// The destination, shared: another reference to the message's own copy, for what
+    /// outlives the message (a [`Receipt`](crate::Receipt), an error, a cache key)
+    /// without copying the name.
+    pub fn shared_destination(&self) -> Arc<str> {
+        self.destination.clone()
+    }
+
     /// The key, if any.
     pub fn key(&self) -> Option<&[u8]> {
         self.key.as_deref()

@@ -1,6 +1,7 @@
 //! What a broker promised when it accepted a message.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The broker's answer to a publish: which broker, where the message landed and how
 /// firmly.
@@ -32,7 +33,7 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Receipt {
     broker: &'static str,
-    destination: String,
+    destination: Arc<str>,
     guarantee: Guarantee,
     position: Option<Position>,
     routing_key: Option<String>,
@@ -81,7 +82,14 @@ pub enum Position {
 impl Receipt {
     /// A receipt from `broker` (its name in errors, e.g. `"kafka"`) for `destination`
     /// (the topic, exchange, stream, channel, subject or socket the broker reported).
-    pub fn new(broker: &'static str, destination: impl Into<String>, guarantee: Guarantee) -> Self {
+    ///
+    /// Pass [`Message::shared_destination`](crate::Message::shared_destination) to
+    /// share the message's name instead of copying it.
+    pub fn new(
+        broker: &'static str,
+        destination: impl Into<Arc<str>>,
+        guarantee: Guarantee,
+    ) -> Self {
         Receipt {
             broker,
             destination: destination.into(),

@@ -122,7 +122,7 @@ impl Service<Message> for Publisher {
             self.shared.lock().unreserve();
             return ready(Err(error));
         }
-        let topic = message.destination().to_owned();
+        let topic = message.shared_destination();
         let published = self.shared.lock().publish_reserved(message, |name| {
             validate_name(name, Operation::Publish, name, "topic")
         });

@@ -140,7 +140,7 @@ impl Service<Message> for Publisher {
             };
             Ok(Receipt::new(
                 super::BROKER,
-                message.destination(),
+                message.shared_destination(),
                 guarantee,
             ))
         })
@@ -196,7 +196,11 @@ impl Service<Vec<Message>> for BatchPublisher {
             let mut results = Vec::with_capacity(messages.len());
             for message in &messages {
                 results.push(send(&connection, message).await.map(|()| {
-                    Receipt::new(super::BROKER, message.destination(), Guarantee::Forwarded)
+                    Receipt::new(
+                        super::BROKER,
+                        message.shared_destination(),
+                        Guarantee::Forwarded,
+                    )
                 }));
             }
             let destination = messages.first().map(Message::destination).unwrap_or("");

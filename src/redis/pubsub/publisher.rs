@@ -94,14 +94,14 @@ impl Service<Message> for Publisher {
 
     fn call(&mut self, message: Message) -> Self::Future {
         let mut conn = self.readiness.connection().clone();
-        let message_channel = message.destination().to_owned();
+        let message_channel = message.shared_destination();
         let ignore_unsupported = self.ignore_unsupported;
         let framing = self.framing;
         ResponseFuture::new(async move {
             let payload = frame(framing, message, ignore_unsupported)?;
             let channel = message_channel;
             let result: RedisResult<u64> = redis::cmd("PUBLISH")
-                .arg(&channel)
+                .arg(&*channel)
                 .arg(payload.as_ref())
                 .query_async(conn.manager_mut())
                 .await;

@@ -154,7 +154,7 @@ impl Service<Message> for Publisher {
         let mut conn = self.readiness.connection().clone();
         let options = self.options.clone();
         ResponseFuture::new(async move {
-            let stream = message.destination().to_owned();
+            let stream = message.shared_destination();
             let fields = encode(&options.layout, &message, options.ignore_unsupported)?;
             let result: RedisResult<String> = xadd(&stream, options.trim, &fields)
                 .query_async(conn.manager_mut())
@@ -215,10 +215,10 @@ impl Service<Vec<Message>> for BatchPublisher {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             let mut sent = 0usize;
-            let encoded: Vec<Result<String, Error>> = messages
+            let encoded: Vec<Result<std::sync::Arc<str>, Error>> = messages
                 .iter()
                 .map(|message| {
-                    let stream = message.destination().to_owned();
+                    let stream = message.shared_destination();
                     let fields = encode(&options.layout, message, options.ignore_unsupported)?;
                     pipe.add_command(xadd(&stream, options.trim, &fields));
                     sent += 1;
@@ -243,7 +243,7 @@ impl Service<Vec<Message>> for BatchPublisher {
                             .with_position(Position::Id(id))),
                         Some(Err(err)) => Err(redis_error(Operation::Publish, &stream, err)),
                         None => Err(Error::transient(BROKER, Operation::Publish)
-                            .with_destination(stream)
+                            .with_destination(&*stream)
                             .with_reason("the pipeline returned fewer replies than commands")),
                     }
                 })
