@@ -182,6 +182,29 @@ where
     group.finish();
 }
 
+/// A clone of `service` per call, as `service.clone().oneshot(message)` does (the
+/// usual way to call a service from many tasks): what a clone costs and what it
+/// starts without (a metrics layer's last destination, a breaker's reservation).
+fn bench_cloned<S, R, E>(c: &mut Criterion, group: &str, id: &str, service: S)
+where
+    S: Service<Message, Response = R, Error = E> + Clone,
+{
+    let rt = runtime();
+    let _enter = rt.enter();
+    let msg = message();
+    let mut group = c.benchmark_group(group);
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let start = ThreadTime::now();
+            for _ in 0..iters {
+                black_box(ready_call(&mut service.clone(), black_box(msg.clone())));
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
 /// Each of two threads calls its own clone; the time is per call on each thread.
 fn bench_two_threads<S, R, E>(c: &mut Criterion, group: &str, id: &str, service: S)
 where
@@ -258,7 +281,14 @@ fn layers(c: &mut Criterion) {
         .layer(high_rate())
         .layer(TimeoutLayer::new(Duration::from_secs(5)))
         .service(Noop);
-    bench_one(c, "layers", "full_stack", full_stack);
+    bench_one(c, "layers", "full_stack", full_stack.clone());
+    bench_cloned(
+        c,
+        "layers",
+        "metrics_clone_per_call",
+        MetricsLayer::publish("memory").layer(Noop),
+    );
+    bench_cloned(c, "layers", "full_stack_clone_per_call", full_stack);
     bench_two_threads(
         c,
         "layers",
