@@ -392,6 +392,8 @@ where
         }
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, message: Message) -> Self::Future {
         let destination = message.destination().to_owned();
         let total = self.members.len();
@@ -408,6 +410,18 @@ where
             let error = Error::permanent(FANOUT, Operation::Publish)
                 .with_destination(destination)
                 .with_reason(reason);
+            return FanOutFuture {
+                state: FanOutState::Failed { error: Some(error) },
+            };
+        }
+        if self
+            .members
+            .iter()
+            .any(|m| matches!(m.readiness, Readiness::Unknown))
+        {
+            // Nothing is taken: the ready publishers keep their readiness.
+            let error = Error::called_before_ready(FANOUT, Operation::Publish)
+                .with_destination(destination);
             return FanOutFuture {
                 state: FanOutState::Failed { error: Some(error) },
             };
@@ -430,7 +444,8 @@ where
                     }
                 }
                 Readiness::Failed(error) => Attempt::Failed { error: Some(error) },
-                Readiness::Unknown => panic!("poll_ready must be called first"),
+                // Ruled out above.
+                Readiness::Unknown => Attempt::Failed { error: None },
             }
         });
         FanOutFuture {
@@ -680,14 +695,34 @@ where
         }
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, message: Message) -> Self::Future {
         let destination = message.destination().to_owned();
+        // What a ready `poll_ready` leaves: a ready publisher, or every one failed.
+        let polled = self
+            .members
+            .iter()
+            .any(|m| matches!(m.readiness, Readiness::Ready))
+            || self
+                .members
+                .iter()
+                .all(|m| matches!(m.readiness, Readiness::Failed(_)));
+        if !polled {
+            // Nothing is taken: a failed publisher keeps its error for the next message.
+            return FallbackFuture {
+                attempt: FallbackAttempt::NotReady,
+                candidates: Vec::new().into_iter(),
+                message: None,
+                failures: PublisherFailures::default(),
+                names: self.names.clone(),
+                destination,
+            };
+        }
         let mut candidates = Vec::with_capacity(self.members.len());
-        let mut reserved = false;
         for (i, member) in self.members.iter_mut().enumerate() {
             let candidate = match mem::replace(&mut member.readiness, Readiness::Unknown) {
                 Readiness::Ready => {
-                    reserved = true;
                     // The ready publisher goes with the future; a clone stays to be polled.
                     let clone = member.service.clone();
                     Candidate::Ready(mem::replace(&mut member.service, clone))
@@ -697,10 +732,6 @@ where
             };
             candidates.push((i, candidate));
         }
-        let all_failed = candidates
-            .iter()
-            .all(|(_, c)| matches!(c, Candidate::Unavailable(Failure::Error(_))));
-        assert!(reserved || all_failed, "poll_ready must be called first");
         FallbackFuture {
             attempt: FallbackAttempt::Idle,
             candidates: candidates.into_iter(),
@@ -722,6 +753,8 @@ pin_project! {
     enum FallbackAttempt<F> {
         Idle,
         Calling { index: usize, #[pin] call: F },
+        // The call came without a ready `poll_ready`.
+        NotReady,
     }
 }
 
@@ -789,6 +822,13 @@ where
                             this.attempt.set(FallbackAttempt::Idle);
                         }
                     }
+                }
+                FallbackAttemptProj::NotReady => {
+                    return Poll::Ready(Err(Error::called_before_ready(
+                        FALLBACK,
+                        Operation::Publish,
+                    )
+                    .with_destination(this.destination.as_str())))
                 }
                 FallbackAttemptProj::Idle => match this.candidates.next() {
                     Some((index, Candidate::Ready(mut publisher))) => {
@@ -1158,6 +1198,78 @@ mod tests {
         respond.send_response(receipt(2));
         assert_eq!(fut.await.unwrap().unwrap(), receipt(2));
         assert!(!matches!(handles[2].poll_request(), Poll::Ready(Some(_))));
+    }
+
+    fn assert_called_before_ready(err: &Error, broker: &str) {
+        assert_eq!(err.broker(), broker);
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert_eq!(err.code(), Some(tower_mq_core::Code::Invalid));
+        assert_eq!(err.destination(), Some("orders"));
+        assert!(err.to_string().contains("poll_ready"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fan_out_call_without_poll_ready_fails_and_keeps_the_readiness_it_has() {
+        let (publishers, mut handles) = publishers(2);
+        handles[0].allow(1);
+        handles[1].allow(0);
+        let mut fan_out = mock::Spawn::new(fan_out(Policy::All, publishers));
+        let err = fan_out.call(Message::new("orders", "x")).await.unwrap_err();
+        assert_called_before_ready(&err, "fanout");
+        // `a` is ready, `b` is not: still refused, and `a` is not called.
+        assert_pending!(fan_out.poll_ready());
+        let err = fan_out.call(Message::new("orders", "x")).await.unwrap_err();
+        assert_called_before_ready(&err, "fanout");
+        assert!(!matches!(handles[0].poll_request(), Poll::Ready(Some(_))));
+        // Once every publisher is ready, the fan-out works as usual.
+        handles[1].allow(1);
+        assert_ready_ok!(fan_out.poll_ready());
+        let fut = tokio::spawn(fan_out.call(Message::new("orders", "x")));
+        for (i, h) in handles.iter_mut().enumerate() {
+            let (_, respond) = h.next_request().await.unwrap();
+            respond.send_response(receipt(i as u64));
+        }
+        assert_eq!(
+            fut.await.unwrap().unwrap(),
+            Receipt::fan_out(vec![receipt(0), receipt(1)])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fallback_call_without_poll_ready_fails_and_keeps_readiness_failures() {
+        let (publishers, mut handles) = publishers(2);
+        handles[0].allow(0);
+        handles[1].allow(0);
+        let mut fallback = mock::Spawn::new(fallback(publishers));
+        let err = fallback
+            .call(Message::new("orders", "x"))
+            .await
+            .unwrap_err();
+        assert_called_before_ready(&err, "fallback");
+        // The primary failed its readiness, the secondary is not ready yet: refused.
+        handles[0].send_error("closed");
+        assert_pending!(fallback.poll_ready());
+        let err = fallback
+            .call(Message::new("orders", "x"))
+            .await
+            .unwrap_err();
+        assert_called_before_ready(&err, "fallback");
+        // The primary's failure is kept for the next message.
+        handles[1].allow(1);
+        assert_ready_ok!(fallback.poll_ready());
+        let fut = tokio::spawn(fallback.call(Message::new("orders", "x")));
+        let (_, respond) = handles[1].next_request().await.unwrap();
+        respond.send_error(transient());
+        let err = fut.await.unwrap().unwrap_err();
+        let primary = failures(&err).get("primary").unwrap();
+        assert_eq!(primary.error().unwrap().to_string(), "closed");
+        // And the fallback works as usual.
+        handles[1].allow(1);
+        assert_ready_ok!(fallback.poll_ready());
+        let fut = tokio::spawn(fallback.call(Message::new("orders", "x")));
+        let (_, respond) = handles[1].next_request().await.unwrap();
+        respond.send_response(receipt(2));
+        assert_eq!(fut.await.unwrap().unwrap(), receipt(2));
     }
 
     #[tokio::test(start_paused = true)]

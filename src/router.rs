@@ -498,6 +498,8 @@ impl<Res> Service<Delivery> for Router<Res> {
         }
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, delivery: Delivery) -> Self::Future {
         let destination = delivery.message().destination();
         let slot = match self
@@ -512,14 +514,15 @@ impl<Res> Service<Delivery> for Router<Res> {
                     let err = Error::permanent(ROUTER, Operation::Handle)
                         .with_destination(destination)
                         .with_reason("no route matches the destination and there is no fallback");
-                    return ResponseFuture {
-                        inner: Inner::NoRoute(Some(err.into())),
-                    };
+                    return ResponseFuture::failed(err);
                 }
             },
         };
-        assert!(slot.ready, "poll_ready must be called first");
-        slot.ready = false;
+        if !std::mem::take(&mut slot.ready) {
+            let err =
+                Error::called_before_ready(ROUTER, Operation::Handle).with_destination(destination);
+            return ResponseFuture::failed(err);
+        }
         ResponseFuture {
             inner: Inner::Routed(slot.handler.call(delivery)),
         }
@@ -534,7 +537,16 @@ pub struct ResponseFuture<Res> {
 
 enum Inner<Res> {
     Routed(BoxFuture<'static, Result<Res, BoxError>>),
-    NoRoute(Option<BoxError>),
+    /// No route, or a call without a ready `poll_ready`.
+    Failed(Option<BoxError>),
+}
+
+impl<Res> ResponseFuture<Res> {
+    fn failed(error: Error) -> Self {
+        ResponseFuture {
+            inner: Inner::Failed(Some(error.into())),
+        }
+    }
 }
 
 impl<Res> Future for ResponseFuture<Res> {
@@ -543,7 +555,7 @@ impl<Res> Future for ResponseFuture<Res> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.inner {
             Inner::Routed(fut) => fut.as_mut().poll(cx),
-            Inner::NoRoute(err) => match err.take() {
+            Inner::Failed(err) => match err.take() {
                 Some(err) => Poll::Ready(Err(err)),
                 None => panic!("router::ResponseFuture polled after completion"),
             },
@@ -555,7 +567,7 @@ impl<Res> fmt::Debug for ResponseFuture<Res> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.inner {
             Inner::Routed(_) => "routed",
-            Inner::NoRoute(_) => "no route",
+            Inner::Failed(_) => "failed",
         };
         f.debug_tuple("ResponseFuture").field(&state).finish()
     }
@@ -889,6 +901,30 @@ mod tests {
         router.call(delivery("a")).await.unwrap();
         assert_ready_ok!(router.poll_ready());
         assert_eq!(polls(), 3, "a call consumes the reservation");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_poll_ready_fails_permanently_and_calls_no_handler() {
+        let (a, mut ha) = mock::pair::<Delivery, ()>();
+        ha.allow(1);
+        let mut router = mock::Spawn::new(Router::new().route("a", a).unwrap());
+        let err = router.call(delivery("a")).await.unwrap_err();
+        assert_eq!(kind_of(&*err), Some(ErrorKind::Permanent));
+        let err = err.downcast::<Error>().unwrap();
+        assert_eq!(err.code(), Some(tower_mq_core::Code::Invalid));
+        assert_eq!(err.operation(), Operation::Handle);
+        assert_eq!(err.destination(), Some("a"));
+        assert!(err.to_string().contains("poll_ready"), "{err}");
+        assert!(ha.poll_request().is_pending(), "the handler was not called");
+        // The router works as usual afterwards.
+        assert_ready_ok!(router.poll_ready());
+        let fut = router.call(delivery("a"));
+        let (req, send) = ha.next_request().await.unwrap();
+        assert_eq!(req.message().destination(), "a");
+        send.send_response(());
+        fut.await.unwrap();
+        // The call consumed the handler's readiness: calling again is refused.
+        assert!(router.call(delivery("a")).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

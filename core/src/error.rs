@@ -174,6 +174,10 @@ impl fmt::Display for Code {
     }
 }
 
+/// The reason of [`Error::called_before_ready`].
+const CALLED_BEFORE_READY: &str =
+    "call without a ready poll_ready: a tower Service must be polled ready before each call";
+
 /// A broker error: which broker, which operation, which destination, transient or
 /// permanent, and the underlying cause.
 ///
@@ -227,6 +231,28 @@ impl Error {
     /// A permanent error: a retry will fail the same way.
     pub fn permanent(broker: &'static str, operation: Operation) -> Self {
         Error::new(broker, operation, ErrorKind::Permanent)
+    }
+
+    /// A `call` made without a `poll_ready` that returned `Ready(Ok(()))` first: a
+    /// permanent [`Code::Invalid`] error, as retrying the same misuse fails the same
+    /// way. tower lets such a `call` panic; tower-mq's services answer this instead.
+    ///
+    /// ```
+    /// use tower_mq_core::error::{Code, Error, ErrorKind, Operation};
+    ///
+    /// let err = Error::called_before_ready("memory", Operation::Publish).with_destination("orders");
+    /// assert_eq!(err.kind(), ErrorKind::Permanent);
+    /// assert_eq!(err.code(), Some(Code::Invalid));
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "memory publish `orders` failed (permanent): call without a ready poll_ready: \
+    ///      a tower Service must be polled ready before each call"
+    /// );
+    /// ```
+    pub fn called_before_ready(broker: &'static str, operation: Operation) -> Self {
+        Error::permanent(broker, operation)
+            .with_code(Code::Invalid)
+            .with_reason(CALLED_BEFORE_READY)
     }
 
     /// Names the destination (topic, queue, subject, stream, socket) involved.

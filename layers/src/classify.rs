@@ -5,10 +5,11 @@
 //! an error message. [`DefaultClassifier`] walks the error's `source()` chain and
 //! answers from the first error that knows its kind: a broker [`Error`], the
 //! [`Transient`] / [`Permanent`] markers, or one of the layers' own errors (a timeout
-//! is transient; a payload that does not decode is permanent). An error that carries
-//! no classification gets the classifier's fallback, transient unless configured
-//! otherwise, so that an unknown failure is retried a bounded number of times and then
-//! dead-lettered rather than dropped at once.
+//! is transient; a payload that does not decode, or a
+//! [call without a ready `poll_ready`](crate::error::CalledBeforeReady), is
+//! permanent). An error that carries no classification gets the classifier's fallback,
+//! transient unless configured otherwise, so that an unknown failure is retried a
+//! bounded number of times and then dead-lettered rather than dropped at once.
 //!
 //! ```
 //! use tower_mq_layers::classify::{Classifier, DefaultClassifier};
@@ -328,6 +329,9 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         || err.is::<crate::compression::error::CorruptPayload>()
         || err.is::<crate::compression::error::CompressError>()
     {
+        return Some(ErrorKind::Permanent);
+    }
+    if err.is::<crate::error::CalledBeforeReady>() {
         return Some(ErrorKind::Permanent);
     }
     if err.is::<crate::dedup::error::StoreError>() {

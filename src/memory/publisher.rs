@@ -103,9 +103,13 @@ impl Service<Message> for Publisher {
         }
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, message: Message) -> Self::Future {
-        assert!(self.reserved, "poll_ready must be called first");
-        self.reserved = false;
+        if !std::mem::take(&mut self.reserved) {
+            return ready(Err(Error::called_before_ready(BROKER, Operation::Publish)
+                .with_destination(message.destination())));
+        }
         let size = message.payload().len();
         let max = self.shared.config.max_payload_size;
         if size > max {

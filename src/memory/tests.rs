@@ -300,6 +300,28 @@ async fn invalid_topics_and_oversize_payloads_are_permanent_errors() {
 }
 
 #[tokio::test]
+async fn a_call_without_poll_ready_fails_permanently_and_stores_nothing() {
+    let broker = Broker::builder().capacity(1).build();
+    let mut publisher = broker.publisher();
+    let err = publisher.call(Message::new("t", "x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+    assert_eq!(err.code(), Some(tower_mq_core::Code::Invalid));
+    assert_eq!(err.operation(), Operation::Publish);
+    assert_eq!(err.destination(), Some("t"));
+    assert!(err.to_string().contains("poll_ready"), "{err}");
+    assert_eq!(broker.held(), 0);
+    // The publisher works as usual afterwards, and took no room.
+    let receipt = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Message::new("t", "y"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.position(), Some(&Position::Sequence(1)));
+}
+
+#[tokio::test]
 async fn receipts_number_messages_per_topic() {
     let broker = Broker::new();
     for (topic, sequence) in [("a", 1), ("a", 2), ("b", 1)] {

@@ -783,11 +783,12 @@ impl Readiness {
         }
     }
 
-    /// The connection reserved by `poll_ready`.
-    pub(crate) fn take(&mut self) -> Arc<Live> {
+    /// The connection reserved by `poll_ready`, or, when `poll_ready` reserved none,
+    /// the permanent [`Error::called_before_ready`] of `operation`.
+    pub(crate) fn take(&mut self, operation: Operation) -> Result<Arc<Live>, Error> {
         self.reserved
             .take()
-            .expect("poll_ready must be called first")
+            .ok_or_else(|| Error::called_before_ready(BROKER, operation))
     }
 }
 
@@ -802,5 +803,78 @@ impl fmt::Debug for Readiness {
         f.debug_struct("Readiness")
             .field("reserved", &self.reserved.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_test::{assert_pending, assert_ready_err, task};
+    use tower::Service;
+    use tower_mq_core::{Code, ErrorKind};
+
+    use crate::message::Message;
+
+    /// A connection that has not connected (the state while reconnecting), with no
+    /// supervisor, and the sender of its status.
+    fn detached() -> (Connection, watch::Sender<Status>) {
+        let config = Config::new("amqp://127.0.0.1:5672/%2f");
+        let (status_tx, status_rx) = watch::channel(Status::default());
+        let (shutdown_tx, _) = watch::channel(false);
+        let connection = Connection {
+            shared: Arc::new(Shared {
+                topology: Arc::new(Mutex::new(config.topology.clone())),
+                config,
+                status: status_rx,
+                nudge: Arc::new(Notify::new()),
+                shutdown: shutdown_tx,
+                endpoint: "127.0.0.1:5672//".to_owned(),
+                consumers: Mutex::new(HashMap::new()),
+            }),
+        };
+        (connection, status_tx)
+    }
+
+    fn assert_called_before_ready(err: &Error, operation: Operation, destination: Option<&str>) {
+        assert_eq!(err.broker(), BROKER);
+        assert_eq!(err.operation(), operation);
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert_eq!(err.code(), Some(Code::Invalid));
+        assert_eq!(err.destination(), destination);
+        assert!(err.to_string().contains("poll_ready"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_call_without_poll_ready_fails_permanently_on_every_service() {
+        let (connection, status) = detached();
+        let mut publisher = connection.publisher();
+        let err = publisher
+            .call(Message::new("orders", "x"))
+            .await
+            .unwrap_err();
+        assert_called_before_ready(&err, Operation::Publish, Some("orders"));
+
+        let mut batch = publisher.batch();
+        let err = batch
+            .call(vec![Message::new("orders", "x")])
+            .await
+            .unwrap_err();
+        assert_called_before_ready(&err, Operation::Publish, None);
+
+        let mut requester = connection.requester();
+        let err = requester.call(Message::new("rpc", "x")).await.unwrap_err();
+        assert_called_before_ready(&err, Operation::Request, Some("rpc"));
+
+        // Readiness goes on as usual: waiting while there is no connection, failing
+        // once the connection is closed.
+        let mut cx = task::spawn(());
+        assert_pending!(cx.enter(|cx, _| publisher.poll_ready(cx)));
+        status.send_replace(Status {
+            closed: true,
+            ..Status::default()
+        });
+        assert!(cx.is_woken());
+        let err = assert_ready_err!(cx.enter(|cx, _| publisher.poll_ready(cx)));
+        assert!(err.to_string().contains("closed"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Publishing with publisher confirms, one message or a batch at a time.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{ready, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -116,8 +116,15 @@ impl Service<Message> for Publisher {
         self.readiness.poll_ready(cx, Operation::Publish)
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, message: Message) -> Self::Future {
-        let live = self.readiness.take();
+        let live = match self.readiness.take(Operation::Publish) {
+            Ok(live) => live,
+            Err(error) => {
+                return Box::pin(ready(Err(error.with_destination(message.destination()))))
+            }
+        };
         let connection = self.connection().clone();
         Box::pin(async move {
             let config = connection.config();
@@ -176,8 +183,13 @@ impl Service<Vec<Message>> for BatchPublisher {
         self.readiness.poll_ready(cx, Operation::Publish)
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, messages: Vec<Message>) -> Self::Future {
-        let live = self.readiness.take();
+        let live = match self.readiness.take(Operation::Publish) {
+            Ok(live) => live,
+            Err(error) => return Box::pin(ready(Err(error))),
+        };
         let connection = self.connection().clone();
         Box::pin(async move {
             let config = connection.config();

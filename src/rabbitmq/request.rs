@@ -219,8 +219,15 @@ impl Service<Message> for Requester {
         self.readiness.poll_ready(cx, Operation::Request)
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, mut request: Message) -> Self::Future {
-        let live = self.readiness.take();
+        let live = match self.readiness.take(Operation::Request) {
+            Ok(live) => live,
+            Err(error) => {
+                return BoxResponseFuture::failed(error.with_destination(request.destination()))
+            }
+        };
         let connection = self.connection().clone();
         let reply = self.reply.clone();
         let mandatory = self.mandatory;

@@ -130,7 +130,8 @@ pub(crate) fn poll_send_ready(
     sender.poll_reserve(cx).map_err(|_| ())
 }
 
-/// Queues `frames` on the reserved slot; the future resolves once the socket took them.
+/// Queues `frames` on the slot `poll_send_ready` reserved (the caller checks it did);
+/// the future resolves once the socket took them.
 pub(crate) fn queue(
     handle: &Handle,
     sender: &mut PollSender<Command>,
@@ -157,7 +158,7 @@ pub(crate) fn queue(
         return ResponseFuture::failed(
             Error::transient(BROKER, Operation::Publish)
                 .with_destination(destination)
-                .with_reason("poll_ready must be called first, or the socket task stopped"),
+                .with_reason("the socket task stopped"),
         );
     }
     ResponseFuture {
@@ -199,13 +200,14 @@ impl Service<Message> for Publisher {
         Poll::Ready(Ok(()))
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, message: Message) -> ResponseFuture {
         let destination = message.destination().to_owned();
         if !std::mem::take(&mut self.reserved) {
             return ResponseFuture::failed(
-                Error::transient(BROKER, Operation::Publish)
-                    .with_destination(destination)
-                    .with_reason("poll_ready must be called first"),
+                Error::called_before_ready(BROKER, Operation::Publish)
+                    .with_destination(destination),
             );
         }
         let slot = Slot(self.handle.direct.clone());
@@ -362,5 +364,36 @@ impl Future for ResponseFuture {
 impl fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Code, ErrorKind};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_call_without_poll_ready_fails_permanently_then_publishing_works() {
+        let mut publisher = Publisher::publish(&Config::new().bind("tcp://127.0.0.1:0"))
+            .await
+            .expect("bind PUB");
+        let err = publisher
+            .call(Message::new("orders", "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert_eq!(err.code(), Some(Code::Invalid));
+        assert_eq!(err.operation(), Operation::Publish);
+        assert_eq!(err.destination(), Some("orders"));
+        assert!(err.to_string().contains("poll_ready"), "{err}");
+        let receipt = publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(Message::new("orders", "y"))
+            .await
+            .unwrap();
+        assert_eq!(receipt.destination(), "orders");
     }
 }

@@ -2,7 +2,7 @@
 //! and the reply publisher of a ROUTER consumer.
 
 use std::fmt;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,6 +63,8 @@ fn decode_route(route: &str) -> Option<Vec<Bytes>> {
 pub struct Replies {
     handle: Handle,
     sender: PollSender<Command>,
+    /// Whether `poll_ready` reserved a slot on `sender`.
+    reserved: bool,
     ignore_unsupported: bool,
 }
 
@@ -71,6 +73,7 @@ impl Replies {
         Replies {
             sender: PollSender::new(handle.commands.clone()),
             handle,
+            reserved: false,
             ignore_unsupported: false,
         }
     }
@@ -89,15 +92,32 @@ impl Service<Message> for Replies {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut no_wait = None;
-        poll_send_ready(&self.handle, &mut self.sender, &mut no_wait, false, cx).map_err(|()| {
+        ready!(poll_send_ready(
+            &self.handle,
+            &mut self.sender,
+            &mut no_wait,
+            false,
+            cx
+        ))
+        .map_err(|()| {
             Error::transient(BROKER, Operation::Publish)
                 .with_destination(self.handle.name.to_string())
                 .with_reason("the socket task stopped")
-        })
+        })?;
+        self.reserved = true;
+        Poll::Ready(Ok(()))
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, message: Message) -> SendFuture {
         let destination = message.destination().to_owned();
+        if !std::mem::take(&mut self.reserved) {
+            return SendFuture::from_error(
+                Error::called_before_ready(BROKER, Operation::Publish)
+                    .with_destination(destination),
+            );
+        }
         let Some(mut frames) = decode_route(&destination) else {
             self.sender.abort_send();
             return queue_error(
@@ -159,6 +179,8 @@ impl fmt::Debug for Replies {
 pub struct Requester {
     handle: Handle,
     sender: PollSender<Command>,
+    /// Whether `poll_ready` reserved a slot on `sender`.
+    reserved: bool,
     peer_wait: PeerWait,
     waiters: Waiters,
     timeout: Duration,
@@ -191,6 +213,7 @@ impl Requester {
         Ok(Requester {
             sender: PollSender::new(handle.commands.clone()),
             handle,
+            reserved: false,
             peer_wait: None,
             waiters,
             timeout: DEFAULT_TIMEOUT,
@@ -252,22 +275,32 @@ impl Service<Message> for Requester {
     type Future = ResponseFuture<Published<SendFuture>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        poll_send_ready(
+        ready!(poll_send_ready(
             &self.handle,
             &mut self.sender,
             &mut self.peer_wait,
             true,
             cx,
-        )
+        ))
         .map_err(|()| {
             Error::transient(BROKER, Operation::Request)
                 .with_destination(self.handle.name.to_string())
                 .with_reason("the socket task stopped")
-        })
+        })?;
+        self.reserved = true;
+        Poll::Ready(Ok(()))
     }
 
+    /// Calling without a ready `poll_ready` resolves to a permanent
+    /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, request: Message) -> Self::Future {
         let destination = request.destination().to_owned();
+        if !std::mem::take(&mut self.reserved) {
+            return ResponseFuture::failed(
+                Error::called_before_ready(BROKER, Operation::Request)
+                    .with_destination(destination),
+            );
+        }
         let body = frame::encode_any(
             &request,
             false,
@@ -318,6 +351,7 @@ impl Clone for Requester {
         Requester {
             sender: PollSender::new(self.handle.commands.clone()),
             handle: self.handle.clone(),
+            reserved: false,
             peer_wait: None,
             waiters: self.waiters.clone(),
             timeout: self.timeout,
@@ -338,6 +372,62 @@ impl fmt::Debug for Requester {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
+    use tower::ServiceExt;
+
+    fn assert_called_before_ready(err: &Error, operation: Operation, destination: &str) {
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert_eq!(err.code(), Some(Code::Invalid));
+        assert_eq!(err.operation(), operation);
+        assert_eq!(err.destination(), Some(destination));
+        assert!(err.to_string().contains("poll_ready"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn calls_without_poll_ready_fail_permanently_then_request_and_reply_work() {
+        let (mut requests, mut replies) =
+            super::super::Consumer::router(&Config::new().bind("tcp://127.0.0.1:0"))
+                .await
+                .expect("bind ROUTER");
+        let endpoint = requests.endpoints()[0].clone();
+        let mut requester = Requester::connect(&Config::new().connect(&endpoint))
+            .await
+            .expect("DEALER")
+            .timeout(Duration::from_secs(10));
+
+        let err = requester.call(Message::new("rpc", "2")).await.unwrap_err();
+        assert_called_before_ready(&err, Operation::Request, "rpc");
+        let err = replies
+            .call(Message::new("zmq-route:00.", "x"))
+            .await
+            .unwrap_err();
+        assert_called_before_ready(&err, Operation::Publish, "zmq-route:00.");
+
+        // Both work as usual afterwards.
+        let answer = tokio::spawn(async move {
+            requester
+                .ready()
+                .await?
+                .call(Message::new("rpc", "2"))
+                .await
+        });
+        let served = tokio::time::timeout(Duration::from_secs(10), async {
+            let request = requests.next().await.expect("open").expect("a request");
+            assert_eq!(request.message().payload().as_ref(), b"2");
+            let route = request.message().reply_to().expect("a route").to_owned();
+            replies
+                .ready()
+                .await
+                .unwrap()
+                .call(Message::new(route, "4"))
+                .await
+        })
+        .await
+        .expect("the request arrives in time");
+        served.expect("the reply is sent");
+        let reply = answer.await.unwrap().expect("the reply");
+        assert_eq!(reply.payload().as_ref(), b"4");
+    }
 
     #[test]
     fn routes_round_trip() {

@@ -88,6 +88,7 @@ use self::future::ResponseFuture;
 pub use self::layer::BatchLayer;
 use self::worker::Item;
 pub use self::worker::Worker;
+use crate::error::CalledBeforeReady;
 
 /// The name of the histogram of flushed batch sizes.
 pub const BATCH_SIZE_METRIC: &str = crate::metrics::names::BATCH_SIZE;
@@ -328,8 +329,12 @@ where
         }
     }
 
+    /// Calling without a ready `poll_ready` resolves to [`CalledBeforeReady`] instead of
+    /// panicking; the request is not queued.
     fn call(&mut self, request: Req) -> Self::Future {
-        let permit = self.permit.take().expect("poll_ready must be called first");
+        let Some(permit) = self.permit.take() else {
+            return ResponseFuture::failed(CalledBeforeReady::new("batch").into());
+        };
         let weight = self.weigh.map_or(0, |weigh| weigh(&request));
         let (reply, rx) = oneshot::channel();
         let item = Item {

@@ -205,6 +205,25 @@ async fn a_full_queue_is_pending_readiness_until_the_flush() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_without_poll_ready_fails_and_queues_nothing() {
+    let layer = BatchLayer::new(1, Duration::from_millis(10)).queue_capacity(1);
+    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
+    handle.allow(10);
+    let mut svc = mock::Spawn::new(layer.layer(inner));
+    let err = svc.call(msg(1)).await.unwrap_err();
+    crate::error::assert_called_before_ready(&err, "batch");
+    let_worker_run().await;
+    assert!(handle.poll_request().is_pending(), "nothing was queued");
+    // The only slot is still free: the batch works as usual.
+    assert_ready_ok!(svc.poll_ready());
+    let a = tokio::spawn(svc.call(msg(2)));
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(batch.len(), 1);
+    reply.send_response(ok_for(&batch));
+    assert_eq!(a.await.expect("join").expect("ok"), receipt(2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn clones_do_not_copy_readiness() {
     let layer = BatchLayer::new(5, Duration::from_millis(10)).queue_capacity(1);
     let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();

@@ -13,10 +13,14 @@ use super::error::CircuitOpen;
 use super::state::Core;
 use super::window::{FAILED, RECORDED, SLOW};
 use crate::classify::ClassifyOutcome;
+use crate::error::CalledBeforeReady;
+
+/// The layer's name on [`CalledBeforeReady`].
+const LAYER: &str = "circuit_breaker";
 
 pin_project! {
     /// The inner response, recorded in the breaker's window when it completes; or the
-    /// [`CircuitOpen`] rejection.
+    /// [`CircuitOpen`] rejection, or [`CalledBeforeReady`].
     #[derive(Debug)]
     pub struct ResponseFuture<F, C> {
         #[pin]
@@ -32,6 +36,7 @@ pin_project! {
     enum Kind<F> {
         Called { #[pin] future: F },
         Rejected { error: Option<CircuitOpen> },
+        NotReady { error: Option<CalledBeforeReady> },
     }
 }
 
@@ -49,6 +54,17 @@ impl<F, C> ResponseFuture<F, C> {
     pub(super) fn rejected(error: CircuitOpen, classifier: C) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { error: Some(error) },
+            recorder: None,
+            classifier,
+        }
+    }
+
+    /// A call made without a ready `poll_ready`.
+    pub(super) fn not_ready(classifier: C) -> Self {
+        ResponseFuture {
+            kind: Kind::NotReady {
+                error: Some(CalledBeforeReady::new(LAYER)),
+            },
             recorder: None,
             classifier,
         }
@@ -77,6 +93,10 @@ where
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { error } => Poll::Ready(Err(match error.take() {
+                Some(error) => error.into(),
+                None => "circuit breaker response polled after completion".into(),
+            })),
+            KindProj::NotReady { error } => Poll::Ready(Err(match error.take() {
                 Some(error) => error.into(),
                 None => "circuit breaker response polled after completion".into(),
             })),

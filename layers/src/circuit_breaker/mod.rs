@@ -364,6 +364,10 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    /// Calling without a ready `poll_ready` resolves to [`CalledBeforeReady`] instead of
+    /// panicking; such a call is not recorded.
+    ///
+    /// [`CalledBeforeReady`]: crate::error::CalledBeforeReady
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let recorder = match std::mem::replace(&mut self.reservation, Reservation::None) {
@@ -373,7 +377,7 @@ where
                 self.core.count_outcome(4);
                 return ResponseFuture::rejected(error, self.classifier.clone());
             }
-            Reservation::None => panic!("poll_ready must be called first"),
+            Reservation::None => return ResponseFuture::not_ready(self.classifier.clone()),
         };
         if self.core.config.slow_duration.is_some() {
             return self.call_timed(request, recorder);

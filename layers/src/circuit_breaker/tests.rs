@@ -404,6 +404,34 @@ async fn counts_calls_by_outcome_when_asked() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_without_poll_ready_fails_and_is_not_recorded() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let layer = small().count_calls(true).label("destination", "d");
+    let (mut svc, mut mock) = service(&layer);
+    let err = svc.call("m").await.unwrap_err();
+    crate::error::assert_called_before_ready(&err, "circuit_breaker");
+    assert!(
+        mock.poll_request().is_pending(),
+        "the inner service was not called"
+    );
+    // The breaker works as usual afterwards, and counted only the call it made.
+    call(&mut svc, &mut mock, Outcome::Ok).await.unwrap();
+    let recorded = recorded::Recorded::take(&snapshotter);
+    let count = |outcome| {
+        recorded.counter(
+            "messaging_circuit_calls_total",
+            &[("destination", "d"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        (count("success"), count("permanent"), count("rejected")),
+        (1, 0, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn clones_share_the_circuit_but_not_readiness() {
     let layer = small().half_open_calls(1);
     let handle = layer.handle();

@@ -15,9 +15,13 @@ use tower_service::Service;
 
 use super::error::RateLimited;
 use super::KeyedLimiter;
+use crate::error::CalledBeforeReady;
+
+/// The layer's name on [`CalledBeforeReady`].
+const LAYER: &str = "rate_limit";
 
 pin_project! {
-    /// The inner response, or the [`RateLimited`] rejection.
+    /// The inner response, the [`RateLimited`] rejection, or [`CalledBeforeReady`].
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -31,6 +35,7 @@ pin_project! {
     enum Kind<F> {
         Called { #[pin] future: F },
         Rejected { error: Option<RateLimited> },
+        NotReady { error: Option<CalledBeforeReady> },
     }
 }
 
@@ -48,6 +53,15 @@ impl<F> ResponseFuture<F> {
             kind: Kind::Rejected { error: Some(error) },
         }
     }
+
+    /// A call made without a ready `poll_ready`.
+    pub(super) fn not_ready() -> Self {
+        ResponseFuture {
+            kind: Kind::NotReady {
+                error: Some(CalledBeforeReady::new(LAYER)),
+            },
+        }
+    }
 }
 
 impl<F, T, E> Future for ResponseFuture<F>
@@ -61,6 +75,10 @@ where
         match self.project().kind.project() {
             KindProj::Called { future } => future.poll(cx).map_err(Into::into),
             KindProj::Rejected { error } => Poll::Ready(Err(match error.take() {
+                Some(error) => error.into(),
+                None => "rate limit response polled after completion".into(),
+            })),
+            KindProj::NotReady { error } => Poll::Ready(Err(match error.take() {
                 Some(error) => error.into(),
                 None => "rate limit response polled after completion".into(),
             })),

@@ -184,11 +184,15 @@ where
         }
     }
 
+    /// Calling without a ready `poll_ready` resolves to [`CalledBeforeReady`] instead of
+    /// panicking.
+    ///
+    /// [`CalledBeforeReady`]: crate::error::CalledBeforeReady
     fn call(&mut self, request: Req) -> Self::Future {
         match std::mem::replace(&mut self.reservation, Reservation::None) {
             Reservation::Cell => ResponseFuture::call(|| self.inner.call(request)),
             Reservation::Rejected(error) => ResponseFuture::rejected(error),
-            Reservation::None => panic!("poll_ready must be called first"),
+            Reservation::None => ResponseFuture::not_ready(),
         }
     }
 }

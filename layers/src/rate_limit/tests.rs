@@ -73,6 +73,25 @@ async fn reject_mode_fails_the_call_with_the_wait() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_without_poll_ready_fails_and_takes_no_cell() {
+    let (inner, mut handle) = pair();
+    let mut svc = mock::Spawn::new(RateLimitLayer::per_second(1).burst(1).layer(inner));
+    let err = svc.call("a").await.unwrap_err();
+    crate::error::assert_called_before_ready(&err, "rate_limit");
+    assert!(
+        handle.poll_request().is_pending(),
+        "the inner service was not called"
+    );
+    // The only cell is still there: the service works as usual.
+    assert_ready_ok!(svc.poll_ready());
+    let response = svc.call("b");
+    let (request, send) = handle.next_request().await.unwrap();
+    assert_eq!(request, "b");
+    send.send_response("ok");
+    assert_eq!(response.await.unwrap(), "ok");
+}
+
+#[tokio::test(start_paused = true)]
 async fn clones_share_the_limit_but_not_the_reserved_cell() {
     let (inner, _handle) = pair();
     let mut svc = mock::Spawn::new(RateLimitLayer::per_second(1).layer(inner));

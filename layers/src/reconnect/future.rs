@@ -10,26 +10,52 @@ use pin_project_lite::pin_project;
 use tower_mq_core::BoxError;
 
 use super::error::ConnectionLost;
+use crate::error::CalledBeforeReady;
+
+/// The layer's name on [`CalledBeforeReady`].
+const LAYER: &str = "reconnect";
 
 pin_project! {
     /// The inner response; a connection-level failure marks the connection for
-    /// rebuilding and reaches the caller as [`ConnectionLost`].
+    /// rebuilding and reaches the caller as [`ConnectionLost`]. Or
+    /// [`CalledBeforeReady`].
     #[derive(Debug)]
     pub struct ResponseFuture<F, P> {
         #[pin]
-        future: F,
+        kind: Kind<F>,
         lost: Arc<AtomicU64>,
         connection: u64,
         is_lost: P,
     }
 }
 
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F> {
+        Called { #[pin] future: F },
+        NotReady { error: Option<CalledBeforeReady> },
+    }
+}
+
 impl<F, P> ResponseFuture<F, P> {
     pub(super) fn new(future: F, lost: Arc<AtomicU64>, connection: u64, is_lost: P) -> Self {
         ResponseFuture {
-            future,
+            kind: Kind::Called { future },
             lost,
             connection,
+            is_lost,
+        }
+    }
+
+    /// A call made without a ready `poll_ready`: it marks no connection.
+    pub(super) fn not_ready(lost: Arc<AtomicU64>, is_lost: P) -> Self {
+        ResponseFuture {
+            kind: Kind::NotReady {
+                error: Some(CalledBeforeReady::new(LAYER)),
+            },
+            lost,
+            connection: 0,
             is_lost,
         }
     }
@@ -45,7 +71,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match ready!(this.future.poll(cx)) {
+        let future = match this.kind.project() {
+            KindProj::Called { future } => future,
+            KindProj::NotReady { error } => {
+                return Poll::Ready(Err(match error.take() {
+                    Some(error) => error.into(),
+                    None => "reconnect response polled after completion".into(),
+                }))
+            }
+        };
+        match ready!(future.poll(cx)) {
             Ok(response) => Poll::Ready(Ok(response)),
             Err(error) => {
                 let error: BoxError = error.into();

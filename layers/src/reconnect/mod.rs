@@ -288,6 +288,10 @@ where
         }
     }
 
+    /// Calling without a ready `poll_ready` resolves to [`CalledBeforeReady`] instead of
+    /// panicking.
+    ///
+    /// [`CalledBeforeReady`]: crate::error::CalledBeforeReady
     fn call(&mut self, request: Req) -> Self::Future {
         match &mut self.state {
             State::Connected(service) => ResponseFuture::new(
@@ -296,7 +300,7 @@ where
                 self.connection,
                 self.is_lost.clone(),
             ),
-            _ => panic!("poll_ready must be called first"),
+            _ => ResponseFuture::not_ready(self.lost.clone(), self.is_lost.clone()),
         }
     }
 }

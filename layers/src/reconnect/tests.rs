@@ -64,6 +64,23 @@ async fn connects_on_first_use_and_forwards_calls() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_without_poll_ready_fails_before_the_first_connection() {
+    let (mut svc, mut maker) = reconnect(backoff());
+    let err = svc.call("m").await.unwrap_err();
+    crate::error::assert_called_before_ready(&err, "reconnect");
+    assert!(maker.poll_request().is_pending(), "no connect attempt yet");
+    // The service connects and works as usual afterwards.
+    assert_pending!(svc.poll_ready());
+    let mut inner = accept(&mut maker).await;
+    assert_ready_ok!(svc.poll_ready());
+    let mut response = tokio_test::task::spawn(svc.call("m"));
+    let (request, send) = inner.next_request().await.unwrap();
+    assert_eq!(request, "m");
+    send.send_response("ok");
+    assert_eq!(assert_ready_ok!(response.poll()), "ok");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_connect_is_retried_after_the_backoff() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
