@@ -259,25 +259,21 @@ pub const BATCH: usize = 100;
 /// that the runner's box holds the call's future once (an `async` block awaiting it
 /// would hold it twice, and allocate twice its size per message).
 trait MapOkDrop: TryFuture + Sized {
-    fn map_ok_drop(
-        self,
-    ) -> futures_util::future::MapErr<
-        futures_util::future::MapOk<Self, fn(Self::Ok)>,
-        fn(Self::Error) -> BoxError,
-    >;
+    fn map_ok_drop(self) -> OkDropped<Self>;
 }
+
+/// What [`MapOkDrop::map_ok_drop`] makes of `F`.
+type OkDropped<F> = futures_util::future::MapErr<
+    futures_util::future::MapOk<F, fn(<F as TryFuture>::Ok)>,
+    fn(<F as TryFuture>::Error) -> BoxError,
+>;
 
 impl<F> MapOkDrop for F
 where
     F: TryFuture,
     F::Error: Into<BoxError>,
 {
-    fn map_ok_drop(
-        self,
-    ) -> futures_util::future::MapErr<
-        futures_util::future::MapOk<Self, fn(Self::Ok)>,
-        fn(Self::Error) -> BoxError,
-    > {
+    fn map_ok_drop(self) -> OkDropped<Self> {
         self.map_ok(drop as fn(F::Ok))
             .map_err(Into::into as fn(F::Error) -> BoxError)
     }
