@@ -203,11 +203,11 @@ impl Service<Message> for Publisher {
     /// Calling without a ready `poll_ready` resolves to a permanent
     /// [`Error::called_before_ready`] instead of panicking.
     fn call(&mut self, message: Message) -> ResponseFuture {
-        let destination = message.destination().to_owned();
+        let destination = message.shared_destination();
         if !std::mem::take(&mut self.reserved) {
             return ResponseFuture::failed(
                 Error::called_before_ready(BROKER, Operation::Publish)
-                    .with_destination(destination),
+                    .with_destination(&*destination),
             );
         }
         let slot = Slot(self.handle.direct.clone());
@@ -222,7 +222,7 @@ impl Service<Message> for Publisher {
             Ok(Err(_)) => {
                 return ResponseFuture::failed(
                     Error::permanent(BROKER, Operation::Publish)
-                        .with_destination(destination)
+                        .with_destination(&*destination)
                         .with_reason("a message needs at least one frame"),
                 )
             }
@@ -263,7 +263,7 @@ async fn send(
     slot: Slot,
     mut message: ZmqMessage,
     need_peer: bool,
-    destination: String,
+    destination: Arc<str>,
 ) -> Result<Receipt, Error> {
     let direct = &slot.0;
     loop {
@@ -279,7 +279,7 @@ async fn send(
                 }
                 if peers.wait_for(|n| *n > 0).await.is_err() {
                     return Err(Error::transient(BROKER, Operation::Publish)
-                        .with_destination(destination)
+                        .with_destination(&*destination)
                         .with_reason("the socket task stopped before sending"));
                 }
             }

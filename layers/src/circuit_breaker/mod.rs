@@ -188,9 +188,10 @@ enum Reservation {
     None,
     /// Closed (or disabled): admitted under this state word.
     Admitted(u64),
-    /// A half-open trial permit, given back if never used.
-    Probe(Recorder),
-    Rejected(CircuitOpen),
+    /// A half-open trial permit, given back if never used. Boxed, as the rejection:
+    /// both are rare, and the service, cloned per call, stays small.
+    Probe(Box<Recorder>),
+    Rejected(Box<CircuitOpen>),
 }
 
 /// Guards an inner service with a circuit breaker. See the [module docs](self).
@@ -275,7 +276,7 @@ impl<S, C> CircuitBreaker<S, C> {
             match state {
                 CircuitState::HalfOpen if self.core.try_take_probe(word) => {
                     self.reservation =
-                        Reservation::Probe(Recorder::new(self.core.clone(), word, true));
+                        Reservation::Probe(Box::new(Recorder::new(self.core.clone(), word, true)));
                     return Poll::Ready(());
                 }
                 CircuitState::Open if self.core.open_remaining().is_zero() => {
@@ -286,11 +287,11 @@ impl<S, C> CircuitBreaker<S, C> {
             }
             if !self.core.config.wait_mode {
                 let retry_after = (state == CircuitState::Open).then(|| self.core.open_remaining());
-                self.reservation = Reservation::Rejected(CircuitOpen::new(
+                self.reservation = Reservation::Rejected(Box::new(CircuitOpen::new(
                     state,
                     retry_after,
                     self.core.config.half_open_calls,
-                ));
+                )));
                 return Poll::Ready(());
             }
             self.core.register(cx.waker());
@@ -372,10 +373,10 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let recorder = match std::mem::replace(&mut self.reservation, Reservation::None) {
             Reservation::Admitted(word) => Recorder::new(self.core.clone(), word, false),
-            Reservation::Probe(recorder) => recorder,
+            Reservation::Probe(recorder) => *recorder,
             Reservation::Rejected(error) => {
                 self.core.count_outcome(4);
-                return ResponseFuture::rejected(error, self.classifier.clone());
+                return ResponseFuture::rejected(*error, self.classifier.clone());
             }
             Reservation::None => return ResponseFuture::not_ready(self.classifier.clone()),
         };
