@@ -786,7 +786,17 @@ impl Fixture for Nats {
                 Client::Bare => {
                     let client = async_nats::connect(&url).await?;
                     let mut subscription = client.subscribe(subject.clone()).await?;
-                    client.flush().await?;
+                    // The subscription is on its own connection: only a message that
+                    // comes back through the server shows the server has it (a flush
+                    // only writes it to the socket, and a publish on the other
+                    // connection could overtake it).
+                    let probe = format!("{subject}.probe");
+                    let mut probed = client.subscribe(probe.clone()).await?;
+                    client.publish(probe, Bytes::new()).await?;
+                    tokio::time::timeout(Duration::from_secs(5), probed.next())
+                        .await
+                        .map_err(|_| "the NATS server never echoed the subscriber's probe")?
+                        .ok_or("the probe subscription closed")?;
                     receive_with(move |tracker| async move {
                         let _client = client;
                         while !tracker.complete() {
