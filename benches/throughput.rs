@@ -117,7 +117,7 @@ impl Settings {
         Settings {
             messages,
             large_messages: number("TOWER_MQ_BENCH_LARGE_MESSAGES", (messages / 10).max(1)).max(1),
-            latency_seconds: number("TOWER_MQ_BENCH_LATENCY_SECONDS", 1.0f64).max(0.01),
+            latency_seconds: number("TOWER_MQ_BENCH_LATENCY_SECONDS", 3.0f64).max(0.01),
             // cargo bench passes `--bench`; anything else not starting with `-` filters.
             filters: std::env::args()
                 .skip(1)
