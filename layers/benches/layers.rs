@@ -162,24 +162,13 @@ fn high_rate() -> RateLimitLayer {
     RateLimitLayer::per_second(1_000_000_000)
 }
 
-fn bench_one<S, R, E>(c: &mut Criterion, group: &str, id: &str, mut service: S)
+fn bench_one<S, R, E>(c: &mut Criterion, group: &str, id: &str, service: S)
 where
     S: Service<Message, Response = R, Error = E>,
 {
-    let rt = runtime();
-    let _enter = rt.enter();
-    let msg = message();
-    let mut group = c.benchmark_group(group);
-    group.bench_function(id, |b| {
-        b.iter_custom(|iters| {
-            let start = ThreadTime::now();
-            for _ in 0..iters {
-                black_box(ready_call(&mut service, black_box(msg.clone())));
-            }
-            start.elapsed()
-        })
+    bench_calls(c, group, id, service, |service, msg| {
+        ready_call(service, msg)
     });
-    group.finish();
 }
 
 /// A clone of `service` per call, as `service.clone().oneshot(message)` does (the
@@ -189,6 +178,19 @@ fn bench_cloned<S, R, E>(c: &mut Criterion, group: &str, id: &str, service: S)
 where
     S: Service<Message, Response = R, Error = E> + Clone,
 {
+    bench_calls(c, group, id, service, |service, msg| {
+        ready_call(&mut service.clone(), msg)
+    });
+}
+
+/// Times `call` on `service`, one message per iteration, on this thread's CPU clock.
+fn bench_calls<S, T>(
+    c: &mut Criterion,
+    group: &str,
+    id: &str,
+    mut service: S,
+    mut call: impl FnMut(&mut S, Message) -> T,
+) {
     let rt = runtime();
     let _enter = rt.enter();
     let msg = message();
@@ -197,7 +199,7 @@ where
         b.iter_custom(|iters| {
             let start = ThreadTime::now();
             for _ in 0..iters {
-                black_box(ready_call(&mut service.clone(), black_box(msg.clone())));
+                black_box(call(&mut service, black_box(msg.clone())));
             }
             start.elapsed()
         })
