@@ -1201,11 +1201,12 @@ mod tests {
     }
 
     fn assert_called_before_ready(err: &Error, broker: &str) {
-        assert_eq!(err.broker(), broker);
-        assert_eq!(err.kind(), ErrorKind::Permanent);
-        assert_eq!(err.code(), Some(tower_mq_core::Code::Invalid));
-        assert_eq!(err.destination(), Some("orders"));
-        assert!(err.to_string().contains("poll_ready"), "{err}");
+        crate::test_support::assert_called_before_ready(
+            err,
+            broker,
+            Operation::Publish,
+            Some("orders"),
+        );
     }
 
     #[tokio::test(start_paused = true)]

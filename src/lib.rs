@@ -143,6 +143,8 @@ mod redact;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod serve;
+#[cfg(test)]
+mod test_support;
 pub mod wire;
 #[cfg(feature = "zeromq")]
 pub mod zeromq;

@@ -304,11 +304,7 @@ async fn a_call_without_poll_ready_fails_permanently_and_stores_nothing() {
     let broker = Broker::builder().capacity(1).build();
     let mut publisher = broker.publisher();
     let err = publisher.call(Message::new("t", "x")).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Permanent);
-    assert_eq!(err.code(), Some(tower_mq_core::Code::Invalid));
-    assert_eq!(err.operation(), Operation::Publish);
-    assert_eq!(err.destination(), Some("t"));
-    assert!(err.to_string().contains("poll_ready"), "{err}");
+    crate::test_support::assert_called_before_ready(&err, "memory", Operation::Publish, Some("t"));
     assert_eq!(broker.held(), 0);
     // The publisher works as usual afterwards, and took no room.
     let receipt = publisher

@@ -811,7 +811,6 @@ mod tests {
     use super::*;
     use tokio_test::{assert_pending, assert_ready_err, task};
     use tower::Service;
-    use tower_mq_core::{Code, ErrorKind};
 
     use crate::message::Message;
 
@@ -836,12 +835,7 @@ mod tests {
     }
 
     fn assert_called_before_ready(err: &Error, operation: Operation, destination: Option<&str>) {
-        assert_eq!(err.broker(), BROKER);
-        assert_eq!(err.operation(), operation);
-        assert_eq!(err.kind(), ErrorKind::Permanent);
-        assert_eq!(err.code(), Some(Code::Invalid));
-        assert_eq!(err.destination(), destination);
-        assert!(err.to_string().contains("poll_ready"), "{err}");
+        crate::test_support::assert_called_before_ready(err, BROKER, operation, destination);
     }
 
     #[tokio::test]

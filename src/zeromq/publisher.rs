@@ -370,7 +370,6 @@ impl fmt::Debug for ResponseFuture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Code, ErrorKind};
     use tower::ServiceExt;
 
     #[tokio::test]
@@ -382,11 +381,12 @@ mod tests {
             .call(Message::new("orders", "x"))
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Permanent);
-        assert_eq!(err.code(), Some(Code::Invalid));
-        assert_eq!(err.operation(), Operation::Publish);
-        assert_eq!(err.destination(), Some("orders"));
-        assert!(err.to_string().contains("poll_ready"), "{err}");
+        crate::test_support::assert_called_before_ready(
+            &err,
+            BROKER,
+            Operation::Publish,
+            Some("orders"),
+        );
         let receipt = publisher
             .ready()
             .await

@@ -372,15 +372,10 @@ impl fmt::Debug for Requester {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
     use tower::ServiceExt;
 
     fn assert_called_before_ready(err: &Error, operation: Operation, destination: &str) {
-        assert_eq!(err.kind(), ErrorKind::Permanent);
-        assert_eq!(err.code(), Some(Code::Invalid));
-        assert_eq!(err.operation(), operation);
-        assert_eq!(err.destination(), Some(destination));
-        assert!(err.to_string().contains("poll_ready"), "{err}");
+        crate::test_support::assert_called_before_ready(err, BROKER, operation, Some(destination));
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics_util::debugging::DebuggingRecorder;
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::Layer;
 use tower_mq_core::{BoxError, Error, Operation, Permanent};
@@ -389,18 +389,23 @@ async fn counts_calls_by_outcome_when_asked() {
         .unwrap_err();
     layer.handle().force_open();
     call(&mut svc, &mut mock, Outcome::Ok).await.unwrap_err();
-    let recorded = recorded::Recorded::take(&snapshotter);
-    let count = |outcome| {
-        recorded.counter(
-            "messaging_circuit_calls_total",
-            &[("destination", "d"), ("outcome", outcome)],
-        )
-    };
+    let count = calls_counted(&snapshotter);
     assert_eq!(
         (count("success"), count("permanent"), count("rejected")),
         (1, 1, 1)
     );
     assert_eq!(count("failure"), 0);
+}
+
+/// `messaging_circuit_calls_total` of destination `d`, by outcome, as recorded so far.
+fn calls_counted(snapshotter: &Snapshotter) -> impl Fn(&str) -> u64 {
+    let recorded = recorded::Recorded::take(snapshotter);
+    move |outcome| {
+        recorded.counter(
+            "messaging_circuit_calls_total",
+            &[("destination", "d"), ("outcome", outcome)],
+        )
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -418,13 +423,7 @@ async fn a_call_without_poll_ready_fails_and_is_not_recorded() {
     );
     // The breaker works as usual afterwards, and counted only the call it made.
     call(&mut svc, &mut mock, Outcome::Ok).await.unwrap();
-    let recorded = recorded::Recorded::take(&snapshotter);
-    let count = |outcome| {
-        recorded.counter(
-            "messaging_circuit_calls_total",
-            &[("destination", "d"), ("outcome", outcome)],
-        )
-    };
+    let count = calls_counted(&snapshotter);
     assert_eq!(
         (count("success"), count("permanent"), count("rejected")),
         (1, 0, 0)

@@ -39,20 +39,28 @@ async fn accept(maker: &mut MakerHandle) -> InnerHandle {
     handle
 }
 
-#[tokio::test(start_paused = true)]
-async fn connects_on_first_use_and_forwards_calls() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _guard = metrics::set_default_local_recorder(&recorder);
-    let (mut svc, mut maker) = reconnect(backoff());
+/// The first connection: `svc` waits for it, then forwards a call through it.
+async fn connects_and_forwards(
+    svc: &mut mock::Spawn<Reconnect<Maker, &'static str>>,
+    maker: &mut MakerHandle,
+) {
     assert_pending!(svc.poll_ready());
-    let mut inner = accept(&mut maker).await;
+    let mut inner = accept(maker).await;
     assert_ready_ok!(svc.poll_ready());
     let mut response = tokio_test::task::spawn(svc.call("m"));
     let (request, send) = inner.next_request().await.unwrap();
     assert_eq!(request, "m");
     send.send_response("ok");
     assert_eq!(assert_ready_ok!(response.poll()), "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connects_on_first_use_and_forwards_calls() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let (mut svc, mut maker) = reconnect(backoff());
+    connects_and_forwards(&mut svc, &mut maker).await;
     let recorded = Recorded::take(&snapshotter);
     let count = |outcome| {
         recorded.counter(
@@ -70,14 +78,7 @@ async fn a_call_without_poll_ready_fails_before_the_first_connection() {
     crate::error::assert_called_before_ready(&err, "reconnect");
     assert!(maker.poll_request().is_pending(), "no connect attempt yet");
     // The service connects and works as usual afterwards.
-    assert_pending!(svc.poll_ready());
-    let mut inner = accept(&mut maker).await;
-    assert_ready_ok!(svc.poll_ready());
-    let mut response = tokio_test::task::spawn(svc.call("m"));
-    let (request, send) = inner.next_request().await.unwrap();
-    assert_eq!(request, "m");
-    send.send_response("ok");
-    assert_eq!(assert_ready_ok!(response.poll()), "ok");
+    connects_and_forwards(&mut svc, &mut maker).await;
 }
 
 #[tokio::test(start_paused = true)]
