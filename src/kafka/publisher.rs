@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -81,12 +83,19 @@ impl Publisher {
     /// A publisher for `config`, once the cluster answered a metadata request (within
     /// [`Config::operation_timeout`]): a cluster that cannot be reached fails here
     /// with a transient error instead of at the first publish.
+    ///
+    /// The request goes out on a client of its own: librdkafka's producer, asked for
+    /// every topic's metadata, held its first messages to a topic for about half a
+    /// second (a second at the most) before sending them.
     pub async fn connect(config: &Config) -> Result<Self, Error> {
         let publisher = Publisher::new(config)?;
-        let producer = publisher.producer.clone();
+        let probe: AdminClient<DefaultClientContext> = config
+            .admin_config()
+            .create()
+            .map_err(|e| from_kafka(Operation::Connect, Some(config.bootstrap_servers()), e))?;
         let timeout = publisher.shared.operation_timeout;
         tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, timeout).map(|_| ())
+            probe.inner().fetch_metadata(None, timeout).map(|_| ())
         })
         .await
         .map_err(|e| Error::transient(BROKER, Operation::Connect).with_source(e))?
