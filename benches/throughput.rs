@@ -33,9 +33,9 @@
 //! Environment: `TOWER_MQ_BENCH_MESSAGES` (per measurement, 100-byte payloads; 20,000),
 //! `TOWER_MQ_BENCH_LARGE_MESSAGES` (10 KiB payloads; a tenth of the former),
 //! `TOWER_MQ_BENCH_LATENCY_SECONDS` (how long each latency mode publishes; 3: at 100
-//! messages a second a shorter run has too few samples for a steady p50, and on Kafka
-//! tower-mq's first messages wait about half a second, which a short run's p50
-//! shows), and the brokers' addresses as the tests read them (`scripts/brokers env`).
+//! messages a second a shorter run has too few samples for a steady p50, and weighs
+//! whatever the first messages wait), and the brokers' addresses as the tests read
+//! them (`scripts/brokers env`).
 //!
 //! Output (`TOWER_MQ_BENCH_OUT` moves it): `target/bench/throughput.json`, a table on stdout (with each row's ratio to
 //! `bare`), progress on stderr and a bar chart in `target/bench/throughput.svg`.
