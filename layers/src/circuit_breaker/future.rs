@@ -35,8 +35,9 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<F> {
         Called { #[pin] future: F },
-        Rejected { error: Option<CircuitOpen> },
-        NotReady { error: Option<CalledBeforeReady> },
+        // A rejection or a call without a ready `poll_ready`, boxed as the caller
+        // gets it.
+        Refused { error: Option<BoxError> },
     }
 }
 
@@ -53,7 +54,9 @@ impl<F, C> ResponseFuture<F, C> {
 
     pub(super) fn rejected(error: CircuitOpen, classifier: C) -> Self {
         ResponseFuture {
-            kind: Kind::Rejected { error: Some(error) },
+            kind: Kind::Refused {
+                error: Some(error.into()),
+            },
             recorder: None,
             classifier,
         }
@@ -62,8 +65,8 @@ impl<F, C> ResponseFuture<F, C> {
     /// A call made without a ready `poll_ready`.
     pub(super) fn not_ready(classifier: C) -> Self {
         ResponseFuture {
-            kind: Kind::NotReady {
-                error: Some(CalledBeforeReady::new(LAYER)),
+            kind: Kind::Refused {
+                error: Some(CalledBeforeReady::new(LAYER).into()),
             },
             recorder: None,
             classifier,
@@ -92,14 +95,9 @@ where
                 *this.recorder = None;
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { error } => Poll::Ready(Err(match error.take() {
-                Some(error) => error.into(),
-                None => "circuit breaker response polled after completion".into(),
-            })),
-            KindProj::NotReady { error } => Poll::Ready(Err(match error.take() {
-                Some(error) => error.into(),
-                None => "circuit breaker response polled after completion".into(),
-            })),
+            KindProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "circuit breaker response polled after completion".into()))),
         }
     }
 }

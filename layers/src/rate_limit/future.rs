@@ -34,8 +34,9 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<F> {
         Called { #[pin] future: F },
-        Rejected { error: Option<RateLimited> },
-        NotReady { error: Option<CalledBeforeReady> },
+        // A rejection or a call without a ready `poll_ready`, boxed as the caller
+        // gets it.
+        Refused { error: Option<BoxError> },
     }
 }
 
@@ -50,15 +51,17 @@ impl<F> ResponseFuture<F> {
 
     pub(super) fn rejected(error: RateLimited) -> Self {
         ResponseFuture {
-            kind: Kind::Rejected { error: Some(error) },
+            kind: Kind::Refused {
+                error: Some(error.into()),
+            },
         }
     }
 
     /// A call made without a ready `poll_ready`.
     pub(super) fn not_ready() -> Self {
         ResponseFuture {
-            kind: Kind::NotReady {
-                error: Some(CalledBeforeReady::new(LAYER)),
+            kind: Kind::Refused {
+                error: Some(CalledBeforeReady::new(LAYER).into()),
             },
         }
     }
@@ -74,14 +77,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Rejected { error } => Poll::Ready(Err(match error.take() {
-                Some(error) => error.into(),
-                None => "rate limit response polled after completion".into(),
-            })),
-            KindProj::NotReady { error } => Poll::Ready(Err(match error.take() {
-                Some(error) => error.into(),
-                None => "rate limit response polled after completion".into(),
-            })),
+            KindProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "rate limit response polled after completion".into()))),
         }
     }
 }
