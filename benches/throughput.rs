@@ -20,7 +20,7 @@
 //! - `publish_seq`: one publish at a time, each awaiting its receipt;
 //! - `publish_conc`: 100 publishes in flight;
 //! - `publish_batch`: batches of 100 through the client's own batch path (`bare`), or
-//!   the batch layer with 200 in flight (`batched`);
+//!   the batch layer with 500 in flight and 4 batches handed over at once (`batched`);
 //! - `e2e`: 100 publishes in flight while the same client consumes and acks; the time
 //!   runs until the last ack;
 //! - `latency_100`, `latency_1000`: publishes at a fixed rate (100/s, 1,000/s); the
@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use futures_util::{StreamExt, TryStreamExt};
 use tower::BoxError;
 
-use lane::{payload, Client, Fixture, Lane, Tracker, BATCH};
+use lane::{payload, Client, Fixture, Lane, Tracker, BATCH, BATCHES_IN_FLIGHT};
 use report::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,7 +389,8 @@ async fn measure(
                 _ if client == Client::Batched => {
                     futures_util::stream::iter(0..messages)
                         .map(|id| publish(payload(id, payload_bytes)))
-                        .buffer_unordered(2 * BATCH)
+                        // Enough callers for every batch in flight and the next.
+                        .buffer_unordered((BATCHES_IN_FLIGHT + 1) * BATCH)
                         .try_for_each(|()| async { Ok(()) })
                         .await
                 }

@@ -237,7 +237,8 @@ where
     Box::new(move |body| Box::pin(stack.clone().oneshot(message(body)).map_ok_drop()))
 }
 
-/// `BatchLayer` over a native batch publisher: 100 messages or 1 ms, whichever first.
+/// `BatchLayer` over a native batch publisher: 100 messages or 1 ms, whichever first,
+/// [`BATCHES_IN_FLIGHT`] batches handed to the publisher at once.
 pub fn batched_publish<S, F>(batch_publisher: S, message: F) -> Publish
 where
     S: Service<Vec<Message>, Response = Vec<Result<Receipt, Error>>, Error = Error>
@@ -247,13 +248,17 @@ where
     F: Fn(Bytes) -> Message + Send + 'static,
 {
     let batch = ServiceBuilder::new()
-        .layer(BatchLayer::new(BATCH, Duration::from_millis(1)))
+        .layer(BatchLayer::new(BATCH, Duration::from_millis(1)).max_in_flight(BATCHES_IN_FLIGHT))
         .service(batch_publisher);
     Box::new(move |body| Box::pin(batch.clone().oneshot(message(body)).map_ok_drop()))
 }
 
 /// How many messages a batch holds, in `publish_batch`.
 pub const BATCH: usize = 100;
+
+/// How many batches the batched client has in flight at once: a batch that waits for
+/// a round trip (a confirmation, a stream's acks) leaves the connection idle otherwise.
+pub const BATCHES_IN_FLIGHT: usize = 4;
 
 /// A call's future with its response dropped and its error boxed: a combinator, so
 /// that the runner's box holds the call's future once (an `async` block awaiting it

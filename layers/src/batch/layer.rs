@@ -14,6 +14,7 @@ pub struct BatchLayer<Req> {
     max_latency: Duration,
     max_bytes: Option<(usize, Weigher<Req>)>,
     queue_capacity: Option<usize>,
+    max_in_flight: usize,
     _request: PhantomData<fn(Req)>,
 }
 
@@ -26,6 +27,7 @@ impl<Req> BatchLayer<Req> {
             max_latency,
             max_bytes: None,
             queue_capacity: None,
+            max_in_flight: 1,
             _request: PhantomData,
         }
     }
@@ -41,10 +43,20 @@ impl<Req> BatchLayer<Req> {
         self
     }
 
-    /// Bounds how many requests may be queued or in flight (default: twice
-    /// `max_items`); beyond it `poll_ready` is `Pending`.
+    /// Bounds how many requests may be queued or in flight (default: `max_items`
+    /// times one more than [`max_in_flight`](Self::max_in_flight)); beyond it
+    /// `poll_ready` is `Pending`.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = Some(capacity.max(1));
+        self
+    }
+
+    /// How many batches may be handed to the inner service before the first has
+    /// answered (default 1, at least 1). More keeps a broker whose batches wait for a
+    /// round trip busy; the order in which the broker sees concurrent batches is the
+    /// inner service's (see the [module docs](super)).
+    pub fn max_in_flight(mut self, batches: usize) -> Self {
+        self.max_in_flight = batches.max(1);
         self
     }
 
@@ -55,8 +67,12 @@ impl<Req> BatchLayer<Req> {
             max_bytes: self.max_bytes,
             queue_capacity: self
                 .queue_capacity
-                .unwrap_or_else(|| self.max_items.saturating_mul(2))
+                .unwrap_or_else(|| {
+                    self.max_items
+                        .saturating_mul(self.max_in_flight.saturating_add(1))
+                })
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
+            max_in_flight: self.max_in_flight,
         }
     }
 }
@@ -68,6 +84,7 @@ impl<Req> Clone for BatchLayer<Req> {
             max_latency: self.max_latency,
             max_bytes: self.max_bytes,
             queue_capacity: self.queue_capacity,
+            max_in_flight: self.max_in_flight,
             _request: PhantomData,
         }
     }
@@ -80,6 +97,7 @@ impl<Req> fmt::Debug for BatchLayer<Req> {
             .field("max_latency", &self.max_latency)
             .field("max_bytes", &self.max_bytes.map(|(b, _)| b))
             .field("queue_capacity", &self.limits().queue_capacity)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
     }
 }

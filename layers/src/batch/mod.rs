@@ -15,13 +15,21 @@
 //! `source()` is the inner error (so it classifies as the inner error does). An answer
 //! with too few results fails the missing ones with [`error::MissingResult`].
 //!
-//! One batch is in flight at a time: the worker collects the next while the inner
-//! call runs, and flushes it when that call has answered (if a limit was reached in
-//! the meantime). Put several `Batch`es behind a balancer for more.
+//! Batches in flight: by default one at a time. The worker collects the next batch
+//! while the inner call runs, and hands it over when that call has answered (if a
+//! limit was reached in the meantime), so batches reach the inner service, and the
+//! broker, in the order of the calls. [`BatchLayer::max_in_flight`] lets several
+//! inner calls run at once, which is what a broker with a round trip per batch (a
+//! confirmation, an ack) needs to keep its connection busy: each `call` on the inner
+//! service is still made in order, but whether the broker sees the batches in that
+//! order is up to the inner service (one that sends before its `call` returns keeps
+//! it; one that sends as its future is polled, like the NATS and Redis batch
+//! publishers, promises no order between two batches in flight).
 //!
 //! Backpressure: the queue is bounded ([`BatchLayer::queue_capacity`], by default
-//! twice `max_items`). `poll_ready` reserves a slot (a semaphore permit) and `call`
-//! consumes it; the slot is freed once the request's batch was flushed. With the
+//! `max_items` times one more than `max_in_flight`: the batch being built and those
+//! in flight). `poll_ready` reserves a slot (a semaphore permit) and `call` consumes
+//! it; the slot is freed once the request's batch has answered. With the
 //! queue full, `poll_ready` is `Pending`, so `ConcurrencyLimit`, `LoadShed` and the
 //! serve loop behave as usual. Callers that dropped their future before the flush
 //! are left out of the batch.
@@ -161,6 +169,7 @@ pub(crate) struct Limits<Req> {
     pub(crate) max_latency: Duration,
     pub(crate) max_bytes: Option<(usize, Weigher<Req>)>,
     pub(crate) queue_capacity: usize,
+    pub(crate) max_in_flight: usize,
 }
 
 impl<Req> Clone for Limits<Req> {
@@ -178,6 +187,7 @@ impl<Req> fmt::Debug for Limits<Req> {
             .field("max_latency", &self.max_latency)
             .field("max_bytes", &self.max_bytes.map(|(b, _)| b))
             .field("queue_capacity", &self.queue_capacity)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
     }
 }

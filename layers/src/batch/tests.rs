@@ -351,3 +351,120 @@ async fn absurd_limits_do_not_panic() {
         caller.await.expect("join").expect("ok");
     }
 }
+
+fn payloads(batch: &[Message]) -> Vec<u8> {
+    batch.iter().map(|m| m.payload()[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_one_batch_is_in_flight_and_the_next_waits_for_its_answer() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(2, Duration::from_secs(60)));
+    let callers: Vec<_> = (1..=4).map(|n| send(&svc, n)).collect();
+    let (first, first_reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(payloads(&first), [1, 2]);
+    let_worker_run().await;
+    assert!(
+        handle.poll_request().is_pending(),
+        "the second batch waits until the first has answered"
+    );
+    first_reply.send_response(ok_for(&first));
+    let (second, second_reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(payloads(&second), [3, 4]);
+    second_reply.send_response(ok_for(&second));
+    for (n, caller) in (1..=4).zip(callers) {
+        assert_eq!(caller.await.expect("join").expect("ok"), receipt(n));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_batches_in_flight_are_handed_over_in_order_and_answer_as_each_resolves() {
+    let layer = BatchLayer::new(2, Duration::from_secs(60)).max_in_flight(2);
+    let (svc, mut handle) = batch_service(layer);
+    let mut callers: Vec<_> = (1..=6).map(|n| Some(send(&svc, n))).collect();
+    let (first, first_reply) = handle.next_request().await.expect("a batch");
+    let (second, second_reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(
+        (payloads(&first), payloads(&second)),
+        (vec![1, 2], vec![3, 4])
+    );
+    let_worker_run().await;
+    assert!(
+        handle.poll_request().is_pending(),
+        "a third batch waits for a free place"
+    );
+    // The second answers first: its callers do not wait for the first's.
+    second_reply.send_response(ok_for(&second));
+    for n in 3..=4 {
+        let caller = callers[n - 1].take().expect("a caller");
+        assert_eq!(caller.await.expect("join").expect("ok"), receipt(n as u64));
+    }
+    assert!(!callers[0].as_ref().expect("a caller").is_finished());
+    let (third, third_reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(payloads(&third), [5, 6]);
+    first_reply.send_response(ok_for(&first));
+    third_reply.send_response(ok_for(&third));
+    for n in [1, 2, 5, 6] {
+        let caller = callers[n - 1].take().expect("a caller");
+        assert_eq!(caller.await.expect("join").expect("ok"), receipt(n as u64));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_queue_holds_the_batch_being_built_and_those_in_flight() {
+    assert_eq!(
+        BatchLayer::<Message>::new(10, Duration::ZERO)
+            .limits()
+            .queue_capacity,
+        20
+    );
+    let layer = BatchLayer::<Message>::new(10, Duration::ZERO).max_in_flight(3);
+    assert_eq!(layer.limits().queue_capacity, 40);
+    assert_eq!(layer.clone().max_in_flight(0).limits().max_in_flight, 1);
+    assert_eq!(layer.queue_capacity(5).limits().queue_capacity, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_service_whose_readiness_waits_for_its_answers_makes_progress() {
+    // Readiness that frees only when an earlier batch has answered: the worker must go
+    // on driving the batches in flight while it waits for it.
+    let inner = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(tower::service_fn(|batch: Vec<Message>| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, BoxError>(ok_for(&batch))
+        }));
+    let svc = BatchLayer::new(1, Duration::from_secs(60))
+        .max_in_flight(4)
+        .layer(inner);
+    let callers: Vec<_> = (1..=5).map(|n| send(&svc, n)).collect();
+    let start = Instant::now();
+    for (n, caller) in (1..=5).zip(callers) {
+        assert_eq!(caller.await.expect("join").expect("ok"), receipt(n));
+    }
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_millis(25),
+        "one at a time"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_every_batch_in_flight_to_answer() {
+    let layer = BatchLayer::new(1, Duration::from_secs(60)).max_in_flight(2);
+    let (svc, mut handle) = batch_service(layer);
+    let a = send(&svc, 1);
+    let b = send(&svc, 2);
+    let (first, first_reply) = handle.next_request().await.expect("a batch");
+    let (second, second_reply) = handle.next_request().await.expect("a batch");
+    let stopper = svc.clone();
+    let shutdown = tokio::spawn(async move { stopper.shutdown().await });
+    let_worker_run().await;
+    assert!(!shutdown.is_finished(), "two batches are still out");
+    first_reply.send_response(ok_for(&first));
+    let_worker_run().await;
+    assert!(!shutdown.is_finished(), "one batch is still out");
+    second_reply.send_response(ok_for(&second));
+    shutdown.await.expect("join");
+    assert_eq!(a.await.expect("join").expect("ok"), receipt(1));
+    assert_eq!(b.await.expect("join").expect("ok"), receipt(2));
+}

@@ -6,6 +6,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use pin_project_lite::pin_project;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tower_mq_core::BoxError;
@@ -19,8 +21,8 @@ pub(crate) struct Item<Req, Resp> {
     pub(crate) request: Req,
     pub(crate) weight: usize,
     pub(crate) reply: oneshot::Sender<Result<Resp, BoxError>>,
-    // Held until the request's batch is flushed, so the queue bound covers the batch
-    // being built and the one in flight.
+    // Held until the request's batch has answered, so the queue bound covers the batch
+    // being built and those in flight.
     pub(crate) permit: OwnedSemaphorePermit,
 }
 
@@ -127,6 +129,12 @@ async fn run<S, Req, Resp>(
         bytes: 0,
         deadline: None,
     };
+    // The batches handed to `inner` whose answers are still out, at most
+    // `limits.max_in_flight`; each answers its callers when it resolves.
+    let mut flights = Flights {
+        running: FuturesUnordered::new(),
+        max: limits.max_in_flight,
+    };
     // `None` once shutdown was requested or can no longer be (every handle is gone).
     let mut listening = true;
     // One timer for the worker's life, moved to each batch's deadline, so an item
@@ -154,9 +162,10 @@ async fn run<S, Req, Resp>(
                 }
                 continue;
             }
+            Some(()) = flights.running.next(), if !flights.running.is_empty() => continue,
             () = timer.as_mut(), if deadline.is_some() => {
                 let batch = pending.take();
-                if !flush(&mut inner, batch, &guard.failure).await {
+                if !flights.dispatch(&mut inner, batch, &guard.failure).await {
                     break;
                 }
                 continue;
@@ -166,7 +175,7 @@ async fn run<S, Req, Resp>(
         let Some(mut item) = received else {
             // Every handle dropped, or shutdown and the queue drained: flush and exit.
             let batch = pending.take();
-            flush(&mut inner, batch, &guard.failure).await;
+            flights.dispatch(&mut inner, batch, &guard.failure).await;
             break;
         };
         // Take what is already queued without another round of `select!` per item,
@@ -175,9 +184,9 @@ async fn run<S, Req, Resp>(
             if let Some(max) = max_bytes {
                 if !pending.items.is_empty() && pending.bytes + item.weight > max {
                     let batch = pending.take();
-                    if !flush(&mut inner, batch, &guard.failure).await {
-                        fail_queued(&mut rx, &guard);
-                        return;
+                    if !flights.dispatch(&mut inner, batch, &guard.failure).await {
+                        fail_item(item, &guard);
+                        break 'receive;
                     }
                 }
             }
@@ -195,7 +204,7 @@ async fn run<S, Req, Resp>(
                 || max_bytes.is_some_and(|max| pending.bytes >= max);
             if full {
                 let batch = pending.take();
-                if !flush(&mut inner, batch, &guard.failure).await {
+                if !flights.dispatch(&mut inner, batch, &guard.failure).await {
                     break 'receive;
                 }
             }
@@ -208,7 +217,14 @@ async fn run<S, Req, Resp>(
             }
         }
     }
+    // Every batch handed over answers its callers before the worker is gone.
+    while flights.running.next().await.is_some() {}
     fail_queued(&mut rx, &guard);
+}
+
+/// Tells the caller of a request the worker could not take that it is closed.
+fn fail_item<Req, Resp>(item: Item<Req, Resp>, guard: &ExitGuard) {
+    let _ = item.reply.send(Err(Closed::new(&guard.failure).into()));
 }
 
 /// After a fatal failure: refuse new requests and tell queued callers.
@@ -220,33 +236,50 @@ fn fail_queued<Req, Resp>(rx: &mut mpsc::UnboundedReceiver<Item<Req, Resp>>, gua
     }
 }
 
-/// Sends one batch. Returns `false` when the inner service failed `poll_ready` and can
-/// no longer be used.
-async fn flush<S, Req, Resp>(
-    inner: &mut S,
-    items: Vec<Item<Req, Resp>>,
-    failure: &OnceLock<BatchFailed>,
-) -> bool
-where
-    S: Service<Vec<Req>>,
-    S::Error: Into<BoxError>,
-    S::Response: BatchResults<Response = Resp>,
-{
-    // Callers that gave up (dropped their future) are left out.
-    let items: Vec<_> = items.into_iter().filter(|i| !i.reply.is_closed()).collect();
-    if items.is_empty() {
-        return true;
-    }
-    metrics::histogram!(BATCH_SIZE_METRIC).record(items.len() as f64);
-    let mut requests = Vec::with_capacity(items.len());
-    let mut replies = Vec::with_capacity(items.len());
-    for item in items {
-        requests.push(item.request);
-        replies.push((item.reply, item.permit));
-    }
-    match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-        Ok(()) => {}
-        Err(e) => {
+/// The batches in flight.
+struct Flights<F, Resp> {
+    running: FuturesUnordered<Flight<F, Resp>>,
+    max: usize,
+}
+
+impl<F, Resp> Flights<F, Resp> {
+    /// Hands one batch to `inner` once fewer than `max` are in flight and `inner` is
+    /// ready, answering the batches in flight that resolve meanwhile (the inner
+    /// service's readiness may wait for them). Returns `false` when the inner service
+    /// failed `poll_ready` and can no longer be used.
+    async fn dispatch<S, Req>(
+        &mut self,
+        inner: &mut S,
+        items: Vec<Item<Req, Resp>>,
+        failure: &OnceLock<BatchFailed>,
+    ) -> bool
+    where
+        S: Service<Vec<Req>, Future = F>,
+        F: Future<Output = Result<S::Response, S::Error>>,
+        S::Error: Into<BoxError>,
+        S::Response: BatchResults<Response = Resp>,
+    {
+        // Callers that gave up (dropped their future) are left out.
+        let items: Vec<_> = items.into_iter().filter(|i| !i.reply.is_closed()).collect();
+        if items.is_empty() {
+            return true;
+        }
+        metrics::histogram!(BATCH_SIZE_METRIC).record(items.len() as f64);
+        let mut requests = Vec::with_capacity(items.len());
+        let mut replies = Vec::with_capacity(items.len());
+        for item in items {
+            requests.push(item.request);
+            replies.push((item.reply, item.permit));
+        }
+        let ready = std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {}
+            if self.running.len() >= self.max {
+                return Poll::Pending;
+            }
+            inner.poll_ready(cx)
+        })
+        .await;
+        if let Err(e) = ready {
             let failed = BatchFailed::new(e.into());
             let _ = failure.set(failed.clone());
             for (reply, _permit) in replies {
@@ -254,26 +287,61 @@ where
             }
             return false;
         }
+        self.running.push(Flight {
+            response: inner.call(requests),
+            replies,
+        });
+        true
     }
-    match inner.call(requests).await {
-        Ok(results) => {
-            let mut results = results.into_results().into_iter();
-            let expected = replies.len();
-            let got = results.len();
-            for (index, (reply, _permit)) in replies.into_iter().enumerate() {
-                let result = match results.next() {
-                    Some(result) => result.map_err(Into::into),
-                    None => Err(MissingResult::new(index, expected, got).into()),
-                };
-                let _ = reply.send(result);
+}
+
+/// Callers' reply channels with their queue slots.
+type Replies<Resp> = Vec<(
+    oneshot::Sender<Result<Resp, BoxError>>,
+    OwnedSemaphorePermit,
+)>;
+
+pin_project! {
+    /// One batch handed to the inner service: answers each caller when it resolves.
+    struct Flight<F, Resp> {
+        #[pin]
+        response: F,
+        replies: Replies<Resp>,
+    }
+}
+
+impl<F, R, E, Resp> Future for Flight<F, Resp>
+where
+    F: Future<Output = Result<R, E>>,
+    R: BatchResults<Response = Resp>,
+    E: Into<BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let answer = std::task::ready!(this.response.poll(cx));
+        let replies = std::mem::take(this.replies);
+        match answer {
+            Ok(results) => {
+                let mut results = results.into_results().into_iter();
+                let expected = replies.len();
+                let got = results.len();
+                for (index, (reply, _permit)) in replies.into_iter().enumerate() {
+                    let result = match results.next() {
+                        Some(result) => result.map_err(Into::into),
+                        None => Err(MissingResult::new(index, expected, got).into()),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let failed = BatchFailed::new(e.into());
+                for (reply, _permit) in replies {
+                    let _ = reply.send(Err(failed.clone().into()));
+                }
             }
         }
-        Err(e) => {
-            let failed = BatchFailed::new(e.into());
-            for (reply, _permit) in replies {
-                let _ = reply.send(Err(failed.clone().into()));
-            }
-        }
+        Poll::Ready(())
     }
-    true
 }
