@@ -311,6 +311,14 @@ pub fn stack_receive<C>(broker: &'static str, consumer: C) -> Receive
 where
     C: futures_core::Stream<Item = Result<Delivery, Error>> + Send + 'static,
 {
+    stack_receive_with(broker, consumer, tower_mq::serve::DEFAULT_CONCURRENCY)
+}
+
+/// [`stack_receive`] with `concurrency` deliveries in flight in `serve`.
+pub fn stack_receive_with<C>(broker: &'static str, consumer: C, concurrency: usize) -> Receive
+where
+    C: futures_core::Stream<Item = Result<Delivery, Error>> + Send + 'static,
+{
     Box::new(move |tracker: Arc<Tracker>| {
         Box::pin(async move {
             let record = tracker.clone();
@@ -322,6 +330,7 @@ where
                     std::future::ready(Ok::<_, BoxError>(()))
                 }));
             let summary = serve(consumer, handler)
+                .concurrency(concurrency)
                 .with_graceful_shutdown(tracker.done())
                 .into_future()
                 .await?;
