@@ -34,8 +34,10 @@
 //! `TOWER_MQ_BENCH_LARGE_MESSAGES` (10 KiB payloads; a tenth of the former),
 //! `TOWER_MQ_BENCH_LATENCY_SECONDS` (how long each latency mode publishes; 3: at 100
 //! messages a second a shorter run has too few samples for a steady p50, and weighs
-//! whatever the first messages wait), and the brokers' addresses as the tests read
-//! them (`scripts/brokers env`).
+//! whatever the first messages wait), `TOWER_MQ_BENCH_ROUNDS` (how many times each
+//! throughput mode is measured, the clients of a broker, mode and payload taking turns
+//! in each round; 3: the record is the median round, and keeps every round's rate),
+//! and the brokers' addresses as the tests read them (`scripts/brokers env`).
 //!
 //! Output (`TOWER_MQ_BENCH_OUT` moves it): `target/bench/throughput.json`, a table on stdout (with each row's ratio to
 //! `bare`), progress on stderr and a bar chart in `target/bench/throughput.svg`.
@@ -98,6 +100,7 @@ struct Settings {
     messages: u64,
     large_messages: u64,
     latency_seconds: f64,
+    rounds: usize,
     filters: Vec<String>,
 }
 
@@ -118,11 +121,21 @@ impl Settings {
             messages,
             large_messages: number("TOWER_MQ_BENCH_LARGE_MESSAGES", (messages / 10).max(1)).max(1),
             latency_seconds: number("TOWER_MQ_BENCH_LATENCY_SECONDS", 3.0f64).max(0.01),
+            rounds: number("TOWER_MQ_BENCH_ROUNDS", 3usize).max(1),
             // cargo bench passes `--bench`; anything else not starting with `-` filters.
             filters: std::env::args()
                 .skip(1)
                 .filter(|a| !a.starts_with('-'))
                 .collect(),
+        }
+    }
+
+    /// How many times each client is measured in `mode`: latency modes once (each a
+    /// few seconds of samples already), throughput modes `rounds` times.
+    fn rounds(&self, mode: Mode) -> usize {
+        match mode {
+            Mode::Latency(_) => 1,
+            _ => self.rounds,
         }
     }
 
@@ -235,70 +248,105 @@ async fn main() {
         std::process::exit(1);
     }
 
+    // Grouped by broker, payload and mode; a group's clients are measured in rounds,
+    // one client after the other in each, so that a change in the machine's load
+    // weighs on every client of the group alike.
     let mut plan = Vec::new();
-    let mut skipped = Vec::new();
     for broker in BROKERS {
         for payload_bytes in PAYLOADS {
             for mode in Mode::ALL {
-                for client in Client::ALL {
-                    if settings.selects(broker, client, mode, payload_bytes) {
-                        plan.push((broker, client, mode, payload_bytes));
-                    }
+                let clients: Vec<Client> = Client::ALL
+                    .into_iter()
+                    .filter(|&client| settings.selects(broker, client, mode, payload_bytes))
+                    .collect();
+                if !clients.is_empty() {
+                    plan.push((broker, payload_bytes, mode, clients));
                 }
             }
         }
     }
+    let total: usize = plan
+        .iter()
+        .map(|(_, _, mode, clients)| clients.len() * settings.rounds(*mode))
+        .sum();
 
     let started = Instant::now();
     let mut records = Vec::new();
+    let mut skipped = Vec::new();
     let mut failures = Vec::new();
     let mut current: Option<(&str, Box<dyn Fixture>)> = None;
-    let total = plan.len();
-    for (index, (broker, client, mode, payload_bytes)) in plan.into_iter().enumerate() {
+    let mut index = 0;
+    for (broker, payload_bytes, mode, clients) in plan {
         if current.as_ref().map(|(name, _)| *name) != Some(broker) {
             current = Some((broker, fixture(broker)));
         }
         let Some((_, fixture)) = current.as_ref() else {
             continue;
         };
-        if let Some(why) = not_applicable(fixture.as_ref(), client, mode) {
-            // Only the batch paths a broker lacks are news; the rest is by design.
-            if mode == Mode::PublishBatch && matches!(client, Client::Bare | Client::Batched) {
-                skipped.push(format!(
-                    "{broker} {} {} {payload_bytes} B: {why}",
-                    client.name(),
-                    mode.name()
-                ));
+        let rounds = settings.rounds(mode);
+        let mut measured = Vec::new();
+        for client in clients {
+            match not_applicable(fixture.as_ref(), client, mode) {
+                None => measured.push((client, Vec::new(), false)),
+                Some(why) => {
+                    index += rounds;
+                    // Only the batch paths a broker lacks are news; the rest is by design.
+                    if mode == Mode::PublishBatch
+                        && matches!(client, Client::Bare | Client::Batched)
+                    {
+                        skipped.push(format!(
+                            "{broker} {} {} {payload_bytes} B: {why}",
+                            client.name(),
+                            mode.name()
+                        ));
+                    }
+                }
             }
-            continue;
         }
-        let label = format!(
-            "{broker} {} {} {payload_bytes} B",
-            client.name(),
-            mode.name()
-        );
-        eprint!("\r\x1b[2K[{}/{total}] {label} ...", index + 1);
         let messages = match fixture.max_bytes() {
             Some(max) => settings
                 .messages(mode, payload_bytes)
                 .min((max / payload_bytes as u64).max(1)),
             None => settings.messages(mode, payload_bytes),
         };
-        match measure(fixture.as_ref(), client, mode, payload_bytes, messages).await {
-            Ok(record) => {
-                eprintln!(
-                    "\r\x1b[2K[{}/{total}] {label}: {:.0} msg/s ({:.1}s elapsed)",
-                    index + 1,
-                    record.msgs_per_sec,
-                    started.elapsed().as_secs_f64()
+        for round in 1..=rounds {
+            for (client, runs, failed) in &mut measured {
+                index += 1;
+                if *failed {
+                    continue;
+                }
+                let mut label = format!(
+                    "{broker} {} {} {payload_bytes} B",
+                    client.name(),
+                    mode.name()
                 );
-                records.push(record);
-            }
-            Err(error) => {
-                eprintln!("\r\x1b[2K[{}/{total}] {label}: FAILED: {error}", index + 1);
-                failures.push(format!("{label}: {error}"));
+                if rounds > 1 {
+                    label += &format!(" (round {round}/{rounds})");
+                }
+                eprint!("\r\x1b[2K[{index}/{total}] {label} ...");
+                match measure(fixture.as_ref(), *client, mode, payload_bytes, messages).await {
+                    Ok(record) => {
+                        eprintln!(
+                            "\r\x1b[2K[{index}/{total}] {label}: {:.0} msg/s ({:.1}s elapsed)",
+                            record.msgs_per_sec,
+                            started.elapsed().as_secs_f64()
+                        );
+                        runs.push(record);
+                    }
+                    Err(error) => {
+                        eprintln!("\r\x1b[2K[{index}/{total}] {label}: FAILED: {error}");
+                        failures.push(format!("{label}: {error}"));
+                        *failed = true;
+                    }
+                }
             }
         }
+        records.extend(
+            measured
+                .into_iter()
+                .filter(|(_, _, failed)| !failed)
+                .filter_map(|(_, runs, _)| report::median(runs)),
+        );
     }
 
     if let Err(e) = report::write(&records) {
@@ -490,5 +538,6 @@ async fn measure(
         p50_us: quantile(0.50),
         p99_us: quantile(0.99),
         max_us: latencies.last().copied(),
+        rounds_msgs_per_sec: Vec::new(),
     })
 }

@@ -18,6 +18,19 @@ pub struct Record {
     pub p50_us: Option<u64>,
     pub p99_us: Option<u64>,
     pub max_us: Option<u64>,
+    /// The rate of every round this record is the median of, in the order measured.
+    pub rounds_msgs_per_sec: Vec<f64>,
+}
+
+/// The median of one client's rounds (the upper one of an even count), keeping every
+/// round's rate; `None` without rounds.
+pub fn median(mut runs: Vec<Record>) -> Option<Record> {
+    let rates: Vec<f64> = runs.iter().map(|r| r.msgs_per_sec).collect();
+    runs.sort_by(|a, b| a.msgs_per_sec.total_cmp(&b.msgs_per_sec));
+    let middle = runs.len() / 2;
+    let mut record = runs.into_iter().nth(middle)?;
+    record.rounds_msgs_per_sec = rates;
+    Some(record)
 }
 
 /// `target/bench` of this workspace (`TOWER_MQ_BENCH_OUT` to put it elsewhere): not
@@ -48,6 +61,16 @@ fn bare_of<'a>(records: &'a [Record], r: &Record) -> Option<&'a Record> {
     })
 }
 
+/// The slowest and fastest of several rounds ("-" for one).
+fn spread(rounds: &[f64]) -> String {
+    if rounds.len() < 2 {
+        return "-".into();
+    }
+    let min = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rounds.iter().copied().fold(0.0, f64::max);
+    format!("{min:.0}–{max:.0}")
+}
+
 fn micros(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
@@ -56,16 +79,19 @@ pub fn table(records: &[Record]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| broker | client | mode | payload B | messages | seconds | msgs/s | vs bare | p50 µs | p99 µs | max µs |"
+        "| broker | client | mode | payload B | messages | seconds | msgs/s | rounds (min–max) | vs bare | p50 µs | p99 µs | max µs |"
     );
-    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in records {
         let ratio = bare_of(records, r)
             .map(|b| format!("{:.2}", r.msgs_per_sec / b.msgs_per_sec))
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.3} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.3} | {:.0} | {} | {} | {} | {} | {} |",
             r.broker,
             r.client,
             r.mode,
@@ -73,6 +99,7 @@ pub fn table(records: &[Record]) -> String {
             r.messages,
             r.seconds,
             r.msgs_per_sec,
+            spread(&r.rounds_msgs_per_sec),
             ratio,
             micros(r.p50_us),
             micros(r.p99_us),
