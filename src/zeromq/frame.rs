@@ -194,8 +194,12 @@ pub(crate) fn encode_plain(
             ));
         }
     }
-    let mut frames = Vec::with_capacity(2);
-    if topic && !message.destination().is_empty() {
+    // Sized exactly: the common single frame takes the allocator's smallest class,
+    // as a bare `ZmqMessage::from(payload)` does.
+    let with_topic = topic && !message.destination().is_empty();
+    let extra = message.headers().get_all(FRAME_HEADER).count();
+    let mut frames = Vec::with_capacity(usize::from(with_topic) + extra + 1);
+    if with_topic {
         frames.push(Bytes::copy_from_slice(message.destination().as_bytes()));
     }
     for value in message.headers().get_all(FRAME_HEADER) {
