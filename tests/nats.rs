@@ -303,6 +303,42 @@ async fn publishes_in_flight_share_one_confirmation_round_trip() {
 }
 
 #[tokio::test]
+async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_others() {
+    let _server = SERVER.read().await;
+    // The first publish to wait leads the confirmation round the others wait for. Its
+    // caller giving up must not leave them waiting: a long request timeout, so that
+    // only a handed-on lead can answer within WAIT.
+    let connection =
+        connect_with(Config::new(url()).request_timeout(Duration::from_secs(600))).await;
+    let subject = unique("abandoned-lead");
+    let mut subscriber = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let mut publisher = Publisher::new(&connection);
+    let mut calls = Vec::new();
+    for text in ["leader", "follower"] {
+        std::future::poll_fn(|cx| publisher.poll_ready(cx))
+            .await
+            .unwrap();
+        let mut call = publisher.call(Message::new(&subject, text));
+        assert!(
+            futures_util::poll!(&mut call).is_pending(),
+            "a confirmation needs a round trip"
+        );
+        calls.push(call);
+    }
+    let follower = calls.pop().unwrap();
+    drop(calls);
+    let receipt = tokio::time::timeout(WAIT, follower)
+        .await
+        .expect("the follower was left waiting for the abandoned round")
+        .unwrap();
+    assert_eq!(receipt.guarantee(), Guarantee::Forwarded);
+    assert_eq!(text(&next(&mut subscriber, "the leader").await), "leader");
+    assert_eq!(
+        text(&next(&mut subscriber, "the follower").await),
+        "follower"
+    );
+}
+#[tokio::test]
 async fn a_subscriber_on_every_subject_does_not_hold_up_confirmations() {
     let _server = SERVER.read().await;
     // A subscriber on `>` receives every message, so a confirmation sent as a request

@@ -4,23 +4,30 @@
 //! NATS processes a connection's operations in order, so a message this connection
 //! sends to itself and gets back proves that the server processed everything sent
 //! before it (a client flush only writes to the socket). A publish that wants that
-//! proof takes the number of the next round, wakes the connection's confirmer task and
-//! waits for that round or a later one to come back; the task sends one loopback
-//! message per round, so 100 publishes in flight share one round trip instead of
-//! paying one each.
+//! proof reads the number of the next round and waits for that round or a later one to
+//! come back. The first of them to find no round under way leads one: it takes the
+//! round's number, sends the loopback message, reads it back and tells everyone
+//! waiting. So 100 publishes in flight share one round trip instead of paying one
+//! each, and the round is driven by a caller that waits for it anyway: no task of the
+//! connection's own sits between the caller and the server, which would cost two
+//! wake-ups per round.
+//!
+//! A leader whose caller goes away (its future dropped, e.g. by a timeout) hands the
+//! lead on: a publish still waiting takes it and starts a later round, which covers
+//! everything the abandoned one would have.
 //!
 //! The loopback subject is a fresh inbox that only this connection subscribes to:
 //! nobody can answer in its place, so a subscriber on `>` elsewhere (which sees every
 //! subject) cannot stall a confirmation, as it could stall a request to a probe
 //! subject.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::watch;
 
 /// Why a round did not confirm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,44 +38,53 @@ pub(crate) enum Failure {
     Closed,
 }
 
-/// The last round the confirmer finished, and how.
+/// The last round that finished, and how.
 #[derive(Debug, Clone, Copy)]
 struct Outcome {
     round: u64,
     failure: Option<Failure>,
 }
 
-struct Shared {
+/// The subscription the loopback messages come back on.
+enum Loopback {
+    /// Not subscribed yet: the first round subscribes.
+    Unsubscribed,
+    Subscribed(async_nats::Subscriber),
+    /// The client closed the subscription: every later round fails.
+    Closed,
+    /// A leader has it.
+    Taken,
+}
+
+/// A connection's confirmations: cheap to share.
+pub(crate) struct Confirmer {
+    client: async_nats::Client,
+    subject: async_nats::Subject,
+    timeout: Duration,
     /// The round the next loopback message will carry (rounds start at 1).
     next_round: AtomicU64,
-    wake: Notify,
+    /// Whether a caller is leading a round.
+    leading: AtomicBool,
+    loopback: Mutex<Loopback>,
     done: watch::Sender<Outcome>,
 }
 
-/// A connection's confirmer: cheap to share; the task ends when the last handle is
-/// dropped.
-pub(crate) struct Confirmer {
-    shared: Arc<Shared>,
-    _stop: oneshot::Sender<()>,
-}
-
 impl Confirmer {
-    /// Starts the confirmer task of `client`, whose rounds time out after `timeout`.
-    pub(crate) fn start(client: async_nats::Client, timeout: Duration) -> Self {
+    /// The confirmations of `client`, whose rounds time out after `timeout`.
+    pub(crate) fn new(client: async_nats::Client, timeout: Duration) -> Self {
+        let subject = async_nats::Subject::from(client.new_inbox());
         let (done, _) = watch::channel(Outcome {
             round: 0,
             failure: None,
         });
-        let shared = Arc::new(Shared {
-            next_round: AtomicU64::new(1),
-            wake: Notify::new(),
-            done,
-        });
-        let (stop_tx, stop) = oneshot::channel();
-        tokio::spawn(run(client, shared.clone(), timeout, stop));
         Confirmer {
-            shared,
-            _stop: stop_tx,
+            client,
+            subject,
+            timeout,
+            next_round: AtomicU64::new(1),
+            leading: AtomicBool::new(false),
+            loopback: Mutex::new(Loopback::Unsubscribed),
+            done,
         }
     }
 
@@ -76,67 +92,101 @@ impl Confirmer {
     /// call.
     pub(crate) async fn confirm(&self) -> Result<(), Failure> {
         // Everything sent before this load goes out before the loopback message of
-        // `round`: the task takes a round number before it sends that round's message,
-        // and the client's command queue keeps the order.
-        let round = self.shared.next_round.load(Ordering::SeqCst);
-        let mut done = self.shared.done.subscribe();
-        self.shared.wake.notify_one();
-        let outcome = done
-            .wait_for(|outcome| outcome.round >= round)
+        // `round`: a leader takes a round's number before it sends that round's
+        // message, and the client's command queue keeps the order.
+        let round = self.next_round.load(Ordering::SeqCst);
+        let mut done = self.done.subscribe();
+        loop {
+            // Read before trying to lead: a leader gives the lead up before it
+            // publishes its outcome, so either this caller leads or it sees the
+            // change below.
+            let outcome = *done.borrow_and_update();
+            if outcome.round >= round {
+                return outcome.failure.map_or(Ok(()), Err);
+            }
+            if !self.leading.swap(true, Ordering::AcqRel) {
+                return self.lead().await;
+            }
+            if done.changed().await.is_err() {
+                return Err(Failure::Closed);
+            }
+        }
+    }
+
+    /// Runs one round as its leader and tells everyone waiting how it ended.
+    async fn lead(&self) -> Result<(), Failure> {
+        let mut lead = Lead {
+            confirmer: self,
+            loopback: std::mem::replace(&mut *self.lock(), Loopback::Taken),
+            outcome: None,
+        };
+        let round = self.next_round.fetch_add(1, Ordering::SeqCst);
+        let failure = lead.round(round).await.err();
+        lead.outcome = Some(Outcome { round, failure });
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Loopback> {
+        self.loopback.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The lead of one round: gives the subscription back and the lead up however the
+/// round ends, its future dropped included.
+struct Lead<'a> {
+    confirmer: &'a Confirmer,
+    loopback: Loopback,
+    /// How the round ended; `None` while it runs.
+    outcome: Option<Outcome>,
+}
+
+impl Lead<'_> {
+    /// Sends the loopback message of `round` and waits for it to come back.
+    async fn round(&mut self, round: u64) -> Result<(), Failure> {
+        let confirmer = self.confirmer;
+        if let Loopback::Unsubscribed = self.loopback {
+            // The subscription goes out before the first loopback message, in order.
+            self.loopback = match confirmer.client.subscribe(confirmer.subject.clone()).await {
+                Ok(subscriber) => Loopback::Subscribed(subscriber),
+                Err(_) => Loopback::Closed,
+            };
+        }
+        let Loopback::Subscribed(subscriber) = &mut self.loopback else {
+            return Err(Failure::Closed);
+        };
+        confirmer
+            .client
+            .publish(
+                confirmer.subject.clone(),
+                Bytes::copy_from_slice(&round.to_be_bytes()),
+            )
             .await
-            .map(|outcome| *outcome);
-        match outcome {
-            Ok(Outcome { failure: None, .. }) => Ok(()),
-            Ok(Outcome {
-                failure: Some(failure),
-                ..
-            }) => Err(failure),
-            Err(_) => Err(Failure::Closed),
+            .map_err(|_| Failure::Closed)?;
+        match tokio::time::timeout(confirmer.timeout, returned(subscriber, round)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.loopback = Loopback::Closed;
+                Err(Failure::Closed)
+            }
+            Err(_) => Err(Failure::TimedOut(confirmer.timeout)),
         }
     }
 }
 
-async fn run(
-    client: async_nats::Client,
-    shared: Arc<Shared>,
-    timeout: Duration,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let subject = client.new_inbox();
-    let mut loopback = client.subscribe(subject.clone()).await.ok();
-    let subject = async_nats::Subject::from(subject);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            () = shared.wake.notified() => {}
-        }
-        let round = shared.next_round.fetch_add(1, Ordering::SeqCst);
-        let failure = match loopback.as_mut() {
-            None => Some(Failure::Closed),
-            Some(loopback) => {
-                let sent = client
-                    .publish(
-                        subject.clone(),
-                        Bytes::copy_from_slice(&round.to_be_bytes()),
-                    )
-                    .await;
-                match sent {
-                    Err(_) => Some(Failure::Closed),
-                    Ok(()) => tokio::select! {
-                        _ = &mut stop => return,
-                        back = tokio::time::timeout(timeout, returned(loopback, round)) => match back {
-                            Ok(true) => None,
-                            Ok(false) => Some(Failure::Closed),
-                            Err(_) => Some(Failure::TimedOut(timeout)),
-                        },
-                    },
-                }
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        // The lead is given up before the outcome is told (see `confirm`).
+        let loopback = std::mem::replace(&mut self.loopback, Loopback::Taken);
+        *self.confirmer.lock() = loopback;
+        self.confirmer.leading.store(false, Ordering::Release);
+        match self.outcome {
+            Some(outcome) => {
+                self.confirmer.done.send_replace(outcome);
             }
-        };
-        if failure == Some(Failure::Closed) {
-            loopback = None;
+            // Abandoned mid-round: wake the callers still waiting, so that one of
+            // them leads a round of its own.
+            None => self.confirmer.done.send_modify(|_| {}),
         }
-        shared.done.send_replace(Outcome { round, failure });
     }
 }
 
