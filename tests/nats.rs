@@ -338,6 +338,42 @@ async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_ot
         "follower"
     );
 }
+
+#[tokio::test]
+async fn a_publish_that_leads_its_confirmation_but_is_never_polled_again_stalls_no_one_for_ever() {
+    let _server = SERVER.read().await;
+    // A leader kept but no longer polled cannot finish its round nor hand it on; the
+    // follower fails after twice the request timeout instead of waiting for ever.
+    let timeout = Duration::from_millis(300);
+    let connection = connect_with(Config::new(url()).request_timeout(timeout)).await;
+    let subject = unique("parked-lead");
+    let mut publisher = Publisher::new(&connection);
+    let mut calls = Vec::new();
+    for text in ["leader", "follower"] {
+        std::future::poll_fn(|cx| publisher.poll_ready(cx))
+            .await
+            .unwrap();
+        let mut call = publisher.call(Message::new(&subject, text));
+        assert!(futures_util::poll!(&mut call).is_pending());
+        calls.push(call);
+    }
+    let follower = calls.pop().unwrap();
+    let error = tokio::time::timeout(WAIT, follower)
+        .await
+        .expect("the follower waited for ever on a leader nobody polls")
+        .expect_err("nobody confirmed the follower's message");
+    assert_eq!(error.kind(), ErrorKind::Transient);
+    assert!(
+        error.to_string().contains("did not confirm within"),
+        "{error}"
+    );
+    // Once the parked leader is dropped, publishing works again.
+    drop(calls);
+    Publisher::new(&connection)
+        .oneshot(Message::new(&subject, "after"))
+        .await
+        .expect("a confirmation after the parked leader went away");
+}
 #[tokio::test]
 async fn a_subscriber_on_every_subject_does_not_hold_up_confirmations() {
     let _server = SERVER.read().await;

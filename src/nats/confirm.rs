@@ -14,7 +14,9 @@
 //!
 //! A leader whose caller goes away (its future dropped, e.g. by a timeout) hands the
 //! lead on: a publish still waiting takes it and starts a later round, which covers
-//! everything the abandoned one would have.
+//! everything the abandoned one would have. A leader whose future is kept but no
+//! longer polled cannot hand anything on; the others then give up after twice the
+//! timeout (the round under way and the next one), as they would for a silent server.
 //!
 //! The loopback subject is a fresh inbox that only this connection subscribes to:
 //! nobody can answer in its place, so a subscriber on `>` elsewhere (which sees every
@@ -96,6 +98,7 @@ impl Confirmer {
         // message, and the client's command queue keeps the order.
         let round = self.next_round.load(Ordering::SeqCst);
         let mut done = self.done.subscribe();
+        let mut deadline = None;
         loop {
             // Read before trying to lead: a leader gives the lead up before it
             // publishes its outcome, so either this caller leads or it sees the
@@ -107,8 +110,15 @@ impl Confirmer {
             if !self.leading.swap(true, Ordering::AcqRel) {
                 return self.lead().await;
             }
-            if done.changed().await.is_err() {
-                return Err(Failure::Closed);
+            // The round under way and the next one each end within the timeout;
+            // only a leader whose future is neither polled nor dropped could make a
+            // caller wait longer, and it is not left waiting for ever.
+            let deadline =
+                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + 2 * self.timeout);
+            match tokio::time::timeout_at(deadline, done.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Failure::Closed),
+                Err(_) => return Err(Failure::TimedOut(2 * self.timeout)),
             }
         }
     }
