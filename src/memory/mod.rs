@@ -66,6 +66,7 @@ mod consumer;
 mod publisher;
 mod state;
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -77,7 +78,7 @@ use tower_mq_core::{Error, Operation};
 
 pub use self::consumer::Consumer;
 pub use self::publisher::Publisher;
-use self::state::{Config, GroupKey, Occupancy, State};
+use self::state::{Config, Deferred, GroupKey, Occupancy, State};
 
 /// The broker name in errors and metrics: `"memory"`.
 pub const BROKER: &str = "memory";
@@ -104,10 +105,67 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// The state, locked until the guard is dropped; the tasks the state wakes and the
+    /// messages it lets go of meanwhile are woken and freed after the lock is released.
+    fn lock(&self) -> Locked<'_> {
         // No code panics while holding the lock; if some did, the state is still
         // consistent enough to keep serving rather than poison every handle.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        Locked {
+            guard: self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            after: After(None),
+        }
+    }
+}
+
+/// The locked state. Waking a task can be a system call (its worker thread is
+/// parked), and freeing a message is the allocator's work: done under the lock, they
+/// would hold up every publisher and consumer meanwhile, and a task woken would find
+/// the lock still taken.
+struct Locked<'a> {
+    // Fields drop in order: the lock is released before the deferred work runs.
+    guard: MutexGuard<'a, State>,
+    after: After,
+}
+
+thread_local! {
+    /// Each thread's spare for the state's deferred work, swapped in under the lock
+    /// and run after it: the vectors keep their capacity from one lock to the next.
+    static SPARE: Cell<Deferred> = const { Cell::new(Deferred::new()) };
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.guard.has_deferred() {
+            let mut spare = SPARE.take();
+            self.guard.take_deferred(&mut spare);
+            self.after.0 = Some(spare);
+        }
+    }
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+/// The deferred work of one lock, run when dropped (after the lock is released).
+struct After(Option<Deferred>);
+
+impl Drop for After {
+    fn drop(&mut self) {
+        if let Some(mut deferred) = self.0.take() {
+            deferred.run();
+            SPARE.set(deferred);
+        }
     }
 }
 

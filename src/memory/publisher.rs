@@ -8,7 +8,7 @@ use tokio::time::Sleep;
 use tower::Service;
 use tower_mq_core::{Error, Guarantee, Message, Operation, Position, Receipt};
 
-use super::state::Reserve;
+use super::state::{Reserve, Stored};
 use super::{poll_deadline, validate_name, Shared, BROKER};
 
 /// Publishes to a memory [`Broker`](super::Broker): a
@@ -127,7 +127,8 @@ impl Service<Message> for Publisher {
             return ready(Err(error));
         }
         let topic = message.shared_destination();
-        let published = self.shared.lock().publish_reserved(message, |name| {
+        let stored = Stored::new(message);
+        let published = self.shared.lock().publish_reserved(stored, |name| {
             validate_name(name, Operation::Publish, name, "topic")
         });
         ready(published.map(|sequence| {

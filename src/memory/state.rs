@@ -83,26 +83,57 @@ type Fast = BuildHasherDefault<FastHasher>;
 
 type IdMap<V> = HashMap<u64, V, Fast>;
 
+/// A published message, shared by the groups that hold it. Made before the lock is
+/// taken (see [`Stored::new`]).
 pub(super) struct Stored {
     message: Message,
-    sequence: u64,
     expires_at: Option<Instant>,
 }
 
 impl Stored {
+    /// `message` ready to be stored, with what storing it would otherwise do under the
+    /// broker's lock: the allocation and the clock reading of a time to live.
+    pub(super) fn new(message: Message) -> Arc<Self> {
+        // A TTL too long for the clock never expires.
+        let expires_at = message
+            .ttl()
+            .and_then(|ttl| Instant::now().checked_add(ttl));
+        Arc::new(Stored {
+            message,
+            expires_at,
+        })
+    }
+
     fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
+}
 
+/// One group's reference to a stored message: its place in the topic's order, and how
+/// often the group delivered it.
+struct Entry {
+    stored: Arc<Stored>,
+    sequence: u64,
+    deliveries: u32,
+}
+
+impl Entry {
     fn ready_key(&self) -> (Reverse<u8>, u64) {
-        (Reverse(self.message.priority().unwrap_or(0)), self.sequence)
+        (
+            Reverse(self.stored.message.priority().unwrap_or(0)),
+            self.sequence,
+        )
     }
 }
 
-/// One group's reference to a stored message, with how often the group delivered it.
-struct Entry {
-    stored: Arc<Stored>,
-    deliveries: u32,
+/// The clock, read at most once and only when needed: most deliveries involve no
+/// time to live and no delayed redelivery.
+struct LazyNow(Option<Instant>);
+
+impl LazyNow {
+    fn get(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
 }
 
 struct InFlight {
@@ -122,14 +153,13 @@ struct Group {
 }
 
 impl Group {
-    fn wake(&mut self) {
-        for (_, waker) in self.waiters.drain() {
-            waker.wake();
-        }
+    /// Moves the waiting consumers' wakers to `woken`, woken once the lock is released.
+    fn wake(&mut self, woken: &mut Vec<Waker>) {
+        woken.extend(self.waiters.drain().map(|(_, waker)| waker));
     }
 
     fn push_ready(&mut self, entry: Entry) {
-        self.ready.insert(entry.stored.ready_key(), entry);
+        self.ready.insert(entry.ready_key(), entry);
     }
 
     fn promote_due(&mut self, now: Instant) {
@@ -173,6 +203,37 @@ struct Accounting {
     /// is woken by whoever frees room next.
     occupied: Occupancy,
     waiters: Vec<Waker>,
+    /// What to do once the lock is released (see `Shared::lock`).
+    deferred: Deferred,
+}
+
+/// Work the broker's lock is not held across: waking a task can be a system call, and
+/// freeing a message is the allocator's work.
+#[derive(Default)]
+pub(super) struct Deferred {
+    woken: Vec<Waker>,
+    freed: Vec<Arc<Stored>>,
+}
+
+impl Deferred {
+    pub(super) const fn new() -> Self {
+        Deferred {
+            woken: Vec::new(),
+            freed: Vec::new(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.woken.is_empty() && self.freed.is_empty()
+    }
+
+    /// Wakes and frees what was deferred; keeps the capacity.
+    pub(super) fn run(&mut self) {
+        self.freed.clear();
+        for waker in self.woken.drain(..) {
+            waker.wake();
+        }
+    }
 }
 
 /// Held plus reserved messages, shared with the publishers.
@@ -213,13 +274,13 @@ impl Accounting {
                 self.expiring -= 1;
             }
             self.wake();
+            // The last reference: freed once the lock is released.
+            self.deferred.freed.push(stored);
         }
     }
 
     fn wake(&mut self) {
-        for waker in self.waiters.drain(..) {
-            waker.wake();
-        }
+        self.deferred.woken.append(&mut self.waiters);
     }
 }
 
@@ -274,6 +335,16 @@ impl State {
         self.next_id
     }
 
+    /// Whether there is work for after the lock is released.
+    pub(super) fn has_deferred(&self) -> bool {
+        !self.accounting.deferred.is_empty()
+    }
+
+    /// The work for after the lock is released, swapped with `spare` (empty).
+    pub(super) fn take_deferred(&mut self, spare: &mut Deferred) {
+        std::mem::swap(&mut self.accounting.deferred, spare);
+    }
+
     pub(super) fn held(&self) -> usize {
         self.accounting.held
     }
@@ -314,10 +385,10 @@ impl State {
     /// checked by the caller.
     pub(super) fn publish_reserved<E>(
         &mut self,
-        message: Message,
+        stored: Arc<Stored>,
         validate: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let name = message.destination();
+        let name = stored.message.destination();
         if !self.topics.get(name).is_some_and(|t| t.validated) {
             if let Err(error) = validate(name) {
                 self.unreserve();
@@ -336,7 +407,7 @@ impl State {
         }
         // The reservation becomes the held message, if it is held (counted first, so
         // that the count never drops below what is held and reserved).
-        let sequence = self.publish(message);
+        let sequence = self.publish(stored);
         self.accounting.occupied.remove();
         if !self.accounting.waiters.is_empty() {
             self.accounting.wake();
@@ -346,35 +417,28 @@ impl State {
 
     /// Stores `message` for every group of its topic; returns its sequence number.
     /// The message was validated by the caller.
-    pub(super) fn publish(&mut self, message: Message) -> u64 {
-        // A TTL too long for the clock never expires.
-        let expires_at = message
-            .ttl()
-            .and_then(|ttl| Instant::now().checked_add(ttl));
-        let topic = match self.topics.get_mut(message.destination()) {
+    pub(super) fn publish(&mut self, stored: Arc<Stored>) -> u64 {
+        let destination = stored.message.destination();
+        let topic = match self.topics.get_mut(destination) {
             Some(topic) => topic,
-            None => self
-                .topics
-                .entry(message.destination().to_owned())
-                .or_default(),
+            None => self.topics.entry(destination.to_owned()).or_default(),
         };
         topic.next_sequence += 1;
         let sequence = topic.next_sequence;
         if topic.groups.is_empty() {
+            self.accounting.deferred.freed.push(stored);
             return sequence;
         }
-        let stored = Arc::new(Stored {
-            message,
-            sequence,
-            expires_at,
-        });
+        let expires_at = stored.expires_at;
         for group in topic.groups.values_mut() {
             group.push_ready(Entry {
                 stored: stored.clone(),
+                sequence,
                 deliveries: 0,
             });
-            group.wake();
+            group.wake(&mut self.accounting.deferred.woken);
         }
+        drop(stored);
         self.accounting.held += 1;
         self.accounting.occupied.add();
         if expires_at.is_some() {
@@ -410,7 +474,7 @@ impl State {
         headers.insert(dead_letter::ORIGINAL_DESTINATION, topic);
         headers.insert(dead_letter::DELIVERIES, entry.deliveries.to_string());
         headers.insert(dead_letter::TIME, dead_letter::now_millis().to_string());
-        self.publish(message);
+        self.publish(Stored::new(message));
     }
 
     /// Creates the group if it does not exist.
@@ -431,7 +495,7 @@ impl State {
         consumer: u64,
         waker: &Waker,
     ) -> Next {
-        let now = Instant::now();
+        let mut now = LazyNow(None);
         let mut expired = Vec::new();
         let next = 'next: {
             let Some(group) = self
@@ -441,9 +505,11 @@ impl State {
             else {
                 break 'next Next::Gone;
             };
-            group.promote_due(now);
+            if !group.delayed.is_empty() {
+                group.promote_due(now.get());
+            }
             while let Some((_, mut entry)) = group.ready.pop_first() {
-                if entry.stored.is_expired(now) {
+                if entry.stored.expires_at.is_some() && entry.stored.is_expired(now.get()) {
                     expired.push(entry);
                     continue;
                 }
@@ -487,14 +553,13 @@ impl State {
         match how {
             Settle::Ack => self.accounting.release(entry.stored),
             Settle::Nack(Some(delay)) if !delay.is_zero() => {
-                let sequence = entry.stored.sequence;
-                group.delayed.insert((later(delay), sequence), entry);
+                group.delayed.insert((later(delay), entry.sequence), entry);
                 // Waiting consumers re-arm their timers for the new due time.
-                group.wake();
+                group.wake(&mut self.accounting.deferred.woken);
             }
             Settle::Nack(_) => {
                 group.push_ready(entry);
-                group.wake();
+                group.wake(&mut self.accounting.deferred.woken);
             }
             Settle::Reject(reason) => self.dead_letter(config, topic, entry, reason),
         }
@@ -534,7 +599,7 @@ impl State {
                         group.push_ready(f.entry);
                     }
                 }
-                group.wake();
+                group.wake(&mut self.accounting.deferred.woken);
             }
         }
     }
