@@ -129,20 +129,17 @@ impl Service<Message> for Publisher {
         let wait_processed = self.wait_processed;
         Box::pin(async move {
             let connects = connection.connects();
-            send(&connection, &message).await?;
+            let destination = message.shared_destination();
+            send(&connection, message).await?;
             if wait_processed {
-                confirm(&connection, connects, message.destination()).await?;
+                confirm(&connection, connects, &destination).await?;
             }
             let guarantee = if wait_processed {
                 Guarantee::Forwarded
             } else {
                 Guarantee::Sent
             };
-            Ok(Receipt::new(
-                super::BROKER,
-                message.shared_destination(),
-                guarantee,
-            ))
+            Ok(Receipt::new(super::BROKER, destination, guarantee))
         })
     }
 }
@@ -194,20 +191,22 @@ impl Service<Vec<Message>> for BatchPublisher {
         Box::pin(async move {
             let connects = connection.connects();
             let mut results = Vec::with_capacity(messages.len());
-            for message in &messages {
-                results.push(send(&connection, message).await.map(|()| {
-                    Receipt::new(
-                        super::BROKER,
-                        message.shared_destination(),
-                        Guarantee::Forwarded,
-                    )
-                }));
+            for message in messages {
+                let destination = message.shared_destination();
+                results.push(
+                    send(&connection, message)
+                        .await
+                        .map(|()| Receipt::new(super::BROKER, destination, Guarantee::Forwarded)),
+                );
             }
-            let destination = messages.first().map(Message::destination).unwrap_or("");
-            if let Err(err) = confirm(&connection, connects, destination).await {
-                for (result, message) in results.iter_mut().zip(&messages) {
-                    if result.is_ok() {
-                        *result = Err(error(err.kind(), Operation::Publish, message.destination())
+            let first = results.iter().find_map(|r| r.as_ref().ok());
+            let destination = first
+                .map(|r| r.destination().to_owned())
+                .unwrap_or_default();
+            if let Err(err) = confirm(&connection, connects, &destination).await {
+                for result in &mut results {
+                    if let Ok(receipt) = result {
+                        *result = Err(error(err.kind(), Operation::Publish, receipt.destination())
                             .with_reason(err.reason().unwrap_or("not confirmed").to_owned()));
                     }
                 }
@@ -218,26 +217,24 @@ impl Service<Vec<Message>> for BatchPublisher {
 }
 
 /// Hands one message to the client.
-pub(crate) async fn send(connection: &Connection, message: &Message) -> Result<(), Error> {
-    let subject = message.destination();
+pub(crate) async fn send(connection: &Connection, message: Message) -> Result<(), Error> {
     let headers = headers::prepare(
-        message,
+        &message,
         Flavour::Core,
         connection.config(),
         Operation::Publish,
     )?;
     let client = connection.client();
-    let payload = message.payload().clone();
-    let owned = subject.to_owned();
-    let result = match (message.reply_to(), headers.is_empty()) {
-        (Some(reply), true) => {
-            client
-                .publish_with_reply(owned, reply.to_owned(), payload)
-                .await
-        }
+    let owned = message.destination().to_owned();
+    let subject = message.shared_destination();
+    let reply = message.reply_to().map(str::to_owned);
+    // Moved, not cloned: a payload built from a `Vec` allocates on its first clone.
+    let payload = message.into_payload();
+    let result = match (reply, headers.is_empty()) {
+        (Some(reply), true) => client.publish_with_reply(owned, reply, payload).await,
         (Some(reply), false) => {
             client
-                .publish_with_reply_and_headers(owned, reply.to_owned(), headers, payload)
+                .publish_with_reply_and_headers(owned, reply, headers, payload)
                 .await
         }
         (None, true) => client.publish(owned, payload).await,
@@ -253,7 +250,7 @@ pub(crate) async fn send(connection: &Connection, message: &Message) -> Result<(
             ),
             Kind::Send => (ErrorKind::Permanent, "the NATS connection is closed"),
         };
-        error(kind, Operation::Publish, subject)
+        error(kind, Operation::Publish, &subject)
             .with_reason(reason)
             .with_source(err)
     })

@@ -176,15 +176,15 @@ fn not_plain(message: &Message) -> Vec<String> {
 /// the socket sends a topic frame (PUB). Fails naming what plain frames cannot carry,
 /// unless `ignore_unsupported`, which leaves it out.
 pub(crate) fn encode_plain(
-    message: &Message,
+    message: Message,
     topic: bool,
     ignore_unsupported: bool,
 ) -> Result<Vec<Bytes>, Error> {
     if !ignore_unsupported {
-        let unsupported = not_plain(message);
+        let unsupported = not_plain(&message);
         if !unsupported.is_empty() {
             return Err(refused(
-                message,
+                &message,
                 format!(
                     "plain ZeroMQ frames cannot carry {}: enable the envelope \
                      (Config::framing(Framing::Envelope)) on both peers, or \
@@ -207,7 +207,8 @@ pub(crate) fn encode_plain(
             frames.push(frame.clone());
         }
     }
-    frames.push(message.payload().clone());
+    // Moved, not cloned: a payload built from a `Vec` allocates on its first clone.
+    frames.push(message.into_payload());
     Ok(frames)
 }
 
@@ -265,7 +266,7 @@ pub(crate) fn decode_any(
 /// time to live is refused unless `ignore_unsupported`, which carries it (nothing on
 /// the way enforces it).
 pub(crate) fn encode_any(
-    message: &Message,
+    message: Message,
     topic: bool,
     framing: Framing,
     ignore_unsupported: bool,
@@ -275,19 +276,20 @@ pub(crate) fn encode_any(
         Framing::Envelope => {
             if message.destination().is_empty() {
                 return Err(refused(
-                    message,
+                    &message,
                     "the envelope's destination (topic frame) must not be empty".to_owned(),
                 ));
             }
             if !ignore_unsupported && (message.priority().is_some() || message.ttl().is_some()) {
                 return Err(refused(
-                    message,
+                    &message,
                     "ZeroMQ cannot honour priority or time to live \
                      (ignore_unsupported carries them in the envelope, unenforced)"
                         .to_owned(),
                 ));
             }
-            encode(message).map(Vec::from)
+            let [destination, block] = envelope_head(&message)?;
+            Ok(vec![destination, block, message.into_payload()])
         }
     }
 }
@@ -295,6 +297,12 @@ pub(crate) fn encode_any(
 /// The three envelope frames of `message`: destination, header block, payload. Fails
 /// only for a header value of a type the envelope does not know.
 pub fn encode(message: &Message) -> Result<[Bytes; 3], Error> {
+    let [destination, block] = envelope_head(message)?;
+    Ok([destination, block, message.payload().clone()])
+}
+
+/// The envelope's destination and header block frames of `message`.
+fn envelope_head(message: &Message) -> Result<[Bytes; 2], Error> {
     let mut block = BytesMut::with_capacity(64);
     block.put_slice(&MAGIC);
     block.put_u8(if message.is_persistent() {
@@ -353,7 +361,6 @@ pub fn encode(message: &Message) -> Result<[Bytes; 3], Error> {
     Ok([
         Bytes::copy_from_slice(message.destination().as_bytes()),
         block.freeze(),
-        message.payload().clone(),
     ])
 }
 
@@ -785,7 +792,7 @@ mod tests {
             let message = decode_plain(&frames, topic);
             assert!(!message.is_persistent());
             assert_eq!(message.payload(), frames.last().unwrap());
-            let again = encode_plain(&message, topic, false).unwrap();
+            let again = encode_plain(message.clone(), topic, false).unwrap();
             assert_eq!(again, frames, "{message:?}");
         }
         let sub = decode_plain(&[Bytes::from("topic"), Bytes::from("body")], true);
@@ -804,7 +811,7 @@ mod tests {
             .with_header(FRAME_HEADER, 5i64)
             .with_correlation_id("c")
             .with_timestamp(UNIX_EPOCH);
-        let err = encode_plain(&message, true, false).unwrap_err();
+        let err = encode_plain(message.clone(), true, false).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Permanent);
         assert_eq!(err.operation(), Operation::Publish);
         assert_eq!(err.destination(), Some("t"));
@@ -818,7 +825,7 @@ mod tests {
         ] {
             assert!(reason.contains(part), "{reason} lacks {part}");
         }
-        let frames = encode_plain(&message, true, true).unwrap();
+        let frames = encode_plain(message.clone(), true, true).unwrap();
         assert_eq!(frames, [Bytes::from("t"), Bytes::from("x")]);
     }
 

@@ -212,7 +212,7 @@ impl Service<Message> for Publisher {
         }
         let slot = Slot(self.handle.direct.clone());
         let frames = frame::encode_any(
-            &message,
+            message,
             self.topic,
             self.handle.framing,
             self.ignore_unsupported,

@@ -125,12 +125,7 @@ impl Service<Message> for Replies {
                 "a reply's destination must be a route from a request's reply_to",
             );
         };
-        match frame::encode_any(
-            &message,
-            false,
-            self.handle.framing,
-            self.ignore_unsupported,
-        ) {
+        match frame::encode_any(message, false, self.handle.framing, self.ignore_unsupported) {
             Ok(body) => frames.extend(body),
             Err(error) => {
                 self.sender.abort_send();
@@ -301,12 +296,7 @@ impl Service<Message> for Requester {
                     .with_destination(destination),
             );
         }
-        let body = frame::encode_any(
-            &request,
-            false,
-            self.handle.framing,
-            self.ignore_unsupported,
-        );
+        let body = frame::encode_any(request, false, self.handle.framing, self.ignore_unsupported);
         // Registered before sending, so a fast reply finds its request.
         let registered = body.and_then(|body| {
             let pending = self.waiters.register().map_err(|why| {
