@@ -108,8 +108,8 @@
 
 pub use tower_mq_core::{
     dead_letter, delivery, error, message, receipt, Acker, Acknowledge, BoxError, Classify, Code,
-    Delivery, Error, ErrorKind, Guarantee, HeaderValue, Headers, Message, Operation, Permanent,
-    Position, Receipt, Settlement, Transient,
+    Delivery, Error, ErrorKind, Guarantee, HeaderValue, Headers, IntoDestination, Message,
+    Operation, Permanent, Position, Receipt, Settlement, Transient,
 };
 pub use tower_mq_layers as layers;
 

@@ -104,7 +104,9 @@ impl Fixture for Memory {
                 Client::Stack => stack_receive("memory", subscribed),
                 _ => service_receive(subscribed),
             };
-            let message = move |body| Message::new(topic.clone(), body);
+            // Shared by every message: no allocation per message for its destination.
+            let topic: Arc<str> = Arc::from(topic.as_str());
+            let message = move |body| Message::new(&topic, body);
             let publish = match publisher {
                 Client::Stack => stack_publish("memory", broker.publisher(), message),
                 Client::Service => service_publish(broker.publisher(), message),
@@ -206,8 +208,9 @@ impl Fixture for RabbitMq {
             };
 
             let (publish, publish_batch) = {
-                let key = queue.clone();
-                let message = move |body| Message::new(key.clone(), body);
+                // Shared by every message: no allocation per message for its destination.
+                let key: Arc<str> = Arc::from(queue.as_str());
+                let message = move |body| Message::new(&key, body);
                 match publisher {
                     Client::Bare => {
                         let channel = Arc::new(plain.create_channel().await?);
@@ -414,8 +417,9 @@ impl Fixture for RedisStreams {
                 _ => service_receive(StreamConsumer::subscribe(&config, group).await?),
             };
 
-            let key = stream.clone();
-            let message = move |body| Message::new(key.clone(), body);
+            // Shared by every message: no allocation per message for its destination.
+            let key: Arc<str> = Arc::from(stream.as_str());
+            let message = move |body| Message::new(&key, body);
             let (publish, publish_batch) = match publisher {
                 Client::Bare => {
                     let (one, s) = (conn.clone(), stream.clone());
@@ -539,8 +543,9 @@ impl Fixture for RedisPubSub {
                     PubSubConsumer::subscribe(&config, [Subscription::channel(&channel)]).await?,
                 ),
             };
-            let key = channel.clone();
-            let message = move |body| Message::new(key.clone(), body);
+            // Shared by every message: no allocation per message for its destination.
+            let key: Arc<str> = Arc::from(channel.as_str());
+            let message = move |body| Message::new(&key, body);
             let (publish, publish_batch) = match publisher {
                 Client::Bare => {
                     let (one, c) = (conn.clone(), channel.clone());
@@ -676,8 +681,9 @@ impl Fixture for Kafka {
                     }
                 }
             };
-            let key = topic.clone();
-            let message = move |body| Message::new(key.clone(), body);
+            // Shared by every message: no allocation per message for its destination.
+            let key: Arc<str> = Arc::from(topic.as_str());
+            let message = move |body| Message::new(&key, body);
             let (publish, publish_batch) = match publisher {
                 Client::Bare => {
                     let producer: FutureProducer = config.producer_config().create()?;
@@ -823,8 +829,9 @@ impl Fixture for Nats {
                 }
                 _ => service_receive(Subscriber::subscribe(&connection, &subject).await?),
             };
-            let key = subject.clone();
-            let message = move |body| Message::new(key.clone(), body);
+            // Shared by every message: no allocation per message for its destination.
+            let key: Arc<str> = Arc::from(subject.as_str());
+            let message = move |body| Message::new(&key, body);
             let (publish, publish_batch) = match publisher {
                 Client::Bare => {
                     let client = async_nats::connect(&url).await?;
@@ -928,8 +935,9 @@ impl Fixture for JetStream {
                 Client::Stack => stack_receive("nats", js.consumer(&name, &durable).await?),
                 _ => service_receive(js.consumer(&name, &durable).await?),
             };
-            let key = subject.clone();
-            let message = move |body| Message::new(key.clone(), body);
+            // Shared by every message: no allocation per message for its destination.
+            let key: Arc<str> = Arc::from(subject.as_str());
+            let message = move |body| Message::new(&key, body);
             let (publish, publish_batch) = match publisher {
                 Client::Bare => {
                     let plain = async_nats::jetstream::new(async_nats::connect(&url).await?);

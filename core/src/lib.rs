@@ -37,5 +37,5 @@ pub mod receipt;
 pub use delivery::{Acker, Acknowledge, Delivery, Settlement};
 pub use error::{BoxError, Classify, Code, Error, ErrorKind, Operation, Permanent, Transient};
 pub use header::{HeaderValue, Headers};
-pub use message::Message;
+pub use message::{IntoDestination, Message};
 pub use receipt::{Guarantee, Position, Receipt};

@@ -98,9 +98,23 @@ impl Message {
     ///
     /// Messages are persistent by default (durable where the broker supports it);
     /// call [`Message::with_persistent`] with `false` for transient ones.
-    pub fn new(destination: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    ///
+    /// The destination is any string, or an `Arc<str>` that many messages share: a
+    /// program that publishes to the same place many times can make it once and
+    /// spare an allocation per message (see [`IntoDestination`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_mq_core::Message;
+    ///
+    /// let orders: Arc<str> = Arc::from("orders");
+    /// let first = Message::new(orders.clone(), "1");
+    /// let second = Message::new(&orders, "2");
+    /// assert_eq!(first.destination(), second.destination());
+    /// ```
+    pub fn new(destination: impl IntoDestination, payload: impl Into<Bytes>) -> Self {
         Message {
-            destination: Arc::from(destination.into()),
+            destination: destination.into_destination(),
             key: None,
             payload: payload.into(),
             headers: Headers::new(),
@@ -322,8 +336,8 @@ impl Message {
     }
 
     /// Replaces the destination.
-    pub fn set_destination(&mut self, destination: impl Into<String>) {
-        self.destination = Arc::from(destination.into());
+    pub fn set_destination(&mut self, destination: impl IntoDestination) {
+        self.destination = destination.into_destination();
     }
 
     /// Replaces or clears the key.
@@ -531,5 +545,65 @@ mod tests {
         untouched.set_ttl(None);
         assert!(untouched.headers_mut().remove("missing").is_none());
         assert_eq!(untouched, plain);
+    }
+}
+
+/// What a message's destination can be made from: a string in any of its usual forms,
+/// or an `Arc<str>`, which messages then share without copying it.
+///
+/// A message keeps its destination as an `Arc<str>`, so that cloning a message (a
+/// retry, a fan-out) shares it. Made from a `&str` or a `String`, the destination is
+/// copied into a new allocation; made from an `Arc<str>` (or a reference to one), it
+/// is shared and nothing is allocated.
+pub trait IntoDestination {
+    /// The destination, as the message keeps it.
+    fn into_destination(self) -> Arc<str>;
+}
+
+impl IntoDestination for &str {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl IntoDestination for &mut str {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(&*self)
+    }
+}
+
+impl IntoDestination for String {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl IntoDestination for &String {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self.as_str())
+    }
+}
+
+impl IntoDestination for Box<str> {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl IntoDestination for std::borrow::Cow<'_, str> {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl IntoDestination for Arc<str> {
+    fn into_destination(self) -> Arc<str> {
+        self
+    }
+}
+
+impl IntoDestination for &Arc<str> {
+    fn into_destination(self) -> Arc<str> {
+        self.clone()
     }
 }
