@@ -302,6 +302,33 @@ async fn publishes_in_flight_share_one_confirmation_round_trip() {
     );
 }
 
+/// Two publishes to `subject` on `connection`, each polled until it waits for its
+/// confirmation: the first leads the round, the second waits on it.
+async fn leader_and_follower(
+    connection: &Connection,
+    subject: &str,
+) -> (
+    <Publisher as Service<Message>>::Future,
+    <Publisher as Service<Message>>::Future,
+) {
+    let mut calls = Vec::new();
+    for text in ["leader", "follower"] {
+        let mut publisher = Publisher::new(connection);
+        std::future::poll_fn(|cx| publisher.poll_ready(cx))
+            .await
+            .unwrap();
+        let mut call = publisher.call(Message::new(subject, text));
+        assert!(
+            futures_util::poll!(&mut call).is_pending(),
+            "a confirmation needs a round trip"
+        );
+        calls.push(call);
+    }
+    let follower = calls.pop().unwrap();
+    let leader = calls.pop().unwrap();
+    (leader, follower)
+}
+
 #[tokio::test]
 async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_others() {
     let _server = SERVER.read().await;
@@ -312,21 +339,8 @@ async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_ot
         connect_with(Config::new(url()).request_timeout(Duration::from_secs(600))).await;
     let subject = unique("abandoned-lead");
     let mut subscriber = Subscriber::subscribe(&connection, &subject).await.unwrap();
-    let mut publisher = Publisher::new(&connection);
-    let mut calls = Vec::new();
-    for text in ["leader", "follower"] {
-        std::future::poll_fn(|cx| publisher.poll_ready(cx))
-            .await
-            .unwrap();
-        let mut call = publisher.call(Message::new(&subject, text));
-        assert!(
-            futures_util::poll!(&mut call).is_pending(),
-            "a confirmation needs a round trip"
-        );
-        calls.push(call);
-    }
-    let follower = calls.pop().unwrap();
-    drop(calls);
+    let (leader, follower) = leader_and_follower(&connection, &subject).await;
+    drop(leader);
     let receipt = tokio::time::timeout(WAIT, follower)
         .await
         .expect("the follower was left waiting for the abandoned round")
@@ -347,17 +361,7 @@ async fn a_publish_that_leads_its_confirmation_but_is_never_polled_again_stalls_
     let timeout = Duration::from_millis(300);
     let connection = connect_with(Config::new(url()).request_timeout(timeout)).await;
     let subject = unique("parked-lead");
-    let mut publisher = Publisher::new(&connection);
-    let mut calls = Vec::new();
-    for text in ["leader", "follower"] {
-        std::future::poll_fn(|cx| publisher.poll_ready(cx))
-            .await
-            .unwrap();
-        let mut call = publisher.call(Message::new(&subject, text));
-        assert!(futures_util::poll!(&mut call).is_pending());
-        calls.push(call);
-    }
-    let follower = calls.pop().unwrap();
+    let (leader, follower) = leader_and_follower(&connection, &subject).await;
     let error = tokio::time::timeout(WAIT, follower)
         .await
         .expect("the follower waited for ever on a leader nobody polls")
@@ -368,7 +372,7 @@ async fn a_publish_that_leads_its_confirmation_but_is_never_polled_again_stalls_
         "{error}"
     );
     // Once the parked leader is dropped, publishing works again.
-    drop(calls);
+    drop(leader);
     Publisher::new(&connection)
         .oneshot(Message::new(&subject, "after"))
         .await
