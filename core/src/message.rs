@@ -452,6 +452,66 @@ impl fmt::Debug for KeyDebug<'_> {
     }
 }
 
+/// What a message's destination can be made from: a string in any of its usual forms,
+/// or an `Arc<str>`, which messages then share without copying it.
+///
+/// A message keeps its destination as an `Arc<str>`, so that cloning a message (a
+/// retry, a fan-out) shares it. Made from a `&str` or a `String`, the destination is
+/// copied into a new allocation; made from an `Arc<str>` (or a reference to one), it
+/// is shared and nothing is allocated.
+pub trait IntoDestination {
+    /// The destination, as the message keeps it.
+    fn into_destination(self) -> Arc<str>;
+}
+
+impl IntoDestination for &str {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl IntoDestination for &mut str {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(&*self)
+    }
+}
+
+impl IntoDestination for String {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl IntoDestination for &String {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self.as_str())
+    }
+}
+
+impl IntoDestination for Box<str> {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl IntoDestination for std::borrow::Cow<'_, str> {
+    fn into_destination(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl IntoDestination for Arc<str> {
+    fn into_destination(self) -> Arc<str> {
+        self
+    }
+}
+
+impl IntoDestination for &Arc<str> {
+    fn into_destination(self) -> Arc<str> {
+        self.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,65 +605,5 @@ mod tests {
         untouched.set_ttl(None);
         assert!(untouched.headers_mut().remove("missing").is_none());
         assert_eq!(untouched, plain);
-    }
-}
-
-/// What a message's destination can be made from: a string in any of its usual forms,
-/// or an `Arc<str>`, which messages then share without copying it.
-///
-/// A message keeps its destination as an `Arc<str>`, so that cloning a message (a
-/// retry, a fan-out) shares it. Made from a `&str` or a `String`, the destination is
-/// copied into a new allocation; made from an `Arc<str>` (or a reference to one), it
-/// is shared and nothing is allocated.
-pub trait IntoDestination {
-    /// The destination, as the message keeps it.
-    fn into_destination(self) -> Arc<str>;
-}
-
-impl IntoDestination for &str {
-    fn into_destination(self) -> Arc<str> {
-        Arc::from(self)
-    }
-}
-
-impl IntoDestination for &mut str {
-    fn into_destination(self) -> Arc<str> {
-        Arc::from(&*self)
-    }
-}
-
-impl IntoDestination for String {
-    fn into_destination(self) -> Arc<str> {
-        Arc::from(self)
-    }
-}
-
-impl IntoDestination for &String {
-    fn into_destination(self) -> Arc<str> {
-        Arc::from(self.as_str())
-    }
-}
-
-impl IntoDestination for Box<str> {
-    fn into_destination(self) -> Arc<str> {
-        Arc::from(self)
-    }
-}
-
-impl IntoDestination for std::borrow::Cow<'_, str> {
-    fn into_destination(self) -> Arc<str> {
-        Arc::from(self)
-    }
-}
-
-impl IntoDestination for Arc<str> {
-    fn into_destination(self) -> Arc<str> {
-        self
-    }
-}
-
-impl IntoDestination for &Arc<str> {
-    fn into_destination(self) -> Arc<str> {
-        self.clone()
     }
 }
