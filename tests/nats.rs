@@ -358,7 +358,8 @@ async fn a_publish_that_leads_its_confirmation_but_is_never_polled_again_stalls_
     let _server = SERVER.read().await;
     // A leader kept but no longer polled cannot finish its round nor hand it on; the
     // follower fails after twice the request timeout instead of waiting for ever.
-    let timeout = Duration::from_millis(300);
+    // Long enough for the round trip of the last publish below on a loaded machine.
+    let timeout = Duration::from_secs(1);
     let connection = connect_with(Config::new(url()).request_timeout(timeout)).await;
     let subject = unique("parked-lead");
     let (leader, follower) = leader_and_follower(&connection, &subject).await;
