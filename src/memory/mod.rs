@@ -136,7 +136,8 @@ thread_local! {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         if self.guard.has_deferred() {
-            let mut spare = SPARE.take();
+            // A guard dropped while the thread's locals are torn down makes do without.
+            let mut spare = SPARE.try_with(Cell::take).unwrap_or_default();
             self.guard.take_deferred(&mut spare);
             self.after.0 = Some(spare);
         }
@@ -164,7 +165,7 @@ impl Drop for After {
     fn drop(&mut self) {
         if let Some(mut deferred) = self.0.take() {
             deferred.run();
-            SPARE.set(deferred);
+            let _ = SPARE.try_with(|spare| spare.set(deferred));
         }
     }
 }

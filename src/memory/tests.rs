@@ -436,3 +436,31 @@ fn the_fast_hasher_tells_near_names_and_ids_apart() {
     let ids: std::collections::HashSet<u64> = (0..10_000u64).map(|i| hasher.hash_one(i)).collect();
     assert_eq!(ids.len(), 10_000);
 }
+
+#[test]
+fn a_subscriber_dropped_as_its_thread_ends_lets_go_of_its_messages() {
+    thread_local! {
+        static HELD: std::cell::RefCell<Option<Consumer>> = const { std::cell::RefCell::new(None) };
+    }
+    let broker = Broker::new();
+    let in_thread = broker.clone();
+    std::thread::spawn(move || {
+        // Set first, so that this thread's locals are torn down after the broker's own:
+        // the subscriber is dropped when those are gone.
+        HELD.with(|held| *held.borrow_mut() = Some(in_thread.subscribe("t").unwrap()));
+        let publish = |message| {
+            in_thread
+                .publisher()
+                .oneshot(message)
+                .now_or_never()
+                .expect("the memory broker answers at once")
+                .unwrap()
+        };
+        publish(Message::new("t", "held by the subscriber"));
+        // Nobody subscribes here: the message is let go of at once, after the lock.
+        publish(Message::new("nobody", "dropped"));
+    })
+    .join()
+    .expect("the thread ended without a panic");
+    assert_eq!(broker.held(), 0);
+}
