@@ -389,25 +389,22 @@ impl State {
         validate: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<u64, E> {
         let name = stored.message.destination();
-        if !self.topics.get(name).is_some_and(|t| t.validated) {
-            if let Err(error) = validate(name) {
-                self.unreserve();
-                return Err(error);
-            }
-            match self.topics.get_mut(name) {
-                Some(topic) => topic.validated = true,
-                None => {
-                    let topic = Topic {
-                        validated: true,
-                        ..Topic::default()
-                    };
-                    self.topics.insert(name.to_owned(), topic);
+        // One lookup on the common path: a topic published to before was validated.
+        let topic = match self.topics.get_mut(name) {
+            Some(topic) if topic.validated => topic,
+            _ => {
+                if let Err(error) = validate(name) {
+                    self.unreserve();
+                    return Err(error);
                 }
+                let topic = self.topics.entry(name.to_owned()).or_default();
+                topic.validated = true;
+                topic
             }
-        }
+        };
         // The reservation becomes the held message, if it is held (counted first, so
         // that the count never drops below what is held and reserved).
-        let sequence = self.publish(stored);
+        let sequence = store(topic, &mut self.accounting, stored);
         self.accounting.occupied.remove();
         if !self.accounting.waiters.is_empty() {
             self.accounting.wake();
@@ -423,28 +420,7 @@ impl State {
             Some(topic) => topic,
             None => self.topics.entry(destination.to_owned()).or_default(),
         };
-        topic.next_sequence += 1;
-        let sequence = topic.next_sequence;
-        if topic.groups.is_empty() {
-            self.accounting.deferred.freed.push(stored);
-            return sequence;
-        }
-        let expires_at = stored.expires_at;
-        for group in topic.groups.values_mut() {
-            group.push_ready(Entry {
-                stored: stored.clone(),
-                sequence,
-                deliveries: 0,
-            });
-            group.wake(&mut self.accounting.deferred.woken);
-        }
-        drop(stored);
-        self.accounting.held += 1;
-        self.accounting.occupied.add();
-        if expires_at.is_some() {
-            self.accounting.expiring += 1;
-        }
-        sequence
+        store(topic, &mut self.accounting, stored)
     }
 
     pub(super) fn dead_letter_topic(&self, config: &Config, topic: &str) -> String {
@@ -632,6 +608,33 @@ impl State {
         }
         next_expiry
     }
+}
+
+/// Stores `stored` in `topic` for every group of it, counted in `accounting`; returns
+/// its sequence number in the topic.
+fn store(topic: &mut Topic, accounting: &mut Accounting, stored: Arc<Stored>) -> u64 {
+    topic.next_sequence += 1;
+    let sequence = topic.next_sequence;
+    if topic.groups.is_empty() {
+        accounting.deferred.freed.push(stored);
+        return sequence;
+    }
+    let expires_at = stored.expires_at;
+    for group in topic.groups.values_mut() {
+        group.push_ready(Entry {
+            stored: stored.clone(),
+            sequence,
+            deliveries: 0,
+        });
+        group.wake(&mut accounting.deferred.woken);
+    }
+    drop(stored);
+    accounting.held += 1;
+    accounting.occupied.add();
+    if expires_at.is_some() {
+        accounting.expiring += 1;
+    }
+    sequence
 }
 
 /// `delay` from now, or a century from now if the clock cannot represent that.
