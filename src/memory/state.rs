@@ -104,8 +104,9 @@ impl Stored {
         })
     }
 
-    fn is_expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
+    /// Whether its time to live has passed; reads the clock only if it has one.
+    fn is_expired(&self, now: &mut LazyNow) -> bool {
+        self.expires_at.is_some_and(|at| at <= now.get())
     }
 }
 
@@ -485,7 +486,7 @@ impl State {
                 group.promote_due(now.get());
             }
             while let Some((_, mut entry)) = group.ready.pop_first() {
-                if entry.stored.expires_at.is_some() && entry.stored.is_expired(now.get()) {
+                if entry.stored.is_expired(&mut now) {
                     expired.push(entry);
                     continue;
                 }

@@ -23,13 +23,12 @@
 //! subject) cannot stall a confirmation, as it could stall a request to a probe
 //! subject.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex, MutexGuard};
 
 /// Why a round did not confirm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +53,6 @@ enum Loopback {
     Subscribed(async_nats::Subscriber),
     /// The client closed the subscription: every later round fails.
     Closed,
-    /// A leader has it.
-    Taken,
 }
 
 /// A connection's confirmations: cheap to share.
@@ -65,8 +62,7 @@ pub(crate) struct Confirmer {
     timeout: Duration,
     /// The round the next loopback message will carry (rounds start at 1).
     next_round: AtomicU64,
-    /// Whether a caller is leading a round.
-    leading: AtomicBool,
+    /// Held by the caller leading a round: taken with `try_lock`, never waited for.
     loopback: Mutex<Loopback>,
     done: watch::Sender<Outcome>,
 }
@@ -84,7 +80,6 @@ impl Confirmer {
             subject,
             timeout,
             next_round: AtomicU64::new(1),
-            leading: AtomicBool::new(false),
             loopback: Mutex::new(Loopback::Unsubscribed),
             done,
         }
@@ -107,8 +102,8 @@ impl Confirmer {
             if outcome.round >= round {
                 return outcome.failure.map_or(Ok(()), Err);
             }
-            if !self.leading.swap(true, Ordering::AcqRel) {
-                return self.lead().await;
+            if let Ok(loopback) = self.loopback.try_lock() {
+                return self.lead(loopback).await;
             }
             // The round under way and the next one each end within the timeout;
             // only a leader whose future is neither polled nor dropped could make a
@@ -123,11 +118,12 @@ impl Confirmer {
         }
     }
 
-    /// Runs one round as its leader and tells everyone waiting how it ended.
-    async fn lead(&self) -> Result<(), Failure> {
+    /// Runs one round as its leader (holding `loopback`) and tells everyone waiting how
+    /// it ended.
+    async fn lead(&self, loopback: MutexGuard<'_, Loopback>) -> Result<(), Failure> {
         let mut lead = Lead {
             confirmer: self,
-            loopback: std::mem::replace(&mut *self.lock(), Loopback::Taken),
+            loopback: Some(loopback),
             outcome: None,
         };
         let round = self.next_round.fetch_add(1, Ordering::SeqCst);
@@ -135,17 +131,14 @@ impl Confirmer {
         lead.outcome = Some(Outcome { round, failure });
         failure.map_or(Ok(()), Err)
     }
-
-    fn lock(&self) -> MutexGuard<'_, Loopback> {
-        self.loopback.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
-/// The lead of one round: gives the subscription back and the lead up however the
-/// round ends, its future dropped included.
+/// The lead of one round: gives the lead up and tells the others however the round
+/// ends, its future dropped included.
 struct Lead<'a> {
     confirmer: &'a Confirmer,
-    loopback: Loopback,
+    /// `Some` until the lead is given up.
+    loopback: Option<MutexGuard<'a, Loopback>>,
     /// How the round ended; `None` while it runs.
     outcome: Option<Outcome>,
 }
@@ -154,14 +147,17 @@ impl Lead<'_> {
     /// Sends the loopback message of `round` and waits for it to come back.
     async fn round(&mut self, round: u64) -> Result<(), Failure> {
         let confirmer = self.confirmer;
-        if let Loopback::Unsubscribed = self.loopback {
+        let Some(loopback) = self.loopback.as_deref_mut() else {
+            return Err(Failure::Closed);
+        };
+        if let Loopback::Unsubscribed = loopback {
             // The subscription goes out before the first loopback message, in order.
-            self.loopback = match confirmer.client.subscribe(confirmer.subject.clone()).await {
+            *loopback = match confirmer.client.subscribe(confirmer.subject.clone()).await {
                 Ok(subscriber) => Loopback::Subscribed(subscriber),
                 Err(_) => Loopback::Closed,
             };
         }
-        let Loopback::Subscribed(subscriber) = &mut self.loopback else {
+        let Loopback::Subscribed(subscriber) = loopback else {
             return Err(Failure::Closed);
         };
         confirmer
@@ -175,7 +171,7 @@ impl Lead<'_> {
         match tokio::time::timeout(confirmer.timeout, returned(subscriber, round)).await {
             Ok(true) => Ok(()),
             Ok(false) => {
-                self.loopback = Loopback::Closed;
+                *loopback = Loopback::Closed;
                 Err(Failure::Closed)
             }
             Err(_) => Err(Failure::TimedOut(confirmer.timeout)),
@@ -186,9 +182,7 @@ impl Lead<'_> {
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
         // The lead is given up before the outcome is told (see `confirm`).
-        let loopback = std::mem::replace(&mut self.loopback, Loopback::Taken);
-        *self.confirmer.lock() = loopback;
-        self.confirmer.leading.store(false, Ordering::Release);
+        drop(self.loopback.take());
         match self.outcome {
             Some(outcome) => {
                 self.confirmer.done.send_replace(outcome);

@@ -130,7 +130,7 @@ impl Service<Message> for Publisher {
         Box::pin(async move {
             let connects = connection.connects();
             let destination = message.shared_destination();
-            send(&connection, message).await?;
+            send(&connection, message, &destination).await?;
             if wait_processed {
                 confirm(&connection, connects, &destination).await?;
             }
@@ -194,16 +194,15 @@ impl Service<Vec<Message>> for BatchPublisher {
             for message in messages {
                 let destination = message.shared_destination();
                 results.push(
-                    send(&connection, message)
+                    send(&connection, message, &destination)
                         .await
                         .map(|()| Receipt::new(super::BROKER, destination, Guarantee::Forwarded)),
                 );
             }
             let first = results.iter().find_map(|r| r.as_ref().ok());
-            let destination = first
-                .map(|r| r.destination().to_owned())
-                .unwrap_or_default();
-            if let Err(err) = confirm(&connection, connects, &destination).await {
+            let destination = first.map_or("", Receipt::destination);
+            let confirmed = confirm(&connection, connects, destination).await;
+            if let Err(err) = confirmed {
                 for result in &mut results {
                     if let Ok(receipt) = result {
                         *result = Err(error(err.kind(), Operation::Publish, receipt.destination())
@@ -216,8 +215,12 @@ impl Service<Vec<Message>> for BatchPublisher {
     }
 }
 
-/// Hands one message to the client.
-pub(crate) async fn send(connection: &Connection, message: Message) -> Result<(), Error> {
+/// Hands one message to the client; errors name `subject`, the message's destination.
+pub(crate) async fn send(
+    connection: &Connection,
+    message: Message,
+    subject: &str,
+) -> Result<(), Error> {
     let headers = headers::prepare(
         &message,
         Flavour::Core,
@@ -226,7 +229,6 @@ pub(crate) async fn send(connection: &Connection, message: Message) -> Result<()
     )?;
     let client = connection.client();
     let owned = message.destination().to_owned();
-    let subject = message.shared_destination();
     let reply = message.reply_to().map(str::to_owned);
     // Moved, not cloned: a payload built from a `Vec` allocates on its first clone.
     let payload = message.into_payload();
@@ -250,7 +252,7 @@ pub(crate) async fn send(connection: &Connection, message: Message) -> Result<()
             ),
             Kind::Send => (ErrorKind::Permanent, "the NATS connection is closed"),
         };
-        error(kind, Operation::Publish, &subject)
+        error(kind, Operation::Publish, subject)
             .with_reason(reason)
             .with_source(err)
     })
