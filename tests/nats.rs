@@ -303,7 +303,8 @@ async fn publishes_in_flight_share_one_confirmation_round_trip() {
 }
 
 /// Two publishes to `subject` on `connection`, each polled until it waits for its
-/// confirmation: the first leads the round, the second waits on it.
+/// confirmation: the first claims a round and reads the loopback messages, the second
+/// claims the next round and waits for the first to read it.
 async fn leader_and_follower(
     connection: &Connection,
     subject: &str,
@@ -312,16 +313,20 @@ async fn leader_and_follower(
     <Publisher as Service<Message>>::Future,
 ) {
     let mut calls = Vec::new();
-    for text in ["leader", "follower"] {
+    // Each lets the other ready tasks run once before it claims its round: polled
+    // again, the leader reads and the follower waits for it.
+    for (text, polls) in [("leader", 3), ("follower", 3)] {
         let mut publisher = Publisher::new(connection);
         std::future::poll_fn(|cx| publisher.poll_ready(cx))
             .await
             .unwrap();
         let mut call = publisher.call(Message::new(subject, text));
-        assert!(
-            futures_util::poll!(&mut call).is_pending(),
-            "a confirmation needs a round trip"
-        );
+        for _ in 0..polls {
+            assert!(
+                futures_util::poll!(&mut call).is_pending(),
+                "a confirmation needs a round trip"
+            );
+        }
         calls.push(call);
     }
     let follower = calls.pop().unwrap();
@@ -332,9 +337,9 @@ async fn leader_and_follower(
 #[tokio::test]
 async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_others() {
     let _server = SERVER.read().await;
-    // The first publish to wait leads the confirmation round the others wait for. Its
+    // The first publish to wait reads the loopback messages the others wait for. Its
     // caller giving up must not leave them waiting: a long request timeout, so that
-    // only a handed-on lead can answer within WAIT.
+    // only a handed-on reading can answer within WAIT.
     let connection =
         connect_with(Config::new(url()).request_timeout(Duration::from_secs(600))).await;
     let subject = unique("abandoned-lead");
@@ -356,7 +361,7 @@ async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_ot
 #[tokio::test]
 async fn a_publish_that_leads_its_confirmation_but_is_never_polled_again_stalls_no_one_for_ever() {
     let _server = SERVER.read().await;
-    // A leader kept but no longer polled cannot finish its round nor hand it on; the
+    // A reader kept but no longer polled cannot read nor hand the reading on; the
     // follower fails after twice the request timeout instead of waiting for ever.
     // Long enough for the round trip of the last publish below on a loaded machine.
     let timeout = Duration::from_secs(1);
