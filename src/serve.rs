@@ -132,7 +132,7 @@ use std::fmt;
 use std::future::{poll_fn, Future, IntoFuture, Pending};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -143,7 +143,7 @@ use futures_util::{FutureExt, StreamExt};
 use metrics::Counter;
 use tokio::task::JoinSet;
 use tower::Service;
-use tower_mq_core::cache::{DestinationCache, Entry};
+use tower_mq_core::cache::DestinationCache;
 use tower_mq_core::{BoxError, Delivery, Error, ErrorKind, Settlement};
 use tower_mq_layers::classify::{Classifier, DefaultClassifier};
 use tower_mq_layers::metrics::names::labels;
@@ -878,10 +878,9 @@ impl Counted {
 /// destinations cannot grow it.
 #[derive(Default)]
 struct SettlementCounters {
+    /// A run that settles one destination (the common case) finds its counters
+    /// without a lock or a hash: it is the cache's first.
     by_destination: DestinationCache<Slots>,
-    /// The destination settled last, with its counters: a run that settles one
-    /// destination (the common case) finds them without hashing its name.
-    last: Mutex<Option<Entry<Slots>>>,
 }
 
 /// One destination's counters, one slot per [`Counted`].
@@ -889,12 +888,7 @@ type Slots = [OnceLock<Counter>; 6];
 
 impl SettlementCounters {
     fn increment(&self, destination: &str, counted: Counted) {
-        // A poisoned lock only means a panic elsewhere while it was held; what it
-        // guards is whole (every write is a single operation).
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = None;
         let counters = self
             .by_destination
             .get_after(&mut last, destination, Slots::default);

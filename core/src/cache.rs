@@ -6,9 +6,11 @@
 //! (building a metric's key, hashing it into the recorder's registry) costs more than
 //! the rest of the message's way. A [`DestinationCache`] makes a destination's value on
 //! its first message and hands the same one to every later message, with nothing
-//! allocated. [`DestinationCache::get_after`] also skips the lookup while messages keep
-//! going to the destination of the one before, the common case of a publisher or a
-//! consumer with one destination.
+//! allocated. The first destination cached is read without a lock or a hash (the
+//! common case of a publisher or a consumer with one destination, also when a service
+//! is cloned for every call, as tower's `oneshot` and axum do), and
+//! [`DestinationCache::get_after`] skips the lookup while messages keep going to the
+//! destination of the one before.
 //!
 //! The cache is bounded ([`DestinationCache::DEFAULT_CAPACITY`] unless set): past its
 //! capacity, a new destination's value is made for that message alone, so that
@@ -31,14 +33,17 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// One value per destination, made on the destination's first use. See the
 /// [module docs](self).
 ///
-/// Shared by reference (or in an `Arc`): lookups take a read lock, and only a
-/// destination's first use takes the write lock.
+/// Shared by reference (or in an `Arc`): the first destination cached is read with
+/// one atomic load, other lookups take a read lock, and only a destination's first use
+/// takes the write lock.
 pub struct DestinationCache<V> {
+    /// The entry of the first destination cached, also in `by_destination`.
+    first: OnceLock<Entry<V>>,
     by_destination: RwLock<HashMap<Arc<str>, Arc<V>>>,
     capacity: usize,
 }
@@ -59,6 +64,7 @@ impl<V> DestinationCache<V> {
     /// An empty cache of values for up to `capacity` destinations.
     pub fn new(capacity: usize) -> Self {
         DestinationCache {
+            first: OnceLock::new(),
             by_destination: RwLock::new(HashMap::new()),
             capacity,
         }
@@ -72,6 +78,9 @@ impl<V> DestinationCache<V> {
     /// The entry of `destination`, its value made by `make` on its first use. Past the
     /// capacity, a new destination's value is made anew on every call and not kept.
     pub fn get(&self, destination: &str, make: impl FnOnce() -> V) -> Entry<V> {
+        if let Some(first) = self.first_for(destination) {
+            return first.clone();
+        }
         // A poisoned lock only means a panic elsewhere while it was held (in a `make`,
         // say); the map is still whole (every insert is a single operation), so use it.
         let found = self
@@ -96,29 +105,40 @@ impl<V> DestinationCache<V> {
         };
         if map.len() < self.capacity {
             map.insert(entry.destination.clone(), entry.value.clone());
+            if self.first.get().is_none() {
+                // Under the write lock: only the first destination inserted gets here.
+                let _ = self.first.set(entry.clone());
+            }
         }
         entry
     }
 
+    /// The first destination's entry, if `destination` is it.
+    #[inline]
+    fn first_for(&self, destination: &str) -> Option<&Entry<V>> {
+        self.first.get().filter(|first| first.is_for(destination))
+    }
+
     /// The entry of `destination`, starting from `last`, the entry the caller used
     /// before: the same one, without a lookup, while the destination stays the same;
-    /// otherwise as [`get`](Self::get), and `last` becomes the new entry.
+    /// the cache's first destination, without a lock or a hash; otherwise as
+    /// [`get`](Self::get), and `last` becomes the new entry.
     ///
     /// An entry beyond the capacity lives on in `last`, so that messages in a row to
     /// an uncached destination still share one value.
-    pub fn get_after<'l>(
-        &self,
-        last: &'l mut Option<Entry<V>>,
+    pub fn get_after<'a>(
+        &'a self,
+        last: &'a mut Option<Entry<V>>,
         destination: &str,
         make: impl FnOnce() -> V,
-    ) -> &'l Entry<V> {
-        if last
-            .as_ref()
-            .is_some_and(|entry| !entry.is_for(destination))
-        {
-            *last = None;
+    ) -> &'a Entry<V> {
+        if last.as_ref().is_some_and(|entry| entry.is_for(destination)) {
+            return last.as_ref().expect("checked above");
         }
-        last.get_or_insert_with(|| self.get(destination, make))
+        if let Some(first) = self.first_for(destination) {
+            return first;
+        }
+        last.insert(self.get(destination, make))
     }
 }
 
@@ -232,6 +252,28 @@ mod tests {
             "uncached, yet reused in a row"
         );
         assert_eq!(cache.get_after(&mut last, "b", make).destination(), "b");
+        assert_eq!(made.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn the_first_destination_is_found_without_a_last_entry_and_leaves_it_alone() {
+        let made = AtomicUsize::new(0);
+        let make = || made.fetch_add(1, Ordering::Relaxed);
+        let cache = DestinationCache::default();
+        let orders = cache.get("orders", make);
+        cache.get("invoices", make);
+        // A service cloned per call starts without a last entry every time.
+        let mut last = None;
+        assert!(Arc::ptr_eq(
+            orders.value(),
+            cache.get_after(&mut last, "orders", make).value()
+        ));
+        assert!(last.is_none(), "the first destination needs no last entry");
+        assert_eq!(
+            cache.get_after(&mut last, "invoices", make).destination(),
+            "invoices"
+        );
+        assert_eq!(last.as_ref().map(Entry::destination), Some("invoices"));
         assert_eq!(made.load(Ordering::Relaxed), 2);
     }
 }
