@@ -302,6 +302,49 @@ async fn publishes_in_flight_share_one_confirmation_round_trip() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_from_many_tasks_at_once_are_all_confirmed_and_delivered() {
+    let _server = SERVER.read().await;
+    // Tasks on two threads claim, send and read confirmation rounds side by side: every
+    // publish is confirmed once, none waits for a round nobody reads.
+    const TASKS: usize = 8;
+    const EACH: usize = 250;
+    let connection = connect().await;
+    let subject = unique("many-tasks");
+    let mut subscriber = Subscriber::subscribe(&connection, &subject).await.unwrap();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let publisher = Publisher::new(&connection);
+            let subject = subject.clone();
+            tokio::spawn(async move {
+                let calls = (0..EACH).map(|i| {
+                    publisher
+                        .clone()
+                        .oneshot(Message::new(&subject, format!("{task}-{i}")))
+                });
+                futures_util::stream::iter(calls)
+                    .buffer_unordered(25)
+                    .collect::<Vec<_>>()
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let receipts = tokio::time::timeout(WAIT, task)
+            .await
+            .expect("a publish was left waiting for its confirmation")
+            .unwrap();
+        for receipt in receipts {
+            assert_eq!(receipt.unwrap().guarantee(), Guarantee::Forwarded);
+        }
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..TASKS * EACH {
+        seen.insert(text(&next(&mut subscriber, "every message").await));
+    }
+    assert_eq!(seen.len(), TASKS * EACH);
+}
+
 /// Two publishes to `subject` on `connection`, each polled until it waits for its
 /// confirmation: the first claims a round and reads the loopback messages, the second
 /// claims the next round and waits for the first to read it.
