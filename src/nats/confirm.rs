@@ -177,12 +177,18 @@ impl Confirmer {
                 Err(_) => Loopback::Closed,
             };
         }
-        match *loopback {
-            Loopback::Subscribed(_) => {
-                self.subscribed.store(true, Ordering::Release);
-                Ok(())
-            }
-            _ => Err(Failure::Closed),
+        let subscribed = matches!(*loopback, Loopback::Subscribed(_));
+        if subscribed {
+            self.subscribed.store(true, Ordering::Release);
+        }
+        drop(loopback);
+        // A caller that found the lock held here while it wanted to read went to wait
+        // for a change: wake it, as a reader giving the reading up would.
+        self.done.send_modify(|_| {});
+        if subscribed {
+            Ok(())
+        } else {
+            Err(Failure::Closed)
         }
     }
 
