@@ -259,18 +259,17 @@ impl<F, Resp> Flights<F, Resp> {
         S::Error: Into<BoxError>,
         S::Response: BatchResults<Response = Resp>,
     {
-        // Callers that gave up (dropped their future) are left out.
-        let items: Vec<_> = items.into_iter().filter(|i| !i.reply.is_closed()).collect();
-        if items.is_empty() {
-            return true;
-        }
-        metrics::histogram!(BATCH_SIZE_METRIC).record(items.len() as f64);
         let mut requests = Vec::with_capacity(items.len());
         let mut replies = Vec::with_capacity(items.len());
-        for item in items {
+        // Callers that gave up (dropped their future) are left out.
+        for item in items.into_iter().filter(|i| !i.reply.is_closed()) {
             requests.push(item.request);
             replies.push((item.reply, item.permit));
         }
+        if requests.is_empty() {
+            return true;
+        }
+        metrics::histogram!(BATCH_SIZE_METRIC).record(requests.len() as f64);
         let ready = std::future::poll_fn(|cx| {
             while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {}
             if self.running.len() >= self.max {
