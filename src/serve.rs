@@ -888,10 +888,7 @@ type Slots = [OnceLock<Counter>; 6];
 
 impl SettlementCounters {
     fn increment(&self, destination: &str, counted: Counted) {
-        let mut last = None;
-        let counters = self
-            .by_destination
-            .get_after(&mut last, destination, Slots::default);
+        let counters = self.by_destination.get(destination, Slots::default);
         counters[counted as usize]
             .get_or_init(|| {
                 ::metrics::counter!(

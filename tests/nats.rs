@@ -305,8 +305,8 @@ async fn publishes_in_flight_share_one_confirmation_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_from_many_tasks_at_once_are_all_confirmed_and_delivered() {
     let _server = SERVER.read().await;
-    // Tasks on two threads claim, send and read confirmation rounds side by side: every
-    // publish is confirmed once, none waits for a round nobody reads.
+    // Tasks on two threads lead and wait for confirmation rounds side by side: every
+    // publish is confirmed, none waits for a round nobody leads.
     const TASKS: usize = 8;
     const EACH: usize = 250;
     let connection = connect().await;
@@ -346,8 +346,7 @@ async fn publishes_from_many_tasks_at_once_are_all_confirmed_and_delivered() {
 }
 
 /// Two publishes to `subject` on `connection`, each polled until it waits for its
-/// confirmation: the first claims a round and reads the loopback messages, the second
-/// claims the next round and waits for the first to read it.
+/// confirmation: the first leads the round, the second waits on it.
 async fn leader_and_follower(
     connection: &Connection,
     subject: &str,
@@ -356,20 +355,16 @@ async fn leader_and_follower(
     <Publisher as Service<Message>>::Future,
 ) {
     let mut calls = Vec::new();
-    // Each lets the other ready tasks run once before it claims its round: polled
-    // again, the leader reads and the follower waits for it.
-    for (text, polls) in [("leader", 3), ("follower", 3)] {
+    for text in ["leader", "follower"] {
         let mut publisher = Publisher::new(connection);
         std::future::poll_fn(|cx| publisher.poll_ready(cx))
             .await
             .unwrap();
         let mut call = publisher.call(Message::new(subject, text));
-        for _ in 0..polls {
-            assert!(
-                futures_util::poll!(&mut call).is_pending(),
-                "a confirmation needs a round trip"
-            );
-        }
+        assert!(
+            futures_util::poll!(&mut call).is_pending(),
+            "a confirmation needs a round trip"
+        );
         calls.push(call);
     }
     let follower = calls.pop().unwrap();
@@ -380,9 +375,9 @@ async fn leader_and_follower(
 #[tokio::test]
 async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_others() {
     let _server = SERVER.read().await;
-    // The first publish to wait reads the loopback messages the others wait for. Its
+    // The first publish to wait leads the confirmation round the others wait for. Its
     // caller giving up must not leave them waiting: a long request timeout, so that
-    // only a handed-on reading can answer within WAIT.
+    // only a handed-on lead can answer within WAIT.
     let connection =
         connect_with(Config::new(url()).request_timeout(Duration::from_secs(600))).await;
     let subject = unique("abandoned-lead");
@@ -404,7 +399,7 @@ async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_ot
 #[tokio::test]
 async fn a_publish_that_leads_its_confirmation_but_is_never_polled_again_stalls_no_one_for_ever() {
     let _server = SERVER.read().await;
-    // A reader kept but no longer polled cannot read nor hand the reading on; the
+    // A leader kept but no longer polled cannot finish its round nor hand it on; the
     // follower fails after twice the request timeout instead of waiting for ever.
     // Long enough for the round trip of the last publish below on a loaded machine.
     let timeout = Duration::from_secs(1);
