@@ -305,8 +305,8 @@ async fn publishes_in_flight_share_one_confirmation_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_from_many_tasks_at_once_are_all_confirmed_and_delivered() {
     let _server = SERVER.read().await;
-    // Tasks on two threads lead and wait for confirmation rounds side by side: every
-    // publish is confirmed, none waits for a round nobody leads.
+    // Tasks on two threads claim, send and read confirmation rounds side by side: every
+    // publish is confirmed once, none waits for a round nobody reads.
     const TASKS: usize = 8;
     const EACH: usize = 250;
     let connection = connect().await;
@@ -346,7 +346,8 @@ async fn publishes_from_many_tasks_at_once_are_all_confirmed_and_delivered() {
 }
 
 /// Two publishes to `subject` on `connection`, each polled until it waits for its
-/// confirmation: the first leads the round, the second waits on it.
+/// confirmation: the first claims a round and reads the loopback messages, the second
+/// claims the next round and waits for the first to read it.
 async fn leader_and_follower(
     connection: &Connection,
     subject: &str,
@@ -355,16 +356,20 @@ async fn leader_and_follower(
     <Publisher as Service<Message>>::Future,
 ) {
     let mut calls = Vec::new();
-    for text in ["leader", "follower"] {
+    // Each lets the other ready tasks run once before it claims its round: polled
+    // again, the leader reads and the follower waits for it.
+    for (text, polls) in [("leader", 3), ("follower", 3)] {
         let mut publisher = Publisher::new(connection);
         std::future::poll_fn(|cx| publisher.poll_ready(cx))
             .await
             .unwrap();
         let mut call = publisher.call(Message::new(subject, text));
-        assert!(
-            futures_util::poll!(&mut call).is_pending(),
-            "a confirmation needs a round trip"
-        );
+        for _ in 0..polls {
+            assert!(
+                futures_util::poll!(&mut call).is_pending(),
+                "a confirmation needs a round trip"
+            );
+        }
         calls.push(call);
     }
     let follower = calls.pop().unwrap();
@@ -375,9 +380,9 @@ async fn leader_and_follower(
 #[tokio::test]
 async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_others() {
     let _server = SERVER.read().await;
-    // The first publish to wait leads the confirmation round the others wait for. Its
+    // The first publish to wait reads the loopback messages the others wait for. Its
     // caller giving up must not leave them waiting: a long request timeout, so that
-    // only a handed-on lead can answer within WAIT.
+    // only a handed-on reading can answer within WAIT.
     let connection =
         connect_with(Config::new(url()).request_timeout(Duration::from_secs(600))).await;
     let subject = unique("abandoned-lead");
@@ -399,7 +404,7 @@ async fn a_publish_dropped_while_leading_its_confirmation_does_not_strand_the_ot
 #[tokio::test]
 async fn a_publish_that_leads_its_confirmation_but_is_never_polled_again_stalls_no_one_for_ever() {
     let _server = SERVER.read().await;
-    // A leader kept but no longer polled cannot finish its round nor hand it on; the
+    // A reader kept but no longer polled cannot read nor hand the reading on; the
     // follower fails after twice the request timeout instead of waiting for ever.
     // Long enough for the round trip of the last publish below on a loaded machine.
     let timeout = Duration::from_secs(1);
@@ -514,18 +519,36 @@ async fn request_reply_over_an_inbox() {
     assert!(err.to_string().contains("no reply in time"), "{err}");
 }
 
+/// What an echo responder reports: each request's reply subject as it arrives, and
+/// each reply's receipt once its publish is confirmed or has failed.
+struct Responder {
+    task: tokio::task::JoinHandle<()>,
+    seen: tokio::sync::mpsc::UnboundedReceiver<String>,
+    replied: tokio::sync::mpsc::UnboundedReceiver<Result<Receipt, Error>>,
+}
+
+impl Responder {
+    /// The outcome of the next reply, within `WAIT`.
+    async fn replied(&mut self) -> Result<Receipt, Error> {
+        tokio::time::timeout(WAIT, self.replied.recv())
+            .await
+            .expect("the responder replied in time")
+            .expect("the responder is running")
+    }
+}
+
 /// An echo responder on `subject` that records each request's reply subject and holds
-/// back the reply to a request whose payload is `hold` until `release` fires.
+/// back the reply to a request whose payload is `hold` until `release` fires. It goes
+/// on after a reply that failed (a reply racing a restart of the server may), and
+/// reports each outcome.
 fn echo_responder(
     connection: &Connection,
     mut requests: Subscriber,
     release: tokio::sync::oneshot::Receiver<()>,
-) -> (
-    tokio::task::JoinHandle<()>,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+) -> Responder {
     let replies = Publisher::new(connection);
     let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    let (replied_tx, replied) = tokio::sync::mpsc::unbounded_channel();
     let mut release = Some(release);
     let task = tokio::spawn(async move {
         while let Some(Ok(request)) = requests.next().await {
@@ -541,10 +564,14 @@ fn echo_responder(
                 }
             }
             let reply = Message::new(inbox, text(&request).to_uppercase());
-            replies.clone().oneshot(reply).await.expect("reply");
+            let _ = replied_tx.send(replies.clone().oneshot(reply).await);
         }
     });
-    (task, seen)
+    Responder {
+        task,
+        seen,
+        replied,
+    }
 }
 
 #[tokio::test]
@@ -554,7 +581,7 @@ async fn concurrent_requests_share_one_inbox_and_a_late_reply_reaches_no_one() {
     let subject = unique("shared-inbox");
     let requests = Subscriber::subscribe(&connection, &subject).await.unwrap();
     let (release, released) = tokio::sync::oneshot::channel();
-    let (responder, mut seen) = echo_responder(&connection, requests, released);
+    let mut responder = echo_responder(&connection, requests, released);
     let requester = Requester::new(&connection).timeout(Duration::from_secs(5));
 
     let calls = (0..20).map(|i| {
@@ -574,7 +601,7 @@ async fn concurrent_requests_share_one_inbox_and_a_late_reply_reaches_no_one() {
         assert_eq!(reply.payload().as_ref(), format!("W{i}").as_bytes());
     }
     let mut inboxes = Vec::new();
-    while let Ok(inbox) = seen.try_recv() {
+    while let Ok(inbox) = responder.seen.try_recv() {
         inboxes.push(inbox);
     }
     assert_eq!(inboxes.len(), 20);
@@ -612,7 +639,12 @@ async fn concurrent_requests_share_one_inbox_and_a_late_reply_reaches_no_one() {
             .unwrap();
         assert_eq!(reply.payload().as_ref(), word.to_uppercase().as_bytes());
     }
-    responder.abort();
+    // Every reply was confirmed, the one that came too late included.
+    for reply in 0..23 {
+        let receipt = responder.replied().await;
+        assert!(receipt.is_ok(), "reply {reply}: {receipt:?}");
+    }
+    responder.task.abort();
 }
 
 #[tokio::test]
@@ -621,13 +653,18 @@ async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
     let subject = unique("restart-rpc");
     let requests = Subscriber::subscribe(&connection, &subject).await.unwrap();
     let (_release, released) = tokio::sync::oneshot::channel();
-    let (responder, _seen) = echo_responder(&connection, requests, released);
+    let mut responder = echo_responder(&connection, requests, released);
     let requester = Requester::new(&connection).timeout(Duration::from_secs(5));
     let reply = requester
         .clone()
         .oneshot(Message::new(&subject, "before"))
         .await;
     assert_eq!(reply.unwrap().payload().as_ref(), b"BEFORE");
+    // The reply reaches the requester before the server's confirmation of it reaches
+    // the responder: a restart in between would fail the reply's receipt (rightly: the
+    // confirmation is lost with the connection).
+    let receipt = responder.replied().await;
+    assert!(receipt.is_ok(), "{receipt:?}");
 
     let _server = restart_on_the_same_port(server, &connection).await;
     // The client renews both subscriptions (the responder's and the inbox) on its own;
@@ -640,7 +677,15 @@ async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
     })
     .await;
     assert_eq!(reply.payload().as_ref(), b"AFTER");
-    responder.abort();
+    // Replies racing the renewal may have failed, transiently; the answered one was
+    // confirmed.
+    loop {
+        match responder.replied().await {
+            Ok(_) => break,
+            Err(err) => assert_eq!(err.kind(), ErrorKind::Transient, "{err}"),
+        }
+    }
+    responder.task.abort();
 }
 
 #[tokio::test]

@@ -200,8 +200,9 @@ impl Config {
     /// How long a [`Requester`](super::Requester) waits for a reply, a core publish for
     /// the server's confirmation, and a JetStream publish or double ack for the server's answer.
     ///
-    /// A core publish that finds a confirmation round under way waits for that round
-    /// and then its own, so it fails after at most twice this.
+    /// A core publish whose confirmation is read by another publish (confirmations are
+    /// shared) waits for that reader's round and then its own, so it fails after at
+    /// most twice this.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self

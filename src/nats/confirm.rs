@@ -1,33 +1,44 @@
 //! Group-committed confirmations: one server round trip answers every publish that was
-//! waiting for one.
+//! waiting for one, and rounds overlap.
 //!
 //! NATS processes a connection's operations in order, so a message this connection
 //! sends to itself and gets back proves that the server processed everything sent
 //! before it (a client flush only writes to the socket). A publish that wants that
 //! proof reads the number of the next round and waits for that round or a later one to
-//! come back. The first of them to find no round under way leads one: it takes the
-//! round's number, sends the loopback message, reads it back and tells everyone
-//! waiting. So 100 publishes in flight share one round trip instead of paying one
-//! each, and the round is driven by a caller that waits for it anyway: no task of the
-//! connection's own sits between the caller and the server, which would cost two
-//! wake-ups per round.
+//! come back.
 //!
-//! A leader whose caller goes away (its future dropped, e.g. by a timeout) hands the
-//! lead on: a publish still waiting takes it and starts a later round, which covers
-//! everything the abandoned one would have. A leader whose future is kept but no
-//! longer polled cannot hand anything on; the others then give up after twice the
-//! timeout (the round under way and the next one), as they would for a silent server.
+//! Two roles, both taken by callers that wait anyway, so that no task of the
+//! connection's own sits between a caller and the server (it would cost two wake-ups
+//! per round):
+//!
+//! - **Sending a round.** A caller whose round nobody has claimed yet lets the other
+//!   ready tasks run once (the publishes woken with it go out first and join its
+//!   round), then claims the round and puts its loopback message in the client's
+//!   queue, at once where the queue has room (else a small task sends it). A claimed
+//!   round is always sent, whatever becomes of the caller that claimed it. Rounds do
+//!   not wait for each other: a publish made while a round is on its way starts the
+//!   next one instead of waiting for the first to come back, so a publish waits about
+//!   one round trip, not up to two.
+//! - **Reading the loopback messages.** The first waiting caller that finds nobody
+//!   reading reads them, tells everyone waiting as each comes back, and stops when its
+//!   own round is back; it gives the reading up before it tells that last outcome, so
+//!   a caller still waiting either reads next or is woken by it.
+//!
+//! A reader whose caller goes away (its future dropped, e.g. by a timeout) hands the
+//! reading on: the callers still waiting are woken and one of them reads. A reader
+//! whose future is kept but no longer polled cannot hand anything on; the others then
+//! give up after twice the timeout, as they would for a silent server.
 //!
 //! The loopback subject is a fresh inbox that only this connection subscribes to:
 //! nobody can answer in its place, so a subscriber on `>` elsewhere (which sees every
 //! subject) cannot stall a confirmation, as it could stall a request to a probe
 //! subject.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{watch, Mutex, MutexGuard};
 
 /// Why a round did not confirm.
@@ -39,16 +50,27 @@ pub(crate) enum Failure {
     Closed,
 }
 
-/// The last round that finished, and how.
+/// The last round known to have ended, and how.
 #[derive(Debug, Clone, Copy)]
 struct Outcome {
     round: u64,
     failure: Option<Failure>,
 }
 
+impl Outcome {
+    /// Moves `self` on to `later` if `later` is a later round.
+    fn advance(&mut self, later: Outcome) -> bool {
+        let later_round = later.round > self.round;
+        if later_round {
+            *self = later;
+        }
+        later_round
+    }
+}
+
 /// The subscription the loopback messages come back on.
 enum Loopback {
-    /// Not subscribed yet: the first round subscribes.
+    /// Not subscribed yet: the first round subscribes before it is sent.
     Unsubscribed,
     Subscribed(async_nats::Subscriber),
     /// The client closed the subscription: every later round fails.
@@ -60,9 +82,13 @@ pub(crate) struct Confirmer {
     client: async_nats::Client,
     subject: async_nats::Subject,
     timeout: Duration,
-    /// The round the next loopback message will carry (rounds start at 1).
+    /// The round the next loopback message will carry (rounds start at 1); claiming a
+    /// round moves it on.
     next_round: AtomicU64,
-    /// Held by the caller leading a round: taken with `try_lock`, never waited for.
+    /// Whether the loopback subscription was made (it goes out before any round).
+    subscribed: AtomicBool,
+    /// Held by the caller reading the loopback messages: taken with `try_lock` by
+    /// readers, never waited for (but for the subscription, made before anyone reads).
     loopback: Mutex<Loopback>,
     done: watch::Sender<Outcome>,
 }
@@ -80,6 +106,7 @@ impl Confirmer {
             subject,
             timeout,
             next_round: AtomicU64::new(1),
+            subscribed: AtomicBool::new(false),
             loopback: Mutex::new(Loopback::Unsubscribed),
             done,
         }
@@ -89,25 +116,43 @@ impl Confirmer {
     /// call.
     pub(crate) async fn confirm(&self) -> Result<(), Failure> {
         // Everything sent before this load goes out before the loopback message of
-        // `round`: a leader takes a round's number before it sends that round's
-        // message, and the client's command queue keeps the order.
+        // `round` or of any later round: a round is claimed (its number taken) before
+        // its message is queued, and the client's command queue keeps the order.
         let round = self.next_round.load(Ordering::SeqCst);
         let mut done = self.done.subscribe();
         let mut deadline = None;
+        let mut yielded = false;
         loop {
-            // Read before trying to lead: a leader gives the lead up before it
-            // publishes its outcome, so either this caller leads or it sees the
-            // change below.
+            // Read before trying to read the loopback messages: a reader gives the
+            // reading up before it tells its last outcome, so either this caller
+            // reads or it sees the change below.
             let outcome = *done.borrow_and_update();
             if outcome.round >= round {
                 return outcome.failure.map_or(Ok(()), Err);
             }
-            if let Ok(loopback) = self.loopback.try_lock() {
-                return self.lead(loopback).await;
+            if self.next_round.load(Ordering::SeqCst) <= round {
+                // Nobody claimed this round yet.
+                if !yielded {
+                    self.subscribe().await?;
+                    // The publishes woken with this one go out first, and this round
+                    // covers them too.
+                    tokio::task::yield_now().await;
+                    yielded = true;
+                } else if self
+                    .next_round
+                    .compare_exchange(round, round + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    self.send(round);
+                }
+                continue;
             }
-            // The round under way and the next one each end within the timeout;
-            // only a leader whose future is neither polled nor dropped could make a
-            // caller wait longer, and it is not left waiting for ever.
+            if let Ok(loopback) = self.loopback.try_lock() {
+                return self.read(loopback, round).await;
+            }
+            // The round under way and the next one each end within the timeout; only
+            // a reader whose future is neither polled nor dropped could make a caller
+            // wait longer, and it is not left waiting for ever.
             let deadline =
                 *deadline.get_or_insert_with(|| tokio::time::Instant::now() + 2 * self.timeout);
             match tokio::time::timeout_at(deadline, done.changed()).await {
@@ -118,92 +163,157 @@ impl Confirmer {
         }
     }
 
-    /// Runs one round as its leader (holding `loopback`) and tells everyone waiting how
-    /// it ended.
-    async fn lead(&self, loopback: MutexGuard<'_, Loopback>) -> Result<(), Failure> {
-        let mut lead = Lead {
-            confirmer: self,
-            loopback: Some(loopback),
-            outcome: None,
-        };
-        let round = self.next_round.fetch_add(1, Ordering::SeqCst);
-        let failure = lead.round(round).await.err();
-        lead.outcome = Some(Outcome { round, failure });
-        failure.map_or(Ok(()), Err)
-    }
-}
-
-/// The lead of one round: gives the lead up and tells the others however the round
-/// ends, its future dropped included.
-struct Lead<'a> {
-    confirmer: &'a Confirmer,
-    /// `Some` until the lead is given up.
-    loopback: Option<MutexGuard<'a, Loopback>>,
-    /// How the round ended; `None` while it runs.
-    outcome: Option<Outcome>,
-}
-
-impl Lead<'_> {
-    /// Sends the loopback message of `round` and waits for it to come back.
-    async fn round(&mut self, round: u64) -> Result<(), Failure> {
-        let confirmer = self.confirmer;
-        let Some(loopback) = self.loopback.as_deref_mut() else {
-            return Err(Failure::Closed);
-        };
-        if let Loopback::Unsubscribed = loopback {
-            // The subscription goes out before the first loopback message, in order.
-            *loopback = match confirmer.client.subscribe(confirmer.subject.clone()).await {
+    /// Subscribes to the loopback subject, once, before the first round is sent.
+    async fn subscribe(&self) -> Result<(), Failure> {
+        if self.subscribed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Nobody reads before the first round is sent, so this waits at most for
+        // another caller subscribing.
+        let mut loopback = self.loopback.lock().await;
+        if let Loopback::Unsubscribed = *loopback {
+            *loopback = match self.client.subscribe(self.subject.clone()).await {
                 Ok(subscriber) => Loopback::Subscribed(subscriber),
                 Err(_) => Loopback::Closed,
             };
         }
+        let subscribed = matches!(*loopback, Loopback::Subscribed(_));
+        if subscribed {
+            self.subscribed.store(true, Ordering::Release);
+        }
+        drop(loopback);
+        // A caller that found the lock held here while it wanted to read went to wait
+        // for a change: wake it, as a reader giving the reading up would.
+        self.done.send_modify(|_| {});
+        if subscribed {
+            Ok(())
+        } else {
+            Err(Failure::Closed)
+        }
+    }
+
+    /// Queues the loopback message of the claimed `round`: at once where the client's
+    /// queue has room, else from a task of its own, so that the round is sent even if
+    /// the caller that claimed it goes away (the others wait for it).
+    fn send(&self, round: u64) {
+        let payload = Bytes::copy_from_slice(&round.to_be_bytes());
+        let sent = self
+            .client
+            .publish(self.subject.clone(), payload.clone())
+            .now_or_never();
+        let failed = match sent {
+            Some(result) => result.is_err(),
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let (client, subject) = (self.client.clone(), self.subject.clone());
+                    let done = self.done.clone();
+                    runtime.spawn(async move {
+                        if client.publish(subject, payload).await.is_err() {
+                            closed(&done, round);
+                        }
+                    });
+                    false
+                }
+                Err(_) => true,
+            },
+        };
+        if failed {
+            closed(&self.done, round);
+        }
+    }
+
+    /// Reads loopback messages (holding `loopback`) until `round` comes back, telling
+    /// everyone waiting as rounds come back.
+    async fn read(&self, loopback: MutexGuard<'_, Loopback>, round: u64) -> Result<(), Failure> {
+        let mut reader = Reader {
+            confirmer: self,
+            loopback: Some(loopback),
+            outcome: None,
+        };
+        let result = reader.read(round).await;
+        reader.outcome = Some(match result {
+            Ok(seen) => Outcome {
+                round: seen,
+                failure: None,
+            },
+            Err(failure) => Outcome {
+                round,
+                failure: Some(failure),
+            },
+        });
+        result.map(drop)
+    }
+}
+
+/// Fails `round` (and every earlier round not yet ended): the client is closed.
+fn closed(done: &watch::Sender<Outcome>, round: u64) {
+    done.send_if_modified(|outcome| {
+        outcome.advance(Outcome {
+            round,
+            failure: Some(Failure::Closed),
+        })
+    });
+}
+
+/// The reading of the loopback messages: gives it up and tells the others however it
+/// ends, its future dropped included.
+struct Reader<'a> {
+    confirmer: &'a Confirmer,
+    /// `Some` until the reading is given up.
+    loopback: Option<MutexGuard<'a, Loopback>>,
+    /// How the reader's own round ended; `None` while it runs.
+    outcome: Option<Outcome>,
+}
+
+impl Reader<'_> {
+    /// Reads until `round` (or a later one) comes back, within the timeout; the round
+    /// that came back.
+    async fn read(&mut self, round: u64) -> Result<u64, Failure> {
+        let confirmer = self.confirmer;
+        let Some(loopback) = self.loopback.as_deref_mut() else {
+            return Err(Failure::Closed);
+        };
         let Loopback::Subscribed(subscriber) = loopback else {
             return Err(Failure::Closed);
         };
-        confirmer
-            .client
-            .publish(
-                confirmer.subject.clone(),
-                Bytes::copy_from_slice(&round.to_be_bytes()),
-            )
-            .await
-            .map_err(|_| Failure::Closed)?;
-        match tokio::time::timeout(confirmer.timeout, returned(subscriber, round)).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                *loopback = Loopback::Closed;
-                Err(Failure::Closed)
+        let deadline = tokio::time::Instant::now() + confirmer.timeout;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, subscriber.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    *loopback = Loopback::Closed;
+                    return Err(Failure::Closed);
+                }
+                Err(_) => return Err(Failure::TimedOut(confirmer.timeout)),
+            };
+            let seen = <[u8; 8]>::try_from(&message.payload[..])
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if seen >= round {
+                return Ok(seen);
             }
-            Err(_) => Err(Failure::TimedOut(confirmer.timeout)),
+            // An earlier round, claimed by another caller: its waiters can go on.
+            confirmer.done.send_if_modified(|outcome| {
+                outcome.advance(Outcome {
+                    round: seen,
+                    failure: None,
+                })
+            });
         }
     }
 }
 
-impl Drop for Lead<'_> {
+impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        // The lead is given up before the outcome is told (see `confirm`).
+        // The reading is given up before the outcome is told (see `confirm`), and
+        // everyone waiting is woken either way: one of them reads next. A reader
+        // abandoned mid-round tells no outcome.
         drop(self.loopback.take());
-        match self.outcome {
-            Some(outcome) => {
-                self.confirmer.done.send_replace(outcome);
+        let outcome = self.outcome;
+        self.confirmer.done.send_modify(|current| {
+            if let Some(outcome) = outcome {
+                current.advance(outcome);
             }
-            // Abandoned mid-round: wake the callers still waiting, so that one of
-            // them leads a round of its own.
-            None => self.confirmer.done.send_modify(|_| {}),
-        }
+        });
     }
-}
-
-/// Reads the loopback subscription until round `round` (or a later one) comes back;
-/// `false` if the subscription ended.
-async fn returned(loopback: &mut async_nats::Subscriber, round: u64) -> bool {
-    while let Some(message) = loopback.next().await {
-        let seen = <[u8; 8]>::try_from(&message.payload[..])
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        if seen >= round {
-            return true;
-        }
-    }
-    false
 }

@@ -6,8 +6,8 @@
 //! server processed the message (a round trip after it, on a connection that stayed up
 //! until the server answered, confirmed it); it does not say anyone received it. The
 //! round trip is shared: the publishes waiting at the same time on a connection are
-//! confirmed by one loopback message on an inbox only that connection subscribes to,
-//! so 100 publishes in flight cost a round trip or two, not 100, and
+//! confirmed by one loopback message on an inbox only that connection subscribes to
+//! (rounds overlap), so 100 publishes in flight cost a round trip or two, not 100, and
 //! nothing another client does can hold a confirmation up. [`Publisher::fire_and_forget`] skips it (the receipt
 //! then says `processed: false`). Deliveries cannot be acked, nacked or dead-lettered:
 //! they are
@@ -90,7 +90,7 @@ impl Publisher {
     /// By default a receipt waits until the server processed the message; the
     /// publishes waiting at the same time share a round trip, so many publishes in
     /// flight cost far less than a round trip each, though still more than
-    /// fire-and-forget (about a third of its throughput in the project's benchmark).
+    /// fire-and-forget (about half its throughput in the project's benchmark).
     pub fn fire_and_forget(mut self) -> Self {
         self.wait_processed = false;
         self
