@@ -133,7 +133,12 @@ impl Confirmer {
             if self.next_round.load(Ordering::SeqCst) <= round {
                 // Nobody claimed this round yet.
                 if !yielded {
-                    self.subscribe().await?;
+                    if !self.subscribed.load(Ordering::Acquire) {
+                        // Boxed, like the reading below: a publish's future holds this
+                        // one, and what happens once per connection (or per round)
+                        // should not make every publish's future larger.
+                        Box::pin(self.subscribe()).await?;
+                    }
                     // The publishes woken with this one go out first, and this round
                     // covers them too.
                     tokio::task::yield_now().await;
@@ -148,7 +153,7 @@ impl Confirmer {
                 continue;
             }
             if let Ok(loopback) = self.loopback.try_lock() {
-                return self.read(loopback, round).await;
+                return Box::pin(self.read(loopback, round)).await;
             }
             // The round under way and the next one each end within the timeout; only
             // a reader whose future is neither polled nor dropped could make a caller

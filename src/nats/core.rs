@@ -43,11 +43,14 @@
 //! [`Guarantee::Forwarded`]: crate::Guarantee::Forwarded
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_core::future::BoxFuture;
 use futures_core::Stream;
+use futures_util::future::Either;
+use futures_util::TryFutureExt;
 use tower::Service;
 use tower_mq_core::{Code, Delivery, Error, ErrorKind, Guarantee, Message, Operation, Receipt};
 
@@ -131,6 +134,7 @@ impl Service<Message> for Publisher {
         Box::pin(async move {
             let connects = connection.connects();
             let destination = message.shared_destination();
+            // Awaited in place: a named local would be kept beside the awaited copy.
             send(&connection, message, &destination).await?;
             if wait_processed {
                 confirm(&connection, connects, &destination).await?;
@@ -217,11 +221,28 @@ impl Service<Vec<Message>> for BatchPublisher {
 }
 
 /// Hands one message to the client; errors name `subject`, the message's destination.
-pub(crate) async fn send(
-    connection: &Connection,
+///
+/// The message is checked and converted before anything is awaited, and the future
+/// holds only the client's publish (or the error): awaited in place, it adds little to
+/// the caller's future, which a publish allocates. (An `async fn` would keep the
+/// message, its headers and the converted copies beside the client's future.)
+pub(crate) fn send<'a>(
+    connection: &'a Connection,
     message: Message,
-    subject: &str,
-) -> Result<(), Error> {
+    subject: &'a str,
+) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+    match publish(connection, message, subject) {
+        Ok(publish) => Either::Left(publish),
+        Err(err) => Either::Right(std::future::ready(Err(err))),
+    }
+}
+
+/// The client's publish of `message`, or why it cannot be published.
+fn publish<'a>(
+    connection: &'a Connection,
+    message: Message,
+    subject: &'a str,
+) -> Result<impl Future<Output = Result<(), Error>> + Send + 'a, Error> {
     let headers = headers::prepare(
         &message,
         Flavour::Core,
@@ -233,30 +254,37 @@ pub(crate) async fn send(
     let reply = message.reply_to().map(str::to_owned);
     // Moved, not cloned: a payload built from a `Vec` allocates on its first clone.
     let payload = message.into_payload();
-    let result = match (reply, headers.is_empty()) {
-        (Some(reply), true) => client.publish_with_reply(owned, reply, payload).await,
-        (Some(reply), false) => {
-            client
-                .publish_with_reply_and_headers(owned, reply, headers, payload)
-                .await
-        }
-        (None, true) => client.publish(owned, payload).await,
-        (None, false) => client.publish_with_headers(owned, headers, payload).await,
+    // A reply subject is rare on a publish: its futures are boxed rather than make
+    // every publish's future larger.
+    let publish = match (reply, headers.is_empty()) {
+        (None, true) => Either::Left(Either::Left(client.publish(owned, payload))),
+        (None, false) => Either::Left(Either::Right(
+            client.publish_with_headers(owned, headers, payload),
+        )),
+        (Some(reply), true) => Either::Right(Box::pin(
+            client.publish_with_reply(owned, reply, payload),
+        ) as BoxFuture<'a, _>),
+        (Some(reply), false) => Either::Right(Box::pin(
+            client.publish_with_reply_and_headers(owned, reply, headers, payload),
+        ) as BoxFuture<'a, _>),
     };
-    result.map_err(|err| {
-        use async_nats::client::PublishErrorKind as Kind;
-        let (kind, reason) = match err.kind() {
-            Kind::InvalidSubject => (ErrorKind::Permanent, "invalid subject"),
-            Kind::MaxPayloadExceeded => (
-                ErrorKind::Permanent,
-                "message larger than the server's max_payload",
-            ),
-            Kind::Send => (ErrorKind::Permanent, "the NATS connection is closed"),
-        };
-        error(kind, Operation::Publish, subject)
-            .with_reason(reason)
-            .with_source(err)
-    })
+    Ok(publish.map_err(move |err| publish_error(err, subject)))
+}
+
+/// A publish the client refused, as tower-mq's error naming `subject`.
+fn publish_error(err: async_nats::PublishError, subject: &str) -> Error {
+    use async_nats::client::PublishErrorKind as Kind;
+    let (kind, reason) = match err.kind() {
+        Kind::InvalidSubject => (ErrorKind::Permanent, "invalid subject"),
+        Kind::MaxPayloadExceeded => (
+            ErrorKind::Permanent,
+            "message larger than the server's max_payload",
+        ),
+        Kind::Send => (ErrorKind::Permanent, "the NATS connection is closed"),
+    };
+    error(kind, Operation::Publish, subject)
+        .with_reason(reason)
+        .with_source(err)
 }
 
 /// Waits until the server has processed everything this connection sent before, and
