@@ -712,6 +712,58 @@ async fn a_requester_keeps_its_inbox_across_a_restart_of_its_own_server() {
 }
 
 #[tokio::test]
+async fn a_publish_whose_confirmation_was_lost_with_its_connection_fails_once_reconnected() {
+    // The server stops answering with a publish and its confirmation round in its
+    // socket, and is then replaced: the round's loopback message is gone with the old
+    // connection. The publish fails (transiently: its message may be lost) as soon as
+    // the client is connected again, not after the request timeout.
+    let port = free_port();
+    let server = own_nats_on(port, &[]).await;
+    let timeout = Duration::from_secs(600);
+    let config = Config::new(format!("nats://127.0.0.1:{port}"))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .request_timeout(timeout);
+    let connection = Connection::connect(&config).await.unwrap();
+    let subject = unique("lost-confirmation");
+    // The first publish subscribes the connection to its loopback inbox.
+    Publisher::new(&connection)
+        .oneshot(Message::new(&subject, "first"))
+        .await
+        .unwrap();
+
+    server.pause();
+    let statistics = connection.client().statistics();
+    let sent = statistics.out_messages.load(Ordering::Acquire);
+    let mut publish = Box::pin(Publisher::new(&connection).oneshot(Message::new(&subject, "lost")));
+    // Polled until the client has taken both the message and its loopback message.
+    until(
+        "the message and its confirmation round to be sent",
+        WAIT,
+        async || {
+            assert!(futures_util::poll!(&mut publish).is_pending());
+            statistics.out_messages.load(Ordering::Acquire) >= sent + 2
+        },
+    )
+    .await;
+    let _server = restart_on_the_same_port(server, &connection).await;
+
+    let err = tokio::time::timeout(WAIT, publish)
+        .await
+        .expect("the publish fails once the client reconnected, not after its timeout")
+        .expect_err("its confirmation was lost with the old connection");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.code(), Some(tower_mq::Code::ConnectionLost), "{err}");
+    assert_eq!(err.destination(), Some(subject.as_str()));
+    assert!(err.to_string().contains("re-established"), "{err}");
+    // Publishes go on being confirmed on the new connection.
+    let receipt = Publisher::new(&connection)
+        .oneshot(Message::new(&subject, "after"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.guarantee(), Guarantee::Forwarded);
+}
+
+#[tokio::test]
 async fn jetstream_deduplicates_a_retried_publish_with_the_same_msg_id() {
     let _server = SERVER.read().await;
     let connection = connect().await;

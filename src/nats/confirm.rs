@@ -41,6 +41,8 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{watch, Mutex, MutexGuard};
 
+use super::connection::Link;
+
 /// Why a round did not confirm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
@@ -48,6 +50,9 @@ pub(crate) enum Failure {
     TimedOut(Duration),
     /// The client is closed.
     Closed,
+    /// The connection was re-established while the round was on its way: its loopback
+    /// message went out on the connection that was lost, and will not come back.
+    Reconnected,
 }
 
 /// The last round known to have ended, and how.
@@ -91,11 +96,18 @@ pub(crate) struct Confirmer {
     /// readers, never waited for (but for the subscription, made before anyone reads).
     loopback: Mutex<Loopback>,
     done: watch::Sender<Outcome>,
+    /// The connection's state: a reader stops waiting once it was re-established.
+    link: watch::Receiver<Link>,
 }
 
 impl Confirmer {
-    /// The confirmations of `client`, whose rounds time out after `timeout`.
-    pub(crate) fn new(client: async_nats::Client, timeout: Duration) -> Self {
+    /// The confirmations of `client` (whose state `link` follows), whose rounds time out
+    /// after `timeout`.
+    pub(crate) fn new(
+        client: async_nats::Client,
+        link: watch::Receiver<Link>,
+        timeout: Duration,
+    ) -> Self {
         let subject = async_nats::Subject::from(client.new_inbox());
         let (done, _) = watch::channel(Outcome {
             round: 0,
@@ -109,6 +121,7 @@ impl Confirmer {
             subscribed: AtomicBool::new(false),
             loopback: Mutex::new(Loopback::Unsubscribed),
             done,
+            link,
         }
     }
 
@@ -241,12 +254,40 @@ impl Confirmer {
                 round: seen,
                 failure: None,
             },
+            // Every round claimed so far went out on the lost connection (or, claimed
+            // in the moment before the reader saw the new one, may have): none of them
+            // is waited for any longer.
+            Err(Failure::Reconnected) => Outcome {
+                round: round.max(self.next_round.load(Ordering::SeqCst).saturating_sub(1)),
+                failure: Some(Failure::Reconnected),
+            },
             Err(failure) => Outcome {
                 round,
                 failure: Some(failure),
             },
         });
         result.map(drop)
+    }
+}
+
+impl Confirmer {
+    /// How many times the client connected (the first time included).
+    fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Acquire)
+    }
+}
+
+/// Returns once the connection is up again after a connection made `connects`
+/// connects ago (never if the state stops changing: the client is gone).
+async fn reconnected(link: &mut watch::Receiver<Link>, confirmer: &Confirmer, connects: u64) {
+    loop {
+        if link.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        // The client counts a connection before it reports it up.
+        if *link.borrow_and_update() == Link::Up && confirmer.connects() != connects {
+            return;
+        }
     }
 }
 
@@ -282,8 +323,18 @@ impl Reader<'_> {
             return Err(Failure::Closed);
         };
         let deadline = tokio::time::Instant::now() + confirmer.timeout;
+        let connects = confirmer.connects();
+        let mut link = confirmer.link.clone();
+        link.borrow_and_update();
         loop {
-            let message = match tokio::time::timeout_at(deadline, subscriber.next()).await {
+            let next = tokio::select! {
+                biased;
+                next = tokio::time::timeout_at(deadline, subscriber.next()) => next,
+                () = reconnected(&mut link, confirmer, connects) => {
+                    return Err(Failure::Reconnected)
+                }
+            };
+            let message = match next {
                 Ok(Some(message)) => message,
                 Ok(None) => {
                     *loopback = Loopback::Closed;

@@ -59,7 +59,11 @@ impl Connection {
         tracing::debug!(target: "tower_mq::nats", url = %redacted_url, "connected");
         Ok(Connection {
             inner: Arc::new(Inner {
-                confirmer: confirm::Confirmer::new(client.clone(), config.request_timeout),
+                confirmer: confirm::Confirmer::new(
+                    client.clone(),
+                    connected.clone(),
+                    config.request_timeout,
+                ),
                 client,
                 connected,
                 config: config.clone(),

@@ -298,14 +298,19 @@ pub(crate) async fn confirm(
 ) -> Result<(), Error> {
     round_trip(connection, Operation::Publish, destination).await?;
     if connection.connects() != connects {
-        return Err(
-            error(ErrorKind::Transient, Operation::Publish, destination).with_reason(
-                "the connection was re-established before the server confirmed; \
-             the message may have been lost",
-            ),
-        );
+        return Err(re_established(Operation::Publish, destination));
     }
     Ok(())
+}
+
+/// The connection was replaced before the server confirmed what was sent on it.
+fn re_established(operation: Operation, destination: &str) -> Error {
+    error(ErrorKind::Transient, operation, destination)
+        .with_code(Code::ConnectionLost)
+        .with_reason(
+            "the connection was re-established before the server confirmed; \
+             the message may have been lost",
+        )
 }
 
 /// Waits until the server processed everything sent so far on `connection` (see
@@ -316,20 +321,24 @@ pub(crate) async fn round_trip(
     destination: &str,
 ) -> Result<(), Error> {
     use super::confirm::Failure;
-    connection
-        .processed()
-        .await
-        .map_err(|failure| match failure {
-            Failure::TimedOut(timeout) => error(ErrorKind::Transient, operation, destination)
-                .with_code(Code::Timeout)
-                .with_reason(format!(
-                    "the server did not confirm within {timeout:?}; \
+    let mut processed = connection.processed().await;
+    // A subscription the client renewed on the new connection is confirmed by a round
+    // on that one (a publish's message may have been lost with the old one).
+    if operation == Operation::Subscribe && processed == Err(Failure::Reconnected) {
+        processed = connection.processed().await;
+    }
+    processed.map_err(|failure| match failure {
+        Failure::Reconnected => re_established(operation, destination),
+        Failure::TimedOut(timeout) => error(ErrorKind::Transient, operation, destination)
+            .with_code(Code::Timeout)
+            .with_reason(format!(
+                "the server did not confirm within {timeout:?}; \
                  the message may still be delivered once the client reconnects"
-                )),
-            Failure::Closed => error(ErrorKind::Permanent, operation, destination)
-                .with_code(Code::Closed)
-                .with_reason("the NATS connection is closed"),
-        })
+            )),
+        Failure::Closed => error(ErrorKind::Permanent, operation, destination)
+            .with_code(Code::Closed)
+            .with_reason("the NATS connection is closed"),
+    })
 }
 
 /// A subscription, plain or in a queue group: a `Stream` of at-most-once

@@ -45,8 +45,9 @@
 //! - commands wait in the client's buffer, bounded by [`Config::client_capacity`].
 //!   A core publish whose connection was replaced before the server confirmed it may
 //!   have been lost with the old connection: it fails with a **transient** error
-//!   instead of answering a receipt, so a retry publishes it again (possibly
-//!   twice); so does one the server did not confirm within
+//!   (code `connection_lost`) as soon as the new connection is up, instead of
+//!   answering a receipt, so a retry publishes it again (possibly twice); so does
+//!   one the server did not confirm within
 //!   [`Config::request_timeout`]. A JetStream publish whose ack does not come within
 //!   [`Config::request_timeout`] fails with a transient error as well; the message
 //!   may have been stored, and a retry with the same `Nats-Msg-Id` is safe.

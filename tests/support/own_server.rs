@@ -88,6 +88,26 @@ impl OwnServer {
         self.port
     }
 
+    /// Stops the process (SIGSTOP) until [`OwnServer::resume`] or its drop (SIGKILL
+    /// ends a stopped process too): it keeps its connections open and answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([which, &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("kill {which} {pid}: {e}"));
+        assert!(status.success(), "kill {which} {pid} failed");
+    }
+
     /// `127.0.0.1:<port>`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
