@@ -276,6 +276,16 @@ async fn a_publish_allocates_a_future_below_the_allocators_large_size() {
         assert!(size < 1024, "a publish's future takes {size} bytes");
         future.await.unwrap();
     }
+    let mut publisher = JetStream::new(&connection).publisher();
+    std::future::poll_fn(|cx| publisher.poll_ready(cx))
+        .await
+        .unwrap();
+    let future = publisher.call(Message::new(&subject, "x"));
+    let size = std::mem::size_of_val(&*future);
+    assert!(
+        size < 1024,
+        "a JetStream publish's future takes {size} bytes"
+    );
 }
 
 #[tokio::test]

@@ -406,7 +406,7 @@ fn delivery(
 
 /// What every delivery of one consumer shares.
 struct ConsumerShared {
-    context: async_nats::jetstream::Context,
+    context: Arc<async_nats::jetstream::Context>,
     stream: String,
     consumer: String,
     dead_letter_subject: Option<String>,

@@ -106,6 +106,7 @@
 //! [`Message::with_message_id`]: crate::Message::with_message_id
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use tower_mq_core::{Error, ErrorKind, Operation};
@@ -124,7 +125,9 @@ pub use self::publisher::{BatchPublisher, Publisher};
 #[derive(Clone)]
 pub struct JetStream {
     connection: Connection,
-    context: async_nats::jetstream::Context,
+    // Shared: a context holds a client and its own prefix string, which a clone per
+    // publish would copy (atomics and an allocation each time).
+    context: Arc<async_nats::jetstream::Context>,
 }
 
 impl JetStream {
@@ -137,7 +140,7 @@ impl JetStream {
             .build(connection.client().clone());
         JetStream {
             connection: connection.clone(),
-            context,
+            context: Arc::new(context),
         }
     }
 

@@ -2,6 +2,7 @@
 //! together. See the [JetStream module docs](super).
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
@@ -41,7 +42,7 @@ impl JetStream {
 #[derive(Clone)]
 pub struct Publisher {
     connection: Connection,
-    context: async_nats::jetstream::Context,
+    context: Arc<async_nats::jetstream::Context>,
     readiness: Readiness,
 }
 
@@ -75,9 +76,17 @@ impl Service<Message> for Publisher {
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
+        // Checked and taken apart before the future: it then holds only what the
+        // publish needs (a publish's future is one allocation, kept small).
+        let headers = match prepare(&message, self.connection.config()) {
+            Ok(headers) => headers,
+            Err(err) => return Box::pin(std::future::ready(Err(err))),
+        };
         let context = self.context.clone();
-        let connection = self.connection.clone();
-        Box::pin(async move { publish(&context, &message, connection.config()).await })
+        let subject = message.shared_destination();
+        // Moved, not cloned: a payload built from a `Vec` allocates on its first clone.
+        let payload = message.into_payload();
+        Box::pin(async move { publish_raw(&context, &subject, headers, payload).await })
     }
 }
 
@@ -91,7 +100,7 @@ impl Service<Message> for Publisher {
 #[derive(Clone)]
 pub struct BatchPublisher {
     connection: Connection,
-    context: async_nats::jetstream::Context,
+    context: Arc<async_nats::jetstream::Context>,
     readiness: Readiness,
 }
 
@@ -124,34 +133,21 @@ impl Service<Vec<Message>> for BatchPublisher {
         let connection = self.connection.clone();
         Box::pin(async move {
             let mut sent = Vec::with_capacity(messages.len());
-            for message in &messages {
-                let subject = message.destination();
-                let ack = match prepare(message, connection.config()) {
-                    Ok(headers) => {
-                        send(&context, subject, headers, message.payload().clone()).await
-                    }
+            for message in messages {
+                let subject = message.shared_destination();
+                let ack = match prepare(&message, connection.config()) {
+                    Ok(headers) => send(&context, &subject, headers, message.into_payload()).await,
                     Err(err) => Err(err),
                 };
-                sent.push(ack);
+                sent.push((subject, ack));
             }
-            let confirming = sent.into_iter().zip(&messages).map(|(ack, message)| {
+            let confirming = sent.into_iter().map(|(subject, ack)| {
                 let context = &context;
-                async move { confirm(context, message.destination(), ack?).await }
+                async move { confirm(context, &subject, ack?).await }
             });
             Ok(futures_util::future::join_all(confirming).await)
         })
     }
-}
-
-/// Publishes `message` and waits for the ack.
-async fn publish(
-    context: &async_nats::jetstream::Context,
-    message: &Message,
-    config: &Config,
-) -> Result<Receipt, Error> {
-    let headers = prepare(message, config)?;
-    let subject = message.destination();
-    publish_raw(context, subject, headers, message.payload().clone()).await
 }
 
 /// Checks `message` and encodes its headers.
@@ -177,9 +173,14 @@ async fn send(
     payload: Bytes,
 ) -> Result<PublishAckFuture, Error> {
     let publish = PublishMessage::build().payload(payload).headers(headers);
-    match context.send_publish(subject.to_owned(), publish).await {
+    // Boxed: the client's future (840 bytes) inline would take a publish's future past
+    // 1 KiB, where glibc's malloc takes its slow path on every allocation.
+    match Box::pin(context.send_publish(subject.to_owned(), publish)).await {
         Ok(ack) => Ok(ack),
-        Err(err) => Err(publish_failed(context, subject, err).await),
+        // Boxed, here and below: the failure may ask JetStream which stream captures
+        // the subject, a request whose future would otherwise make every publish's
+        // future larger.
+        Err(err) => Err(Box::pin(publish_failed(context, subject, err)).await),
     }
 }
 
@@ -193,7 +194,7 @@ async fn confirm(
         Ok(ack) => Ok(Receipt::new(BROKER, ack.stream, Guarantee::Stored)
             .with_position(Position::Sequence(ack.sequence))
             .with_duplicate(ack.duplicate)),
-        Err(err) => Err(publish_failed(context, subject, err).await),
+        Err(err) => Err(Box::pin(publish_failed(context, subject, err)).await),
     }
 }
 
