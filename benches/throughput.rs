@@ -37,7 +37,9 @@
 //! whatever the first messages wait), `TOWER_MQ_BENCH_ROUNDS` (how many times each
 //! throughput mode is measured, the clients of a broker, mode and payload taking turns
 //! in each round; 3: the record is the median round, and keeps every round's rate; a
-//! measurement that took 5 s or more is not repeated),
+//! measurement that took 5 s or more is not repeated), `TOWER_MQ_BENCH_STACK_WITHOUT`
+//! (`metrics`, `retry`, `breaker` or `timeout`: the `stack` publisher without that
+//! layer, to see what each costs in place; unset, the whole stack),
 //! and the brokers' addresses as the tests read them (`scripts/brokers env`).
 //!
 //! Output (`TOWER_MQ_BENCH_OUT` moves it): `target/bench/throughput.json`, a table on stdout (with each row's ratio to

@@ -218,23 +218,65 @@ where
     Box::new(move |body| Box::pin(publisher.clone().oneshot(message(body)).map_ok_drop()))
 }
 
-/// The README's stack over tower-mq's publisher (the first layer is the outermost).
+/// The README's stack over tower-mq's publisher (the first layer is the outermost),
+/// without the layer `TOWER_MQ_BENCH_STACK_WITHOUT` names, if any.
 pub fn stack_publish<S, F>(broker: &'static str, publisher: S, message: F) -> Publish
 where
     S: Service<Message, Response = Receipt, Error = Error> + Clone + Send + 'static,
     S::Future: Send + 'static,
     F: Fn(Bytes) -> Message + Send + 'static,
 {
-    let stack = ServiceBuilder::new()
-        .layer(MetricsLayer::publish(broker))
-        .layer(RetryLayer::new(Backoff::exponential(
+    let metrics = || MetricsLayer::publish(broker);
+    let retry = || {
+        RetryLayer::new(Backoff::exponential(
             Duration::from_millis(10),
             Duration::from_secs(2),
-        )))
-        .layer(CircuitBreakerLayer::new())
-        .layer(TimeoutLayer::new(Duration::from_secs(2)))
-        .service(publisher);
-    Box::new(move |body| Box::pin(stack.clone().oneshot(message(body)).map_ok_drop()))
+        ))
+    };
+    let timeout = || TimeoutLayer::new(Duration::from_secs(2));
+    let breaker = CircuitBreakerLayer::new;
+    // Each leaves its stack's own type: one boxing closure per variant.
+    macro_rules! lane {
+        ($stack:expr) => {{
+            let stack = $stack;
+            Box::new(move |body| {
+                Box::pin(stack.clone().oneshot(message(body)).map_ok_drop())
+                    as Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
+            }) as Publish
+        }};
+    }
+    let builder = ServiceBuilder::new();
+    match std::env::var("TOWER_MQ_BENCH_STACK_WITHOUT").as_deref() {
+        Ok("metrics") => lane!(builder
+            .layer(retry())
+            .layer(breaker())
+            .layer(timeout())
+            .service(publisher)),
+        Ok("retry") => lane!(builder
+            .layer(metrics())
+            .layer(breaker())
+            .layer(timeout())
+            .service(publisher)),
+        Ok("breaker") => lane!(builder
+            .layer(metrics())
+            .layer(retry())
+            .layer(timeout())
+            .service(publisher)),
+        Ok("timeout") => lane!(builder
+            .layer(metrics())
+            .layer(retry())
+            .layer(breaker())
+            .service(publisher)),
+        Ok(other) if !other.is_empty() => {
+            panic!("TOWER_MQ_BENCH_STACK_WITHOUT={other}: name metrics, retry, breaker or timeout")
+        }
+        _ => lane!(builder
+            .layer(metrics())
+            .layer(retry())
+            .layer(breaker())
+            .layer(timeout())
+            .service(publisher)),
+    }
 }
 
 /// `BatchLayer` over a native batch publisher: 100 messages or 1 ms, whichever first,
