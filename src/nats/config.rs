@@ -202,7 +202,8 @@ impl Config {
     ///
     /// A core publish whose confirmation is read by another publish (confirmations are
     /// shared) waits for that reader's round and then its own, so it fails after at
-    /// most twice this.
+    /// most twice this; one whose confirmation went out on a connection that was then
+    /// lost fails as soon as the client is connected again.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
