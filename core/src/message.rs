@@ -39,7 +39,8 @@ pub use crate::header::{HeaderValue, Headers, HeadersIter};
 /// Cloning is cheap: strings and the payload are shared, not copied (a retry or a
 /// fan-out clones a message per attempt or per publisher), and the rarely set
 /// properties live behind one shared pointer, copied only when a clone changes them.
-#[derive(Clone)]
+/// A small key or payload held only by this message is copied instead (see
+/// [`Clone`](#impl-Clone-for-Message)).
 pub struct Message {
     destination: Arc<str>,
     key: Option<Bytes>,
@@ -48,6 +49,40 @@ pub struct Message {
     /// `None` while every property is unset.
     properties: Option<Arc<Properties>>,
     persistent: bool,
+}
+
+/// Payloads up to this size that only one message holds are copied by a clone.
+const COPIED_ON_CLONE: usize = 256;
+
+/// A clone of `bytes`: a copy if it is small and held by nobody else, else shared.
+///
+/// Sharing bytes that only one owner holds (a `Bytes` made from a `Vec` or a
+/// `String`) first moves them under a reference count, an allocation that the last
+/// owner frees, often on another thread (the broker client's), where the allocator's
+/// per-thread cache cannot hand it back to the thread that clones. A copy of a few
+/// hundred bytes is cheaper, and it is freed where it was made (a retry's copy, say).
+fn clone_bytes(bytes: &Bytes) -> Bytes {
+    if bytes.len() <= COPIED_ON_CLONE && bytes.is_unique() {
+        Bytes::copy_from_slice(bytes)
+    } else {
+        bytes.clone()
+    }
+}
+
+/// Shares the destination, headers and properties; a key or payload of up to 256
+/// bytes that only this message holds is copied, a larger or already shared one is
+/// shared.
+impl Clone for Message {
+    fn clone(&self) -> Self {
+        Message {
+            destination: self.destination.clone(),
+            key: self.key.as_ref().map(clone_bytes),
+            payload: clone_bytes(&self.payload),
+            headers: self.headers.clone(),
+            properties: self.properties.clone(),
+            persistent: self.persistent,
+        }
+    }
 }
 
 /// The properties most messages do not set.
@@ -515,6 +550,26 @@ impl IntoDestination for &Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clone_copies_a_small_payload_it_alone_holds_and_shares_the_rest() {
+        // Small and held by this message alone: copied, the original stays unshared.
+        let small = Message::new("t", vec![7u8; COPIED_ON_CLONE]).with_key(String::from("k"));
+        let copy = small.clone();
+        assert_eq!(copy.payload(), small.payload());
+        assert_eq!(copy.key(), small.key());
+        assert!(small.payload().is_unique() && copy.payload().is_unique());
+        assert_ne!(copy.payload().as_ptr(), small.payload().as_ptr());
+        // Larger: shared, as `Bytes` clones are.
+        let large = Message::new("t", vec![7u8; COPIED_ON_CLONE + 1]);
+        let shared = large.clone();
+        assert_eq!(shared.payload().as_ptr(), large.payload().as_ptr());
+        // Already shared, or static: shared again.
+        let again = shared.clone();
+        assert_eq!(again.payload().as_ptr(), large.payload().as_ptr());
+        let fixed = Message::new("t", "static");
+        assert_eq!(fixed.clone().payload().as_ptr(), fixed.payload().as_ptr());
+    }
 
     #[test]
     fn builder_sets_every_property() {
