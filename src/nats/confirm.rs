@@ -181,11 +181,13 @@ impl Confirmer {
         }
     }
 
+    /// How many times the client connected (the first time included).
+    fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Acquire)
+    }
+
     /// Subscribes to the loopback subject, once, before the first round is sent.
     async fn subscribe(&self) -> Result<(), Failure> {
-        if self.subscribed.load(Ordering::Acquire) {
-            return Ok(());
-        }
         // Nobody reads before the first round is sent, so this waits at most for
         // another caller subscribing.
         let mut loopback = self.loopback.lock().await;
@@ -267,13 +269,6 @@ impl Confirmer {
             },
         });
         result.map(drop)
-    }
-}
-
-impl Confirmer {
-    /// How many times the client connected (the first time included).
-    fn connects(&self) -> u64 {
-        self.client.statistics().connects.load(Ordering::Acquire)
     }
 }
 

@@ -321,24 +321,21 @@ pub(crate) async fn round_trip(
     destination: &str,
 ) -> Result<(), Error> {
     use super::confirm::Failure;
-    let mut processed = connection.processed().await;
-    // A subscription the client renewed on the new connection is confirmed by a round
-    // on that one (a publish's message may have been lost with the old one).
-    if operation == Operation::Subscribe && processed == Err(Failure::Reconnected) {
-        processed = connection.processed().await;
-    }
-    processed.map_err(|failure| match failure {
-        Failure::Reconnected => re_established(operation, destination),
-        Failure::TimedOut(timeout) => error(ErrorKind::Transient, operation, destination)
-            .with_code(Code::Timeout)
-            .with_reason(format!(
-                "the server did not confirm within {timeout:?}; \
+    connection
+        .processed()
+        .await
+        .map_err(|failure| match failure {
+            Failure::Reconnected => re_established(operation, destination),
+            Failure::TimedOut(timeout) => error(ErrorKind::Transient, operation, destination)
+                .with_code(Code::Timeout)
+                .with_reason(format!(
+                    "the server did not confirm within {timeout:?}; \
                  the message may still be delivered once the client reconnects"
-            )),
-        Failure::Closed => error(ErrorKind::Permanent, operation, destination)
-            .with_code(Code::Closed)
-            .with_reason("the NATS connection is closed"),
-    })
+                )),
+            Failure::Closed => error(ErrorKind::Permanent, operation, destination)
+                .with_code(Code::Closed)
+                .with_reason("the NATS connection is closed"),
+        })
 }
 
 /// A subscription, plain or in a queue group: a `Stream` of at-most-once
@@ -389,7 +386,14 @@ impl Subscriber {
         subscribed: Result<async_nats::Subscriber, async_nats::SubscribeError>,
     ) -> Result<Self, Error> {
         let inner = subscribed.map_err(|err| subscribe_error(&subject, err))?;
-        round_trip(connection, Operation::Subscribe, &subject).await?;
+        if let Err(err) = round_trip(connection, Operation::Subscribe, &subject).await {
+            // The client renews its subscriptions on a new connection before anything
+            // else it sends there: a round on that one confirms it.
+            if err.code() != Some(Code::ConnectionLost) {
+                return Err(err);
+            }
+            round_trip(connection, Operation::Subscribe, &subject).await?;
+        }
         Ok(Subscriber {
             inner,
             subject,
