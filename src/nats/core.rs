@@ -244,14 +244,13 @@ fn publish<'a>(
     message: Message,
     subject: &'a str,
 ) -> Result<impl Future<Output = Result<(), Error>> + Send + 'a, Error> {
-    let headers = headers::prepare(
+    let (owned, headers) = headers::prepare(
         &message,
         Flavour::Core,
         connection.config(),
         Operation::Publish,
     )?;
     let client = connection.client();
-    let owned = message.destination().to_owned();
     let reply = message.reply_to().map(str::to_owned);
     // Moved, not cloned: a payload built from a `Vec` allocates on its first clone.
     let payload = message.into_payload();

@@ -138,6 +138,7 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 use async_nats::header::{HeaderMap, HeaderName};
+use async_nats::Subject;
 use bytes::Bytes;
 use tower_mq_core::{Error, HeaderValue, Message, Operation};
 
@@ -167,18 +168,46 @@ impl Flavour {
 
 const IGNORE_HINT: &str = "enable Config::ignore_unsupported to publish without it";
 
-/// Checks that `message` can be published on `flavour` (see [`check_publish_subject`]
+/// Checks that `message` can be published on `flavour` (see [`publish_subject`]
 /// and [`check_supported`]) and encodes its headers (see [`encode`]): what every
-/// publish and request does before handing a message to the client.
+/// publish and request does before handing a message to the client. Returns the
+/// client's subject with the headers.
 pub(crate) fn prepare(
     message: &Message,
     flavour: Flavour,
     config: &Config,
     operation: Operation,
-) -> Result<HeaderMap, Error> {
-    check_publish_subject(message.destination(), operation)?;
+) -> Result<(Subject, HeaderMap), Error> {
+    let subject = publish_subject(message.destination(), operation)?;
     check_supported(message, flavour, config.ignore_unsupported, operation)?;
-    encode(message, flavour, config, operation)
+    Ok((subject, encode(message, flavour, config, operation)?))
+}
+
+thread_local! {
+    /// The subject this thread published to last, checked. Most publishers send to one
+    /// subject again and again: a hit costs a comparison and a reference count instead
+    /// of the checks, a copy of the name into a `String` and the client's copy of that
+    /// into its `Subject` (two allocations per publish).
+    static LAST_SUBJECT: std::cell::RefCell<Option<Subject>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `destination` as the client's [`Subject`], once checked (see
+/// [`check_publish_subject`]).
+pub(crate) fn publish_subject(destination: &str, operation: Operation) -> Result<Subject, Error> {
+    let cached = LAST_SUBJECT.with_borrow(|last| {
+        last.as_ref()
+            .filter(|subject| subject.as_str() == destination)
+            .cloned()
+    });
+    if let Some(subject) = cached {
+        return Ok(subject);
+    }
+    check_publish_subject(destination, operation)?;
+    let subject = Subject::from(destination);
+    // The first clone makes the name's buffer shared: later clones only count.
+    let published = subject.clone();
+    LAST_SUBJECT.set(Some(subject));
+    Ok(published)
 }
 
 /// Fails with a permanent error when `subject` cannot be published to: empty, with
@@ -772,6 +801,26 @@ mod tests {
             assert_eq!(err.destination(), Some(subject));
         }
         assert!(check_publish_subject("orders.created-1", Operation::Publish).is_ok());
+    }
+
+    #[test]
+    fn the_last_subject_is_reused_only_for_the_same_name() {
+        let first = publish_subject("orders.created", Operation::Publish).unwrap();
+        let again = publish_subject("orders.created", Operation::Publish).unwrap();
+        assert_eq!(first.as_str(), "orders.created");
+        // One buffer, shared: no copy of the name for the second publish.
+        assert_eq!(first.as_ptr(), again.as_ptr());
+        // A name that differs is checked, however like the last one it looks.
+        let err = publish_subject("orders..created", Operation::Publish).unwrap_err();
+        assert_eq!(err.destination(), Some("orders..created"));
+        let other = publish_subject("orders.shipped", Operation::Publish).unwrap();
+        assert_eq!(other.as_str(), "orders.shipped");
+        assert_eq!(
+            publish_subject("orders.shipped", Operation::Publish)
+                .unwrap()
+                .as_ptr(),
+            other.as_ptr()
+        );
     }
 
     #[test]

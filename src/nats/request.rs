@@ -165,7 +165,8 @@ impl Service<Message> for Requester {
         BoxResponseFuture::boxed(BROKER, destination, timeout, async move {
             let subject = message.destination();
             let config = connection.config();
-            let headers = headers::prepare(&message, Flavour::Core, config, Operation::Request)?;
+            let (owned, headers) =
+                headers::prepare(&message, Flavour::Core, config, Operation::Request)?;
             let usable = |open: &Inbox| open.waiters.closed().is_none();
             let inbox = inbox.get(usable, || open_inbox(&connection)).await?;
             // Registered before publishing, so a fast reply finds its request.
@@ -177,12 +178,10 @@ impl Service<Message> for Requester {
             let reply = format!("{}.{}", inbox.subject, pending.id());
             let (client, payload) = (connection.client(), message.payload().clone());
             let published = if headers.is_empty() {
-                client
-                    .publish_with_reply(subject.to_owned(), reply, payload)
-                    .await
+                client.publish_with_reply(owned, reply, payload).await
             } else {
                 client
-                    .publish_with_reply_and_headers(subject.to_owned(), reply, headers, payload)
+                    .publish_with_reply_and_headers(owned, reply, headers, payload)
                     .await
             };
             published.map_err(|err| {

@@ -472,7 +472,8 @@ impl PendingDelivery {
                     set(dead_letter::SEQUENCE, sequence.to_string());
                 }
                 set(dead_letter::TIME, dead_letter::now_millis().to_string());
-                publish_raw(&settle.context, dead_letter, headers, self.payload.clone())
+                let subject = async_nats::Subject::from(dead_letter.as_str());
+                publish_raw(&settle.context, subject, headers, self.payload.clone())
                     .await
                     .map_err(|err| {
                         Error::new(BROKER, Operation::Reject, err.kind())

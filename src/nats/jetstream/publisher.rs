@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures_core::future::BoxFuture;
 use tower::Service;
@@ -78,15 +78,14 @@ impl Service<Message> for Publisher {
     fn call(&mut self, message: Message) -> Self::Future {
         // Checked and taken apart before the future: it then holds only what the
         // publish needs (a publish's future is one allocation, kept small).
-        let headers = match prepare(&message, self.connection.config()) {
-            Ok(headers) => headers,
+        let (subject, headers) = match prepare(&message, self.connection.config()) {
+            Ok(prepared) => prepared,
             Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
         let context = self.context.clone();
-        let subject = message.shared_destination();
         // Moved, not cloned: a payload built from a `Vec` allocates on its first clone.
         let payload = message.into_payload();
-        Box::pin(async move { publish_raw(&context, &subject, headers, payload).await })
+        Box::pin(async move { publish_raw(&context, subject, headers, payload).await })
     }
 }
 
@@ -134,12 +133,14 @@ impl Service<Vec<Message>> for BatchPublisher {
         Box::pin(async move {
             let mut sent = Vec::with_capacity(messages.len());
             for message in messages {
-                let subject = message.shared_destination();
-                let ack = match prepare(&message, connection.config()) {
-                    Ok(headers) => send(&context, &subject, headers, message.into_payload()).await,
-                    Err(err) => Err(err),
+                let sent_one = match prepare(&message, connection.config()) {
+                    Ok((subject, headers)) => {
+                        let ack = send(&context, &subject, headers, message.into_payload()).await;
+                        (subject, ack)
+                    }
+                    Err(err) => (Subject::from(message.destination()), Err(err)),
                 };
-                sent.push((subject, ack));
+                sent.push(sent_one);
             }
             let confirming = sent.into_iter().map(|(subject, ack)| {
                 let context = &context;
@@ -151,31 +152,31 @@ impl Service<Vec<Message>> for BatchPublisher {
 }
 
 /// Checks `message` and encodes its headers.
-fn prepare(message: &Message, config: &Config) -> Result<HeaderMap, Error> {
+fn prepare(message: &Message, config: &Config) -> Result<(Subject, HeaderMap), Error> {
     headers::prepare(message, Flavour::JetStream, config, Operation::Publish)
 }
 
 pub(super) async fn publish_raw(
     context: &async_nats::jetstream::Context,
-    subject: &str,
+    subject: Subject,
     headers: HeaderMap,
     payload: Bytes,
 ) -> Result<Receipt, Error> {
-    let ack = send(context, subject, headers, payload).await?;
-    confirm(context, subject, ack).await
+    let ack = send(context, &subject, headers, payload).await?;
+    confirm(context, &subject, ack).await
 }
 
 /// Hands a publish to the client; the returned future answers the stream's ack.
 async fn send(
     context: &async_nats::jetstream::Context,
-    subject: &str,
+    subject: &Subject,
     headers: HeaderMap,
     payload: Bytes,
 ) -> Result<PublishAckFuture, Error> {
     let publish = PublishMessage::build().payload(payload).headers(headers);
     // Boxed: the client's future (840 bytes) inline would take a publish's future past
     // 1 KiB, where glibc's malloc takes its slow path on every allocation.
-    match Box::pin(context.send_publish(subject.to_owned(), publish)).await {
+    match Box::pin(context.send_publish(subject.clone(), publish)).await {
         Ok(ack) => Ok(ack),
         // Boxed, here and below: the failure may ask JetStream which stream captures
         // the subject, a request whose future would otherwise make every publish's
