@@ -261,10 +261,17 @@ impl<F, Resp> Flights<F, Resp> {
     {
         let mut requests = Vec::with_capacity(items.len());
         let mut replies = Vec::with_capacity(items.len());
+        // The batch's queue slots as one permit: released at once when it answers,
+        // not one release (and one lock of the semaphore) per request.
+        let mut permit: Option<OwnedSemaphorePermit> = None;
         // Callers that gave up (dropped their future) are left out.
         for item in items.into_iter().filter(|i| !i.reply.is_closed()) {
             requests.push(item.request);
-            replies.push((item.reply, item.permit));
+            replies.push(item.reply);
+            match &mut permit {
+                Some(permit) => permit.merge(item.permit),
+                None => permit = Some(item.permit),
+            }
         }
         if requests.is_empty() {
             return true;
@@ -281,7 +288,7 @@ impl<F, Resp> Flights<F, Resp> {
         if let Err(e) = ready {
             let failed = BatchFailed::new(e.into());
             let _ = failure.set(failed.clone());
-            for (reply, _permit) in replies {
+            for reply in replies {
                 let _ = reply.send(Err(failed.clone().into()));
             }
             return false;
@@ -289,23 +296,23 @@ impl<F, Resp> Flights<F, Resp> {
         self.running.push(Flight {
             response: inner.call(requests),
             replies,
+            permit,
         });
         true
     }
 }
 
-/// Callers' reply channels with their queue slots.
-type Replies<Resp> = Vec<(
-    oneshot::Sender<Result<Resp, BoxError>>,
-    OwnedSemaphorePermit,
-)>;
+/// Callers' reply channels.
+type Replies<Resp> = Vec<oneshot::Sender<Result<Resp, BoxError>>>;
 
 pin_project! {
-    /// One batch handed to the inner service: answers each caller when it resolves.
+    /// One batch handed to the inner service: answers each caller when it resolves,
+    /// then frees the batch's queue slots.
     struct Flight<F, Resp> {
         #[pin]
         response: F,
         replies: Replies<Resp>,
+        permit: Option<OwnedSemaphorePermit>,
     }
 }
 
@@ -326,7 +333,7 @@ where
                 let mut results = results.into_results().into_iter();
                 let expected = replies.len();
                 let got = results.len();
-                for (index, (reply, _permit)) in replies.into_iter().enumerate() {
+                for (index, reply) in replies.into_iter().enumerate() {
                     let result = match results.next() {
                         Some(result) => result.map_err(Into::into),
                         None => Err(MissingResult::new(index, expected, got).into()),
@@ -336,11 +343,12 @@ where
             }
             Err(e) => {
                 let failed = BatchFailed::new(e.into());
-                for (reply, _permit) in replies {
+                for reply in replies {
                     let _ = reply.send(Err(failed.clone().into()));
                 }
             }
         }
+        drop(this.permit.take());
         Poll::Ready(())
     }
 }
