@@ -86,7 +86,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::PollSemaphore;
 use tower_mq_core::{BoxError, Delivery, Message};
 use tower_service::Service;
@@ -192,21 +192,25 @@ impl<Req> fmt::Debug for Limits<Req> {
     }
 }
 
-/// State every handle shares with the worker.
-#[derive(Debug)]
-struct Shared {
+/// What every handle on one worker shares, in one allocation: cloning a handle (once
+/// per request, in the usual `clone().oneshot(request)`) counts one reference, where
+/// the queue's sender and the semaphore each count theirs on a cache line the worker
+/// writes too.
+struct Shared<Req, Resp> {
+    tx: mpsc::UnboundedSender<Item<Req, Resp>>,
+    semaphore: Arc<Semaphore>,
+    weigh: Option<Weigher<Req>>,
     shutdown: watch::Sender<bool>,
     finished: watch::Receiver<bool>,
+    failure: Arc<OnceLock<BatchFailed>>,
 }
 
 /// A handle on a batching worker; a `Service<Req>`. See the [module docs](self).
 pub struct Batch<Req, Resp> {
-    tx: mpsc::UnboundedSender<Item<Req, Resp>>,
-    semaphore: PollSemaphore,
+    shared: Arc<Shared<Req, Resp>>,
+    /// Waits for a queue slot: made the first time this handle finds the queue full.
+    waiting: Option<PollSemaphore>,
     permit: Option<OwnedSemaphorePermit>,
-    weigh: Option<Weigher<Req>>,
-    shared: Arc<Shared>,
-    failure: Arc<OnceLock<BatchFailed>>,
 }
 
 impl<Req, Resp> Batch<Req, Resp>
@@ -257,15 +261,16 @@ where
             failure.clone(),
         );
         let handle = Batch {
-            tx,
-            semaphore: PollSemaphore::new(semaphore),
-            permit: None,
-            weigh: limits.max_bytes.map(|(_, weigh)| weigh),
             shared: Arc::new(Shared {
+                tx,
+                semaphore,
+                weigh: limits.max_bytes.map(|(_, weigh)| weigh),
                 shutdown: shutdown_tx,
                 finished: finished_rx,
+                failure,
             }),
-            failure,
+            waiting: None,
+            permit: None,
         };
         (handle, worker)
     }
@@ -284,7 +289,7 @@ impl<Req, Resp> Batch<Req, Resp> {
 
     /// Whether the worker has exited.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.tx.is_closed()
     }
 }
 
@@ -292,12 +297,9 @@ impl<Req, Resp> Clone for Batch<Req, Resp> {
     fn clone(&self) -> Self {
         // A clone starts without a reserved slot: readiness is not copied.
         Batch {
-            tx: self.tx.clone(),
-            semaphore: self.semaphore.clone(),
-            permit: None,
-            weigh: self.weigh,
             shared: self.shared.clone(),
-            failure: self.failure.clone(),
+            waiting: None,
+            permit: None,
         }
     }
 }
@@ -306,7 +308,7 @@ impl<Req, Resp> fmt::Debug for Batch<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batch")
             .field("ready", &self.permit.is_some())
-            .field("closed", &self.tx.is_closed())
+            .field("closed", &self.shared.tx.is_closed())
             .finish()
     }
 }
@@ -321,21 +323,38 @@ where
     type Future = ResponseFuture<Resp>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.tx.is_closed() {
+        let shared = &self.shared;
+        if shared.tx.is_closed() {
             self.permit = None;
-            return Poll::Ready(Err(Closed::new(&self.failure).into()));
+            return Poll::Ready(Err(Closed::new(&shared.failure).into()));
         }
         if self.permit.is_some() {
             return Poll::Ready(Ok(()));
         }
-        match self.semaphore.poll_acquire(cx) {
+        if self.waiting.is_none() {
+            match shared.semaphore.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    self.permit = Some(permit);
+                    return Poll::Ready(Ok(()));
+                }
+                // The worker closes the semaphore when it stops.
+                Err(TryAcquireError::Closed) => {
+                    return Poll::Ready(Err(Closed::new(&shared.failure).into()))
+                }
+                Err(TryAcquireError::NoPermits) => {}
+            }
+        }
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| PollSemaphore::new(shared.semaphore.clone()));
+        match waiting.poll_acquire(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(permit)) => {
                 self.permit = Some(permit);
                 Poll::Ready(Ok(()))
             }
             // The worker closes the semaphore when it stops.
-            Poll::Ready(None) => Poll::Ready(Err(Closed::new(&self.failure).into())),
+            Poll::Ready(None) => Poll::Ready(Err(Closed::new(&self.shared.failure).into())),
         }
     }
 
@@ -345,7 +364,8 @@ where
         let Some(permit) = self.permit.take() else {
             return ResponseFuture::failed(CalledBeforeReady::new("batch").into());
         };
-        let weight = self.weigh.map_or(0, |weigh| weigh(&request));
+        let shared = &self.shared;
+        let weight = shared.weigh.map_or(0, |weigh| weigh(&request));
         let (reply, rx) = oneshot::channel();
         let item = Item {
             request,
@@ -353,9 +373,9 @@ where
             reply,
             permit,
         };
-        match self.tx.send(item) {
-            Ok(()) => ResponseFuture::waiting(rx, self.failure.clone()),
-            Err(_) => ResponseFuture::failed(Closed::new(&self.failure).into()),
+        match shared.tx.send(item) {
+            Ok(()) => ResponseFuture::waiting(rx, shared.failure.clone()),
+            Err(_) => ResponseFuture::failed(Closed::new(&shared.failure).into()),
         }
     }
 }
