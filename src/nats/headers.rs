@@ -194,19 +194,21 @@ thread_local! {
 /// `destination` as the client's [`Subject`], once checked (see
 /// [`check_publish_subject`]).
 pub(crate) fn publish_subject(destination: &str, operation: Operation) -> Result<Subject, Error> {
-    let cached = LAST_SUBJECT.with_borrow(|last| {
-        last.as_ref()
+    // `try_with`: a publish from a thread-local's destructor goes without the cache.
+    let cached = LAST_SUBJECT.try_with(|last| {
+        last.borrow()
+            .as_ref()
             .filter(|subject| subject.as_str() == destination)
             .cloned()
     });
-    if let Some(subject) = cached {
+    if let Ok(Some(subject)) = cached {
         return Ok(subject);
     }
     check_publish_subject(destination, operation)?;
     let subject = Subject::from(destination);
     // The first clone makes the name's buffer shared: later clones only count.
     let published = subject.clone();
-    LAST_SUBJECT.set(Some(subject));
+    let _ = LAST_SUBJECT.try_with(|last| *last.borrow_mut() = Some(subject));
     Ok(published)
 }
 
