@@ -107,10 +107,7 @@ impl Connection {
     }
 
     pub(crate) fn readiness(&self) -> Readiness {
-        Readiness {
-            connected: self.inner.connected.clone(),
-            wait: None,
-        }
+        Readiness { wait: None }
     }
 }
 
@@ -298,14 +295,18 @@ fn on_event(state: &watch::Sender<Link>, event: &async_nats::Event) {
 type WaitConnected = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
 
 /// `poll_ready` for services on a [`Connection`]: pending while disconnected.
+///
+/// Holds only a wait in progress; the state it reads is the connection's, which the
+/// service holds anyway: cloning a service (often once per message) then clones no
+/// watch of its own.
 pub(crate) struct Readiness {
-    connected: watch::Receiver<Link>,
     wait: Option<WaitConnected>,
 }
 
 impl Readiness {
     pub(crate) fn poll_ready(
         &mut self,
+        connection: &Connection,
         cx: &mut Context<'_>,
         operation: Operation,
     ) -> Poll<Result<(), Error>> {
@@ -318,7 +319,7 @@ impl Readiness {
                         .with_reason("the NATS connection is closed")));
                 }
             }
-            match *self.connected.borrow() {
+            match *connection.inner.connected.borrow() {
                 Link::Up => return Poll::Ready(Ok(())),
                 Link::Closed => {
                     return Poll::Ready(Err(Error::permanent(BROKER, operation)
@@ -326,7 +327,7 @@ impl Readiness {
                 }
                 Link::Down => {}
             }
-            let mut connected = self.connected.clone();
+            let mut connected = connection.inner.connected.clone();
             self.wait = Some(Box::pin(async move {
                 connected.wait_for(|c| *c != Link::Down).await.is_ok()
             }));
@@ -336,17 +337,14 @@ impl Readiness {
 
 impl Clone for Readiness {
     fn clone(&self) -> Self {
-        Readiness {
-            connected: self.connected.clone(),
-            wait: None,
-        }
+        // A clone starts with no wait of its own.
+        Readiness { wait: None }
     }
 }
 
 impl fmt::Debug for Readiness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Readiness")
-            .field("connected", &*self.connected.borrow())
             .field("waiting", &self.wait.is_some())
             .finish()
     }

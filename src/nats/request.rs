@@ -154,7 +154,8 @@ impl Service<Message> for Requester {
     type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.readiness.poll_ready(cx, Operation::Request)
+        self.readiness
+            .poll_ready(&self.connection, cx, Operation::Request)
     }
 
     fn call(&mut self, message: Message) -> Self::Future {

@@ -72,7 +72,8 @@ impl Service<Message> for Publisher {
     type Future = BoxFuture<'static, Result<Receipt, Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.readiness.poll_ready(cx, Operation::Publish)
+        self.readiness
+            .poll_ready(&self.connection, cx, Operation::Publish)
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
@@ -124,7 +125,8 @@ impl Service<Vec<Message>> for BatchPublisher {
     type Future = BoxFuture<'static, Result<Self::Response, Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.readiness.poll_ready(cx, Operation::Publish)
+        self.readiness
+            .poll_ready(&self.connection, cx, Operation::Publish)
     }
 
     fn call(&mut self, messages: Vec<Message>) -> Self::Future {
