@@ -105,10 +105,6 @@ impl Connection {
     pub(crate) fn link_changes(&self) -> tokio_stream::wrappers::WatchStream<Link> {
         tokio_stream::wrappers::WatchStream::from_changes(self.inner.connected.clone())
     }
-
-    pub(crate) fn readiness(&self) -> Readiness {
-        Readiness { wait: None }
-    }
 }
 
 impl fmt::Debug for Connection {
@@ -299,6 +295,7 @@ type WaitConnected = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
 /// Holds only a wait in progress; the state it reads is the connection's, which the
 /// service holds anyway: cloning a service (often once per message) then clones no
 /// watch of its own.
+#[derive(Default)]
 pub(crate) struct Readiness {
     wait: Option<WaitConnected>,
 }

@@ -79,7 +79,7 @@ impl Publisher {
     pub fn new(connection: &Connection) -> Self {
         Publisher {
             connection: connection.clone(),
-            readiness: connection.readiness(),
+            readiness: Readiness::default(),
             wait_processed: true,
         }
     }
@@ -171,7 +171,7 @@ impl BatchPublisher {
     pub fn new(connection: &Connection) -> Self {
         BatchPublisher {
             connection: connection.clone(),
-            readiness: connection.readiness(),
+            readiness: Readiness::default(),
         }
     }
 }
@@ -246,7 +246,7 @@ fn publish<'a>(
     message: Message,
     subject: &'a str,
 ) -> Result<impl Future<Output = Result<(), Error>> + Send + 'a, Error> {
-    let (owned, headers) = headers::prepare(
+    let (client_subject, headers) = headers::prepare(
         &message,
         Flavour::Core,
         connection.config(),
@@ -259,16 +259,23 @@ fn publish<'a>(
     // A reply subject is rare on a publish: its futures are boxed rather than make
     // every publish's future larger.
     let publish = match (reply, headers.is_empty()) {
-        (None, true) => Either::Left(Either::Left(client.publish(owned, payload))),
-        (None, false) => Either::Left(Either::Right(
-            client.publish_with_headers(owned, headers, payload),
-        )),
-        (Some(reply), true) => Either::Right(Box::pin(
-            client.publish_with_reply(owned, reply, payload),
-        ) as BoxFuture<'a, _>),
-        (Some(reply), false) => Either::Right(Box::pin(
-            client.publish_with_reply_and_headers(owned, reply, headers, payload),
-        ) as BoxFuture<'a, _>),
+        (None, true) => Either::Left(Either::Left(client.publish(client_subject, payload))),
+        (None, false) => Either::Left(Either::Right(client.publish_with_headers(
+            client_subject,
+            headers,
+            payload,
+        ))),
+        (Some(reply), true) => Either::Right(Box::pin(client.publish_with_reply(
+            client_subject,
+            reply,
+            payload,
+        )) as BoxFuture<'a, _>),
+        (Some(reply), false) => Either::Right(Box::pin(client.publish_with_reply_and_headers(
+            client_subject,
+            reply,
+            headers,
+            payload,
+        )) as BoxFuture<'a, _>),
     };
     Ok(publish.map_err(move |err| publish_error(err, subject)))
 }

@@ -87,7 +87,7 @@ impl Requester {
     pub fn new(connection: &Connection) -> Self {
         Requester {
             connection: connection.clone(),
-            readiness: connection.readiness(),
+            readiness: Readiness::default(),
             inbox: Shared::new(),
             timeout: connection.config().request_timeout,
         }
@@ -166,7 +166,7 @@ impl Service<Message> for Requester {
         BoxResponseFuture::boxed(BROKER, destination, timeout, async move {
             let subject = message.destination();
             let config = connection.config();
-            let (owned, headers) =
+            let (client_subject, headers) =
                 headers::prepare(&message, Flavour::Core, config, Operation::Request)?;
             let usable = |open: &Inbox| open.waiters.closed().is_none();
             let inbox = inbox.get(usable, || open_inbox(&connection)).await?;
@@ -179,10 +179,12 @@ impl Service<Message> for Requester {
             let reply = format!("{}.{}", inbox.subject, pending.id());
             let (client, payload) = (connection.client(), message.payload().clone());
             let published = if headers.is_empty() {
-                client.publish_with_reply(owned, reply, payload).await
+                client
+                    .publish_with_reply(client_subject, reply, payload)
+                    .await
             } else {
                 client
-                    .publish_with_reply_and_headers(owned, reply, headers, payload)
+                    .publish_with_reply_and_headers(client_subject, reply, headers, payload)
                     .await
             };
             published.map_err(|err| {

@@ -25,7 +25,7 @@ impl JetStream {
         Publisher {
             connection: self.connection.clone(),
             context: self.context.clone(),
-            readiness: self.connection.readiness(),
+            readiness: Readiness::default(),
         }
     }
 }
@@ -53,7 +53,7 @@ impl Publisher {
         BatchPublisher {
             connection: self.connection.clone(),
             context: self.context.clone(),
-            readiness: self.connection.readiness(),
+            readiness: Readiness::default(),
         }
     }
 }
