@@ -1,72 +1,98 @@
 //! The batch layer's response future.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use std::sync::{Arc, OnceLock};
-
-use pin_project_lite::pin_project;
-use tokio::sync::oneshot;
 use tower_mq_core::BoxError;
 
 use super::error::{BatchFailed, Closed};
+use super::slot::Slot;
 
-pin_project! {
-    /// What [`Batch`](super::Batch) returns: resolves with this request's own result
-    /// once its batch was flushed.
-    #[derive(Debug)]
-    pub struct ResponseFuture<T> {
-        #[pin]
-        state: State<T>,
-    }
+/// What [`Batch`](super::Batch) returns: resolves with this request's own result
+/// once its batch was flushed. Dropping it before the flush leaves the request out of
+/// the batch.
+pub struct ResponseFuture<T> {
+    state: State<T>,
 }
 
-pin_project! {
-    #[project = StateProj]
-    #[derive(Debug)]
-    enum State<T> {
-        Waiting {
-            #[pin]
-            rx: oneshot::Receiver<Result<T, BoxError>>,
-            failure: Arc<OnceLock<BatchFailed>>,
-        },
-        Failed { error: Option<BoxError> },
-    }
+enum State<T> {
+    Waiting {
+        slot: Arc<Slot<T>>,
+        index: usize,
+        failure: Arc<OnceLock<BatchFailed>>,
+    },
+    Failed(BoxError),
+    Done,
 }
 
 impl<T> ResponseFuture<T> {
     pub(crate) fn waiting(
-        rx: oneshot::Receiver<Result<T, BoxError>>,
+        slot: Arc<Slot<T>>,
+        index: usize,
         failure: Arc<OnceLock<BatchFailed>>,
     ) -> Self {
         ResponseFuture {
-            state: State::Waiting { rx, failure },
+            state: State::Waiting {
+                slot,
+                index,
+                failure,
+            },
         }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
+            state: State::Failed(error),
         }
+    }
+}
+
+impl<T> fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Waiting { index, .. } => format!("waiting (position {index})"),
+            State::Failed(error) => format!("failed: {error}"),
+            State::Done => "done".to_owned(),
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }
 
 impl<T> Future for ResponseFuture<T> {
     type Output = Result<T, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Waiting { rx, failure } => match rx.poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(result)) => Poll::Ready(result),
-                // The worker dropped the request without answering: it died.
-                Poll::Ready(Err(_)) => Poll::Ready(Err(Closed::new(failure).into())),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = match &self.state {
+            State::Waiting {
+                slot,
+                index,
+                failure,
+            } => match slot.poll_answer(*index, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(result)) => result,
+                // The worker dropped the batch without answering: it stopped or died.
+                Poll::Ready(Err(())) => Err(Closed::new(failure).into()),
             },
-            StateProj::Failed { error } => match error.take() {
-                Some(error) => Poll::Ready(Err(error)),
-                None => panic!("future polled after completion"),
+            State::Failed(_) => match std::mem::replace(&mut self.state, State::Done) {
+                State::Failed(error) => return Poll::Ready(Err(error)),
+                _ => unreachable!("matched as failed"),
             },
+            State::Done => panic!("future polled after completion"),
+        };
+        self.state = State::Done;
+        Poll::Ready(answer)
+    }
+}
+
+impl<T> Drop for ResponseFuture<T> {
+    fn drop(&mut self) {
+        if let State::Waiting { slot, index, .. } = &self.state {
+            slot.give_up(*index);
         }
     }
 }

@@ -1,11 +1,14 @@
 //! Grouping requests into batches: many callers, one inner call, one result each.
 //!
-//! [`Batch`] is a cloneable handle, like tower's `Buffer`: every `call` queues the
-//! request for a background worker that owns the inner service. The worker collects
-//! requests into a batch and flushes it as one call to the inner service when the
-//! batch holds [`max_items`](BatchLayer::new) requests, when it weighs
+//! [`Batch`] is a cloneable handle, like tower's `Buffer`, on a background worker that
+//! owns the inner service. Every `call` adds its request to the batch being built, and
+//! the batch is flushed as one call to the inner service when it holds
+//! [`max_items`](BatchLayer::new) requests, when it weighs
 //! [`max_bytes`](BatchLayer::max_bytes) (by [`Weigh`]), or when its oldest request has
 //! waited [`max_latency`](BatchLayer::new), whichever comes first (tokio's clock).
+//! The callers fill the batch themselves and hand it to the worker whole, and its
+//! callers find their answers in one place shared by the batch: the worker is woken
+//! once per batch, not once per request, and a request costs no channel of its own.
 //!
 //! The inner service takes a `Vec<Req>` and answers one result per request, in order
 //! (a `Vec<Result<Resp, E>>`, or any [`BatchResults`]), the shape of the brokers'
@@ -15,8 +18,8 @@
 //! `source()` is the inner error (so it classifies as the inner error does). An answer
 //! with too few results fails the missing ones with [`error::MissingResult`].
 //!
-//! Batches in flight: by default one at a time. The worker collects the next batch
-//! while the inner call runs, and hands it over when that call has answered (if a
+//! Batches in flight: by default one at a time. While the inner call runs, the callers
+//! fill the next batch, and the worker hands it over when that call has answered (if a
 //! limit was reached in the meantime), so batches reach the inner service, and the
 //! broker, in the order of the calls. [`BatchLayer::max_in_flight`] lets several
 //! inner calls run at once, which is what a broker with a round trip per batch (a
@@ -75,18 +78,20 @@
 //! ```
 
 mod layer;
+mod slot;
 mod worker;
 
 pub mod error;
 pub mod future;
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
+use tokio::time::Instant;
 use tokio_util::sync::PollSemaphore;
 use tower_mq_core::{BoxError, Delivery, Message};
 use tower_service::Service;
@@ -94,7 +99,7 @@ use tower_service::Service;
 use self::error::{BatchFailed, Closed};
 use self::future::ResponseFuture;
 pub use self::layer::BatchLayer;
-use self::worker::Item;
+use self::slot::{Answer, Slot};
 pub use self::worker::Worker;
 use crate::error::CalledBeforeReady;
 
@@ -192,17 +197,74 @@ impl<Req> fmt::Debug for Limits<Req> {
     }
 }
 
+/// What the handles and the worker share: the batch being built, the queue's slots and
+/// why the worker stopped, if it failed.
+pub(crate) struct Core<Req, Resp> {
+    pub(crate) building: Mutex<Building<Req, Resp>>,
+    pub(crate) semaphore: Arc<Semaphore>,
+    pub(crate) failure: Arc<OnceLock<BatchFailed>>,
+    pub(crate) limits: Limits<Req>,
+}
+
+impl<Req, Resp> Core<Req, Resp> {
+    pub(crate) fn building(&self) -> MutexGuard<'_, Building<Req, Resp>> {
+        // Nothing panics while holding the lock (the requests are only moved).
+        self.building.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The batch the callers are filling: a caller adds its request to it in `call`, and
+/// the caller whose request fills it hands it to the worker whole, so the worker and
+/// the callers meet once per batch rather than once per request.
+pub(crate) struct Building<Req, Resp> {
+    pub(crate) requests: Vec<Req>,
+    pub(crate) bytes: usize,
+    /// Where this batch's callers find their answers; made with its first request.
+    pub(crate) slot: Option<Arc<Slot<Resp>>>,
+    /// Counts the batches begun, so the worker's deadline applies to the batch it was
+    /// set for.
+    pub(crate) generation: u64,
+    /// The worker accepts no more requests.
+    pub(crate) closed: bool,
+}
+
+impl<Req, Resp> Building<Req, Resp> {
+    /// Takes the batch as it is, leaving an empty one to begin; `None` if it is empty.
+    pub(crate) fn take(&mut self, semaphore: &Arc<Semaphore>) -> Option<Sealed<Req, Resp>> {
+        let slot = self.slot.take()?;
+        let requests = std::mem::take(&mut self.requests);
+        self.bytes = 0;
+        Some(Sealed {
+            generation: self.generation,
+            answer: Answer::new(slot, requests.len(), semaphore.clone()),
+            requests,
+        })
+    }
+}
+
+/// A batch handed to the worker: its requests and how to answer their callers.
+pub(crate) struct Sealed<Req, Resp> {
+    pub(crate) requests: Vec<Req>,
+    pub(crate) answer: Answer<Resp>,
+    pub(crate) generation: u64,
+}
+
+/// What the callers tell the worker, in the order it happened.
+pub(crate) enum Command<Req, Resp> {
+    /// A batch was begun: flush it at `deadline` if it is not full by then.
+    Begun { generation: u64, deadline: Instant },
+    /// A full batch, to hand to the inner service.
+    Full(Sealed<Req, Resp>),
+}
+
 /// What every handle on one worker shares, in one allocation: cloning a handle (once
-/// per request, in the usual `clone().oneshot(request)`) counts one reference, where
-/// the queue's sender and the semaphore each count theirs on a cache line the worker
-/// writes too.
+/// per request, in the usual `clone().oneshot(request)`) counts one reference. When the
+/// last handle is gone, so is the queue's sender, and the worker flushes and exits.
 struct Shared<Req, Resp> {
-    tx: mpsc::UnboundedSender<Item<Req, Resp>>,
-    semaphore: Arc<Semaphore>,
-    weigh: Option<Weigher<Req>>,
+    core: Arc<Core<Req, Resp>>,
+    tx: mpsc::UnboundedSender<Command<Req, Resp>>,
     shutdown: watch::Sender<bool>,
     finished: watch::Receiver<bool>,
-    failure: Arc<OnceLock<BatchFailed>>,
 }
 
 /// A handle on a batching worker; a `Service<Req>`. See the [module docs](self).
@@ -210,7 +272,8 @@ pub struct Batch<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
     /// Waits for a queue slot: made the first time this handle finds the queue full.
     waiting: Option<PollSemaphore>,
-    permit: Option<OwnedSemaphorePermit>,
+    /// Holds a queue slot, taken from the semaphore by `poll_ready` for the next `call`.
+    reserved: bool,
 }
 
 impl<Req, Resp> Batch<Req, Resp>
@@ -246,31 +309,31 @@ where
         S::Response: BatchResults<Response = Resp>,
     {
         let limits = layer.limits();
-        let semaphore = Arc::new(Semaphore::new(limits.queue_capacity));
+        let core = Arc::new(Core {
+            building: Mutex::new(Building {
+                requests: Vec::new(),
+                bytes: 0,
+                slot: None,
+                generation: 0,
+                closed: false,
+            }),
+            semaphore: Arc::new(Semaphore::new(limits.queue_capacity)),
+            failure: Arc::new(OnceLock::new()),
+            limits,
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (finished_tx, finished_rx) = watch::channel(false);
-        let failure = Arc::new(OnceLock::new());
-        let worker = Worker::new(
-            inner,
-            rx,
-            limits,
-            semaphore.clone(),
-            shutdown_rx,
-            finished_tx,
-            failure.clone(),
-        );
+        let worker = Worker::new(inner, rx, core.clone(), shutdown_rx, finished_tx);
         let handle = Batch {
             shared: Arc::new(Shared {
+                core,
                 tx,
-                semaphore,
-                weigh: limits.max_bytes.map(|(_, weigh)| weigh),
                 shutdown: shutdown_tx,
                 finished: finished_rx,
-                failure,
             }),
             waiting: None,
-            permit: None,
+            reserved: false,
         };
         (handle, worker)
     }
@@ -291,6 +354,17 @@ impl<Req, Resp> Batch<Req, Resp> {
     pub fn is_closed(&self) -> bool {
         self.shared.tx.is_closed()
     }
+
+    /// Gives back the queue slot `poll_ready` took, if it took one.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.reserved) {
+            self.shared.core.semaphore.add_permits(1);
+        }
+    }
+
+    fn closed(&self) -> BoxError {
+        Closed::new(&self.shared.core.failure).into()
+    }
 }
 
 impl<Req, Resp> Clone for Batch<Req, Resp> {
@@ -299,15 +373,21 @@ impl<Req, Resp> Clone for Batch<Req, Resp> {
         Batch {
             shared: self.shared.clone(),
             waiting: None,
-            permit: None,
+            reserved: false,
         }
+    }
+}
+
+impl<Req, Resp> Drop for Batch<Req, Resp> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
 impl<Req, Resp> fmt::Debug for Batch<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batch")
-            .field("ready", &self.permit.is_some())
+            .field("ready", &self.reserved)
             .field("closed", &self.shared.tx.is_closed())
             .finish()
     }
@@ -323,60 +403,109 @@ where
     type Future = ResponseFuture<Resp>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let shared = &self.shared;
-        if shared.tx.is_closed() {
-            self.permit = None;
-            return Poll::Ready(Err(Closed::new(&shared.failure).into()));
+        if self.shared.tx.is_closed() {
+            self.release();
+            return Poll::Ready(Err(self.closed()));
         }
-        if self.permit.is_some() {
+        if self.reserved {
             return Poll::Ready(Ok(()));
         }
+        let semaphore = &self.shared.core.semaphore;
         if self.waiting.is_none() {
-            match shared.semaphore.clone().try_acquire_owned() {
+            match semaphore.try_acquire() {
                 Ok(permit) => {
-                    self.permit = Some(permit);
+                    // Given back when the request's batch has answered (or by `release`).
+                    permit.forget();
+                    self.reserved = true;
                     return Poll::Ready(Ok(()));
                 }
                 // The worker closes the semaphore when it stops.
-                Err(TryAcquireError::Closed) => {
-                    return Poll::Ready(Err(Closed::new(&shared.failure).into()))
-                }
+                Err(TryAcquireError::Closed) => return Poll::Ready(Err(self.closed())),
                 Err(TryAcquireError::NoPermits) => {}
             }
         }
         let waiting = self
             .waiting
-            .get_or_insert_with(|| PollSemaphore::new(shared.semaphore.clone()));
+            .get_or_insert_with(|| PollSemaphore::new(semaphore.clone()));
         match waiting.poll_acquire(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(permit)) => {
-                self.permit = Some(permit);
+                permit.forget();
+                self.reserved = true;
                 Poll::Ready(Ok(()))
             }
             // The worker closes the semaphore when it stops.
-            Poll::Ready(None) => Poll::Ready(Err(Closed::new(&self.shared.failure).into())),
+            Poll::Ready(None) => Poll::Ready(Err(self.closed())),
         }
     }
 
     /// Calling without a ready `poll_ready` resolves to [`CalledBeforeReady`] instead of
     /// panicking; the request is not queued.
     fn call(&mut self, request: Req) -> Self::Future {
-        let Some(permit) = self.permit.take() else {
+        if !self.reserved {
             return ResponseFuture::failed(CalledBeforeReady::new("batch").into());
-        };
-        let shared = &self.shared;
-        let weight = shared.weigh.map_or(0, |weigh| weigh(&request));
-        let (reply, rx) = oneshot::channel();
-        let item = Item {
-            request,
-            weight,
-            reply,
-            permit,
-        };
-        match shared.tx.send(item) {
-            Ok(()) => ResponseFuture::waiting(rx, shared.failure.clone()),
-            Err(_) => ResponseFuture::failed(Closed::new(&shared.failure).into()),
         }
+        // From here the slot belongs to the request's batch.
+        self.reserved = false;
+        let shared = &*self.shared;
+        let core = &*shared.core;
+        let limits = &core.limits;
+        let weight = limits.max_bytes.map_or(0, |(_, weigh)| weigh(&request));
+        let mut building = core.building();
+        if building.closed {
+            drop(building);
+            core.semaphore.add_permits(1);
+            return ResponseFuture::failed(self.closed());
+        }
+        if let Some((max, _)) = limits.max_bytes {
+            if !building.requests.is_empty() && building.bytes + weight > max {
+                // Sent while locked, so batches reach the worker in the order they
+                // were filled.
+                if let Some(full) = building.take(&core.semaphore) {
+                    let _ = shared.tx.send(Command::Full(full));
+                }
+            }
+        }
+        let begun = building.slot.is_none();
+        if begun {
+            building.generation += 1;
+            building.slot = Some(Slot::new());
+            if building.requests.capacity() == 0 {
+                // For typical batches, not for whatever limit was configured.
+                building.requests.reserve(limits.max_items.min(1024));
+            }
+        }
+        let index = building.requests.len();
+        building.requests.push(request);
+        building.bytes += weight;
+        let slot = match &building.slot {
+            Some(slot) => slot.clone(),
+            None => unreachable!("a batch was begun above"),
+        };
+        let full = building.requests.len() >= limits.max_items
+            || limits
+                .max_bytes
+                .is_some_and(|(max, _)| building.bytes >= max);
+        if full {
+            if let Some(full) = building.take(&core.semaphore) {
+                // A send to a worker that is gone drops the batch, which tells its
+                // callers it is closed.
+                let _ = shared.tx.send(Command::Full(full));
+            }
+        } else if begun {
+            let now = crate::call_time::now();
+            // A latency too long to add means "by count and bytes only" (about 30 years).
+            let deadline = now
+                .checked_add(limits.max_latency)
+                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600));
+            let generation = building.generation;
+            let _ = shared.tx.send(Command::Begun {
+                generation,
+                deadline,
+            });
+        }
+        drop(building);
+        ResponseFuture::waiting(slot, index, core.failure.clone())
     }
 }
 

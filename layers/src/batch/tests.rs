@@ -468,3 +468,141 @@ async fn shutdown_waits_for_every_batch_in_flight_to_answer() {
     assert_eq!(a.await.expect("join").expect("ok"), receipt(1));
     assert_eq!(b.await.expect("join").expect("ok"), receipt(2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_flushed_when_full_leaves_the_next_its_own_deadline() {
+    let (svc, mut handle) = batch_service(BatchLayer::new(2, Duration::from_millis(100)));
+    let start = Instant::now();
+    let full: Vec<_> = (1..=2).map(|n| send(&svc, n)).collect();
+    let (batch, reply) = handle.next_request().await.expect("the full batch");
+    assert_eq!(
+        Instant::now(),
+        start,
+        "flushed when full, not at its deadline"
+    );
+    reply.send_response(ok_for(&batch));
+    for caller in full {
+        caller.await.expect("join").expect("ok");
+    }
+    tokio::time::advance(Duration::from_millis(60)).await;
+    let late = send(&svc, 3);
+    let (batch, reply) = handle.next_request().await.expect("the partial batch");
+    // The full batch's deadline (100 ms) passed with nothing to flush; this one's is
+    // 100 ms after its own first request.
+    assert_eq!(Instant::now() - start, Duration::from_millis(160));
+    assert_eq!(payloads(&batch), [3]);
+    reply.send_response(ok_for(&batch));
+    assert_eq!(late.await.expect("join").expect("ok"), receipt(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_after_the_flush_leaves_the_others_their_answers() {
+    let layer = BatchLayer::new(3, Duration::from_secs(60)).queue_capacity(3);
+    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
+    handle.allow(10);
+    let svc = layer.layer(inner);
+    let first = send(&svc, 1);
+    let quitter = send(&svc, 2);
+    let third = send(&svc, 3);
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    assert_eq!(
+        payloads(&batch),
+        [1, 2, 3],
+        "handed over before anyone gave up"
+    );
+    quitter.abort();
+    let_worker_run().await;
+    reply.send_response(ok_for(&batch));
+    assert_eq!(first.await.expect("join").expect("ok"), receipt(1));
+    assert_eq!(third.await.expect("join").expect("ok"), receipt(3));
+    // Every slot is free again, the abandoned caller's included.
+    let mut svc = mock::Spawn::new(svc);
+    for n in 4..=6 {
+        assert_ready_ok!(svc.poll_ready());
+        drop(svc.call(msg(n)));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_dropped_while_ready_gives_its_slot_back() {
+    let layer = BatchLayer::new(5, Duration::from_millis(10)).queue_capacity(1);
+    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
+    handle.allow(10);
+    let svc = layer.layer(inner);
+    let mut ready = mock::Spawn::new(svc.clone());
+    assert_ready_ok!(ready.poll_ready());
+    let mut other = mock::Spawn::new(svc.clone());
+    assert_pending!(other.poll_ready());
+    drop(ready);
+    assert!(other.is_woken());
+    assert_ready_ok!(other.poll_ready());
+    let a = tokio::spawn(other.call(msg(1)));
+    let (batch, reply) = handle.next_request().await.expect("a batch");
+    reply.send_response(ok_for(&batch));
+    assert_eq!(a.await.expect("join").expect("ok"), receipt(1));
+}
+
+/// Callers on several threads, some of them giving up: every caller that waits gets the
+/// answer to its own request, and every request reaches the inner service once at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_on_several_threads_get_their_own_answers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let handed_over = Arc::new(AtomicUsize::new(0));
+    let counted = handed_over.clone();
+    let inner = tower::service_fn(move |batch: Vec<Message>| {
+        counted.fetch_add(batch.len(), Ordering::Relaxed);
+        async move {
+            tokio::task::yield_now().await;
+            let results: Vec<Result<Receipt, BoxError>> = batch
+                .iter()
+                .map(|m| {
+                    let id = u64::from_le_bytes(m.payload()[..8].try_into().expect("8 bytes"));
+                    Ok(receipt(id))
+                })
+                .collect();
+            Ok::<_, BoxError>(results)
+        }
+    });
+    let svc = BatchLayer::new(16, Duration::from_millis(1))
+        .max_in_flight(3)
+        .layer(inner);
+    let callers: Vec<_> = (0..4000u64)
+        .map(|id| {
+            let call = svc
+                .clone()
+                .oneshot(Message::new("t", id.to_le_bytes().to_vec()));
+            tokio::spawn(async move {
+                if id % 7 == 0 {
+                    // Gives up at some point before, during or after its batch's flush:
+                    // after polling its call a few times.
+                    let mut call = std::pin::pin!(call);
+                    for _ in 0..id % 5 {
+                        if futures_util::poll!(call.as_mut()).is_ready() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    None
+                } else {
+                    Some((id, call.await))
+                }
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for caller in callers {
+        if let Some((id, result)) = caller.await.expect("join") {
+            assert_eq!(result.expect("ok"), receipt(id));
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 4000 - 4000usize.div_ceil(7));
+    svc.shutdown().await;
+    let handed_over = handed_over.load(Ordering::Relaxed);
+    assert!(
+        (answered..=4000).contains(&handed_over),
+        "{handed_over} requests handed over"
+    );
+}

@@ -3,31 +3,22 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pin_project_lite::pin_project;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tower_mq_core::BoxError;
 use tower_service::Service;
 
-use super::error::{BatchFailed, Closed, MissingResult};
-use super::{BatchResults, Limits, BATCH_SIZE_METRIC};
+use super::error::{BatchFailed, MissingResult};
+use super::slot::Answer;
+use super::{BatchResults, Command, Core, Sealed, BATCH_SIZE_METRIC};
 
-/// One queued request, its caller's reply channel and its queue slot.
-pub(crate) struct Item<Req, Resp> {
-    pub(crate) request: Req,
-    pub(crate) weight: usize,
-    pub(crate) reply: oneshot::Sender<Result<Resp, BoxError>>,
-    // Held until the request's batch has answered, so the queue bound covers the batch
-    // being built and those in flight.
-    pub(crate) permit: OwnedSemaphorePermit,
-}
-
-/// The background task of a [`Batch`](super::Batch): it owns the inner service and
-/// flushes batches. [`Batch::new`](super::Batch::new) spawns it;
+/// The background task of a [`Batch`](super::Batch): it owns the inner service, hands
+/// it the batches the callers filled, flushes a batch whose oldest request has waited
+/// long enough, and answers the callers. [`Batch::new`](super::Batch::new) spawns it;
 /// [`Batch::pair`](super::Batch::pair) hands it to you to spawn.
 #[must_use = "the worker does nothing unless spawned or polled"]
 pub struct Worker {
@@ -49,21 +40,36 @@ impl Future for Worker {
 }
 
 /// Closes the queue and tells `shutdown` waiters when the worker ends, however it ends
-/// (a panic in the inner service included).
-struct ExitGuard {
-    semaphore: Arc<Semaphore>,
+/// (a panic in the inner service included); the callers of a batch it did not answer
+/// get [`Closed`](super::error::Closed).
+struct ExitGuard<Req, Resp> {
+    core: Arc<Core<Req, Resp>>,
     finished: watch::Sender<bool>,
-    failure: Arc<OnceLock<BatchFailed>>,
 }
 
-impl Drop for ExitGuard {
+impl<Req, Resp> ExitGuard<Req, Resp> {
+    /// Refuses new requests and takes the batch being built.
+    fn close(&self) -> Option<Sealed<Req, Resp>> {
+        let core = &self.core;
+        let last = {
+            let mut building = core.building();
+            building.closed = true;
+            building.take(&core.semaphore)
+        };
+        core.semaphore.close();
+        last
+    }
+}
+
+impl<Req, Resp> Drop for ExitGuard<Req, Resp> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = self
+                .core
                 .failure
                 .set(BatchFailed::new("the inner service panicked".into()));
         }
-        self.semaphore.close();
+        drop(self.close());
         self.finished.send_replace(true);
     }
 }
@@ -71,12 +77,10 @@ impl Drop for ExitGuard {
 impl Worker {
     pub(crate) fn new<S, Req, Resp>(
         inner: S,
-        rx: mpsc::UnboundedReceiver<Item<Req, Resp>>,
-        limits: Limits<Req>,
-        semaphore: Arc<Semaphore>,
+        rx: mpsc::UnboundedReceiver<Command<Req, Resp>>,
+        core: Arc<Core<Req, Resp>>,
         shutdown: watch::Receiver<bool>,
         finished: watch::Sender<bool>,
-        failure: Arc<OnceLock<BatchFailed>>,
     ) -> Self
     where
         S: Service<Vec<Req>> + Send + 'static,
@@ -86,154 +90,103 @@ impl Worker {
         Req: Send + 'static,
         Resp: Send + 'static,
     {
-        let guard = ExitGuard {
-            semaphore,
-            finished,
-            failure,
-        };
+        let guard = ExitGuard { core, finished };
         Worker {
-            future: Box::pin(run(inner, rx, limits, shutdown, guard)),
+            future: Box::pin(run(inner, rx, shutdown, guard)),
         }
-    }
-}
-
-struct Pending<Req, Resp> {
-    items: Vec<Item<Req, Resp>>,
-    bytes: usize,
-    deadline: Option<Instant>,
-}
-
-impl<Req, Resp> Pending<Req, Resp> {
-    fn take(&mut self) -> Vec<Item<Req, Resp>> {
-        self.bytes = 0;
-        self.deadline = None;
-        std::mem::take(&mut self.items)
     }
 }
 
 async fn run<S, Req, Resp>(
     mut inner: S,
-    mut rx: mpsc::UnboundedReceiver<Item<Req, Resp>>,
-    limits: Limits<Req>,
+    mut rx: mpsc::UnboundedReceiver<Command<Req, Resp>>,
     mut shutdown: watch::Receiver<bool>,
-    guard: ExitGuard,
+    guard: ExitGuard<Req, Resp>,
 ) where
     S: Service<Vec<Req>>,
     S::Error: Into<BoxError>,
     S::Response: BatchResults<Response = Resp>,
 {
-    let max_bytes = limits.max_bytes.map(|(b, _)| b);
-    let mut pending = Pending {
-        // Preallocate for typical batches, not for whatever limit was configured.
-        items: Vec::with_capacity(limits.max_items.min(1024)),
-        bytes: 0,
-        deadline: None,
-    };
+    let core = guard.core.clone();
     // The batches handed to `inner` whose answers are still out, at most
-    // `limits.max_in_flight`; each answers its callers when it resolves.
+    // `max_in_flight`; each answers its callers when it resolves.
     let mut flights = Flights {
         running: FuturesUnordered::new(),
-        max: limits.max_in_flight,
+        max: core.limits.max_in_flight,
     };
-    // `None` once shutdown was requested or can no longer be (every handle is gone).
+    // `false` once shutdown was requested or can no longer be (every handle is gone).
     let mut listening = true;
-    // One timer for the worker's life, moved to each batch's deadline, so an item
-    // arriving costs no timer registration (making a `Sleep` per item, and registering
-    // it with the driver, was most of the per-item cost).
+    // The batch being built when shutdown was requested: flushed after those queued.
+    let mut last = None;
+    // One timer for the worker's life, moved to each batch's deadline.
     let timer = sleep_until(Instant::now());
     tokio::pin!(timer);
-    let mut armed_for = None;
-    'receive: loop {
-        let deadline = pending.deadline;
-        if let Some(deadline) = deadline {
-            if armed_for != Some(deadline) {
-                timer.as_mut().reset(deadline);
-                armed_for = Some(deadline);
-            }
-        }
-        let received = tokio::select! {
+    // The batch (by generation) whose deadline the timer is set to.
+    let mut timed = None;
+    loop {
+        let command = tokio::select! {
             biased;
             requested = async { shutdown.wait_for(|stop| *stop).await.is_ok() }, if listening => {
                 listening = false;
                 if requested {
                     // Refuse new requests; what is queued is still received below.
-                    guard.semaphore.close();
+                    last = guard.close();
                     rx.close();
                 }
                 continue;
             }
             Some(()) = flights.running.next(), if !flights.running.is_empty() => continue,
-            () = timer.as_mut(), if deadline.is_some() => {
-                let batch = pending.take();
-                if !flights.dispatch(&mut inner, batch, &guard.failure).await {
-                    break;
+            () = timer.as_mut(), if timed.is_some() => {
+                let due = timed.take();
+                let batch = {
+                    let mut building = core.building();
+                    if Some(building.generation) == due {
+                        building.take(&core.semaphore)
+                    } else {
+                        None
+                    }
+                };
+                if let Some(batch) = batch {
+                    if !flights.dispatch(&mut inner, batch, &core.failure).await {
+                        break;
+                    }
                 }
                 continue;
             }
-            received = rx.recv() => received,
+            command = rx.recv() => command,
         };
-        let Some(mut item) = received else {
-            // Every handle dropped, or shutdown and the queue drained: flush and exit.
-            let batch = pending.take();
-            flights.dispatch(&mut inner, batch, &guard.failure).await;
-            break;
-        };
-        // Take what is already queued without another round of `select!` per item,
-        // until the batch is flushed: then the timer and shutdown are looked at again.
-        loop {
-            if let Some(max) = max_bytes {
-                if !pending.items.is_empty() && pending.bytes + item.weight > max {
-                    let batch = pending.take();
-                    if !flights.dispatch(&mut inner, batch, &guard.failure).await {
-                        fail_item(item, &guard);
-                        break 'receive;
-                    }
+        match command {
+            Some(Command::Begun {
+                generation,
+                deadline,
+            }) => {
+                timed = Some(generation);
+                timer.as_mut().reset(deadline);
+            }
+            Some(Command::Full(batch)) => {
+                if timed == Some(batch.generation) {
+                    timed = None;
+                }
+                if !flights.dispatch(&mut inner, batch, &core.failure).await {
+                    break;
                 }
             }
-            if pending.items.is_empty() {
-                let now = Instant::now();
-                // A latency too long to add means "by count and bytes only" (about 30 years).
-                pending.deadline = Some(
-                    now.checked_add(limits.max_latency)
-                        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
-                );
-            }
-            pending.bytes += item.weight;
-            pending.items.push(item);
-            let full = pending.items.len() >= limits.max_items
-                || max_bytes.is_some_and(|max| pending.bytes >= max);
-            if full {
-                let batch = pending.take();
-                if !flights.dispatch(&mut inner, batch, &guard.failure).await {
-                    break 'receive;
+            None => {
+                // Every handle dropped, or shutdown and the queue drained: flush what
+                // is left and exit.
+                if let Some(batch) = last.take().or_else(|| guard.close()) {
+                    flights.dispatch(&mut inner, batch, &core.failure).await;
                 }
-            }
-            if pending.items.is_empty() {
                 break;
-            }
-            match rx.try_recv() {
-                Ok(next) => item = next,
-                Err(_) => break,
             }
         }
     }
     // Every batch handed over answers its callers before the worker is gone.
     while flights.running.next().await.is_some() {}
-    fail_queued(&mut rx, &guard);
-}
-
-/// Tells the caller of a request the worker could not take that it is closed.
-fn fail_item<Req, Resp>(item: Item<Req, Resp>, guard: &ExitGuard) {
-    let _ = item.reply.send(Err(Closed::new(&guard.failure).into()));
-}
-
-/// After a fatal failure: refuse new requests and tell queued callers.
-fn fail_queued<Req, Resp>(rx: &mut mpsc::UnboundedReceiver<Item<Req, Resp>>, guard: &ExitGuard) {
-    guard.semaphore.close();
+    // After a failure, what is queued is dropped: its callers are told it is closed.
+    drop(guard.close());
     rx.close();
-    while let Ok(item) = rx.try_recv() {
-        let _ = item.reply.send(Err(Closed::new(&guard.failure).into()));
-    }
+    while rx.try_recv().is_ok() {}
 }
 
 /// The batches in flight.
@@ -250,7 +203,7 @@ impl<F, Resp> Flights<F, Resp> {
     async fn dispatch<S, Req>(
         &mut self,
         inner: &mut S,
-        items: Vec<Item<Req, Resp>>,
+        batch: Sealed<Req, Resp>,
         failure: &OnceLock<BatchFailed>,
     ) -> bool
     where
@@ -259,20 +212,23 @@ impl<F, Resp> Flights<F, Resp> {
         S::Error: Into<BoxError>,
         S::Response: BatchResults<Response = Resp>,
     {
-        let mut requests = Vec::with_capacity(items.len());
-        let mut replies = Vec::with_capacity(items.len());
-        // The batch's queue slots as one permit: released at once when it answers,
-        // not one release (and one lock of the semaphore) per request.
-        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let Sealed {
+            requests, answer, ..
+        } = batch;
+        let len = requests.len();
         // Callers that gave up (dropped their future) are left out.
-        for item in items.into_iter().filter(|i| !i.reply.is_closed()) {
-            requests.push(item.request);
-            replies.push(item.reply);
-            match &mut permit {
-                Some(permit) => permit.merge(item.permit),
-                None => permit = Some(item.permit),
+        let kept = answer.slot().kept(len);
+        let requests = match &kept {
+            None => requests,
+            Some(kept) => {
+                let mut keep = kept.iter().copied().peekable();
+                requests
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, request)| keep.next_if_eq(&i).map(|_| request))
+                    .collect()
             }
-        }
+        };
         if requests.is_empty() {
             return true;
         }
@@ -288,22 +244,20 @@ impl<F, Resp> Flights<F, Resp> {
         if let Err(e) = ready {
             let failed = BatchFailed::new(e.into());
             let _ = failure.set(failed.clone());
-            for reply in replies {
-                let _ = reply.send(Err(failed.clone().into()));
-            }
+            answer
+                .slot()
+                .answer(len, (0..len).map(|i| (i, Err(failed.clone().into()))));
             return false;
         }
         self.running.push(Flight {
             response: inner.call(requests),
-            replies,
-            permit,
+            answer: Some(answer),
+            kept,
+            len,
         });
         true
     }
 }
-
-/// Callers' reply channels.
-type Replies<Resp> = Vec<oneshot::Sender<Result<Resp, BoxError>>>;
 
 pin_project! {
     /// One batch handed to the inner service: answers each caller when it resolves,
@@ -311,8 +265,11 @@ pin_project! {
     struct Flight<F, Resp> {
         #[pin]
         response: F,
-        replies: Replies<Resp>,
-        permit: Option<OwnedSemaphorePermit>,
+        answer: Option<Answer<Resp>>,
+        // The callers' positions the requests came from, if some callers gave up.
+        kept: Option<Vec<usize>>,
+        // How many callers the batch had.
+        len: usize,
     }
 }
 
@@ -326,29 +283,38 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        let answer = std::task::ready!(this.response.poll(cx));
-        let replies = std::mem::take(this.replies);
-        match answer {
+        let outcome = std::task::ready!(this.response.poll(cx));
+        let Some(answer) = this.answer.take() else {
+            return Poll::Ready(());
+        };
+        let len = *this.len;
+        let kept = this.kept.take();
+        let expected = kept.as_ref().map_or(len, Vec::len);
+        match outcome {
             Ok(results) => {
-                let mut results = results.into_results().into_iter();
-                let expected = replies.len();
+                let results = results.into_results();
                 let got = results.len();
-                for (index, reply) in replies.into_iter().enumerate() {
-                    let result = match results.next() {
-                        Some(result) => result.map_err(Into::into),
-                        None => Err(MissingResult::new(index, expected, got).into()),
-                    };
-                    let _ = reply.send(result);
+                let results = results
+                    .into_iter()
+                    .map(|result| result.map_err(Into::into))
+                    .chain(
+                        (got..expected)
+                            .map(|index| Err(MissingResult::new(index, expected, got).into())),
+                    );
+                match kept {
+                    None => answer.slot().answer(len, results.enumerate()),
+                    Some(kept) => answer.slot().answer(len, kept.into_iter().zip(results)),
                 }
             }
             Err(e) => {
                 let failed = BatchFailed::new(e.into());
-                for reply in replies {
-                    let _ = reply.send(Err(failed.clone().into()));
-                }
+                answer
+                    .slot()
+                    .answer(len, (0..len).map(|i| (i, Err(failed.clone().into()))));
             }
         }
-        drop(this.permit.take());
+        // Frees the batch's queue slots.
+        drop(answer);
         Poll::Ready(())
     }
 }
