@@ -256,6 +256,55 @@ async fn batch_publisher_reports_each_message() {
 }
 
 #[tokio::test]
+async fn a_fire_and_forget_batch_reports_each_message_as_sent() {
+    let _server = SERVER.read().await;
+    let connection = connect().await;
+    let subject = unique("batch-sent");
+    // Read by the plain client on a connection of its own.
+    let outside = async_nats::connect(url()).await.unwrap();
+    let mut subscriber = outside.subscribe(subject.clone()).await.unwrap();
+    // Its own message coming back shows the server has the subscription (a flush
+    // only writes it to the socket, and a publish on another connection could overtake it).
+    outside
+        .publish(subject.clone(), "probe".into())
+        .await
+        .unwrap();
+    let probe = tokio::time::timeout(WAIT, subscriber.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(probe.payload, "probe");
+    let batch = || {
+        vec![
+            Message::new(&subject, "first"),
+            Message::new("bad subject", "x"),
+            Message::new(&subject, "second"),
+        ]
+    };
+    for publisher in [
+        BatchPublisher::new(&connection).fire_and_forget(),
+        Publisher::new(&connection).fire_and_forget().batch(),
+    ] {
+        let results = publisher.oneshot(batch()).await.unwrap();
+        assert_eq!(
+            results[0].as_ref().unwrap(),
+            &Receipt::new("nats", subject.clone(), Guarantee::Sent)
+        );
+        let err = results[1].as_ref().expect_err("invalid subject");
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert_eq!(err.destination(), Some("bad subject"));
+        assert_eq!(results[2].as_ref().unwrap().guarantee(), Guarantee::Sent);
+        for expected in ["first", "second"] {
+            let message = tokio::time::timeout(WAIT, subscriber.next())
+                .await
+                .unwrap_or_else(|_| panic!("`{expected}` never arrived"))
+                .expect("subscription open");
+            assert_eq!(message.payload, expected);
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_publish_allocates_a_future_below_the_allocators_large_size() {
     let _server = SERVER.read().await;
     // A publish's future is one allocation. At 1 KiB and above glibc's malloc takes a

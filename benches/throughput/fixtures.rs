@@ -759,9 +759,10 @@ async fn nats_connect(url: &str) -> Result<tower_mq::nats::Connection, BoxError>
 /// client wrote the message to its socket), one message at a time or once per batch:
 /// what an ordinary program does. It promises less than tower-mq's default receipt,
 /// which says the server processed the message (a loopback round trip, shared by every
-/// publish waiting at once). `nats-sent`: tower-mq's fire-and-forget publisher
-/// (`Publisher::fire_and_forget`, "handed to the client") against the bare client's
-/// publish without a flush, which promises the same.
+/// publish waiting at once). `nats-sent`: tower-mq's fire-and-forget publishers
+/// against the bare client doing the same: `Publisher::fire_and_forget` ("handed to
+/// the client") against a publish without a flush, `BatchPublisher::fire_and_forget`
+/// (written to the socket) against a batch of publishes and a flush.
 pub struct Nats {
     /// Publish with [`Publisher::fire_and_forget`](tower_mq::nats::Publisher::fire_and_forget).
     pub fire_and_forget: bool,
@@ -842,9 +843,7 @@ impl Fixture for Nats {
                             client.publish(s, body).await?;
                             // Like for like with tower-mq's fire-and-forget receipt
                             // ("handed to the client"); otherwise written to the socket.
-                            if !fire_and_forget {
-                                client.flush().await?;
-                            }
+                            client.flush().await?;
                             Ok(())
                         }
                     });
@@ -863,10 +862,15 @@ impl Fixture for Nats {
                 }
                 Client::Service => (service_publish(tower_mq_publisher(), message), None),
                 Client::Stack => (stack_publish("nats", tower_mq_publisher(), message), None),
-                Client::Batched => (
-                    batched_publish(BatchPublisher::new(&connection), message),
-                    None,
-                ),
+                Client::Batched => {
+                    let batch_publisher = BatchPublisher::new(&connection);
+                    let batch_publisher = if fire_and_forget {
+                        batch_publisher.fire_and_forget()
+                    } else {
+                        batch_publisher
+                    };
+                    (batched_publish(batch_publisher, message), None)
+                }
             };
             Ok(Lane {
                 publish,

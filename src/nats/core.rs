@@ -8,8 +8,8 @@
 //! round trip is shared: the publishes waiting at the same time on a connection are
 //! confirmed by one loopback message on an inbox only that connection subscribes to
 //! (rounds overlap), so 100 publishes in flight cost a round trip or two, not 100, and
-//! nothing another client does can hold a confirmation up. [`Publisher::fire_and_forget`] skips it (the receipt
-//! then says `processed: false`). Deliveries cannot be acked, nacked or dead-lettered:
+//! nothing another client does can hold a confirmation up. [`Publisher::fire_and_forget`] and
+//! [`BatchPublisher::fire_and_forget`] skip it (the receipt then says `processed: false`). Deliveries cannot be acked, nacked or dead-lettered:
 //! they are
 //! [`Delivery::unacknowledged`](crate::Delivery::unacknowledged), and settling them
 //! only records the outcome locally.
@@ -105,9 +105,14 @@ impl Publisher {
         &self.connection
     }
 
-    /// A publisher of batches over the same connection: see [`BatchPublisher`].
+    /// A publisher of batches over the same connection, waiting for the server as this
+    /// publisher does (or not, after [`fire_and_forget`](Self::fire_and_forget)): see
+    /// [`BatchPublisher`].
     pub fn batch(&self) -> BatchPublisher {
-        BatchPublisher::new(&self.connection)
+        BatchPublisher {
+            wait_processed: self.wait_processed,
+            ..BatchPublisher::new(&self.connection)
+        }
     }
 }
 
@@ -164,15 +169,28 @@ impl Service<Message> for Publisher {
 pub struct BatchPublisher {
     connection: Connection,
     readiness: Readiness,
+    wait_processed: bool,
 }
 
 impl BatchPublisher {
-    /// A batch publisher on `connection`.
+    /// A batch publisher on `connection` whose receipts wait until the server processed
+    /// the batch.
     pub fn new(connection: &Connection) -> Self {
         BatchPublisher {
             connection: connection.clone(),
             readiness: Readiness::default(),
+            wait_processed: true,
         }
+    }
+
+    /// Answers once the client wrote the batch to its socket (a flush), without the
+    /// round trip that proves the server processed it: each receipt's `processed` is
+    /// `false`, as [`Publisher::fire_and_forget`]'s are, and a message lost with a
+    /// connection that dropped after writing it is not reported. What the bare client's
+    /// publishes followed by a flush do.
+    pub fn fire_and_forget(mut self) -> Self {
+        self.wait_processed = false;
+        self
     }
 }
 
@@ -180,6 +198,7 @@ impl fmt::Debug for BatchPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchPublisher")
             .field("connection", &self.connection)
+            .field("wait_processed", &self.wait_processed)
             .finish()
     }
 }
@@ -196,6 +215,12 @@ impl Service<Vec<Message>> for BatchPublisher {
 
     fn call(&mut self, messages: Vec<Message>) -> Self::Future {
         let connection = self.connection.clone();
+        let wait_processed = self.wait_processed;
+        let guarantee = if wait_processed {
+            Guarantee::Forwarded
+        } else {
+            Guarantee::Sent
+        };
         Box::pin(async move {
             let connects = connection.connects();
             let mut results = Vec::with_capacity(messages.len());
@@ -204,12 +229,21 @@ impl Service<Vec<Message>> for BatchPublisher {
                 results.push(
                     send(&connection, message, &destination)
                         .await
-                        .map(|()| Receipt::new(super::BROKER, destination, Guarantee::Forwarded)),
+                        .map(|()| Receipt::new(super::BROKER, destination, guarantee)),
                 );
             }
-            let first = results.iter().find_map(|r| r.as_ref().ok());
-            let destination = first.map_or("", Receipt::destination);
-            let confirmed = confirm(&connection, connects, destination).await;
+            let confirmed = if wait_processed {
+                let first = results.iter().find_map(|r| r.as_ref().ok());
+                let destination = first.map_or("", Receipt::destination);
+                confirm(&connection, connects, destination).await
+            } else {
+                // Written to the socket before answering, as the bare client's publishes
+                // followed by a flush: a batch cannot outrun the connection.
+                connection.client().flush().await.map_err(|e| {
+                    error(ErrorKind::Transient, Operation::Publish, "")
+                        .with_reason(format!("the client could not write the batch: {e}"))
+                })
+            };
             if let Err(err) = confirmed {
                 for result in &mut results {
                     if let Ok(receipt) = result {
