@@ -469,10 +469,11 @@ where
         let begun = building.slot.is_none();
         if begun {
             building.generation += 1;
-            building.slot = Some(Slot::new());
+            // For typical batches, not for whatever limit was configured.
+            let typical = limits.max_items.min(1024);
+            building.slot = Some(Slot::new(typical));
             if building.requests.capacity() == 0 {
-                // For typical batches, not for whatever limit was configured.
-                building.requests.reserve(limits.max_items.min(1024));
+                building.requests.reserve(typical);
             }
         }
         let index = building.requests.len();

@@ -41,10 +41,11 @@ pub(crate) struct Slot<Resp> {
 }
 
 impl<Resp> Slot<Resp> {
-    pub(crate) fn new() -> Arc<Self> {
+    /// A slot for a batch expected to hold about `capacity` requests.
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Slot {
             state: Mutex::new(State {
-                entries: Vec::new(),
+                entries: Vec::with_capacity(capacity),
                 outcome: Outcome::Open,
             }),
         })
