@@ -755,11 +755,12 @@ async fn nats_connect(url: &str) -> Result<tower_mq::nats::Connection, BoxError>
     )
 }
 
-/// Core NATS. `nats`: the bare client publishes and then flushes (which waits until the
-/// client wrote the message to its socket), one message at a time or once per batch:
-/// what an ordinary program does. It promises less than tower-mq's default receipt,
-/// which says the server processed the message (a loopback round trip, shared by every
-/// publish waiting at once). `nats-sent`: tower-mq's fire-and-forget publishers
+/// Core NATS. `nats`: the bare client publishes one message and then flushes (which
+/// waits until the client wrote the message to its socket): what an ordinary program
+/// does, and less than tower-mq's default receipt promises, which says the server
+/// processed the message (a loopback round trip, shared by every publish waiting at
+/// once). Its batch does the same work as tower-mq's batch: the publishes, then one
+/// loopback message on an inbox of its own, waited for. `nats-sent`: tower-mq's fire-and-forget publishers
 /// against the bare client doing the same: `Publisher::fire_and_forget` ("handed to
 /// the client") against a publish without a flush, `BatchPublisher::fire_and_forget`
 /// (written to the socket) against a batch of publishes and a flush.
@@ -847,14 +848,34 @@ impl Fixture for Nats {
                             Ok(())
                         }
                     });
+                    // For `nats`, the proof tower-mq's receipt gives: a message to an inbox
+                    // only this client subscribes to comes back once the server processed
+                    // everything the connection sent before it.
+                    let loopback = if fire_and_forget {
+                        None
+                    } else {
+                        let inbox = client.new_inbox();
+                        let returned = client.subscribe(inbox.clone()).await?;
+                        Some((inbox, Arc::new(tokio::sync::Mutex::new(returned))))
+                    };
                     let s = subject.clone();
                     let batch = batch_with(move |bodies: Vec<Bytes>| {
-                        let (client, s) = (client.clone(), s.clone());
+                        let (client, s, loopback) = (client.clone(), s.clone(), loopback.clone());
                         async move {
                             for body in bodies {
                                 client.publish(s.clone(), body).await?;
                             }
-                            client.flush().await?;
+                            match loopback {
+                                Some((inbox, returned)) => {
+                                    let mut returned = returned.lock().await;
+                                    client.publish(inbox, Bytes::new()).await?;
+                                    tokio::time::timeout(Duration::from_secs(10), returned.next())
+                                        .await
+                                        .map_err(|_| "the loopback message never came back")?
+                                        .ok_or("the loopback subscription closed")?;
+                                }
+                                None => client.flush().await?,
+                            }
                             Ok(())
                         }
                     });
