@@ -760,10 +760,11 @@ async fn nats_connect(url: &str) -> Result<tower_mq::nats::Connection, BoxError>
 /// does, and less than tower-mq's default receipt promises, which says the server
 /// processed the message (a loopback round trip, shared by every publish waiting at
 /// once). Its batch does the same work as tower-mq's batch: the publishes, then one
-/// loopback message on an inbox of its own, waited for. `nats-sent`: tower-mq's fire-and-forget publishers
-/// against the bare client doing the same: `Publisher::fire_and_forget` ("handed to
-/// the client") against a publish without a flush, `BatchPublisher::fire_and_forget`
-/// (written to the socket) against a batch of publishes and a flush.
+/// loopback message on an inbox of its own, waited for. `nats-sent`: tower-mq's
+/// fire-and-forget publishers against the bare client doing the same:
+/// `Publisher::fire_and_forget` ("handed to the client") against a publish without a
+/// flush, `BatchPublisher::fire_and_forget` (written to the socket) against a batch of
+/// publishes and a flush.
 pub struct Nats {
     /// Publish with [`Publisher::fire_and_forget`](tower_mq::nats::Publisher::fire_and_forget).
     pub fire_and_forget: bool,
@@ -837,17 +838,33 @@ impl Fixture for Nats {
             let (publish, publish_batch) = match publisher {
                 Client::Bare => {
                     let client = async_nats::connect(&url).await?;
-                    let (one, s) = (client.clone(), subject.clone());
-                    let publish = publish_with(move |body: Bytes| {
-                        let (client, s) = (one.clone(), s.clone());
-                        async move {
-                            client.publish(s, body).await?;
-                            // Like for like with tower-mq's fire-and-forget receipt
-                            // ("handed to the client"); otherwise written to the socket.
-                            client.flush().await?;
-                            Ok(())
-                        }
-                    });
+                    // The client's own subject type, made once: a clone per message only
+                    // counts a reference (a `String` would be copied into one each time).
+                    let subject = async_nats::Subject::from(subject.as_str());
+                    // Shared, not cloned per message: a client's clone copies several
+                    // handles, where a program's publish loop borrows the one it has.
+                    let (one, s) = (Arc::new(client.clone()), subject.clone());
+                    // Like for like with tower-mq's fire-and-forget receipt ("handed to the
+                    // client"); otherwise written to the socket. Two closures, so that the
+                    // fire-and-forget future does not carry a flush it never makes.
+                    let publish = if fire_and_forget {
+                        publish_with(move |body: Bytes| {
+                            let (client, s) = (one.clone(), s.clone());
+                            async move {
+                                client.publish(s, body).await?;
+                                Ok(())
+                            }
+                        })
+                    } else {
+                        publish_with(move |body: Bytes| {
+                            let (client, s) = (one.clone(), s.clone());
+                            async move {
+                                client.publish(s, body).await?;
+                                client.flush().await?;
+                                Ok(())
+                            }
+                        })
+                    };
                     // For `nats`, the proof tower-mq's receipt gives: a message to an inbox
                     // only this client subscribes to comes back once the server processed
                     // everything the connection sent before it.
@@ -966,7 +983,10 @@ impl Fixture for JetStream {
             let (publish, publish_batch) = match publisher {
                 Client::Bare => {
                     let plain = async_nats::jetstream::new(async_nats::connect(&url).await?);
-                    let (one, s) = (plain.clone(), subject.clone());
+                    // Made once: a clone per message only counts a reference.
+                    let subject = async_nats::Subject::from(subject.as_str());
+                    // Shared, not cloned per message (see the core NATS fixture).
+                    let (one, s) = (Arc::new(plain.clone()), subject.clone());
                     let publish = publish_with(move |body: Bytes| {
                         let (plain, s) = (one.clone(), s.clone());
                         async move {
