@@ -8,11 +8,11 @@
 //! round trip is shared: the publishes waiting at the same time on a connection are
 //! confirmed by one loopback message on an inbox only that connection subscribes to
 //! (rounds overlap), so 100 publishes in flight cost a round trip or two, not 100, and
-//! nothing another client does can hold a confirmation up. [`Publisher::fire_and_forget`] and
-//! [`BatchPublisher::fire_and_forget`] skip it (the receipt then says `processed: false`). Deliveries cannot be acked, nacked or dead-lettered:
-//! they are
-//! [`Delivery::unacknowledged`](crate::Delivery::unacknowledged), and settling them
-//! only records the outcome locally.
+//! nothing another client does can hold a confirmation up.
+//! [`Publisher::fire_and_forget`] and [`BatchPublisher::fire_and_forget`] skip it (the
+//! receipt then says `processed: false`). Deliveries cannot be acked, nacked or
+//! dead-lettered: they are [`Delivery::unacknowledged`](crate::Delivery::unacknowledged),
+//! and settling them only records the outcome locally.
 //!
 //! A queue group load balances: each message on the subject goes to exactly one
 //! member of the group, so several [`Subscriber::queue_subscribe`] streams with the
