@@ -146,12 +146,11 @@ impl Service<Message> for Publisher {
             if wait_processed {
                 confirm(&connection, connects, &destination).await?;
             }
-            let guarantee = if wait_processed {
-                Guarantee::Forwarded
-            } else {
-                Guarantee::Sent
-            };
-            Ok(Receipt::new(super::BROKER, destination, guarantee))
+            Ok(Receipt::new(
+                super::BROKER,
+                destination,
+                guarantee(wait_processed),
+            ))
         })
     }
 }
@@ -216,11 +215,7 @@ impl Service<Vec<Message>> for BatchPublisher {
     fn call(&mut self, messages: Vec<Message>) -> Self::Future {
         let connection = self.connection.clone();
         let wait_processed = self.wait_processed;
-        let guarantee = if wait_processed {
-            Guarantee::Forwarded
-        } else {
-            Guarantee::Sent
-        };
+        let guarantee = guarantee(wait_processed);
         Box::pin(async move {
             let connects = connection.connects();
             let mut results = Vec::with_capacity(messages.len());
@@ -254,6 +249,16 @@ impl Service<Vec<Message>> for BatchPublisher {
             }
             Ok(results)
         })
+    }
+}
+
+/// What a receipt promises: the server processed the message, or (fire-and-forget) the
+/// client took it.
+fn guarantee(wait_processed: bool) -> Guarantee {
+    if wait_processed {
+        Guarantee::Forwarded
+    } else {
+        Guarantee::Sent
     }
 }
 

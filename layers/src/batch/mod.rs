@@ -267,6 +267,17 @@ struct Shared<Req, Resp> {
     finished: watch::Receiver<bool>,
 }
 
+impl<Req, Resp> Shared<Req, Resp> {
+    /// Hands the batch being built to the worker. Called with the batch locked, so
+    /// batches reach the worker in the order they were filled; a send to a worker that
+    /// is gone drops the batch, which tells its callers it is closed.
+    fn hand_over(&self, building: &mut Building<Req, Resp>) {
+        if let Some(full) = building.take(&self.core.semaphore) {
+            let _ = self.tx.send(Command::Full(full));
+        }
+    }
+}
+
 /// A handle on a batching worker; a `Service<Req>`. See the [module docs](self).
 pub struct Batch<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
@@ -459,40 +470,31 @@ where
         }
         if let Some((max, _)) = limits.max_bytes {
             if !building.requests.is_empty() && building.bytes + weight > max {
-                // Sent while locked, so batches reach the worker in the order they
-                // were filled.
-                if let Some(full) = building.take(&core.semaphore) {
-                    let _ = shared.tx.send(Command::Full(full));
-                }
+                shared.hand_over(&mut building);
             }
         }
+        // For typical batches, not for whatever limit was configured.
+        let typical = limits.max_items.min(1024);
         let begun = building.slot.is_none();
         if begun {
             building.generation += 1;
-            // For typical batches, not for whatever limit was configured.
-            let typical = limits.max_items.min(1024);
-            building.slot = Some(Slot::new(typical));
             if building.requests.capacity() == 0 {
                 building.requests.reserve(typical);
             }
         }
+        let slot = building
+            .slot
+            .get_or_insert_with(|| Slot::new(typical))
+            .clone();
         let index = building.requests.len();
         building.requests.push(request);
         building.bytes += weight;
-        let slot = match &building.slot {
-            Some(slot) => slot.clone(),
-            None => unreachable!("a batch was begun above"),
-        };
         let full = building.requests.len() >= limits.max_items
             || limits
                 .max_bytes
                 .is_some_and(|(max, _)| building.bytes >= max);
         if full {
-            if let Some(full) = building.take(&core.semaphore) {
-                // A send to a worker that is gone drops the batch, which tells its
-                // callers it is closed.
-                let _ = shared.tx.send(Command::Full(full));
-            }
+            shared.hand_over(&mut building);
         } else if begun {
             let now = crate::call_time::now();
             // A latency too long to add means "by count and bytes only" (about 30 years).

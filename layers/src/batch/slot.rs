@@ -7,6 +7,8 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::Semaphore;
 use tower_mq_core::BoxError;
 
+use super::error::BatchFailed;
+
 /// One caller's place in its batch.
 enum Entry<Resp> {
     /// Not answered yet; the waker of the caller's last poll, if it polled.
@@ -136,16 +138,15 @@ impl<Resp> Slot<Resp> {
             } else {
                 Outcome::Answered
             };
-            for entry in &mut state.entries {
-                if let Entry::Waiting(waker) = entry {
-                    wakers.extend(waker.take());
-                }
-            }
+            take_wakers(&mut state.entries, &mut wakers);
         }
         // Woken outside the lock: a woken caller on another thread polls at once.
-        for waker in wakers {
-            waker.wake();
-        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Answers every caller of a batch of `len` with the same failure.
+    pub(crate) fn fail(&self, len: usize, failed: &BatchFailed) {
+        self.answer(len, (0..len).map(|i| (i, Err(failed.clone().into()))));
     }
 
     /// The batch will not be answered: its callers are told so, if it was not answered.
@@ -157,14 +158,17 @@ impl<Resp> Slot<Resp> {
                 return;
             }
             state.outcome = Outcome::Abandoned;
-            for entry in &mut state.entries {
-                if let Entry::Waiting(waker) = entry {
-                    wakers.extend(waker.take());
-                }
-            }
+            take_wakers(&mut state.entries, &mut wakers);
         }
-        for waker in wakers {
-            waker.wake();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// Moves the wakers of the callers still waiting into `wakers`.
+fn take_wakers<Resp>(entries: &mut [Entry<Resp>], wakers: &mut Vec<Waker>) {
+    for entry in entries {
+        if let Entry::Waiting(waker) = entry {
+            wakers.extend(waker.take());
         }
     }
 }

@@ -244,9 +244,7 @@ impl<F, Resp> Flights<F, Resp> {
         if let Err(e) = ready {
             let failed = BatchFailed::new(e.into());
             let _ = failure.set(failed.clone());
-            answer
-                .slot()
-                .answer(len, (0..len).map(|i| (i, Err(failed.clone().into()))));
+            answer.slot().fail(len, &failed);
             return false;
         }
         self.running.push(Flight {
@@ -307,10 +305,7 @@ where
                 }
             }
             Err(e) => {
-                let failed = BatchFailed::new(e.into());
-                answer
-                    .slot()
-                    .answer(len, (0..len).map(|i| (i, Err(failed.clone().into()))));
+                answer.slot().fail(len, &BatchFailed::new(e.into()));
             }
         }
         // Frees the batch's queue slots.
