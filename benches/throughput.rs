@@ -9,9 +9,10 @@
 //! For every broker (`memory`, `rabbitmq`, `redis-streams`, `redis-pubsub`, `kafka`,
 //! `nats`, `nats-sent`, `nats-jetstream`, `zeromq`) four clients: `bare` (the broker's
 //! own client, used directly, with the same guarantees as tower-mq's where the client
-//! can give them; `nats`' bare client promises less than tower-mq's receipt, and
-//! `nats-sent` is core NATS with tower-mq's fire-and-forget publisher, which promises
-//! no more than the bare client), `service` (tower-mq's
+//! can give them; `nats`' bare client promises less than tower-mq's receipt with
+//! many publishes in flight, and makes the same round trip for a message published
+//! alone, and `nats-sent` is core NATS with tower-mq's fire-and-forget publisher,
+//! which promises no more than the bare client), `service` (tower-mq's
 //! publisher and consumer, no layers), `stack` (the README's metrics + retry + circuit
 //! breaker + timeout on the publisher, a handler with metrics + timeout through
 //! `serve`) and `batched` (`BatchLayer` over the broker's native batch publisher);
@@ -399,10 +400,17 @@ async fn measure(
     };
     let Lane {
         publish,
+        publish_alone,
         publish_batch,
         receive,
         cleanup,
     } = fixture.lane(client, consumer).await?;
+    // One message at a time: the bare client's publish of a message sent alone, where
+    // it has one of its own.
+    let publish = match (mode, publish_alone) {
+        (Mode::PublishSeq | Mode::Latency(_), Some(alone)) => alone,
+        _ => publish,
+    };
     let latency = matches!(mode, Mode::E2e | Mode::Latency(_));
     let tracker = Tracker::new(messages, latency);
     let receive = receive(tracker.clone());

@@ -93,6 +93,7 @@ impl Fixture for Memory {
                 });
                 return Ok(Lane {
                     publish,
+                    publish_alone: None,
                     publish_batch: None,
                     receive,
                     cleanup: None,
@@ -114,6 +115,7 @@ impl Fixture for Memory {
             };
             Ok(Lane {
                 publish,
+                publish_alone: None,
                 publish_batch: None,
                 receive,
                 cleanup: None,
@@ -289,6 +291,7 @@ impl Fixture for RabbitMq {
             });
             Ok(Lane {
                 publish,
+                publish_alone: None,
                 publish_batch,
                 receive,
                 cleanup: Some(cleanup),
@@ -475,6 +478,7 @@ impl Fixture for RedisStreams {
             });
             Ok(Lane {
                 publish,
+                publish_alone: None,
                 publish_batch,
                 receive,
                 cleanup: Some(cleanup),
@@ -586,6 +590,7 @@ impl Fixture for RedisPubSub {
             };
             Ok(Lane {
                 publish,
+                publish_alone: None,
                 publish_batch,
                 receive,
                 cleanup: None,
@@ -731,6 +736,7 @@ impl Fixture for Kafka {
             };
             Ok(Lane {
                 publish,
+                publish_alone: None,
                 publish_batch,
                 receive,
                 cleanup: None,
@@ -755,12 +761,39 @@ async fn nats_connect(url: &str) -> Result<tower_mq::nats::Connection, BoxError>
     )
 }
 
-/// Core NATS. `nats`: the bare client publishes one message and then flushes (which
-/// waits until the client wrote the message to its socket): what an ordinary program
-/// does, and less than tower-mq's default receipt promises, which says the server
-/// processed the message (a loopback round trip, shared by every publish waiting at
-/// once). Its batch does the same work as tower-mq's batch: the publishes, then one
-/// loopback message on an inbox of its own, waited for. `nats-sent`: tower-mq's
+/// The bare NATS client's proof that the server processed what it sent: a message to
+/// an inbox only it subscribes to, waited for (what tower-mq's receipt waits for).
+#[derive(Clone)]
+struct Loopback {
+    client: async_nats::Client,
+    inbox: async_nats::Subject,
+    /// One round trip at a time: a reply is then the caller's own.
+    returned: Arc<tokio::sync::Mutex<async_nats::Subscriber>>,
+}
+
+impl Loopback {
+    async fn round_trip(&self) -> Result<(), BoxError> {
+        let mut returned = self.returned.lock().await;
+        self.client
+            .publish(self.inbox.clone(), Bytes::new())
+            .await?;
+        tokio::time::timeout(Duration::from_secs(10), returned.next())
+            .await
+            .map_err(|_| "the loopback message never came back")?
+            .ok_or("the loopback subscription closed")?;
+        Ok(())
+    }
+}
+
+/// Core NATS. `nats`: with many publishes in flight, the bare client publishes one
+/// message and then flushes (which waits until the client wrote the message to its
+/// socket): what an ordinary program does, and less than tower-mq's default receipt
+/// promises, which says the server processed the message (a loopback round trip,
+/// shared by every publish waiting at once). A message published alone
+/// (`publish_seq`, the latency modes) gets the round trip its receipt needs in
+/// tower-mq, and the bare client makes the same one: a loopback message on an inbox
+/// of its own, waited for. Its batch does the same work as tower-mq's batch: the
+/// publishes, then one loopback round trip. `nats-sent`: tower-mq's
 /// fire-and-forget publishers against the bare client doing the same:
 /// `Publisher::fire_and_forget` ("handed to the client") against a publish without a
 /// flush, `BatchPublisher::fire_and_forget` (written to the socket) against a batch of
@@ -835,7 +868,7 @@ impl Fixture for Nats {
             // Shared by every message: no allocation per message for its destination.
             let key: Arc<str> = Arc::from(subject.as_str());
             let message = move |body| Message::new(&key, body);
-            let (publish, publish_batch) = match publisher {
+            let (publish, publish_alone, publish_batch) = match publisher {
                 Client::Bare => {
                     let client = async_nats::connect(&url).await?;
                     // The client's own subject type, made once: a clone per message only
@@ -873,8 +906,24 @@ impl Fixture for Nats {
                     } else {
                         let inbox = client.new_inbox();
                         let returned = client.subscribe(inbox.clone()).await?;
-                        Some((inbox, Arc::new(tokio::sync::Mutex::new(returned))))
+                        Some(Loopback {
+                            client: client.clone(),
+                            inbox: inbox.into(),
+                            returned: Arc::new(tokio::sync::Mutex::new(returned)),
+                        })
                     };
+                    // A message published alone, with the round trip tower-mq's receipt
+                    // makes for it.
+                    let alone = loopback.clone().map(|loopback| {
+                        let s = subject.clone();
+                        publish_with(move |body: Bytes| {
+                            let (loopback, s) = (loopback.clone(), s.clone());
+                            async move {
+                                loopback.client.publish(s, body).await?;
+                                loopback.round_trip().await
+                            }
+                        })
+                    });
                     let s = subject.clone();
                     let batch = batch_with(move |bodies: Vec<Bytes>| {
                         let (client, s, loopback) = (client.clone(), s.clone(), loopback.clone());
@@ -883,23 +932,20 @@ impl Fixture for Nats {
                                 client.publish(s.clone(), body).await?;
                             }
                             match loopback {
-                                Some((inbox, returned)) => {
-                                    let mut returned = returned.lock().await;
-                                    client.publish(inbox, Bytes::new()).await?;
-                                    tokio::time::timeout(Duration::from_secs(10), returned.next())
-                                        .await
-                                        .map_err(|_| "the loopback message never came back")?
-                                        .ok_or("the loopback subscription closed")?;
-                                }
+                                Some(loopback) => loopback.round_trip().await?,
                                 None => client.flush().await?,
                             }
                             Ok(())
                         }
                     });
-                    (publish, Some(batch))
+                    (publish, alone, Some(batch))
                 }
-                Client::Service => (service_publish(tower_mq_publisher(), message), None),
-                Client::Stack => (stack_publish("nats", tower_mq_publisher(), message), None),
+                Client::Service => (service_publish(tower_mq_publisher(), message), None, None),
+                Client::Stack => (
+                    stack_publish("nats", tower_mq_publisher(), message),
+                    None,
+                    None,
+                ),
                 Client::Batched => {
                     let batch_publisher = BatchPublisher::new(&connection);
                     let batch_publisher = if fire_and_forget {
@@ -907,11 +953,12 @@ impl Fixture for Nats {
                     } else {
                         batch_publisher
                     };
-                    (batched_publish(batch_publisher, message), None)
+                    (batched_publish(batch_publisher, message), None, None)
                 }
             };
             Ok(Lane {
                 publish,
+                publish_alone,
                 publish_batch,
                 receive,
                 cleanup: None,
@@ -1029,6 +1076,7 @@ impl Fixture for JetStream {
             });
             Ok(Lane {
                 publish,
+                publish_alone: None,
                 publish_batch,
                 receive,
                 cleanup: Some(cleanup),
@@ -1121,6 +1169,7 @@ impl Fixture for ZeroMq {
             };
             Ok(Lane {
                 publish,
+                publish_alone: None,
                 publish_batch: None,
                 receive,
                 cleanup: None,

@@ -62,6 +62,12 @@ impl Client {
 pub struct Lane {
     /// One message at a time (for `Batched`, through the batch layer).
     pub publish: Publish,
+    /// Where it differs from `publish`: the publish of a message sent on its own, with
+    /// nothing else in flight (`publish_seq` and the latency modes). The bare core
+    /// NATS client then makes the round trip that tower-mq's receipt makes for a
+    /// message published alone; with many in flight, tower-mq shares one round trip
+    /// among them, and the bare client is measured without one.
+    pub publish_alone: Option<Publish>,
     /// The bare client's own batch path, where it has one.
     pub publish_batch: Option<PublishBatch>,
     pub receive: Receive,
