@@ -751,14 +751,31 @@ fn nats_url() -> String {
     env("TOWER_MQ_NATS_URL", "nats://127.0.0.1:14222")
 }
 
+/// How many messages a core NATS subscription holds before the client drops what
+/// arrives (a slow consumer): a whole measurement's. A publisher that promises nothing
+/// (fire-and-forget) can run ahead of the subscriber that checks what arrived, on two
+/// cores, by more than the clients' default of 65,536; tower-mq's and the bare
+/// subscribers get the same depth.
+const NATS_SUBSCRIPTION_CAPACITY: usize = 1 << 20;
+
+/// The bare NATS client, connected with the subscription depth tower-mq's gets.
+async fn nats_bare_connect(url: &str) -> Result<async_nats::Client, BoxError> {
+    async_nats::ConnectOptions::new()
+        .subscription_capacity(NATS_SUBSCRIPTION_CAPACITY)
+        .connect(url)
+        .await
+        .map_err(|e| nats_unreachable(url, e))
+}
+
 async fn nats_connect(url: &str) -> Result<tower_mq::nats::Connection, BoxError> {
-    Ok(
-        tower_mq::nats::Connection::connect(&tower_mq::nats::Config::new(url))
-            .await
-            .map_err(|e| {
-                format!("nats at {url} (TOWER_MQ_NATS_URL; scripts/bench starts it): {e}")
-            })?,
-    )
+    let config = tower_mq::nats::Config::new(url).subscription_capacity(NATS_SUBSCRIPTION_CAPACITY);
+    tower_mq::nats::Connection::connect(&config)
+        .await
+        .map_err(|e| nats_unreachable(url, e))
+}
+
+fn nats_unreachable(url: &str, error: impl std::fmt::Display) -> BoxError {
+    format!("nats at {url} (TOWER_MQ_NATS_URL; scripts/bench starts it): {error}").into()
 }
 
 /// The bare NATS client's proof that the server processed what it sent: a message to
@@ -838,7 +855,7 @@ impl Fixture for Nats {
             let subject = unique("bench");
             let receive = match consumer {
                 Client::Bare => {
-                    let client = async_nats::connect(&url).await?;
+                    let client = nats_bare_connect(&url).await?;
                     let mut subscription = client.subscribe(subject.clone()).await?;
                     // The subscription is on its own connection: only a message that
                     // comes back through the server shows the server has it (a flush
@@ -870,7 +887,7 @@ impl Fixture for Nats {
             let message = move |body| Message::new(&key, body);
             let (publish, publish_alone, publish_batch) = match publisher {
                 Client::Bare => {
-                    let client = async_nats::connect(&url).await?;
+                    let client = nats_bare_connect(&url).await?;
                     // The client's own subject type, made once: a clone per message only
                     // counts a reference (a `String` would be copied into one each time).
                     let subject = async_nats::Subject::from(subject.as_str());
@@ -1003,7 +1020,7 @@ impl Fixture for JetStream {
 
             let receive = match consumer {
                 Client::Bare => {
-                    let plain = async_nats::jetstream::new(async_nats::connect(&url).await?);
+                    let plain = async_nats::jetstream::new(nats_bare_connect(&url).await?);
                     let consumer: pull::Stream = plain
                         .get_stream(&name)
                         .await?
@@ -1029,7 +1046,7 @@ impl Fixture for JetStream {
             let message = move |body| Message::new(&key, body);
             let (publish, publish_batch) = match publisher {
                 Client::Bare => {
-                    let plain = async_nats::jetstream::new(async_nats::connect(&url).await?);
+                    let plain = async_nats::jetstream::new(nats_bare_connect(&url).await?);
                     // Made once: a clone per message only counts a reference.
                     let subject = async_nats::Subject::from(subject.as_str());
                     // Shared, not cloned per message (see the core NATS fixture).
