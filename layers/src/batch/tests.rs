@@ -185,9 +185,8 @@ async fn short_answers_fail_the_missing_requests() {
 #[tokio::test(start_paused = true)]
 async fn a_full_queue_is_pending_readiness_until_the_flush() {
     let layer = BatchLayer::new(2, Duration::from_millis(10)).queue_capacity(2);
-    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
-    handle.allow(10);
-    let mut svc = mock::Spawn::new(layer.layer(inner));
+    let (svc, mut handle) = batch_service(layer);
+    let mut svc = mock::Spawn::new(svc);
     assert_ready_ok!(svc.poll_ready());
     let a = tokio::spawn(svc.call(msg(1)));
     assert_ready_ok!(svc.poll_ready());
@@ -207,9 +206,8 @@ async fn a_full_queue_is_pending_readiness_until_the_flush() {
 #[tokio::test(start_paused = true)]
 async fn a_call_without_poll_ready_fails_and_queues_nothing() {
     let layer = BatchLayer::new(1, Duration::from_millis(10)).queue_capacity(1);
-    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
-    handle.allow(10);
-    let mut svc = mock::Spawn::new(layer.layer(inner));
+    let (svc, mut handle) = batch_service(layer);
+    let mut svc = mock::Spawn::new(svc);
     let err = svc.call(msg(1)).await.unwrap_err();
     crate::error::assert_called_before_ready(&err, "batch");
     let_worker_run().await;
@@ -226,9 +224,7 @@ async fn a_call_without_poll_ready_fails_and_queues_nothing() {
 #[tokio::test(start_paused = true)]
 async fn clones_do_not_copy_readiness() {
     let layer = BatchLayer::new(5, Duration::from_millis(10)).queue_capacity(1);
-    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
-    handle.allow(10);
-    let svc = layer.layer(inner);
+    let (svc, mut handle) = batch_service(layer);
     let mut first = mock::Spawn::new(svc.clone());
     assert_ready_ok!(first.poll_ready());
     let mut second = mock::Spawn::new(first.get_ref().clone());
@@ -498,9 +494,7 @@ async fn a_batch_flushed_when_full_leaves_the_next_its_own_deadline() {
 #[tokio::test(start_paused = true)]
 async fn a_caller_that_gives_up_after_the_flush_leaves_the_others_their_answers() {
     let layer = BatchLayer::new(3, Duration::from_secs(60)).queue_capacity(3);
-    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
-    handle.allow(10);
-    let svc = layer.layer(inner);
+    let (svc, mut handle) = batch_service(layer);
     let first = send(&svc, 1);
     let quitter = send(&svc, 2);
     let third = send(&svc, 3);
@@ -526,9 +520,7 @@ async fn a_caller_that_gives_up_after_the_flush_leaves_the_others_their_answers(
 #[tokio::test(start_paused = true)]
 async fn a_handle_dropped_while_ready_gives_its_slot_back() {
     let layer = BatchLayer::new(5, Duration::from_millis(10)).queue_capacity(1);
-    let (inner, mut handle) = mock::pair::<Vec<Message>, Results>();
-    handle.allow(10);
-    let svc = layer.layer(inner);
+    let (svc, mut handle) = batch_service(layer);
     let mut ready = mock::Spawn::new(svc.clone());
     assert_ready_ok!(ready.poll_ready());
     let mut other = mock::Spawn::new(svc.clone());
